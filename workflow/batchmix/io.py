@@ -1,0 +1,348 @@
+"""Reading and validating the expression table and the sample sheet.
+
+Every check here names the file, the row or column at fault and what to do,
+and raises :class:`InputError` before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io as _io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "InputError",
+    "ValidatedInputs",
+    "read_table",
+    "read_expression",
+    "read_samples",
+    "validate_inputs",
+    "write_table",
+    "file_md5",
+]
+
+# How many offending names an error message lists before it says "and N more".
+_SHOW = 10
+
+
+class InputError(ValueError):
+    """An input file or config value is unusable; the message says where and what to do."""
+
+
+@dataclass
+class ValidatedInputs:
+    """Inputs that passed every check, aligned on the sample ids.
+
+    Attributes
+    ----------
+    expression : pandas.DataFrame
+        Genes × samples, float64, index ``gene_id``, columns in sample-sheet order.
+    samples : pandas.DataFrame
+        Sample sheet indexed by ``sample_id``, rows in sample-sheet order.
+    batch : pandas.Series
+        The batch label of each sample (strings).
+    notes : list of str
+        Non-fatal observations (e.g. genes with missing values).
+    """
+
+    expression: pd.DataFrame
+    samples: pd.DataFrame
+    batch: pd.Series
+    notes: list[str] = field(default_factory=list)
+
+
+def _listing(items: list, total: int | None = None) -> str:
+    items = [str(i) for i in items]
+    total = len(items) if total is None else total
+    shown = ", ".join(items[:_SHOW])
+    return shown + (f" and {total - _SHOW} more" if total > _SHOW else "")
+
+
+def _separator(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".csv"):
+        return ","
+    if name.endswith((".tsv", ".txt", ".tab")):
+        return "\t"
+    raise InputError(
+        f"{path}: unknown table format. Use a .tsv, .txt or .csv file (optionally gzipped, .gz)."
+    )
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a TSV/CSV table (optionally gzipped) with every cell as a string.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file. Tab-separated for ``.tsv``/``.txt``/``.tab``, comma-separated for ``.csv``;
+        a trailing ``.gz`` means gzip.
+    what : str
+        What the file is for (``"expression table"``), used in error messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All cells as strings (missing cells as ``NaN``), with the header as column names.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: the {what} does not exist. Check the path in the config.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the {what} is empty.")
+    sep = _separator(path)
+    try:
+        table = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan"],
+            compression="infer",
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
+        raise InputError(f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err}).") from err
+    if table.shape[1] < 2:
+        raise InputError(
+            f"{path}: the {what} has {table.shape[1]} column; expected an id column and at least one more. "
+            f"Is the separator right ({'comma' if sep == ',' else 'tab'} for this file name)?"
+        )
+    return table
+
+
+def _check_ids(ids: pd.Series, path: Path, what: str, kind: str) -> None:
+    """Ids must be present and unique; rows are reported as 1-based file lines (header is line 1)."""
+    missing = ids.isna() | (ids.str.strip() == "")
+    if missing.any():
+        lines = (np.flatnonzero(missing.to_numpy()) + 2).tolist()
+        raise InputError(f"{path}: empty {kind} id in the first column of the {what} at line(s) {_listing(lines)}. Give every row an id.")
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        first = dup.drop_duplicates()
+        detail = [f"{g} (lines {', '.join(str(i + 2) for i in np.flatnonzero((ids == g).to_numpy()))})" for g in first[:_SHOW]]
+        raise InputError(
+            f"{path}: duplicate {kind} ids in the {what}: {_listing(detail, len(first))}. "
+            f"Each {kind} must appear once: merge or rename the duplicates."
+        )
+
+
+def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFrame:
+    """Read and check a genes × samples expression table.
+
+    Parameters
+    ----------
+    path : str or Path
+        Table with the gene id in the first column and one column per sample.
+    input_type : {"counts", "log"}
+        ``counts``: every value must be a non-negative integer, no missing values.
+        ``log``: every value must be numeric; missing values are allowed (the per-gene fits handle them).
+
+    Returns
+    -------
+    pandas.DataFrame
+        float64 values, index ``gene_id`` (strings), columns = sample ids.
+
+    Raises
+    ------
+    InputError
+        Naming the file, the gene and sample of the first offending cells, and what to do.
+    """
+    path = Path(path)
+    what = "expression table"
+    table = read_table(path, what)
+    ids = table.iloc[:, 0]
+    _check_ids(ids, path, what, "gene")
+    samples = list(table.columns[1:])
+    dup_cols = pd.Index(samples)[pd.Index(samples).duplicated()].unique().tolist()
+    if dup_cols:
+        raise InputError(f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols)}. Each sample must appear once.")
+    raw = table.iloc[:, 1:]
+    values = raw.apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() & raw.notna()
+    if bad.to_numpy().any():
+        r, c = np.nonzero(bad.to_numpy())
+        cells = [f"gene {ids.iloc[i]} (line {i + 2}), sample {samples[j]}: {raw.iat[i, j]!r}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+        raise InputError(
+            f"{path}: non-numeric values in the {what} at {_listing(cells, len(r))}. "
+            "Every cell after the gene id must be a number."
+        )
+    arr = values.to_numpy(dtype=float)
+    if input_type == "counts":
+        missing = np.isnan(arr)
+        if missing.any():
+            r, c = np.nonzero(missing)
+            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+            raise InputError(
+                f"{path}: missing values in a count table at {_listing(cells, len(r))}. "
+                "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data."
+            )
+        negative = arr < 0
+        if negative.any():
+            r, c = np.nonzero(negative)
+            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}: {arr[i, j]:g}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+            raise InputError(
+                f"{path}: negative counts at {_listing(cells, len(r))}. "
+                "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`."
+            )
+        fractional = arr != np.round(arr)
+        if fractional.any():
+            r, c = np.nonzero(fractional)
+            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}: {arr[i, j]:g}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+            raise InputError(
+                f"{path}: non-integer counts at {_listing(cells, len(r))}. "
+                "With `input_type: counts` every value must be a whole number (raw read counts); "
+                "for normalised or log-scale values set `input_type: log`."
+            )
+    elif input_type != "log":
+        raise InputError(f"config: input_type must be 'counts' or 'log', not {input_type!r}.")
+    if not np.isfinite(arr[~np.isnan(arr)]).all():
+        raise InputError(f"{path}: infinite values in the {what}. Replace them by numbers or leave the cells empty.")
+    out = pd.DataFrame(arr, index=pd.Index(ids.astype(str).to_numpy(), name="gene_id"), columns=samples)
+    return out
+
+
+def read_samples(path: str | Path) -> pd.DataFrame:
+    """Read and check the sample sheet.
+
+    Parameters
+    ----------
+    path : str or Path
+        Table with the sample id in the first column; every other column is a covariate.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``sample_id``; columns whose every value is numeric become numbers,
+        the others stay strings.
+    """
+    path = Path(path)
+    what = "sample sheet"
+    table = read_table(path, what)
+    ids = table.iloc[:, 0]
+    _check_ids(ids, path, what, "sample")
+    sheet = table.iloc[:, 1:].copy()
+    sheet.index = pd.Index(ids.astype(str).to_numpy(), name="sample_id")
+    for col in sheet.columns:
+        numeric = pd.to_numeric(sheet[col], errors="coerce")
+        if numeric.notna().sum() == sheet[col].notna().sum():
+            sheet[col] = numeric.astype(float)
+    return sheet
+
+
+def validate_inputs(
+    expression_path: str | Path,
+    samples_path: str | Path,
+    input_type: str,
+    model: str,
+    batch: str,
+) -> ValidatedInputs:
+    """Read both inputs and check everything the workflow relies on.
+
+    Checks: the tables parse; ids are present and unique; values are numeric (non-negative
+    integers for counts); the sample ids of the sheet and of the table match exactly (the
+    missing and extra ones are named); the formula parses and its columns exist in the sheet
+    without missing values; the batch column exists and has at least two batches.
+
+    Parameters
+    ----------
+    expression_path, samples_path : str or Path
+        The config's ``expression`` and ``samples``.
+    input_type : {"counts", "log"}
+    model : str
+        lme4-style formula, e.g. ``"~ Infection + (1|Batch)"``.
+    batch : str
+        Sample-sheet column naming the batch.
+
+    Returns
+    -------
+    ValidatedInputs
+        Expression with columns in sample-sheet order, the sheet, the batch labels.
+
+    Raises
+    ------
+    InputError
+        With a message that names the file, the row or column and what to do.
+    """
+    from batchmix.design import formula_columns
+
+    expression_path, samples_path = Path(expression_path), Path(samples_path)
+    samples = read_samples(samples_path)
+    expression = read_expression(expression_path, input_type)
+
+    in_sheet, in_table = list(samples.index), list(expression.columns)
+    missing = [s for s in in_sheet if s not in set(in_table)]
+    extra = [s for s in in_table if s not in set(in_sheet)]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} sample(s) of the sample sheet {samples_path} have no column in the expression table: {_listing(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} column(s) of the expression table {expression_path} are not in the sample sheet: {_listing(extra)}")
+        raise InputError(
+            "; ".join(parts) + ". The sample ids (first column of the sheet) must match the table's column names "
+            "exactly: add the missing rows/columns or remove the extra ones."
+        )
+
+    try:
+        columns = formula_columns(model)
+    except ValueError as err:
+        raise InputError(f"config: model {model!r} is not a valid lme4-style formula: {err}") from err
+    absent = [c for c in dict.fromkeys(columns + [batch]) if c not in samples.columns]
+    if absent:
+        raise InputError(
+            f"{samples_path}: column(s) {_listing(absent)} used by the config (model {model!r}, batch {batch!r}) "
+            f"are not in the sample sheet. Its columns are: {_listing(list(samples.columns), len(samples.columns))}. "
+            "Fix the names in the config or add the columns."
+        )
+    for col in dict.fromkeys(columns + [batch]):
+        na = samples[col].isna()
+        if na.any():
+            raise InputError(
+                f"{samples_path}: column {col!r} has missing values for sample(s) {_listing(list(samples.index[na]))}. "
+                "Fill them in, or remove those samples from both files."
+            )
+    batch_labels = samples[batch].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    n_batches = batch_labels.nunique()
+    if n_batches < 2:
+        raise InputError(
+            f"{samples_path}: column {batch!r} (the config's batch) has {n_batches} distinct value(s) "
+            f"({_listing(batch_labels.unique().tolist())}); batch-effect analysis needs at least two batches. "
+            "Check that `batch` names the right column."
+        )
+
+    notes = []
+    expression = expression.loc[:, in_sheet]
+    n_missing_genes = int(expression.isna().any(axis=1).sum())
+    if n_missing_genes:
+        notes.append(f"{n_missing_genes} gene(s) have missing values; they are fitted on their observed samples.")
+    return ValidatedInputs(expression=expression, samples=samples, batch=batch_labels.rename("batch"), notes=notes)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> None:
+    """Write a tab-separated table; ``.gz`` paths are gzipped with a fixed timestamp.
+
+    The gzip header normally records the write time; pinning it to 0 makes the
+    same table give the same bytes, so reruns and chunked runs can be compared byte for byte.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA")
+    if path.name.endswith(".gz"):
+        buf = _io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as fh:
+            fh.write(text.encode())
+        path.write_bytes(buf.getvalue())
+    else:
+        path.write_text(text)
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 checksum of a file, for the report's record of inputs."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

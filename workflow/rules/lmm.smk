@@ -1,0 +1,51 @@
+# Stage 2: per-gene linear mixed models, in gene chunks that a cluster can spread.
+
+
+rule split_genes:
+    input:
+        "results/vst/expression.tsv.gz",
+    output:
+        scatter.lmm("results/lmm/chunks/{scatteritem}.expression.tsv.gz"),
+    log:
+        "results/logs/split_genes.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb_table,
+        runtime=20,
+    script:
+        "../scripts/split_genes.py"
+
+
+rule lmm_chunk:
+    input:
+        expression="results/lmm/chunks/{scatteritem}.expression.tsv.gz",
+        gene_status="results/vst/gene_status.tsv",
+        samples=config["samples"],
+    output:
+        **lmm_chunk_outputs(),
+    log:
+        "results/logs/lmm_chunk/{scatteritem}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb_table,
+        runtime=60,
+    script:
+        "../scripts/lmm_chunk.py"
+
+
+rule gather_lmm:
+    input:
+        fits=gather.lmm("results/lmm/chunks/{scatteritem}.fits.tsv"),
+        blups=gather.lmm("results/lmm/chunks/{scatteritem}.blups.tsv"),
+        corrected=gathered_corrected,
+        gene_status="results/vst/gene_status.tsv",
+    output:
+        **gather_lmm_outputs(),
+    log:
+        "results/logs/gather_lmm.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb_table,
+        runtime=20,
+    script:
+        "../scripts/gather_lmm.py"

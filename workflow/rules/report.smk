@@ -1,0 +1,22 @@
+# Stage 4: the self-contained HTML report, and the figures for snakemake --report.
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        html="results/report.html",
+        figures=report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "results/logs/report.log",
+    threads: 1
+    resources:
+        mem_mb=mem_mb_table,
+        runtime=20,
+    script:
+        "../scripts/report.py"
