@@ -6,6 +6,7 @@ and raises :class:`InputError` before anything is computed or written.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io as _io
@@ -105,6 +106,12 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
         raise InputError(f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err}).") from err
+    # pandas renames repeated column names (s1, s1.1); the header as written is what users fix.
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        header = next(csv.reader([fh.readline().rstrip("\r\n")], delimiter=sep))
+    if len(header) == table.shape[1]:
+        table.columns = header
     if table.shape[1] < 2:
         raise InputError(
             f"{path}: the {what} has {table.shape[1]} column; expected an id column and at least one more. "
@@ -156,7 +163,7 @@ def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFram
     ids = table.iloc[:, 0]
     _check_ids(ids, path, what, "gene")
     samples = list(table.columns[1:])
-    dup_cols = pd.Index(samples)[pd.Index(samples).duplicated()].unique().tolist()
+    dup_cols = list(dict.fromkeys(s for s in samples if samples.count(s) > 1))
     if dup_cols:
         raise InputError(f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols)}. Each sample must appear once.")
     raw = table.iloc[:, 1:]

@@ -8,6 +8,8 @@ rule split_genes:
         scatter.lmm("results/lmm/chunks/{scatteritem}.expression.tsv.gz"),
     log:
         "results/logs/split_genes.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_table,
@@ -25,6 +27,8 @@ rule lmm_chunk:
         **lmm_chunk_outputs(),
     log:
         "results/logs/lmm_chunk/{scatteritem}.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_table,
@@ -43,6 +47,8 @@ rule gather_lmm:
         **gather_lmm_outputs(),
     log:
         "results/logs/gather_lmm.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_table,

@@ -14,6 +14,8 @@ rule report:
         ),
     log:
         "results/logs/report.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_table,

@@ -17,6 +17,8 @@ rule simpson:
         ),
     log:
         "results/logs/simpson.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb_table,

@@ -13,6 +13,8 @@ rule stabilise:
         info="results/vst/info.json",
     log:
         "results/logs/stabilise.log",
+    conda:
+        "../../envs/batchmix.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_table,

@@ -1,0 +1,94 @@
+"""The workflow end to end on the tiny fixture: outputs, nothing lost, up to date, lint, report archive."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+
+from conftest import REPO, make_run_dir, result_files, run_snakemake, SNAKEMAKE
+
+import subprocess
+
+
+def test_run_writes_every_output(fixture_run):
+    files = set(result_files(fixture_run))
+    expected = {
+        "results/vst/expression.tsv.gz",
+        "results/vst/size_factors.tsv",
+        "results/vst/gene_status.tsv",
+        "results/vst/mean_sd.tsv",
+        "results/vst/info.json",
+        "results/lmm/gene_fits.tsv",
+        "results/lmm/blups.tsv",
+        "results/corrected/expression.tsv.gz",
+        "results/simpson/reversals.tsv",
+        "results/simpson/summary.json",
+        "results/simpson/top_pairs.png",
+        "results/report.html",
+    }
+    assert expected <= files, sorted(expected - files)
+
+
+def test_every_input_gene_has_one_row_with_a_status(fixture_run):
+    counts = pd.read_csv(fixture_run / "data/counts.tsv", sep="\t", index_col=0)
+    fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t")
+    assert list(fits["gene_id"]) == list(counts.index)
+    assert fits["status"].notna().all()
+    allowed = ("ok", "singular", "filtered:", "failed:")
+    assert all(s.startswith(allowed) for s in fits["status"])
+    # The all-zero and low-count genes of the fixture are filtered, not dropped.
+    zero = counts.index[counts.sum(axis=1) == 0]
+    assert len(zero) == 3
+    assert (fits.set_index("gene_id").loc[zero, "status"] == "filtered:low_counts").all()
+    fitted = fits[fits["status"].isin(["ok", "singular"])]
+    assert len(fitted) >= 180
+    assert fitted["loglik"].notna().all() and fitted["var_residual"].gt(0).all()
+
+
+def test_stabilised_and_corrected_tables_cover_all_genes(fixture_run):
+    counts = pd.read_csv(fixture_run / "data/counts.tsv", sep="\t", index_col=0)
+    vst = pd.read_csv(fixture_run / "results/vst/expression.tsv.gz", sep="\t", index_col=0)
+    corrected = pd.read_csv(fixture_run / "results/corrected/expression.tsv.gz", sep="\t", index_col=0)
+    assert list(vst.index) == list(counts.index) == list(corrected.index)
+    assert list(vst.columns) == list(counts.columns) == list(corrected.columns)
+    sf = pd.read_csv(fixture_run / "results/vst/size_factors.tsv", sep="\t")
+    assert list(sf["sample_id"]) == list(counts.columns)
+    info = json.loads((fixture_run / "results/vst/info.json").read_text())
+    assert info["vst_fit_type_used"] in {"parametric", "local", "mean"}
+    assert info["n_genes"] == len(counts)
+
+
+def test_batch_correction_removes_the_batch_means(fixture_run):
+    """After subtracting the batch BLUPs, per-batch means of a fitted gene move towards each other."""
+    vst = pd.read_csv(fixture_run / "results/vst/expression.tsv.gz", sep="\t", index_col=0)
+    corrected = pd.read_csv(fixture_run / "results/corrected/expression.tsv.gz", sep="\t", index_col=0)
+    samples = pd.read_csv(fixture_run / "data/samples.tsv", sep="\t", index_col=0)
+    fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t").set_index("gene_id")
+    genes = fits.index[(fits["status"] == "ok") & (fits["frac_Batch"] > 0.3)]
+    assert len(genes) >= 5
+    spread_before = vst.loc[genes].T.groupby(samples["Batch"]).mean().std()
+    spread_after = corrected.loc[genes].T.groupby(samples["Batch"]).mean().std()
+    assert (spread_after < spread_before).all()
+
+
+def test_second_run_has_nothing_to_do(fixture_run):
+    proc = run_snakemake(fixture_run, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_snakemake_report_archive(fixture_run):
+    proc = run_snakemake(fixture_run, "--report", "report.zip")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (fixture_run / "report.zip").stat().st_size > 10_000
+
+
+def test_lint_reports_nothing_on_the_repository():
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "--lint", "--nocolor"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Lints for" not in out, out

@@ -1,0 +1,6 @@
+"""``python -m batchmix``: the same as the ``batchmix`` command."""
+import sys
+
+from batchmix.cli import main
+
+sys.exit(main())
