@@ -380,7 +380,6 @@ def _describe_hits(
     n_hits = idx_a.size
     r_between = np.empty(n_hits)
     share = np.empty(n_hits)
-    n_same = np.zeros(n_hits, dtype=np.int64)
     batch_columns = [np.flatnonzero(prepared.batch_codes == k) for k in range(len(prepared.batch_labels))]
     per_batch = np.full((n_hits, len(batch_columns)), np.nan)
     for start in range(0, n_hits, _HIT_CHUNK):
@@ -428,7 +427,7 @@ def scan(
         Benjamini-Hochberg or Benjamini-Yekutieli.
     covariates : numpy.ndarray, optional
         N x k fixed design to adjust for, without intercept, rows in the order
-        of ``expression.columns``.  Genes are residualised on [1, C] (pooled)
+        of ``expression.columns`` (a DataFrame is taken as its values).  Genes are residualised on [1, C] (pooled)
         and [batch, C] (within); both dfs drop by the covariates' rank.
     genes : int, optional
         Scan only the ``genes`` most variable genes (sample variance on the
@@ -464,11 +463,12 @@ def scan(
     hit = q <= fdr
     idx_a, idx_b, r_pooled, r_within, p, q = (v[hit] for v in (idx_a, idx_b, r_pooled, r_within, p, q))
     r_between, share, n_same, compact = _describe_hits(prepared, idx_a, idx_b, r_within)
-    names = prepared.genes.to_numpy()
+    # keep the caller's gene labels (not str()) so that they index ``expression`` again
+    names = prepared.genes.to_numpy(dtype=object)
     table = pd.DataFrame(
         {
-            "gene_a": names[idx_a].astype(str) if idx_a.size else np.array([], dtype=str),
-            "gene_b": names[idx_b].astype(str) if idx_b.size else np.array([], dtype=str),
+            "gene_a": names[idx_a],
+            "gene_b": names[idx_b],
             "r_pooled": r_pooled,
             "r_within": r_within,
             "r_between": r_between,
