@@ -1,0 +1,353 @@
+"""Vectorised core of batchmix's per-gene linear mixed models.
+
+Every gene shares the design: X (n × p), Z (n × q) and hence X'X, Z'Z and Z'X.
+Only Z'y, X'y and y'y differ between genes. The functions here evaluate lme4's
+profiled deviance, its analytic gradient and Hessian in the relative covariance
+parameters θ, for many genes at once (each gene at its own θ), working entirely
+with q × q matrices stacked along a leading gene axis.
+
+Notation (lme4's): the random effects are b = Λ u with u ~ N(0, σ² I), so that
+Var(y) = σ² V with V = I + Z D Z', D = ΛΛ'. Λ is block diagonal, one block
+I_J ⊗ T per random term with a lower-triangular s × s factor T holding the θ
+parameters of that term (column-major lower triangle, as lme4 stores them).
+
+With P = V⁻¹ - V⁻¹X (X'V⁻¹X)⁻¹ X'V⁻¹ and r² = y'Py (the penalised residual sum of
+squares), lme4's profiled deviances are
+    REML:  log|V| + log|X'V⁻¹X| + (n-p) (1 + log(2π r² / (n-p)))
+    ML:    log|V| + n (1 + log(2π r² / n))
+and log|V| = log|I + Λ'Z'ZΛ| (so the REML criterion includes log|X'X| at θ = 0, as lme4's does).
+
+Derivatives (dD_k = E_k Λ' + Λ E_k', E_k = ∂Λ/∂θ_k, a = Z'Py, B = Z'PZ,
+B_f = B for REML and Z'V⁻¹Z for ML, s_k = a' dD_k a, f = the log-determinant part):
+    ∂_k f  = tr(B_f dD_k)
+    ∂_kl f = tr(B_f ∂²D_kl) - tr(B_f dD_l B_f dD_k),   ∂²D_kl = E_k E_l' + E_l E_k'
+    ∂_k r² = -s_k
+    ∂_kl r² = 2 (dD_l a)' B (dD_k a) - a' ∂²D_kl a
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .design import RandomDesign
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+SINGULAR_TOL = 1e-4  # lme4's isSingular() default tolerance on θ
+
+
+@dataclass
+class PreparedDesign:
+    """A design shared by all genes, with the cross-products the fits need.
+
+    Build it with :func:`batchmix.lmm.prepare`. Attributes ending in ``t`` are
+    transposed cross-products (``ZtX`` is Z'X).
+    """
+
+    X: np.ndarray
+    Z: np.ndarray
+    fixed_names: list[str]
+    random: RandomDesign
+    reml: bool
+    XtX: np.ndarray = field(init=False)
+    ZtX: np.ndarray = field(init=False)
+    ZtZ: np.ndarray = field(init=False)
+    logdet_XtX: float = field(init=False)
+    theta_rows: np.ndarray = field(init=False)
+    theta_cols: np.ndarray = field(init=False)
+    theta_index: np.ndarray = field(init=False)
+    theta_lower: np.ndarray = field(init=False)
+    E: np.ndarray = field(init=False)
+    d2D: np.ndarray = field(init=False)
+    df_residual: int = field(init=False)
+    onecomp: object = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        X, Z = self.X, self.Z
+        self.XtX = X.T @ X
+        self.ZtX = Z.T @ X
+        self.ZtZ = Z.T @ Z
+        sign, logdet = np.linalg.slogdet(self.XtX)
+        if sign <= 0:
+            raise ValueError("the fixed-effect design is rank deficient")
+        self.logdet_XtX = float(logdet)
+        rows, cols, index, lower = [], [], [], []
+        offset, k = 0, 0
+        for block in self.random.blocks:
+            s, J = block.n_terms, block.n_levels
+            local = {}
+            for c in range(s):
+                for r in range(c, s):
+                    local[(r, c)] = k
+                    lower.append(0.0 if r == c else -np.inf)
+                    k += 1
+            for j in range(J):
+                for (r, c), kk in local.items():
+                    rows.append(offset + j * s + r)
+                    cols.append(offset + j * s + c)
+                    index.append(kk)
+            offset += s * J
+        self.theta_rows = np.asarray(rows, dtype=int)
+        self.theta_cols = np.asarray(cols, dtype=int)
+        self.theta_index = np.asarray(index, dtype=int)
+        self.theta_lower = np.asarray(lower)
+        m, q = k, self.q
+        E = np.zeros((m, q, q))
+        E[self.theta_index, self.theta_rows, self.theta_cols] = 1.0
+        self.E = E
+        # ∂²D_kl = E_k E_l' + E_l E_k', constant in θ because Λ is linear in θ
+        prod = np.einsum("kij,lmj->klim", E, E)
+        self.d2D = prod + prod.transpose(1, 0, 3, 2)
+        rank = np.linalg.matrix_rank(np.column_stack([X, Z])) if Z.size else X.shape[1]
+        self.df_residual = int(X.shape[0] - rank)
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def m(self) -> int:
+        return len(self.theta_lower)
+
+    def theta_start(self) -> np.ndarray:
+        """lme4's starting point: 1 on the diagonal of each T, 0 elsewhere."""
+        return np.where(self.theta_lower == 0.0, 1.0, 0.0)
+
+    def make_lambda(self, theta: np.ndarray) -> np.ndarray:
+        """Stacked Λ (G × q × q) for θ (G × m)."""
+        lam = np.zeros((theta.shape[0], self.q, self.q))
+        lam[:, self.theta_rows, self.theta_cols] = theta[:, self.theta_index]
+        return lam
+
+
+@dataclass
+class GeneData:
+    """The per-gene sufficient statistics: Z'y, X'y, y'y."""
+
+    Zty: np.ndarray  # G × q
+    Xty: np.ndarray  # G × p
+    yty: np.ndarray  # G
+
+    @classmethod
+    def from_matrix(cls, Y: np.ndarray, prepared: PreparedDesign) -> "GeneData":
+        return cls(Zty=Y @ prepared.Z, Xty=Y @ prepared.X, yty=np.einsum("gi,gi->g", Y, Y))
+
+    def take(self, index: np.ndarray) -> "GeneData":
+        return GeneData(self.Zty[index], self.Xty[index], self.yty[index])
+
+
+@dataclass
+class Evaluation:
+    """Quantities at θ for a stack of genes; derivative fields filled on request."""
+
+    deviance: np.ndarray
+    r2: np.ndarray
+    logdet_V: np.ndarray
+    logdet_M: np.ndarray
+    beta: np.ndarray
+    M: np.ndarray          # X'V⁻¹X
+    ZVX: np.ndarray        # Z'V⁻¹X
+    ZVZ: np.ndarray        # Z'V⁻¹Z
+    ZVy: np.ndarray        # Z'V⁻¹y
+    lam: np.ndarray
+    grad: np.ndarray | None = None
+    hess: np.ndarray | None = None
+    # pieces reused by the Satterthwaite computation
+    f_grad: np.ndarray | None = None
+    f_hess: np.ndarray | None = None
+    r2_grad: np.ndarray | None = None
+    r2_hess: np.ndarray | None = None
+    u: np.ndarray | None = None  # spherical conditional modes, b = Λ u
+
+
+def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Cholesky factor and log-determinant; non-PD entries give NaN."""
+    try:
+        chol = np.linalg.cholesky(matrix)
+        return chol, 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    except np.linalg.LinAlgError:
+        sign, logdet = np.linalg.slogdet(matrix)
+        return None, np.where(sign > 0, logdet, np.nan)
+
+
+def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
+             order: int = 0) -> Evaluation:
+    """Profiled deviance at θ (G × m) for G genes; gradient (order ≥ 1), Hessian (order 2)."""
+    pd_ = prepared
+    G, q, p, n = theta.shape[0], pd_.q, pd_.p, pd_.n
+    lam = pd_.make_lambda(theta)
+    CL = np.matmul(pd_.ZtZ, lam)                     # Z'Z Λ
+    Mq = np.matmul(lam.transpose(0, 2, 1), CL)       # Λ'Z'ZΛ
+    Mq[:, np.arange(q), np.arange(q)] += 1.0
+    _, logdet_V = _chol_logdet(Mq)
+    rhs = np.concatenate(
+        [CL.transpose(0, 2, 1),                                        # Λ'Z'Z
+         np.matmul(lam.transpose(0, 2, 1), pd_.ZtX),                   # Λ'Z'X
+         np.matmul(lam.transpose(0, 2, 1), data.Zty[:, :, None])],    # Λ'Z'y
+        axis=2)
+    sol = np.linalg.solve(Mq, rhs)
+    ZVZ = pd_.ZtZ - np.matmul(CL, sol[:, :, :q])
+    ZVX = pd_.ZtX - np.matmul(CL, sol[:, :, q:q + p])
+    ZVy = data.Zty - np.matmul(CL, sol[:, :, q + p:])[:, :, 0]
+    LtZX = rhs[:, :, q:q + p]
+    LtZy = rhs[:, :, q + p]
+    M = pd_.XtX - np.matmul(LtZX.transpose(0, 2, 1), sol[:, :, q:q + p])
+    XVy = data.Xty - np.einsum("gqp,gq->gp", LtZX, sol[:, :, q + p])
+    yVy = data.yty - np.einsum("gq,gq->g", LtZy, sol[:, :, q + p])
+    _, logdet_M = _chol_logdet(M)
+    beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
+    r2 = yVy - np.einsum("gp,gp->g", beta, XVy)
+    r2 = np.where(r2 > 0, r2, np.nan)
+    if reml:
+        k = n - p
+        deviance = logdet_V + logdet_M + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
+    else:
+        deviance = logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, ZVX, ZVZ, ZVy, lam)
+    # spherical conditional modes u = M_q⁻¹ Λ'Z'(y - Xβ)
+    ev.u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q:q + p], beta)
+    if order >= 1:
+        _derivatives(ev, prepared, reml, order)
+    return ev
+
+
+def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) -> None:
+    n, p = pd_.n, pd_.p
+    Minv = np.linalg.inv(ev.M)
+    B = ev.ZVZ - np.matmul(np.matmul(ev.ZVX, Minv), ev.ZVX.transpose(0, 2, 1))
+    a = ev.ZVy - np.einsum("gqp,gp->gq", ev.ZVX, ev.beta)
+    Bf = B if reml else ev.ZVZ
+    ELt = np.matmul(pd_.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
+    dD = ELt + ELt.transpose(0, 1, 3, 2)
+    f_grad = np.einsum("gij,gkji->gk", Bf, dD)
+    v = np.einsum("gkij,gj->gki", dD, a)
+    s = np.einsum("gki,gi->gk", v, a)
+    k = (n - p) if reml else n
+    r2 = ev.r2
+    ev.f_grad = f_grad
+    ev.r2_grad = -s
+    ev.grad = f_grad - k * s / r2[:, None]
+    if order >= 2:
+        BfdD = np.matmul(Bf[:, None], dD)
+        f_hess = (np.einsum("gij,klji->gkl", Bf, pd_.d2D)
+                  - np.einsum("glij,gkji->gkl", BfdD, BfdD))
+        r2_hess = (2.0 * np.einsum("gli,gij,gkj->gkl", v, B, v)
+                   - np.einsum("gi,klij,gj->gkl", a, pd_.d2D, a))
+        ev.f_hess = f_hess
+        ev.r2_hess = r2_hess
+        ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
+                                - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
+
+
+def _chunks(G: int, prepared: PreparedDesign, budget: float = 3e6) -> list[slice]:
+    """Gene chunks so that the G × m × q × q derivative stacks stay small in memory."""
+    per_gene = max(1, (prepared.m + 2) * prepared.q * prepared.q)
+    size = max(1, int(budget // per_gene))
+    return [slice(i, min(G, i + size)) for i in range(0, G, size)]
+
+
+def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
+             theta0: np.ndarray | None = None, max_iter: int = 200,
+             tol_dev: float = 1e-11, tol_step: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise the profiled deviance over θ per gene, all genes in lock-step.
+
+    A projected Newton method with the exact Hessian: eigenvalues of the Hessian
+    are made positive (|λ|, floored) so every step descends, steps are halved until
+    the deviance decreases, and θ's diagonal entries are kept ≥ 0 (a boundary
+    coordinate with a non-negative gradient and positive curvature is held fixed).
+
+    Returns
+    -------
+    theta : ndarray (G × m)
+    converged : ndarray of bool (G)
+    """
+    G, m = data.yty.shape[0], prepared.m
+    lower = prepared.theta_lower
+    bounded = np.isfinite(lower)
+    theta = np.tile(prepared.theta_start(), (G, 1)) if theta0 is None else theta0.copy()
+    converged = np.zeros(G, dtype=bool)
+    dev = np.full(G, np.nan)
+    grad = np.zeros((G, m))
+    hess = np.zeros((G, m, m))
+
+    def full_eval(idx: np.ndarray) -> None:
+        for chunk in _chunks(len(idx), prepared):
+            sub = idx[chunk]
+            ev = evaluate(theta[sub], data.take(sub), prepared, reml, order=2)
+            dev[sub], grad[sub], hess[sub] = ev.deviance, ev.grad, ev.hess
+
+    def dev_only(th: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out = np.empty(len(idx))
+        for chunk in _chunks(len(idx), prepared, budget=2e7):
+            out[chunk] = evaluate(th[chunk], data.take(idx[chunk]), prepared, reml).deviance
+        return out
+
+    active = np.arange(G)
+    full_eval(active)
+    bad = ~np.isfinite(dev)
+    active = active[~bad]
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        th, g, H = theta[active], grad[active], hess[active]
+        at_bound = bounded[None, :] & (th <= lower[None, :] + 1e-12)
+        diag = np.diagonal(H, axis1=1, axis2=2)
+        # a bound coordinate is released only when moving inward lowers the deviance
+        # (negative gradient); a stationary point on the bound with negative curvature
+        # is a maximum along that coordinate, so nudge it inward
+        fixed = at_bound & (g >= 0) & (diag > 0)
+        nudge = at_bound & (g >= 0) & (diag <= 0)
+        free = ~fixed
+        Hf = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
+        Hf[:, np.arange(m), np.arange(m)] = np.where(free, np.diagonal(Hf, axis1=1, axis2=2), 1.0)
+        gf = np.where(free, g, 0.0)
+        w, V = np.linalg.eigh(Hf)
+        wabs = np.abs(w)
+        floor = 1e-10 * np.maximum(wabs.max(axis=1, keepdims=True), 1e-300)
+        wmod = np.maximum(wabs, floor)
+        step = -np.einsum("gij,gj,gkj,gk->gi", V, 1.0 / wmod, V, gf)
+        step = np.where(free, step, 0.0)
+        step = np.where(nudge, 0.1, step)
+        decrement = -np.einsum("gi,gi->g", gf, step)
+        done = (decrement < tol_dev) & ~nudge.any(axis=1)
+        converged[active[done]] = True
+        active, th, step = active[~done], th[~done], step[~done]
+        if active.size == 0:
+            break
+        # backtracking line search, vectorised: each gene halves its own step
+        alpha = np.ones(active.size)
+        accepted = np.zeros(active.size, dtype=bool)
+        new_theta = th.copy()
+        for _ls in range(40):
+            pending = ~accepted
+            if not pending.any():
+                break
+            trial = th[pending] + alpha[pending, None] * step[pending]
+            trial = np.where(bounded[None, :], np.maximum(trial, lower[None, :]), trial)
+            trial_dev = dev_only(trial, active[pending])
+            ok = np.isfinite(trial_dev) & (trial_dev <= dev[active[pending]] + 1e-12 * np.abs(dev[active[pending]]))
+            idx = np.flatnonzero(pending)
+            new_theta[idx[ok]] = trial[ok]
+            accepted[idx[ok]] = True
+            alpha[idx[~ok]] *= 0.5
+        # genes that cannot descend any further are at a (numerical) optimum
+        stuck = ~accepted
+        converged[active[stuck]] = True
+        moved = active[accepted]
+        old_dev = dev[moved].copy()
+        step_size = np.abs(new_theta[accepted] - th[accepted]).max(axis=1)
+        theta[moved] = new_theta[accepted]
+        full_eval(moved)
+        small = (np.abs(old_dev - dev[moved]) < tol_dev) & (step_size < tol_step)
+        converged[moved[small]] = True
+        active = moved[~small]
+    return theta, converged

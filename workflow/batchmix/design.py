@@ -1,0 +1,489 @@
+"""lme4-style model formulas to fixed (X) and random (Z) design matrices.
+
+A formula such as ``"y ~ condition + (1 | batch)"`` or ``"~ Days + (Days | Subject)"`` is
+split into its fixed part, handed to :mod:`formulaic`, and its random "bar" terms
+``(expr | group)``, which are expanded here the way ``lme4::mkReTrms`` does:
+for each term, one block of columns per level of the grouping factor (level-major,
+the term's columns inside each level), and a lower-triangular relative covariance
+factor with ``s (s + 1) / 2`` parameters for ``s`` columns.
+
+Coefficient names follow R's conventions so that output columns read like lme4
+output: ``(Intercept)`` becomes ``Intercept``, a factor level is the factor name
+followed by the level (``InfectionSARS_CoV_2``), interactions are joined by ``:``
+and then every character outside ``[A-Za-z0-9_.]`` is replaced by ``_``.
+Factor levels are sorted as Python's :func:`sorted` does (the C locale), unless the
+column is a :class:`pandas.Categorical`, whose category order is kept: make a
+column categorical to choose the reference level.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "RandomTerm",
+    "ModelFormula",
+    "RandomBlock",
+    "RandomDesign",
+    "parse_formula",
+    "formula_columns",
+    "fixed_design",
+    "fixed_term_columns",
+    "random_design",
+    "sanitize_name",
+]
+
+_IDENTIFIER = re.compile(r"`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*")
+_FORMULA_WORDS = {"C", "I", "Q", "log", "exp", "sqrt", "center", "scale", "poly", "bs"}
+
+
+@dataclass
+class RandomTerm:
+    """One random-effects bar term ``(expr | group)`` of an lme4 formula.
+
+    Attributes
+    ----------
+    expr : str
+        Right-hand side of the term's model matrix, e.g. ``"1"``, ``"Days"``,
+        ``"1 + Days"`` or ``"0 + Days"``. As in R, an intercept is implied unless
+        removed with ``0 +`` or ``- 1``.
+    group : str
+        Grouping column name, or several joined by ``:`` for their interaction.
+    """
+
+    expr: str
+    group: str
+
+
+@dataclass
+class ModelFormula:
+    """A parsed lme4-style formula.
+
+    Attributes
+    ----------
+    response : str or None
+        Left-hand side if given (e.g. ``"Reaction"``), else None.
+    fixed : str
+        Fixed-effect right-hand side as a formulaic formula string (``"1"`` when
+        only the intercept remains).
+    random : list of RandomTerm
+        The bar terms, in order of appearance (a ``||`` term contributes one
+        term per column of its expression).
+    """
+
+    response: str | None
+    fixed: str
+    random: list[RandomTerm] = field(default_factory=list)
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    """Split ``text`` on ``sep`` where it is not nested inside parentheses."""
+    parts, depth, current = [], 0, []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ')' in formula {text!r}")
+        if depth == 0 and text.startswith(sep, i):
+            parts.append("".join(current))
+            current = []
+            i += len(sep)
+            continue
+        current.append(ch)
+        i += 1
+    if depth != 0:
+        raise ValueError(f"unbalanced '(' in formula {text!r}")
+    parts.append("".join(current))
+    return parts
+
+
+def _expand_uncorrelated(expr: str, group: str) -> list[RandomTerm]:
+    """``(a + b || g)`` is ``(1 | g) + (0 + a | g) + (0 + b | g)`` as in lme4."""
+    pieces = [p.strip() for p in _split_top_level(expr, "+")]
+    has_intercept = True
+    variables = []
+    for piece in pieces:
+        if piece in ("0", "-1") or piece.replace(" ", "") in ("-1",):
+            has_intercept = False
+        elif piece == "1":
+            continue
+        elif piece.endswith("- 1") or piece.endswith("-1"):
+            has_intercept = False
+            variables.append(piece.rsplit("-", 1)[0].strip())
+        elif piece:
+            variables.append(piece)
+    terms = [RandomTerm("1", group)] if has_intercept else []
+    terms += [RandomTerm(f"0 + {v}", group) for v in variables]
+    return terms
+
+
+def parse_formula(formula: str) -> ModelFormula:
+    """Parse an lme4-style mixed-model formula.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"~ condition + (1 | batch)"``, ``"Reaction ~ Days + (Days | Subject)"``,
+        ``"~ x + (x || g)"`` (uncorrelated intercept and slope),
+        ``"~ x + (1 | g1) + (1 | g2)"`` or ``"~ x + (1 | g1:g2)"``.
+
+    Returns
+    -------
+    ModelFormula
+
+    Raises
+    ------
+    ValueError
+        On a missing ``~``, unbalanced parentheses, an empty bar term, or a
+        parenthesised term with no ``|`` at top level in a position where a
+        random term was expected.
+    """
+    if not isinstance(formula, str) or "~" not in formula:
+        raise ValueError(f"a model formula needs '~', got {formula!r}")
+    sides = _split_top_level(formula, "~")
+    if len(sides) != 2:
+        raise ValueError(f"a model formula has exactly one '~' at top level, got {formula!r}")
+    lhs, rhs = sides[0].strip(), sides[1].strip()
+    if not rhs:
+        raise ValueError(f"empty right-hand side in formula {formula!r}")
+    fixed_parts: list[str] = []
+    random: list[RandomTerm] = []
+    for raw in _split_top_level(rhs, "+"):
+        part = raw.strip()
+        if not part:
+            raise ValueError(f"empty term (a dangling '+') in formula {formula!r}")
+        inner = part[1:-1] if part.startswith("(") and part.endswith(")") else None
+        if inner is not None and len(_split_top_level(inner, ")")) == 1:
+            bars = _split_top_level(inner, "|")
+            if len(bars) >= 2:
+                double = len(bars) == 3 and bars[1] == ""
+                if len(bars) > 3 or (len(bars) == 3 and not double):
+                    raise ValueError(f"bad random term {part!r} in formula {formula!r}")
+                expr = bars[0].strip()
+                group = bars[-1].strip()
+                if not expr or not group:
+                    raise ValueError(f"random term {part!r} needs an expression and a group")
+                if not re.fullmatch(r"[A-Za-z0-9_.`:]+( *: *[A-Za-z0-9_.`]+)*", group):
+                    raise ValueError(
+                        f"grouping factor {group!r} in {part!r} must be a column name or "
+                        "columns joined by ':'"
+                    )
+                group = re.sub(r"\s*:\s*", ":", group).replace("`", "")
+                if double:
+                    random.extend(_expand_uncorrelated(expr, group))
+                else:
+                    random.append(RandomTerm(expr, group))
+                continue
+        if "|" in part:
+            raise ValueError(
+                f"random term {part!r} must be written in parentheses, e.g. '(1 | batch)'"
+            )
+        fixed_parts.append(part)
+    fixed = " + ".join(fixed_parts) if fixed_parts else "1"
+    return ModelFormula(response=lhs or None, fixed=fixed, random=random)
+
+
+def _identifiers(text: str) -> list[str]:
+    """Variable names in a formula fragment, in order of appearance (no functions)."""
+    names = []
+    for match in _IDENTIFIER.finditer(text):
+        token = match.group(0)
+        end = match.end()
+        if token.startswith("`"):
+            names.append(token[1:-1])
+            continue
+        rest = text[end:].lstrip()
+        if rest.startswith("("):  # a function call such as log(x) or C(x)
+            continue
+        if token in _FORMULA_WORDS or keyword.iskeyword(token) or token[0] == "." and token[1:].isdigit():
+            continue
+        if re.fullmatch(r"\.?[0-9.]+", token):
+            continue
+        names.append(token)
+    return names
+
+
+def formula_columns(formula: str) -> list[str]:
+    """Every sample-sheet column a formula refers to.
+
+    Parameters
+    ----------
+    formula : str
+        An lme4-style formula (see :func:`parse_formula`).
+
+    Returns
+    -------
+    list of str
+        Fixed-effect covariates, random-term covariates and grouping factors, in
+        order of appearance, each once; the response is not included.
+    """
+    parsed = parse_formula(formula)
+    rhs = _split_top_level(formula, "~")[1]
+    del parsed  # parsing validates; order of appearance is read from the text itself
+    seen: list[str] = []
+    for name in _identifiers(rhs.replace("|", " + ").replace(":", " + ")):
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def sanitize_name(name: str) -> str:
+    """Replace every character outside ``[A-Za-z0-9_.]`` by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)
+
+
+def _r_column_name(formulaic_name: str) -> str:
+    """Formulaic's ``g[T.level]`` / ``g[level]`` naming to R's ``glevel``."""
+    if formulaic_name == "Intercept":
+        return "Intercept"
+    pieces = []
+    for factor in formulaic_name.split(":"):
+        match = re.fullmatch(r"(.*)\[(?:T\.)?(.*)\]", factor)
+        pieces.append(match.group(1) + match.group(2) if match else factor)
+    return ":".join(p.replace("`", "") for p in pieces)
+
+
+def _prepare_frame(samples: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Copy the needed columns; strings and booleans become sorted categoricals."""
+    frame = pd.DataFrame(index=samples.index)
+    for column in columns:
+        if column not in samples.columns:
+            raise ValueError(f"formula refers to column {column!r}, not in the sample sheet")
+        values = samples[column]
+        if values.isna().any():
+            raise ValueError(f"column {column!r} has missing values; drop or fill those samples")
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            frame[column] = values.cat.remove_unused_categories()
+        elif pd.api.types.is_bool_dtype(values):
+            frame[column] = pd.Categorical(values.map({False: "FALSE", True: "TRUE"}))
+        elif pd.api.types.is_numeric_dtype(values):
+            frame[column] = values.astype(float)
+        else:
+            as_text = values.astype(str)
+            frame[column] = pd.Categorical(as_text, categories=sorted(as_text.unique()))
+    return frame
+
+
+def _quote_columns(expr: str, columns: list[str]) -> str:
+    """Backquote column names that are not Python identifiers (e.g. ``a.b``) for formulaic."""
+    def repl(match: re.Match) -> str:
+        token = match.group(0)
+        if token.startswith("`") or token.isidentifier() or token not in columns:
+            return token
+        return f"`{token}`"
+    return _IDENTIFIER.sub(repl, expr)
+
+
+def _model_matrix(expr: str, frame: pd.DataFrame):
+    import formulaic
+
+    quoted = _quote_columns(expr, list(frame.columns))
+    try:
+        return formulaic.model_matrix(quoted, frame, na_action="raise")
+    except Exception as error:  # formulaic raises several types; report them uniformly
+        raise ValueError(f"cannot build the design for {expr!r}: {error}") from error
+
+
+def _full_rank_columns(matrix: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Indices of columns kept by a left-to-right rank check (what R's pivoting QR keeps)."""
+    kept: list[int] = []
+    basis = np.zeros((matrix.shape[0], 0))
+    for j in range(matrix.shape[1]):
+        column = matrix[:, j]
+        norm = np.linalg.norm(column)
+        if norm == 0:
+            continue
+        residual = column - basis @ (basis.T @ column) if basis.shape[1] else column
+        if np.linalg.norm(residual) > tol * norm:
+            basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
+            kept.append(j)
+    return kept
+
+
+def _fixed_model_matrix(formula: str, samples: pd.DataFrame):
+    parsed = parse_formula(formula)
+    fixed_cols = [c for c in formula_columns("~ " + parsed.fixed)] if parsed.fixed != "1" else []
+    frame = _prepare_frame(samples, fixed_cols)
+    if parsed.fixed.strip() in ("1",):
+        mm = None
+        matrix = np.ones((len(samples), 1))
+        names = ["Intercept"]
+        term_map = {"Intercept": ["Intercept"]}
+        return matrix, names, term_map
+    mm = _model_matrix(parsed.fixed, frame)
+    matrix = np.asarray(mm.to_numpy(), dtype=float)
+    names = [_r_column_name(c) for c in mm.columns]
+    term_map: dict[str, list[str]] = {}
+    for term, indices in mm.model_spec.term_indices.items():
+        term_name = "Intercept" if str(term) == "1" else str(term).replace("`", "")
+        term_map[term_name] = [names[i] for i in indices]
+    return matrix, names, term_map
+
+
+def fixed_design(formula: str, samples: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Fixed-effect design matrix X of a mixed-model formula.
+
+    Parameters
+    ----------
+    formula : str
+        lme4-style formula; only its fixed part is used.
+    samples : pandas.DataFrame
+        Sample sheet, one row per sample (in the order of the expression columns).
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``n × p`` full-rank design. Aliased columns are dropped left to right, as
+        lme4 does, with a :class:`UserWarning` naming them.
+    names : list of str
+        Coefficient names in R's style, sanitised for column names
+        (``Intercept``, ``InfectionSARS_CoV_2``, ``Days``).
+    """
+    matrix, names, _ = _fixed_model_matrix(formula, samples)
+    kept = _full_rank_columns(matrix)
+    if len(kept) < matrix.shape[1]:
+        dropped = [names[j] for j in range(matrix.shape[1]) if j not in kept]
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient; dropping column(s) {dropped}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return matrix[:, kept], [sanitize_name(names[j]) for j in kept]
+
+
+def fixed_term_columns(formula: str, samples: pd.DataFrame) -> dict[str, list[str]]:
+    """Map each fixed *term* (e.g. ``Infection``) to its coefficient names in X.
+
+    Used for variance fractions, which sum a factor's dummy columns as
+    variancePartition does. Names are sanitised as in :func:`fixed_design`;
+    aliased (dropped) columns are left out.
+    """
+    _, names, term_map = _fixed_model_matrix(formula, samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, kept_names = fixed_design(formula, samples)
+    result = {}
+    for term, cols in term_map.items():
+        kept = [sanitize_name(c) for c in cols if sanitize_name(c) in kept_names]
+        if kept:
+            result[sanitize_name(term)] = kept
+    return result
+
+
+@dataclass
+class RandomBlock:
+    """The columns of Z contributed by one random term.
+
+    Attributes
+    ----------
+    group : str
+        Grouping factor name (``g1:g2`` for an interaction).
+    terms : list of str
+        Names of the term's ``s`` columns (``Intercept``, ``Days``).
+    levels : list of str
+        The grouping factor's levels, in Z's order.
+    Z : numpy.ndarray
+        ``n × (len(levels) * s)``, level-major: the columns of level ``j`` are
+        ``j*s … j*s + s - 1``.
+    """
+
+    group: str
+    terms: list[str]
+    levels: list[str]
+    Z: np.ndarray
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.terms)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_theta(self) -> int:
+        s = len(self.terms)
+        return s * (s + 1) // 2
+
+
+@dataclass
+class RandomDesign:
+    """All random terms of a formula: blocks of Z and the θ layout."""
+
+    blocks: list[RandomBlock]
+
+    @property
+    def Z(self) -> np.ndarray:
+        return np.column_stack([b.Z for b in self.blocks]) if self.blocks else np.zeros((0, 0))
+
+    @property
+    def n_theta(self) -> int:
+        return sum(b.n_theta for b in self.blocks)
+
+
+def _group_codes(samples: pd.DataFrame, group: str) -> tuple[np.ndarray, list[str]]:
+    columns = group.split(":")
+    frame = _prepare_frame(samples, columns)
+    labels = frame[columns[0]].astype(str)
+    for column in columns[1:]:
+        labels = labels + ":" + frame[column].astype(str)
+    if len(columns) == 1 and isinstance(frame[columns[0]].dtype, pd.CategoricalDtype):
+        levels = [str(c) for c in frame[columns[0]].cat.categories]
+    elif len(columns) == 1 and pd.api.types.is_numeric_dtype(frame[columns[0]]):
+        # numbers as group labels: numeric order, printed as R prints them (6, not 6.0)
+        unique = sorted(frame[columns[0]].unique())
+        levels = [_format_number(v) for v in unique]
+        labels = frame[columns[0]].map(_format_number)
+    else:
+        levels = sorted(labels.unique())
+    codes = pd.Categorical(labels, categories=levels).codes
+    return np.asarray(codes), levels
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def random_design(formula: str, samples: pd.DataFrame) -> RandomDesign:
+    """Random-effects design of a formula: one :class:`RandomBlock` per bar term.
+
+    Parameters
+    ----------
+    formula : str
+        lme4-style formula.
+    samples : pandas.DataFrame
+        Sample sheet, one row per sample.
+
+    Returns
+    -------
+    RandomDesign
+    """
+    parsed = parse_formula(formula)
+    blocks = []
+    for term in parsed.random:
+        codes, levels = _group_codes(samples, term.group)
+        expr_cols = formula_columns("~ " + term.expr) if term.expr.strip() not in ("1", "0 + 1") else []
+        frame = _prepare_frame(samples, expr_cols)
+        if not expr_cols:
+            matrix = np.ones((len(samples), 1))
+            names = ["Intercept"]
+        else:
+            mm = _model_matrix(term.expr, frame)
+            matrix = np.asarray(mm.to_numpy(), dtype=float)
+            names = [sanitize_name(_r_column_name(c)) for c in mm.columns]
+        n, s = matrix.shape
+        Z = np.zeros((n, len(levels) * s))
+        for j in range(s):
+            Z[np.arange(n), codes * s + j] = matrix[:, j]
+        blocks.append(RandomBlock(group=term.group, terms=names, levels=levels, Z=Z))
+    return RandomDesign(blocks)
