@@ -1,5 +1,173 @@
-# Resource requests of the rules (threads are set in the rules): memory and runtime that fit the
-# work each job does, growing with `attempt` so that a retried job gets more.
+# Resource requests of the rules. Threads are set in the rules; memory (mem_mb) and run time
+# (runtime, minutes) come from the size of the data through a cost model per stage, measured
+# with benchmarks/bench_chunk_cost.py (README, "Running on a cluster"), and double with every
+# retry (`attempt`): a job that SLURM killed for running out of memory or time is resubmitted
+# with twice as much, then four times.
+#
+# Plain Python (no rules), so that tests can load it without Snakemake.
+import functools
+import gzip
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Measured cost of one stage as a function of the expression values its job holds.
+
+    peak memory  = base_mb + bytes_per_value * values / 1e6            (MB)
+    wall time    = base_s + us_per_value * values / 1e6                (s)
+    `values` is genes x samples of the table the job works on (a chunk for lmm_chunk); for the
+    Simpson scan the time term counts gene pairs x samples instead (us_per_value per pair-sample).
+    """
+
+    base_mb: float
+    bytes_per_value: float
+    base_s: float
+    us_per_value: float
+
+
+# Measured by `python benchmarks/bench_chunk_cost.py` (peak RSS of the stage's process plus the
+# Snakemake job process that runs it on a cluster node; wall time on one core). See README.
+STAGE_COSTS = {
+    "stabilise": StageCost(base_mb=500, bytes_per_value=120, base_s=10, us_per_value=5.0),
+    "split_genes": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
+    "lmm_chunk": StageCost(base_mb=500, bytes_per_value=80, base_s=10, us_per_value=5.0),
+    "gather_lmm": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
+    "simpson": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=0.001),
+    "report": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
+}
+
+# Requests exceed the measured cost by these factors: cluster nodes are slower or busier than the
+# benchmark machine, and gene-to-gene variation in optimiser iterations changes a chunk's time.
+MEMORY_HEADROOM = 1.5
+RUNTIME_HEADROOM = 3.0
+# No job asks for less than this (SLURM rounds small time limits up, and startup on a busy shared
+# file system can take minutes).
+MIN_RUNTIME_MIN = 10
+
+SCATTERITEM = re.compile(r"^(?P<index>\d+)-of-(?P<count>\d+)$")
+
+
+def _open_binary(path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _separator(path) -> bytes:
+    return b"," if ".csv" in Path(path).name.lower() else b"\t"
+
+
+@functools.lru_cache(maxsize=16)
+def _count_columns(path: str, size: int, mtime_ns: int) -> int:
+    """Value columns of a delimited table: the header's fields minus the id column."""
+    with _open_binary(path) as fh:
+        return fh.readline().rstrip(b"\r\n").count(_separator(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _count_rows(path: str, size: int, mtime_ns: int) -> int:
+    """Rows of a delimited table below its header line.
+
+    Streams the file once (a gzipped counts table of 60,000 x 20,000 takes about 15 s); cached per
+    file version, so a Snakemake process counts each input at most once.
+    """
+    with _open_binary(path) as fh:
+        fh.readline()
+        rows, last = 0, b"\n"
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            rows += block.count(b"\n")
+            last = block[-1:]
+    return rows + (1 if last != b"\n" else 0)  # the last row may lack its newline
+
+
+def _version(path) -> tuple[str, int, int]:
+    stat = Path(path).stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def n_samples() -> int:
+    """Samples of the run: the columns of the input expression table (read from its header only)."""
+    return _count_columns(*_version(config["expression"]))
+
+
+def _n_genes(input) -> int:
+    """Genes of the run: from gene_status.tsv when the job has it (one short line per gene, cheap to
+    count), else from the input table (counted once per Snakemake process)."""
+    status = getattr(input, "gene_status", None)
+    if status and Path(status).exists():
+        return _count_rows(*_version(status))
+    return _count_rows(*_version(config["expression"]))
+
+
+def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
+    """Genes in chunk `i-of-n`, as batchmix.stages.split_stage cuts them (numpy.array_split:
+    the first n_genes % n chunks get one gene more)."""
+    match = SCATTERITEM.match(scatteritem)
+    if match is None:
+        raise ValueError(f"not a scatter item of the form i-of-n: {scatteritem!r}")
+    index, count = int(match["index"]), int(match["count"])
+    return n_genes // count + (1 if index <= n_genes % count else 0)
+
+
+def stage_values(stage: str, wildcards, input) -> int:
+    """Expression values (genes x samples) that one job of `stage` holds in memory."""
+    if stage == "lmm_chunk":
+        return genes_in_chunk(wildcards.scatteritem, _n_genes(input)) * n_samples()
+    if stage == "simpson":
+        return simpson_genes(_n_genes(input)) * n_samples()
+    return _n_genes(input) * n_samples()
+
+
+def simpson_genes(n_genes: int) -> int:
+    """Genes the Simpson scan pairs up: all (an upper bound: filtered genes are left out) or the top N."""
+    chosen = config["simpson"]["genes"]
+    return n_genes if chosen == "all" else min(n_genes, int(chosen))
+
+
+def stage_memory_mb(stage: str, values: int, attempt: int = 1) -> int:
+    """Memory request in MB for a job of `stage` holding `values` expression values."""
+    cost = STAGE_COSTS[stage]
+    peak = cost.base_mb + cost.bytes_per_value * values / 1e6
+    return int(math.ceil(peak * MEMORY_HEADROOM)) * 2 ** (attempt - 1)
+
+
+def stage_runtime_min(stage: str, work_units: int, attempt: int = 1) -> int:
+    """Time limit in minutes for a job of `stage` doing `work_units` units of work (values, or
+    pair-samples for the Simpson scan)."""
+    cost = STAGE_COSTS[stage]
+    seconds = cost.base_s + cost.us_per_value * work_units / 1e6
+    return max(MIN_RUNTIME_MIN, int(math.ceil(seconds * RUNTIME_HEADROOM / 60))) * 2 ** (attempt - 1)
+
+
+def mem_mb_for(stage: str):
+    """A mem_mb resource function for the rule running `stage`."""
+    if stage not in STAGE_COSTS:
+        raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
+
+    def mem_mb(wildcards, input, attempt):
+        return stage_memory_mb(stage, stage_values(stage, wildcards, input), attempt)
+
+    mem_mb.__name__ = f"mem_mb_{stage}"
+    return mem_mb
+
+
+def runtime_for(stage: str):
+    """A runtime (minutes) resource function for the rule running `stage`."""
+    if stage not in STAGE_COSTS:
+        raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
+
+    def runtime(wildcards, input, attempt):
+        if stage == "simpson":
+            genes = simpson_genes(_n_genes(input))
+            work = genes * (genes - 1) // 2 * n_samples()
+        else:
+            work = stage_values(stage, wildcards, input)
+        return stage_runtime_min(stage, work, attempt)
+
+    runtime.__name__ = f"runtime_{stage}"
+    return runtime
 
 
 def input_mb(input):
@@ -8,8 +176,5 @@ def input_mb(input):
 
 
 def mem_mb_table(wildcards, input, attempt):
-    """Memory for a job that holds its (gzipped) input tables in memory, doubled per retry.
-
-    A gzipped TSV of floats expands about 5-10 fold in memory as float64 plus pandas overhead.
-    """
+    """Superseded by mem_mb_for(stage); kept until every rule uses that."""
     return int((500 + 40 * input_mb(input)) * 2 ** (attempt - 1))
