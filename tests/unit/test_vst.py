@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "deseq2"
 
 VST_ABS_TOL = 1e-3  # the issue's target for parametric / mean
-LOCAL_ABS_TOL = 1e-2  # the issue's target for the local (locfit) trend
+LOCAL_ABS_TOL = 1e-3  # the issue asks 1e-2 for local; the locfit port reaches ~1e-8
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -171,7 +171,6 @@ def test_vst_fast_subset_is_deseq2s(name, pasilla_counts, gse_counts):
 # ---------------------------------------------------------------- VST, local trend
 
 
-@pytest.mark.xfail(strict=True, reason="local (locfit) trend not yet within 1e-2")
 @pytest.mark.parametrize("name", ["pasilla", "gse147507"])
 @pytest.mark.parametrize("run,nsub", [("full_local", None), ("fast_local", 1000)])
 def test_vst_local_close_to_deseq2(name, run, nsub, pasilla_counts, gse_counts):
@@ -180,6 +179,19 @@ def test_vst_local_close_to_deseq2(name, run, nsub, pasilla_counts, gse_counts):
     assert res.fit_type == "local"
     ref = _read(DATA / f"{name}_vst_{run}.tsv.gz")
     assert _max_abs_err(res, ref) < LOCAL_ABS_TOL
+
+
+@pytest.mark.parametrize("name", ["pasilla", "gse147507"])
+def test_local_trend_matches_locfit_on_grid(name, pasilla_counts, gse_counts):
+    # the grid runs beyond the largest mean, so locfit's extrapolation is checked too
+    counts = _counts(name, pasilla_counts, gse_counts)
+    sf = V.size_factors(counts).to_numpy()
+    disp = V.estimate_dispersions(counts.to_numpy(dtype=float), sf)
+    trend = V.fit_dispersion_trend(disp["base_mean"].to_numpy(), disp["disp_gene_est"].to_numpy(), "local")
+    assert trend.fit_type == "local"
+    grid = pd.read_csv(DATA / f"{name}_local_trend_grid.tsv", sep="\t")
+    assert grid["mean"].max() > disp["base_mean"].max()
+    np.testing.assert_allclose(trend(grid["mean"].to_numpy()), grid["disp_fit"].to_numpy(), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- behaviour

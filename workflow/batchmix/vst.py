@@ -13,8 +13,8 @@ Anders & Huber 2010), step by step, vectorised across genes:
    grid search for genes whose line search did not converge.
 3. The dispersion trend (``estimateDispersionsFit``): ``parametric``
    alpha(mu) = a0 + a1 / mu by an iterated Gamma-family GLM with identity
-   link, ``local`` (a local quadratic likelihood fit in the spirit of
-   locfit, see :func:`_local_dispersion_fit`) or ``mean``; parametric falls
+   link, ``local`` (a port of the locfit fit DESeq2 uses, see
+   :class:`_LocalFit`) or ``mean``; parametric falls
    back to local and local to mean, and the branch that ran is recorded.
 4. The transformation (``getVarianceStabilizedData``): closed forms for
    ``parametric`` and ``mean``, DESeq2's numerical integral for ``local``.
@@ -573,61 +573,102 @@ def _parametric_dispersion_fit(means: np.ndarray, disps: np.ndarray) -> dict:
 
 
 class _LocalFit:
-    """Local quadratic weighted regression of log(dispersion) on log(mean).
+    """locfit's default local regression, as DESeq2 uses it for ``fitType="local"``.
 
     DESeq2 calls ``locfit(log(disp) ~ log(mean), weights = mean)`` with
-    locfit's defaults: nearest-neighbour fraction 0.7, degree 2, tricube
-    kernel.  Here the fit is computed directly at each requested point
-    (locfit interpolates between the vertices of a k-d tree); the
-    bandwidth at x0 is the distance to the ceil(0.7 n)-th nearest
-    observation; beyond the data range the value at the boundary is used.
+    locfit's defaults, reproduced here:
+
+    * local quadratic weighted least squares (family ``qgaussian``), tricube
+      kernel times the prior weights, nearest-neighbour bandwidth: the
+      distance to the ``floor(0.7 n)``-th nearest observation;
+    * evaluation structure ``rbox(cut = 0.8)``, the adaptive tree: the data
+      range is bisected while a cell is longer than 0.8 times the smaller
+      bandwidth at its two ends; the local fit (value and slope) is computed
+      only at the cell vertices;
+    * a global weighted quadratic ("parametric component") is subtracted
+      before and added back after the cubic Hermite interpolation between
+      vertices; beyond the data range the residual is extrapolated linearly.
     """
 
-    def __init__(self, log_means: np.ndarray, log_disps: np.ndarray, weights: np.ndarray, alpha=0.7):
-        order = np.argsort(log_means, kind="stable")
-        self.x = log_means[order]
-        self.y = log_disps[order]
-        self.w = weights[order]
-        self.k = max(3, int(math.floor(len(self.x) * alpha)))
-        if len(self.x) < 3:
-            raise DispersionFitError("too few genes for the local dispersion fit")
-        # Precompute fits on a grid over the data range and interpolate
-        # (cubic Hermite with the local slopes), like locfit's evaluation tree.
-        lo, hi = self.x[0], self.x[-1]
-        self.grid = np.linspace(lo, hi, 201) if hi > lo else np.array([lo])
-        self.grid_val, self.grid_slope = self._fit_at(self.grid)
+    CUT = 0.8
+    ALPHA = 0.7
 
-    def _fit_at(self, x0s: np.ndarray):
-        vals = np.empty(len(x0s))
-        slopes = np.empty(len(x0s))
-        for i, x0 in enumerate(x0s):
-            d = np.abs(self.x - x0)
-            h = np.partition(d, self.k - 1)[self.k - 1]
-            if h <= 0:
-                h = d.max() if d.max() > 0 else 1.0
-            u = d / h
-            kern = np.where(u < 1, (1 - u**3) ** 3, 0.0)
-            ww = kern * self.w
-            use = ww > 0
-            dx = self.x[use] - x0
-            xm = np.column_stack([np.ones(use.sum()), dx, dx**2])
-            sw = np.sqrt(ww[use])
-            coef, *_ = np.linalg.lstsq(xm * sw[:, None], self.y[use] * sw, rcond=None)
-            vals[i] = coef[0]
-            slopes[i] = coef[1]
-        return vals, slopes
+    def __init__(self, log_means: np.ndarray, log_disps: np.ndarray, weights: np.ndarray):
+        order = np.argsort(log_means, kind="stable")
+        self.x = np.asarray(log_means, dtype=float)[order]
+        self.y = np.asarray(log_disps, dtype=float)[order]
+        self.w = np.asarray(weights, dtype=float)[order]
+        n = len(self.x)
+        if n < 3:
+            raise DispersionFitError("too few genes for the local dispersion fit")
+        self.k = int(math.floor(n * self.ALPHA + 1e-12))
+        if self.k < 3:
+            raise DispersionFitError("too few genes for the local dispersion fit")
+        # parametric component: global weighted quadratic
+        xm = np.column_stack([np.ones(n), self.x, self.x**2])
+        sw = np.sqrt(self.w)
+        self.pc, *_ = np.linalg.lstsq(xm * sw[:, None], self.y * sw, rcond=None)
+        lo, hi = float(self.x[0]), float(self.x[-1])
+        if not hi > lo:
+            raise DispersionFitError("all genes have the same mean: no local trend")
+        verts = {lo: self._vertex(lo), hi: self._vertex(hi)}
+        self._grow(lo, hi, verts, depth=0)
+        self.vx = np.array(sorted(verts))
+        vals = np.array([verts[v] for v in self.vx])  # columns: value, slope, h
+        self.g = vals[:, 0] - self._pc_value(self.vx)
+        self.dg = vals[:, 1] - self._pc_slope(self.vx)
+        self.h = vals[:, 2]
+
+    def _pc_value(self, x):
+        c = self.pc
+        return c[0] + c[1] * x + c[2] * x**2
+
+    def _pc_slope(self, x):
+        c = self.pc
+        return c[1] + 2 * c[2] * x
+
+    def _vertex(self, v: float):
+        d = np.abs(self.x - v)
+        h = float(np.partition(d, self.k - 1)[self.k - 1])
+        if h <= 0:
+            raise DispersionFitError("zero bandwidth in the local dispersion fit")
+        u = d / h
+        kern = np.where(u < 1, (1 - u**3) ** 3, 0.0) * self.w
+        use = kern > 0
+        dx = self.x[use] - v
+        xm = np.column_stack([np.ones(use.sum()), dx, dx**2])
+        sw = np.sqrt(kern[use])
+        coef, *_ = np.linalg.lstsq(xm * sw[:, None], self.y[use] * sw, rcond=None)
+        return (float(coef[0]), float(coef[1]), h)
+
+    def _grow(self, lo: float, hi: float, verts: dict, depth: int):
+        hmin = min(verts[lo][2], verts[hi][2])
+        if (hi - lo) / hmin <= self.CUT or depth > 30:
+            return
+        mid = (lo + hi) / 2
+        verts[mid] = self._vertex(mid)
+        self._grow(lo, mid, verts, depth + 1)
+        self._grow(mid, hi, verts, depth + 1)
 
     def __call__(self, means: np.ndarray) -> np.ndarray:
         means = np.asarray(means, dtype=float)
         with np.errstate(divide="ignore"):
             lm = np.log(means)
-        lm = np.clip(lm, self.x[0], self.x[-1])
-        if len(self.grid) == 1:
-            return np.exp(np.full(means.shape, self.grid_val[0]))
-        from scipy.interpolate import CubicHermiteSpline
-
-        spl = CubicHermiteSpline(self.grid, self.grid_val, self.grid_slope)
-        return np.exp(spl(lm))
+        vx, g, dg = self.vx, self.g, self.dg
+        j = np.clip(np.searchsorted(vx, lm, side="right") - 1, 0, len(vx) - 2)
+        v0, v1 = vx[j], vx[j + 1]
+        width = v1 - v0
+        t = (lm - v0) / width
+        # cubic Hermite inside a cell (locfit's hermite2); linear beyond the ends
+        tt = np.clip(t, 0.0, 1.0)
+        phi1 = tt * tt * (3 - 2 * tt)
+        phi0 = 1 - phi1
+        phi2 = tt * (1 - tt) ** 2
+        phi3 = tt * tt * (tt - 1)
+        phi2 = np.where(t < 0, t, phi2)
+        phi3 = np.where(t > 1, t - 1, phi3)
+        resid = phi0 * g[j] + phi1 * g[j + 1] + (phi2 * dg[j] + phi3 * dg[j + 1]) * width
+        return np.exp(resid + self._pc_value(lm))
 
 
 def fit_dispersion_trend(
@@ -916,7 +957,7 @@ def vst(
     disp_gene[rows] = disp["disp_gene_est"].to_numpy()
     in_subset = np.zeros(y.shape[0], dtype=bool)
     in_subset[rows] = True
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         disp_fit = trend(base_mean)
     disp_fit = np.where(base_mean > 0, disp_fit, np.nan)
     dispersions = pd.DataFrame(
