@@ -11,6 +11,7 @@ rule report:
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
+            labels={"figure": "{name}"},
         ),
     log:
         "results/logs/report.log",
