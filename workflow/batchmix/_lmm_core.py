@@ -351,3 +351,56 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         converged[moved[small]] = True
         active = moved[~small]
     return theta, converged
+
+
+def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What lmerTest's Satterthwaite method needs, analytically, at an optimum.
+
+    lmerTest differentiates the deviance written in (θ, σ) (not profiled over σ):
+    dev(θ, σ) = f(θ) + k log(2πσ²) + r²(θ)/σ², and vcov(β) = σ² (X'V⁻¹X)⁻¹.
+    ``ev`` must come from :func:`evaluate` with ``order=2``.
+
+    Returns
+    -------
+    hess : G × (m+1) × (m+1), Hessian of dev in (θ, σ)
+    jac : G × (m+1) × p × p, derivatives of vcov(β) in (θ, σ)
+    vcov : G × p × p
+    """
+    n, p, m = prepared.n, prepared.p, prepared.m
+    k = (n - p) if reml else n
+    sigma2 = ev.r2 / k
+    sigma = np.sqrt(sigma2)
+    G = sigma.size
+    hess = np.empty((G, m + 1, m + 1))
+    hess[:, :m, :m] = ev.f_hess + ev.r2_hess / sigma2[:, None, None]
+    hess[:, :m, m] = hess[:, m, :m] = -2.0 * ev.r2_grad / sigma[:, None] ** 3
+    hess[:, m, m] = -2.0 * k / sigma2 + 6.0 * ev.r2 / sigma2 ** 2
+    Minv = np.linalg.inv(ev.M)
+    vcov = sigma2[:, None, None] * Minv
+    ELt = np.matmul(prepared.E[None], ev.lam.transpose(0, 2, 1)[:, None])
+    dD = ELt + ELt.transpose(0, 1, 3, 2)
+    # ∂(X'V⁻¹X)/∂θ_k = -(Z'V⁻¹X)' dD_k (Z'V⁻¹X)
+    inner = np.einsum("gip,gkij,gjr->gkpr", ev.ZVX, dD, ev.ZVX)
+    jac = np.empty((G, m + 1, p, p))
+    jac[:, :m] = sigma2[:, None, None, None] * np.matmul(np.matmul(Minv[:, None], inner), Minv[:, None])
+    jac[:, m] = 2.0 * sigma[:, None, None] * Minv
+    return hess, jac, vcov
+
+
+def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray,
+                     tol: float = 1e-8) -> np.ndarray:
+    """Satterthwaite denominator df per coefficient, as lmerTest computes them.
+
+    lmerTest takes vcov(θ, σ) = 2 H⁺, with H⁺ the Moore-Penrose inverse of the
+    deviance Hessian over its eigenvalues above ``tol``; for coefficient j,
+    df = 2 Var(β̂_j)² / (g' vcov(θ, σ) g) with g = ∂Var(β̂_j)/∂(θ, σ).
+    """
+    w, V = np.linalg.eigh(hess)
+    inv_w = np.where(w > tol, 1.0 / np.where(w > tol, w, 1.0), 0.0)
+    A = 2.0 * np.einsum("gij,gj,gkj->gik", V, inv_w, V)
+    var = np.diagonal(vcov, axis1=1, axis2=2)
+    grad = np.diagonal(jac, axis1=2, axis2=3)          # G × (m+1) × p
+    denom = np.einsum("gkj,gkl,glj->gj", grad, A, grad)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 2.0 * var ** 2 / denom

@@ -1,0 +1,124 @@
+"""batchmix.design: lme4-style formula parsing and design matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchmix.design import (ModelFormula, RandomTerm, fixed_design, fixed_term_columns,
+                             formula_columns, parse_formula, random_design)
+
+
+@pytest.fixture
+def samples() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "condition": ["ctrl", "treat", "ctrl", "treat", "ctrl", "treat"],
+            "batch": ["b2", "b2", "b1", "b1", "b3", "b3"],
+            "experiment.number": [6, 6, 4, 4, 7, 7],
+            "dose": [0.5, 1.0, 0.0, 2.0, 1.5, 3.0],
+            "strain": ["C57BL/6J", "DBA/2J", "DBA/2J", "C57BL/6J", "C57BL/6J", "DBA/2J"],
+        },
+        index=[f"s{i}" for i in range(6)],
+    )
+
+
+def test_parse_simple_intercept():
+    assert parse_formula("~ condition + (1 | batch)") == ModelFormula(
+        response=None, fixed="condition", random=[RandomTerm("1", "batch")])
+
+
+def test_parse_response_and_slopes():
+    parsed = parse_formula("Reaction ~ Days + (Days|Subject)")
+    assert parsed.response == "Reaction"
+    assert parsed.fixed == "Days"
+    assert parsed.random == [RandomTerm("Days", "Subject")]
+
+
+def test_parse_two_groups_and_interaction_group():
+    parsed = parse_formula("~ x + (1|g1) + (1 | g2:g3)")
+    assert parsed.random == [RandomTerm("1", "g1"), RandomTerm("1", "g2:g3")]
+    assert parsed.fixed == "x"
+
+
+def test_parse_uncorrelated_splits_terms():
+    parsed = parse_formula("~ x + (x || g)")
+    assert parsed.random == [RandomTerm("1", "g"), RandomTerm("0 + x", "g")]
+
+
+def test_parse_only_random_gives_intercept_fixed():
+    assert parse_formula("~ (1|g)").fixed == "1"
+
+
+@pytest.mark.parametrize("bad", ["x + (1|g)", "~ x + (1|g", "~ x + 1|g", "~ x + (|g)",
+                                 "~ x + (1|)", "~ x + + (1|g)", "y ~ x ~ z"])
+def test_parse_errors(bad):
+    with pytest.raises(ValueError):
+        parse_formula(bad)
+
+
+def test_formula_columns_order_and_no_response():
+    cols = formula_columns("y ~ condition + dose:condition + (dose | batch) + (1|experiment.number)")
+    assert cols == ["condition", "dose", "batch", "experiment.number"]
+
+
+def test_fixed_design_r_names(samples):
+    X, names = fixed_design("~ condition + strain + dose + (1|batch)", samples)
+    assert names == ["Intercept", "conditiontreat", "strainDBA_2J", "dose"]
+    np.testing.assert_array_equal(X[:, 1], [0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(X[:, 2], [0, 1, 1, 0, 0, 1])
+    np.testing.assert_array_equal(X[:, 3], samples["dose"].to_numpy())
+
+
+def test_fixed_design_drops_aliased_columns_with_warning(samples):
+    frame = samples.assign(copy_of_condition=samples["condition"])
+    with pytest.warns(UserWarning, match="rank deficient"):
+        X, names = fixed_design("~ condition + copy_of_condition + (1|batch)", frame)
+    assert names == ["Intercept", "conditiontreat"]
+    assert X.shape == (6, 2)
+
+
+def test_fixed_design_categorical_reference_level(samples):
+    frame = samples.assign(condition=pd.Categorical(samples["condition"], ["treat", "ctrl"]))
+    _, names = fixed_design("~ condition + (1|batch)", frame)
+    assert names == ["Intercept", "conditionctrl"]
+
+
+def test_fixed_term_columns(samples):
+    terms = fixed_term_columns("~ condition * dose + (1|batch)", samples)
+    assert terms == {"Intercept": ["Intercept"], "condition": ["conditiontreat"], "dose": ["dose"],
+                     "condition_dose": ["conditiontreat_dose"]}
+
+
+def test_random_design_intercept_levels_sorted(samples):
+    rd = random_design("~ condition + (1|batch)", samples)
+    (block,) = rd.blocks
+    assert block.levels == ["b1", "b2", "b3"]
+    assert block.terms == ["Intercept"]
+    expected = np.array([[0, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(block.Z, expected)
+
+
+def test_random_design_numeric_group_and_slopes(samples):
+    rd = random_design("~ 1 + (dose | experiment.number)", samples)
+    (block,) = rd.blocks
+    assert block.levels == ["4", "6", "7"]
+    assert block.terms == ["Intercept", "dose"]
+    assert block.n_theta == 3
+    # level-major columns: (4, Intercept), (4, dose), (6, Intercept), ...
+    assert block.Z.shape == (6, 6)
+    np.testing.assert_array_equal(block.Z[3], [1, 2, 0, 0, 0, 0])
+    np.testing.assert_array_equal(block.Z[0], [0, 0, 1, 0.5, 0, 0])
+    np.testing.assert_array_equal(block.Z[1], [0, 0, 1, 1, 0, 0])
+
+
+def test_random_design_interaction_group(samples):
+    rd = random_design("~ (1 | batch:condition)", samples)
+    assert rd.blocks[0].levels == ["b1:ctrl", "b1:treat", "b2:ctrl", "b2:treat", "b3:ctrl", "b3:treat"]
+    np.testing.assert_array_equal(rd.blocks[0].Z, np.eye(6)[[2, 3, 0, 1, 4, 5]])
+
+
+def test_missing_column_is_reported(samples):
+    with pytest.raises(ValueError, match="not in the sample sheet"):
+        fixed_design("~ nosuch + (1|batch)", samples)

@@ -1,0 +1,560 @@
+"""Per-gene linear mixed models, vectorised across genes (lme4 + lmerTest results).
+
+For every gene (row of an expression table) fit the lme4-style model named by a
+formula such as ``"~ condition + (1 | batch)"`` or ``"~ Days + (Days | Subject)"``
+by REML (default) or ML, and report what lme4 and lmerTest report: the
+log-likelihood on lme4's scale, variance components, fixed effects with
+Satterthwaite degrees of freedom, conditional modes (BLUPs), the OLS fit without
+random terms and the likelihood-ratio test against it, and variance fractions.
+
+Two engines share one design for all genes:
+
+* one variance component (``(1 | batch)``): the EMMA / FaST-LMM rotation, each
+  gene a one-dimensional optimisation over λ = θ², all genes evaluated together
+  (:mod:`batchmix._lmm_onecomp`);
+* anything else (random slopes, several grouping factors): lme4's profiled
+  deviance in θ with analytic gradient and Hessian, minimised by a projected
+  Newton method run in lock-step over genes with stacked q × q linear algebra
+  (:mod:`batchmix._lmm_core`).
+
+Typical use from a notebook::
+
+    from batchmix import lmm
+    result = lmm.fit(vst_table, samples, "~ condition + (1 | batch)")
+    result.gene_fits.head()
+    corrected = lmm.corrected_expression(vst_table, samples, result, groups=["batch"])
+
+For code that needs the raw arrays (bootstrap, grid posteriors)::
+
+    prepared = lmm.prepare("~ condition + (1 | batch)", samples, reml=True)
+    arrays = lmm.fit_arrays(Y, prepared)       # Y: genes × samples numpy array, no NaN
+    arrays.theta, arrays.beta, arrays.sigma2, arrays.loglik
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import _lmm_core as core
+from ._lmm_core import GeneData, PreparedDesign
+from ._lmm_onecomp import fit_onecomp, prepare_onecomp
+from .design import (RandomBlock, RandomDesign, fixed_design, fixed_term_columns,
+                     parse_formula, random_design, sanitize_name)
+
+__all__ = [
+    "LMMFit",
+    "ArrayFit",
+    "PreparedDesign",
+    "prepare",
+    "fit_arrays",
+    "fit",
+    "corrected_expression",
+]
+
+LRT_ZERO = 1e-8  # LRT statistics below this are the boundary's point mass at 0
+
+
+def prepare(formula: str, samples: pd.DataFrame, reml: bool = True) -> PreparedDesign:
+    """Build the design shared by all genes from a formula and a sample sheet.
+
+    Parameters
+    ----------
+    formula : str
+        lme4-style formula, e.g. ``"~ condition + (1 | batch)"``.
+    samples : pandas.DataFrame
+        One row per sample, in the order of the expression matrix's columns.
+    reml : bool, default True
+        REML (lme4's default) or ML.
+
+    Returns
+    -------
+    PreparedDesign
+        Holds X, Z, their cross-products, the θ layout and (for single-θ models)
+        the rotation used by the fast path.
+    """
+    parsed = parse_formula(formula)
+    if not parsed.random:
+        raise ValueError(f"formula {formula!r} has no random term such as '(1 | batch)'")
+    X, names = fixed_design(formula, samples)
+    rd = random_design(formula, samples)
+    prepared = PreparedDesign(X=X, Z=rd.Z, fixed_names=names, random=rd, reml=reml)
+    prepared.onecomp = prepare_onecomp(prepared)
+    return prepared
+
+
+@dataclass
+class ArrayFit:
+    """Per-gene results on raw arrays (G genes), in lme4's parameterisation.
+
+    Attributes
+    ----------
+    theta : ndarray, G × m
+        Relative covariance factor parameters (lme4's ``getME(fit, "theta")``).
+    beta : ndarray, G × p
+        Fixed effects.
+    vcov : ndarray, G × p × p
+        Covariance of the fixed effects, σ² (X'V⁻¹X)⁻¹.
+    df : ndarray, G × p
+        Satterthwaite degrees of freedom (lmerTest).
+    sigma2 : ndarray, G
+        Residual variance.
+    loglik : ndarray, G
+        REML or ML log-likelihood on lme4's scale (``logLik()``).
+    ols_loglik : ndarray, G
+        The same criterion for the model without random terms.
+    b : ndarray, G × q
+        Conditional modes of the random effects, in Z's column order.
+    converged : ndarray of bool, G
+    singular : ndarray of bool, G
+        A diagonal θ below 1e-4 (lme4's ``isSingular()``).
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    vcov: np.ndarray
+    df: np.ndarray
+    sigma2: np.ndarray
+    loglik: np.ndarray
+    ols_loglik: np.ndarray
+    b: np.ndarray
+    converged: np.ndarray
+    singular: np.ndarray
+
+
+def _ols_loglik(Y: np.ndarray, prepared: PreparedDesign, reml: bool) -> np.ndarray:
+    QX, _ = np.linalg.qr(prepared.X)
+    resid = Y - (Y @ QX) @ QX.T
+    rss = np.einsum("gi,gi->g", resid, resid)
+    n, p = prepared.n, prepared.p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if reml:
+            k = n - p
+            return -0.5 * (k * (1.0 + np.log(2.0 * np.pi * rss / k)) + prepared.logdet_XtX)
+        return -0.5 * n * (1.0 + np.log(2.0 * np.pi * rss / n))
+
+
+def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
+               theta: np.ndarray | None = None) -> ArrayFit:
+    """Fit every row of ``Y`` (genes × samples, no missing values) with the shared design.
+
+    Parameters
+    ----------
+    Y : ndarray, G × n
+        Expression values, columns in the sample order used by :func:`prepare`.
+    prepared : PreparedDesign
+        From :func:`prepare`; its ``reml`` flag selects REML or ML.
+    method : {"auto", "onecomp", "general"}
+        ``auto`` uses the rotation for single-θ models and the θ-Newton engine
+        otherwise; the two agree to optimisation tolerance.
+    theta : ndarray, G × m, optional
+        Evaluate every result at these θ instead of optimising (e.g. at another
+        program's estimates, or on a grid); uses the θ-engine.
+
+    Returns
+    -------
+    ArrayFit
+    """
+    Y = np.asarray(Y, dtype=float)
+    if Y.ndim != 2 or Y.shape[1] != prepared.n:
+        raise ValueError(f"Y must be genes × {prepared.n} samples, got shape {Y.shape}")
+    reml = prepared.reml
+    p, n = prepared.p, prepared.n
+    k = (n - p) if reml else n
+    use_onecomp = theta is None and (
+        method == "onecomp" or (method == "auto" and prepared.onecomp is not None))
+    if use_onecomp:
+        if prepared.onecomp is None:
+            raise ValueError("the one-component engine needs a model with a single θ")
+        one = fit_onecomp(Y, prepared.onecomp, prepared, reml)
+        theta, r2, deviance, beta = one.theta, one.r2, one.deviance, one.beta
+        sigma2 = r2 / k
+        vcov = sigma2[:, None, None] * one.Minv
+        df = core.satterthwaite_df(vcov, one.hess_varpar, one.jac_vcov)
+        b = one.b
+        converged = np.isfinite(deviance)
+    elif method in ("auto", "general"):
+        data = GeneData.from_matrix(Y, prepared)
+        G = Y.shape[0]
+        if theta is None:
+            theta, converged = core.optimise(data, prepared, reml)
+        else:
+            theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
+            converged = np.ones(G, dtype=bool)
+        m, q = prepared.m, prepared.q
+        deviance, sigma2 = np.full(G, np.nan), np.full(G, np.nan)
+        beta, b = np.full((G, p), np.nan), np.full((G, q), np.nan)
+        vcov, df = np.full((G, p, p), np.nan), np.full((G, p), np.nan)
+        for chunk in core._chunks(G, prepared):
+            ev = core.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared, reml, order=2)
+            hess, jac, vc = core.varpar_derivatives(ev, prepared, reml)
+            deviance[chunk] = ev.deviance
+            sigma2[chunk] = ev.r2 / k
+            beta[chunk] = ev.beta
+            b[chunk] = np.einsum("gij,gj->gi", ev.lam, ev.u)
+            vcov[chunk] = vc
+            df[chunk] = core.satterthwaite_df(vc, hess, jac)
+        converged &= np.isfinite(deviance)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    diag = np.isfinite(prepared.theta_lower)
+    singular = (np.abs(theta[:, diag]) < core.SINGULAR_TOL).any(axis=1)
+    return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
+                    loglik=-0.5 * deviance, ols_loglik=_ols_loglik(Y, prepared, reml), b=b,
+                    converged=converged, singular=singular)
+
+
+@dataclass
+class LMMFit:
+    """Result of :func:`fit`.
+
+    Attributes
+    ----------
+    gene_fits : pandas.DataFrame
+        One row per input gene, in input order. Columns: ``gene_id``, ``status``
+        (``ok``, ``singular``, ``filtered:<reason>``, ``failed:<reason>``), ``n``,
+        ``loglik``, ``aic``, ``bic``, ``ols_loglik``, ``ols_aic``, ``ols_bic``,
+        ``lrt_stat``, ``lrt_df``, ``lrt_p``, ``var_<group>`` (random intercepts) or
+        ``var_<group>_<term>`` and ``cor_<group>_<term1>_<term2>`` (random slopes),
+        ``var_residual``, ``sigma``, ``df_residual``, ``frac_<fixed term>``,
+        ``frac_<random component>``, ``frac_residual``, then per coefficient
+        ``coef_<name>``, ``se_<name>``, ``df_<name>``, ``t_<name>``, ``p_<name>``.
+    blups : pandas.DataFrame
+        Tidy conditional modes: ``gene_id``, ``group``, ``level``, ``term``, ``value``
+        (genes with status ``ok`` or ``singular`` only).
+    formula : str
+    reml : bool
+    fixed_names : list of str
+        Coefficient names, as in the ``coef_*`` columns.
+    """
+
+    gene_fits: pd.DataFrame
+    blups: pd.DataFrame
+    formula: str
+    reml: bool
+    fixed_names: list[str] = field(default_factory=list)
+
+
+def _var_names(blocks: list[RandomBlock]) -> list[tuple[str, list[str], list[tuple[int, int, str]]]]:
+    """Per block: fraction name, variance column names, correlation (i, j, name) triples."""
+    out, used = [], set()
+    for block in blocks:
+        group = sanitize_name(block.group)
+        if block.n_terms == 1 and block.terms[0] == "Intercept":
+            var_names = [f"var_{group}"]
+        else:
+            var_names = [f"var_{group}_{t}" for t in block.terms]
+        var_names = [_unique(v, used) for v in var_names]
+        cors = [(i, j, _unique(f"cor_{group}_{block.terms[i]}_{block.terms[j]}", used))
+                for i in range(block.n_terms) for j in range(i + 1, block.n_terms)]
+        frac = "frac_" + (var_names[0][4:] if block.n_terms == 1 else group)
+        out.append((_unique(frac, used), var_names, cors))
+    return out
+
+
+def _unique(name: str, used: set) -> str:
+    candidate, i = name, 2
+    while candidate in used:
+        candidate, i = f"{name}_{i}", i + 1
+    used.add(candidate)
+    return candidate
+
+
+def _block_term_values(block: RandomBlock) -> np.ndarray:
+    """n × s values of the term's columns for each sample (whatever its level)."""
+    n = block.Z.shape[0]
+    return block.Z.reshape(n, block.n_levels, block.n_terms).sum(axis=1)
+
+
+def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict[str, list[str]],
+                     ) -> tuple[dict[str, np.ndarray], list[tuple]]:
+    """Output columns for the genes of one missingness pattern."""
+    G = arrays.sigma2.shape[0]
+    n, p, m = prepared.n, prepared.p, prepared.m
+    cols: dict[str, np.ndarray] = {}
+    loglik, ols = arrays.loglik, arrays.ols_loglik
+    n_par = p + m + 1
+    cols["n"] = np.full(G, float(n))
+    cols["loglik"] = loglik
+    cols["aic"] = -2.0 * loglik + 2.0 * n_par
+    cols["bic"] = -2.0 * loglik + np.log(n) * n_par
+    cols["ols_loglik"] = ols
+    cols["ols_aic"] = -2.0 * ols + 2.0 * (p + 1)
+    cols["ols_bic"] = -2.0 * ols + np.log(n) * (p + 1)
+    lrt = np.maximum(2.0 * (loglik - ols), 0.0)
+    lrt = np.where(lrt < LRT_ZERO, 0.0, lrt)
+    cols["lrt_stat"] = lrt
+    cols["lrt_df"] = np.full(G, float(m))
+    if m == 1:
+        # one variance component on the boundary: 50:50 mixture of χ²₀ and χ²₁
+        lrt_p = np.where(lrt > 0, 0.5 * stats.chi2.sf(lrt, 1), 1.0)
+    else:
+        lrt_p = stats.chi2.sf(lrt, m)
+    cols["lrt_p"] = lrt_p
+    sigma2 = arrays.sigma2
+    names = _var_names(prepared.random.blocks)
+    random_var: list[tuple[str, np.ndarray]] = []
+    offset = 0
+    for block, (frac_name, var_names, cors) in zip(prepared.random.blocks, names):
+        s = block.n_terms
+        T = np.zeros((G, s, s))
+        idx = 0
+        for c in range(s):
+            for r in range(c, s):
+                T[:, r, c] = arrays.theta[:, offset + idx]
+                idx += 1
+        offset += block.n_theta
+        Sigma = sigma2[:, None, None] * (T @ T.transpose(0, 2, 1))
+        sd = np.sqrt(np.diagonal(Sigma, axis1=1, axis2=2))
+        for i, v in enumerate(var_names):
+            cols[v] = Sigma[:, i, i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i, j, cname in cors:
+                cols[cname] = Sigma[:, i, j] / (sd[:, i] * sd[:, j])
+        # a random term's share: its variance averaged over samples, E_i[z_i' Σ z_i]
+        zz = _block_term_values(block)
+        mean_outer = zz.T @ zz / n
+        random_var.append((frac_name, np.einsum("gij,ij->g", Sigma, mean_outer)))
+    cols["var_residual"] = sigma2
+    cols["sigma"] = np.sqrt(sigma2)
+    cols["df_residual"] = np.full(G, float(prepared.df_residual))
+    fixed_var = []
+    for term, names_ in term_cols.items():
+        if term == "Intercept":
+            continue
+        idx = [prepared.fixed_names.index(c) for c in names_ if c in prepared.fixed_names]
+        if not idx:
+            continue
+        contribution = arrays.beta[:, idx] @ prepared.X[:, idx].T
+        fixed_var.append((f"frac_{term}", contribution.var(axis=1, ddof=1)))
+    total = sigma2 + sum(v for _, v in fixed_var) + sum(v for _, v in random_var)
+    for name, v in fixed_var + random_var:
+        cols[name] = v / total
+    cols["frac_residual"] = sigma2 / total
+    se = np.sqrt(np.diagonal(arrays.vcov, axis1=1, axis2=2))
+    for j, name in enumerate(prepared.fixed_names):
+        t = arrays.beta[:, j] / se[:, j]
+        cols[f"coef_{name}"] = arrays.beta[:, j]
+        cols[f"se_{name}"] = se[:, j]
+        cols[f"df_{name}"] = arrays.df[:, j]
+        cols[f"t_{name}"] = t
+        cols[f"p_{name}"] = 2.0 * stats.t.sf(np.abs(t), arrays.df[:, j])
+    blup_parts = []
+    offset = 0
+    for block in prepared.random.blocks:
+        width = block.n_levels * block.n_terms
+        values = arrays.b[:, offset:offset + width]
+        offset += width
+        blup_parts.append((block, values))
+    return cols, blup_parts
+
+
+def _align_samples(expression: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    missing = [s for s in expression.columns if s not in samples.index]
+    if missing:
+        raise ValueError(f"{len(missing)} expression columns are not in the sample sheet, e.g. {missing[:3]}")
+    return samples.loc[list(expression.columns)]
+
+
+def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: bool = True,
+        gene_status: pd.Series | None = None) -> LMMFit:
+    """Fit a linear mixed model to every gene of an expression table.
+
+    Parameters
+    ----------
+    expression : pandas.DataFrame
+        Genes × samples (index gene ids, columns sample ids), on a scale where a
+        Gaussian model is sensible (e.g. a VST). Missing values (NaN) are allowed:
+        genes are grouped by their pattern of missing samples and each group is
+        fitted with the design restricted to its samples.
+    samples : pandas.DataFrame
+        Sample sheet indexed by sample id, with the formula's columns (strings
+        for factors, numbers for numeric covariates). Aligned to the expression
+        columns by id.
+    formula : str
+        lme4-style formula, e.g. ``"~ condition + (1 | batch)"``.
+    reml : bool, default True
+        REML (lme4's default) or ML.
+    gene_status : pandas.Series, optional
+        gene id → status from an earlier stage; genes whose status is not ``ok``
+        are not fitted and keep that status with NaN in every numeric column.
+
+    Returns
+    -------
+    LMMFit
+
+    Notes
+    -----
+    Statuses set here: ``singular`` (a θ on the boundary, as lme4's
+    ``isSingular()`` with tolerance 1e-4), ``filtered:all_missing``,
+    ``filtered:constant`` (no variation, e.g. all-zero genes),
+    ``failed:too_few_observations`` (fewer than p + 2 observed samples or a
+    degenerate design on them), ``failed:perfect_fit`` (zero OLS residual),
+    ``failed:not_converged`` and ``failed:numerical``. Failed and filtered genes
+    have NaN in every numeric column.
+
+    The likelihood-ratio test compares the mixed model with the same model
+    without random terms *on the fitted criterion*: REML log-likelihoods under
+    REML (the two models share X, so their REML criteria are comparable; this is
+    what lmerTest's ``ranova()`` does), ML log-likelihoods under ML. With one
+    variance parameter the p-value uses the 50:50 mixture of χ²₀ and χ²₁ (a
+    statistic of 0 gets p = 1); with several it uses χ² with as many degrees of
+    freedom as θ parameters, which is conservative.
+
+    Variance fractions follow variancePartition: each fixed term's share is the
+    sample variance (n - 1) of its fitted contribution X_term β_term, a random
+    term's share is its variance (for random slopes, z_i' Σ z_i averaged over
+    samples), the residual's is σ²; they sum to 1.
+    """
+    samples = _align_samples(expression, samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = prepare(formula, samples, reml=reml)
+        term_cols = fixed_term_columns(formula, samples)
+    genes = list(expression.index)
+    G = len(genes)
+    values = expression.to_numpy(dtype=float)
+    status = np.array(["ok"] * G, dtype=object)
+    if gene_status is not None:
+        prior = gene_status.reindex(expression.index).fillna("ok").astype(str).to_numpy()
+        status[:] = prior
+    todo = status == "ok"
+    observed = np.isfinite(values)
+    status[todo & ~observed.any(axis=1)] = "filtered:all_missing"
+    todo = status == "ok"
+    # group genes by which samples they have
+    patterns: dict[bytes, list[int]] = {}
+    for g in np.flatnonzero(todo):
+        patterns.setdefault(observed[g].tobytes(), []).append(g)
+    columns: dict[str, np.ndarray] = {}
+    blup_frames = []
+    for key, members in patterns.items():
+        members = np.asarray(members)
+        mask = np.frombuffer(key, dtype=bool)
+        Y = values[np.ix_(members, mask)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prepared = full if mask.all() else prepare(formula, samples.loc[mask], reml=reml)
+        except (ValueError, np.linalg.LinAlgError):
+            status[members] = "failed:too_few_observations"
+            continue
+        if prepared.n - prepared.p < 2 or prepared.q == 0:
+            status[members] = "failed:too_few_observations"
+            continue
+        spread = Y.max(axis=1) - Y.min(axis=1)
+        scale = np.maximum(np.abs(Y).max(axis=1), 1.0)
+        constant = spread <= 1e-12 * scale
+        status[members[constant]] = "filtered:constant"
+        ols_rss = _ols_loglik(Y, prepared, reml)
+        perfect = ~constant & ~np.isfinite(ols_rss)
+        status[members[perfect]] = "failed:perfect_fit"
+        keep = ~constant & ~perfect
+        if not keep.any():
+            continue
+        members, Y = members[keep], Y[keep]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            arrays = fit_arrays(Y, prepared)
+            cols, blup_parts = _pattern_columns(prepared, arrays, term_cols)
+        good = arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
+        status[members] = np.where(good, np.where(arrays.singular, "singular", "ok"), "failed:numerical")
+        status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = "failed:not_converged"
+        for name, vals in cols.items():
+            if name not in columns:
+                columns[name] = np.full(G, np.nan)
+            columns[name][members[good]] = vals[good]
+        for block, b in blup_parts:
+            nl, s = block.n_levels, block.n_terms
+            gsel = members[good]
+            frame = pd.DataFrame({
+                "gene_index": np.repeat(gsel, nl * s),
+                "group": block.group,
+                "level": np.tile(np.repeat(block.levels, s), gsel.size),
+                "term": np.tile(np.asarray(block.terms * nl), gsel.size),
+                "value": b[good].reshape(-1),
+            })
+            blup_frames.append(frame)
+    ordered = _column_order(columns, full)
+    table = pd.DataFrame({"gene_id": genes, "status": status})
+    numeric = pd.DataFrame({c: columns[c] for c in ordered}, index=table.index)
+    table = pd.concat([table, numeric], axis=1)
+    if blup_frames:
+        blups = pd.concat(blup_frames, ignore_index=True)
+        blups = blups.sort_values("gene_index", kind="stable")
+        blups.insert(0, "gene_id", np.asarray(genes, dtype=object)[blups["gene_index"].to_numpy()])
+        blups = blups.drop(columns="gene_index").reset_index(drop=True)
+    else:
+        blups = pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"])
+    return LMMFit(gene_fits=table, blups=blups, formula=formula, reml=reml,
+                  fixed_names=list(full.fixed_names))
+
+
+def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:
+    head = ["n", "loglik", "aic", "bic", "ols_loglik", "ols_aic", "ols_bic", "lrt_stat", "lrt_df", "lrt_p"]
+    var = [c for c in columns if c.startswith(("var_", "cor_")) and c != "var_residual"]
+    mid = ["var_residual", "sigma", "df_residual"]
+    frac = [c for c in columns if c.startswith("frac_") and c != "frac_residual"] + ["frac_residual"]
+    coef_names = list(full.fixed_names) + [
+        c[5:] for c in columns if c.startswith("coef_") and c[5:] not in full.fixed_names]
+    coefs = [f"{kind}_{name}" for name in coef_names for kind in ("coef", "se", "df", "t", "p")]
+    wanted = head + var + mid + frac + coefs
+    if not columns:
+        return []
+    return [c for c in wanted if c in columns]
+
+
+def corrected_expression(expression: pd.DataFrame, samples: pd.DataFrame, fit: LMMFit,
+                         groups: list[str]) -> pd.DataFrame:
+    """Expression with the named random effects removed: y - Σ_g Z_g b̂_g.
+
+    Parameters
+    ----------
+    expression : pandas.DataFrame
+        The table that was fitted (genes × samples).
+    samples : pandas.DataFrame
+        The sample sheet used for the fit.
+    fit : LMMFit
+        Result of :func:`fit` on this table.
+    groups : list of str
+        Grouping factors whose conditional modes are subtracted (all their
+        terms: intercepts and slopes), e.g. ``["batch"]``. Fixed effects (the
+        biology) and the other random effects are kept.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same shape, index and columns as ``expression``. Genes without a fit
+        (filtered or failed) are returned unchanged; missing values stay missing;
+        a level with no conditional mode for a gene (absent from that gene's
+        observed samples) contributes nothing.
+    """
+    samples = _align_samples(expression, samples)
+    design_groups = [t.group for t in parse_formula(fit.formula).random]
+    unknown = [g for g in groups if g not in design_groups]
+    if unknown:
+        raise ValueError(f"groups {unknown} are not grouping factors of {fit.formula!r}")
+    rd = random_design(fit.formula, samples)
+    out = expression.astype(float).copy()
+    blups = fit.blups[fit.blups["group"].isin(groups)]
+    if blups.empty:
+        return out
+    gene_pos = pd.Index(expression.index).get_indexer(blups["gene_id"].unique())
+    fitted_genes = blups["gene_id"].unique()
+    values = out.to_numpy()
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for block in rd.blocks:
+        key = (block.group, tuple(block.terms))
+        if block.group not in groups or key in seen:
+            continue
+        seen.add(key)
+        sub = blups[(blups["group"] == block.group) & blups["term"].isin(block.terms)]
+        wide = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value",
+                               aggfunc="first", sort=False)
+        wanted = pd.MultiIndex.from_product([block.levels, block.terms])
+        wide = wide.reindex(index=fitted_genes, columns=wanted).fillna(0.0)
+        values[gene_pos] -= wide.to_numpy() @ block.Z.T
+    return pd.DataFrame(values, index=out.index, columns=out.columns)
