@@ -1,0 +1,210 @@
+"""The report of the tiny fixture, rendered in headless Chromium.
+
+Checks that the page loads offline with no console error, that every image decodes, that the
+main sections are there and that the sortable tables sort; takes a screenshot.
+
+Chromium is Debian's ``chromium`` package, installed with apt-get when missing (as root only);
+otherwise the tests are skipped with the reason. Run as a script to screenshot any report::
+
+    python tests/workflow/test_report_browser.py results/report.html docs/report_screenshot.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SECTIONS = {
+    "run": "The run",
+    "batch": "Batch diagnostics",
+    "lmm": "Mixed models",
+    "shrinkage": "Shrinkage",
+    "vst": "Variance stabilisation",
+    "simpson": "Simpson reversals",
+}
+# No network, no background services: the page must render from the file alone.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--disable-extensions", "--mute-audio",
+]
+# Recorded into the DOM of a copy of the page: script errors, console errors, failed resources,
+# and once loaded, the decode status of every image and a check that clicking a sortable
+# column header sorts its rows.
+PROBE = """<script>
+window.__probe = {errors: []};
+window.addEventListener("error", function (e) {
+  var target = e.target && e.target !== window ? (e.target.src || e.target.href || e.target.tagName) : "";
+  window.__probe.errors.push("error: " + (e.message || "resource failed: " + target));
+}, true);
+window.addEventListener("unhandledrejection", function (e) { window.__probe.errors.push("rejection: " + e.reason); });
+var __consoleError = console.error;
+console.error = function () {
+  window.__probe.errors.push("console.error: " + Array.prototype.join.call(arguments, " "));
+  __consoleError.apply(console, arguments);
+};
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  window.__probe.n_images = images.length;
+  window.__probe.broken_images = images.filter(function (img) {
+    return !(img.complete && img.naturalWidth > 0 && img.naturalHeight > 0);
+  }).map(function (img) { return img.alt || img.src.slice(0, 40); });
+  window.__probe.sorted = [];
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var headers = table.querySelectorAll("th.num");
+    if (!headers.length || table.tBodies[0].rows.length < 2) return;
+    var th = headers[headers.length - 1];
+    var column = Array.prototype.indexOf.call(th.parentNode.children, th);
+    th.click();
+    var values = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[column].textContent); });
+    var ascending = values.every(function (v, i) { return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] <= v; });
+    th.click();
+    values = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[column].textContent); });
+    var descending = values.every(function (v, i) { return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] >= v; });
+    window.__probe.sorted.push({table: table.id, ascending: ascending, descending: descending, rows: values.length});
+  });
+  var out = document.createElement("pre");
+  out.id = "__probe";
+  out.textContent = JSON.stringify(window.__probe);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium binary, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def ensure_chromium() -> str:
+    """Chromium's path, installing Debian's package when missing; skips the test when it cannot."""
+    path = find_chromium()
+    if path:
+        return path
+    if not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and apt-get is not available to install it")
+    if os.geteuid() != 0:
+        pytest.skip("chromium is not installed and installing it with apt-get needs root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    path = find_chromium()
+    if not path:
+        pytest.fail("apt-get installed chromium but no chromium binary is on PATH")
+    return path
+
+
+def run_chromium(chromium: str, url: str, *args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    """Run headless Chromium on ``url`` with a throw-away profile."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def screenshot(chromium: str, html: Path, png: Path, width: int = 1280, height: int = 2200) -> None:
+    """Screenshot the top ``width`` × ``height`` pixels of a page."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    proc = run_chromium(chromium, html.resolve().as_uri(), f"--screenshot={png.resolve()}",
+                        f"--window-size={width},{height}", "--virtual-time-budget=10000")
+    if not png.exists():
+        raise RuntimeError(f"chromium wrote no screenshot:\n{proc.stderr[-3000:]}")
+
+
+def probe_page(chromium: str, html: Path, work: Path) -> tuple[dict, str, str]:
+    """Load a probed copy of ``html``; returns the probe's record, the rendered DOM and Chromium's log."""
+    page = html.read_text()
+    probed = work / "probed_report.html"
+    probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1))
+    proc = run_chromium(chromium, probed.as_uri(), "--dump-dom", "--virtual-time-budget=10000",
+                        "--enable-logging=stderr", "--v=0")
+    match = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
+    if not match:
+        raise AssertionError(f"the page never finished loading (no probe record):\n{proc.stderr[-3000:]}")
+    record = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    return record, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="module")
+def rendered(fixture_run, chromium, tmp_path_factory):
+    """The fixture run's report loaded in Chromium: (probe record, DOM, Chromium log, report path)."""
+    html = fixture_run / "results" / "report.html"
+    assert html.exists(), "the workflow wrote no results/report.html"
+    record, dom, log = probe_page(chromium, html, tmp_path_factory.mktemp("browser"))
+    return record, dom, log, html
+
+
+def test_page_loads_with_no_console_error(rendered):
+    record, _, log, _ = rendered
+    assert record["errors"] == []
+    # Chromium logs every console message of the page (uncaught exceptions included) as a CONSOLE
+    # line; the report writes none.
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert console == []
+
+
+def test_every_image_decodes(rendered, fixture_run):
+    record, _, _, _ = rendered
+    figures = sorted((fixture_run / "results" / "figures").glob("*.png"))
+    assert figures, "no figure in results/figures"
+    # Every figure of results/figures is in the page, plus the Simpson figure when there are reversals.
+    assert record["n_images"] >= len(figures)
+    assert record["broken_images"] == []
+
+
+def test_main_sections_are_present(rendered):
+    _, dom, _, _ = rendered
+    for section_id, heading in SECTIONS.items():
+        assert re.search(rf'<section id="{section_id}">\s*<h2>{heading}</h2>', dom), section_id
+    # The fixture's model has the batch as a random factor: before and after correction are shown.
+    assert "after correction" in dom
+    assert 'id="accounting-check"' in dom
+
+
+def test_sortable_tables_sort(rendered):
+    record, dom, _, _ = rendered
+    n_sortable = len(re.findall(r'<table id="[^"]+" class="sortable"', dom))
+    assert n_sortable >= 1
+    assert record["sorted"], "no sortable table with two rows to click"
+    for table in record["sorted"]:
+        assert table["ascending"] and table["descending"], table
+
+
+def test_screenshot(rendered, chromium, tmp_path):
+    import matplotlib.image
+
+    _, _, _, html = rendered
+    png = tmp_path / "report.png"
+    screenshot(chromium, html, png, height=1600)
+    image = matplotlib.image.imread(png)
+    assert image.shape[:2] == (1600, 1280)
+    # A blank or error page is (nearly) one colour; the report has text, cards and figures.
+    assert image[..., :3].std() > 0.05
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: test_report_browser.py REPORT.html OUT.png [HEIGHT]")
+    binary = find_chromium()
+    if binary is None:
+        sys.exit("chromium is not installed (Debian: apt-get install chromium)")
+    screenshot(binary, Path(sys.argv[1]), Path(sys.argv[2]), height=int(sys.argv[3]) if len(sys.argv) == 4 else 2200)
+    print(f"wrote {sys.argv[2]}")
