@@ -101,7 +101,7 @@ def deviance_at(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
 
 
 def optimise_lambda(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign,
-                    reml: bool, grid_size: int = 64, bisections: int = 60) -> np.ndarray:
+                    reml: bool, grid_size: int = 64, bisections: int = 48) -> np.ndarray:
     """Per-gene λ ≥ 0 minimising the profiled deviance (G)."""
     G = st.rss0.shape[0]
     k = _k(prepared, reml)
@@ -122,8 +122,18 @@ def optimise_lambda(st: OneComponentState, oc: OneComponent, prepared: PreparedD
     lo = grid[np.maximum(best - 1, 0)]
     hi = grid[np.minimum(best + 1, grid.size - 1)]
 
+    eta2_sum = st.eta2.sum(axis=1)
+    eta2_xi = st.eta2 * oc.xi[None, :]
+
     def slope(lam: np.ndarray) -> np.ndarray:
-        _, f_1, _, r2_, r2_1, _ = _criterion_parts(lam, st, oc, prepared, reml)
+        # d deviance / dλ = f'(λ) + k r²'(λ) / r²(λ), written lean: this runs ~50 times
+        inv = 1.0 / (1.0 + lam[:, None] * oc.xi[None, :])
+        r2_ = st.rss0 - eta2_sum + np.einsum("gk,gk->g", st.eta2, inv)
+        r2_1 = -np.einsum("gk,gk->g", eta2_xi, inv * inv)
+        if reml:
+            f_1 = inv @ oc.xi
+        else:
+            f_1 = (oc.d[None, :] / (1.0 + lam[:, None] * oc.d[None, :])).sum(1)
         return f_1 + k * r2_1 / r2_
 
     s_lo, s_hi = slope(lo), slope(hi)
@@ -156,6 +166,7 @@ class OneComponentFit:
     b: np.ndarray          # G × q conditional modes (random effects, data scale)
     hess_varpar: np.ndarray  # G × 2 × 2, Hessian of the deviance in (θ, σ)
     jac_vcov: np.ndarray     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
+    rss0: np.ndarray         # G, OLS residual sum of squares
 
 
 def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
@@ -188,4 +199,4 @@ def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
     jac[:, 0] = -sigma2[:, None, None] * (Minv @ (2.0 * theta[:, None, None] * dM_dlam) @ Minv)
     jac[:, 1] = 2.0 * sigma[:, None, None] * Minv
     return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
-                           b=b, hess_varpar=hess, jac_vcov=jac)
+                           b=b, hess_varpar=hess, jac_vcov=jac, rss0=st.rss0)

@@ -126,10 +126,13 @@ class ArrayFit:
     singular: np.ndarray
 
 
-def _ols_loglik(Y: np.ndarray, prepared: PreparedDesign, reml: bool) -> np.ndarray:
+def _ols_rss(Y: np.ndarray, prepared: PreparedDesign) -> np.ndarray:
     QX, _ = np.linalg.qr(prepared.X)
     resid = Y - (Y @ QX) @ QX.T
-    rss = np.einsum("gi,gi->g", resid, resid)
+    return np.einsum("gi,gi->g", resid, resid)
+
+
+def _ols_loglik_from_rss(rss: np.ndarray, prepared: PreparedDesign, reml: bool) -> np.ndarray:
     n, p = prepared.n, prepared.p
     with np.errstate(divide="ignore", invalid="ignore"):
         if reml:
@@ -171,6 +174,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         if prepared.onecomp is None:
             raise ValueError("the one-component engine needs a model with a single θ")
         one = fit_onecomp(Y, prepared.onecomp, prepared, reml)
+        rss0 = one.rss0
         theta, r2, deviance, beta = one.theta, one.r2, one.deviance, one.beta
         sigma2 = r2 / k
         vcov = sigma2[:, None, None] * one.Minv
@@ -179,6 +183,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         converged = np.isfinite(deviance)
     elif method in ("auto", "general"):
         data = GeneData.from_matrix(Y, prepared)
+        rss0 = _ols_rss(Y, prepared)
         G = Y.shape[0]
         if theta is None:
             theta, converged = core.optimise(data, prepared, reml)
@@ -204,7 +209,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     diag = np.isfinite(prepared.theta_lower)
     singular = (np.abs(theta[:, diag]) < core.SINGULAR_TOL).any(axis=1)
     return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
-                    loglik=-0.5 * deviance, ols_loglik=_ols_loglik(Y, prepared, reml), b=b,
+                    loglik=-0.5 * deviance, ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml), b=b,
                     converged=converged, singular=singular)
 
 
@@ -329,8 +334,10 @@ def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict
         idx = [prepared.fixed_names.index(c) for c in names_ if c in prepared.fixed_names]
         if not idx:
             continue
-        contribution = arrays.beta[:, idx] @ prepared.X[:, idx].T
-        fixed_var.append((f"frac_{term}", contribution.var(axis=1, ddof=1)))
+        # sample variance (n - 1) of X_t β_t over samples, as β_t' Cov(X_t) β_t
+        cov = np.atleast_2d(np.cov(prepared.X[:, idx], rowvar=False, ddof=1))
+        fixed_var.append((f"frac_{term}", np.einsum("gi,ij,gj->g", arrays.beta[:, idx], cov,
+                                                    arrays.beta[:, idx])))
     total = sigma2 + sum(v for _, v in fixed_var) + sum(v for _, v in random_var)
     for name, v in fixed_var + random_var:
         cols[name] = v / total
@@ -427,14 +434,20 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     status[todo & ~observed.any(axis=1)] = "filtered:all_missing"
     todo = status == "ok"
     # group genes by which samples they have
-    patterns: dict[bytes, list[int]] = {}
-    for g in np.flatnonzero(todo):
-        patterns.setdefault(observed[g].tobytes(), []).append(g)
+    todo_idx = np.flatnonzero(todo)
+    if todo_idx.size and observed[todo_idx].all():
+        pattern_list = [(np.ones(values.shape[1], dtype=bool), todo_idx)]
+    elif todo_idx.size:
+        masks, inverse = np.unique(observed[todo_idx], axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        # the most common pattern (usually complete data) first, then the others
+        order = np.argsort(-np.bincount(inverse), kind="stable")
+        pattern_list = [(masks[i], todo_idx[inverse == i]) for i in order]
+    else:
+        pattern_list = []
     columns: dict[str, np.ndarray] = {}
     blup_frames = []
-    for key, members in patterns.items():
-        members = np.asarray(members)
-        mask = np.frombuffer(key, dtype=bool)
+    for mask, members in pattern_list:
         Y = values[np.ix_(members, mask)]
         try:
             with warnings.catch_warnings():
@@ -450,8 +463,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         scale = np.maximum(np.abs(Y).max(axis=1), 1.0)
         constant = spread <= 1e-12 * scale
         status[members[constant]] = "filtered:constant"
-        ols_rss = _ols_loglik(Y, prepared, reml)
-        perfect = ~constant & ~np.isfinite(ols_rss)
+        perfect = ~constant & (_ols_rss(Y, prepared) <= 1e-24 * np.maximum(spread, 1.0) ** 2 * prepared.n)
         status[members[perfect]] = "failed:perfect_fit"
         keep = ~constant & ~perfect
         if not keep.any():
@@ -544,7 +556,7 @@ def corrected_expression(expression: pd.DataFrame, samples: pd.DataFrame, fit: L
         return out
     gene_pos = pd.Index(expression.index).get_indexer(blups["gene_id"].unique())
     fitted_genes = blups["gene_id"].unique()
-    values = out.to_numpy()
+    values = out.to_numpy(copy=True)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
         key = (block.group, tuple(block.terms))

@@ -1,0 +1,214 @@
+"""batchmix.lmm: engines agree, derivatives are right, bad genes get statuses, outputs hang together.
+
+Agreement with lme4 itself is in test_lmm_lme4.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchmix import _lmm_core as core
+from batchmix import lmm
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "lme4"
+
+
+@pytest.fixture(scope="module")
+def bottomly() -> tuple[pd.DataFrame, pd.DataFrame]:
+    samples = pd.read_csv(DATA / "bottomly_samples.tsv", sep="\t", dtype=str, index_col=0)
+    expression = pd.read_csv(DATA / "bottomly_vst.tsv.gz", sep="\t", index_col=0).iloc[:60]
+    return expression, samples.loc[expression.columns]
+
+
+def test_onecomp_and_general_engines_agree(bottomly):
+    expression, samples = bottomly
+    for reml in (True, False):
+        prepared = lmm.prepare("~ strain + (1 | experiment.number)", samples, reml=reml)
+        fast = lmm.fit_arrays(expression.to_numpy(), prepared, method="onecomp")
+        general = lmm.fit_arrays(expression.to_numpy(), prepared, method="general")
+        np.testing.assert_allclose(fast.loglik, general.loglik, rtol=0, atol=1e-8)
+        regular = ~fast.singular
+        np.testing.assert_allclose(fast.theta[regular], general.theta[regular], rtol=1e-4)
+        np.testing.assert_allclose(fast.beta, general.beta, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(fast.df[regular], general.df[regular], rtol=1e-4)
+        np.testing.assert_array_equal(fast.singular, general.singular)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_analytic_gradient_and_hessian_match_finite_differences(bottomly, reml):
+    expression, samples = bottomly
+    prepared = lmm.prepare("~ strain + (1 | experiment.number) + (1 | lane.number)", samples, reml=reml)
+    data = core.GeneData.from_matrix(expression.to_numpy()[:5], prepared)
+    theta = np.array([[0.7, 0.4], [1.3, 0.2], [0.5, 0.9], [2.0, 1.0], [0.3, 0.3]])
+    ev = core.evaluate(theta, data, prepared, reml, order=2)
+    h = 1e-5
+    for k in range(prepared.m):
+        step = np.zeros_like(theta)
+        step[:, k] = h
+        plus = core.evaluate(theta + step, data, prepared, reml, order=1)
+        minus = core.evaluate(theta - step, data, prepared, reml, order=1)
+        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_slope_model_derivatives_match_finite_differences():
+    rng = np.random.default_rng(7)
+    subjects, days = 6, 5
+    samples = pd.DataFrame({"Subject": np.repeat([f"s{i}" for i in range(subjects)], days),
+                            "Days": np.tile(np.arange(days, dtype=float), subjects)})
+    Y = rng.normal(size=(3, subjects * days)) + samples["Days"].to_numpy()
+    prepared = lmm.prepare("~ Days + (Days | Subject)", samples)
+    data = core.GeneData.from_matrix(Y, prepared)
+    theta = np.array([[0.8, 0.1, 0.3], [1.2, -0.4, 0.6], [0.5, 0.2, 0.05]])
+    ev = core.evaluate(theta, data, prepared, True, order=2)
+    h = 1e-5
+    for k in range(3):
+        step = np.zeros_like(theta)
+        step[:, k] = h
+        plus = core.evaluate(theta + step, data, prepared, True, order=1)
+        minus = core.evaluate(theta - step, data, prepared, True, order=1)
+        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def small() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(11)
+    n = 24
+    samples = pd.DataFrame({"batch": np.repeat(["b1", "b2", "b3", "b4"], 6),
+                            "condition": np.tile(["ctrl", "treat"], 12)},
+                           index=[f"s{i}" for i in range(n)])
+    batch_effect = rng.normal(0, 1.0, (6, 4))[:, np.repeat(np.arange(4), 6)]
+    values = 8 + batch_effect + 0.5 * (samples["condition"] == "treat").to_numpy() + rng.normal(0, 0.5, (6, n))
+    expression = pd.DataFrame(values, index=[f"g{i}" for i in range(6)], columns=samples.index)
+    return expression, samples
+
+
+def test_bad_genes_get_statuses_and_nans(small):
+    expression, samples = small
+    bad = expression.copy()
+    bad.loc["g1"] = 3.0                       # constant
+    bad.loc["g2"] = 0.0                       # all zero
+    bad.loc["g3"] = np.nan                    # all missing
+    bad.loc["g4", bad.columns[2:]] = np.nan   # two observations left
+    status_in = pd.Series({"g5": "filtered:low_counts"})
+    result = lmm.fit(bad, samples, "~ condition + (1 | batch)", gene_status=status_in)
+    table = result.gene_fits.set_index("gene_id")
+    assert list(table.index) == list(expression.index)
+    assert table.loc["g0", "status"] in ("ok", "singular")
+    assert table.loc["g1", "status"] == "filtered:constant"
+    assert table.loc["g2", "status"] == "filtered:constant"
+    assert table.loc["g3", "status"] == "filtered:all_missing"
+    assert table.loc["g4", "status"] == "failed:too_few_observations"
+    assert table.loc["g5", "status"] == "filtered:low_counts"
+    numeric = table.drop(columns="status")
+    for gene in ["g1", "g2", "g3", "g4", "g5"]:
+        assert numeric.loc[gene].isna().all(), gene
+    assert numeric.loc["g0"].notna().all()
+    assert set(result.blups["gene_id"]) == {"g0"}
+
+
+def test_gene_with_missing_values_is_fitted_on_its_samples(small):
+    expression, samples = small
+    holes = expression.copy()
+    holes.loc["g2", ["s0", "s7", "s20"]] = np.nan
+    result = lmm.fit(holes, samples, "~ condition + (1 | batch)").gene_fits.set_index("gene_id")
+    keep = [c for c in expression.columns if c not in ("s0", "s7", "s20")]
+    alone = lmm.fit(expression.loc[["g2"], keep], samples.loc[keep], "~ condition + (1 | batch)")
+    alone = alone.gene_fits.set_index("gene_id")
+    assert result.loc["g2", "n"] == 21
+    pd.testing.assert_series_equal(result.loc["g2"], alone.loc["g2"], check_names=False)
+    assert result.loc["g0", "n"] == 24
+
+
+def test_fractions_sum_to_one_and_lrt_conventions(small):
+    expression, samples = small
+    table = lmm.fit(expression, samples, "~ condition + (1 | batch)").gene_fits
+    fracs = table[["frac_condition", "frac_batch", "frac_residual"]]
+    np.testing.assert_allclose(fracs.sum(axis=1), 1.0, rtol=1e-12)
+    assert (fracs >= 0).all().all()
+    # variancePartition's residual share is σ² over the total
+    total = table["var_batch"] + table["var_residual"] + table["frac_condition"] / table["frac_residual"] * table["var_residual"]
+    np.testing.assert_allclose(table["frac_residual"], table["var_residual"] / total, rtol=1e-10)
+    singular = table["status"] == "singular"
+    assert (table.loc[singular, "lrt_stat"] == 0).all() and (table.loc[singular, "lrt_p"] == 1).all()
+    assert (table["lrt_df"] == 1).all()
+
+
+def test_singular_gene_without_batch_effect():
+    rng = np.random.default_rng(3)
+    samples = pd.DataFrame({"batch": np.repeat(["a", "b", "c"], 8)}, index=[f"s{i}" for i in range(24)])
+    # exactly equal batch means: the REML optimum is θ = 0
+    noise = rng.normal(size=(3, 8))
+    noise -= noise.mean(axis=1, keepdims=True)
+    expression = pd.DataFrame([noise.reshape(-1) + 5.0], index=["flat"], columns=samples.index)
+    row = lmm.fit(expression, samples, "~ (1 | batch)").gene_fits.iloc[0]
+    assert row["status"] == "singular"
+    assert row["var_batch"] == 0.0
+    assert row["loglik"] == pytest.approx(row["ols_loglik"], abs=1e-9)
+
+
+def test_corrected_expression_removes_only_named_groups(bottomly):
+    expression, samples = bottomly
+    formula = "~ strain + (1 | experiment.number) + (1 | lane.number)"
+    result = lmm.fit(expression, samples, formula)
+    corrected = lmm.corrected_expression(expression, samples, result, groups=["experiment.number"])
+    blups = result.blups[result.blups["group"] == "experiment.number"]
+    gene = result.gene_fits["gene_id"].iloc[0]
+    effect = blups[blups["gene_id"] == gene].set_index("level")["value"]
+    levels = samples["experiment.number"].astype(str)
+    expected = expression.loc[gene] - levels.map(effect).to_numpy()
+    np.testing.assert_allclose(corrected.loc[gene], expected, rtol=0, atol=1e-12)
+    assert corrected.shape == expression.shape
+    both = lmm.corrected_expression(expression, samples, result,
+                                    groups=["experiment.number", "lane.number"])
+    lane = result.blups[(result.blups["group"] == "lane.number") & (result.blups["gene_id"] == gene)]
+    lane_effect = samples["lane.number"].astype(str).map(lane.set_index("level")["value"]).to_numpy()
+    np.testing.assert_allclose(both.loc[gene], expected - lane_effect, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        lmm.corrected_expression(expression, samples, result, groups=["strain"])
+
+
+def test_corrected_expression_leaves_unfitted_genes_unchanged(small):
+    expression, samples = small
+    table = expression.copy()
+    table.loc["g1"] = 2.0
+    result = lmm.fit(table, samples, "~ condition + (1 | batch)",
+                     gene_status=pd.Series({"g3": "filtered:low_counts"}))
+    corrected = lmm.corrected_expression(table, samples, result, groups=["batch"])
+    pd.testing.assert_series_equal(corrected.loc["g1"], table.loc["g1"])
+    pd.testing.assert_series_equal(corrected.loc["g3"], table.loc["g3"])
+    # the batch means of a corrected gene no longer carry the batch BLUPs
+    assert not np.allclose(corrected.loc["g0"], table.loc["g0"])
+
+
+def test_deterministic_and_column_layout(small):
+    expression, samples = small
+    first = lmm.fit(expression, samples, "~ condition + (1 | batch)")
+    second = lmm.fit(expression, samples, "~ condition + (1 | batch)")
+    pd.testing.assert_frame_equal(first.gene_fits, second.gene_fits)
+    columns = list(first.gene_fits.columns)
+    assert columns[:3] == ["gene_id", "status", "n"]
+    for name in ("Intercept", "conditiontreat"):
+        for kind in ("coef", "se", "df", "t", "p"):
+            assert f"{kind}_{name}" in columns
+    for name in ("loglik", "aic", "bic", "ols_loglik", "ols_aic", "ols_bic", "lrt_stat", "lrt_p",
+                 "var_batch", "var_residual", "sigma", "df_residual", "frac_condition",
+                 "frac_batch", "frac_residual"):
+        assert name in columns
+    assert list(first.blups.columns) == ["gene_id", "group", "level", "term", "value"]
+    assert first.gene_fits["df_residual"].iloc[0] == 24 - 5   # n - rank [X Z] = 24 - (2 + 4 - 1)
+
+
+def test_formula_without_random_term_is_rejected(small):
+    expression, samples = small
+    with pytest.raises(ValueError, match="no random term"):
+        lmm.fit(expression, samples, "~ condition")
