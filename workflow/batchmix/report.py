@@ -94,6 +94,8 @@ SOFTWARE = [
     "batchmix", "snakemake", "numpy", "scipy", "pandas", "statsmodels", "matplotlib",
     "seaborn", "formulaic", "jinja2",
 ]
+# The mean-sd plot bins the genes (as vsn's meanSdPlot) from this many on, below it draws points.
+HEXBIN_MIN_GENES = 2000
 RESIDUAL_COLOUR = "#d9d9d9"  # variancePartition draws the residuals grey85
 
 # Appended to the batch captions when there is a corrected expression.
@@ -131,24 +133,25 @@ FIGURE_CAPTIONS = {
     "shrinkage": (
         "Shrinkage, as in lme4's sleepstudy figure, for one gene. Open circles: each {group}'s own "
         "estimate, the mean of its samples of each condition (no pooling); filled circles: the LMM's "
-        "prediction for the {group}, the population fit plus the {group}'s BLUP (partial pooling); "
-        "lines and bands: the population fit with its 95% Wald confidence band (complete pooling). "
-        "The BLUP is the {group}'s average deviation shrunk towards zero, most for {group}s with few or "
-        "noisy samples, so the filled circles sit nearer the population lines than the open ones on "
-        "average; a single condition can move away when the {group}'s conditions deviate in opposite "
-        "directions, which a random intercept does not model."
+        "prediction for it, the population fit plus its BLUP (partial pooling); lines and bands: the "
+        "population fit with its 95% Wald confidence band (complete pooling). The BLUP is the {group}'s "
+        "average deviation shrunk towards zero, the more so the fewer or noisier its samples, so the "
+        "filled circles sit nearer the population lines than the open ones on average; a single "
+        "condition can move away when a {group}'s conditions deviate in opposite directions, which a "
+        "random intercept does not model."
     ),
     "shrinkage_numeric": (
-        "Shrinkage, as in lme4's sleepstudy figure, for one gene: one panel per {group}, its samples, its "
-        "own OLS line (dashed, no pooling), the LMM's line for it (solid, the population fit plus the "
-        "{group}'s BLUPs: partial pooling) and the population line with its 95% Wald confidence band "
+        "Shrinkage, as in lme4's sleepstudy figure, for one gene: one panel per level of {group}, its "
+        "samples, its own OLS line (dashed, no pooling), the LMM's line for it (solid, the population "
+        "fit plus its BLUPs: partial pooling) and the population line with its 95% Wald confidence band "
         "(grey, complete pooling). The LMM lines lie between the OLS lines and the population line, "
-        "pulled furthest for {group}s with few or noisy samples."
+        "pulled the further the fewer or noisier the samples."
     ),
     "mean_sd": (
-        "Standard deviation of each fitted gene across samples against the rank of its mean, before and "
-        "after variance stabilisation (vsn's meanSdPlot); the red line is the running median. Before, the "
-        "sd depends on the mean; after a successful stabilisation the red line is roughly flat."
+        "Standard deviation of each gene that passed the filter, across samples, against the rank of its "
+        "mean, before and after variance stabilisation (vsn's meanSdPlot); the red line is the running "
+        "median. Before, the sd depends on the mean; after a successful stabilisation the red line is "
+        "roughly flat."
     ),
 }
 
@@ -1149,7 +1152,10 @@ def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str = "before", after_labe
             ax.axis("off")
             ax.text(0.5, 0.5, f"no {scale} values", ha="center", va="center")
             continue
-        ax.hexbin(part["rank_of_mean"], part["sd"], gridsize=45, cmap="Blues", mincnt=1, linewidths=0.2)
+        if len(part) >= HEXBIN_MIN_GENES:
+            ax.hexbin(part["rank_of_mean"], part["sd"], gridsize=60, cmap="Blues", mincnt=1, linewidths=0.2)
+        else:
+            ax.scatter(part["rank_of_mean"], part["sd"], s=7, color="#4c72b0", alpha=0.7, linewidths=0)
         ax.plot(part["rank_of_mean"], part["running_median_sd"], color="#c44e52", linewidth=1.6)
         ax.set_xlabel("rank of mean")
         ax.set_ylabel("standard deviation")
@@ -1379,7 +1385,7 @@ def _vst_section(config: dict, tables: dict, figures: _Figures) -> dict:
     info = tables["vst_info"]
     rows = [
         ("input type", info.get("input_type", config.get("input_type"))),
-        ("transformation", info.get("vst_fit_type_used", "")),
+        ("dispersion trend used", info.get("vst_fit_type_used", "")),
         ("dispersion trend requested", info.get("vst_fit_type_requested", "")),
         ("blind to the design", info.get("vst_blind", "")),
         ("genes for the trend (nsub)", info.get("vst_nsub", "")),
@@ -1391,8 +1397,9 @@ def _vst_section(config: dict, tables: dict, figures: _Figures) -> dict:
     section: dict = {"settings": settings, "figures": [], "size_factors": None, "size_factor_range": ""}
     mean_sd = tables["mean_sd"]
     if len(mean_sd):
-        fig = plot_mean_sd(mean_sd, f"before: {info.get('before_scale', 'input')}",
-                           f"after: {info.get('vst_fit_type_used', 'stabilised')}")
+        after = (f"after: VST, {info['vst_fit_type_used']} dispersion trend" if info.get("vst_fit_type_requested")
+                 else "after: input used as given")
+        fig = plot_mean_sd(mean_sd, f"before: {info.get('before_scale', 'input')}", after)
         section["figures"].append(figures.add("mean_sd", fig, FIGURE_CAPTIONS["mean_sd"], "Mean-sd plot before and after"))
     size_factors = tables["size_factors"]
     if size_factors["size_factor"].notna().any():
