@@ -105,6 +105,19 @@ def test_gene_wise_dispersions_match_deseq2(name, pasilla_counts, gse_counts):
     )
 
 
+def test_dispersions_line_search_escape_matches_deseq2():
+    # genes whose first line-search step drives log(alpha) below log(minDisp/10):
+    # DESeq2 then keeps the start value and refits them on the grid
+    counts = _read(DATA / "thinned_counts.tsv.gz")
+    sf = _read(DATA / "thinned_size_factors.tsv")["size_factor"].loc[counts.columns].to_numpy()
+    ref = _read(DATA / "thinned_dispersions.tsv").loc[counts.index]
+    disp = V.estimate_dispersions(counts.to_numpy(dtype=float), sf)
+    escaped = ref.index[:3]
+    assert (ref.loc[escaped, "disp_gene_iter"] == 1).all()
+    assert disp["disp_grid"].to_numpy()[:3].all()
+    np.testing.assert_allclose(disp["disp_gene_est"].to_numpy(), ref["disp_gene_est"].to_numpy(), rtol=1e-6)
+
+
 def test_dispersions_with_design_match_deseq2(pasilla_counts):
     # ~ type + condition: not a one-way layout, so DESeq2 fits NB GLMs for mu
     ref = _read(DATA / "pasilla_dispersions_design.tsv")

@@ -264,8 +264,14 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             accepts[acc] += 1
             a[acc] = a_new[accept]
             change = lp_new[accept] - lp[acc]
-            lp[acc] = lp_new[accept]
-            done = (change < DISP_TOL) | (a[acc] < min_log_alpha)
+            small = change < DISP_TOL
+            # As in DESeq2's C++: a gene leaving because log(alpha) fell below
+            # min_log_alpha keeps its previous lp, which then counts as "no
+            # increase" and sends it back to its start value (and the grid).
+            escaped = ~small & (a[acc] < min_log_alpha)
+            keep_lp = ~escaped
+            lp[acc[keep_lp]] = lp_new[accept][keep_lp]
+            done = small | escaped
             active[acc[done]] = False
             cont = acc[~done]
             if cont.size:

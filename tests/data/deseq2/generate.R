@@ -161,4 +161,18 @@ trends <- rbind(
 )
 write_tsv(trends, "trends.tsv")
 
+# Gene-wise dispersions of a few genes of the benchmark matrix (benchmarks/bench_vst.py,
+# make_counts(5000, 100): real gse147507 counts, binomially thinned), with the size
+# factors of the full matrix.  Three of them leave DESeq2's line search through
+# log(alpha) < log(minDisp / 10) in the first step and end on the grid search.
+thin <- read_counts(file.path(out_dir, "thinned_counts.tsv.gz"))
+thin_sf <- read.delim(file.path(out_dir, "thinned_size_factors.tsv"))
+stopifnot(identical(thin_sf$sample_id, colnames(thin)))
+dth <- DESeqDataSetFromMatrix(thin, data.frame(row.names = colnames(thin)), ~1)
+sizeFactors(dth) <- thin_sf$size_factor
+dth <- estimateDispersionsGeneEst(dth, quiet = TRUE)
+write_tsv(data.frame(gene_id = rownames(dth), disp_gene_est = fmt(mcols(dth)$dispGeneEst),
+                     disp_gene_iter = mcols(dth)$dispGeneIter),
+          "thinned_dispersions.tsv")
+
 writeLines(capture.output(sessionInfo()), file.path(out_dir, "sessionInfo.txt"))
