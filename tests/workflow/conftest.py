@@ -15,11 +15,12 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def make_run_dir(root: Path) -> Path:
-    """A fresh directory laid out like a clone: Snakefile, workflow/, config/, plus the fixture as data/."""
+    """A fresh directory laid out like a clone: Snakefile, workflow/, config/, envs/, plus the fixture as data/."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     shutil.copytree(REPO / "workflow", root / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "envs", root / "envs")
     shutil.copytree(FIXTURE / "data", root / "data")
     shutil.copy(FIXTURE / "config.yaml", root / "fixture.yaml")
     return root
