@@ -112,6 +112,8 @@ class ArrayFit:
     converged : ndarray of bool, G
     singular : ndarray of bool, G
         A diagonal θ below 1e-4 (lme4's ``isSingular()``).
+    ols_rss : ndarray, G
+        Residual sum of squares of the OLS fit without random terms.
     """
 
     theta: np.ndarray
@@ -124,6 +126,7 @@ class ArrayFit:
     b: np.ndarray
     converged: np.ndarray
     singular: np.ndarray
+    ols_rss: np.ndarray | None = None
 
 
 def _ols_rss(Y: np.ndarray, prepared: PreparedDesign) -> np.ndarray:
@@ -210,7 +213,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     singular = (np.abs(theta[:, diag]) < core.SINGULAR_TOL).any(axis=1)
     return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
                     loglik=-0.5 * deviance, ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml), b=b,
-                    converged=converged, singular=singular)
+                    converged=converged, singular=singular, ols_rss=rss0)
 
 
 @dataclass
@@ -448,7 +451,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     columns: dict[str, np.ndarray] = {}
     blup_frames = []
     for mask, members in pattern_list:
-        Y = values[np.ix_(members, mask)]
+        Y = values if (mask.all() and members.size == G) else values[np.ix_(members, mask)]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -463,18 +466,19 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         scale = np.maximum(np.abs(Y).max(axis=1), 1.0)
         constant = spread <= 1e-12 * scale
         status[members[constant]] = "filtered:constant"
-        perfect = ~constant & (_ols_rss(Y, prepared) <= 1e-24 * np.maximum(spread, 1.0) ** 2 * prepared.n)
-        status[members[perfect]] = "failed:perfect_fit"
-        keep = ~constant & ~perfect
-        if not keep.any():
+        if constant.any():
+            members, Y = members[~constant], Y[~constant]
+        if members.size == 0:
             continue
-        members, Y = members[keep], Y[keep]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             arrays = fit_arrays(Y, prepared)
             cols, blup_parts = _pattern_columns(prepared, arrays, term_cols)
-        good = arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
+        perfect = arrays.ols_rss <= 1e-20 * np.einsum("gi,gi->g", Y, Y)
+        good = (arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
+                & ~perfect)
         status[members] = np.where(good, np.where(arrays.singular, "singular", "ok"), "failed:numerical")
         status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = "failed:not_converged"
+        status[members[perfect]] = "failed:perfect_fit"
         for name, vals in cols.items():
             if name not in columns:
                 columns[name] = np.full(G, np.nan)
@@ -482,11 +486,14 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         for block, b in blup_parts:
             nl, s = block.n_levels, block.n_terms
             gsel = members[good]
+            # categorical codes instead of millions of repeated strings
+            level_codes = np.tile(np.repeat(np.arange(nl), s), gsel.size)
+            term_codes = np.tile(np.tile(np.arange(s), nl), gsel.size)
             frame = pd.DataFrame({
                 "gene_index": np.repeat(gsel, nl * s),
                 "group": block.group,
-                "level": np.tile(np.repeat(block.levels, s), gsel.size),
-                "term": np.tile(np.asarray(block.terms * nl), gsel.size),
+                "level": pd.Categorical.from_codes(level_codes, categories=block.levels).astype(object),
+                "term": pd.Categorical.from_codes(term_codes, categories=block.terms).astype(object),
                 "value": b[good].reshape(-1),
             })
             blup_frames.append(frame)

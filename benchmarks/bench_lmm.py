@@ -1,0 +1,174 @@
+"""Throughput of batchmix's per-gene LMM against a statsmodels MixedLM loop and an lme4 loop.
+
+Simulates an expression table (genes × samples) with batch effects, fits every gene with
+batchmix (``batchmix.lmm.fit`` on DataFrames, and ``fit_arrays`` on the raw array), a
+subset of genes with a loop of ``statsmodels`` ``MixedLM`` and, when ``Rscript`` with
+lme4 is available, a subset with a loop of ``lme4::lmer`` timed inside R (so R's start-up
+and data loading are not counted). Prints genes per second for each and the ratios, all
+measured in one run.
+
+Examples::
+
+    python benchmarks/bench_lmm.py --model intercept --genes 20000 --samples 500 --batches 20
+    python benchmarks/bench_lmm.py --model slopes --genes 2000 --subjects 18 --per-subject 10
+    python benchmarks/bench_lmm.py --model two --genes 2000 --samples 100 --batches 10 --lanes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batchmix import lmm
+
+FORMULAS = {
+    "intercept": "~ condition + (1 | batch)",
+    "slopes": "~ Days + (Days | Subject)",
+    "two": "~ condition + (1 | batch) + (1 | lane)",
+}
+
+
+def simulate(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A reproducible genes × samples table and its sample sheet for the chosen model."""
+    rng = np.random.default_rng(args.seed)
+    G = args.genes
+    if args.model == "slopes":
+        S, D = args.subjects, args.per_subject
+        subject = np.repeat(np.arange(S), D)
+        days = np.tile(np.arange(D, dtype=float), S)
+        samples = pd.DataFrame({"Subject": [f"subj{s:03d}" for s in subject], "Days": days})
+        b0 = rng.normal(0, 1.0, (G, S))
+        b1 = rng.normal(0, 0.3, (G, S)) * rng.uniform(0, 1, (G, 1))
+        Y = 8 + 0.2 * days + b0[:, subject] + b1[:, subject] * days + rng.normal(0, 1, (G, S * D))
+    else:
+        n, J = args.samples, args.batches
+        batch = np.arange(n) % J
+        condition = rng.integers(0, 2, n)
+        samples = pd.DataFrame({"batch": [f"batch{b:03d}" for b in batch],
+                                "condition": np.where(condition == 1, "treated", "control")})
+        sd_batch = rng.uniform(0, 1.0, (G, 1))
+        Y = 8 + 0.5 * condition + sd_batch * rng.normal(size=(G, J))[:, batch] + rng.normal(0, 1, (G, n))
+        if args.model == "two":
+            lane = rng.integers(0, args.lanes, n)
+            samples["lane"] = [f"lane{l:02d}" for l in lane]
+            Y += rng.uniform(0, 0.5, (G, 1)) * rng.normal(size=(G, args.lanes))[:, lane]
+    samples.index = [f"s{i:05d}" for i in range(len(samples))]
+    expression = pd.DataFrame(Y, index=[f"gene{g:06d}" for g in range(G)], columns=samples.index)
+    return expression, samples
+
+
+def time_batchmix(expression: pd.DataFrame, samples: pd.DataFrame, formula: str) -> dict:
+    start = time.perf_counter()
+    prepared = lmm.prepare(formula, samples)
+    arrays = lmm.fit_arrays(expression.to_numpy(), prepared)
+    arrays_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = lmm.fit(expression, samples, formula)
+    fit_seconds = time.perf_counter() - start
+    return {"arrays_seconds": arrays_seconds, "fit_seconds": fit_seconds,
+            "converged": float(arrays.converged.mean()), "result": result}
+
+
+def time_statsmodels(expression: pd.DataFrame, samples: pd.DataFrame, model: str, genes: int) -> float | None:
+    if genes <= 0:
+        return None
+    import statsmodels.formula.api as smf
+
+    data = samples.copy()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for gene in expression.index[:genes]:
+            data["y"] = expression.loc[gene].to_numpy()
+            if model == "intercept":
+                fitted = smf.mixedlm("y ~ condition", data, groups=data["batch"])
+            elif model == "slopes":
+                fitted = smf.mixedlm("y ~ Days", data, groups=data["Subject"], re_formula="~Days")
+            else:
+                fitted = smf.mixedlm("y ~ condition", data, groups=np.ones(len(data)),
+                                     vc_formula={"batch": "0 + C(batch)", "lane": "0 + C(lane)"},
+                                     re_formula="0")
+            fitted.fit(reml=True)
+    return (time.perf_counter() - start) / genes
+
+
+R_LOOP = r"""
+suppressPackageStartupMessages(library(lme4))
+args <- commandArgs(trailingOnly = TRUE)
+y <- as.matrix(read.delim(args[1], row.names = 1, check.names = FALSE))
+d <- read.delim(args[2], row.names = 1, check.names = FALSE)
+for (col in intersect(c("batch", "condition", "Subject", "lane"), names(d))) d[[col]] <- factor(d[[col]])
+f <- as.formula(paste("y_gene", args[3]))
+elapsed <- system.time({
+  for (g in seq_len(nrow(y))) {
+    d$y_gene <- y[g, rownames(d)]
+    suppressMessages(suppressWarnings(lmer(f, data = d, REML = TRUE)))
+  }
+})[["elapsed"]]
+cat(elapsed / nrow(y), "\n")
+"""
+
+
+def time_lme4(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, genes: int) -> float | None:
+    if genes <= 0 or shutil.which("Rscript") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        expression.iloc[:genes].to_csv(tmp / "y.tsv", sep="\t")
+        samples.to_csv(tmp / "samples.tsv", sep="\t")
+        (tmp / "loop.R").write_text(R_LOOP)
+        out = subprocess.run(["Rscript", str(tmp / "loop.R"), str(tmp / "y.tsv"), str(tmp / "samples.tsv"),
+                              formula], capture_output=True, text=True)
+        if out.returncode != 0:
+            print("lme4 loop failed:", out.stderr.strip()[-500:])
+            return None
+        return float(out.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(FORMULAS), default="intercept")
+    parser.add_argument("--genes", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--subjects", type=int, default=18)
+    parser.add_argument("--per-subject", type=int, default=10)
+    parser.add_argument("--statsmodels-genes", type=int, default=20)
+    parser.add_argument("--lme4-genes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=20240501)
+    args = parser.parse_args()
+    formula = FORMULAS[args.model]
+    expression, samples = simulate(args)
+    print(f"model {formula}: {expression.shape[0]} genes x {expression.shape[1]} samples")
+    bm = time_batchmix(expression, samples, formula)
+    G = expression.shape[0]
+    rows = [("batchmix fit_arrays (numpy)", bm["arrays_seconds"] / G, G),
+            ("batchmix fit (DataFrames, all outputs)", bm["fit_seconds"] / G, G)]
+    sm = time_statsmodels(expression, samples, args.model, args.statsmodels_genes)
+    if sm is not None:
+        rows.append(("statsmodels MixedLM loop", sm, args.statsmodels_genes))
+    r = time_lme4(expression, samples, formula, args.lme4_genes)
+    if r is not None:
+        rows.append(("lme4::lmer loop (timed in R)", r, args.lme4_genes))
+    print(f"batchmix: {bm['fit_seconds']:.2f} s for all {G} genes through lmm.fit "
+          f"({bm['arrays_seconds']:.2f} s through fit_arrays); converged {bm['converged']:.4f}; "
+          f"statuses {bm['result'].gene_fits['status'].value_counts().to_dict()}")
+    print(f"{'engine':42s} {'genes timed':>11s} {'ms/gene':>10s} {'genes/s':>12s}")
+    for name, per_gene, n in rows:
+        print(f"{name:42s} {n:11d} {per_gene * 1e3:10.4f} {1.0 / per_gene:12.1f}")
+    fit_rate = 1.0 / (bm["fit_seconds"] / G)
+    for name, per_gene, _ in rows[2:]:
+        print(f"throughput ratio batchmix fit / {name}: {fit_rate * per_gene:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
