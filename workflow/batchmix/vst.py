@@ -100,37 +100,40 @@ def size_factors(counts: pd.DataFrame, method: str = "ratio") -> pd.Series:
         With ``method="ratio"`` when no gene is non-zero in every sample.
     """
     y = _as_count_matrix(counts)
-    with np.errstate(divide="ignore"):
-        logy = np.log(y)
+    sf = _size_factors_array(y, method, list(counts.columns))
+    return pd.Series(sf, index=counts.columns, name="size_factor")
+
+
+def _size_factors_array(y: np.ndarray, method: str, columns: list) -> np.ndarray:
+    n = y.shape[1]
     if method == "ratio":
-        loggeomeans = logy.mean(axis=1)
-        if not np.any(np.isfinite(loggeomeans)):
+        # only genes positive in every sample have a finite log geometric mean
+        allpos = np.all(y > 0, axis=1)
+        if not np.any(allpos):
             raise ValueError(
                 "every gene contains at least one zero, so the median-of-ratios size factors "
                 "cannot be computed; use the positive-counts geometric means instead: "
                 "config `vst: {size_factors: poscounts}` (size_factors(counts, method='poscounts'))"
             )
-        rescale = False
-    elif method == "poscounts":
-        n = y.shape[1]
-        lc = np.where(y > 0, logy, 0.0)
-        loggeomeans = lc.sum(axis=1) / n
-        loggeomeans[(y > 0).sum(axis=1) == 0] = -np.inf
-        if not np.any(np.isfinite(loggeomeans)):
+        logy = np.log(y[allpos])
+        logy -= logy.mean(axis=1, keepdims=True)
+        return np.exp(np.median(logy, axis=0))
+    if method == "poscounts":
+        pos = y > 0
+        anypos = pos.any(axis=1)
+        if not np.any(anypos):
             raise ValueError("all genes have zero counts in every sample")
-        rescale = True
-    else:
-        raise ValueError(f"unknown size factor method {method!r}; use 'ratio' or 'poscounts'")
-    finite = np.isfinite(loggeomeans)
-    sf = np.empty(y.shape[1])
-    for j in range(y.shape[1]):
-        use = finite & (y[:, j] > 0)
-        if not np.any(use):
-            raise ValueError(f"sample {counts.columns[j]!r} has no positive count on a reference gene")
-        sf[j] = math.exp(np.median(logy[use, j] - loggeomeans[use]))
-    if rescale:
-        sf = sf / math.exp(np.mean(np.log(sf)))
-    return pd.Series(sf, index=counts.columns, name="size_factor")
+        yp, posp = y[anypos], pos[anypos]
+        with np.errstate(divide="ignore"):
+            logy = np.where(posp, np.log(yp), 0.0)
+        loggeomeans = logy.sum(axis=1) / n
+        ratios = np.where(posp, logy - loggeomeans[:, None], np.nan)
+        empty = ~posp.any(axis=0)
+        if np.any(empty):
+            raise ValueError(f"sample {columns[int(np.argmax(empty))]!r} has only zero counts")
+        sf = np.exp(np.nanmedian(ratios, axis=0))
+        return sf / math.exp(np.mean(np.log(sf)))
+    raise ValueError(f"unknown size factor method {method!r}; use 'ratio' or 'poscounts'")
 
 
 def low_count_filter(
@@ -245,6 +248,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
         if idx.size == 0:
             break
         iters[idx] += 1
+        full = idx.size == g
         ai, di, ki = a[idx], dlp[idx], kappa[idx]
         with np.errstate(divide="ignore", invalid="ignore"):
             a_prop = ai + ki * di
@@ -252,7 +256,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             a_prop = ai + ki * di
             ki = np.where(a_prop > 10.0, (10.0 - ai) / di, ki)
         a_new = ai + ki * di
-        lp_new = _log_posterior(a_new, y[idx], mu[idx], x)
+        lp_new = _log_posterior(a_new, y if full else y[idx], mu if full else mu[idx], x)
         theta_kappa = -lp_new
         theta_hat = -lp[idx] - ki * eps * di**2
         accept = theta_kappa <= theta_hat
@@ -801,10 +805,18 @@ def _fmm_spline(x: np.ndarray, y: np.ndarray):
 def _vst_values(ncounts: np.ndarray, sf: np.ndarray, trend: DispersionTrend) -> np.ndarray:
     if trend.fit_type == "parametric":
         a0, a1 = trend.coefficients["a0"], trend.coefficients["a1"]
-        q = ncounts
-        return np.log(
-            (1 + a1 + 2 * a0 * q + 2 * np.sqrt(a0 * q * (1 + a1 + a0 * q))) / (4 * a0)
-        ) / math.log(2)
+        # log2((1 + a1 + 2 a0 q + 2 sqrt(a0 q (1 + a1 + a0 q))) / (4 a0)), in place
+        t = ncounts * a0
+        u = t + (1 + a1)
+        u *= t
+        np.sqrt(u, out=u)
+        u *= 2
+        u += t
+        u += t
+        u += 1 + a1
+        u /= 4 * a0
+        np.log2(u, out=u)
+        return u
     if trend.fit_type == "mean":
         alpha = trend.coefficients["mean"]
         return (2 * np.arcsinh(np.sqrt(alpha * ncounts)) - math.log(alpha) - math.log(4)) / math.log(2)
@@ -934,8 +946,8 @@ def vst(
         raise ValueError(f"unknown fit_type {fit_type!r}; use one of {_FIT_TYPES}")
     y = _as_count_matrix(counts)
     n = y.shape[1]
-    sf_s = size_factors(counts, size_factor_method)
-    sf = sf_s.to_numpy()
+    sf = _size_factors_array(y, size_factor_method, list(counts.columns))
+    sf_s = pd.Series(sf, index=counts.columns, name="size_factor")
     if blind or design is None:
         if not blind:
             raise ValueError("blind=False needs the design matrix")
@@ -1009,8 +1021,10 @@ def mean_sd(values: pd.DataFrame, window: int | None = None) -> pd.DataFrame:
     values : pandas.DataFrame
         Genes x samples (raw, normalised or stabilised values).
     window : int, optional
-        Window width in genes; default ``max(1, n_genes // 50)`` (vsn uses
-        bins of about 2% of the genes... here a centred running window).
+        Width, in genes, of the centred running window; default
+        ``max(1, n_genes // 50)``, i.e. 2% of the genes, the resolution of
+        ``vsn::meanSdPlot`` (which takes medians in 50 bins of ranks).
+        At the ends the window is truncated.
 
     Returns
     -------
