@@ -1,0 +1,141 @@
+"""Benchmark: batchmix.vst against DESeq2 (through Rscript) and PyDESeq2, in one run.
+
+Data: a 20,000 genes x 500 samples count matrix built deterministically from
+the real gse147507 counts shipped in resources/example (the first 20,000
+genes; sample j is sample j mod 61, binomially thinned to a fraction drawn
+from U(0.5, 1) with a fixed seed, so library sizes and noise vary).
+
+Timed: the transformation only (size factors, dispersions, trend, VST), not
+reading or writing files.  For each tool: the fast path (DESeq2 ``vst()``,
+nsub = 1000) and, with ``--full``, the all-genes path
+(``varianceStabilizingTransformation``).  The R output is also compared
+with batchmix's (max absolute difference), so the speed is for equal results.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_vst.py                 # vst() path
+    .venv/bin/python benchmarks/bench_vst.py --full          # + all genes
+    .venv/bin/python benchmarks/bench_vst.py --genes 5000 --samples 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+from batchmix import vst as V  # noqa: E402
+
+R_SCRIPT = r"""
+suppressPackageStartupMessages(library(DESeq2))
+args <- commandArgs(trailingOnly = TRUE)
+m <- as.matrix(read.delim(args[1], row.names = 1, check.names = FALSE))
+storage.mode(m) <- "integer"
+full <- args[3] == "full"
+repeats <- as.integer(args[4])
+times <- numeric(repeats)
+for (r in seq_len(repeats)) {
+  t0 <- proc.time()[["elapsed"]]
+  v <- if (full) varianceStabilizingTransformation(m, blind = TRUE, fitType = "parametric")
+       else vst(m, blind = TRUE, nsub = 1000, fitType = "parametric")
+  times[r] <- proc.time()[["elapsed"]] - t0
+}
+cat("TIMES", times, "\n")
+idx <- seq(1, nrow(v), by = 97)
+write.table(v[idx, ], args[2], sep = "\t", quote = FALSE)
+"""
+
+
+def make_counts(n_genes: int, n_samples: int, seed: int = 20240) -> pd.DataFrame:
+    base = pd.read_csv(ROOT / "resources" / "example" / "counts.tsv.gz", sep="\t", index_col=0)
+    base = base.iloc[:n_genes]
+    rng = np.random.default_rng(seed)
+    src = base.to_numpy(dtype=np.int64)
+    out = np.empty((src.shape[0], n_samples), dtype=np.int64)
+    for j in range(n_samples):
+        frac = rng.uniform(0.5, 1.0)
+        out[:, j] = rng.binomial(src[:, j % src.shape[1]], frac)
+    cols = [f"s{j + 1:04d}" for j in range(n_samples)]
+    return pd.DataFrame(out, index=base.index, columns=cols)
+
+
+def time_batchmix(counts: pd.DataFrame, nsub: int | None, repeats: int):
+    times = []
+    res = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = V.vst(counts, fit_type="parametric", blind=True, nsub=nsub)
+        times.append(time.perf_counter() - t0)
+    return min(times), res
+
+
+def time_deseq2(counts: pd.DataFrame, full: bool, repeats: int, tmp: Path):
+    cpath = tmp / "counts.tsv"
+    opath = tmp / "r_vst.tsv"
+    spath = tmp / "bench.R"
+    spath.write_text(R_SCRIPT)
+    if not cpath.exists():
+        counts.to_csv(cpath, sep="\t")
+    proc = subprocess.run(
+        ["Rscript", str(spath), str(cpath), str(opath), "full" if full else "fast", str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("TIMES"))
+    times = [float(t) for t in line.split()[1:]]
+    ref = pd.read_csv(opath, sep="\t", index_col=0)
+    return min(times), ref
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--genes", type=int, default=20000)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="also time the all-genes transformation")
+    args = ap.parse_args()
+
+    counts = make_counts(args.genes, args.samples)
+    cells = counts.shape[0] * counts.shape[1]
+    print(f"VST benchmark: {counts.shape[0]} genes x {counts.shape[1]} samples, best of {args.repeats}")
+
+    paths = [("vst() nsub=1000", 1000, False)]
+    if args.full:
+        paths.append(("all genes (varianceStabilizingTransformation)", None, True))
+
+    have_r = shutil.which("Rscript") is not None
+    have_pydeseq2 = importlib.util.find_spec("pydeseq2") is not None
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        for label, nsub, full in paths:
+            print(f"\n== {label}")
+            t_bm, res = time_batchmix(counts, nsub, args.repeats)
+            print(f"batchmix   {t_bm:9.3f} s   {cells / t_bm / 1e6:9.2f} M values/s   (fit_type={res.fit_type})")
+            if have_r:
+                t_r, ref = time_deseq2(counts, full, args.repeats if not full else 1, tmp)
+                diff = np.max(np.abs(res.values.loc[ref.index, ref.columns].to_numpy() - ref.to_numpy()))
+                print(f"DESeq2     {t_r:9.3f} s   {cells / t_r / 1e6:9.2f} M values/s   "
+                      f"(max |batchmix - DESeq2| = {diff:.2e})")
+                print(f"ratio DESeq2 / batchmix time: {t_r / t_bm:.1f}x")
+            else:
+                print("DESeq2     absent (no Rscript on PATH)")
+            if have_pydeseq2:
+                print("PyDESeq2   installed but not benchmarked by this script version")
+            else:
+                print("PyDESeq2   absent (not installed)")
+
+
+if __name__ == "__main__":
+    main()
