@@ -28,6 +28,7 @@ __all__ = [
     "simpson_stage",
     "batch_is_random",
     "log_to",
+    "consistent_reversals",
 ]
 
 
@@ -203,6 +204,17 @@ def gather_stage(config: dict, fits: list[str], blups: list[str], corrected: lis
         write_table(pd.concat([_read_matrix(p) for p in corrected]), out["corrected"], index=True)
 
 
+def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
+    """Reversals ordered for display: most batches agreeing with the within-batch sign first, then by p.
+
+    The table itself is sorted by p; but the smallest p-values often come from genes that are nearly
+    constant in most batches, which make a poor picture of the paradox. A pair whose within-batch sign
+    holds in every batch tells the story at a glance.
+    """
+    return reversals.sort_values(["n_batches_within_sign", "p", "gene_a", "gene_b"],
+                                 ascending=[False, True, True, True], kind="mergesort")
+
+
 def simpson_stage(config: dict, expression_path: str, status_path: str, samples_path: str, out: dict[str, str]) -> None:
     """Scan all gene pairs for Simpson's-paradox reversals and draw the top pairs.
 
@@ -239,7 +251,8 @@ def simpson_stage(config: dict, expression_path: str, status_path: str, samples_
     write_table(result.reversals, out["reversals"])
     write_table(excluded.rename_axis("gene_id").reset_index(), out["excluded"])
     _write_json(summary, out["summary"])
-    fig = simpson.plot_reversals(expr.loc[ok], batch, result.reversals, top=config["report"]["top_pairs"] or 1)
+    fig = simpson.plot_reversals(expr.loc[ok], batch, consistent_reversals(result.reversals),
+                                 top=config["report"]["top_pairs"] or 1)
     Path(out["figure"]).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out["figure"], dpi=110, metadata={"Software": None})
 
