@@ -187,44 +187,71 @@ def _xtwx(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (w @ outer).reshape(w.shape[0], p, p)
 
 
-def _log_posterior(log_alpha, y, mu, x):
-    """Cox-Reid adjusted NB log likelihood of log(alpha), one value per gene row."""
+class _CoxReid:
+    """log det(X' W X) and its derivative for all genes at once.
+
+    When the design has as many distinct rows as columns (one-way layouts
+    such as ``~1`` or ``~batch``), X = G T with G the n x p group indicator
+    and T invertible, so X'WX = T' diag(G'w) T: the determinant is a product
+    of group sums.  Otherwise the p x p matrices are formed explicitly.
+    """
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        rows, inverse = np.unique(x, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        self.grouped = rows.shape[0] == x.shape[1]
+        if self.grouped:
+            self.g = np.zeros((x.shape[0], rows.shape[0]))
+            self.g[np.arange(x.shape[0]), inverse] = 1.0
+            self.logdet_tt = 2.0 * np.linalg.slogdet(rows)[1]
+
+    def logdet(self, w: np.ndarray) -> np.ndarray:
+        if self.grouped:
+            return np.log(w @ self.g).sum(axis=1) + self.logdet_tt
+        return np.log(np.linalg.det(_xtwx(self.x, w)))
+
+    def dlogdet(self, w: np.ndarray, dw: np.ndarray) -> np.ndarray:
+        """trace((X'WX)^-1 X' dW X)."""
+        if self.grouped:
+            return ((dw @ self.g) / (w @ self.g)).sum(axis=1)
+        return np.trace(np.linalg.solve(_xtwx(self.x, w), _xtwx(self.x, dw)), axis1=1, axis2=2)
+
+
+def _log_posterior(log_alpha, y, mu, cr: _CoxReid):
+    """Cox-Reid adjusted NB log likelihood of log(alpha), one value per gene row.
+
+    Written term by term as DESeq2's C++ ``log_posterior`` (including
+    ``log(1 + mu alpha)`` rather than ``log1p``) so that the line search
+    takes the same decisions near alpha -> 0.
+    """
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
     w = 1.0 / (1.0 / mu + alpha)
-    if x.shape[1] == 1:
-        cr = -0.5 * np.log(w @ (x[:, 0] ** 2))
-    else:
-        cr = -0.5 * np.log(np.linalg.det(_xtwx(x, w)))
     ll = (
         special.gammaln(y + inv_alpha)
         - special.gammaln(inv_alpha)
         - y * np.log(mu + inv_alpha)
-        - inv_alpha * np.log1p(mu * alpha)
+        - inv_alpha * np.log(1.0 + mu * alpha)
     ).sum(axis=1)
-    return ll + cr
+    return ll - 0.5 * cr.logdet(w)
 
 
-def _dlog_posterior(log_alpha, y, mu, x):
+def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid):
     """Derivative of :func:`_log_posterior` with respect to log(alpha)."""
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
     w = 1.0 / (1.0 / mu + alpha)
     dw = -(w**2)
-    if x.shape[1] == 1:
-        x2 = x[:, 0] ** 2
-        cr = -0.5 * (dw @ x2) / (w @ x2)
-    else:
-        cr = -0.5 * np.trace(np.linalg.solve(_xtwx(x, w), _xtwx(x, dw)), axis1=1, axis2=2)
     ma = mu * alpha
     ll = (inv_alpha[:, 0] ** 2) * (
         special.digamma(inv_alpha)
-        + np.log1p(ma)
+        + np.log(1.0 + ma)
         - ma / (1.0 + ma)
         - special.digamma(y + inv_alpha)
         + y / (mu + inv_alpha)
     ).sum(axis=1)
-    return (ll + cr) * alpha[:, 0]
+    return (ll - 0.5 * cr.dlogdet(w, dw)) * alpha[:, 0]
 
 
 def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
@@ -234,6 +261,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
     exactly the step rules of the C++ code, so the iterates are the same.
     """
     g = y.shape[0]
+    x = _CoxReid(x)
     a = log_alpha0.astype(float).copy()
     lp = _log_posterior(a, y, mu, x)
     dlp = _dlog_posterior(a, y, mu, x)
@@ -288,6 +316,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
 
 def _fit_disp_grid(y, mu, x, max_disp):
     """DESeq2's ``fitDispGridWrapper``: coarse 20-point grid, then a fine one."""
+    x = _CoxReid(x)
     grid = np.linspace(math.log(1e-8), math.log(max_disp), 20)
     delta = grid[1] - grid[0]
     g = y.shape[0]
