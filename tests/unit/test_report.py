@@ -156,6 +156,21 @@ def test_top_batch_genes_orders_fitted_genes_by_batch_fraction():
     assert report.top_batch_genes(fits, "Lane", n=3).empty
 
 
+def test_default_shrinkage_genes_are_at_percentiles_of_the_batch_share():
+    # Eleven fitted genes with shares 0.0, 0.1, ..., 1.0 (shuffled), plus a singular and a filtered
+    # gene that are never picked. Percentile p picks rank round(p / 100 * 10): 9, 7, 5, 3.
+    shares = [0.5, 0.1, 0.9, 0.0, 0.7, 1.0, 0.3, 0.8, 0.2, 0.6, 0.4]
+    fits = pd.DataFrame({
+        "gene_id": [f"g{int(10 * v)}" for v in shares] + ["singular", "filtered"],
+        "status": ["ok"] * 11 + ["singular", "filtered:low_counts"],
+        "frac_Batch": shares + [0.85, np.nan],
+    })
+    assert report.choose_shrinkage_genes(fits, [], "Batch") == (["g9", "g7", "g5", "g3"], [])
+    # Fewer genes than percentiles: each gene once.
+    assert report.choose_shrinkage_genes(fits.iloc[[0, 2]], [], "Batch") == (["g9", "g5"], [])
+    assert report.choose_shrinkage_genes(fits, [], "Lane") == ([], [])
+
+
 def test_condition_column_is_the_first_fixed_factor():
     samples = pd.DataFrame({"Infection": ["Mock", "CoV"], "Days": [0.0, 1.0], "Batch": ["1", "2"], "Sex": ["f", "m"]})
     assert report.condition_column("~ Infection + (1|Batch)", samples) == "Infection"
@@ -173,7 +188,6 @@ def test_shrinkage_group_prefers_the_batch():
 def test_choose_shrinkage_genes_reports_requested_genes_that_cannot_be_drawn():
     fits = pd.DataFrame({"gene_id": ["a", "b", "c"], "status": ["ok", "filtered:low_counts", "ok"],
                          "frac_Batch": [0.1, np.nan, 0.9]})
-    assert report.choose_shrinkage_genes(fits, [], "Batch", n=1) == (["c"], [])
     chosen, skipped = report.choose_shrinkage_genes(fits, ["a", "b", "zz"], "Batch")
     assert chosen == ["a"]
     assert skipped == ["b (filtered:low_counts)", "zz (not in the expression table)"]

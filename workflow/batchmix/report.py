@@ -83,8 +83,13 @@ DIAGNOSTIC_COMPONENTS = 10
 # Rows of a table shown in the page; the TSV download holds up to DOWNLOAD_ROWS rows.
 SHOWN_ROWS = 20
 DOWNLOAD_ROWS = 10_000
+# The reversal table can hold millions of pairs, each with its per-batch correlations: the page
+# carries the strongest ones (about 300 bytes each) and points to the full file.
+REVERSAL_DOWNLOAD_ROWS = 2_000
 # Significance level of the likelihood-ratio test count.
 LRT_ALPHA = 0.05
+# Percentiles of the batch share of variance at which the shrinkage figure picks its genes.
+SHRINKAGE_PERCENTILES = (90.0, 70.0, 50.0, 30.0)
 # Two-sided 95 % Wald band of the population fit, as lme4's confint(method = "Wald").
 BAND_Z = float(stats.norm.ppf(0.975))
 # Relative disagreement tolerated between the recomputed and the reported standard errors
@@ -551,8 +556,16 @@ def shrinkage_group(model: str, batch: str) -> str | None:
     return batch if batch in groups else groups[0]
 
 
-def choose_shrinkage_genes(gene_fits: pd.DataFrame, requested: list[str], group: str, n: int = 4) -> tuple[list[str], list[str]]:
+def choose_shrinkage_genes(
+    gene_fits: pd.DataFrame, requested: list[str], group: str,
+    percentiles: tuple[float, ...] = SHRINKAGE_PERCENTILES,
+) -> tuple[list[str], list[str]]:
     """Genes for the shrinkage figure.
+
+    With no request, one gene at each percentile of the group's share of variance among the
+    genes fitted without singularity: from a gene the group dominates (its BLUPs barely differ
+    from the per-group estimates) down to one where the group explains little (strong shrinkage).
+    The genes with the very largest share show no visible shrinkage, so they are not the default.
 
     Parameters
     ----------
@@ -561,15 +574,16 @@ def choose_shrinkage_genes(gene_fits: pd.DataFrame, requested: list[str], group:
     requested : list of str
         The config's ``report.genes``; used when not empty.
     group : str
-        The grouping factor; with no request, the ``n`` fitted genes with the largest
-        ``frac_<group>`` are chosen.
-    n : int
-        Number of genes chosen when none is requested.
+        The grouping factor.
+    percentiles : tuple of float
+        Percentiles (0-100) of ``frac_<group>`` at which genes are picked when none is requested;
+        the gene of rank ``round(p / 100 * (m - 1))`` among ``m`` genes sorted by increasing share
+        (ties in input order). A gene picked twice is drawn once.
 
     Returns
     -------
     chosen : list of str
-        Fitted genes to draw, in the requested order.
+        Fitted genes to draw, in the requested order or by decreasing percentile.
     skipped : list of str
         Requested genes that are not in the table or were not fitted, with the reason.
     """
@@ -584,8 +598,19 @@ def choose_shrinkage_genes(gene_fits: pd.DataFrame, requested: list[str], group:
             else:
                 chosen.append(gene)
         return chosen, skipped
-    top = top_batch_genes(gene_fits, group, n)
-    return list(top["gene_id"]), []
+    column = f"frac_{sanitize_name(group)}"
+    if column not in gene_fits.columns:
+        return [], []
+    candidates = gene_fits[(gene_fits["status"] == "ok") & np.isfinite(gene_fits[column].to_numpy(dtype=float))]
+    ordered = candidates.sort_values(column, kind="mergesort")["gene_id"].tolist()
+    chosen = []
+    for p in percentiles:
+        if not ordered:
+            break
+        gene = ordered[int(round(p / 100 * (len(ordered) - 1)))]
+        if gene not in chosen:
+            chosen.append(gene)
+    return chosen, []
 
 
 def _random_covariance(row: pd.Series, group: str, terms: list[str]) -> np.ndarray | None:
@@ -849,9 +874,9 @@ def plot_pca(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    batch_levels = sorted(batch.astype(str).unique())
+    batch_levels = sorted(batch.astype(str).unique(), key=_natural_key)
     colours = dict(zip(batch_levels, _palette(len(batch_levels))))
-    cond_levels = sorted(condition.astype(str).unique()) if condition is not None else []
+    cond_levels = sorted(condition.astype(str).unique(), key=_natural_key) if condition is not None else []
     shapes = dict(zip(cond_levels, _markers(len(cond_levels))))
     fig = Figure(figsize=(5.2 * len(panels) + 2.2, 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -1078,45 +1103,61 @@ def plot_shrinkage(estimates: ShrinkageEstimates):
     cells = estimates.cells
     levels = sorted(cells["x"].unique(), key=_natural_key)
     colours = dict(zip(levels, _palette(len(levels))))
-    offsets = dict(zip(levels, np.linspace(-0.18, 0.18, len(levels)) if len(levels) > 1 else [0.0]))
     position = {g: i for i, g in enumerate(groups)}
-    fig = Figure(figsize=(max(6.0, 0.75 * len(groups) + 3.0), 4.0), layout="constrained")
-    ax = fig.add_subplot()
+    n_cols = min(3, len(levels))
+    n_rows = math.ceil(len(levels) / n_cols)
+    width = max(3.2, 0.42 * len(groups) + 1.2)
+    fig = Figure(figsize=(width * n_cols + 0.3, 3.1 * n_rows + 0.9), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey=True)
     jitter = np.random.default_rng(0)
-    for level in levels:
+    for ax, level in zip(axes.flat, levels):
         colour = colours[level]
         in_level = obs[obs["x"] == level]
-        xs = in_level["group"].map(position).to_numpy(dtype=float) + offsets[level]
-        ax.scatter(xs + jitter.uniform(-0.05, 0.05, len(xs)), in_level["y"], s=8, color="0.65", zorder=2, linewidths=0)
-        pop_rows = cells[cells["x"] == level]
-        pop_value = float(pop_rows["population"].mean())
-        pop_se = float(pop_rows["population_se"].mean())
-        ax.axhline(pop_value, color=colour, linewidth=1.0, alpha=0.9, zorder=1)
-        if np.isfinite(pop_se):
-            ax.axhspan(pop_value - BAND_Z * pop_se, pop_value + BAND_Z * pop_se, color=colour, alpha=0.13,
-                       linewidth=0, zorder=0)
-        for cell in pop_rows.itertuples(index=False):
-            x = position[cell.group] + offsets[level]
-            ax.scatter([x], [cell.ols], s=46, facecolors="white", edgecolors=[colour], linewidths=1.4, zorder=4)
-            ax.scatter([x], [cell.lmm], s=34, color=colour, zorder=5)
+        xs = in_level["group"].map(position).to_numpy(dtype=float)
+        ax.scatter(xs + jitter.uniform(-0.12, 0.12, len(xs)), in_level["y"], s=7, color="0.6", zorder=2,
+                   linewidths=0)
+        level_cells = cells[cells["x"] == level]
+        population = level_cells["population"].to_numpy(dtype=float)
+        population_se = level_cells["population_se"].to_numpy(dtype=float)
+        # One population line across the panel when the fit is the same in every group (the
+        # condition is the only fixed effect); otherwise a segment per cell.
+        constant = np.ptp(population) <= 1e-9 * max(1.0, np.abs(population).max()) and (
+            np.all(np.isnan(population_se)) or np.ptp(population_se) <= 1e-9 * max(1.0, np.nanmax(population_se)))
+        spans = ([(-0.6, len(groups) - 0.4, population[0], population_se[0])] if constant else
+                 [(position[g] - 0.5, position[g] + 0.5, p, se)
+                  for g, p, se in zip(level_cells["group"], population, population_se)])
+        for left, right, value, se in spans:
+            ax.hlines(value, left, right, color=colour, linewidth=1.1, zorder=1)
+            if np.isfinite(se):
+                ax.fill_between([left, right], value - BAND_Z * se, value + BAND_Z * se, color=colour,
+                                alpha=0.16, linewidth=0, zorder=0)
+        for cell in level_cells.itertuples(index=False):
+            x = position[cell.group]
+            ax.scatter([x], [cell.ols], s=44, facecolors="white", edgecolors=[colour], linewidths=1.4, zorder=4)
+            ax.scatter([x], [cell.lmm], s=30, color=colour, zorder=5)
             if abs(cell.lmm - cell.ols) > 1e-12:
                 ax.annotate("", xy=(x, cell.lmm), xytext=(x, cell.ols),
-                            arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.9}, zorder=4)
-    ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if len(groups) > 6 else 0,
-                  ha="right" if len(groups) > 6 else "center", fontsize=8)
-    ax.set_xlabel(estimates.group)
-    ax.set_ylabel(f"{estimates.gene} (stabilised)")
-    ax.grid(True, axis="y", color="0.92", linewidth=0.6)
-    ax.set_axisbelow(True)
+                            arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.9,
+                                        "shrinkA": 3, "shrinkB": 3}, zorder=4)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45 if len(groups) > 4 else 0,
+                      ha="right" if len(groups) > 4 else "center", fontsize=7.5)
+        ax.set_title(f"{estimates.x} = {level}" if estimates.x is not None else "all samples", fontsize=9)
+        ax.grid(True, axis="y", color="0.92", linewidth=0.6)
+        ax.set_axisbelow(True)
+    for ax in list(axes.flat)[len(levels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{estimates.gene} (stabilised)", fontsize=9)
     handles = [
         Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="0.3",
-               label=f"per-{estimates.group} OLS (cell mean)"),
-        Line2D([], [], marker="o", linestyle="", color="0.3", label="LMM prediction"),
-        Patch(color="0.75", label="population fit ± 95% CI"),
-        Line2D([], [], marker="o", linestyle="", color="0.65", markersize=3, label="samples"),
-    ] + [Patch(color=colours[level], label=f"{estimates.x} = {level}") for level in levels if estimates.x is not None]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-    ax.set_title(f"{estimates.gene}: per-{estimates.group} estimates shrunk towards the population fit", fontsize=10)
+               label=f"{estimates.group}'s own estimate (cell mean: no pooling)"),
+        Line2D([], [], marker="o", linestyle="", color="0.3", label="LMM prediction (partial pooling)"),
+        Patch(color="0.75", label="population fit ± 95% CI (complete pooling)"),
+        Line2D([], [], marker="o", linestyle="", color="0.6", markersize=3, label="samples"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    fig.suptitle(f"{estimates.gene}: per-{estimates.group} estimates shrunk towards the population fit", fontsize=10)
     return fig
 
 
@@ -1375,10 +1416,26 @@ def _shrinkage_section(config: dict, tables: dict, figures: _Figures) -> dict:
         if estimates.band_note:
             caption += f" No band: {estimates.band_note}."
         fig = plot_shrinkage(estimates)
-        section["figures"].append(figures.add(f"shrinkage_{i}", fig, f"{gene}. {caption}", f"Shrinkage figure of {gene}"))
+        share = _share_note(tables["gene_fits"], gene, group)
+        section["figures"].append(figures.add(f"shrinkage_{i}", fig, f"{gene}{share}. {caption}",
+                                              f"Shrinkage figure of {gene}"))
     if not chosen and not section["skipped"]:
-        section["note"] = f"No fitted gene has a {group} share of variance to choose from."
+        section["note"] = f"No gene was fitted without singularity with a {group} share of variance to choose from."
     return section
+
+
+def _share_note(gene_fits: pd.DataFrame, gene: str, group: str) -> str:
+    """``" (Batch: 62% of its variance, 70th percentile of the fitted genes)"``, or empty."""
+    column = f"frac_{sanitize_name(group)}"
+    if column not in gene_fits.columns:
+        return ""
+    fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)][column].to_numpy(dtype=float)
+    fitted = fitted[np.isfinite(fitted)]
+    value = float(gene_fits.loc[gene_fits["gene_id"] == gene, column].iloc[0])
+    if not np.isfinite(value) or fitted.size == 0:
+        return ""
+    percentile = 100 * float(np.mean(fitted <= value))
+    return f" ({group}: {100 * value:.0f}% of its variance; {percentile:.0f}th percentile of the fitted genes)"
 
 
 def _vst_section(config: dict, tables: dict, figures: _Figures) -> dict:
@@ -1429,7 +1486,8 @@ def _simpson_section(config: dict, tables: dict) -> dict:
     if len(reversals):
         shown = reversals.drop(columns=[c for c in ("per_batch_r",) if c in reversals.columns])
         section["table"] = _table(reversals, "simpson_reversals", "Gene pairs whose correlation reverses within batches",
-                                  shown=100, full_path="results/simpson/reversals.tsv", sortable=True)
+                                  shown=100, download_rows=REVERSAL_DOWNLOAD_ROWS,
+                                  full_path="results/simpson/reversals.tsv", sortable=True)
         # The page shows the compact columns; the download keeps per_batch_r.
         compact = _table(shown, "simpson_reversals", "", shown=100)
         section["table"]["columns"] = compact["columns"]
