@@ -899,6 +899,8 @@ class VSTResult:
         ``disp_fit`` (trend at ``base_mean``), ``in_trend_subset``.
     notes : list of str
         Fallbacks and other remarks.
+    trend : DispersionTrend, optional
+        The fitted dispersion function (callable on means), e.g. for plots.
     """
 
     values: pd.DataFrame
@@ -910,6 +912,7 @@ class VSTResult:
     coefficients: dict
     dispersions: pd.DataFrame
     notes: list = field(default_factory=list)
+    trend: DispersionTrend | None = None
 
 
 def vst_subset(base_mean: np.ndarray, nsub: int) -> np.ndarray:
@@ -1030,6 +1033,7 @@ def vst(
         coefficients=dict(trend.coefficients),
         dispersions=dispersions,
         notes=notes,
+        trend=trend,
     )
 
 
