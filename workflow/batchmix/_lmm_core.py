@@ -62,6 +62,7 @@ class PreparedDesign:
     d2D: np.ndarray = field(init=False)
     df_residual: int = field(init=False)
     onecomp: object = field(init=False, default=None)
+    block: object = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         X, Z = self.X, self.Z
@@ -166,7 +167,8 @@ class Evaluation:
     f_hess: np.ndarray | None = None
     r2_grad: np.ndarray | None = None
     r2_hess: np.ndarray | None = None
-    u: np.ndarray | None = None  # spherical conditional modes, b = Λ u
+    b: np.ndarray | None = None  # conditional modes (random effects), G × q in Z's order
+    dM: np.ndarray | None = None  # ∂(X'V⁻¹X)/∂θ_k, G × m × p × p
 
 
 def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +184,16 @@ def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
              order: int = 0) -> Evaluation:
     """Profiled deviance at θ (G × m) for G genes; gradient (order ≥ 1), Hessian (order 2)."""
+    if prepared.block is not None:
+        from ._lmm_block import evaluate_block
+
+        return evaluate_block(theta, data, prepared, reml, order)
+    return evaluate_dense(theta, data, prepared, reml, order)
+
+
+def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
+                   order: int = 0) -> Evaluation:
+    """:func:`evaluate` with dense q × q matrices (any random-effects structure)."""
     pd_ = prepared
     G, q, p, n = theta.shape[0], pd_.q, pd_.p, pd_.n
     lam = pd_.make_lambda(theta)
@@ -214,7 +226,8 @@ def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: 
         deviance = logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
     ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, ZVX, ZVZ, ZVy, lam)
     # spherical conditional modes u = M_q⁻¹ Λ'Z'(y - Xβ)
-    ev.u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q:q + p], beta)
+    u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q:q + p], beta)
+    ev.b = np.einsum("gij,gj->gi", lam, u)
     if order >= 1:
         _derivatives(ev, prepared, reml, order)
     return ev
@@ -235,6 +248,8 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
     r2 = ev.r2
     ev.f_grad = f_grad
     ev.r2_grad = -s
+    # ∂(X'V⁻¹X)/∂θ_k = -(Z'V⁻¹X)' dD_k (Z'V⁻¹X)
+    ev.dM = -np.einsum("gip,gkij,gjr->gkpr", ev.ZVX, dD, ev.ZVX)
     ev.grad = f_grad - k * s / r2[:, None]
     if order >= 2:
         BfdD = np.matmul(Bf[:, None], dD)
@@ -250,14 +265,18 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
 
 def _chunks(G: int, prepared: PreparedDesign, budget: float = 3e6) -> list[slice]:
     """Gene chunks so that the G × m × q × q derivative stacks stay small in memory."""
-    per_gene = max(1, (prepared.m + 2) * prepared.q * prepared.q)
+    if prepared.block is not None:
+        bd = prepared.block
+        per_gene = max(1, (prepared.m + 2) ** 2 * bd.J * bd.s * max(bd.s, prepared.p) ** 2)
+    else:
+        per_gene = max(1, (prepared.m + 2) * prepared.q * prepared.q)
     size = max(1, int(budget // per_gene))
     return [slice(i, min(G, i + size)) for i in range(0, G, size)]
 
 
 def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
              theta0: np.ndarray | None = None, max_iter: int = 200,
-             tol_dev: float = 1e-11, tol_step: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+             tol_dev: float = 1e-10, tol_step: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the profiled deviance over θ per gene, all genes in lock-step.
 
     A projected Newton method with the exact Hessian: eigenvalues of the Hessian
@@ -285,11 +304,16 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
             ev = evaluate(theta[sub], data.take(sub), prepared, reml, order=2)
             dev[sub], grad[sub], hess[sub] = ev.deviance, ev.grad, ev.hess
 
-    def dev_only(th: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        out = np.empty(len(idx))
-        for chunk in _chunks(len(idx), prepared, budget=2e7):
-            out[chunk] = evaluate(th[chunk], data.take(idx[chunk]), prepared, reml).deviance
-        return out
+    def trial_eval(th: np.ndarray, idx: np.ndarray):
+        # full evaluation at the trial point: most Newton steps are accepted, and then
+        # the gradient and Hessian there are needed anyway
+        out_dev = np.empty(len(idx))
+        out_grad = np.empty((len(idx), m))
+        out_hess = np.empty((len(idx), m, m))
+        for chunk in _chunks(len(idx), prepared):
+            ev = evaluate(th[chunk], data.take(idx[chunk]), prepared, reml, order=2)
+            out_dev[chunk], out_grad[chunk], out_hess[chunk] = ev.deviance, ev.grad, ev.hess
+        return out_dev, out_grad, out_hess
 
     active = np.arange(G)
     full_eval(active)
@@ -320,23 +344,32 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         decrement = -np.einsum("gi,gi->g", gf, step)
         done = (decrement < tol_dev) & ~nudge.any(axis=1)
         converged[active[done]] = True
-        active, th, step = active[~done], th[~done], step[~done]
+        active, th, step, decrement = active[~done], th[~done], step[~done], decrement[~done]
         if active.size == 0:
             break
         # backtracking line search, vectorised: each gene halves its own step
         alpha = np.ones(active.size)
         accepted = np.zeros(active.size, dtype=bool)
         new_theta = th.copy()
+        new_dev = np.empty(active.size)
+        new_grad = np.empty((active.size, m))
+        new_hess = np.empty((active.size, m, m))
         for _ls in range(40):
             pending = ~accepted
             if not pending.any():
                 break
             trial = th[pending] + alpha[pending, None] * step[pending]
             trial = np.where(bounded[None, :], np.maximum(trial, lower[None, :]), trial)
-            trial_dev = dev_only(trial, active[pending])
-            ok = np.isfinite(trial_dev) & (trial_dev <= dev[active[pending]] + 1e-12 * np.abs(dev[active[pending]]))
+            trial_dev, trial_grad, trial_hess = trial_eval(trial, active[pending])
+            # strict decrease (Armijo with a tiny slope factor): accepting equal values
+            # would let flat directions cycle forever
+            gain = dev[active[pending]] - trial_dev
+            ok = np.isfinite(trial_dev) & (gain > 1e-4 * alpha[pending] * decrement[pending])
             idx = np.flatnonzero(pending)
             new_theta[idx[ok]] = trial[ok]
+            new_dev[idx[ok]] = trial_dev[ok]
+            new_grad[idx[ok]] = trial_grad[ok]
+            new_hess[idx[ok]] = trial_hess[ok]
             accepted[idx[ok]] = True
             alpha[idx[~ok]] *= 0.5
         # genes that cannot descend any further are at a (numerical) optimum
@@ -346,8 +379,9 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         old_dev = dev[moved].copy()
         step_size = np.abs(new_theta[accepted] - th[accepted]).max(axis=1)
         theta[moved] = new_theta[accepted]
-        full_eval(moved)
-        small = (np.abs(old_dev - dev[moved]) < tol_dev) & (step_size < tol_step)
+        dev[moved], grad[moved], hess[moved] = new_dev[accepted], new_grad[accepted], new_hess[accepted]
+        small = ((np.abs(old_dev - dev[moved]) < tol_dev) & (step_size < tol_step)) | (
+            np.abs(old_dev - dev[moved]) < 1e-3 * tol_dev)
         converged[moved[small]] = True
         active = moved[~small]
     return theta, converged
@@ -378,10 +412,7 @@ def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool
     hess[:, m, m] = -2.0 * k / sigma2 + 6.0 * ev.r2 / sigma2 ** 2
     Minv = np.linalg.inv(ev.M)
     vcov = sigma2[:, None, None] * Minv
-    ELt = np.matmul(prepared.E[None], ev.lam.transpose(0, 2, 1)[:, None])
-    dD = ELt + ELt.transpose(0, 1, 3, 2)
-    # ∂(X'V⁻¹X)/∂θ_k = -(Z'V⁻¹X)' dD_k (Z'V⁻¹X)
-    inner = np.einsum("gip,gkij,gjr->gkpr", ev.ZVX, dD, ev.ZVX)
+    inner = -ev.dM
     jac = np.empty((G, m + 1, p, p))
     jac[:, :m] = sigma2[:, None, None, None] * np.matmul(np.matmul(Minv[:, None], inner), Minv[:, None])
     jac[:, m] = 2.0 * sigma[:, None, None] * Minv

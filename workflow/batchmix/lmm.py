@@ -42,6 +42,7 @@ from scipy import stats
 
 from . import _lmm_core as core
 from ._lmm_core import GeneData, PreparedDesign
+from ._lmm_block import prepare_block
 from ._lmm_onecomp import fit_onecomp, prepare_onecomp
 from .design import (RandomBlock, RandomDesign, fixed_design, fixed_term_columns,
                      parse_formula, random_design, sanitize_name)
@@ -84,6 +85,7 @@ def prepare(formula: str, samples: pd.DataFrame, reml: bool = True) -> PreparedD
     rd = random_design(formula, samples)
     prepared = PreparedDesign(X=X, Z=rd.Z, fixed_names=names, random=rd, reml=reml)
     prepared.onecomp = prepare_onecomp(prepared)
+    prepared.block = prepare_block(prepared)
     return prepared
 
 
@@ -203,7 +205,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
             deviance[chunk] = ev.deviance
             sigma2[chunk] = ev.r2 / k
             beta[chunk] = ev.beta
-            b[chunk] = np.einsum("gij,gj->gi", ev.lam, ev.u)
+            b[chunk] = ev.b
             vcov[chunk] = vc
             df[chunk] = core.satterthwaite_df(vc, hess, jac)
         converged &= np.isfinite(deviance)

@@ -1,0 +1,159 @@
+"""One grouping factor (e.g. ``(Days | Subject)``): the θ engine level by level.
+
+With a single random term, Z'Z is block diagonal (one s × s block C_j per level j) and
+Λ = I_J ⊗ T, so I + Λ'Z'ZΛ splits into J independent s × s systems. Everything the
+dense engine (:mod:`batchmix._lmm_core`) computes with q × q matrices is computed
+here from (J, s, s) stacks plus p × p corrections, in O(J s³ + J s² p) per gene
+instead of O(q³) with q = J s. The formulas are the dense ones with
+B = Z'PZ = blockdiag(K_j) − W (X'V⁻¹X)⁻¹ W' (K_j = Z_j'V⁻¹Z_j, W = Z'V⁻¹X) expanded,
+and dD_k = I_J ⊗ S_k, S_k = E_k T' + T E_k'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BlockDesign:
+    """Per-level pieces of a single-term design, shared by all genes."""
+
+    C: np.ndarray       # J × s × s, blocks of Z'Z
+    ZX: np.ndarray      # J × s × p, blocks of Z'X
+    E: np.ndarray       # m × s × s, ∂T/∂θ_k
+    F: np.ndarray       # m × m × s × s, E_k E_l' + E_l E_k'
+    rows: np.ndarray    # θ_k's row in T
+    cols: np.ndarray    # θ_k's column in T
+    J: int
+    s: int
+
+
+def prepare_block(prepared) -> BlockDesign | None:
+    """Level-wise design when the model has exactly one random term with s ≥ 2 columns."""
+    blocks = prepared.random.blocks
+    if len(blocks) != 1 or blocks[0].n_terms < 2:
+        return None
+    block = blocks[0]
+    J, s = block.n_levels, block.n_terms
+    ZtZ = prepared.ZtZ.reshape(J, s, J, s)
+    C = np.einsum("jajb->jab", ZtZ)
+    off = ZtZ.copy()
+    off[np.arange(J), :, np.arange(J), :] = 0.0
+    if np.abs(off).max(initial=0.0) > 0:
+        return None  # not block diagonal (cannot happen for one grouping factor)
+    ZX = prepared.ZtX.reshape(J, s, -1)
+    rows, cols = [], []
+    for c in range(s):
+        for r in range(c, s):
+            rows.append(r)
+            cols.append(c)
+    m = len(rows)
+    E = np.zeros((m, s, s))
+    E[np.arange(m), rows, cols] = 1.0
+    prod = np.einsum("kab,lcb->klac", E, E)
+    F = prod + prod.transpose(1, 0, 2, 3)
+    return BlockDesign(C=C, ZX=ZX, E=E, F=F, rows=np.asarray(rows), cols=np.asarray(cols), J=J, s=s)
+
+
+def _logdet_spd(matrix: np.ndarray) -> np.ndarray:
+    try:
+        chol = np.linalg.cholesky(matrix)
+        return 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    except np.linalg.LinAlgError:
+        sign, logdet = np.linalg.slogdet(matrix)
+        return np.where(sign > 0, logdet, np.nan)
+
+
+def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0):
+    """Same contract as :func:`batchmix._lmm_core.evaluate`, for a single random term."""
+    from ._lmm_core import Evaluation
+
+    bd: BlockDesign = prepared.block
+    G, p, n, J, s, m = theta.shape[0], prepared.p, prepared.n, bd.J, bd.s, theta.shape[1]
+    T = np.zeros((G, s, s))
+    T[:, bd.rows, bd.cols] = theta
+    zy = data.Zty.reshape(G, J, s)
+    # batched matmul over (gene, level) stacks: numpy's einsum is several times slower
+    # on these tiny matrices
+    Tt = T.transpose(0, 2, 1)
+    CT = np.matmul(bd.C[None], T[:, None])                    # C_j T
+    Mj = np.matmul(Tt[:, None], CT)                           # T' C_j T
+    Mj[..., np.arange(s), np.arange(s)] += 1.0
+    logdet_V = _logdet_spd(Mj).sum(axis=1)
+    TZX = np.matmul(Tt[:, None], bd.ZX[None])                 # T' Z_j'X
+    Tzy = np.matmul(Tt[:, None], zy[..., None])[..., 0]       # T' Z_j'y
+    rhs = np.concatenate([CT.transpose(0, 1, 3, 2), TZX, Tzy[..., None]], axis=3)
+    sol = np.linalg.solve(Mj, rhs)
+    solC, solX, soly = sol[..., :s], sol[..., s:s + p], sol[..., s + p]
+    K = bd.C[None] - np.matmul(CT, solC)                      # Z_j'V⁻¹Z_j
+    W = bd.ZX[None] - np.matmul(CT, solX)                     # Z_j'V⁻¹X
+    ZVy = zy - np.einsum("gjab,gjb->gja", CT, soly)
+    M = prepared.XtX - np.einsum("gjap,gjar->gpr", TZX, solX)
+    XVy = data.Xty - np.einsum("gjap,gja->gp", TZX, soly)
+    yVy = data.yty - np.einsum("gja,gja->g", Tzy, soly)
+    logdet_M = _logdet_spd(M)
+    beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
+    r2 = yVy - np.einsum("gp,gp->g", beta, XVy)
+    r2 = np.where(r2 > 0, r2, np.nan)
+    if reml:
+        k = n - p
+        deviance = logdet_V + logdet_M + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
+    else:
+        k = n
+        deviance = logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, None, None, None, None)
+    u = soly - np.einsum("gjap,gp->gja", solX, beta)
+    ev.b = np.einsum("gab,gjb->gja", T, u).reshape(G, J * s)
+    if order == 0:
+        return ev
+    N = np.linalg.inv(M)
+    a = ZVy - np.einsum("gjap,gp->gja", W, beta)
+    ET = np.einsum("kab,gcb->gkac", bd.E, T)                  # E_k T'
+    S = ET + ET.transpose(0, 1, 3, 2)
+    Kbar = K.sum(axis=1)
+    A = np.einsum("gja,gjb->gab", a, a)
+    # two-operand contractions only: numpy's einsum loops naively over 3 operands
+    WW = np.einsum("gjap,gjbr->gabpr", W, W)                  # Σ_j W_j[a]' W_j[b]
+    Q = np.einsum("gkab,gabpr->gkpr", S, WW)                  # Σ_j W_j' S_k W_j
+    f_grad = np.einsum("gab,gkba->gk", Kbar, S)
+    if reml:
+        f_grad = f_grad - np.einsum("gpr,gkrp->gk", N, Q)
+    s_k = np.einsum("gkab,gab->gk", S, A)
+    ev.f_grad, ev.r2_grad = f_grad, -s_k
+    ev.grad = f_grad - k * s_k / r2[:, None]
+    ev.dM = -Q
+    if order < 2:
+        return ev
+    KS = np.matmul(K[:, :, None], S[:, None])                 # K_j S_l: G × J × m × s × s
+    # Σ_j tr(K_j S_l K_j S_k) as one batched product over the flattened (j, a, b)
+    KS_flat = KS.transpose(0, 2, 1, 3, 4).reshape(G, m, J * s * s)
+    KSt_flat = KS.transpose(0, 2, 1, 4, 3).reshape(G, m, J * s * s)
+    tr_KSKS = np.matmul(KS_flat, KSt_flat.transpose(0, 2, 1))
+    tr_F = np.einsum("gab,klba->gkl", Kbar, bd.F)
+    if reml:
+        SW = np.matmul(S[:, None], W[:, :, None])             # S_k W_j: G × J × m × s × p
+        KSW = np.matmul(K[:, :, None], SW)                    # K_j S_l W_j
+        # Σ_j W_j' S_k K_j S_l W_j as one batched product over the flattened (j, a)
+        left = SW.transpose(0, 2, 4, 1, 3).reshape(G, m * p, J * s)
+        right = KSW.transpose(0, 1, 3, 2, 4).reshape(G, J * s, m * p)
+        R = np.matmul(left, right).reshape(G, m, p, m, p).transpose(0, 1, 3, 2, 4)
+        NR = np.einsum("gpr,gklrp->gkl", N, R)
+        NQ = np.matmul(N[:, None], Q)
+        tr_BSBS = tr_KSKS - NR - NR.transpose(0, 2, 1) + np.einsum("glac,gkca->gkl", NQ, NQ)
+        WFW = np.einsum("klab,gabpr->gklpr", bd.F, WW)
+        tr_F = tr_F - np.einsum("gpr,gklrp->gkl", N, WFW)
+    else:
+        tr_BSBS = tr_KSKS
+    f_hess = tr_F - tr_BSBS
+    v = np.einsum("gkab,gjb->gjka", S, a)
+    Wv = np.einsum("gjap,gjka->gkp", W, v)
+    Kv = np.matmul(K[:, :, None], v[..., None])[..., 0]       # K_j v_kj
+    vBv = (np.einsum("gjla,gjka->gkl", v, Kv)
+           - np.einsum("glp,gkp->gkl", Wv, np.einsum("gpr,gkr->gkp", N, Wv)))
+    r2_hess = 2.0 * vBv - np.einsum("klab,gab->gkl", bd.F, A)
+    ev.f_hess, ev.r2_hess = f_hess, r2_hess
+    ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
+                            - s_k[:, :, None] * s_k[:, None, :] / (r2 ** 2)[:, None, None])
+    return ev
