@@ -463,12 +463,20 @@ def _build(tmp_path: Path, **study) -> tuple[str, Path, dict]:
     return html_path.read_text(), figures, config
 
 
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory) -> tuple[str, Path, Path]:
+    """The page of the default synthetic study, built once: (page, figures directory, study root)."""
+    root = tmp_path_factory.mktemp("default_report")
+    page, figures, _ = _build(root)
+    return page, figures, root
+
+
 def _images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
-def test_report_has_every_section_and_embeds_every_figure(tmp_path):
-    page, figures, _ = _build(tmp_path)
+def test_report_has_every_section_and_embeds_every_figure(default_build):
+    page, figures, _ = default_build
     for section in ("run", "batch", "lmm", "shrinkage", "vst", "simpson"):
         assert f'<section id="{section}">' in page
     images = _images(page)
@@ -485,8 +493,8 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     assert "<link" not in page
 
 
-def test_report_counts_genes_and_links_tables_as_tsv(tmp_path):
-    page, _, _ = _build(tmp_path)
+def test_report_counts_genes_and_links_tables_as_tsv(default_build):
+    page, _, _ = default_build
     assert "Every input gene is accounted for: 12 in = 10 fitted + 1 filtered + 1 failed" in page
     assert "failed:no convergence" in page
     downloads = dict(re.findall(r'href="data:text/tab-separated-values;base64,([A-Za-z0-9+/=]+)" download="([^"]+)"', page)[::1])
@@ -499,11 +507,11 @@ def test_report_counts_genes_and_links_tables_as_tsv(tmp_path):
     assert reversals[0].split("\t")[-1] == "per_batch_r" and len(reversals) == 4
 
 
-def test_report_is_deterministic(tmp_path):
-    first, figures_a, _ = _build(tmp_path / "a")
-    second, figures_b, _ = _build(tmp_path / "b")
+def test_report_is_deterministic(default_build, tmp_path):
+    first, figures_a, root_a = default_build
+    second, figures_b, _ = _build(tmp_path)
     # The input paths differ between the two runs; nothing else may.
-    assert first.replace(str(tmp_path / "a"), "") == second.replace(str(tmp_path / "b"), "")
+    assert first.replace(str(root_a), "") == second.replace(str(tmp_path), "")
     for png in figures_a.glob("*.png"):
         assert png.read_bytes() == (figures_b / png.name).read_bytes(), png.name
 
@@ -528,8 +536,8 @@ def test_report_without_simpson_scan(tmp_path):
     assert 'id="simpson-disabled"' in page
 
 
-def test_snakemake_report_caption_covers_every_figure(tmp_path):
-    _, figures, _ = _build(tmp_path)
+def test_snakemake_report_caption_covers_every_figure(default_build):
+    _, figures, _ = default_build
     caption = (REPO / "workflow/report/figures.rst").read_text()
     keys = set(re.findall(r'"(\w+)":', caption))
     for png in figures.glob("*.png"):

@@ -1083,19 +1083,21 @@ def plot_shrinkage(estimates: ShrinkageEstimates):
             ax.scatter(x, part["y"], s=10, color="#4c72b0", zorder=3)
             if x.size >= 2 and np.ptp(x) > 0:
                 slope, intercept = np.polyfit(x, part["y"].to_numpy(dtype=float), 1)
-                ax.plot(x, intercept + slope * x, color="#dd8452", linestyle="--", linewidth=1.2)
-            ax.plot(x, part["lmm"], color="#c44e52", linewidth=1.4)
+                # Drawn over the LMM line: where the two coincide (little shrinkage) both stay visible.
+                ax.plot(x, intercept + slope * x, color="#dd8452", linestyle="--", linewidth=1.4, zorder=5)
+            ax.plot(x, part["lmm"], color="#c44e52", linewidth=1.6, zorder=4)
             ax.set_title(str(group), fontsize=8)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(groups):]:
             ax.axis("off")
         handles = [
-            Line2D([], [], color="#dd8452", linestyle="--", label="per-group OLS (no pooling)"),
+            Line2D([], [], color="#dd8452", linestyle="--", label=f"per-{estimates.group} OLS (no pooling)"),
             Line2D([], [], color="#c44e52", label="LMM prediction (partial pooling)"),
             Line2D([], [], color="0.45", label="population fit (complete pooling)"),
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=8)
-        fig.supxlabel(str(estimates.x), fontsize=9)
+        for ax in axes[-1]:
+            ax.set_xlabel(str(estimates.x), fontsize=8)
         fig.supylabel(f"{estimates.gene} (stabilised)", fontsize=9)
         fig.suptitle(f"{estimates.gene}: per-{estimates.group} OLS against LMM predictions", fontsize=10)
         return fig
@@ -1331,7 +1333,8 @@ def _batch_section(config: dict, tables: dict, figures: _Figures) -> dict:
         section["note"] = "Too few genes or samples for a PCA."
         return section
     genes = pca(usable).genes
-    diagnostics = {"before correction": batch_diagnostics(usable, batch, genes=genes)}
+    before = "before correction" if corrected is not None else "stabilised expression"
+    diagnostics = {before: batch_diagnostics(usable, batch, genes=genes)}
     if corrected is not None:
         diagnostics["after correction"] = batch_diagnostics(corrected.loc[usable.index], batch, genes=genes)
     n_genes = len(genes)
