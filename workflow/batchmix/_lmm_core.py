@@ -241,22 +241,30 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
     Bf = B if reml else ev.ZVZ
     ELt = np.matmul(pd_.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
     dD = ELt + ELt.transpose(0, 1, 3, 2)
-    f_grad = np.einsum("gij,gkji->gk", Bf, dD)
-    v = np.einsum("gkij,gj->gki", dD, a)
+    G, m, q = dD.shape[0], dD.shape[1], dD.shape[2]
+    # matmul / elementwise forms throughout: numpy's einsum is slow on these stacks
+    f_grad = (Bf[:, None] * dD).sum(axis=(2, 3))             # tr(B_f dD_k), both symmetric
+    v = np.matmul(dD, a[:, None, :, None])[..., 0]
     s = np.einsum("gki,gi->gk", v, a)
     k = (n - p) if reml else n
     r2 = ev.r2
     ev.f_grad = f_grad
     ev.r2_grad = -s
     # ∂(X'V⁻¹X)/∂θ_k = -(Z'V⁻¹X)' dD_k (Z'V⁻¹X)
-    ev.dM = -np.einsum("gip,gkij,gjr->gkpr", ev.ZVX, dD, ev.ZVX)
+    ev.dM = -np.matmul(ev.ZVX.transpose(0, 2, 1)[:, None], np.matmul(dD, ev.ZVX[:, None]))
     ev.grad = f_grad - k * s / r2[:, None]
     if order >= 2:
         BfdD = np.matmul(Bf[:, None], dD)
-        f_hess = (np.einsum("gij,klji->gkl", Bf, pd_.d2D)
-                  - np.einsum("glij,gkji->gkl", BfdD, BfdD))
-        r2_hess = (2.0 * np.einsum("gli,gij,gkj->gkl", v, B, v)
-                   - np.einsum("gi,klij,gj->gkl", a, pd_.d2D, a))
+        d2D_flat = pd_.d2D.reshape(m * m, q * q)              # symmetric in (i, j)
+        tr_Bf_d2D = (Bf.reshape(G, q * q) @ d2D_flat.T).reshape(G, m, m)
+        flat = BfdD.reshape(G, m, q * q)
+        flat_t = BfdD.transpose(0, 1, 3, 2).reshape(G, m, q * q)
+        tr_BdBd = np.matmul(flat, flat_t.transpose(0, 2, 1))  # tr(B_f dD_k B_f dD_l)
+        f_hess = tr_Bf_d2D - tr_BdBd
+        Bv = np.matmul(B[:, None], v[..., None])[..., 0]
+        aa = (a[:, :, None] * a[:, None, :]).reshape(G, q * q)
+        r2_hess = (2.0 * np.matmul(v, Bv.transpose(0, 2, 1))
+                   - (aa @ d2D_flat.T).reshape(G, m, m))
         ev.f_hess = f_hess
         ev.r2_hess = r2_hess
         ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
