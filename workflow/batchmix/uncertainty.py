@@ -865,3 +865,483 @@ def _summary_frame(genes, params, status, qcols) -> pd.DataFrame:
     for c in ["mean", "sd"] + qcols:
         frame[c] = np.nan
     return frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Parametric bootstrap (lme4's bootMer, type = "parametric", use.u = FALSE)
+# ----------------------------------------------------------------------------------------------
+
+BOOT_COLUMNS = ["gene_id", "param", "status", "estimate", "q2.5", "q50", "q97.5", "boot_mean", "boot_sd",
+                "n_singular", "n_fail", "n_na"]
+SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of θ
+
+
+@dataclass
+class _Compressed:
+    """Sufficient statistics of simulated responses in an orthonormal basis of span[X Z].
+
+    The REML/ML criterion sees a response only through ``X'y``, ``Z'y`` and ``y'y``. With
+    ``U_W`` an orthonormal basis (n × r) of span[X Z] and ``R = U_W'[X Z]``, a response
+    ``y = Xβ + Zb + e`` (``e ~ N(0, σ² I)``) has ``[X Z]'y = R'm`` and ``y'y = |m|² + ρ`` with
+    ``m = R (β, b) + σ ξ`` (``ξ ~ N(0, I_r)``) and ``ρ = σ² χ²_{n−r}`` independent: the exact law
+    of everything a refit uses, from ``r + 1`` numbers instead of ``n``.
+    """
+
+    R: np.ndarray  # r × (p + q)
+    U: np.ndarray  # n × r
+    n: int
+    p: int
+
+    @classmethod
+    def of(cls, X: np.ndarray, Z: np.ndarray) -> "_Compressed":
+        W = np.column_stack([X, Z])
+        U, s, _ = np.linalg.svd(W, full_matrices=False)
+        keep = s > 1e-10 * s.max()
+        U = U[:, keep]
+        return cls(R=U.T @ W, U=U, n=X.shape[0], p=X.shape[1])
+
+    @property
+    def r(self) -> int:
+        return self.R.shape[0]
+
+
+def _theta_blocks(prepared) -> list[tuple[int, int, int, list[tuple[int, int]]]]:
+    """Per random block: (offset in b, levels J, terms s, [(row, col) of each θ in T])."""
+    out, off_b = [], 0
+    for block in prepared.random.blocks:
+        s, J = block.n_terms, block.n_levels
+        pos = [(r, c) for c in range(s) for r in range(c, s)]
+        out.append((off_b, J, s, pos))
+        off_b += J * s
+    return out
+
+
+def _T_matrices(theta: np.ndarray, prepared) -> list[np.ndarray]:
+    """The lower-triangular relative factors T (G × s × s) of each block from θ (G × m)."""
+    mats, k = [], 0
+    for _, _, s, pos in _theta_blocks(prepared):
+        T = np.zeros((theta.shape[0], s, s))
+        for (r, c) in pos:
+            T[:, r, c] = theta[:, k]
+            k += 1
+        mats.append(T)
+    return mats
+
+
+def _param_names(prepared, single: bool) -> list[str]:
+    """brms-style names of the bootstrap statistics, in output order."""
+    from batchmix.design import sanitize_name
+
+    names = [f"b_{c}" for c in prepared.fixed_names]
+    for block in prepared.random.blocks:
+        g = sanitize_name(block.group)
+        names += [f"sd_{g}__{t}" for t in block.terms]
+        names += [f"cor_{g}__{block.terms[i]}__{block.terms[j]}"
+                  for i in range(block.n_terms) for j in range(i + 1, block.n_terms)]
+    names.append("sigma")
+    if single:
+        names.append("ICC")
+    return names
+
+
+def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepared, single: bool) -> np.ndarray:
+    """The bootstrap statistics (G × P) of fits given θ, β and σ², in :func:`_param_names` order.
+
+    SDs and correlations are those of σ² T T' per block (lme4's ``VarCorr``); a correlation
+    with a zero SD is NaN (as lme4's ``VarCorr`` gives for bootMer's FUN). ``ICC`` (one random
+    term with one column) is σ_b² / (σ_b² + σ²).
+    """
+    cols = [beta]
+    for T in _T_matrices(theta, prepared):
+        Sigma = sigma2[:, None, None] * (T @ T.transpose(0, 2, 1))
+        sd = np.sqrt(np.diagonal(Sigma, axis1=1, axis2=2))
+        cols.append(sd)
+        s = sd.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i in range(s):
+                for j in range(i + 1, s):
+                    c = Sigma[:, i, j] / (sd[:, i] * sd[:, j])
+                    cols.append(np.where((sd[:, i] > 0) & (sd[:, j] > 0), np.clip(c, -1, 1), np.nan)[:, None])
+    cols.append(np.sqrt(sigma2)[:, None])
+    if single:
+        vb = sigma2 * theta[:, 0] ** 2
+        cols.append((vb / (vb + sigma2))[:, None])
+    return np.column_stack(cols)
+
+
+def _onecomp_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared,
+                   grid_size: int = 40, max_iter: int = 50):
+    """Refit a one-variance-component model to compressed responses, all at once.
+
+    The criterion is lme4's profiled REML/ML deviance in λ = θ², written with the engine's
+    rotation (:mod:`batchmix._lmm_onecomp`): ``f(λ) + k log r²(λ)`` with
+    ``r²(λ) = rss₀ − Σᵢ ηᵢ² λξᵢ / (1 + λξᵢ)``. It is minimised globally on a log grid of
+    λ (one matrix product for all responses), then by safeguarded Newton steps in the bracket,
+    keeping the best of the refined point, the best grid point and λ = 0, as the engine does.
+
+    Returns θ (N × 1), β (N × p), σ² (N), converged (N).
+    """
+    oc = prepared.onecomp
+    reml = prepared.reml
+    n, p = prepared.n, prepared.p
+    k = n - p if reml else n
+    U = comp.U
+    AX = U.T @ oc.QX
+    proj = m @ np.column_stack([U.T @ oc.U, U.T @ (prepared.Z @ oc.Qz), U.T @ prepared.X])
+    kk = oc.U.shape[1]
+    eta2 = proj[:, :kk] ** 2
+    wy = proj[:, kk:kk + oc.Qz.shape[1]]
+    Xty = proj[:, kk + oc.Qz.shape[1]:]
+    mperp = m - (m @ AX) @ AX.T
+    rss0 = np.einsum("ij,ij->i", mperp, mperp) + rho
+    xi = oc.xi
+    ev = xi if reml else oc.d
+    N = m.shape[0]
+    const = prepared.logdet_XtX if reml else 0.0
+
+    def dev(lam):
+        r2 = rss0 - np.einsum("gk,gk->g", eta2, lam[:, None] * xi / (1.0 + lam[:, None] * xi))
+        f = np.log1p(lam[:, None] * ev).sum(axis=1) + const
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(r2 > 0, f + k * np.log(r2), np.inf)
+
+    if xi.size == 0:
+        lam = np.zeros(N)
+    else:
+        grid = np.concatenate([[0.0], np.geomspace(1e-6 / xi.max(), 1e8 / xi.min(), grid_size)])
+        frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])
+        r2g = rss0[:, None] - eta2 @ frac.T
+        fg = np.log1p(grid[:, None] * ev[None, :]).sum(axis=1) + const
+        with np.errstate(invalid="ignore", divide="ignore"):
+            devg = np.where(r2g > 0, fg[None, :] + k * np.log(r2g), np.inf)
+        best = np.argmin(devg, axis=1)
+        left = grid[np.maximum(best - 1, 0)]
+        right = grid[np.minimum(best + 1, grid.size - 1)]
+        lam = np.where(left > 0, np.sqrt(left * right), 0.5 * (left + right))
+        eta2_sum = eta2.sum(axis=1)
+        ex1 = eta2 * xi
+        ex2 = ex1 * xi
+        active = np.ones(N, dtype=bool)
+        for _ in range(max_iter):
+            idx = np.flatnonzero(active)
+            if not idx.size:
+                break
+            la = lam[idx]
+            inv = 1.0 / (1.0 + la[:, None] * xi)
+            inv2 = inv * inv
+            r2 = rss0[idx] - eta2_sum[idx] + np.einsum("gk,gk->g", eta2[idx], inv)
+            r2_1 = -np.einsum("gk,gk->g", ex1[idx], inv2)
+            r2_2 = 2.0 * np.einsum("gk,gk->g", ex2[idx], inv2 * inv)
+            if reml:
+                f1, f2 = inv @ xi, -(inv2 @ (xi * xi))
+            else:
+                invd = 1.0 / (1.0 + la[:, None] * ev)
+                f1, f2 = invd @ ev, -((invd * invd) @ (ev * ev))
+            ratio = r2_1 / r2
+            slope = f1 + k * ratio
+            curv = f2 + k * (r2_2 / r2 - ratio * ratio)
+            neg = slope < 0
+            a = np.where(neg, la, left[idx])
+            b = np.where(neg, right[idx], la)
+            left[idx], right[idx] = a, b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                newton = la - slope / curv
+            inside = (curv > 0) & (newton > a) & (newton < b)
+            new = np.where(inside, newton, np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b)))
+            lam[idx] = new
+            done = (np.abs(new - la) <= 1e-10 * np.maximum(new, 1e-300)) | (b - a <= 1e-10 * b)
+            active[idx[done]] = False
+        cand = np.stack([lam, grid[best], np.zeros(N)], axis=1)
+        devs = np.stack([dev(c) for c in cand.T], axis=1)
+        lam = cand[np.arange(N), np.argmin(devs, axis=1)]
+    # β and σ² at λ, as the engine's fit_onecomp computes them
+    c = lam[:, None] / (1.0 + lam[:, None] * oc.d[None, :])
+    M = prepared.XtX[None] - np.einsum("jp,gj,jr->gpr", oc.W, c, oc.W)
+    XVy = Xty - (c * wy) @ oc.W
+    beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
+    r2 = rss0 - np.einsum("gk,gk->g", eta2, lam[:, None] * xi / (1.0 + lam[:, None] * xi)) if xi.size else rss0
+    sigma2 = np.where(r2 > 0, r2, np.nan) / k
+    converged = np.isfinite(sigma2) & np.isfinite(beta).all(axis=1)
+    return np.sqrt(lam)[:, None], beta, sigma2, converged
+
+
+def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, theta0: np.ndarray | None = None):
+    """Refit any model to compressed responses with the engine's θ-Newton path (lme4's deviance).
+
+    ``theta0`` (N × m) are the starting values; bootMer's ``refit()`` starts at the original
+    fit's θ, and so does :func:`bootstrap`.
+    """
+    from batchmix import _lmm_core as core
+
+    p = prepared.p
+    Xty = m @ comp.R[:, :p]
+    Zty = m @ comp.R[:, p:]
+    yty = np.einsum("ij,ij->i", m, m) + rho
+    data = core.GeneData(Zty=Zty, Xty=Xty, yty=yty)
+    theta, converged = core.optimise(data, prepared, prepared.reml, theta0=theta0)
+    # The θ-Newton path can stop on the boundary (a diagonal θ = 0) where lme4 finds a lower
+    # interior optimum (seen on sleepstudy slope refits). Retry boundary fits from a few
+    # interior starts (lme4's default start scaled, and mixes of it with the given start) and
+    # keep whichever criterion is lowest.
+    diag = np.isfinite(prepared.theta_lower)
+    suspect = np.flatnonzero((np.abs(theta[:, diag]) < SINGULAR_TOL).any(axis=1))
+    if suspect.size:
+        sub = data.take(suspect)
+        best_th, best_conv = theta[suspect], converged[suspect]
+        best_dev = core.evaluate(best_th, sub, prepared, prepared.reml).deviance
+        start = np.tile(prepared.theta_start(), (suspect.size, 1))
+        starts = [start, 0.5 * start, 0.25 * start]
+        if theta0 is not None:
+            starts += [0.5 * (start + theta0[suspect]), 0.5 * theta0[suspect] + 0.05 * start]
+        for st in starts:
+            th, cv = core.optimise(sub, prepared, prepared.reml, theta0=st)
+            dv = core.evaluate(th, sub, prepared, prepared.reml).deviance
+            better = np.isfinite(dv) & ~(dv >= best_dev - 1e-9)
+            best_th = np.where(better[:, None], th, best_th)
+            best_conv = np.where(better, cv, best_conv)
+            best_dev = np.where(better, dv, best_dev)
+        theta[suspect], converged[suspect] = best_th, best_conv
+    k = prepared.n - p if prepared.reml else prepared.n
+    N = m.shape[0]
+    beta, sigma2 = np.full((N, p), np.nan), np.full(N, np.nan)
+    for chunk in core._chunks(N, prepared):
+        ev = core.evaluate(theta[chunk], data.take(np.arange(N)[chunk]), prepared, prepared.reml, order=0)
+        beta[chunk] = ev.beta
+        sigma2[chunk] = ev.r2 / k
+    converged = converged & np.isfinite(sigma2) & np.isfinite(beta).all(axis=1)
+    return theta, beta, sigma2, converged
+
+
+def refit_compressed(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, method: str = "auto",
+                     theta0: np.ndarray | None = None):
+    """Refit responses given by their compressed sufficient statistics (see :class:`_Compressed`).
+
+    ``method="auto"`` uses the one-component criterion for single-θ models and the engine's
+    θ-Newton path otherwise; ``"general"`` forces the latter (the two agree to optimisation
+    tolerance, which the tests check). ``theta0`` starts the θ-Newton path (the one-component
+    path searches λ globally and needs no start).
+    """
+    if method == "auto" and prepared.onecomp is not None:
+        return _onecomp_refit(m, rho, comp, prepared)
+    return _general_refit(m, rho, comp, prepared, theta0)
+
+
+def _gene_rng(seed: int, gene_id: str) -> np.random.Generator:
+    """Each gene's own stream: its draws do not depend on the other genes or on batching."""
+    import zlib
+
+    return np.random.default_rng([int(seed), zlib.crc32(str(gene_id).encode("utf-8"))])
+
+
+def _simulate_compressed(gene_ids, theta, beta, sigma2, prepared, comp: _Compressed, nsim: int, seed: int):
+    """Simulated compressed responses ``m`` (G·nsim × r) and ``ρ`` for genes at their fits.
+
+    As ``simulate(fit, use.u = FALSE)``: new random effects b* = Λ(θ̂) u*, u* ~ N(0, σ̂² I_q) and
+    residuals e* ~ N(0, σ̂² I_n), around X β̂. Row ``g·nsim + b`` is gene g's replicate b.
+    """
+    G = len(gene_ids)
+    q, r, n = prepared.q, comp.r, comp.n
+    u = np.empty((G, nsim, q))
+    xi = np.empty((G, nsim, r))
+    chi = np.zeros((G, nsim))
+    for g, gid in enumerate(gene_ids):
+        rng = _gene_rng(seed, gid)
+        u[g] = rng.standard_normal((nsim, q))
+        xi[g] = rng.standard_normal((nsim, r))
+        if n > r:
+            chi[g] = rng.chisquare(n - r, nsim)
+    sigma = np.sqrt(sigma2)
+    b = np.empty((G, nsim, q))
+    for (off, J, s, _), T in zip(_theta_blocks(prepared), _T_matrices(theta, prepared)):
+        ub = u[:, :, off:off + J * s].reshape(G, nsim, J, s)
+        b[:, :, off:off + J * s] = np.einsum("gbjs,gts->gbjt", ub, T).reshape(G, nsim, J * s)
+    b *= sigma[:, None, None]
+    p = prepared.p
+    mean = beta @ comp.R[:, :p].T  # G × r
+    m = mean[:, None, :] + b @ comp.R[:, p:].T + sigma[:, None, None] * xi
+    rho = sigma2[:, None] * chi
+    return m.reshape(G * nsim, r), rho.reshape(G * nsim)
+
+
+@dataclass
+class BootstrapResult:
+    """Parametric-bootstrap summaries of every gene.
+
+    Attributes
+    ----------
+    summary : pandas.DataFrame
+        Tidy, one row per gene and statistic: ``gene_id, param, status, estimate, q2.5, q50,
+        q97.5, boot_mean, boot_sd, n_singular, n_fail, n_na``. ``estimate`` is the statistic on
+        the original fit; quantiles are ``numpy.quantile(method="linear")`` (R's type 7) over
+        the replicates that are not NaN (``n_na`` counts the others: failed refits, and
+        correlations of a refit with a zero SD). ``n_singular`` counts singular refits (kept,
+        as bootMer keeps them), ``n_fail`` failed ones.
+    draws : dict
+        gene id → DataFrame of its replicates (``sim``, one column per param, ``singular``) for
+        the genes asked for in ``keep_draws_for``.
+    fits : dict
+        gene id → dict of the original fit (``theta``, ``beta``, ``sigma2``, names) for those genes.
+    nsim, seed : int
+    formula : str
+    """
+
+    summary: pd.DataFrame
+    draws: dict
+    fits: dict
+    nsim: int
+    seed: int
+    formula: str
+
+
+def bootstrap(
+    expression: pd.DataFrame,
+    samples: pd.DataFrame,
+    formula: str,
+    nsim: int = 1000,
+    seed: int = 20261124,
+    reml: bool = True,
+    gene_status: pd.Series | None = None,
+    probs: tuple[float, ...] = (0.025, 0.5, 0.975),
+    keep_draws_for: list | None = None,
+    batch_size: int = 200_000,
+    method: str = "auto",
+) -> BootstrapResult:
+    """Parametric bootstrap of every gene's LMM, as lme4's ``bootMer(type="parametric", use.u=FALSE)``.
+
+    Each gene is fitted (:func:`batchmix.lmm.fit_arrays`), ``nsim`` responses are simulated from
+    its fit (new random effects and residuals), and all ``genes × nsim`` responses are refitted
+    together with the shared design, ``batch_size`` at a time (memory ~ ``batch_size × r × 24``
+    bytes, r = rank of [X Z]). A gene's draws come from its own random stream seeded by
+    ``(seed, crc32(gene_id))``: results do not depend on the other genes or on ``batch_size``.
+
+    Parameters
+    ----------
+    expression : pandas.DataFrame
+        Genes × samples. Genes with missing values are bootstrapped on their observed samples
+        (grouped by missingness pattern).
+    samples : pandas.DataFrame
+        Sample sheet indexed by sample id.
+    formula : str
+        lme4-style formula, any random-effects structure.
+    nsim : int
+        Replicates per gene (bootMer's ``nsim``).
+    seed : int
+        Random seed.
+    reml : bool
+        Refit by REML (lme4's default) or ML.
+    gene_status : pandas.Series, optional
+        Genes whose status is not ``ok`` or ``singular`` keep it and get NaNs.
+    probs : tuple of float
+        Percentiles to report.
+    keep_draws_for : list, optional
+        Gene ids whose raw replicates are returned (figures, checks).
+    batch_size : int
+        Responses refitted per batch.
+    method : {"auto", "general"}
+        See :func:`refit_compressed`.
+
+    Returns
+    -------
+    BootstrapResult
+    """
+    from batchmix import lmm
+
+    expression = expression.astype(float)
+    genes = [str(g) for g in expression.index]
+    samples = samples.loc[list(expression.columns)]
+    qcols = _quantile_columns(probs)
+    status = np.array(["ok"] * len(genes), dtype=object)
+    if gene_status is not None:
+        gs = gene_status.reindex(expression.index).fillna("failed:no_status").astype(str).to_numpy()
+        status = np.where((gs == "ok") | (gs == "singular"), "ok", gs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = lmm.prepare(formula, samples, reml=reml)
+    single = len(full.random.blocks) == 1 and full.random.blocks[0].n_terms == 1
+    params = _param_names(full, single)
+    P = len(params)
+    est = np.full((len(genes), P), np.nan)
+    summ = np.full((len(genes), P, len(probs) + 2), np.nan)
+    counts = np.zeros((len(genes), 3), dtype=int)  # n_singular, n_fail per gene; n_na per param below
+    n_na = np.zeros((len(genes), P), dtype=int)
+    keep = {str(g) for g in (keep_draws_for or [])}
+    draws, fits = {}, {}
+    values = expression.to_numpy()
+    todo = np.flatnonzero(status == "ok")
+    if len(todo):
+        observed = np.isfinite(values[todo])
+        patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+        for pi, pattern in enumerate(patterns):
+            rows = todo[np.asarray(inverse).ravel() == pi]
+            cols = np.flatnonzero(pattern)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    prepared = full if pattern.all() else lmm.prepare(formula, samples.iloc[cols], reml=reml)
+                if prepared.n - prepared.p < 2 or prepared.p != full.p or prepared.m != full.m:
+                    raise ValueError("design degenerate on the observed samples")
+            except (ValueError, np.linalg.LinAlgError):
+                status[rows] = "failed:too_few_observations"
+                continue
+            Y = values[np.ix_(rows, cols)]
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                fit0 = lmm.fit_arrays(Y, prepared)
+            good = fit0.converged & np.isfinite(fit0.sigma2) & (fit0.sigma2 > 0) & np.isfinite(fit0.beta).all(axis=1)
+            status[rows[~good]] = "failed:original_fit"
+            rows, Y = rows[good], Y[good]
+            theta0, beta0, s20 = fit0.theta[good], fit0.beta[good], fit0.sigma2[good]
+            if not len(rows):
+                continue
+            est[rows] = _statistics(theta0, beta0, s20, prepared, single)
+            comp = _Compressed.of(prepared.X, prepared.Z)
+            diag = np.isfinite(prepared.theta_lower)
+            per = max(1, batch_size // nsim)
+            for start in range(0, len(rows), per):
+                sl = slice(start, min(len(rows), start + per))
+                ids = [genes[i] for i in rows[sl]]
+                m, rho = _simulate_compressed(ids, theta0[sl], beta0[sl], s20[sl], prepared, comp, nsim, seed)
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                    start0 = np.repeat(theta0[sl], nsim, axis=0)  # as bootMer's refit(): start at θ̂
+                    th, be, s2, conv = refit_compressed(m, rho, comp, prepared, method, theta0=start0)
+                    stat = _statistics(th, be, s2, prepared, single)
+                stat[~conv] = np.nan
+                singular = conv & (np.abs(th[:, diag]) < SINGULAR_TOL).any(axis=1)
+                Gc = len(ids)
+                stat = stat.reshape(Gc, nsim, P)
+                rr = rows[sl]
+                counts[rr, 0] = singular.reshape(Gc, nsim).sum(axis=1)
+                counts[rr, 1] = (~conv).reshape(Gc, nsim).sum(axis=1)
+                n_na[rr] = np.isnan(stat).sum(axis=1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    q = np.nanquantile(stat, probs, axis=1, method="linear")  # (len(probs), Gc, P)
+                    summ[rr, :, :len(probs)] = np.moveaxis(q, 0, -1)
+                    summ[rr, :, len(probs)] = np.nanmean(stat, axis=1)
+                    summ[rr, :, len(probs) + 1] = np.nanstd(stat, axis=1, ddof=1)
+                for j, gid in enumerate(ids):
+                    if gid in keep:
+                        frame = pd.DataFrame(stat[j], columns=params)
+                        frame.insert(0, "sim", np.arange(1, nsim + 1))
+                        frame["singular"] = singular.reshape(Gc, nsim)[j].astype(int)
+                        draws[gid] = frame
+                        g0 = start + j
+                        fits[gid] = {"theta": theta0[g0], "beta": beta0[g0], "sigma2": float(s20[g0]),
+                                     "fixed_names": list(prepared.fixed_names), "b": fit0.b[good][g0]}
+    G = len(genes)
+    frame = pd.DataFrame({
+        "gene_id": np.repeat(genes, P),
+        "param": np.tile(params, G),
+        "status": np.repeat(status, P),
+        "estimate": est.ravel(),
+    })
+    for j, c in enumerate(qcols):
+        frame[c] = summ[:, :, j].ravel()
+    frame["boot_mean"] = summ[:, :, len(probs)].ravel()
+    frame["boot_sd"] = summ[:, :, len(probs) + 1].ravel()
+    frame["n_singular"] = np.repeat(counts[:, 0], P)
+    frame["n_fail"] = np.repeat(counts[:, 1], P)
+    frame["n_na"] = n_na.ravel()
+    done = frame["status"] == "ok"
+    for c in ["n_singular", "n_fail", "n_na"]:
+        frame[c] = frame[c].astype("Int64").where(done)
+    return BootstrapResult(frame, draws, fits, nsim, seed, formula)
