@@ -44,6 +44,7 @@ __all__ = [
     "estimate_dispersions",
     "fit_dispersion_trend",
     "DispersionTrend",
+    "vst_subset",
 ]
 
 # DESeq2 constants (estimateDispersionsGeneEst / estimateDispersionsFit defaults).
