@@ -505,6 +505,10 @@ def test_report_counts_genes_and_links_tables_as_tsv(default_build):
     assert not_fitted == ["gene_id\tstatus", "G10\tfiltered:low_counts", "G11\tfailed:no convergence"]
     reversals = names["simpson_reversals.tsv"].splitlines()
     assert reversals[0].split("\t")[-1] == "per_batch_r" and len(reversals) == 4
+    # The page's table leaves the long per-batch correlations to the download.
+    header = re.search(r'<table id="table-simpson_reversals" class="sortable">\s*<thead>(.*?)</thead>', page, re.S).group(1)
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", header) == [
+        "gene_a", "gene_b", "r_pooled", "r_within", "r_between", "between_share", "p", "q", "n_batches_within_sign"]
 
 
 def test_report_is_deterministic(default_build, tmp_path):

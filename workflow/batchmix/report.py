@@ -58,6 +58,8 @@ __all__ = [
     "batch_diagnostics",
     "model_comparison",
     "top_batch_genes",
+    "fraction_columns",
+    "shrinkage_group",
     "condition_column",
     "choose_shrinkage_genes",
     "shrinkage_estimates",
@@ -483,7 +485,18 @@ def model_comparison(gene_fits: pd.DataFrame, alpha: float = LRT_ALPHA) -> pd.Da
 
 
 def fraction_columns(gene_fits: pd.DataFrame) -> list[str]:
-    """The ``frac_*`` columns of ``gene_fits``, residual last."""
+    """The variance-fraction columns of a gene-fit table.
+
+    Parameters
+    ----------
+    gene_fits : pandas.DataFrame
+        ``results/lmm/gene_fits.tsv``.
+
+    Returns
+    -------
+    list of str
+        The ``frac_*`` columns in table order, ``frac_residual`` last.
+    """
     columns = [c for c in gene_fits.columns if c.startswith("frac_") and c != "frac_residual"]
     if "frac_residual" in gene_fits.columns:
         columns.append("frac_residual")
@@ -520,7 +533,7 @@ def top_batch_genes(gene_fits: pd.DataFrame, batch: str, n: int = SHOWN_ROWS) ->
 
 
 def condition_column(model: str, samples: pd.DataFrame) -> str | None:
-    """The first fixed-effect factor (non-numeric column) of the model, or None.
+    """The first fixed-effect factor (non-numeric column) of the model: the PCA's marker shape.
 
     Parameters
     ----------
@@ -528,6 +541,11 @@ def condition_column(model: str, samples: pd.DataFrame) -> str | None:
         lme4-style formula.
     samples : pandas.DataFrame
         Sample sheet as read by :func:`batchmix.io.read_samples` (numeric columns are floats).
+
+    Returns
+    -------
+    str or None
+        The column name, or None when the fixed part has no factor.
     """
     fixed = parse_formula(model).fixed
     if fixed.strip() in ("1", "0", "-1"):
@@ -549,7 +567,21 @@ def _first_numeric_column(model: str, samples: pd.DataFrame) -> str | None:
 
 
 def shrinkage_group(model: str, batch: str) -> str | None:
-    """The grouping factor of the shrinkage figure: the batch if it is a random group, else the first group."""
+    """The grouping factor whose BLUPs the shrinkage figure draws.
+
+    Parameters
+    ----------
+    model : str
+        lme4-style formula.
+    batch : str
+        The config's batch column.
+
+    Returns
+    -------
+    str or None
+        ``batch`` when it groups a random term, else the first grouping factor, else None
+        (no random term: nothing is shrunk).
+    """
     groups = [term.group for term in parse_formula(model).random]
     if not groups:
         return None
@@ -805,7 +837,14 @@ def shrinkage_estimates(
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python and the packages the run used, from the installed distributions."""
+    """Versions of Python and the packages the run used, from the installed distributions.
+
+    Returns
+    -------
+    dict of str to str
+        ``python`` and each package of the pinned stack (``"not installed"`` when missing),
+        read with :mod:`importlib.metadata`.
+    """
     versions = {"python": platform.python_version()}
     for name in SOFTWARE:
         try:
@@ -1222,7 +1261,18 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 
 def table_to_tsv(table: pd.DataFrame) -> str:
-    """A table as tab-separated text, the format of the workflow's own TSV files."""
+    """A table as tab-separated text, as the page's download links carry it.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Written without its index.
+
+    Returns
+    -------
+    str
+        Tab-separated, ``\n`` line ends, floats with 6 significant digits, missing values ``NA``.
+    """
     return table.to_csv(sep="\t", index=False, lineterminator="\n", float_format="%.6g", na_rep="NA")
 
 
@@ -1237,18 +1287,20 @@ def _format_cell(value) -> str:
 
 
 def _table(table: pd.DataFrame, name: str, caption: str, shown: int | None = SHOWN_ROWS,
-           download_rows: int = DOWNLOAD_ROWS, sortable: bool = False, full_path: str | None = None) -> dict:
-    """A table for the template: header, formatted rows, and a TSV download."""
+           download_rows: int = DOWNLOAD_ROWS, sortable: bool = False, full_path: str | None = None,
+           hidden_columns: tuple[str, ...] = ()) -> dict:
+    """A table for the template: header, formatted rows (without ``hidden_columns``), and a TSV download of all columns."""
     download = table.head(download_rows)
     note = ""
     if len(table) > download_rows:
         note = f"The download holds the first {download_rows:,} of {len(table):,} rows"
         note += f"; the full table is {full_path}." if full_path else "."
     rows = table if shown is None else table.head(shown)
+    rows = rows.drop(columns=[c for c in hidden_columns if c in rows.columns])
     return {
         "name": name,
         "caption": caption,
-        "columns": list(table.columns),
+        "columns": list(rows.columns),
         "rows": [[_format_cell(v) for v in r] for r in rows.itertuples(index=False)],
         "sort_values": [[("" if isinstance(v, str) else _format_cell(v)) for v in r] for r in rows.itertuples(index=False)],
         "n_rows": len(table),
@@ -1487,15 +1539,11 @@ def _simpson_section(config: dict, tables: dict) -> dict:
         "permutation": summary.get("permutation_check"),
     })
     if len(reversals):
-        shown = reversals.drop(columns=[c for c in ("per_batch_r",) if c in reversals.columns])
+        # The page leaves out the per-batch correlations (one long string per pair); the download keeps them.
         section["table"] = _table(reversals, "simpson_reversals", "Gene pairs whose correlation reverses within batches",
                                   shown=100, download_rows=REVERSAL_DOWNLOAD_ROWS,
-                                  full_path="results/simpson/reversals.tsv", sortable=True)
-        # The page shows the compact columns; the download keeps per_batch_r.
-        compact = _table(shown, "simpson_reversals", "", shown=100)
-        section["table"]["columns"] = compact["columns"]
-        section["table"]["rows"] = compact["rows"]
-        section["table"]["sort_values"] = compact["sort_values"]
+                                  full_path="results/simpson/reversals.tsv", sortable=True,
+                                  hidden_columns=("per_batch_r",))
         figure_path = tables["simpson_figure"]
         if figure_path and Path(figure_path).exists():
             section["figure"] = {
@@ -1526,6 +1574,11 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         The page to write (``results/report.html``).
     figures_dir : str or Path
         Directory for the PNG figures (``results/figures``), one file per figure of the page.
+
+    Returns
+    -------
+    None
+        The page and the figures are written to disk.
     """
     import jinja2
 
