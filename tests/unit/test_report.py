@@ -266,6 +266,7 @@ def make_study(root: Path, model: str = "~ Infection + (1|Batch)", n_genes: int 
                 "ols_loglik": -25.0, "ols_aic": 44.0, "ols_bic": 47.0,
                 "lrt_stat": 10 * frac_batch, "lrt_p": float(np.exp(-10 * frac_batch)),
                 "frac_Infection": (1 - frac_batch) / 2, "frac_Batch": frac_batch, "frac_residual": (1 - frac_batch) / 2,
+                "d0": 4.0, "s0": 0.5,
             })
             if has_random:
                 blup_rows += [{"gene_id": g, "group": "Batch", "level": b, "term": "Intercept", "value": v}
@@ -497,6 +498,7 @@ def test_report_counts_genes_and_links_tables_as_tsv(default_build):
     page, _, _ = default_build
     assert "Every input gene is accounted for: 12 in = 10 fitted + 1 filtered + 1 failed" in page
     assert "failed:no convergence" in page
+    assert "limma-style empirical Bayes (prior degrees of freedom d0 = 4, prior sd s0 = 0.5)" in page
     downloads = dict(re.findall(r'href="data:text/tab-separated-values;base64,([A-Za-z0-9+/=]+)" download="([^"]+)"', page)[::1])
     names = {name: base64.b64decode(data).decode() for data, name in downloads.items()}
     assert {"gene_accounting.tsv", "genes_not_fitted.tsv", "top_batch_genes.tsv", "lmm_vs_ols.tsv",

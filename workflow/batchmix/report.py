@@ -1349,6 +1349,7 @@ def _run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
     not_fitted = gene_fits.loc[~gene_fits["status"].isin(FITTED_STATUSES), ["gene_id", "status"]]
     plain_config = json.loads(json.dumps(config, default=str))
     return {
+        "moderation": _moderation_note(gene_fits),
         "counts": counts,
         "n_rows": n_rows,
         "all_accounted": accounted == n_in == n_rows,
@@ -1364,6 +1365,22 @@ def _run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
         "versions": software_versions(),
         "notes": list(tables["vst_info"].get("notes", []) or []),
     }
+
+
+def _moderation_note(gene_fits: pd.DataFrame) -> str:
+    """The empirical-Bayes prior of the residual variances (limma's d0 and s0), or empty when not moderated."""
+    if "d0" not in gene_fits.columns or "s0" not in gene_fits.columns:
+        return ""
+    fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
+    d0 = fitted["d0"].to_numpy(dtype=float)
+    s0 = fitted["s0"].to_numpy(dtype=float)
+    d0, s0 = d0[~np.isnan(d0)], s0[np.isfinite(s0)]
+    if d0.size == 0:
+        return ""
+    prior = f"prior degrees of freedom d0 = {d0[0]:.3g}" if np.ptp(d0) == 0 else f"median prior degrees of freedom d0 = {np.median(d0):.3g}"
+    if s0.size:
+        prior += f", prior sd s0 = {s0[0]:.3g}" if np.ptp(s0) == 0 else f", prior sd s0 from {s0.min():.3g} to {s0.max():.3g} (trend)"
+    return f"limma-style empirical Bayes ({prior}): columns se_mod_*, t_mod_*, p_mod_* of gene_fits.tsv"
 
 
 def _batch_section(config: dict, tables: dict, figures: _Figures) -> dict:
