@@ -969,15 +969,97 @@ def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepare
     return np.column_stack(cols)
 
 
+def _minimise_lambda(eta2, rss0, xi, ev, k, const, grid_size=40, max_iter=50, block=4096):
+    """:func:`_minimise_lambda_block` on row blocks that stay in cache (several times faster)."""
+    out = np.empty(rss0.shape[0])
+    for start in range(0, rss0.shape[0], block):
+        sl = slice(start, start + block)
+        out[sl] = _minimise_lambda_block(eta2[sl], rss0[sl], xi, ev, k, const, grid_size, max_iter)
+    return out
+
+
+def _minimise_lambda_block(eta2, rss0, xi, ev, k, const, grid_size=40, max_iter=50):
+    """Per-row λ ≥ 0 minimising ``Σ log(1 + λ evᵢ) + k log r²(λ)``, ``r² = rss₀ − Σ ηᵢ² λξᵢ/(1+λξᵢ)``.
+
+    A global log grid (one matrix product) brackets the minimum; a parabola through the best
+    grid point and its neighbours (in log λ) starts safeguarded Newton steps on the derivative
+    inside the bracket. Rows whose slope at λ = 0 is ≥ 0 with the grid minimum at 0 stay at 0.
+    """
+    N = rss0.shape[0]
+    grid = np.concatenate([[0.0], np.geomspace(1e-6 / xi.max(), 1e8 / xi.min(), grid_size)])
+    frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])
+    r2g = rss0[:, None] - eta2 @ frac.T
+    fg = np.log1p(grid[:, None] * ev[None, :]).sum(axis=1) + const
+    with np.errstate(invalid="ignore", divide="ignore"):
+        devg = np.where(r2g > 0, fg[None, :] + k * np.log(r2g), np.inf)
+    best = np.argmin(devg, axis=1)
+    T = grid.size
+    left = grid[np.maximum(best - 1, 0)]
+    right = grid[np.minimum(best + 1, T - 1)]
+    # parabola in log λ through (best − 1, best, best + 1) where all three are > 0
+    inner = (best >= 2) & (best <= T - 2)
+    bi = np.clip(best, 2, T - 2)
+    rows = np.arange(N)
+    d0, d1, d2 = devg[rows, bi - 1], devg[rows, bi], devg[rows, bi + 1]
+    h = np.log(grid[2]) - np.log(grid[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shift = 0.5 * h * (d0 - d2) / (d0 - 2 * d1 + d2)
+    start = np.exp(np.log(grid[bi]) + np.clip(np.nan_to_num(shift), -h, h))
+    lam = np.where(inner, start, np.where(left > 0, np.sqrt(left * right), 0.5 * (left + right)))
+    eta2_sum = eta2.sum(axis=1)
+    ex1 = eta2 * xi
+    ex2 = ex1 * xi
+    # at the boundary: slope at λ = 0 is f'(0) + k r²'(0)/r²(0)
+    slope0 = ev.sum() - k * ex1.sum(axis=1) / rss0
+    zero = (best == 0) & (slope0 >= 0)
+    active = ~zero
+    lam[zero] = 0.0
+    idx = np.flatnonzero(active)
+    E2, X1, X2, R0, S0 = eta2[idx], ex1[idx], ex2[idx], rss0[idx], eta2_sum[idx]
+    la, a, b = lam[idx], left[idx], right[idx]
+    for _ in range(max_iter):
+        if not la.size:
+            break
+        inv = 1.0 / (1.0 + la[:, None] * xi)
+        inv2 = inv * inv
+        r2 = R0 - S0 + np.einsum("gk,gk->g", E2, inv)
+        r2_1 = -np.einsum("gk,gk->g", X1, inv2)
+        r2_2 = 2.0 * np.einsum("gk,gk->g", X2, inv2 * inv)
+        if ev is xi:
+            f1, f2 = inv @ xi, -(inv2 @ (xi * xi))
+        else:
+            invd = 1.0 / (1.0 + la[:, None] * ev)
+            f1, f2 = invd @ ev, -((invd * invd) @ (ev * ev))
+        ratio = r2_1 / r2
+        slope = f1 + k * ratio
+        curv = f2 + k * (r2_2 / r2 - ratio * ratio)
+        neg = slope < 0
+        a = np.where(neg, la, a)
+        b = np.where(neg, b, la)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = la - slope / curv
+        inside = (curv > 0) & (newton > a) & (newton < b)
+        new = np.where(inside, newton, np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b)))
+        done = (np.abs(new - la) <= 1e-9 * np.maximum(new, 1e-300)) | (b - a <= 1e-9 * b)
+        lam[idx] = new
+        keep = ~done
+        if not keep.all():
+            idx, E2, X1, X2, R0, S0 = idx[keep], E2[keep], X1[keep], X2[keep], R0[keep], S0[keep]
+            new, a, b = new[keep], a[keep], b[keep]
+        la = new
+    return lam
+
+
 def _onecomp_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared,
-                   grid_size: int = 40, max_iter: int = 50):
+                   grid_size: int = 40, max_iter: int = 50, block: int = 4096):
     """Refit a one-variance-component model to compressed responses, all at once.
 
     The criterion is lme4's profiled REML/ML deviance in λ = θ², written with the engine's
     rotation (:mod:`batchmix._lmm_onecomp`): ``f(λ) + k log r²(λ)`` with
     ``r²(λ) = rss₀ − Σᵢ ηᵢ² λξᵢ / (1 + λξᵢ)``. It is minimised globally on a log grid of
-    λ (one matrix product for all responses), then by safeguarded Newton steps in the bracket,
-    keeping the best of the refined point, the best grid point and λ = 0, as the engine does.
+    λ (one matrix product per block of responses), then by safeguarded Newton steps in the
+    bracket, keeping the better of the refined point and λ = 0. Rows are processed in blocks
+    that stay in cache.
 
     Returns θ (N × 1), β (N × p), σ² (N), converged (N).
     """
@@ -987,82 +1069,45 @@ def _onecomp_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared,
     k = n - p if reml else n
     U = comp.U
     AX = U.T @ oc.QX
-    proj = m @ np.column_stack([U.T @ oc.U, U.T @ (prepared.Z @ oc.Qz), U.T @ prepared.X])
-    kk = oc.U.shape[1]
-    eta2 = proj[:, :kk] ** 2
-    wy = proj[:, kk:kk + oc.Qz.shape[1]]
-    Xty = proj[:, kk + oc.Qz.shape[1]:]
-    mperp = m - (m @ AX) @ AX.T
-    rss0 = np.einsum("ij,ij->i", mperp, mperp) + rho
+    kk, qz = oc.U.shape[1], oc.Qz.shape[1]
+    proj_mat = np.column_stack([U.T @ oc.U, U.T @ (prepared.Z @ oc.Qz), U.T @ prepared.X])
     xi = oc.xi
     ev = xi if reml else oc.d
-    N = m.shape[0]
     const = prepared.logdet_XtX if reml else 0.0
-
-    def dev(lam):
-        r2 = rss0 - np.einsum("gk,gk->g", eta2, lam[:, None] * xi / (1.0 + lam[:, None] * xi))
-        f = np.log1p(lam[:, None] * ev).sum(axis=1) + const
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(r2 > 0, f + k * np.log(r2), np.inf)
-
-    if xi.size == 0:
-        lam = np.zeros(N)
-    else:
-        grid = np.concatenate([[0.0], np.geomspace(1e-6 / xi.max(), 1e8 / xi.min(), grid_size)])
-        frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])
-        r2g = rss0[:, None] - eta2 @ frac.T
-        fg = np.log1p(grid[:, None] * ev[None, :]).sum(axis=1) + const
-        with np.errstate(invalid="ignore", divide="ignore"):
-            devg = np.where(r2g > 0, fg[None, :] + k * np.log(r2g), np.inf)
-        best = np.argmin(devg, axis=1)
-        left = grid[np.maximum(best - 1, 0)]
-        right = grid[np.minimum(best + 1, grid.size - 1)]
-        lam = np.where(left > 0, np.sqrt(left * right), 0.5 * (left + right))
-        eta2_sum = eta2.sum(axis=1)
-        ex1 = eta2 * xi
-        ex2 = ex1 * xi
-        active = np.ones(N, dtype=bool)
-        for _ in range(max_iter):
-            idx = np.flatnonzero(active)
-            if not idx.size:
-                break
-            la = lam[idx]
-            inv = 1.0 / (1.0 + la[:, None] * xi)
-            inv2 = inv * inv
-            r2 = rss0[idx] - eta2_sum[idx] + np.einsum("gk,gk->g", eta2[idx], inv)
-            r2_1 = -np.einsum("gk,gk->g", ex1[idx], inv2)
-            r2_2 = 2.0 * np.einsum("gk,gk->g", ex2[idx], inv2 * inv)
-            if reml:
-                f1, f2 = inv @ xi, -(inv2 @ (xi * xi))
-            else:
-                invd = 1.0 / (1.0 + la[:, None] * ev)
-                f1, f2 = invd @ ev, -((invd * invd) @ (ev * ev))
-            ratio = r2_1 / r2
-            slope = f1 + k * ratio
-            curv = f2 + k * (r2_2 / r2 - ratio * ratio)
-            neg = slope < 0
-            a = np.where(neg, la, left[idx])
-            b = np.where(neg, right[idx], la)
-            left[idx], right[idx] = a, b
-            with np.errstate(divide="ignore", invalid="ignore"):
-                newton = la - slope / curv
-            inside = (curv > 0) & (newton > a) & (newton < b)
-            new = np.where(inside, newton, np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b)))
-            lam[idx] = new
-            done = (np.abs(new - la) <= 1e-10 * np.maximum(new, 1e-300)) | (b - a <= 1e-10 * b)
-            active[idx[done]] = False
-        cand = np.stack([lam, grid[best], np.zeros(N)], axis=1)
-        devs = np.stack([dev(c) for c in cand.T], axis=1)
-        lam = cand[np.arange(N), np.argmin(devs, axis=1)]
-    # β and σ² at λ, as the engine's fit_onecomp computes them
-    c = lam[:, None] / (1.0 + lam[:, None] * oc.d[None, :])
-    M = prepared.XtX[None] - np.einsum("jp,gj,jr->gpr", oc.W, c, oc.W)
-    XVy = Xty - (c * wy) @ oc.W
-    beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
-    r2 = rss0 - np.einsum("gk,gk->g", eta2, lam[:, None] * xi / (1.0 + lam[:, None] * xi)) if xi.size else rss0
-    sigma2 = np.where(r2 > 0, r2, np.nan) / k
+    N = m.shape[0]
+    theta, beta, sigma2 = np.empty((N, 1)), np.empty((N, p)), np.empty(N)
+    for start in range(0, N, block):
+        sl = slice(start, start + block)
+        mb = m[sl]
+        proj = mb @ proj_mat
+        eta2 = proj[:, :kk] ** 2
+        wy = proj[:, kk:kk + qz]
+        Xty = proj[:, kk + qz:]
+        mperp = mb - (mb @ AX) @ AX.T
+        rss0 = np.einsum("ij,ij->i", mperp, mperp) + rho[sl]
+        if xi.size == 0:
+            lam = np.zeros(mb.shape[0])
+            r2 = rss0
+        else:
+            lam = _minimise_lambda_block(eta2, rss0, xi, ev, k, const, grid_size, max_iter)
+            r2 = rss0 - np.einsum("gk,gk->g", eta2, lam[:, None] * xi / (1.0 + lam[:, None] * xi))
+            f = np.log1p(lam[:, None] * ev).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                worse = ~(f + k * np.log(r2) <= k * np.log(rss0))  # λ = 0 has f = 0, r² = rss₀
+            lam = np.where(worse, 0.0, lam)
+            r2 = np.where(worse, rss0, r2)
+        # β and σ² at λ, as the engine's fit_onecomp computes them
+        c = lam[:, None] / (1.0 + lam[:, None] * oc.d[None, :])
+        M = np.empty((mb.shape[0], p, p))
+        for i in range(p):
+            for j in range(i, p):
+                M[:, i, j] = M[:, j, i] = prepared.XtX[i, j] - c @ (oc.W[:, i] * oc.W[:, j])
+        XVy = Xty - (c * wy) @ oc.W
+        beta[sl] = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
+        sigma2[sl] = np.where(r2 > 0, r2, np.nan) / k
+        theta[sl, 0] = np.sqrt(lam)
     converged = np.isfinite(sigma2) & np.isfinite(beta).all(axis=1)
-    return np.sqrt(lam)[:, None], beta, sigma2, converged
+    return theta, beta, sigma2, converged
 
 
 def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, theta0: np.ndarray | None = None):
@@ -1158,9 +1203,36 @@ def _simulate_compressed(gene_ids, theta, beta, sigma2, prepared, comp: _Compres
     b *= sigma[:, None, None]
     p = prepared.p
     mean = beta @ comp.R[:, :p].T  # G × r
-    m = mean[:, None, :] + b @ comp.R[:, p:].T + sigma[:, None, None] * xi
+    xi *= sigma[:, None, None]
+    xi += mean[:, None, :]
+    m = xi.reshape(G * nsim, r)
+    m += b.reshape(G * nsim, q) @ comp.R[:, p:].T  # one GEMM for all replicates
     rho = sigma2[:, None] * chi
-    return m.reshape(G * nsim, r), rho.reshape(G * nsim)
+    return m, rho.reshape(G * nsim)
+
+
+def _summaries(stat: np.ndarray, probs) -> np.ndarray:
+    """Per gene and statistic over replicates (axis 1), ignoring NaN: R's type-7 quantiles
+    (``numpy.quantile(method="linear")``), mean and SD (ddof 1). Returns (G, P, len(probs) + 2)."""
+    x = np.sort(stat, axis=1)  # NaN sort last
+    valid = np.isfinite(x).sum(axis=1)  # (G, P)
+    out = np.full(stat.shape[:1] + stat.shape[2:] + (len(probs) + 2,), np.nan)
+    nsim = x.shape[1]
+    for j, p in enumerate(probs):
+        h = (valid - 1) * p
+        lo = np.clip(np.floor(h).astype(np.intp), 0, nsim - 1)
+        hi = np.clip(lo + 1, 0, nsim - 1)
+        hi = np.minimum(hi, np.maximum(valid - 1, 0))
+        xl = np.take_along_axis(x, lo[:, None, :], axis=1)[:, 0]
+        xh = np.take_along_axis(x, hi[:, None, :], axis=1)[:, 0]
+        out[..., j] = np.where(valid > 0, xl + (h - lo) * (xh - xl), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(np.isfinite(x), x, 0.0)
+        mean = z.sum(axis=1) / valid
+        var = (np.where(np.isfinite(x), x - mean[:, None, :], 0.0) ** 2).sum(axis=1) / (valid - 1)
+    out[..., len(probs)] = np.where(valid > 0, mean, np.nan)
+    out[..., len(probs) + 1] = np.where(valid > 1, np.sqrt(var), np.nan)
+    return out
 
 
 @dataclass
@@ -1205,6 +1277,7 @@ def bootstrap(
     keep_draws_for: list | None = None,
     batch_size: int = 200_000,
     method: str = "auto",
+    n_threads: int = 1,
 ) -> BootstrapResult:
     """Parametric bootstrap of every gene's LMM, as lme4's ``bootMer(type="parametric", use.u=FALSE)``.
 
@@ -1239,6 +1312,10 @@ def bootstrap(
         Responses refitted per batch.
     method : {"auto", "general"}
         See :func:`refit_compressed`.
+    n_threads : int
+        Batches run in this many threads. Results do not depend on it. The refits are many small
+        matrix products: with several threads, set ``OPENBLAS_NUM_THREADS=1`` (or the equivalent
+        for your BLAS) before starting Python, or BLAS threads compete with these.
 
     Returns
     -------
@@ -1286,8 +1363,14 @@ def bootstrap(
             Y = values[np.ix_(rows, cols)]
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 fit0 = lmm.fit_arrays(Y, prepared)
-            good = fit0.converged & np.isfinite(fit0.sigma2) & (fit0.sigma2 > 0) & np.isfinite(fit0.beta).all(axis=1)
+            # as lmm.fit: constant genes and exact fits by X have no bootstrap
+            spread = np.ptp(Y, axis=1) <= 1e-12 * np.maximum(np.abs(Y).max(axis=1), 1.0)
+            perfect = fit0.ols_rss <= 1e-20 * np.einsum("gi,gi->g", Y, Y)
+            good = (fit0.converged & np.isfinite(fit0.sigma2) & (fit0.sigma2 > 0)
+                    & np.isfinite(fit0.beta).all(axis=1) & ~spread & ~perfect)
             status[rows[~good]] = "failed:original_fit"
+            status[rows[perfect & ~spread]] = "failed:perfect_fit"
+            status[rows[spread]] = "filtered:constant"
             rows, Y = rows[good], Y[good]
             theta0, beta0, s20 = fit0.theta[good], fit0.beta[good], fit0.sigma2[good]
             if not len(rows):
@@ -1296,7 +1379,10 @@ def bootstrap(
             comp = _Compressed.of(prepared.X, prepared.Z)
             diag = np.isfinite(prepared.theta_lower)
             per = max(1, batch_size // nsim)
-            for start in range(0, len(rows), per):
+            b0 = fit0.b[good]
+
+            def run(start, rows=rows, theta0=theta0, beta0=beta0, s20=s20, prepared=prepared, comp=comp,
+                    diag=diag, b0=b0):
                 sl = slice(start, min(len(rows), start + per))
                 ids = [genes[i] for i in rows[sl]]
                 m, rho = _simulate_compressed(ids, theta0[sl], beta0[sl], s20[sl], prepared, comp, nsim, seed)
@@ -1312,12 +1398,7 @@ def bootstrap(
                 counts[rr, 0] = singular.reshape(Gc, nsim).sum(axis=1)
                 counts[rr, 1] = (~conv).reshape(Gc, nsim).sum(axis=1)
                 n_na[rr] = np.isnan(stat).sum(axis=1)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    q = np.nanquantile(stat, probs, axis=1, method="linear")  # (len(probs), Gc, P)
-                    summ[rr, :, :len(probs)] = np.moveaxis(q, 0, -1)
-                    summ[rr, :, len(probs)] = np.nanmean(stat, axis=1)
-                    summ[rr, :, len(probs) + 1] = np.nanstd(stat, axis=1, ddof=1)
+                summ[rr] = _summaries(stat, probs)
                 for j, gid in enumerate(ids):
                     if gid in keep:
                         frame = pd.DataFrame(stat[j], columns=params)
@@ -1326,7 +1407,17 @@ def bootstrap(
                         draws[gid] = frame
                         g0 = start + j
                         fits[gid] = {"theta": theta0[g0], "beta": beta0[g0], "sigma2": float(s20[g0]),
-                                     "fixed_names": list(prepared.fixed_names), "b": fit0.b[good][g0]}
+                                     "fixed_names": list(prepared.fixed_names), "b": b0[g0],
+                                     "prepared": prepared}
+
+            starts = range(0, len(rows), per)
+            if n_threads > 1 and len(starts) > 1:
+                # each batch writes its own rows; numpy and BLAS release the GIL
+                with ThreadPoolExecutor(max_workers=n_threads) as pool:
+                    list(pool.map(run, starts))
+            else:
+                for st in starts:
+                    run(st)
     G = len(genes)
     frame = pd.DataFrame({
         "gene_id": np.repeat(genes, P),
