@@ -435,11 +435,40 @@ def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray,
     deviance Hessian over its eigenvalues above ``tol``; for coefficient j,
     df = 2 Var(β̂_j)² / (g' vcov(θ, σ) g) with g = ∂Var(β̂_j)/∂(θ, σ).
     """
-    w, V = np.linalg.eigh(hess)
-    inv_w = np.where(w > tol, 1.0 / np.where(w > tol, w, 1.0), 0.0)
-    A = 2.0 * np.einsum("gij,gj,gkj->gik", V, inv_w, V)
     var = np.diagonal(vcov, axis1=1, axis2=2)
     grad = np.diagonal(jac, axis1=2, axis2=3)          # G × (m+1) × p
-    denom = np.einsum("gkj,gkl,glj->gj", grad, A, grad)
+    if hess.shape[-1] == 2:
+        A = _pinv2_sym(hess, tol)
+    else:
+        w, V = np.linalg.eigh(hess)
+        inv_w = np.where(w > tol, 1.0 / np.where(w > tol, w, 1.0), 0.0)
+        A = np.matmul(V * inv_w[:, None, :], V.transpose(0, 2, 1))
+    A = 2.0 * A
+    denom = (grad * np.matmul(A, grad)).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return 2.0 * var ** 2 / denom
+
+
+def _pinv2_sym(H: np.ndarray, tol: float) -> np.ndarray:
+    """Σ over eigenvalues w > tol of v v' / w for a stack of symmetric 2 × 2 matrices.
+
+    Closed form: the eigenvalues are m ± r (m the mean of the diagonal, r the half-gap);
+    with both above ``tol`` this is the inverse, with only the larger one it is the
+    projector (H - w₂ I) / (w₁ - w₂) divided by w₁, with neither it is 0.
+    """
+    a, b, c = H[:, 0, 0], 0.5 * (H[:, 0, 1] + H[:, 1, 0]), H[:, 1, 1]
+    mean = 0.5 * (a + c)
+    r = np.hypot(0.5 * (a - c), b)
+    w1, w2 = mean + r, mean - r
+    # the smaller eigenvalue from the determinant when it is small (no cancellation)
+    det = a * c - b * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w2 = np.where(np.abs(w2) < 1e-3 * np.abs(w1), det / w1, w2)
+        both = (w1 > tol) & (w2 > tol)
+        one = (w1 > tol) & ~both
+        out = np.zeros_like(H)
+        inv_det = 1.0 / det
+        scale = 1.0 / (w1 * (w1 - w2))
+        for (i, j), full, proj in (((0, 0), c, a - w2), ((1, 1), a, c - w2), ((0, 1), -b, b), ((1, 0), -b, b)):
+            out[:, i, j] = np.where(both, full * inv_det, np.where(one, proj * scale, 0.0))
+    return out

@@ -10,9 +10,18 @@ into a function of λ built from k ≤ (number of levels) numbers per gene:
     ML:    f(λ) = Σⱼ log(1 + λdⱼ)                       (dⱼ: eigenvalues of Z'Z)
     deviance(λ) = f(λ) + k (1 + log(2π r²(λ) / k)),    k = n - p (REML) or n (ML)
 
-which is lme4's profiled deviance exactly. Each evaluation for all genes is one
-(genes × k) @ (k × grid) product; the minimum is bracketed on a log grid and then
-located by safeguarded Newton steps on the analytic derivative.
+which is lme4's profiled deviance exactly. Equal eigenvalues (balanced designs give
+many) are merged, their ηᵢ² summed, so each gene carries as many numbers as there are
+distinct ξᵢ. The data enter once: one (genes × n) @ (n × (p + q)) product gives the
+projections, and Z'y and X'y follow from them exactly (the columns of X and Z lie in
+the span of the projection basis). Everything after that is O(genes × distinct ξ).
+
+The minimum is bracketed on a log grid of λ (one small matrix product for all genes),
+started at the parabola through the best grid point and its neighbours (in log λ), and
+located by safeguarded Newton steps on the closed-form derivative; the result is kept
+only if it beats the best grid point and λ = 0. Fixed effects, their covariance, the
+conditional modes and the (θ, σ) Hessian lmerTest's Satterthwaite method needs are
+closed-form functions of λ per gene.
 """
 
 from __future__ import annotations
@@ -22,6 +31,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._lmm_core import PreparedDesign
+
+CHUNK = 8192  # genes per block in the λ search: keeps the G × grid temporaries in cache
+
+
+def _merge_equal(values: np.ndarray, rel: float = 1e-11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values (to ``rel`` × max), their multiplicities and each value's group."""
+    if values.size == 0:
+        return values.copy(), np.zeros(0), np.zeros(0, dtype=int)
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    tol = rel * max(float(np.abs(v).max()), 1e-300)
+    new = np.concatenate([[True], np.diff(v) > tol])
+    group = np.empty(values.size, dtype=int)
+    group[order] = np.cumsum(new) - 1
+    counts = np.bincount(group).astype(float)
+    return np.bincount(group, weights=values) / counts, counts, group
 
 
 @dataclass
@@ -34,6 +59,15 @@ class OneComponent:
     Qz: np.ndarray      # q × q eigenvectors of Z'Z
     d: np.ndarray       # q eigenvalues of Z'Z
     W: np.ndarray       # q × p, Qz' Z'X
+    P: np.ndarray | None = None        # n × (p + q): [QX, U, S Z R₀] (R₀: null directions of S Z)
+    to_wy: np.ndarray | None = None    # (p + q) × q: projections → Qz' Z'y
+    RX: np.ndarray | None = None       # p × p, X = QX RX
+    xi_u: np.ndarray | None = None     # distinct ξ
+    xi_n: np.ndarray | None = None     # their multiplicities
+    xi_onehot: np.ndarray | None = None  # k × (distinct ξ), sums η² over equal ξ
+    d_u: np.ndarray | None = None      # distinct eigenvalues of Z'Z and multiplicities (ML)
+    d_n: np.ndarray | None = None
+    WW: np.ndarray | None = None       # q × p², rows W_j W_j' flattened
 
 
 def prepare_onecomp(prepared: PreparedDesign) -> OneComponent | None:
@@ -41,15 +75,28 @@ def prepare_onecomp(prepared: PreparedDesign) -> OneComponent | None:
     if prepared.m != 1:
         return None
     X, Z = prepared.X, prepared.Z
-    QX, _ = np.linalg.qr(X)
-    SZ = Z - QX @ (QX.T @ Z)
+    QX, RX = np.linalg.qr(X)
+    ZQ = QX.T @ Z
+    SZ = Z - QX @ ZQ
     xi_all, R = np.linalg.eigh(SZ.T @ SZ)
     keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
     xi = xi_all[keep]
     U = SZ @ R[:, keep] / np.sqrt(xi)
     d, Qz = np.linalg.eigh(prepared.ZtZ)
     d = np.clip(d, 0.0, None)
-    return OneComponent(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=Qz.T @ prepared.ZtX)
+    W = Qz.T @ prepared.ZtX
+    # S Z = U diag(√ξ) R_keep' + (S Z R_drop) R_drop' exactly, so with the projections
+    # [QX'y, U'y, (S Z R_drop)'y] of y: Z'y = ZQ' QX'y + R_keep diag(√ξ) U'y + R_drop (S Z R_drop)'y
+    P = np.column_stack([QX, U, SZ @ R[:, ~keep]])
+    Zmap = np.vstack([ZQ, np.sqrt(xi)[:, None] * R[:, keep].T, R[:, ~keep].T])
+    xi_u, xi_n, group = _merge_equal(xi)
+    onehot = np.zeros((xi.size, xi_u.size))
+    onehot[np.arange(xi.size), group] = 1.0
+    d_u, d_n, _ = _merge_equal(d)
+    p = X.shape[1]
+    WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], p * p)
+    return OneComponent(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=W, P=P, to_wy=Zmap @ Qz, RX=RX,
+                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW)
 
 
 @dataclass
@@ -57,18 +104,21 @@ class OneComponentState:
     """Per-gene quantities entering the one-component criterion."""
 
     rss0: np.ndarray    # G, OLS residual sum of squares
-    eta2: np.ndarray    # G × k, squared projections on U
+    eta2: np.ndarray    # G × (distinct ξ), squared projections on U summed over equal ξ
     wy: np.ndarray      # G × q, Qz' Z'y
     Xty: np.ndarray     # G × p
 
 
-def gene_state(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign) -> OneComponentState:
-    """Project every gene once, with a single pass of BLAS over Y."""
+def gene_state(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
+               yty: np.ndarray | None = None) -> OneComponentState:
+    """Project every gene once, with a single pass of BLAS over Y (``yty``: Σ y² if known)."""
     p, k = oc.QX.shape[1], oc.U.shape[1]
-    proj = Y @ np.column_stack([oc.QX, oc.U, prepared.Z @ oc.Qz, prepared.X])
+    proj = Y @ oc.P
     qx, eta = proj[:, :p], proj[:, p:p + k]
-    wy, Xty = proj[:, p + k:-p], proj[:, -p:]
-    yty = np.einsum("gi,gi->g", Y, Y)
+    wy = proj @ oc.to_wy
+    Xty = qx @ oc.RX
+    if yty is None:
+        yty = np.einsum("gi,gi->g", Y, Y)
     rss0 = yty - np.einsum("gp,gp->g", qx, qx)
     # ||y||² − ||Q'y||² cancels when the residual is tiny next to the mean: redo those
     # genes from explicit residuals
@@ -76,26 +126,38 @@ def gene_state(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign) -> One
     if inexact.any():
         resid = Y[inexact] - (Y[inexact] @ oc.QX) @ oc.QX.T
         rss0[inexact] = np.einsum("gi,gi->g", resid, resid)
-    return OneComponentState(rss0=rss0, eta2=eta * eta, wy=wy, Xty=Xty)
+    eta2 = eta * eta
+    if oc.xi_u.size < k:
+        eta2 = eta2 @ oc.xi_onehot
+    return OneComponentState(rss0=rss0, eta2=eta2, wy=wy, Xty=Xty)
+
+
+def _k(prepared: PreparedDesign, reml: bool) -> int:
+    return prepared.n - prepared.p if reml else prepared.n
+
+
+def _f_values(oc: OneComponent, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (distinct) and multiplicities in the log-determinant part f(λ)."""
+    return (oc.xi_u, oc.xi_n) if reml else (oc.d_u, oc.d_n)
 
 
 def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
                      prepared: PreparedDesign, reml: bool):
     """f, f', f'', r², r²', r²'' at per-gene λ (shape G)."""
-    lx = 1.0 + lam[:, None] * oc.xi[None, :]
-    r2 = st.rss0 - np.einsum("gk,gk->g", st.eta2, lam[:, None] * oc.xi[None, :] / lx)
-    r2_1 = -np.einsum("gk,gk->g", st.eta2, oc.xi[None, :] / lx ** 2)
-    r2_2 = 2.0 * np.einsum("gk,gk->g", st.eta2, oc.xi[None, :] ** 2 / lx ** 3)
-    ev = oc.xi if reml else oc.d
-    le = 1.0 + lam[:, None] * ev[None, :]
-    f = np.log(le).sum(1) + (prepared.logdet_XtX if reml else 0.0)
-    f_1 = (ev[None, :] / le).sum(1)
-    f_2 = -(ev[None, :] ** 2 / le ** 2).sum(1)
+    xi = oc.xi_u
+    inv = 1.0 / (1.0 + lam[:, None] * xi[None, :])
+    e2inv = st.eta2 * inv
+    r2 = st.rss0 - st.eta2.sum(axis=1) + e2inv.sum(axis=1)
+    e2xinv2 = e2inv * inv * xi
+    r2_1 = -e2xinv2.sum(axis=1)
+    r2_2 = 2.0 * (e2xinv2 * inv) @ xi
+    fv, fn = _f_values(oc, reml)
+    le = 1.0 + lam[:, None] * fv[None, :]
+    f = np.log(le) @ fn + (prepared.logdet_XtX if reml else 0.0)
+    g = fv[None, :] / le
+    f_1 = g @ fn
+    f_2 = -((g * g) @ fn)
     return f, f_1, f_2, r2, r2_1, r2_2
-
-
-def _k(prepared: PreparedDesign, reml: bool) -> int:
-    return prepared.n - prepared.p if reml else prepared.n
 
 
 def deviance_at(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
@@ -107,80 +169,136 @@ def deviance_at(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
     return f + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
 
 
+def _optimise_chunk(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
+                    fn: np.ndarray, k: int, grid: np.ndarray, max_iter: int) -> np.ndarray:
+    """λ ≥ 0 minimising f(λ) + k log r²(λ) for a block of genes (see :func:`optimise_lambda`)."""
+    G, T = rss0.shape[0], grid.size
+    frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])      # T × k
+    r2g = rss0[:, None] - eta2 @ frac.T                                             # G × T
+    fg = np.log1p(grid[:, None] * fv[None, :]) @ fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        devg = fg[None, :] + k * np.log(r2g)
+    devg[~(r2g > 0)] = np.inf
+    best = np.argmin(devg, axis=1)
+    rows = np.arange(G)
+    dev_best = devg[rows, best]
+    eta2_sum = eta2.sum(axis=1)
+    eta2_xi = eta2 * xi
+    eta2_xi2 = eta2_xi * xi
+
+    def slope_curvature(lam: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
+        # first and second derivative of f + k log r² in λ for genes idx
+        inv = 1.0 / (1.0 + lam[:, None] * xi[None, :])
+        inv2 = inv * inv
+        r2_ = rss0[idx] - eta2_sum[idx] + np.einsum("gk,gk->g", eta2[idx], inv)
+        r2_1 = -np.einsum("gk,gk->g", eta2_xi[idx], inv2)
+        r2_2 = 2.0 * np.einsum("gk,gk->g", eta2_xi2[idx], inv2 * inv)
+        if fv is xi:
+            f_1, f_2 = inv @ (fn * xi), -(inv2 @ (fn * xi * xi))
+        else:
+            invd = 1.0 / (1.0 + lam[:, None] * fv[None, :])
+            f_1, f_2 = invd @ (fn * fv), -((invd * invd) @ (fn * fv * fv))
+        ratio = r2_1 / r2_
+        return f_1 + k * ratio, f_2 + k * (r2_2 / r2_ - ratio * ratio)
+
+    lam = grid[best].copy()
+    left = grid[np.maximum(best - 1, 0)]
+    right = grid[np.minimum(best + 1, T - 1)]
+    # at λ = 0 the slope is closed form: Σ f-eigenvalues − k Σ η²ξ / rss₀
+    at0 = best == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope0 = (fn @ fv) - k * eta2_xi[at0].sum(axis=1) / rss0[at0]
+    at0_idx = np.flatnonzero(at0)
+    active = np.zeros(G, dtype=bool)
+    active[at0_idx[slope0 < 0]] = True
+    lam[active] = 0.5 * right[active]
+    # interior: start at the vertex of the parabola through the three grid points (log λ)
+    inner = (best > 0) & (best < T - 1) & (left > 0)
+    idx = np.flatnonzero(inner)
+    if idx.size:
+        b = best[idx]
+        dm, d0, dp = devg[idx, b - 1], devg[idx, b], devg[idx, b + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = 0.5 * (dm - dp) / (dm - 2.0 * d0 + dp)
+        shift = np.where(np.isfinite(shift), np.clip(shift, -0.9, 0.9), 0.0)
+        lam[idx] = np.exp(np.log(grid[b]) + shift * (np.log(grid[b + 1]) - np.log(grid[b])))
+        active[idx] = True
+    # λ at the bracket (1, grid[1]) with grid[0] = 0 < grid[1]: interior as well
+    edge = (best == 1)
+    active |= edge
+    # safeguarded Newton on the derivative inside [left, right], which holds a sign change;
+    # a step leaving the bracket or failing to shrink it is replaced by a bisection
+    # (geometric when both ends > 0). Stop after a Newton step of relative size 1e-10.
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if not idx.size:
+            break
+        la = lam[idx]
+        slope, curv = slope_curvature(la, idx)
+        neg = slope < 0
+        a = np.where(neg, la, left[idx])
+        b = np.where(neg, right[idx], la)
+        left[idx], right[idx] = a, b
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = la - slope / curv
+        inside = (curv > 0) & (newton > a) & (newton < b)
+        new = np.where(inside, newton, np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b)))
+        new = np.where(slope == 0, la, new)
+        lam[idx] = new
+        done = ((inside & (np.abs(new - la) <= 1e-10 * new)) | (b - a <= 1e-13 * b) | (slope == 0)
+                | ~np.isfinite(slope))
+        active[idx[done]] = False
+    return lam, best, dev_best, devg[:, 0]
+
+
 def optimise_lambda(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign,
                     reml: bool, grid_size: int = 40, max_iter: int = 100) -> np.ndarray:
     """Per-gene λ ≥ 0 minimising the profiled deviance (G)."""
+    lam, _ = _optimise(st, oc, prepared, reml, grid_size, max_iter)
+    return lam
+
+
+def _optimise(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign, reml: bool,
+              grid_size: int = 40, max_iter: int = 100):
+    """λ (G) and the criterion parts at λ (:func:`_criterion_parts`)."""
     G = st.rss0.shape[0]
     k = _k(prepared, reml)
     if oc.xi.size == 0:
         # Z lies in X's column space: REML carries no information on λ, ML prefers 0
-        return np.zeros(G)
-    lo_scale = 1e-6 / oc.xi.max()
-    hi_scale = 1e8 / oc.xi.min()
+        lam = np.zeros(G)
+        return lam, _criterion_parts(lam, st, oc, prepared, reml)
+    xi = oc.xi_u
+    fv, fn = _f_values(oc, reml)
+    lo_scale = 1e-6 / xi.max()
+    hi_scale = 1e8 / xi.min()
     grid = np.concatenate([[0.0], np.geomspace(lo_scale, hi_scale, grid_size)])
-    frac = grid[:, None] * oc.xi[None, :] / (1.0 + grid[:, None] * oc.xi[None, :])   # T × k
-    r2 = st.rss0[:, None] - st.eta2 @ frac.T                                         # G × T
-    ev = oc.xi if reml else oc.d
-    f = np.log1p(grid[:, None] * ev[None, :]).sum(1) + (prepared.logdet_XtX if reml else 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dev = f[None, :] + k * np.log(np.where(r2 > 0, r2, np.nan))
-    dev = np.where(np.isfinite(dev), dev, np.inf)
-    best = np.argmin(dev, axis=1)
-    lo = grid[np.maximum(best - 1, 0)]
-    hi = grid[np.minimum(best + 1, grid.size - 1)]
-
-    eta2_sum = st.eta2.sum(axis=1)
-    eta2_xi = st.eta2 * oc.xi[None, :]
-    eta2_xi2 = eta2_xi * oc.xi[None, :]
-    dvals = oc.xi if reml else oc.d
-
-    def slope_curvature(lam: np.ndarray, idx=slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        # first and second derivative of the deviance in λ for genes idx, written lean
-        inv = 1.0 / (1.0 + lam[:, None] * oc.xi[None, :])
-        inv2 = inv * inv
-        r2_ = st.rss0[idx] - eta2_sum[idx] + np.einsum("gk,gk->g", st.eta2[idx], inv)
-        r2_1 = -np.einsum("gk,gk->g", eta2_xi[idx], inv2)
-        r2_2 = 2.0 * np.einsum("gk,gk->g", eta2_xi2[idx], inv2 * inv)
-        if reml:
-            f_1, f_2 = inv @ oc.xi, -(inv2 @ (oc.xi ** 2))
-        else:
-            invd = 1.0 / (1.0 + lam[:, None] * dvals[None, :])
-            f_1, f_2 = invd @ dvals, -((invd * invd) @ (dvals ** 2))
-        ratio = r2_1 / r2_
-        return f_1 + k * ratio, f_2 + k * (r2_2 / r2_ - ratio * ratio)
-
-    s_lo, _ = slope_curvature(lo)
-    s_hi, _ = slope_curvature(hi)
-    # safeguarded Newton on the derivative inside the bracket [left, right], which
-    # holds a sign change (slope(left) < 0 < slope(right)); a step leaving the bracket
-    # or failing to shrink it is replaced by a bisection (geometric when both ends > 0)
-    left, right = lo.copy(), hi.copy()
-    lam = np.where(lo > 0, np.sqrt(lo * hi), 0.5 * (lo + hi))
-    active = (s_lo < 0) & (s_hi > 0)
-    for _ in range(max_iter):
-        if not active.any():
-            break
-        idx = np.flatnonzero(active)
-        slope, curv = slope_curvature(lam[idx], idx)
-        neg = slope < 0
-        left[idx] = np.where(neg, lam[idx], left[idx])
-        right[idx] = np.where(neg, right[idx], lam[idx])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = lam[idx] - slope / curv
-        a, b = left[idx], right[idx]
-        inside = (curv > 0) & (newton > a) & (newton < b)
-        bisect = np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b))
-        new = np.where(inside, newton, bisect)
-        step = np.abs(new - lam[idx])
-        lam[idx] = new
-        done = (step <= 1e-13 * np.maximum(new, 1e-300)) | (b - a <= 1e-13 * b)
-        active[idx[done]] = False
-    lam = np.where(s_lo >= 0, lo, np.where(s_hi <= 0, hi, lam))
+    lam = np.empty(G)
+    grid_dev = np.empty(G)
+    zero_dev = np.empty(G)
+    best = np.empty(G, dtype=int)
+    for start in range(0, G, CHUNK):
+        sl = slice(start, min(G, start + CHUNK))
+        lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = _optimise_chunk(
+            st.rss0[sl], st.eta2[sl], xi, xi if reml else fv, fn, k, grid, max_iter)
     # keep whichever of the refined point, the best grid point and the boundary is lowest
-    candidates = np.stack([lam, grid[best], np.zeros(G)], axis=1)
-    devs = np.stack([deviance_at(c, st, oc, prepared, reml) for c in candidates.T], axis=1)
-    devs = np.where(np.isfinite(devs), devs, np.inf)
-    return candidates[np.arange(G), np.argmin(devs, axis=1)]
+    parts = _criterion_parts(lam, st, oc, prepared, reml)
+    f, r2 = parts[0], parts[3]
+    const = prepared.logdet_XtX if reml else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev = np.where(r2 > 0, f - const + k * np.log(r2), np.inf)
+    dev = np.where(np.isfinite(dev), dev, np.inf)
+    use_grid = grid_dev < dev
+    use_zero = zero_dev < np.minimum(dev, grid_dev)
+    swap = use_grid | use_zero
+    if swap.any():
+        lam = np.where(use_zero, 0.0, np.where(use_grid, grid[best], lam))
+        idx = np.flatnonzero(swap)
+        sub = OneComponentState(st.rss0[idx], st.eta2[idx], st.wy[idx], st.Xty[idx])
+        new = _criterion_parts(lam[idx], sub, oc, prepared, reml)
+        parts = tuple(np.asarray(a).copy() for a in parts)
+        for a, b in zip(parts, new):
+            a[idx] = b
+    return lam, parts
 
 
 @dataclass
@@ -198,34 +316,49 @@ class OneComponentFit:
     rss0: np.ndarray         # G, OLS residual sum of squares
 
 
+def _inv_small(M: np.ndarray) -> np.ndarray:
+    """Inverse of a stack of p × p matrices (closed form for p ≤ 2)."""
+    p = M.shape[-1]
+    if p == 1:
+        return 1.0 / M
+    if p == 2:
+        a, b, c, d = M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 1, 1]
+        det = a * d - b * c
+        out = np.empty_like(M)
+        out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = d / det, -b / det, -c / det, a / det
+        return out
+    return np.linalg.inv(M)
+
+
 def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
-                reml: bool) -> OneComponentFit:
+                reml: bool, yty: np.ndarray | None = None) -> OneComponentFit:
     """Fit all genes (rows of Y, no missing values) with the rotation."""
-    st = gene_state(Y, oc, prepared)
-    lam = optimise_lambda(st, oc, prepared, reml)
+    st = gene_state(Y, oc, prepared, yty)
+    lam, (f, f_1, f_2, r2, r2_1, r2_2) = _optimise(st, oc, prepared, reml)
+    G, p = lam.size, prepared.p
     k = _k(prepared, reml)
-    f, f_1, f_2, r2, r2_1, r2_2 = _criterion_parts(lam, st, oc, prepared, reml)
     r2 = np.where(r2 > 0, r2, np.nan)
     deviance = f + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
-    c = lam[:, None] / (1.0 + lam[:, None] * oc.d[None, :])          # G × q
-    M = prepared.XtX[None] - np.einsum("jp,gj,jr->gpr", oc.W, c, oc.W)
-    XVy = st.Xty - np.einsum("jp,gj->gp", oc.W, c * st.wy)
-    Minv = np.linalg.inv(M)
-    beta = np.einsum("gpr,gr->gp", Minv, XVy)
-    b = np.einsum("ij,gj->gi", oc.Qz, c * (st.wy - np.einsum("jp,gp->gj", oc.W, beta)))
+    inv_d = 1.0 / (1.0 + lam[:, None] * oc.d[None, :])
+    c = lam[:, None] * inv_d                                            # G × q
+    M = prepared.XtX[None] - (c @ oc.WW).reshape(G, p, p)
+    XVy = st.Xty - (c * st.wy) @ oc.W
+    Minv = _inv_small(M)
+    beta = np.matmul(Minv, XVy[:, :, None])[:, :, 0]
+    b = (c * (st.wy - beta @ oc.W.T)) @ oc.Qz.T
     theta = np.sqrt(lam)
     sigma2 = r2 / k
     sigma = np.sqrt(sigma2)
     # deviance in lmerTest's (θ, σ): f(θ²) + k log(2πσ²) + r²(θ²)/σ²
-    fg, fh = 2.0 * theta * f_1, 2.0 * f_1 + 4.0 * lam * f_2
+    fh = 2.0 * f_1 + 4.0 * lam * f_2
     rg, rh = 2.0 * theta * r2_1, 2.0 * r2_1 + 4.0 * lam * r2_2
-    hess = np.empty((lam.size, 2, 2))
+    hess = np.empty((G, 2, 2))
     hess[:, 0, 0] = fh + rh / sigma2
     hess[:, 0, 1] = hess[:, 1, 0] = -2.0 * rg / sigma ** 3
     hess[:, 1, 1] = -2.0 * k / sigma2 + 6.0 * r2 / sigma2 ** 2
-    dM_dlam = -np.einsum("jp,gj,jr->gpr", oc.W, 1.0 / (1.0 + lam[:, None] * oc.d[None, :]) ** 2, oc.W)
-    jac = np.empty((lam.size, 2) + M.shape[1:])
-    jac[:, 0] = -sigma2[:, None, None] * (Minv @ (2.0 * theta[:, None, None] * dM_dlam) @ Minv)
+    dM_dlam = -((inv_d * inv_d) @ oc.WW).reshape(G, p, p)
+    jac = np.empty((G, 2, p, p))
+    jac[:, 0] = (-2.0 * sigma2 * theta)[:, None, None] * np.matmul(np.matmul(Minv, dM_dlam), Minv)
     jac[:, 1] = 2.0 * sigma[:, None, None] * Minv
     return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
                            b=b, hess_varpar=hess, jac_vcov=jac, rss0=st.rss0)

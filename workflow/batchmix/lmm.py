@@ -147,7 +147,7 @@ def _ols_loglik_from_rss(rss: np.ndarray, prepared: PreparedDesign, reml: bool) 
 
 
 def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
-               theta: np.ndarray | None = None) -> ArrayFit:
+               theta: np.ndarray | None = None, yty: np.ndarray | None = None) -> ArrayFit:
     """Fit every row of ``Y`` (genes × samples, no missing values) with the shared design.
 
     Parameters
@@ -162,6 +162,8 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     theta : ndarray, G × m, optional
         Evaluate every result at these θ instead of optimising (e.g. at another
         program's estimates, or on a grid); uses the θ-engine.
+    yty : ndarray, G, optional
+        Σ y² per gene when the caller has it already (saves a pass over Y).
 
     Returns
     -------
@@ -178,7 +180,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     if use_onecomp:
         if prepared.onecomp is None:
             raise ValueError("the one-component engine needs a model with a single θ")
-        one = fit_onecomp(Y, prepared.onecomp, prepared, reml)
+        one = fit_onecomp(Y, prepared.onecomp, prepared, reml, yty)
         rss0 = one.rss0
         theta, r2, deviance, beta = one.theta, one.r2, one.deviance, one.beta
         sigma2 = r2 / k
@@ -427,23 +429,36 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         warnings.simplefilter("ignore")
         full = prepare(formula, samples, reml=reml)
         term_cols = fixed_term_columns(formula, samples)
-    genes = list(expression.index)
-    G = len(genes)
+    gene_ids = np.asarray(expression.index, dtype=object)
+    G = gene_ids.size
     values = expression.to_numpy(dtype=float)
-    status = np.array(["ok"] * G, dtype=object)
+    status = np.full(G, "ok", dtype=object)
     if gene_status is not None:
         prior = gene_status.reindex(expression.index).fillna("ok").astype(str).to_numpy()
         status[:] = prior
+    # Σ y² per gene: a non-finite sum flags the genes with missing values (only those rows
+    # are inspected sample by sample), and the one-component engine reuses it
+    with np.errstate(over="ignore", invalid="ignore"):
+        yty_all = np.einsum("gi,gi->g", values, values)
+    suspect = np.flatnonzero(~np.isfinite(yty_all))
+    complete = np.ones(G, dtype=bool)
+    any_observed = np.ones(G, dtype=bool)
+    if suspect.size:
+        observed_suspect = np.isfinite(values[suspect])
+        complete[suspect] = observed_suspect.all(axis=1)
+        any_observed[suspect] = observed_suspect.any(axis=1)
     todo = status == "ok"
-    observed = np.isfinite(values)
-    status[todo & ~observed.any(axis=1)] = "filtered:all_missing"
+    status[todo & ~any_observed] = "filtered:all_missing"
     todo = status == "ok"
     # group genes by which samples they have
     todo_idx = np.flatnonzero(todo)
-    if todo_idx.size and observed[todo_idx].all():
+    if todo_idx.size and complete[todo_idx].all():
         pattern_list = [(np.ones(values.shape[1], dtype=bool), todo_idx)]
     elif todo_idx.size:
-        masks, inverse = np.unique(observed[todo_idx], axis=0, return_inverse=True)
+        observed = np.ones((todo_idx.size, values.shape[1]), dtype=bool)
+        partial = np.flatnonzero(~complete[todo_idx])
+        observed[partial] = np.isfinite(values[todo_idx[partial]])
+        masks, inverse = np.unique(observed, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         # the most common pattern (usually complete data) first, then the others
         order = np.argsort(-np.bincount(inverse), kind="stable")
@@ -453,65 +468,100 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     columns: dict[str, np.ndarray] = {}
     blup_frames = []
     for mask, members in pattern_list:
-        Y = values if (mask.all() and members.size == G) else values[np.ix_(members, mask)]
+        whole = mask.all()
+        if whole:
+            Y = values if members.size == G else values[members]
+            yty = yty_all if members.size == G else yty_all[members]
+        else:
+            Y = values[np.ix_(members, mask)]
+            yty = np.einsum("gi,gi->g", Y, Y)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                prepared = full if mask.all() else prepare(formula, samples.loc[mask], reml=reml)
+                prepared = full if whole else prepare(formula, samples.loc[mask], reml=reml)
         except (ValueError, np.linalg.LinAlgError):
             status[members] = "failed:too_few_observations"
             continue
         if prepared.n - prepared.p < 2 or prepared.q == 0:
             status[members] = "failed:too_few_observations"
             continue
-        spread = Y.max(axis=1) - Y.min(axis=1)
-        scale = np.maximum(np.abs(Y).max(axis=1), 1.0)
-        constant = spread <= 1e-12 * scale
-        status[members[constant]] = "filtered:constant"
+        constant = _constant_rows(Y, yty)
         if constant.any():
-            members, Y = members[~constant], Y[~constant]
+            status[members[constant]] = "filtered:constant"
+            members, Y, yty = members[~constant], Y[~constant], yty[~constant]
         if members.size == 0:
             continue
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            arrays = fit_arrays(Y, prepared)
+            arrays = fit_arrays(Y, prepared, yty=yty)
             cols, blup_parts = _pattern_columns(prepared, arrays, term_cols)
-        perfect = arrays.ols_rss <= 1e-20 * np.einsum("gi,gi->g", Y, Y)
+        perfect = arrays.ols_rss <= 1e-20 * yty
         good = (arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
                 & ~perfect)
         status[members] = np.where(good, np.where(arrays.singular, "singular", "ok"), "failed:numerical")
         status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = "failed:not_converged"
         status[members[perfect]] = "failed:perfect_fit"
+        gsel = members[good]
+        all_good = gsel.size == G
         for name, vals in cols.items():
+            if all_good:
+                columns[name] = vals
+                continue
             if name not in columns:
                 columns[name] = np.full(G, np.nan)
-            columns[name][members[good]] = vals[good]
-        for block, b in blup_parts:
+            columns[name][gsel] = vals[good]
+        if gsel.size == 0:
+            continue
+        # one row per gene and column of Z (blocks, then levels, then terms), genes in order
+        groups, levels, terms = [], [], []
+        for block, _ in blup_parts:
             nl, s = block.n_levels, block.n_terms
-            gsel = members[good]
-            # categorical codes instead of millions of repeated strings
-            level_codes = np.tile(np.repeat(np.arange(nl), s), gsel.size)
-            term_codes = np.tile(np.tile(np.arange(s), nl), gsel.size)
-            frame = pd.DataFrame({
-                "gene_index": np.repeat(gsel, nl * s),
-                "group": block.group,
-                "level": pd.Categorical.from_codes(level_codes, categories=block.levels).astype(object),
-                "term": pd.Categorical.from_codes(term_codes, categories=block.terms).astype(object),
-                "value": b[good].reshape(-1),
-            })
-            blup_frames.append(frame)
+            groups.append(np.full(nl * s, block.group, dtype=object))
+            levels.append(np.repeat(np.asarray(block.levels, dtype=object), s))
+            terms.append(np.tile(np.asarray(block.terms, dtype=object), nl))
+        width = sum(g.size for g in groups)
+        b = arrays.b if all_good else arrays.b[good]
+        blup_frames.append(pd.DataFrame({
+            "gene_index": np.repeat(gsel, width),
+            "group": np.tile(np.concatenate(groups), gsel.size),
+            "level": np.tile(np.concatenate(levels), gsel.size),
+            "term": np.tile(np.concatenate(terms), gsel.size),
+            "value": b[:, :width].reshape(-1),
+        }))
     ordered = _column_order(columns, full)
-    table = pd.DataFrame({"gene_id": genes, "status": status})
+    table = pd.DataFrame({"gene_id": gene_ids, "status": status})
     numeric = pd.DataFrame({c: columns[c] for c in ordered}, index=table.index)
     table = pd.concat([table, numeric], axis=1)
     if blup_frames:
-        blups = pd.concat(blup_frames, ignore_index=True)
-        blups = blups.sort_values("gene_index", kind="stable")
-        blups.insert(0, "gene_id", np.asarray(genes, dtype=object)[blups["gene_index"].to_numpy()])
+        blups = pd.concat(blup_frames, ignore_index=True) if len(blup_frames) > 1 else blup_frames[0]
+        if len(blup_frames) > 1:
+            blups = blups.sort_values("gene_index", kind="stable")
+        blups.insert(0, "gene_id", gene_ids[blups["gene_index"].to_numpy()])
         blups = blups.drop(columns="gene_index").reset_index(drop=True)
     else:
         blups = pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"])
     return LMMFit(gene_fits=table, blups=blups, formula=formula, reml=reml,
                   fixed_names=list(full.fixed_names))
+
+
+def _constant_rows(Y: np.ndarray, yty: np.ndarray) -> np.ndarray:
+    """Rows whose spread is at most 1e-12 × max(|y|, 1) (no variation to model).
+
+    Only rows whose centred sum of squares is tiny next to Σ y² (a superset of the
+    constant rows) are checked value by value.
+    """
+    n = Y.shape[1]
+    total = Y.sum(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = yty - total * total / n
+        candidate = ~(centred > 1e-8 * n * np.maximum(yty, 1.0))
+    out = np.zeros(Y.shape[0], dtype=bool)
+    idx = np.flatnonzero(candidate)
+    if idx.size:
+        sub = Y[idx]
+        spread = sub.max(axis=1) - sub.min(axis=1)
+        scale = np.maximum(np.abs(sub).max(axis=1), 1.0)
+        out[idx] = spread <= 1e-12 * scale
+    return out
 
 
 def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:
