@@ -195,7 +195,8 @@ class _CoxReid:
     When the design has as many distinct rows as columns (one-way layouts
     such as ``~1`` or ``~batch``), X = G T with G the n x p group indicator
     and T invertible, so X'WX = T' diag(G'w) T: the determinant is a product
-    of group sums.  Otherwise the p x p matrices are formed explicitly.
+    of group sums (taken as plain row sums over each group's columns, no
+    BLAS call).  Otherwise the p x p matrices are formed explicitly.
     """
 
     def __init__(self, x: np.ndarray):
@@ -207,52 +208,83 @@ class _CoxReid:
             self.g = np.zeros((x.shape[0], rows.shape[0]))
             self.g[np.arange(x.shape[0]), inverse] = 1.0
             self.logdet_tt = 2.0 * np.linalg.slogdet(rows)[1]
+            self.cols = [np.flatnonzero(inverse == k) for k in range(rows.shape[0])]
+            if len(self.cols) == 1:
+                self.cols = [slice(None)]
+
+    def _group_sums(self, w: np.ndarray) -> np.ndarray:
+        """w @ G: genes x groups."""
+        return np.column_stack([w[:, c].sum(axis=1) for c in self.cols])
 
     def logdet(self, w: np.ndarray) -> np.ndarray:
         if self.grouped:
-            return np.log(w @ self.g).sum(axis=1) + self.logdet_tt
+            return np.log(self._group_sums(w)).sum(axis=1) + self.logdet_tt
         return np.log(np.linalg.det(_xtwx(self.x, w)))
 
     def dlogdet(self, w: np.ndarray, dw: np.ndarray) -> np.ndarray:
         """trace((X'WX)^-1 X' dW X)."""
         if self.grouped:
-            return ((dw @ self.g) / (w @ self.g)).sum(axis=1)
+            return (self._group_sums(dw) / self._group_sums(w)).sum(axis=1)
         return np.trace(np.linalg.solve(_xtwx(self.x, w), _xtwx(self.x, dw)), axis1=1, axis2=2)
 
 
-def _log_posterior(log_alpha, y, mu, cr: _CoxReid):
+def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
     """Cox-Reid adjusted NB log likelihood of log(alpha), one value per gene row.
 
     Written term by term as DESeq2's C++ ``log_posterior`` (including
     ``log(1 + mu alpha)`` rather than ``log1p``) so that the line search
-    takes the same decisions near alpha -> 0.
+    takes the same decisions near alpha -> 0.  The element-wise terms are
+    combined in place, in the same order as
+    ``lgamma(y + 1/a) - lgamma(1/a) - y log(mu + 1/a) - 1/a log(1 + mu a)``.
+    ``inv_mu`` (``1 / mu``, independent of alpha) may be passed precomputed.
     """
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
-    w = 1.0 / (1.0 / mu + alpha)
-    ll = (
-        special.gammaln(y + inv_alpha)
-        - special.gammaln(inv_alpha)
-        - y * np.log(mu + inv_alpha)
-        - inv_alpha * np.log(1.0 + mu * alpha)
-    ).sum(axis=1)
-    return ll - 0.5 * cr.logdet(w)
+    buf = y + inv_alpha
+    special.gammaln(buf, out=buf)
+    buf -= special.gammaln(inv_alpha)
+    tmp = mu + inv_alpha
+    np.log(tmp, out=tmp)
+    tmp *= y
+    buf -= tmp
+    np.multiply(mu, alpha, out=tmp)
+    tmp += 1.0
+    np.log(tmp, out=tmp)
+    tmp *= inv_alpha
+    buf -= tmp
+    ll = buf.sum(axis=1)
+    # w = 1 / (1 / mu + alpha)
+    if inv_mu is None:
+        inv_mu = 1.0 / mu
+    np.add(inv_mu, alpha, out=tmp)
+    np.divide(1.0, tmp, out=tmp)
+    return ll - 0.5 * cr.logdet(tmp)
 
 
-def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid):
+def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
     """Derivative of :func:`_log_posterior` with respect to log(alpha)."""
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
-    w = 1.0 / (1.0 / mu + alpha)
-    dw = -(w**2)
+    # digamma(1/a) + log(1 + ma) - ma / (1 + ma) - digamma(y + 1/a) + y / (mu + 1/a)
     ma = mu * alpha
-    ll = (inv_alpha[:, 0] ** 2) * (
-        special.digamma(inv_alpha)
-        + np.log(1.0 + ma)
-        - ma / (1.0 + ma)
-        - special.digamma(y + inv_alpha)
-        + y / (mu + inv_alpha)
-    ).sum(axis=1)
+    opm = ma + 1.0
+    buf = np.log(opm)
+    buf += special.digamma(inv_alpha)
+    ma /= opm
+    buf -= ma
+    tmp = y + inv_alpha
+    special.digamma(tmp, out=tmp)
+    buf -= tmp
+    np.add(mu, inv_alpha, out=tmp)
+    np.divide(y, tmp, out=tmp)
+    buf += tmp
+    ll = (inv_alpha[:, 0] ** 2) * buf.sum(axis=1)
+    if inv_mu is None:
+        inv_mu = 1.0 / mu
+    w = np.add(inv_mu, alpha, out=opm)
+    np.divide(1.0, w, out=w)
+    dw = np.square(w, out=ma)
+    np.negative(dw, out=dw)
     return (ll - 0.5 * cr.dlogdet(w, dw)) * alpha[:, 0]
 
 
@@ -260,25 +292,34 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
     """DESeq2's ``fitDisp`` (no prior), vectorised over genes.
 
     Armijo line search on log(alpha) along the gradient; every gene follows
-    exactly the step rules of the C++ code, so the iterates are the same.
+    exactly the step rules of the C++ code, so the iterates are the same
+    (a Newton solver would reach the exact optimum, which DESeq2's stopping
+    rule -- increase of the objective below 1e-6 -- does not: its estimates
+    differ from the optimum by ~1e-3 relative on small data sets).
+
+    The genes still searching are kept in compact copies of ``y``, ``mu``
+    and ``1 / mu``, shrunk whenever genes finish, so each step touches only
+    the rows it needs.
     """
     g = y.shape[0]
     x = _CoxReid(x)
+    inv_mu = 1.0 / mu
     a = log_alpha0.astype(float).copy()
-    lp = _log_posterior(a, y, mu, x)
-    dlp = _dlog_posterior(a, y, mu, x)
+    lp = _log_posterior(a, y, mu, x, inv_mu)
+    dlp = _dlog_posterior(a, y, mu, x, inv_mu)
     initial_lp = lp.copy()
     kappa = np.full(g, KAPPA_0)
     iters = np.zeros(g, dtype=int)
     accepts = np.zeros(g, dtype=int)
     active = np.ones(g, dtype=bool)
     eps = 1e-4
+    # compact working set: rows `idx` of y, mu, inv_mu
+    idx = np.arange(g)
+    yw, muw, imw = y, mu, inv_mu
     for _ in range(MAXIT):
-        idx = np.flatnonzero(active)
         if idx.size == 0:
             break
         iters[idx] += 1
-        full = idx.size == g
         ai, di, ki = a[idx], dlp[idx], kappa[idx]
         with np.errstate(divide="ignore", invalid="ignore"):
             a_prop = ai + ki * di
@@ -286,7 +327,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             a_prop = ai + ki * di
             ki = np.where(a_prop > 10.0, (10.0 - ai) / di, ki)
         a_new = ai + ki * di
-        lp_new = _log_posterior(a_new, y if full else y[idx], mu if full else mu[idx], x)
+        lp_new = _log_posterior(a_new, yw, muw, x, imw)
         theta_kappa = -lp_new
         theta_hat = -lp[idx] - ki * eps * di**2
         accept = theta_kappa <= theta_hat
@@ -307,12 +348,18 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             lp[acc[keep_lp]] = lp_new[accept][keep_lp]
             done = small | escaped
             active[acc[done]] = False
-            cont = acc[~done]
+            pos_acc = np.flatnonzero(accept)  # positions of acc within idx
+            cont_pos = pos_acc[~done]
+            cont = idx[cont_pos]
             if cont.size:
-                dlp[cont] = _dlog_posterior(a[cont], y[cont], mu[cont], x)
+                dlp[cont] = _dlog_posterior(a[cont], yw[cont_pos], muw[cont_pos], x, imw[cont_pos])
                 kc = np.minimum(ki[accept][~done] * 1.1, KAPPA_0)
                 kc = np.where(accepts[cont] % 5 == 0, kc / 2.0, kc)
                 kappa[cont] = kc
+            if np.any(done):
+                keep = active[idx]
+                idx = idx[keep]
+                yw, muw, imw = yw[keep], muw[keep], imw[keep]
     return a, iters, initial_lp, lp
 
 
