@@ -1436,3 +1436,408 @@ def bootstrap(
     for c in ["n_singular", "n_fail", "n_na"]:
         frame[c] = frame[c].astype("Int64").where(done)
     return BootstrapResult(frame, draws, fits, nsim, seed, formula)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (matplotlib object API, no pyplot state)
+# ----------------------------------------------------------------------------------------------
+
+
+def posterior_draws(grid: PosteriorGrid, coef_names: list[str], n: int = 20000, seed: int = 1) -> pd.DataFrame:
+    """Independent draws from one gene's grid posterior (for figures).
+
+    ``t = log λ`` is drawn from the CDF of the spline-refined grid density, then σ² | λ ~ Inv-Gamma(ν/2, S_λ/2)
+    and β | λ, σ² ~ N(β̂_λ, σ² [A⁻¹]) (equivalently β | λ ~ t_ν), with ``S_λ``, ``β̂_λ`` and the scales
+    interpolated linearly between grid points.
+
+    Parameters
+    ----------
+    grid : PosteriorGrid
+        One gene's grid (1-D arrays), e.g. ``PosteriorResult.grids[gene][0]``.
+    coef_names : list of str
+        Fixed-effect names (columns ``b_<name>``).
+    n : int
+        Number of draws.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``b_<coef>...``, ``sigma``, ``sd``, ``ICC``.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.asarray(grid.t)
+    # the log density is smooth in t: refine it with the cubic spline before drawing
+    zf, M, _ = _spline_matrix(len(t), _REFINE)
+    tf = t[0] + (t[-1] - t[0]) * zf
+    lf = M @ np.asarray(grid.log_density)
+    dens = np.exp(lf - lf.max())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]))])
+    cdf /= cdf[-1]
+    td = np.interp(rng.random(n), cdf, tf)
+    nu = float(np.ravel(grid.nu)[0])
+    S = np.interp(td, t, grid.S)
+    sigma2 = S / (2.0 * rng.gamma(nu / 2.0, size=n))
+    out = {}
+    for j, name in enumerate(coef_names):
+        loc = np.interp(td, t, grid.beta[:, j])
+        sc = np.interp(td, t, grid.beta_scale[:, j])
+        # β | λ, σ² ~ N(β̂, σ² A⁻¹_jj) with σ² A⁻¹_jj = sc² ν σ² / S
+        out[f"b_{name}"] = loc + sc * np.sqrt(nu * sigma2 / S) * rng.standard_normal(n)
+    out["sigma"] = np.sqrt(sigma2)
+    lam = np.exp(td)
+    out["sd"] = np.sqrt(lam * sigma2)
+    out["ICC"] = lam / (1.0 + lam)
+    return pd.DataFrame(out)
+
+
+def plot_posterior(grid: PosteriorGrid, coef_names: list[str], summary: pd.DataFrame | None = None,
+                   gene_id: str = "", sd_name: str = "sd_b", n_draws: int = 40000, seed: int = 1):
+    """Marginal posteriors of one gene: fixed effects, σ, σ_b and the ICC.
+
+    Parameters
+    ----------
+    grid : PosteriorGrid
+        That gene's grid (``PosteriorResult.grids[gene_id][0]``).
+    coef_names : list of str
+        Fixed-effect names (``PosteriorResult.grids[gene_id][1]``).
+    summary : pandas.DataFrame, optional
+        That gene's rows of ``PosteriorResult.summary``: the 2.5/50/97.5% quantiles are drawn
+        as vertical lines and the mean printed.
+    gene_id : str
+        Title.
+    sd_name : str
+        Label of σ_b (e.g. ``sd_Subject__Intercept``).
+    n_draws, seed : int
+        Exact posterior draws (:func:`posterior_draws`) behind the histograms.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    draws = posterior_draws(grid, coef_names, n_draws, seed)
+    params = [f"b_{c}" for c in coef_names] + ["sigma", "sd", "ICC"]
+    labels = {"sd": sd_name}
+    ncol = min(3, len(params))
+    nrow = int(math.ceil(len(params) / ncol))
+    fig = Figure(figsize=(4.0 * ncol, 2.8 * nrow), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    rows = summary.set_index("param") if summary is not None and len(summary) else None
+    for ax, p in zip(axes, params):
+        v = draws[p].to_numpy()
+        lo, hi = np.quantile(v, [0.0005, 0.9995])
+        ax.hist(v, bins=80, range=(lo, hi), density=True, color="#8fb3d9", edgecolor="none")
+        key = sd_name if p == "sd" else p
+        if rows is not None and key in rows.index and np.isfinite(rows.loc[key, "q50"]):
+            r = rows.loc[key]
+            for c, style in (("q2.5", ":"), ("q50", "-"), ("q97.5", ":")):
+                if c in r:
+                    ax.axvline(r[c], color="#1f3b73", linestyle=style, linewidth=1.2)
+            ax.set_title(f"{labels.get(p, p)}: mean {r['mean']:.4g}, 95% [{r['q2.5']:.4g}, {r['q97.5']:.4g}]",
+                         fontsize=9)
+        else:
+            ax.set_title(labels.get(p, p), fontsize=9)
+        ax.set_yticks([])
+    for ax in axes[len(params):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{gene_id}: exact grid posterior (one variance component)" if gene_id else
+                 "exact grid posterior", fontsize=10)
+    return fig
+
+
+def _numeric_fixed_covariate(formula: str, samples: pd.DataFrame, coef_names: list[str]) -> str | None:
+    for c in coef_names:
+        if c in samples.columns and pd.api.types.is_numeric_dtype(samples[c]):
+            return c
+    return None
+
+
+def _plot_level_band(yv, g_labels, levels, b, b0, beta, prepared, draws, alpha, level, group, gene_id):
+    """Band figure without a numeric covariate: values adjusted for the other fixed effects, by level."""
+    from matplotlib.figure import Figure
+
+    names = list(prepared.fixed_names)
+    X = prepared.X
+    other = X @ beta - (b0 * X[:, names.index("Intercept")] if "Intercept" in names else 0.0)
+    adjusted = yv - other if len(other) == len(yv) else yv
+    fig = Figure(figsize=(max(6.0, 0.45 * len(levels) + 3), 4.8), layout="constrained")
+    ax = fig.subplots()
+    d0 = draws["b_Intercept"].to_numpy() if "b_Intercept" in draws else np.full(len(draws), np.nan)
+    if np.isfinite(d0).any():
+        lo, hi = np.nanquantile(d0, [alpha, 1 - alpha])
+        ax.axhspan(lo, hi, color="#e6a04d", alpha=0.35,
+                   label=f"{100 * level:g}% bootstrap band of the intercept ({np.isfinite(d0).sum()} refits)")
+    ax.axhline(b0, color="#b35900", linewidth=2, label="population intercept β̂₀")
+    rng = np.random.default_rng(0)
+    for j, lv in enumerate(levels):
+        sel = g_labels == lv
+        if not sel.any():
+            continue
+        ax.scatter(j + rng.uniform(-0.15, 0.15, sel.sum()), adjusted[sel], s=8, color="#777777", alpha=0.6,
+                   label="values adjusted for the other fixed effects" if j == 0 else None)
+        ax.plot([j - 0.3, j + 0.3], [adjusted[sel].mean()] * 2, color="#d62728", linestyle="--",
+                label=f"{group} mean (OLS, fixed {group})" if j == 0 else None)
+        ax.plot([j - 0.3, j + 0.3], [b0 + b[j, 0]] * 2, color="#1f77b4", linewidth=2,
+                label="BLUP β̂₀ + b" if j == 0 else None)
+    ax.set_xticks(np.arange(len(levels)), levels, rotation=90, fontsize=7)
+    ax.set_xlabel(group)
+    ax.set_ylabel(gene_id or "value")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{gene_id}: per-{group} means (OLS) against BLUPs, intercept with its bootstrap band"
+                 if gene_id else "per-level means against BLUPs", fontsize=10)
+    return fig
+
+
+def plot_bootstrap_band(y: pd.Series, samples: pd.DataFrame, draws: pd.DataFrame, fit: dict,
+                        x: str | None = None, level: float = 0.95, gene_id: str = "", max_panels: int = 24):
+    """The population fit with its bootstrap band, and per-group OLS lines against BLUP lines.
+
+    Parameters
+    ----------
+    y : pandas.Series
+        The gene's values, indexed by sample id.
+    samples : pandas.DataFrame
+        Sample sheet indexed by sample id.
+    draws : pandas.DataFrame
+        The gene's bootstrap replicates (``BootstrapResult.draws[gene_id]``).
+    fit : dict
+        Its original fit (``BootstrapResult.fits[gene_id]``: ``beta``, ``b``, ``fixed_names``,
+        ``prepared``).
+    x : str, optional
+        Numeric covariate on the x axis (default: the first numeric fixed effect, e.g. ``Days``).
+        Without one, a single panel shows the values adjusted for the other fixed effects by
+        level, each level's OLS mean against its BLUP, and the intercept's bootstrap band.
+    level : float
+        Band coverage (percentile band of the replicates' population line).
+    gene_id : str
+        Title.
+    max_panels : int
+        At most this many groups get a small panel (the first levels in order).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: data, population line ``Xβ̂`` (other covariates at 0 / their reference level) and the
+        percentile band of the bootstrap replicates' lines. Right: one panel per level of the
+        first grouping factor with its data, its own OLS line (dashed) and its BLUP line (solid,
+        population + conditional modes), the population line in grey.
+    """
+    from matplotlib.figure import Figure
+
+    prepared = fit["prepared"]
+    names = list(fit["fixed_names"])
+    beta = np.asarray(fit["beta"], dtype=float)
+    block = prepared.random.blocks[0]
+    group = block.group
+    obs = [s for s in y.index if s in samples.index and np.isfinite(y[s])]
+    yv = y[obs].to_numpy(dtype=float)
+    sheet = samples.loc[obs]
+    if x is None:
+        x = _numeric_fixed_covariate("", sheet, names)
+    g_labels = sheet[group.split(":")[0]].map(
+        lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v)).to_numpy()
+    levels = list(block.levels)
+    b = np.asarray(fit["b"], dtype=float)[: block.n_levels * block.n_terms].reshape(block.n_levels, block.n_terms)
+    alpha = (1.0 - level) / 2.0
+    b0 = beta[names.index("Intercept")] if "Intercept" in names else 0.0
+    if x is None:
+        return _plot_level_band(yv, g_labels, levels, b, b0, beta, prepared, draws, alpha, level, group, gene_id)
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    sub = fig.subfigures(1, 2, width_ratios=[1, 1.5])
+    ax = sub[0].subplots()
+    xv = sheet[x].to_numpy(dtype=float)
+    bx = beta[names.index(x)]
+    grid_x = np.linspace(xv.min(), xv.max(), 50)
+    d0 = draws["b_Intercept"].to_numpy() if "Intercept" in names else np.zeros(len(draws))
+    dx = draws[f"b_{x}"].to_numpy()
+    ok = np.isfinite(d0) & np.isfinite(dx)
+    lines = d0[ok, None] + dx[ok, None] * grid_x[None, :]
+    lo, hi = np.quantile(lines, [alpha, 1 - alpha], axis=0)
+    ax.scatter(xv, yv, s=10, color="#777777", alpha=0.6, label="data")
+    ax.fill_between(grid_x, lo, hi, color="#e6a04d", alpha=0.35,
+                    label=f"{100 * level:g}% bootstrap band ({ok.sum()} refits)")
+    ax.plot(grid_x, b0 + bx * grid_x, color="#b35900", linewidth=2, label="population fit Xβ̂")
+    ax.set_xlabel(x)
+    ax.set_ylabel(gene_id or "value")
+    ax.legend(fontsize=8)
+    ax.set_title("population fit and parametric-bootstrap band", fontsize=10)
+    shown = levels[:max_panels]
+    ncol = int(math.ceil(math.sqrt(len(shown) * 1.5)))
+    nrow = int(math.ceil(len(shown) / ncol))
+    axes = sub[1].subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel()
+    terms = list(block.terms)
+    for a, lv in zip(axes, shown):
+        sel = g_labels == lv
+        j = levels.index(lv)
+        xs = sheet[x].to_numpy(dtype=float)[sel]
+        a.scatter(xs, yv[sel], s=8, color="#555555")
+        gx = np.array([grid_x.min(), grid_x.max()])
+        a.plot(gx, b0 + bx * gx, color="#bbbbbb", linewidth=1)
+        if sel.sum() >= 2 and np.ptp(xs) > 0:
+            slope, icpt = np.polyfit(xs, yv[sel], 1)
+            a.plot(gx, icpt + slope * gx, color="#d62728", linestyle="--", linewidth=1)
+        bi = b[j, terms.index("Intercept")] if "Intercept" in terms else 0.0
+        bs = b[j, terms.index(x)] if x in terms else 0.0
+        a.plot(gx, (b0 + bi) + (bx + bs) * gx, color="#1f77b4", linewidth=1.3)
+        a.set_title(lv, fontsize=7, pad=2)
+        a.tick_params(labelsize=6)
+    for a in axes[len(shown):]:
+        a.set_visible(False)
+    extra = f" (first {len(shown)} of {len(levels)})" if len(levels) > len(shown) else ""
+    sub[1].suptitle(f"per-{group} OLS (red, dashed) against BLUP (blue) lines{extra}", fontsize=10)
+    if gene_id:
+        fig.suptitle(gene_id, fontsize=11)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Workflow stage
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_genes_by_samples(path) -> pd.DataFrame:
+    table = pd.read_csv(path, sep="\t", index_col=0, na_values=["NA"], keep_default_na=False)
+    table.index = table.index.astype(str)
+    table.index.name = "gene_id"
+    return table.astype(float)
+
+
+def _choose_genes(choice, fits: pd.DataFrame, batch: str) -> list[str]:
+    """``all``, a list of gene ids, or N: the N fitted genes with the largest batch share."""
+    fitted = fits[fits["status"].isin(["ok", "singular"])]
+    if choice == "all":
+        return list(fitted["gene_id"])
+    if isinstance(choice, list):
+        return [str(g) for g in choice]
+    from batchmix.design import sanitize_name
+
+    col = f"frac_{sanitize_name(batch)}"
+    if col in fitted:
+        fitted = fitted.sort_values(col, ascending=False, kind="stable")
+    return list(fitted["gene_id"].head(int(choice)))
+
+
+def ols_vs_lmm_table(gene_fits: pd.DataFrame, gene_id: str) -> pd.DataFrame:
+    """The OLS-against-LMM comparison of one gene from ``results/lmm/gene_fits.tsv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``OLS`` and ``LMM`` with ``logLik``, ``AIC``, ``BIC``, and the likelihood-ratio test
+        (``LRT``, ``df``, ``p``) on the LMM row. Under REML both criteria are REML criteria with
+        the same X (comparable, as lmerTest's ``ranova``).
+    """
+    r = gene_fits.set_index(gene_fits["gene_id"].astype(str)).loc[str(gene_id)]
+    return pd.DataFrame({
+        "model": ["OLS", "LMM"],
+        "logLik": [r.get("ols_loglik"), r.get("loglik")],
+        "AIC": [r.get("ols_aic"), r.get("aic")],
+        "BIC": [r.get("ols_bic"), r.get("bic")],
+        "LRT": [np.nan, r.get("lrt_stat")],
+        "df": [np.nan, r.get("lrt_df")],
+        "p": [np.nan, r.get("lrt_p")],
+    })
+
+
+def uncertainty_stage(config: dict, expression_path: str, status_path: str, fits_path: str, samples_path: str,
+                      out: dict[str, str], threads: int = 1) -> None:
+    """Bootstrap and/or grid posterior for the configured genes; tables, figures and a summary.
+
+    Reads the stabilised expression, the gene statuses and the LMM gene fits (for statuses and
+    the batch share used to pick genes). Config ``uncertainty``: ``bootstrap`` (replicates, 0 = off),
+    ``bayes`` (grid posterior on/off), ``prior`` (``unif_icc`` | ``half_cauchy``), ``prior_scale``,
+    ``seed``, ``genes`` (``all``, N = the N genes with the largest batch share, or a list) and
+    ``figure_genes`` (genes drawn; default the report's genes, else the top gene).
+
+    Writes ``out["bootstrap"]`` (tidy: gene_id, param, status, estimate, q2.5, q50, q97.5,
+    boot_mean, boot_sd, n_singular, n_fail, n_na), ``out["posterior"]`` (gene_id, param, status,
+    mean, sd, q2.5, q50, q97.5), ``out["figures"]`` (a folder of PNGs:
+    ``<gene>.bootstrap_band.png``, ``<gene>.posterior.png``) and ``out["summary"]`` (JSON: settings,
+    counts, timings, figures, and the OLS-against-LMM table of each figure gene). A disabled method
+    writes its table with the header only.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from batchmix import io
+
+    ucfg = dict(config.get("uncertainty") or {})
+    nsim = int(ucfg.get("bootstrap", 0) or 0)
+    bayes = bool(ucfg.get("bayes", False))
+    prior = ucfg.get("prior", "unif_icc")
+    prior_scale = float(ucfg.get("prior_scale", 1.0))
+    seed = int(ucfg.get("seed", 20261124))
+    expr = _read_genes_by_samples(expression_path)
+    samples = io.read_samples(samples_path).loc[expr.columns]
+    status = pd.read_csv(status_path, sep="\t", dtype={"gene_id": str}).set_index("gene_id")["status"]
+    fits = pd.read_csv(fits_path, sep="\t", dtype={"gene_id": str})
+    chosen = _choose_genes(ucfg.get("genes", "all"), fits, config["batch"])
+    chosen = [g for g in chosen if g in expr.index]
+    fig_genes = ucfg.get("figure_genes") or list(config.get("report", {}).get("genes") or [])
+    fitted = set(fits.loc[fits["status"].isin(["ok", "singular"]), "gene_id"])
+    fig_genes = [str(g) for g in fig_genes if str(g) in fitted and str(g) in expr.index] or chosen[:1]
+    chosen += [g for g in fig_genes if g not in set(chosen)]  # figure genes are always done
+    fit_status = fits.set_index("gene_id")["status"].reindex(expr.index)
+    gstatus = status.reindex(expr.index).fillna("failed:no_status").astype(str)
+    gstatus = gstatus.where(gstatus != "ok", fit_status.fillna("failed:no_fit").astype(str))
+    gstatus[~gstatus.index.isin(chosen) & gstatus.isin(["ok", "singular"])] = "skipped:not_selected"
+    formula = config["model"]
+    reml = bool(config.get("reml", True))
+    summary: dict = {"formula": formula, "n_genes": int(len(expr)), "n_selected": int(len(chosen)),
+                     "bootstrap": {"nsim": nsim, "seed": seed}, "posterior": {"enabled": bayes, "prior": prior,
+                                                                              "prior_scale": prior_scale},
+                     "figures": {}, "ols_vs_lmm": {}}
+    figdir = Path(out["figures"])
+    figdir.mkdir(parents=True, exist_ok=True)
+    boot = post = None
+    if nsim > 0:
+        t0 = time.perf_counter()
+        boot = bootstrap(expr, samples, formula, nsim=nsim, seed=seed, reml=reml, gene_status=gstatus,
+                         keep_draws_for=fig_genes, n_threads=threads)
+        summary["bootstrap"]["seconds"] = round(time.perf_counter() - t0, 3)
+        per_gene = boot.summary.groupby("gene_id", sort=False).first()
+        done = per_gene["status"] == "ok"
+        summary["bootstrap"].update({"n_genes": int(done.sum()),
+                                     "n_singular": int(per_gene.loc[done, "n_singular"].sum()),
+                                     "n_fail": int(per_gene.loc[done, "n_fail"].sum())})
+        io.write_table(boot.summary, out["bootstrap"])
+    else:
+        io.write_table(pd.DataFrame(columns=BOOT_COLUMNS), out["bootstrap"])
+    if bayes:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            post = posterior(expr, samples, formula, prior=prior, prior_scale=prior_scale,
+                             gene_status=gstatus.where(gstatus != "singular", "ok"), keep_grid_for=fig_genes)
+        summary["posterior"]["seconds"] = round(time.perf_counter() - t0, 3)
+        st = post.summary.groupby("gene_id", sort=False)["status"].first()
+        summary["posterior"]["status_counts"] = {k: int(v) for k, v in st.value_counts().items()}
+        io.write_table(post.summary, out["posterior"])
+    else:
+        io.write_table(pd.DataFrame(columns=SUMMARY_COLUMNS), out["posterior"])
+    for gid in fig_genes:
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in gid)
+        entry = {}
+        if boot is not None and gid in boot.draws:
+            fig = plot_bootstrap_band(expr.loc[gid], samples, boot.draws[gid], boot.fits[gid], gene_id=gid)
+            path = figdir / f"{safe}.bootstrap_band.png"
+            fig.savefig(path, dpi=110, metadata={"Software": None})
+            entry["bootstrap_band"] = path.name
+        if post is not None and gid in post.grids:
+            grid, names = post.grids[gid]
+            rows = post.summary[post.summary.gene_id == gid]
+            sd_name = [p for p in rows["param"] if p.startswith("sd_")]
+            fig = plot_posterior(grid, names, rows, gene_id=gid, sd_name=sd_name[0] if sd_name else "sd_b")
+            path = figdir / f"{safe}.posterior.png"
+            fig.savefig(path, dpi=110, metadata={"Software": None})
+            entry["posterior"] = path.name
+        summary["figures"][gid] = entry
+        if gid in set(fits["gene_id"]):
+            table = ols_vs_lmm_table(fits, gid)
+            summary["ols_vs_lmm"][gid] = json.loads(table.to_json(orient="records"))
+    Path(out["summary"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(out["summary"]).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
