@@ -212,3 +212,67 @@ def test_formula_without_random_term_is_rejected(small):
     expression, samples = small
     with pytest.raises(ValueError, match="no random term"):
         lmm.fit(expression, samples, "~ condition")
+
+
+def _simulated(model: str, genes: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Genes × samples drawn from random-slope or crossed two-factor models (as the benchmark)."""
+    rng = np.random.default_rng(seed)
+    if model == "slopes":
+        subject = np.repeat(np.arange(18), 10)
+        days = np.tile(np.arange(10, dtype=float), 18)
+        samples = pd.DataFrame({"Subject": [f"s{s:02d}" for s in subject], "Days": days})
+        b0 = rng.normal(0, 1.0, (genes, 18))
+        b1 = rng.normal(0, 0.3, (genes, 18)) * rng.uniform(0, 1, (genes, 1))
+        Y = 8 + 0.2 * days + b0[:, subject] + b1[:, subject] * days + rng.normal(0, 1, (genes, 180))
+    else:
+        n = 120
+        batch, lane = np.arange(n) % 12, rng.integers(0, 6, n)
+        condition = rng.integers(0, 2, n)
+        samples = pd.DataFrame({"batch": [f"b{b:02d}" for b in batch], "lane": [f"l{x}" for x in lane],
+                                "condition": np.where(condition == 1, "treated", "control")})
+        Y = (8 + 0.5 * condition + rng.uniform(0, 1, (genes, 1)) * rng.normal(size=(genes, 12))[:, batch]
+             + rng.uniform(0, 0.5, (genes, 1)) * rng.normal(size=(genes, 6))[:, lane]
+             + rng.normal(0, 1, (genes, n)))
+    samples.index = [f"x{i:03d}" for i in range(len(samples))]
+    return Y, samples
+
+
+@pytest.mark.parametrize("model, formula", [
+    ("slopes", "~ Days + (Days | Subject)"),
+    ("two", "~ condition + (1 | batch) + (1 | lane)"),
+])
+def test_general_engine_reaches_the_best_optimum_from_any_start(model, formula):
+    # fit_arrays starts from one-component fits of each random column; lme4's start (θ = 1)
+    # and interior starts must not find a lower deviance. A zero diagonal entry of T with
+    # non-zero entries below it is not an optimum (flipping their signs changes nothing but
+    # the sign of the gradient), which the θ-Newton path must not stop at.
+    Y, samples = _simulated(model, 400, 3)
+    prepared = lmm.prepare(formula, samples)
+    fit = lmm.fit_arrays(Y, prepared)
+    assert fit.converged.all()
+    data = core.GeneData.from_matrix(Y, prepared)
+    start = np.tile(prepared.theta_start(), (Y.shape[0], 1))
+    for theta0 in (start, 0.5 * start, 2.0 * start + 0.1):
+        theta, _ = core.optimise(data, prepared, True, theta0=theta0)
+        other = core.evaluate(theta, data, prepared, True).deviance
+        assert np.all(-2.0 * fit.loglik <= other + 1e-6)
+
+
+def test_onecomp_merges_equal_eigenvalues_exactly():
+    # a balanced design has one projected eigenvalue repeated; merging them changes nothing
+    Y, samples = _simulated("two", 300, 5)
+    balanced = lmm.prepare("~ condition + (1 | batch)", samples)
+    assert balanced.onecomp.xi_u.size < balanced.onecomp.xi.size
+    fast = lmm.fit_arrays(Y, balanced, method="onecomp")
+    general = lmm.fit_arrays(Y, balanced, method="general")
+    np.testing.assert_allclose(fast.loglik, general.loglik, rtol=0, atol=1e-8)
+    regular = ~fast.singular
+    np.testing.assert_allclose(fast.theta[regular], general.theta[regular], rtol=1e-4)
+    np.testing.assert_allclose(fast.beta, general.beta, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(fast.df[regular], general.df[regular], rtol=1e-4)
+    # the statistics-only λ used for starting values agrees with the full rotation
+    from batchmix._lmm_onecomp import lambda_from_stats
+
+    data = core.GeneData.from_matrix(Y, balanced)
+    lam = lambda_from_stats(data.Zty, data.Xty, data.yty, balanced.X, balanced.Z, True)
+    np.testing.assert_allclose(np.sqrt(lam)[regular], fast.theta[regular, 0], rtol=1e-5)

@@ -362,3 +362,43 @@ def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
     jac[:, 1] = 2.0 * sigma[:, None, None] * Minv
     return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
                            b=b, hess_varpar=hess, jac_vcov=jac, rss0=st.rss0)
+
+
+def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.ndarray,
+                      Z: np.ndarray, reml: bool, grid_size: int = 24, max_iter: int = 30) -> np.ndarray:
+    """λ of the one-component model with design (X, Z) from the sufficient statistics alone.
+
+    ``Zty`` (G × columns of Z), ``Xty`` and ``yty`` as in :class:`batchmix._lmm_core.GeneData`.
+    Used for starting values of the θ-Newton engine (each random column fitted on its own),
+    so a coarser grid and fewer Newton steps than :func:`fit_onecomp` are enough; genes
+    whose residual sum of squares cannot be formed accurately from the statistics get λ = 1.
+    """
+    G = yty.shape[0]
+    n, p = X.shape
+    QX, RX = np.linalg.qr(X)
+    ZQ = QX.T @ Z
+    SZ = Z - QX @ ZQ
+    xi_all, R = np.linalg.eigh(SZ.T @ SZ)
+    keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
+    if not keep.any():
+        return np.zeros(G)
+    xi = xi_all[keep]
+    qx = np.linalg.solve(RX.T, Xty.T).T                       # QX'y
+    eta = ((Zty - qx @ ZQ) @ R[:, keep]) / np.sqrt(xi)
+    rss0 = yty - np.einsum("gp,gp->g", qx, qx)
+    xi_u, xi_n, group = _merge_equal(xi)
+    onehot = np.zeros((xi.size, xi_u.size))
+    onehot[np.arange(xi.size), group] = 1.0
+    eta2 = (eta * eta) @ onehot
+    if reml:
+        fv, fn = xi_u, xi_n
+    else:
+        fv, fn, _ = _merge_equal(np.clip(np.linalg.eigvalsh(Z.T @ Z), 0.0, None))
+    k = n - p if reml else n
+    grid = np.concatenate([[0.0], np.geomspace(1e-4 / xi_u.max(), 1e4 / xi_u.min(), grid_size)])
+    lam = np.ones(G)
+    ok = np.flatnonzero(rss0 > 1e-10 * yty)
+    for start in range(0, ok.size, CHUNK):
+        sl = ok[start:start + CHUNK]
+        lam[sl] = _optimise_chunk(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
+    return lam

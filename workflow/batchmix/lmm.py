@@ -193,7 +193,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         rss0 = _ols_rss(Y, prepared)
         G = Y.shape[0]
         if theta is None:
-            theta, converged = core.optimise(data, prepared, reml)
+            theta, converged = core.optimise(data, prepared, reml, theta0=core.start_values(data, prepared, reml))
         else:
             theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
             converged = np.ones(G, dtype=bool)
