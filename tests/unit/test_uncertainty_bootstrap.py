@@ -247,10 +247,17 @@ def test_bootstrap_refits_reach_lme4_optimum(name, start):
     np.testing.assert_array_equal(singular[clear], (r["singular"].astype(str).str.strip() == "TRUE")[clear])
 
 
-@pytest.mark.xfail(strict=True, reason="batchmix.lmm's θ-Newton path stops at θ₁₁ = 0 above lme4's optimum "
-                                       "for some of these responses (reported to the engine's owner); the "
-                                       "bootstrap works around it by restarting boundary refits")
-def test_engine_fit_reaches_lme4_optimum_on_boundary_cases():
-    d, formula, Y, r = _lme4_refit_sets()["sleep"]
-    fit = lmm.fit_arrays(Y, lmm.prepare(formula, d))
-    np.testing.assert_allclose(-2 * fit.loglik, r["REMLcrit"], atol=2e-5)
+@pytest.mark.parametrize("name", [
+    pytest.param("sim", marks=pytest.mark.xfail(
+        strict=True, reason="batchmix.lmm (2f33535) still stops at θ = (0, 0, 0.23) and (0, 0, 0) for sim y5 and "
+                            "y6, 0.62 and 0.10 above lme4's REML criterion (reported); the bootstrap's boundary "
+                            "restarts reach lme4's optimum (test above)")),
+    "sleep",
+])
+def test_engine_fit_reaches_lme4_optimum_on_boundary_cases(name):
+    """batchmix.lmm itself on the same responses (it used to stop at θ₁₁ = 0 above lme4's optimum)."""
+    d, formula, Y, r = _lme4_refit_sets()[name]
+    dev = -2 * lmm.fit_arrays(Y, lmm.prepare(formula, d)).loglik
+    lme4 = r["REMLcrit"].to_numpy()
+    assert (dev <= lme4 + 2e-5).all()
+    assert (dev < lme4 - 2e-5).sum() <= 1  # sim y10, where lme4 stops on the boundary
