@@ -48,11 +48,21 @@ from scipy import special
 __all__ = [
     "PRIORS",
     "SUMMARY_COLUMNS",
+    "BOOT_COLUMNS",
     "PosteriorGrid",
     "PosteriorResult",
+    "BootstrapResult",
     "log_prior_lambda",
     "posterior",
     "posterior_arrays",
+    "posterior_draws",
+    "single_component",
+    "bootstrap",
+    "refit_compressed",
+    "plot_bootstrap_band",
+    "plot_posterior",
+    "ols_vs_lmm_table",
+    "uncertainty_stage",
 ]
 
 PRIORS = ("unif_icc", "half_cauchy")
@@ -955,6 +965,8 @@ def _param_names(prepared, single: bool) -> list[str]:
     names.append("sigma")
     if single:
         names.append("ICC")
+    else:
+        names += [f"vfrac_{sanitize_name(b.group)}" for b in prepared.random.blocks] + ["vfrac_residual"]
     return names
 
 
@@ -963,11 +975,18 @@ def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepare
 
     SDs and correlations are those of σ² T T' per block (lme4's ``VarCorr``); a correlation
     with a zero SD is NaN (as lme4's ``VarCorr`` gives for bootMer's FUN). ``ICC`` (one random
-    term with one column) is σ_b² / (σ_b² + σ²).
+    term with one column) is σ_b² / (σ_b² + σ²). With several components, ``vfrac_<group>`` is
+    a block's variance (for random slopes ``z_i' Σ z_i`` averaged over samples, as
+    :mod:`batchmix.lmm`'s ``frac_`` columns) over the sum of all blocks' and σ², and
+    ``vfrac_residual`` is σ² over that sum (fixed effects are not in the denominator).
     """
     cols = [beta]
-    for T in _T_matrices(theta, prepared):
+    block_var = []
+    n = prepared.n
+    for block, T in zip(prepared.random.blocks, _T_matrices(theta, prepared)):
         Sigma = sigma2[:, None, None] * (T @ T.transpose(0, 2, 1))
+        zz = block.Z.reshape(n, block.n_levels, block.n_terms).sum(axis=1)
+        block_var.append(np.einsum("gij,ij->g", Sigma, zz.T @ zz / n))
         sd = np.sqrt(np.diagonal(Sigma, axis1=1, axis2=2))
         cols.append(sd)
         s = sd.shape[1]
@@ -980,6 +999,9 @@ def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepare
     if single:
         vb = sigma2 * theta[:, 0] ** 2
         cols.append((vb / (vb + sigma2))[:, None])
+    else:
+        total = sigma2 + sum(block_var)
+        cols += [(v / total)[:, None] for v in block_var] + [(sigma2 / total)[:, None]]
     return np.column_stack(cols)
 
 
