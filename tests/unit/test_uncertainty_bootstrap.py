@@ -44,7 +44,8 @@ def test_percentiles_within_monte_carlo_tolerance_of_bootmer(boots, model):
     ref = pd.read_csv(DATA / "boot_percentiles.tsv", sep="\t")
     ref = ref[(ref.model == model) & (ref.seed == SEED)].set_index("param")
     s = boots[model].summary.set_index("param")
-    assert set(s.index) == set(ref.index)
+    extra = {"vfrac_Subject", "vfrac_residual"} if model == "slopes" else set()
+    assert set(s.index) == set(ref.index) | extra
     worst = 0.0
     for p, r in ref.iterrows():
         width = r["q97.5"] - r["q2.5"]
@@ -66,6 +67,16 @@ def test_estimates_match_lmer(boots, model):
 
 
 @pytest.mark.parametrize("model", ["intercept", "slopes"])
+def test_variance_fractions_match_the_engine_fractions(sleep, boots):
+    """vfrac_ (fixed effects not in the denominator) is lmm's frac_ renormalised without them."""
+    expr, samples = sleep
+    gf = lmm.fit(expr, samples, MODELS["slopes"]).gene_fits.iloc[0]
+    s = boots["slopes"].summary.set_index("param")["estimate"]
+    expected = gf["frac_Subject"] / (gf["frac_Subject"] + gf["frac_residual"])
+    assert s["vfrac_Subject"] == pytest.approx(expected, rel=1e-5)
+    assert s["vfrac_Subject"] + s["vfrac_residual"] == pytest.approx(1.0)
+
+
 def test_replicates_pass_two_sample_tests_against_bootmer_draws(boots, model):
     theirs = pd.read_csv(DATA / f"boot_draws_{model}.tsv.gz", sep="\t")
     ours = boots[model].draws["Reaction"]
