@@ -170,6 +170,13 @@ class Evaluation:
     b: np.ndarray | None = None  # conditional modes (random effects), G × q in Z's order
     dM: np.ndarray | None = None  # ∂(X'V⁻¹X)/∂θ_k, G × m × p × p
 
+    def take(self, rows: np.ndarray) -> "Evaluation":
+        """The genes ``rows`` of this evaluation."""
+        from dataclasses import fields
+
+        return Evaluation(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows])
+                             for f in fields(self)})
+
 
 def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Batched Cholesky factor and log-determinant; non-PD entries give NaN."""
@@ -282,9 +289,12 @@ def _chunks(G: int, prepared: PreparedDesign, budget: float = 3e6) -> list[slice
     return [slice(i, min(G, i + size)) for i in range(0, G, size)]
 
 
+_KEPT = ("deviance", "r2", "beta", "b", "M", "dM", "f_hess", "r2_hess", "r2_grad")
+
+
 def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
              theta0: np.ndarray | None = None, max_iter: int = 200,
-             tol_dev: float = 1e-10, tol_step: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+             tol_dev: float = 1e-10, tol_step: float = 1e-7, keep_evaluation: bool = False):
     """Minimise the profiled deviance over θ per gene, all genes in lock-step.
 
     A projected Newton method with the exact Hessian: eigenvalues of the Hessian
@@ -296,6 +306,10 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
     -------
     theta : ndarray (G × m)
     converged : ndarray of bool (G)
+    evaluation : Evaluation, only with ``keep_evaluation``
+        What :func:`evaluate` with ``order=2`` gives at the returned θ (the fields
+        :func:`varpar_derivatives` and :func:`batchmix.lmm.fit_arrays` use), kept from the
+        iterations instead of evaluated again.
     """
     G, m = data.yty.shape[0], prepared.m
     lower = prepared.theta_lower
@@ -306,11 +320,24 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
     grad = np.zeros((G, m))
     hess = np.zeros((G, m, m))
 
+    kept: dict[str, np.ndarray] = {}
+
+    def keep(ev: Evaluation, rows: np.ndarray, ok: np.ndarray | slice = slice(None)) -> None:
+        # the quantities at each gene's current θ, for keep_evaluation
+        if not keep_evaluation:
+            return
+        for name in _KEPT:
+            value = getattr(ev, name)
+            if name not in kept:
+                kept[name] = np.full((G,) + value.shape[1:], np.nan)
+            kept[name][rows] = value[ok]
+
     def full_eval(idx: np.ndarray) -> None:
         for chunk in _chunks(len(idx), prepared):
             sub = idx[chunk]
             ev = evaluate(theta[sub], data.take(sub), prepared, reml, order=2)
             dev[sub], grad[sub], hess[sub] = ev.deviance, ev.grad, ev.hess
+            keep(ev, sub)
 
     def trial_eval(th: np.ndarray, idx: np.ndarray):
         # full evaluation at the trial point: most Newton steps are accepted, and then
@@ -318,10 +345,12 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         out_dev = np.empty(len(idx))
         out_grad = np.empty((len(idx), m))
         out_hess = np.empty((len(idx), m, m))
+        evs = []
         for chunk in _chunks(len(idx), prepared):
             ev = evaluate(th[chunk], data.take(idx[chunk]), prepared, reml, order=2)
             out_dev[chunk], out_grad[chunk], out_hess[chunk] = ev.deviance, ev.grad, ev.hess
-        return out_dev, out_grad, out_hess
+            evs.append((chunk, ev))
+        return out_dev, out_grad, out_hess, evs
 
     active = np.arange(G)
     full_eval(active)
@@ -381,7 +410,7 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
                 break
             trial = th[pending] + alpha[pending, None] * step[pending]
             trial = np.where(bounded[None, :], np.maximum(trial, lower[None, :]), trial)
-            trial_dev, trial_grad, trial_hess = trial_eval(trial, active[pending])
+            trial_dev, trial_grad, trial_hess, evs = trial_eval(trial, active[pending])
             # strict decrease (Armijo with a tiny slope factor): accepting equal values
             # would let flat directions cycle forever
             gain = dev[active[pending]] - trial_dev
@@ -392,6 +421,10 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
             new_grad[idx[ok]] = trial_grad[ok]
             new_hess[idx[ok]] = trial_hess[ok]
             accepted[idx[ok]] = True
+            rows = active[pending]
+            for chunk, ev in evs:
+                sel = ok[chunk]
+                keep(ev, rows[chunk][sel], sel)
             alpha[idx[~ok]] *= 0.5
         # genes that cannot descend any further are at a (numerical) optimum
         stuck = ~accepted
@@ -408,6 +441,11 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
                  | ((change < tol_dev) & (np.abs(grad[moved]).max(axis=1) < 1e-3)))
         converged[moved[small]] = True
         active = moved[~small]
+    if keep_evaluation:
+        ev = Evaluation(kept["deviance"], kept["r2"], None, None, kept["beta"], kept["M"], None, None, None, None)
+        for name in _KEPT[3:]:
+            setattr(ev, name, kept[name])
+        return theta, converged, ev
     return theta, converged
 
 

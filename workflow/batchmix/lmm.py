@@ -192,24 +192,34 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         data = GeneData.from_matrix(Y, prepared)
         rss0 = _ols_rss(Y, prepared)
         G = Y.shape[0]
-        if theta is None:
-            theta, converged = core.optimise(data, prepared, reml, theta0=core.start_values(data, prepared, reml))
-        else:
-            theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
-            converged = np.ones(G, dtype=bool)
         m, q = prepared.m, prepared.q
         deviance, sigma2 = np.full(G, np.nan), np.full(G, np.nan)
         beta, b = np.full((G, p), np.nan), np.full((G, q), np.nan)
         vcov, df = np.full((G, p, p), np.nan), np.full((G, p), np.nan)
-        for chunk in core._chunks(G, prepared):
-            ev = core.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared, reml, order=2)
-            hess, jac, vc = core.varpar_derivatives(ev, prepared, reml)
+        if theta is None:
+            # the Newton iterations keep what the outputs need at the optimum
+            theta, converged, ev = core.optimise(data, prepared, reml, keep_evaluation=True,
+                                                 theta0=core.start_values(data, prepared, reml))
+            evaluations = [(slice(None), ev)]
+        else:
+            theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
+            converged = np.ones(G, dtype=bool)
+            evaluations = ((chunk, core.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared,
+                                                 reml, order=2)) for chunk in core._chunks(G, prepared))
+        for chunk, ev in evaluations:
             deviance[chunk] = ev.deviance
             sigma2[chunk] = ev.r2 / k
             beta[chunk] = ev.beta
             b[chunk] = ev.b
-            vcov[chunk] = vc
-            df[chunk] = core.satterthwaite_df(vc, hess, jac)
+            # Satterthwaite where the evaluation is finite (a gene may fail at its start)
+            rows = np.arange(G)[chunk]
+            ok = np.isfinite(ev.deviance) & np.isfinite(ev.M).all(axis=(1, 2))
+            if not ok.all():
+                ev, rows = ev.take(ok), rows[ok]
+            if rows.size:
+                hess, jac, vc = core.varpar_derivatives(ev, prepared, reml)
+                vcov[rows] = vc
+                df[rows] = core.satterthwaite_df(vc, hess, jac)
         converged &= np.isfinite(deviance)
     else:
         raise ValueError(f"unknown method {method!r}")
