@@ -63,16 +63,35 @@ _FIT_TYPES = ("parametric", "local", "mean")
 
 
 def _as_count_matrix(counts: pd.DataFrame) -> np.ndarray:
+    """The counts as an array, genes x samples, validated.
+
+    Integer columns stay integers (no float64 copy of the whole matrix);
+    anything else is converted to float64.  The checks use whole-array
+    reductions (min / max), which propagate NaN, so no boolean temporaries
+    of the matrix size are made.
+    """
     if not isinstance(counts, pd.DataFrame):
         raise TypeError("counts must be a pandas DataFrame (genes x samples)")
-    y = counts.to_numpy(dtype=float)
+    y = counts.to_numpy()
+    if y.dtype.kind not in "iu":
+        y = counts.to_numpy(dtype=float)
     if y.ndim != 2 or y.shape[1] == 0:
         raise ValueError("counts must have at least one sample column")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("counts contain missing or infinite values")
-    if np.any(y < 0):
+    if y.size == 0:
+        return y
+    lo = y.min()
+    if y.dtype.kind == "f":
+        hi = y.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("counts contain missing or infinite values")
+    if lo < 0:
         raise ValueError("counts must be non-negative")
     return y
+
+
+def _samples_major(y: np.ndarray) -> np.ndarray:
+    """``y.T`` (samples x genes), C-contiguous: a view for DataFrame input."""
+    return np.ascontiguousarray(y.T)
 
 
 def size_factors(counts: pd.DataFrame, method: str = "ratio") -> pd.Series:
@@ -108,18 +127,21 @@ def size_factors(counts: pd.DataFrame, method: str = "ratio") -> pd.Series:
 def _size_factors_array(y: np.ndarray, method: str, columns: list) -> np.ndarray:
     n = y.shape[1]
     if method == "ratio":
+        # work on samples x genes (contiguous for DataFrame input): the
+        # median of each sample then runs over a contiguous row
+        yt = _samples_major(y)
         # only genes positive in every sample have a finite log geometric mean
-        allpos = np.all(y > 0, axis=1)
+        allpos = yt.min(axis=0) > 0 if yt.shape[1] else np.zeros(0, dtype=bool)
         if not np.any(allpos):
             raise ValueError(
                 "every gene contains at least one zero, so the median-of-ratios size factors "
                 "cannot be computed; use the positive-counts geometric means instead: "
                 "config `vst: {size_factors: poscounts}` (size_factors(counts, method='poscounts'))"
             )
-        logy = np.log(y[allpos])
-        logy -= logy.mean(axis=1, keepdims=True)
-        # median per sample, on a contiguous copy (much faster than axis=0)
-        return np.exp(np.median(np.ascontiguousarray(logy.T), axis=1))
+        sub = yt[:, allpos]
+        logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
+        logy -= logy.mean(axis=0)
+        return np.exp(np.median(logy, axis=1, overwrite_input=True))
     if method == "poscounts":
         pos = y > 0
         anypos = pos.any(axis=1)
@@ -177,11 +199,6 @@ def low_count_filter(
 # --------------------------------------------------------------------------
 
 
-def _hat_matrix(x: np.ndarray) -> np.ndarray:
-    q, _ = np.linalg.qr(x)
-    return q @ q.T
-
-
 def _xtwx(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """X' diag(w_g) X for every gene row g of w, as one BLAS product."""
     n, p = x.shape
@@ -228,7 +245,7 @@ class _CoxReid:
         return np.trace(np.linalg.solve(_xtwx(self.x, w), _xtwx(self.x, dw)), axis1=1, axis2=2)
 
 
-def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
+def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None, scratch=None):
     """Cox-Reid adjusted NB log likelihood of log(alpha), one value per gene row.
 
     Written term by term as DESeq2's C++ ``log_posterior`` (including
@@ -236,14 +253,16 @@ def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
     takes the same decisions near alpha -> 0.  The element-wise terms are
     combined in place, in the same order as
     ``lgamma(y + 1/a) - lgamma(1/a) - y log(mu + 1/a) - 1/a log(1 + mu a)``.
-    ``inv_mu`` (``1 / mu``, independent of alpha) may be passed precomputed.
+    ``inv_mu`` (``1 / mu``, independent of alpha) may be passed precomputed,
+    and ``scratch``: two arrays of ``y``'s shape to work in.
     """
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
-    buf = y + inv_alpha
+    buf, tmp = scratch if scratch is not None else (np.empty(y.shape), np.empty(y.shape))
+    np.add(y, inv_alpha, out=buf)
     special.gammaln(buf, out=buf)
     buf -= special.gammaln(inv_alpha)
-    tmp = mu + inv_alpha
+    np.add(mu, inv_alpha, out=tmp)
     np.log(tmp, out=tmp)
     tmp *= y
     buf -= tmp
@@ -261,18 +280,24 @@ def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
     return ll - 0.5 * cr.logdet(tmp)
 
 
-def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
-    """Derivative of :func:`_log_posterior` with respect to log(alpha)."""
+def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None, scratch=None):
+    """Derivative of :func:`_log_posterior` with respect to log(alpha).
+
+    ``scratch``: optionally four arrays of ``y``'s shape to work in.
+    """
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
+    if scratch is None:
+        scratch = tuple(np.empty(y.shape) for _ in range(4))
+    buf, tmp, ma, opm = scratch
     # digamma(1/a) + log(1 + ma) - ma / (1 + ma) - digamma(y + 1/a) + y / (mu + 1/a)
-    ma = mu * alpha
-    opm = ma + 1.0
-    buf = np.log(opm)
+    np.multiply(mu, alpha, out=ma)
+    np.add(ma, 1.0, out=opm)
+    np.log(opm, out=buf)
     buf += special.digamma(inv_alpha)
     ma /= opm
     buf -= ma
-    tmp = y + inv_alpha
+    np.add(y, inv_alpha, out=tmp)
     special.digamma(tmp, out=tmp)
     buf -= tmp
     np.add(mu, inv_alpha, out=tmp)
@@ -288,7 +313,29 @@ def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None):
     return (ll - 0.5 * cr.dlogdet(w, dw)) * alpha[:, 0]
 
 
+# genes x samples values per block of the dispersion line search (bounds its workspace)
+_LINE_SEARCH_BLOCK = 1_000_000
+
+
 def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
+    """DESeq2's ``fitDisp`` (no prior), vectorised over genes, in blocks of genes.
+
+    Genes are independent, so the blocks change nothing but the memory used.
+    """
+    g, n = y.shape
+    step = max(1, _LINE_SEARCH_BLOCK // max(1, n))
+    if g <= step:
+        return _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha)
+    parts = [
+        _fit_disp_line_search_block(
+            y[s : s + step], mu[s : s + step], x, log_alpha0[s : s + step], min_log_alpha
+        )
+        for s in range(0, g, step)
+    ]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+
+
+def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
     """DESeq2's ``fitDisp`` (no prior), vectorised over genes.
 
     Armijo line search on log(alpha) along the gradient; every gene follows
@@ -299,14 +346,20 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
 
     The genes still searching are kept in compact copies of ``y``, ``mu``
     and ``1 / mu``, shrunk whenever genes finish, so each step touches only
-    the rows it needs.
+    the rows it needs.  All gene x sample temporaries live in one workspace
+    allocated up front (large enough for huge pages; small temporaries
+    would otherwise be mapped and unmapped at every step).
     """
-    g = y.shape[0]
+    g, n = y.shape
     x = _CoxReid(x)
-    inv_mu = 1.0 / mu
+    ws = np.empty((13, g, n))
+    scratch = tuple(ws[:4])
+    sets = (tuple(ws[4:7]), tuple(ws[7:10]))  # ping-pong targets of the compaction
+    gather = tuple(ws[10:13])
+    inv_mu = np.divide(1.0, mu, out=sets[0][2])
     a = log_alpha0.astype(float).copy()
-    lp = _log_posterior(a, y, mu, x, inv_mu)
-    dlp = _dlog_posterior(a, y, mu, x, inv_mu)
+    lp = _log_posterior(a, y, mu, x, inv_mu, scratch[:2])
+    dlp = _dlog_posterior(a, y, mu, x, inv_mu, scratch)
     initial_lp = lp.copy()
     kappa = np.full(g, KAPPA_0)
     iters = np.zeros(g, dtype=int)
@@ -316,6 +369,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
     # compact working set: rows `idx` of y, mu, inv_mu
     idx = np.arange(g)
     yw, muw, imw = y, mu, inv_mu
+    target = 1
     for _ in range(MAXIT):
         if idx.size == 0:
             break
@@ -327,7 +381,8 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             a_prop = ai + ki * di
             ki = np.where(a_prop > 10.0, (10.0 - ai) / di, ki)
         a_new = ai + ki * di
-        lp_new = _log_posterior(a_new, yw, muw, x, imw)
+        k = idx.size
+        lp_new = _log_posterior(a_new, yw, muw, x, imw, tuple(b[:k] for b in scratch[:2]))
         theta_kappa = -lp_new
         theta_hat = -lp[idx] - ki * eps * di**2
         accept = theta_kappa <= theta_hat
@@ -352,14 +407,26 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
             cont_pos = pos_acc[~done]
             cont = idx[cont_pos]
             if cont.size:
-                dlp[cont] = _dlog_posterior(a[cont], yw[cont_pos], muw[cont_pos], x, imw[cont_pos])
+                c = cont.size
+                if c == k:
+                    yc, muc, imc = yw, muw, imw
+                else:
+                    yc, muc, imc = (
+                        np.take(src, cont_pos, axis=0, out=dst[:c])
+                        for src, dst in zip((yw, muw, imw), gather)
+                    )
+                dlp[cont] = _dlog_posterior(a[cont], yc, muc, x, imc, tuple(b[:c] for b in scratch))
                 kc = np.minimum(ki[accept][~done] * 1.1, KAPPA_0)
                 kc = np.where(accepts[cont] % 5 == 0, kc / 2.0, kc)
                 kappa[cont] = kc
             if np.any(done):
                 keep = active[idx]
                 idx = idx[keep]
-                yw, muw, imw = yw[keep], muw[keep], imw[keep]
+                yw, muw, imw = (
+                    np.compress(keep, src, axis=0, out=dst[: idx.size])
+                    for src, dst in zip((yw, muw, imw), sets[target])
+                )
+                target = 1 - target
     return a, iters, initial_lp, lp
 
 
@@ -489,7 +556,7 @@ def estimate_dispersions(
         (NaN for all-zero genes), ``disp_gene_iter`` (line-search steps) and
         ``disp_grid`` (True where the grid search replaced the line search).
     """
-    y = np.asarray(counts, dtype=float)
+    y = np.ascontiguousarray(counts, dtype=float)
     sf = np.asarray(sf, dtype=float)
     g, n = y.shape
     x = np.ones((n, 1)) if design is None else np.asarray(design, dtype=float)
@@ -504,13 +571,24 @@ def estimate_dispersions(
     base_var = normcounts.var(axis=1, ddof=1) if n > 1 else np.full(g, np.nan)
     all_zero = y.sum(axis=1) == 0
     nz = ~all_zero
-    yz, ncz = y[nz], normcounts[nz]
+    if np.all(nz):
+        yz, ncz = y, normcounts
+    else:
+        yz, ncz = y[nz], normcounts[nz]
     m, p = x.shape
-    hat = _hat_matrix(x)
 
+    # DESeq2's linearModelMu: (y Q) (X R^-1)', the least-squares fit of each row
+    qx, rx = np.linalg.qr(x)
+    lin = (ncz @ qx) @ (x @ np.linalg.inv(rx)).T
     # starting values: min of the rough (moments on the linear-model fit) and moments estimates
-    mu_lin = np.maximum(1.0, ncz @ hat)  # linearModelMu is symmetric: y %*% Q %*% t(X Rinv)
-    rough = np.maximum((((ncz - mu_lin) ** 2 - mu_lin) / mu_lin**2).sum(axis=1) / (m - p), 0.0)
+    mu_lin = np.maximum(1.0, lin)
+    t = np.subtract(ncz, mu_lin)
+    t *= t
+    t -= mu_lin
+    np.square(mu_lin, out=mu_lin)
+    t /= mu_lin
+    rough = np.maximum(t.sum(axis=1) / (m - p), 0.0)
+    del t, mu_lin
     xim = np.mean(1.0 / sf)
     moments = (base_var[nz] - xim * base_mean[nz]) / base_mean[nz] ** 2
     alpha_hat = np.minimum(rough, moments)
@@ -519,10 +597,11 @@ def estimate_dispersions(
 
     linear_mu = _model_matrix_groups(x) == x.shape[1]
     if linear_mu:
-        fit_mu = (ncz @ hat) * sf
+        fit_mu = lin
+        fit_mu *= sf
     else:
         fit_mu = _fit_nbinom_glm_mu(yz, np.broadcast_to(sf, yz.shape), x, alpha_init)
-    fit_mu = np.where(fit_mu < MIN_MU, MIN_MU, fit_mu)
+    fit_mu[fit_mu < MIN_MU] = MIN_MU
 
     log_alpha, iters, initial_lp, last_lp = _fit_disp_line_search(
         yz, fit_mu, x, np.log(alpha_init), math.log(MIN_DISP / 10.0)
@@ -880,48 +959,91 @@ def _fmm_spline(x: np.ndarray, y: np.ndarray):
     return PPoly(c, x, extrapolate=True)
 
 
-def _vst_parametric(q: np.ndarray, a0: float, a1: float) -> np.ndarray:
-    """log2((1 + a1 + 2 a0 q + 2 sqrt(a0 q (1 + a1 + a0 q))) / (4 a0)), DESeq2's closed form."""
-    c = 1.0 + a1
-    t = q * a0
-    u = t + c
-    u *= t
-    np.sqrt(u, out=u)
-    u += t
-    u *= 2.0
-    u += c
-    u /= 4.0 * a0
-    np.log2(u, out=u)
-    return u
+# samples per block of the sample-major passes: ~64k values, cache-resident
+def _block_rows(g: int) -> int:
+    return max(1, 65536 // max(1, g))
 
 
-def _vst_values(ncounts: np.ndarray, sf: np.ndarray, trend: DispersionTrend) -> np.ndarray:
+def _normalised_row_means(yt: np.ndarray, sf: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean over samples of y / sf per gene, and the largest normalised count.
+
+    ``yt`` is samples x genes; the normalised counts are formed a block of
+    samples at a time and never stored whole.
+    """
+    n, g = yt.shape
+    acc = np.zeros(g)
+    buf = np.empty((min(n, _block_rows(g)), g))
+    top = 0.0
+    for s0 in range(0, n, buf.shape[0]):
+        s1 = min(n, s0 + buf.shape[0])
+        q = np.divide(yt[s0:s1], sf[s0:s1, None], out=buf[: s1 - s0])
+        acc += q.sum(axis=0)
+        if g:
+            top = max(top, float(q.max()))
+    return acc / n, top
+
+
+def _vst_values(
+    yt: np.ndarray, sf: np.ndarray, trend: DispersionTrend, base_mean: np.ndarray, top: float
+) -> np.ndarray:
+    """Transformed values, samples x genes (C order), from raw counts ``yt`` (samples x genes).
+
+    The normalised counts y / sf are formed block by block straight into the
+    output, which is then transformed in place.
+    """
+    n, g = yt.shape
+    out = np.empty((n, g))
+    step = _block_rows(g)
     if trend.fit_type == "parametric":
         a0, a1 = trend.coefficients["a0"], trend.coefficients["a1"]
-        out = np.empty_like(ncounts)
-        # blocks of rows that stay in cache
-        step = max(1, 65536 // max(1, ncounts.shape[1]))
-        for start in range(0, ncounts.shape[0], step):
-            out[start : start + step] = _vst_parametric(ncounts[start : start + step], a0, a1)
+        c = 1.0 + a1
+        tmp = np.empty((min(n, step), g))
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            u = np.divide(yt[s0:s1], sf[s0:s1, None], out=out[s0:s1])
+            t = np.multiply(u, a0, out=tmp[: s1 - s0])
+            # log2((1 + a1 + 2 a0 q + 2 sqrt(a0 q (1 + a1 + a0 q))) / (4 a0)), as _vst_parametric
+            np.add(t, c, out=u)
+            u *= t
+            np.sqrt(u, out=u)
+            u += t
+            u *= 2.0
+            u += c
+            u /= 4.0 * a0
+            np.log2(u, out=u)
         return out
     if trend.fit_type == "mean":
         alpha = trend.coefficients["mean"]
-        return (2 * np.arcsinh(np.sqrt(alpha * ncounts)) - math.log(alpha) - math.log(4)) / math.log(2)
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            u = np.divide(yt[s0:s1], sf[s0:s1, None], out=out[s0:s1])
+            u *= alpha
+            np.sqrt(u, out=u)
+            np.arcsinh(u, out=u)
+            u *= 2
+            u -= math.log(alpha)
+            u -= math.log(4)
+            u /= math.log(2)
+        return out
     # local: numerical integral of 1 / sqrt(variance), pinned to log2 at the
     # 95% and 99.9% quantiles of the mean (getVarianceStabilizedData)
-    xg = np.sinh(np.linspace(np.arcsinh(0.0), np.arcsinh(ncounts.max()), 1000))[1:]
+    xg = np.sinh(np.linspace(np.arcsinh(0.0), np.arcsinh(top), 1000))[1:]
     xim = np.mean(1.0 / sf)
     base_vars = trend(xg) * xg**2 + xim * xg
     integrand = 1.0 / np.sqrt(base_vars)
     knots = np.arcsinh((xg[1:] + xg[:-1]) / 2)
     cum = np.cumsum((xg[1:] - xg[:-1]) * (integrand[1:] + integrand[:-1]) / 2)
     splf = _fmm_spline(knots, cum)
-    rm = ncounts.mean(axis=1)
-    h1 = np.quantile(rm, 0.95)
-    h2 = np.quantile(rm, 0.999)
+    h1 = np.quantile(base_mean, 0.95)
+    h2 = np.quantile(base_mean, 0.999)
     eta = (math.log2(h2) - math.log2(h1)) / (splf(np.arcsinh(h2)) - splf(np.arcsinh(h1)))
     xi = math.log2(h1) - eta * splf(np.arcsinh(h1))
-    return eta * splf(np.arcsinh(ncounts)) + xi
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
+        u = np.divide(yt[s0:s1], sf[s0:s1, None], out=out[s0:s1])
+        np.arcsinh(u, out=u)
+        out[s0:s1] = eta * splf(u) + xi
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -1046,8 +1168,8 @@ def vst(
         x = np.asarray(design, dtype=float)
         if x.shape[0] != n:
             raise ValueError(f"design has {x.shape[0]} rows, counts have {n} samples")
-    ncounts = y / sf
-    base_mean = ncounts.mean(axis=1)
+    yt = _samples_major(y)  # a view for DataFrame input
+    base_mean, top = _normalised_row_means(yt, sf)
     notes: list[str] = []
     rows = np.arange(y.shape[0])
     used_nsub = nsub
@@ -1063,7 +1185,7 @@ def vst(
     disp = estimate_dispersions(y[rows], sf, x)
     trend = fit_dispersion_trend(disp["base_mean"].to_numpy(), disp["disp_gene_est"].to_numpy(), fit_type)
     notes.extend(trend.notes)
-    values = _vst_values(ncounts, sf, trend)
+    values = _vst_values(yt, sf, trend, base_mean, top).T  # genes x samples, F order
 
     disp_gene = np.full(y.shape[0], np.nan)
     disp_gene[rows] = disp["disp_gene_est"].to_numpy()
