@@ -66,7 +66,6 @@ def test_estimates_match_lmer(boots, model):
     np.testing.assert_allclose(s[ref.index], ref, rtol=2e-5)
 
 
-@pytest.mark.parametrize("model", ["intercept", "slopes"])
 def test_variance_fractions_match_the_engine_fractions(sleep, boots):
     """vfrac_ (fixed effects not in the denominator) is lmm's frac_ renormalised without them."""
     expr, samples = sleep
@@ -77,6 +76,7 @@ def test_variance_fractions_match_the_engine_fractions(sleep, boots):
     assert s["vfrac_Subject"] + s["vfrac_residual"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("model", ["intercept", "slopes"])
 def test_replicates_pass_two_sample_tests_against_bootmer_draws(boots, model):
     theirs = pd.read_csv(DATA / f"boot_draws_{model}.tsv.gz", sep="\t")
     ours = boots[model].draws["Reaction"]
