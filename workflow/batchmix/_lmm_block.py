@@ -81,11 +81,20 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     CT = np.matmul(bd.C[None], T[:, None])                    # C_j T
     Mj = np.matmul(Tt[:, None], CT)                           # T' C_j T
     Mj[..., np.arange(s), np.arange(s)] += 1.0
-    logdet_V = _logdet_spd(Mj).sum(axis=1)
     TZX = np.matmul(Tt[:, None], bd.ZX[None])                 # T' Z_j'X
     Tzy = np.matmul(Tt[:, None], zy[..., None])[..., 0]       # T' Z_j'y
     rhs = np.concatenate([CT.transpose(0, 1, 3, 2), TZX, Tzy[..., None]], axis=3)
-    sol = np.linalg.solve(Mj, rhs)
+    if s == 2:
+        # closed-form 2 × 2 systems (symmetric positive definite: I + T'C_jT)
+        a_, b_, d_ = Mj[..., 0, 0], Mj[..., 0, 1], Mj[..., 1, 1]
+        det = a_ * d_ - b_ * b_
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logdet_V = np.where(det > 0, np.log(det), np.nan).sum(axis=1)
+            inv = np.stack([np.stack([d_, -b_], -1), np.stack([-b_, a_], -1)], -2) / det[..., None, None]
+        sol = np.matmul(inv, rhs)
+    else:
+        logdet_V = _logdet_spd(Mj).sum(axis=1)
+        sol = np.linalg.solve(Mj, rhs)
     solC, solX, soly = sol[..., :s], sol[..., s:s + p], sol[..., s + p]
     K = bd.C[None] - np.matmul(CT, solC)                      # Z_j'V⁻¹Z_j
     W = bd.ZX[None] - np.matmul(CT, solX)                     # Z_j'V⁻¹X
@@ -148,10 +157,13 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
         tr_BSBS = tr_KSKS
     f_hess = tr_F - tr_BSBS
     v = np.einsum("gkab,gjb->gjka", S, a)
-    Wv = np.einsum("gjap,gjka->gkp", W, v)
+    v_flat = v.transpose(0, 2, 1, 3).reshape(G, m, J * s)     # (k; j, a)
+    Wv = np.matmul(v_flat, W.reshape(G, J * s, p))            # Σ_j W_j' v_kj
     Kv = np.matmul(K[:, :, None], v[..., None])[..., 0]       # K_j v_kj
-    vBv = (np.einsum("gjla,gjka->gkl", v, Kv)
-           - np.einsum("glp,gkp->gkl", Wv, np.einsum("gpr,gkr->gkp", N, Wv)))
+    Kv_flat = Kv.transpose(0, 2, 1, 3).reshape(G, m, J * s)
+    NWv = np.matmul(Wv, N)                                     # N symmetric
+    vBv = (np.matmul(Kv_flat, v_flat.transpose(0, 2, 1))
+           - np.matmul(NWv, Wv.transpose(0, 2, 1)))
     r2_hess = 2.0 * vBv - np.einsum("klab,gab->gkl", bd.F, A)
     ev.f_hess, ev.r2_hess = f_hess, r2_hess
     ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
