@@ -66,7 +66,8 @@ def simulate(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
         Y = 8 + 0.2 * days + b0[:, subject] + b1[:, subject] * days + rng.normal(0, 1, (G, S * D))
     else:
         n, J = args.samples, args.batches
-        batch = np.arange(n) % J
+        # balanced batches by default (repeated projected eigenvalues); --unbalanced draws them
+        batch = rng.integers(0, J, n) if args.unbalanced else np.arange(n) % J
         condition = rng.integers(0, 2, n)
         samples = pd.DataFrame({"batch": [f"batch{b:03d}" for b in batch],
                                 "condition": np.where(condition == 1, "treated", "control")})
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--lme4-genes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=1,
                         help="batchmix timings are the best of this many runs")
+    parser.add_argument("--unbalanced", action="store_true",
+                        help="random batch sizes (intercept/two models) instead of equal ones")
     parser.add_argument("--seed", type=int, default=20240501)
     args = parser.parse_args()
     formula = FORMULAS[args.model]
