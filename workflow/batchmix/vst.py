@@ -138,10 +138,10 @@ def _size_factors_array(y: np.ndarray, method: str, columns: list) -> np.ndarray
                 "cannot be computed; use the positive-counts geometric means instead: "
                 "config `vst: {size_factors: poscounts}` (size_factors(counts, method='poscounts'))"
             )
-        sub = yt[:, allpos]
+        sub = np.take(yt, np.flatnonzero(allpos), axis=1)
         logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
         logy -= logy.mean(axis=0)
-        return np.exp(np.median(logy, axis=1, overwrite_input=True))
+        return np.exp(_row_medians(logy))
     if method == "poscounts":
         pos = y > 0
         anypos = pos.any(axis=1)
@@ -158,6 +158,24 @@ def _size_factors_array(y: np.ndarray, method: str, columns: list) -> np.ndarray
         sf = np.exp(np.nanmedian(ratios, axis=0))
         return sf / math.exp(np.mean(np.log(sf)))
     raise ValueError(f"unknown size factor method {method!r}; use 'ratio' or 'poscounts'")
+
+
+def _row_medians(v: np.ndarray) -> np.ndarray:
+    """``np.median(v, axis=1)``, overwriting ``v``, with a single partition.
+
+    For an even row length the lower middle value is the largest element
+    left of the upper one after partitioning, so one selection suffices
+    (numpy's median partitions for both); the result is the same number,
+    ``(lower + upper) / 2``.
+    """
+    k = v.shape[1]
+    half = k // 2
+    v.partition(half, axis=1)
+    upper = v[:, half]
+    if k % 2:
+        return upper.copy()
+    lower = v[:, :half].max(axis=1)
+    return (lower + upper) / 2.0
 
 
 def low_count_filter(
@@ -245,51 +263,54 @@ class _CoxReid:
         return np.trace(np.linalg.solve(_xtwx(self.x, w), _xtwx(self.x, dw)), axis1=1, axis2=2)
 
 
-def _log_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None, scratch=None):
+def _log_posterior(log_alpha, y, mu, cr: _CoxReid, scratch=None):
     """Cox-Reid adjusted NB log likelihood of log(alpha), one value per gene row.
 
     Written term by term as DESeq2's C++ ``log_posterior`` (including
     ``log(1 + mu alpha)`` rather than ``log1p``) so that the line search
-    takes the same decisions near alpha -> 0.  The element-wise terms are
-    combined in place, in the same order as
-    ``lgamma(y + 1/a) - lgamma(1/a) - y log(mu + 1/a) - 1/a log(1 + mu a)``.
-    ``inv_mu`` (``1 / mu``, independent of alpha) may be passed precomputed,
-    and ``scratch``: two arrays of ``y``'s shape to work in.
-    """
-    alpha = np.exp(log_alpha)[:, None]
-    inv_alpha = 1.0 / alpha
-    buf, tmp = scratch if scratch is not None else (np.empty(y.shape), np.empty(y.shape))
-    np.add(y, inv_alpha, out=buf)
-    special.gammaln(buf, out=buf)
-    buf -= special.gammaln(inv_alpha)
-    np.add(mu, inv_alpha, out=tmp)
-    np.log(tmp, out=tmp)
-    tmp *= y
-    buf -= tmp
-    np.multiply(mu, alpha, out=tmp)
-    tmp += 1.0
-    np.log(tmp, out=tmp)
-    tmp *= inv_alpha
-    buf -= tmp
-    ll = buf.sum(axis=1)
-    # w = 1 / (1 / mu + alpha)
-    if inv_mu is None:
-        inv_mu = 1.0 / mu
-    np.add(inv_mu, alpha, out=tmp)
-    np.divide(1.0, tmp, out=tmp)
-    return ll - 0.5 * cr.logdet(tmp)
-
-
-def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None, scratch=None):
-    """Derivative of :func:`_log_posterior` with respect to log(alpha).
-
-    ``scratch``: optionally four arrays of ``y``'s shape to work in.
+    takes the same decisions near alpha -> 0, where the terms cancel and
+    their rounding decides.  The element-wise terms are combined in place,
+    in the same order as
+    ``lgamma(y + 1/a) - lgamma(1/a) - y log(mu + 1/a) - 1/a log(1 + mu a)``
+    (regrouping them, e.g. through log(mu + 1/a) = log(1 + mu a) - log(a),
+    changes such decisions).  The weights w = 1 / (1/mu + a) of the Cox-Reid
+    term are taken as mu / (1 + mu a).  ``scratch``: optionally three arrays
+    of ``y``'s shape to work in.
     """
     alpha = np.exp(log_alpha)[:, None]
     inv_alpha = 1.0 / alpha
     if scratch is None:
-        scratch = tuple(np.empty(y.shape) for _ in range(4))
-    buf, tmp, ma, opm = scratch
+        scratch = tuple(np.empty(y.shape) for _ in range(3))
+    buf, tmp, t2 = scratch
+    # Cox-Reid term first, while tmp holds 1 + mu a
+    np.multiply(mu, alpha, out=tmp)
+    tmp += 1.0
+    logdet = cr.logdet(np.divide(mu, tmp, out=buf))
+    np.log(tmp, out=tmp)
+    tmp *= inv_alpha  # 1/a log(1 + mu a)
+    np.add(y, inv_alpha, out=buf)
+    special.gammaln(buf, out=buf)
+    buf -= special.gammaln(inv_alpha)
+    # - y log(mu + 1/a), then - 1/a log(1 + mu a): tmp is needed for both
+    np.add(mu, inv_alpha, out=t2)
+    np.log(t2, out=t2)
+    t2 *= y
+    buf -= t2
+    buf -= tmp
+    return buf.sum(axis=1) - 0.5 * logdet
+
+
+def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, scratch=None):
+    """Derivative of :func:`_log_posterior` with respect to log(alpha).
+
+    Term by term as DESeq2's ``dlog_posterior``; ``scratch``: optionally
+    three arrays of ``y``'s shape to work in.
+    """
+    alpha = np.exp(log_alpha)[:, None]
+    inv_alpha = 1.0 / alpha
+    if scratch is None:
+        scratch = tuple(np.empty(y.shape) for _ in range(3))
+    buf, ma, opm = scratch
     # digamma(1/a) + log(1 + ma) - ma / (1 + ma) - digamma(y + 1/a) + y / (mu + 1/a)
     np.multiply(mu, alpha, out=ma)
     np.add(ma, 1.0, out=opm)
@@ -297,20 +318,17 @@ def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, inv_mu=None, scratch=None):
     buf += special.digamma(inv_alpha)
     ma /= opm
     buf -= ma
-    np.add(y, inv_alpha, out=tmp)
-    special.digamma(tmp, out=tmp)
-    buf -= tmp
-    np.add(mu, inv_alpha, out=tmp)
-    np.divide(y, tmp, out=tmp)
-    buf += tmp
+    np.add(y, inv_alpha, out=ma)
+    special.digamma(ma, out=ma)
+    buf -= ma
+    np.add(mu, inv_alpha, out=ma)
+    np.divide(y, ma, out=ma)
+    buf += ma
     ll = (inv_alpha[:, 0] ** 2) * buf.sum(axis=1)
-    if inv_mu is None:
-        inv_mu = 1.0 / mu
-    w = np.add(inv_mu, alpha, out=opm)
-    np.divide(1.0, w, out=w)
-    dw = np.square(w, out=ma)
-    np.negative(dw, out=dw)
-    return (ll - 0.5 * cr.dlogdet(w, dw)) * alpha[:, 0]
+    # Cox-Reid term: w = mu / (1 + mu a), dw/da = -w^2; its derivative is linear in dw
+    w = np.divide(mu, opm, out=opm)
+    dlogdet = -cr.dlogdet(w, np.square(w, out=buf))
+    return (ll - 0.5 * dlogdet) * alpha[:, 0]
 
 
 # genes x samples values per block of the dispersion line search (bounds its workspace)
@@ -352,14 +370,12 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
     """
     g, n = y.shape
     x = _CoxReid(x)
-    ws = np.empty((13, g, n))
-    scratch = tuple(ws[:4])
-    sets = (tuple(ws[4:7]), tuple(ws[7:10]))  # ping-pong targets of the compaction
-    gather = tuple(ws[10:13])
-    inv_mu = np.divide(1.0, mu, out=sets[0][2])
+    ws = np.empty((7, g, n))
+    scratch = tuple(ws[:3])
+    sets = (tuple(ws[3:5]), tuple(ws[5:7]))  # ping-pong targets of the compaction
     a = log_alpha0.astype(float).copy()
-    lp = _log_posterior(a, y, mu, x, inv_mu, scratch[:2])
-    dlp = _dlog_posterior(a, y, mu, x, inv_mu, scratch)
+    lp = _log_posterior(a, y, mu, x, scratch)
+    dlp = _dlog_posterior(a, y, mu, x, scratch)
     initial_lp = lp.copy()
     kappa = np.full(g, KAPPA_0)
     iters = np.zeros(g, dtype=int)
@@ -368,8 +384,8 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
     eps = 1e-4
     # compact working set: rows `idx` of y, mu, inv_mu
     idx = np.arange(g)
-    yw, muw, imw = y, mu, inv_mu
-    target = 1
+    yw, muw = y, mu
+    target = 0
     for _ in range(MAXIT):
         if idx.size == 0:
             break
@@ -382,7 +398,7 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
             ki = np.where(a_prop > 10.0, (10.0 - ai) / di, ki)
         a_new = ai + ki * di
         k = idx.size
-        lp_new = _log_posterior(a_new, yw, muw, x, imw, tuple(b[:k] for b in scratch[:2]))
+        lp_new = _log_posterior(a_new, yw, muw, x, tuple(b[:k] for b in scratch))
         theta_kappa = -lp_new
         theta_hat = -lp[idx] - ki * eps * di**2
         accept = theta_kappa <= theta_hat
@@ -409,22 +425,24 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
             if cont.size:
                 c = cont.size
                 if c == k:
-                    yc, muc, imc = yw, muw, imw
+                    yc, muc = yw, muw
                 else:
-                    yc, muc, imc = (
-                        np.take(src, cont_pos, axis=0, out=dst[:c])
-                        for src, dst in zip((yw, muw, imw), gather)
+                    # the two spare slots of the ping-pong pair serve as gather buffers;
+                    # mode="clip": an unbuffered take (indices are valid)
+                    yc, muc = (
+                        np.take(src, cont_pos, axis=0, out=dst[:c], mode="clip")
+                        for src, dst in zip((yw, muw), sets[target])
                     )
-                dlp[cont] = _dlog_posterior(a[cont], yc, muc, x, imc, tuple(b[:c] for b in scratch))
+                dlp[cont] = _dlog_posterior(a[cont], yc, muc, x, tuple(b[:c] for b in scratch))
                 kc = np.minimum(ki[accept][~done] * 1.1, KAPPA_0)
                 kc = np.where(accepts[cont] % 5 == 0, kc / 2.0, kc)
                 kappa[cont] = kc
             if np.any(done):
-                keep = active[idx]
+                keep = np.flatnonzero(active[idx])
                 idx = idx[keep]
-                yw, muw, imw = (
-                    np.compress(keep, src, axis=0, out=dst[: idx.size])
-                    for src, dst in zip((yw, muw, imw), sets[target])
+                yw, muw = (
+                    np.take(src, keep, axis=0, out=dst[: idx.size], mode="clip")
+                    for src, dst in zip((yw, muw), sets[target])
                 )
                 target = 1 - target
     return a, iters, initial_lp, lp
