@@ -393,6 +393,25 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         step = np.where(nudge, 0.1, step)
         decrement = -np.einsum("gi,gi->g", gf, step)
         done = (decrement < tol_dev) & ~nudge.any(axis=1)
+        # a stationary point with a direction of negative curvature is a saddle (e.g. θ₁₁ =
+        # θ₂₁ = 0 in a random-slope model, where the optimum has a rank-one covariance):
+        # leave it along that direction, turned so that it points into the feasible region
+        if done.any():
+            sub = np.flatnonzero(done)
+            w_all, V_all = np.linalg.eigh(H[sub])
+            scale = np.maximum(np.abs(w_all).max(axis=1), 1.0)
+            v = V_all[:, :, 0]
+            bound_sub = at_bound[sub]
+            v = v * np.where((v * bound_sub).sum(axis=1) < 0, -1.0, 1.0)[:, None]
+            v = np.where(bound_sub & (v < 0), 0.0, v)
+            curv = np.einsum("gi,gij,gj->g", v, H[sub], v)
+            norm = np.abs(v).max(axis=1)
+            escape = (w_all[:, 0] < -1e-6 * scale) & (curv < -1e-6 * scale * norm ** 2) & (norm > 0)
+            if escape.any():
+                rows = sub[escape]
+                step[rows] = v[escape] / norm[escape, None]
+                decrement[rows] = 0.0
+                done[rows] = False
         converged[active[done]] = True
         active, th, step, decrement = active[~done], th[~done], step[~done], decrement[~done]
         if active.size == 0:
