@@ -333,6 +333,25 @@ def _dlog_posterior(log_alpha, y, mu, cr: _CoxReid, scratch=None):
 
 # genes x samples values per block of the dispersion line search (bounds its workspace)
 _LINE_SEARCH_BLOCK = 1_000_000
+# genes per evaluation block of the likelihood: its temporaries stay in the L2 cache
+_EVAL_ROWS = 128
+
+
+def _eval_blocked(f, log_alpha, y, mu, cr: _CoxReid, scratch) -> np.ndarray:
+    """``f(log_alpha, y, mu, cr)`` (a per-gene function) over blocks of rows.
+
+    ``scratch``: three arrays of ``_EVAL_ROWS`` rows that ``f`` works in.
+    Rows are independent, so the result is the same as one call on all rows.
+    """
+    g = y.shape[0]
+    b = scratch[0].shape[0]
+    if g <= b:
+        return f(log_alpha, y, mu, cr, tuple(s[:g] for s in scratch))
+    out = np.empty(g)
+    for s0 in range(0, g, b):
+        s1 = min(g, s0 + b)
+        out[s0:s1] = f(log_alpha[s0:s1], y[s0:s1], mu[s0:s1], cr, tuple(s[: s1 - s0] for s in scratch))
+    return out
 
 
 def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
@@ -362,27 +381,28 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
     rule -- increase of the objective below 1e-6 -- does not: its estimates
     differ from the optimum by ~1e-3 relative on small data sets).
 
-    The genes still searching are kept in compact copies of ``y``, ``mu``
-    and ``1 / mu``, shrunk whenever genes finish, so each step touches only
-    the rows it needs.  All gene x sample temporaries live in one workspace
-    allocated up front (large enough for huge pages; small temporaries
-    would otherwise be mapped and unmapped at every step).
+    The genes still searching are kept in compact copies of ``y`` and
+    ``mu``, shrunk whenever genes finish, so each step touches only the rows
+    it needs.  The gene x sample arrays live in one workspace allocated up
+    front (large enough for huge pages; temporaries of a few MB would
+    otherwise be mapped and unmapped at every step), and the likelihood is
+    evaluated in blocks of genes whose temporaries stay in cache.
     """
     g, n = y.shape
     x = _CoxReid(x)
-    ws = np.empty((7, g, n))
-    scratch = tuple(ws[:3])
-    sets = (tuple(ws[3:5]), tuple(ws[5:7]))  # ping-pong targets of the compaction
+    ws = np.empty((4, g, n))
+    sets = (tuple(ws[0:2]), tuple(ws[2:4]))  # ping-pong targets of the compaction
+    scratch = tuple(np.empty((min(g, _EVAL_ROWS), n)) for _ in range(3))
     a = log_alpha0.astype(float).copy()
-    lp = _log_posterior(a, y, mu, x, scratch)
-    dlp = _dlog_posterior(a, y, mu, x, scratch)
+    lp = _eval_blocked(_log_posterior, a, y, mu, x, scratch)
+    dlp = _eval_blocked(_dlog_posterior, a, y, mu, x, scratch)
     initial_lp = lp.copy()
     kappa = np.full(g, KAPPA_0)
     iters = np.zeros(g, dtype=int)
     accepts = np.zeros(g, dtype=int)
     active = np.ones(g, dtype=bool)
     eps = 1e-4
-    # compact working set: rows `idx` of y, mu, inv_mu
+    # compact working set: rows `idx` of y and mu
     idx = np.arange(g)
     yw, muw = y, mu
     target = 0
@@ -398,7 +418,7 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
             ki = np.where(a_prop > 10.0, (10.0 - ai) / di, ki)
         a_new = ai + ki * di
         k = idx.size
-        lp_new = _log_posterior(a_new, yw, muw, x, tuple(b[:k] for b in scratch))
+        lp_new = _eval_blocked(_log_posterior, a_new, yw, muw, x, scratch)
         theta_kappa = -lp_new
         theta_hat = -lp[idx] - ki * eps * di**2
         accept = theta_kappa <= theta_hat
@@ -433,7 +453,7 @@ def _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha):
                         np.take(src, cont_pos, axis=0, out=dst[:c], mode="clip")
                         for src, dst in zip((yw, muw), sets[target])
                     )
-                dlp[cont] = _dlog_posterior(a[cont], yc, muc, x, tuple(b[:c] for b in scratch))
+                dlp[cont] = _eval_blocked(_dlog_posterior, a[cont], yc, muc, x, scratch)
                 kc = np.minimum(ki[accept][~done] * 1.1, KAPPA_0)
                 kc = np.where(accepts[cont] % 5 == 0, kc / 2.0, kc)
                 kappa[cont] = kc
