@@ -251,6 +251,15 @@ def test_general_engine_reaches_the_best_optimum_from_any_start(model, formula):
     fit = lmm.fit_arrays(Y, prepared)
     assert fit.converged.all()
     data = core.GeneData.from_matrix(Y, prepared)
+    if model == "slopes":
+        # the random-slope start is the moment estimate (with a correlation), near the optimum
+        from batchmix._lmm_block import moment_start
+
+        moment = moment_start(data, prepared)
+        assert np.isfinite(moment).all()
+        np.testing.assert_array_equal(core.start_values(data, prepared, True), moment)
+        excess = core.evaluate(moment, data, prepared, True).deviance + 2.0 * fit.loglik
+        assert np.median(excess) < 0.5
     start = np.tile(prepared.theta_start(), (Y.shape[0], 1))
     for theta0 in (start, 0.5 * start, 2.0 * start + 0.1):
         theta, _ = core.optimise(data, prepared, True, theta0=theta0)

@@ -169,3 +169,42 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
                             - s_k[:, :, None] * s_k[:, None, :] / (r2 ** 2)[:, None, None])
     return ev
+
+
+def moment_start(data, prepared) -> np.ndarray | None:
+    """Moment estimate of θ for a single random term from the sufficient statistics.
+
+    Per level j, b̂_j = C_j⁻¹ Z_j'r with r = y − Xβ̂ (OLS); their spread across levels
+    estimates Σ/σ² + mean(C_j⁻¹) (Swamy's estimator), σ² coming from the pooled residuals
+    of the per-level fits. T is the Cholesky factor of the estimate (eigenvalues floored at
+    0, so boundary starts are possible). None when a level's C_j is singular or the levels
+    leave no residual degrees of freedom.
+    """
+    bd: BlockDesign = prepared.block
+    J, s, n, p = bd.J, bd.s, prepared.n, prepared.p
+    if n <= J * s or J < 2:
+        return None
+    w = np.linalg.eigvalsh(bd.C)
+    if (w[:, 0] <= 1e-8 * np.maximum(w[:, -1], 1e-300)).any():
+        return None
+    Cinv = np.linalg.inv(bd.C)                                   # J × s × s
+    G = data.yty.shape[0]
+    beta = np.linalg.solve(prepared.XtX, data.Xty.T).T          # G × p
+    Zr = data.Zty.reshape(G, J, s) - np.einsum("jap,gp->gja", bd.ZX, beta)
+    bhat = np.einsum("jab,gjb->gja", Cinv, Zr)                  # G × J × s
+    rss = data.yty - np.einsum("gp,gp->g", beta, data.Xty)
+    within = rss - np.einsum("gja,gja->g", bhat, Zr)
+    sigma2 = np.maximum(within / (n - J * s), 1e-12 * np.maximum(rss / n, 1e-300))
+    centred = bhat - bhat.mean(axis=1, keepdims=True)
+    S = np.einsum("gja,gjb->gab", centred, centred) / (J - 1)
+    Sigma = S / sigma2[:, None, None] - Cinv.mean(axis=0)[None]
+    w, V = np.linalg.eigh(Sigma)
+    w = np.clip(w, 0.0, None)
+    # a factor with non-negative diagonal: the Cholesky factor of V w V' via QR of (V √w)'
+    F = V * np.sqrt(w)[:, None, :]                               # Σ = F F'
+    _, R = np.linalg.qr(F.transpose(0, 2, 1))                    # F' = Q R → Σ = R' R
+    T = R.transpose(0, 2, 1)                                     # lower triangular
+    sign = np.where(np.diagonal(T, axis1=1, axis2=2) < 0, -1.0, 1.0)
+    T = T * sign[:, None, :]
+    theta = T[:, bd.rows, bd.cols]
+    return np.where(np.isfinite(theta).all(axis=1, keepdims=True), theta, np.nan)

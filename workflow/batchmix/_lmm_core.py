@@ -477,11 +477,20 @@ def start_values(data: GeneData, prepared: PreparedDesign, reml: bool) -> np.nda
     :mod:`batchmix._lmm_onecomp`; its √λ starts the corresponding diagonal entry of T,
     off-diagonal entries start at 0. Compared with lme4's start (θ = 1), the Newton
     iterations then begin near the optimum (or on the boundary when a column alone
-    shows no variance).
+    shows no variance). A single random term with several columns (``(Days|Subject)``)
+    starts instead at the moment estimate of :func:`batchmix._lmm_block.moment_start`
+    (which includes the correlation) where that exists.
     """
     from ._lmm_onecomp import lambda_from_stats
 
     G = data.yty.shape[0]
+    moment = None
+    if prepared.block is not None:
+        from ._lmm_block import moment_start
+
+        moment = moment_start(data, prepared)
+        if moment is not None and np.isfinite(moment).all():
+            return moment
     theta = np.tile(prepared.theta_start(), (G, 1))
     offset, k = 0, 0
     for block in prepared.random.blocks:
@@ -493,6 +502,9 @@ def start_values(data: GeneData, prepared: PreparedDesign, reml: bool) -> np.nda
             theta[:, k] = np.sqrt(lam)
             k += s - c
         offset += s * J
+    if moment is not None:
+        ok = np.isfinite(moment).all(axis=1)
+        theta[ok] = moment[ok]
     return theta
 
 
