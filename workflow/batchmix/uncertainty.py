@@ -4,9 +4,14 @@ Two methods, each checked against its own reference (lme4 ``bootMer`` and Stan/b
 sleepstudy data, see ``tests/data/sleepstudy_uncertainty/``):
 
 * :func:`bootstrap`: lme4's ``bootMer(type = "parametric", use.u = FALSE)`` for all genes at
-  once. New random effects and residuals are simulated from each gene's REML fit, and all
-  ``B × G`` simulated responses are refitted through the LMM engine's shared-design path
-  (:func:`batchmix.lmm.prepare` / :func:`batchmix.lmm.fit_arrays`). Percentile intervals are
+  once. Each gene is fitted with :func:`batchmix.lmm.fit_arrays`; new random effects and
+  residuals are simulated from its fit, and all ``B × G`` simulated responses are refitted with
+  the shared design (:func:`batchmix.lmm.prepare`). A refit sees a response only through
+  ``X'y``, ``Z'y`` and ``y'y``, so responses are simulated directly in that form (``r + 1``
+  numbers, r = rank of [X Z], instead of n; the exact same law). One-variance-component models
+  are refitted with the engine's rotation and a lean global-grid + Newton search over λ, any
+  other model with the engine's θ-Newton path started at the gene's θ̂ (as bootMer's
+  ``refit()``), boundary refits retried from interior starts. Percentile intervals are
   ``numpy.quantile(method="linear")`` (R's ``quantile(type = 7)``). Singular refits are counted
   and kept, as bootMer keeps them.
 
@@ -470,7 +475,8 @@ def posterior_arrays(
         Scale of the half-Cauchy prior on σ_b/σ.
     n_grid : int
         Points of each gene's grid over ``log λ`` (it spans where the posterior density of
-        ``log λ`` is above ``exp(−32)`` times its maximum). 64 is accurate to ~1e-6 posterior SD.
+        ``log λ`` is above ``exp(−32)`` times its maximum). With 64, means, SDs and quantiles agree
+        with a dense 8,000-point brute force to ≤ 0.002 posterior SD (β and σ to ~1e-6; the tests).
     probs : tuple of float
         Quantile probabilities.
     keep_grid : bool
