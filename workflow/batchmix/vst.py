@@ -1034,21 +1034,23 @@ def _vst_values(
     step = _block_rows(g)
     if trend.fit_type == "parametric":
         a0, a1 = trend.coefficients["a0"], trend.coefficients["a1"]
+        # DESeq2: log2((1 + a1 + 2 a0 q + 2 sqrt(a0 q (1 + a1 + a0 q))) / (4 a0)),
+        # q = y / sf.  With c = 1 + a1 and t = 2 a0 q this is
+        # log2(c + t + sqrt(t (t + 2 c))) - log2(4 a0): eight passes per block.
         c = 1.0 + a1
+        scale = (2.0 * a0) / sf
+        shift = math.log2(4.0 * a0)
         tmp = np.empty((min(n, step), g))
         for s0 in range(0, n, step):
             s1 = min(n, s0 + step)
-            u = np.divide(yt[s0:s1], sf[s0:s1, None], out=out[s0:s1])
-            t = np.multiply(u, a0, out=tmp[: s1 - s0])
-            # log2((1 + a1 + 2 a0 q + 2 sqrt(a0 q (1 + a1 + a0 q))) / (4 a0)), as _vst_parametric
-            np.add(t, c, out=u)
+            t = np.multiply(yt[s0:s1], scale[s0:s1, None], out=tmp[: s1 - s0])
+            u = np.add(t, 2.0 * c, out=out[s0:s1])
             u *= t
             np.sqrt(u, out=u)
             u += t
-            u *= 2.0
             u += c
-            u /= 4.0 * a0
             np.log2(u, out=u)
+            u -= shift
         return out
     if trend.fit_type == "mean":
         alpha = trend.coefficients["mean"]
