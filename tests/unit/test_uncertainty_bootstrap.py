@@ -258,15 +258,10 @@ def test_bootstrap_refits_reach_lme4_optimum(name, start):
     np.testing.assert_array_equal(singular[clear], (r["singular"].astype(str).str.strip() == "TRUE")[clear])
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("sim", marks=pytest.mark.xfail(
-        strict=True, reason="batchmix.lmm (2f33535) still stops at θ = (0, 0, 0.23) and (0, 0, 0) for sim y5 and "
-                            "y6, 0.62 and 0.10 above lme4's REML criterion (reported); the bootstrap's boundary "
-                            "restarts reach lme4's optimum (test above)")),
-    "sleep",
-])
+@pytest.mark.parametrize("name", ["sim", "sleep"])
 def test_engine_fit_reaches_lme4_optimum_on_boundary_cases(name):
-    """batchmix.lmm itself on the same responses (it used to stop at θ₁₁ = 0 above lme4's optimum)."""
+    """batchmix.lmm itself on the same responses (before 7d3ee67 it stopped at θ₁₁ = 0 above lme4's optimum
+    on some of them; the bootstrap's boundary restarts stay as a guard)."""
     d, formula, Y, r = _lme4_refit_sets()[name]
     dev = -2 * lmm.fit_arrays(Y, lmm.prepare(formula, d)).loglik
     lme4 = r["REMLcrit"].to_numpy()
