@@ -62,6 +62,7 @@ class PreparedDesign:
     d2D: np.ndarray = field(init=False)
     df_residual: int = field(init=False)
     onecomp: object = field(init=False, default=None)
+    diagonal_lambda: np.ndarray | None = field(init=False, default=None)
     block: object = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -100,6 +101,11 @@ class PreparedDesign:
         # ∂²D_kl = E_k E_l' + E_l E_k', constant in θ because Λ is linear in θ
         prod = np.einsum("kij,lmj->klim", E, E)
         self.d2D = prod + prod.transpose(1, 0, 3, 2)
+        if m and all(block.n_terms == 1 for block in self.random.blocks):
+            # Λ diagonal: column i carries θ_{index(i)}; L is the q × m indicator
+            L = np.zeros((q, m))
+            L[self.theta_rows, self.theta_index] = 1.0
+            self.diagonal_lambda = L
         rank = np.linalg.matrix_rank(np.column_stack([X, Z])) if Z.size else X.shape[1]
         self.df_residual = int(X.shape[0] - rank)
 
@@ -246,6 +252,9 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
     B = ev.ZVZ - np.matmul(np.matmul(ev.ZVX, Minv), ev.ZVX.transpose(0, 2, 1))
     a = ev.ZVy - np.einsum("gqp,gp->gq", ev.ZVX, ev.beta)
     Bf = B if reml else ev.ZVZ
+    if pd_.diagonal_lambda is not None:
+        _derivatives_diagonal(ev, pd_, reml, order, B, Bf, a)
+        return
     ELt = np.matmul(pd_.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
     dD = ELt + ELt.transpose(0, 1, 3, 2)
     G, m, q = dD.shape[0], dD.shape[1], dD.shape[2]
@@ -272,6 +281,46 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
         aa = (a[:, :, None] * a[:, None, :]).reshape(G, q * q)
         r2_hess = (2.0 * np.matmul(v, Bv.transpose(0, 2, 1))
                    - (aa @ d2D_flat.T).reshape(G, m, m))
+        ev.f_hess = f_hess
+        ev.r2_hess = r2_hess
+        ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
+                                - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
+
+
+def _derivatives_diagonal(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int,
+                          B: np.ndarray, Bf: np.ndarray, a: np.ndarray) -> None:
+    """:func:`_derivatives` when Λ is diagonal (random intercepts / single columns only).
+
+    With L (q × m) the indicator of each θ's columns and t = θ per column, dD_k =
+    2θ_k diag(L_k) and ∂²D_kl = 2δ_kl diag(L_k), so every trace is a sum over blocks:
+    tr(B dD_k) = 2θ_k Σ_{i∈k} B_ii, tr(B dD_k B dD_l) = 4θ_kθ_l Σ_{i∈k, j∈l} B_ij², and
+    the q × q stacks of the general formulas are never formed.
+    """
+    n, p = pd_.n, pd_.p
+    L = pd_.diagonal_lambda                                    # q × m
+    G = B.shape[0]
+    theta_q = np.diagonal(ev.lam, axis1=1, axis2=2)            # G × q
+    theta_m = theta_q @ (L / L.sum(axis=0))                    # G × m
+    k = (n - p) if reml else n
+    r2 = ev.r2
+    two_t = 2.0 * theta_m
+    f_grad = two_t * (np.diagonal(Bf, axis1=1, axis2=2) @ L)
+    a2 = a * a
+    s = two_t * (a2 @ L)
+    ev.f_grad = f_grad
+    ev.r2_grad = -s
+    Wx = ev.ZVX                                                # G × q × p
+    outer = (Wx[:, :, :, None] * Wx[:, :, None, :]).reshape(G, -1, p * p)
+    per_block = np.matmul(outer.transpose(0, 2, 1), L)         # G × p² × m
+    ev.dM = -(two_t[:, None, :] * per_block).transpose(0, 2, 1).reshape(G, -1, p, p)
+    ev.grad = f_grad - k * s / r2[:, None]
+    if order >= 2:
+        tt = theta_m[:, :, None] * theta_m[:, None, :]
+        LtBBL = np.matmul(np.matmul(L.T, Bf * Bf), L)         # G × m × m
+        f_hess = 2.0 * np.eye(L.shape[1])[None] * (np.diagonal(Bf, axis1=1, axis2=2) @ L)[:, None, :] \
+            - 4.0 * tt * LtBBL
+        aBa = np.matmul(np.matmul(L.T, a[:, :, None] * B * a[:, None, :]), L)
+        r2_hess = 8.0 * tt * aBa - 2.0 * np.eye(L.shape[1])[None] * (a2 @ L)[:, None, :]
         ev.f_hess = f_hess
         ev.r2_hess = r2_hess
         ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
