@@ -350,6 +350,10 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
     are made positive (|λ|, floored) so every step descends, steps are halved until
     the deviance decreases, and θ's diagonal entries are kept ≥ 0 (a boundary
     coordinate with a non-negative gradient and positive curvature is held fixed).
+    Two kinds of spurious stopping points are left: a zero diagonal entry of T with
+    entries below it (their signs are flipped so that the gradient points inward; the
+    deviance is unchanged), and saddle points (a stationary point where the Hessian has a
+    negative eigenvalue is left along that eigenvector, turned into the feasible side).
 
     Returns
     -------
