@@ -17,6 +17,7 @@ include: "workflow/rules/stabilise.smk"
 include: "workflow/rules/lmm.smk"
 include: "workflow/rules/simpson.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/uncertainty.smk"
 
 
 rule all:

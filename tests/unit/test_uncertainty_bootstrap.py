@@ -106,7 +106,7 @@ def test_singular_refits_are_counted_and_kept_as_bootmer_does(boots):
 
 def test_refits_on_real_responses_equal_the_engine_fit():
     """The compressed sufficient statistics of an observed y refit to lmm.fit_arrays(y): the same
-    optimum (or a lower criterion where the engine stops on a boundary, see the xfail below)."""
+    optimum (or a lower criterion where the engine stops on a boundary)."""
     from batchmix import _lmm_core as core
 
     rng = np.random.default_rng(4)

@@ -35,6 +35,9 @@ scattergather:
 # batch-corrected expression (expression minus the batch BLUPs).
 BATCH_IS_RANDOM = batch_is_random(config)
 
+# The optional uncertainty stage (parametric bootstrap and/or exact grid posterior).
+UNCERTAINTY_ENABLED = config["uncertainty"]["bootstrap"] > 0 or config["uncertainty"]["bayes"]
+
 
 def final_outputs():
     """Every file the run produces, for rule all."""
@@ -49,6 +52,8 @@ def final_outputs():
         outputs.append("results/corrected/expression.tsv.gz")
     if config["simpson"]["enabled"]:
         outputs.append("results/simpson/reversals.tsv")
+    if UNCERTAINTY_ENABLED:
+        outputs += ["results/uncertainty/bootstrap.tsv", "results/uncertainty/posterior.tsv"]
     return outputs
 
 
@@ -97,4 +102,9 @@ def report_inputs(wildcards):
         inputs["reversals"] = "results/simpson/reversals.tsv"
         inputs["simpson_summary"] = "results/simpson/summary.json"
         inputs["simpson_figure"] = "results/simpson/top_pairs.png"
+    if UNCERTAINTY_ENABLED:
+        inputs["uncertainty_summary"] = "results/uncertainty/summary.json"
+        inputs["uncertainty_bootstrap"] = "results/uncertainty/bootstrap.tsv"
+        inputs["uncertainty_posterior"] = "results/uncertainty/posterior.tsv"
+        inputs["uncertainty_figures"] = "results/uncertainty/figures"
     return inputs
