@@ -286,3 +286,47 @@ def test_mean_sd_running_median_by_hand():
     s = np.sqrt(2)
     np.testing.assert_allclose(tab["sd"], [1 / s, 0, 2 / s, 0, 4 / s])
     np.testing.assert_allclose(tab["running_median_sd"], [(1 / s) / 2, 1 / s, 0, 2 / s, 2 / s])
+
+
+# ---------------------------------------------------------------- fast-path equivalences
+
+
+def test_integer_and_float_counts_give_identical_results(pasilla_counts):
+    # integer counts are processed without a float64 copy of the matrix; a float
+    # table (here also C-ordered, i.e. not pandas' usual layout) must give the same
+    as_float = pd.DataFrame(
+        np.ascontiguousarray(pasilla_counts.to_numpy(dtype=float)),
+        index=pasilla_counts.index,
+        columns=pasilla_counts.columns,
+    )
+    a = V.vst(pasilla_counts, nsub=1000)
+    b = V.vst(as_float, nsub=1000)
+    np.testing.assert_array_equal(a.values.to_numpy(), b.values.to_numpy())
+    np.testing.assert_array_equal(a.size_factors.to_numpy(), b.size_factors.to_numpy())
+    pd.testing.assert_frame_equal(a.dispersions, b.dispersions, check_exact=True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_missing_or_infinite_counts_are_rejected(bad):
+    counts = pd.DataFrame({"a": [1.0, bad, 3.0], "b": [2.0, 3.0, 4.0]})
+    with pytest.raises(ValueError, match="missing or infinite"):
+        V.size_factors(counts)
+
+
+def test_row_medians_equal_numpy_median():
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3, 8, 101, 1000):
+        v = np.round(rng.normal(size=(20, k)), 1)  # with ties
+        np.testing.assert_array_equal(V._row_medians(v.copy()), np.median(v, axis=1))
+
+
+def test_blocked_line_search_matches_one_block(pasilla_counts, monkeypatch):
+    # blocks of genes (workspace bound) and of rows (cache) must not change any iterate
+    counts = pasilla_counts[pasilla_counts.sum(axis=1) > 0].iloc[:600]
+    sf = V.size_factors(pasilla_counts).to_numpy()
+    y = counts.to_numpy(dtype=float)
+    one = V.estimate_dispersions(y, sf)
+    monkeypatch.setattr(V, "_LINE_SEARCH_BLOCK", 7 * 97)  # 97 genes per block
+    monkeypatch.setattr(V, "_EVAL_ROWS", 13)
+    blocked = V.estimate_dispersions(y, sf)
+    pd.testing.assert_frame_equal(one, blocked, check_exact=True)
