@@ -208,10 +208,11 @@ def test_deterministic_and_column_layout(small):
     assert first.gene_fits["df_residual"].iloc[0] == 24 - 5   # n - rank [X Z] = 24 - (2 + 4 - 1)
 
 
-def test_formula_without_random_term_is_rejected(small):
+def test_formula_without_random_term_is_fitted_by_ols(small):
+    # checked against statsmodels in test_lmm_ols.py
     expression, samples = small
-    with pytest.raises(ValueError, match="no random term"):
-        lmm.fit(expression, samples, "~ condition")
+    fit = lmm.fit(expression, samples, "~ condition")
+    assert fit.blups.empty and (fit.gene_fits["loglik"] == fit.gene_fits["ols_loglik"]).all()
 
 
 def _simulated(model: str, genes: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:

@@ -6,6 +6,7 @@ import gzip
 import json
 
 import pandas as pd
+import yaml
 
 from conftest import REPO, make_run_dir, result_files, run_snakemake, SNAKEMAKE
 
@@ -92,3 +93,20 @@ def test_lint_reports_nothing_on_the_repository():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Lints for" not in out, out
+
+
+def test_model_without_random_term_runs_without_a_corrected_table(tmp_path):
+    """A fixed-effects-only model is fitted by OLS per gene; there is no batch correction to write."""
+    run_dir = make_run_dir(tmp_path / "run")
+    config = yaml.safe_load((run_dir / "fixture.yaml").read_text())
+    config.update({"model": "~ Infection + Batch", "simpson": {"enabled": False}})
+    (run_dir / "fixture.yaml").write_text(yaml.safe_dump(config))
+    proc = run_snakemake(run_dir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = set(result_files(run_dir))
+    assert "results/corrected/expression.tsv.gz" not in files
+    assert {"results/lmm/gene_fits.tsv", "results/report.html"} <= files
+    fits = pd.read_csv(run_dir / "results/lmm/gene_fits.tsv", sep="\t")
+    fitted = fits[fits["status"] == "ok"]
+    assert len(fitted) >= 180 and (fitted["loglik"] == fitted["ols_loglik"]).all()
+    assert "frac_Batch" in fits.columns and "var_Batch" not in fits.columns

@@ -79,9 +79,12 @@ def prepare(formula: str, samples: pd.DataFrame, reml: bool = True) -> PreparedD
         the rotation used by the fast path.
     """
     parsed = parse_formula(formula)
-    if not parsed.random:
-        raise ValueError(f"formula {formula!r} has no random term such as '(1 | batch)'")
     X, names = fixed_design(formula, samples)
+    if not parsed.random:
+        # No random term: every gene is an ordinary least-squares fit (Z has no columns), so a
+        # config without a batch random effect still runs and reports the same columns.
+        rd = RandomDesign(blocks=[])
+        return PreparedDesign(X=X, Z=np.zeros((X.shape[0], 0)), fixed_names=names, random=rd, reml=reml)
     rd = random_design(formula, samples)
     prepared = PreparedDesign(X=X, Z=rd.Z, fixed_names=names, random=rd, reml=reml)
     prepared.onecomp = prepare_onecomp(prepared)
@@ -146,6 +149,27 @@ def _ols_loglik_from_rss(rss: np.ndarray, prepared: PreparedDesign, reml: bool) 
         return -0.5 * n * (1.0 + np.log(2.0 * np.pi * rss / n))
 
 
+def _fit_ols_arrays(Y: np.ndarray, prepared: PreparedDesign) -> ArrayFit:
+    """Per-gene OLS for a model without random terms, in :class:`ArrayFit`'s layout.
+
+    σ² is RSS/(n − p) under REML and RSS/n under ML (the ML estimate, as ``lm`` + ``logLik(REML =
+    FALSE)`` uses); the t-tests have n − p degrees of freedom, which is what Satterthwaite gives
+    when there are no variance components.
+    """
+    G, (n, p) = Y.shape[0], prepared.X.shape
+    XtX_inv = np.linalg.inv(prepared.XtX)
+    beta = (Y @ prepared.X) @ XtX_inv
+    resid = Y - beta @ prepared.X.T
+    rss = np.einsum("gi,gi->g", resid, resid)
+    sigma2 = rss / ((n - p) if prepared.reml else n)
+    # the coefficients' covariance always uses the unbiased σ², as lm's summary does
+    vcov = (rss / (n - p))[:, None, None] * XtX_inv[None, :, :]
+    loglik = _ols_loglik_from_rss(rss, prepared, prepared.reml)
+    return ArrayFit(theta=np.zeros((G, 0)), beta=beta, vcov=vcov, df=np.full((G, p), float(n - p)),
+                    sigma2=sigma2, loglik=loglik, ols_loglik=loglik, b=np.zeros((G, 0)),
+                    converged=np.isfinite(loglik), singular=np.zeros(G, dtype=bool), ols_rss=rss)
+
+
 def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
                theta: np.ndarray | None = None, yty: np.ndarray | None = None) -> ArrayFit:
     """Fit every row of ``Y`` (genes × samples, no missing values) with the shared design.
@@ -175,6 +199,8 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     reml = prepared.reml
     p, n = prepared.p, prepared.n
     k = (n - p) if reml else n
+    if prepared.m == 0:
+        return _fit_ols_arrays(Y, prepared)
     use_onecomp = theta is None and (
         method == "onecomp" or (method == "auto" and prepared.onecomp is not None))
     if use_onecomp:
@@ -311,7 +337,11 @@ def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict
     lrt = np.where(lrt < LRT_ZERO, 0.0, lrt)
     cols["lrt_stat"] = lrt
     cols["lrt_df"] = np.full(G, float(m))
-    if m == 1:
+    if m == 0:
+        # no random term: nothing to test against OLS
+        cols["lrt_stat"] = np.full(G, np.nan)
+        lrt_p = np.full(G, np.nan)
+    elif m == 1:
         # one variance component on the boundary: 50:50 mixture of χ²₀ and χ²₁
         lrt_p = np.where(lrt > 0, 0.5 * stats.chi2.sf(lrt, 1), 1.0)
     else:
@@ -492,7 +522,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         except (ValueError, np.linalg.LinAlgError):
             status[members] = "failed:too_few_observations"
             continue
-        if prepared.n - prepared.p < 2 or prepared.q == 0:
+        if prepared.n - prepared.p < 2 or (prepared.q == 0 and full.q > 0):
             status[members] = "failed:too_few_observations"
             continue
         constant = _constant_rows(Y, yty)
@@ -519,7 +549,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
             if name not in columns:
                 columns[name] = np.full(G, np.nan)
             columns[name][gsel] = vals[good]
-        if gsel.size == 0:
+        if gsel.size == 0 or not blup_parts:
             continue
         # one row per gene and column of Z (blocks, then levels, then terms), genes in order
         groups, levels, terms = [], [], []
