@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import re
 from pathlib import Path
@@ -548,4 +549,230 @@ def test_snakemake_report_caption_covers_every_figure(default_build):
     keys = set(re.findall(r'"(\w+)":', caption))
     for png in figures.glob("*.png"):
         assert re.sub(r"_\d+$", "", png.stem) in keys, png.name
-    assert keys == {"pca", "batch_share", "variance_fractions", "top_batch_genes", "shrinkage", "mean_sd"}
+    assert keys == {"pca", "batch_share", "variance_fractions", "top_batch_genes", "shrinkage", "mean_sd",
+                    "bootstrap_band", "posterior"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Uncertainty section (inputs of batchmix.uncertainty, written here by hand)
+
+def _png(colour: str) -> bytes:
+    """A small PNG whose bytes differ by colour, to tell the copied figures apart."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().fill_between([0, 1], 0, 1, color=colour)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# bootstrap.tsv and posterior.tsv rows of the figure gene G00, as batchmix.uncertainty writes them.
+BOOT_ROWS = [
+    # param, estimate, q2.5, q50, q97.5, boot_mean, boot_sd
+    ("b_Intercept", 7.5, 6.9, 7.49, 8.1, 7.48, 0.31),
+    ("b_InfectionMock", -1.5, -1.8, -1.51, -1.2, -1.5, 0.15),
+    ("sd_Batch__Intercept", 0.9, 0.2, 0.85, 1.6, 0.86, 0.36),
+    ("sigma", 0.5, 0.38, 0.49, 0.61, 0.49, 0.06),
+    ("ICC", 0.76, 0.2, 0.74, 0.93, 0.7, 0.18),
+]
+POST_ROWS = [
+    # param, mean, sd, q2.5, q50, q97.5
+    ("b_Intercept", 7.5, 0.5, 6.5, 7.5, 8.5),
+    ("b_InfectionMock", -1.5, 0.16, -1.82, -1.5, -1.18),
+    ("sigma", 0.52, 0.07, 0.4, 0.51, 0.67),
+    ("sd_Batch__Intercept", 1.1, 0.6, 0.4, 0.95, 2.7),
+    ("ICC", 0.72, 0.15, 0.35, 0.75, 0.95),
+]
+OLS_VS_LMM = [
+    {"model": "OLS", "logLik": -25.0, "AIC": 44.0, "BIC": 47.0, "LRT": None, "df": None, "p": None},
+    {"model": "LMM", "logLik": -20.0, "AIC": 41.25, "BIC": 45.5, "LRT": 10.0, "df": 1.0, "p": 0.0016},
+]
+
+
+def add_uncertainty(root: Path, inputs: dict, *, posterior_status: str = "ok", bootstrap: int = 400,
+                    bayes: bool = True, prior: str = "unif_icc") -> dict[str, bytes]:
+    """Write the uncertainty stage's outputs for figure gene G00 and add them to ``inputs``.
+
+    Returns the two figures' bytes, keyed ``bootstrap_band`` and ``posterior`` (the posterior
+    figure exists only when ``posterior_status`` is ``ok``).
+    """
+    d = root / "results/uncertainty"
+    (d / "figures").mkdir(parents=True, exist_ok=True)
+    columns = ["gene_id", "param", "status", "estimate", "q2.5", "q50", "q97.5", "boot_mean", "boot_sd",
+               "n_singular", "n_fail", "n_na"]
+    boot = pd.DataFrame([("G00", p, "ok", *v, 3, 1, 1) for p, *v in BOOT_ROWS], columns=columns)
+    # Another gene, not drawn: it must not reach the page's table.
+    boot = pd.concat([boot, boot.assign(gene_id="G01", estimate=99.0)], ignore_index=True)
+    if not bootstrap:
+        boot = boot.iloc[:0]
+    _write_tsv(boot, d / "bootstrap.tsv")
+    post_columns = ["gene_id", "param", "status", "mean", "sd", "q2.5", "q50", "q97.5"]
+    if posterior_status == "ok":
+        post = pd.DataFrame([("G00", p, "ok", *v) for p, *v in POST_ROWS], columns=post_columns)
+    else:
+        post = pd.DataFrame([("G00", p, posterior_status, *[np.nan] * 5) for p in ("b_Intercept", "b_InfectionMock", "sigma")],
+                            columns=post_columns)
+    if not bayes:
+        post = post.iloc[:0]
+    _write_tsv(post, d / "posterior.tsv")
+    written = {"bootstrap_band": _png("tab:orange")}
+    names = {"bootstrap_band": "G00.bootstrap_band.png"}
+    if bayes and posterior_status == "ok":
+        written["posterior"] = _png("tab:blue")
+        names["posterior"] = "G00.posterior.png"
+    if not bootstrap:
+        del written["bootstrap_band"], names["bootstrap_band"]
+    for kind, data in written.items():
+        (d / "figures" / names[kind]).write_bytes(data)
+    summary = {
+        "formula": "~ Infection + (1|Batch)", "n_genes": 12, "n_selected": 2,
+        "bootstrap": {"nsim": bootstrap, "seed": 11, "n_genes": 2, "n_singular": 6, "n_fail": 2, "seconds": 0.5},
+        "posterior": {"enabled": bayes, "prior": prior, "prior_scale": 2.5, "seconds": 0.1,
+                      "status_counts": {posterior_status: 2}},
+        "figures": {"G00": names},
+        "ols_vs_lmm": {"G00": OLS_VS_LMM},
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    inputs.update({
+        "uncertainty_summary": str(d / "summary.json"), "uncertainty_bootstrap": str(d / "bootstrap.tsv"),
+        "uncertainty_posterior": str(d / "posterior.tsv"), "uncertainty_figures": str(d / "figures"),
+    })
+    return written
+
+
+def _build_with_uncertainty(tmp_path: Path, **options) -> tuple[str, Path, dict[str, bytes]]:
+    config, inputs = make_study(tmp_path)
+    written = add_uncertainty(tmp_path, inputs, **options)
+    config["uncertainty"] = {"bootstrap": options.get("bootstrap", 400), "bayes": options.get("bayes", True)}
+    html_path = tmp_path / "results/report.html"
+    figures = tmp_path / "results/figures"
+    report.build_report(config, inputs, html_path, figures)
+    return html_path.read_text(), figures, written
+
+
+def _section(page: str, section: str) -> str:
+    return re.search(rf'<section id="{section}">(.*?)</section>', page, re.S).group(1)
+
+
+def _downloads(page: str) -> dict[str, str]:
+    found = re.findall(r'href="data:text/tab-separated-values;base64,([A-Za-z0-9+/=]+)" download="([^"]+)"', page)
+    return {name: base64.b64decode(data).decode() for data, name in found}
+
+
+def test_uncertainty_intervals_join_bootstrap_and_posterior_by_parameter():
+    boot = pd.DataFrame({"gene_id": ["A", "A", "B"], "param": ["b_x", "sd_g", "b_x"], "status": "ok",
+                         "estimate": [1.0, 2.0, 3.0], "q2.5": [0.5, 1.0, 2.5], "q50": [1.0, 2.0, 3.0],
+                         "q97.5": [1.5, 3.0, 3.5], "boot_mean": 0.0, "boot_sd": [0.25, 0.5, 0.25]})
+    post = pd.DataFrame({"gene_id": ["A", "A", "A"], "param": ["sigma", "sd_g", "b_x"], "status": "ok",
+                         "mean": [4.0, 2.5, 1.0], "sd": [0.1, 0.6, 0.2], "q2.5": [3.8, 1.4, 0.6],
+                         "q50": [4.0, 2.4, 1.0], "q97.5": [4.2, 3.9, 1.4]})
+    table = report.uncertainty_intervals(boot, post, ["A"])
+    assert list(table.columns) == ["gene_id", "param", "estimate", "boot_q2.5", "boot_q50", "boot_q97.5", "boot_sd",
+                                   "post_mean", "post_q2.5", "post_q50", "post_q97.5", "post_sd"]
+    # The bootstrap's parameters in its order, then the one only the posterior has; B is not asked for.
+    assert list(table["param"]) == ["b_x", "sd_g", "sigma"]
+    assert table.loc[1].drop(["gene_id", "param"]).tolist() == [2.0, 1.0, 2.0, 3.0, 0.5, 2.5, 1.4, 2.4, 3.9, 0.6]
+    assert table.loc[2, ["estimate", "boot_q2.5", "boot_sd"]].isna().all()
+    assert table.loc[2, ["post_mean", "post_q97.5"]].tolist() == [4.0, 4.2]
+    # Without a posterior: the bootstrap columns only.
+    only_boot = report.uncertainty_intervals(boot, post.iloc[:0], ["B", "A"])
+    assert list(only_boot["gene_id"]) == ["B", "A", "A"] and "post_mean" not in only_boot.columns
+
+
+def test_report_without_uncertainty_has_no_uncertainty_section(default_build):
+    page, figures, _ = default_build
+    assert 'id="uncertainty"' not in page and 'href="#uncertainty"' not in page
+    assert not list(figures.glob("bootstrap_band_*.png")) and not list(figures.glob("posterior_*.png"))
+
+
+def test_report_uncertainty_section_embeds_the_figures_and_tables(tmp_path):
+    page, figures, written = _build_with_uncertainty(tmp_path)
+    assert 'href="#uncertainty"' in page
+    section = _section(page, "uncertainty")
+    # Both figures embedded and copied byte for byte, under the names figures.rst captions.
+    images = _images(section)
+    assert images == [written["bootstrap_band"], written["posterior"]]
+    assert (figures / "bootstrap_band_1.png").read_bytes() == written["bootstrap_band"]
+    assert (figures / "posterior_1.png").read_bytes() == written["posterior"]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", section, re.S)
+    assert captions[0].startswith("G00. ") and "400 parametric-bootstrap refits" in captions[0]
+    # Infection is a factor: the band figure is the per-level one.
+    assert "For each level of Batch" in captions[0]
+    assert "ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)" in captions[1] and "sd_Batch__Intercept" in captions[1]
+    # Settings: replicates, singular refits and failures over all genes, then G00's own, and the prior.
+    text = re.sub(r"<[^>]+>", "", section)
+    assert "400 replicates per gene (seed 11) for 2 genes; in all 6 singular refits" in text
+    assert "and 2 failed refits" in text
+    assert "Bootstrap of G00: 400 refits, 3 singular, 1 failed." in text
+    assert ("exact grid posterior with a flat prior on the fixed effects, p(σ²) ∝ 1/σ² and the intraclass "
+            "correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)") in text
+    assert 'id="posterior-multiple-components"' not in section
+    downloads = _downloads(section)
+    assert downloads["ols_vs_lmm_G00.tsv"].splitlines() == [
+        "model\tlogLik\tAIC\tBIC\tLRT\tdf\tp", "OLS\t-25\t44\t47\tNA\tNA\tNA", "LMM\t-20\t41.25\t45.5\t10\t1\t0.0016"]
+    intervals = downloads["uncertainty_intervals.tsv"].splitlines()
+    assert intervals[0].split("\t") == ["gene_id", "param", "estimate", "boot_q2.5", "boot_q50", "boot_q97.5",
+                                        "boot_sd", "post_mean", "post_q2.5", "post_q50", "post_q97.5", "post_sd"]
+    # G00 only, in the bootstrap's order of parameters; values as written above.
+    assert intervals[1:] == [
+        "G00\tb_Intercept\t7.5\t6.9\t7.49\t8.1\t0.31\t7.5\t6.5\t7.5\t8.5\t0.5",
+        "G00\tb_InfectionMock\t-1.5\t-1.8\t-1.51\t-1.2\t0.15\t-1.5\t-1.82\t-1.5\t-1.18\t0.16",
+        "G00\tsd_Batch__Intercept\t0.9\t0.2\t0.85\t1.6\t0.36\t1.1\t0.4\t0.95\t2.7\t0.6",
+        "G00\tsigma\t0.5\t0.38\t0.49\t0.61\t0.06\t0.52\t0.4\t0.51\t0.67\t0.07",
+        "G00\tICC\t0.76\t0.2\t0.74\t0.93\t0.18\t0.72\t0.35\t0.75\t0.95\t0.15",
+    ]
+
+
+def test_report_says_when_the_posterior_is_not_available_and_points_to_the_bootstrap(tmp_path):
+    page, figures, written = _build_with_uncertainty(tmp_path, posterior_status="not_available:multiple_components")
+    section = _section(page, "uncertainty")
+    note = re.search(r'<div class="callout warn" id="posterior-multiple-components">(.*?)</div>', section, re.S)
+    assert note, "no note for not_available:multiple_components"
+    text = re.sub(r"<[^>]+>", "", note.group(1))
+    assert text.startswith("No posterior for 2 genes: the model has more than one variance component")
+    assert "not_available:multiple_components" in text and "Use the bootstrap percentiles instead" in text
+    # Only the bootstrap figure; the posterior columns are empty.
+    assert _images(section) == [written["bootstrap_band"]]
+    assert not (figures / "posterior_1.png").exists()
+    intervals = _downloads(section)["uncertainty_intervals.tsv"].splitlines()
+    header = intervals[0].split("\t")
+    for line in intervals[1:]:
+        row = dict(zip(header, line.split("\t")))
+        assert all(row[c] == "NA" for c in ("post_mean", "post_q2.5", "post_q50", "post_q97.5", "post_sd")), line
+    assert [line.split("\t")[1] for line in intervals[1:]] == [p for p, *_ in BOOT_ROWS]
+
+
+def test_report_uncertainty_without_bootstrap_and_with_the_half_cauchy_prior(tmp_path):
+    page, _, written = _build_with_uncertainty(tmp_path, bootstrap=0, prior="half_cauchy")
+    section = _section(page, "uncertainty")
+    text = re.sub(r"<[^>]+>", "", section)
+    assert "not run (uncertainty: bootstrap: 0)" in text
+    assert "σ_b/σ half-Cauchy(0, 2.5)" in text
+    assert _images(section) == [written["posterior"]]
+    assert "boot_q2.5" not in _downloads(section)["uncertainty_intervals.tsv"]
+
+
+def test_report_uncertainty_without_posterior(tmp_path):
+    page, _, written = _build_with_uncertainty(tmp_path, bayes=False)
+    text = re.sub(r"<[^>]+>", "", _section(page, "uncertainty"))
+    assert "not computed (uncertainty: bayes: false)" in text
+    assert _images(_section(page, "uncertainty")) == [written["bootstrap_band"]]
+
+
+def test_snakemake_report_captions_of_the_uncertainty_figures(tmp_path):
+    """figures.rst gives bootstrap_band_N and posterior_N their own caption, not the fallback."""
+    import jinja2
+    from types import SimpleNamespace
+
+    _, figures, _ = _build_with_uncertainty(tmp_path)
+    template = jinja2.Template((REPO / "workflow/report/figures.rst").read_text())
+    fallback = template.render(snakemake=SimpleNamespace(wildcards=SimpleNamespace(name="no_such_figure"))).strip()
+    rendered = {}
+    for png in sorted(figures.glob("*.png")):
+        text = template.render(snakemake=SimpleNamespace(wildcards=SimpleNamespace(name=png.stem))).strip()
+        assert text != fallback, png.name
+        rendered[png.stem] = text
+    assert rendered["bootstrap_band_1"].startswith("Parametric bootstrap (lme4's bootMer)")
+    assert rendered["posterior_1"].startswith("Exact grid posterior")
+    assert rendered["shrinkage_1"].startswith("Shrinkage")

@@ -63,6 +63,8 @@ __all__ = [
     "condition_column",
     "choose_shrinkage_genes",
     "shrinkage_estimates",
+    "uncertainty_intervals",
+    "describe_prior",
     "software_versions",
     "plot_pca",
     "plot_batch_share",
@@ -160,6 +162,45 @@ FIGURE_CAPTIONS = {
         "median. Before, the sd depends on the mean; after a successful stabilisation the red line is "
         "roughly flat."
     ),
+    "bootstrap_band": (
+        "Left: the data against {x} with the population fit Xβ̂ (line) and the 95% percentile band of the "
+        "population line over the {nsim} parametric-bootstrap refits (lme4's bootMer: new random effects and "
+        "residuals simulated from the fit, then the model refitted). Right, one panel per {group}: its own "
+        "OLS line (red, dashed: no pooling), the LMM's line for it (blue: the population fit plus its BLUPs, "
+        "partial pooling) and the population line (grey). The band is the uncertainty of the population line, "
+        "not of single values, so most points lie outside it; a band that fans out towards the ends of {x} "
+        "means the slope is less certain than the level. The blue lines should lie between the red lines and "
+        "the grey one, pulled furthest for the {group} levels whose own fit is noisiest."
+    ),
+    "bootstrap_band_levels": (
+        "For each level of {group}: the values adjusted for the other fixed effects (grey), the level's own "
+        "mean (red, dashed: no pooling) and the LMM's prediction for it, the population intercept plus its "
+        "BLUP (blue: partial pooling); the line is the population intercept and the band its 95% percentile "
+        "interval over the {nsim} parametric-bootstrap refits (lme4's bootMer). The blue bars should lie "
+        "between the red bars and the line, pulled furthest for the levels with the fewest or noisiest samples."
+    ),
+    "posterior": (
+        "Marginal posterior of each parameter, the exact grid posterior of the one-variance-component model "
+        "under {prior}: histograms of exact draws, the median (solid line) and the 2.5% and 97.5% quantiles "
+        "(dotted), with the mean and the 95% interval above each panel. Compare the intervals with the "
+        "bootstrap percentiles in the table below: with enough {group} levels they agree closely. A posterior "
+        "of {sd_name} piled up near zero, or with a long right tail, means the data say little about the "
+        "{group} variance and the prior shapes the answer."
+    ),
+}
+
+# The exact grid posterior's priors (batchmix.uncertainty.log_prior_lambda), in words.
+PRIOR_DESCRIPTIONS = {
+    "unif_icc": "the intraclass correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)",
+    "half_cauchy": "σ_b/σ half-Cauchy(0, {scale:g})",
+}
+# Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
+POSTERIOR_UNAVAILABLE = {
+    "not_available:multiple_components": (
+        "the model has more than one variance component, and the exact grid posterior covers only models "
+        "with one (a random intercept, or a single random slope)"
+    ),
+    "not_available:no_random_effect": "the model has no random term, so there is no variance component to integrate over",
 }
 
 
@@ -190,13 +231,15 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
         Keys as in ``report_inputs`` of ``workflow/rules/common.smk``: ``vst_info``,
         ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``, ``gene_fits``,
         ``blups``, ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
-        ``simpson_summary``, ``simpson_figure``.
+        ``simpson_summary``, ``simpson_figure``, ``uncertainty_summary``, ``uncertainty_bootstrap``,
+        ``uncertainty_posterior``, ``uncertainty_figures`` (a directory).
 
     Returns
     -------
     dict
         The same keys with tables (:class:`pandas.DataFrame`), dicts (JSON) or, for
-        ``expression`` and ``simpson_figure``, the path; a missing optional input is ``None``.
+        ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the path; a missing
+        optional input is ``None``.
     """
     tables: dict[str, object] = {
         "vst_info": json.loads(Path(inputs["vst_info"]).read_text()),
@@ -214,6 +257,16 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
             json.loads(Path(inputs["simpson_summary"]).read_text()) if inputs.get("simpson_summary") else None
         ),
         "simpson_figure": inputs.get("simpson_figure") or None,
+        "uncertainty_summary": (
+            json.loads(Path(inputs["uncertainty_summary"]).read_text()) if inputs.get("uncertainty_summary") else None
+        ),
+        "uncertainty_bootstrap": (
+            _read_tsv(inputs["uncertainty_bootstrap"]) if inputs.get("uncertainty_bootstrap") else None
+        ),
+        "uncertainty_posterior": (
+            _read_tsv(inputs["uncertainty_posterior"]) if inputs.get("uncertainty_posterior") else None
+        ),
+        "uncertainty_figures": inputs.get("uncertainty_figures") or None,
     }
     return tables
 
@@ -836,6 +889,77 @@ def shrinkage_estimates(
                               cells=cells, band_note=band_note)
 
 
+def uncertainty_intervals(bootstrap: pd.DataFrame | None, posterior: pd.DataFrame | None,
+                          genes: list[str]) -> pd.DataFrame:
+    """Bootstrap percentiles and posterior summaries of some genes, side by side.
+
+    Parameters
+    ----------
+    bootstrap : pandas.DataFrame or None
+        ``results/uncertainty/bootstrap.tsv`` (``gene_id, param, status, estimate, q2.5, q50,
+        q97.5, boot_mean, boot_sd, …``); None or empty when the bootstrap was not run.
+    posterior : pandas.DataFrame or None
+        ``results/uncertainty/posterior.tsv`` (``gene_id, param, status, mean, sd, q2.5, q50,
+        q97.5``); None or empty when the posterior was not computed.
+    genes : list of str
+        The genes, in the order of the result.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per gene and parameter: ``gene_id``, ``param``, then, when the bootstrap was
+        run, ``estimate`` (the REML/ML fit), ``boot_q2.5``, ``boot_q50``, ``boot_q97.5``,
+        ``boot_sd``, and when the posterior was computed ``post_mean``, ``post_q2.5``,
+        ``post_q50``, ``post_q97.5``, ``post_sd``. Parameters in the bootstrap's order, then
+        those only the posterior has; a value a method does not give is NaN (e.g. every
+        posterior column of a model with more than one variance component).
+    """
+    parts = []
+    if bootstrap is not None and len(bootstrap):
+        boot = bootstrap[bootstrap["gene_id"].isin(genes)][["gene_id", "param", "estimate", "q2.5", "q50", "q97.5",
+                                                            "boot_sd"]]
+        parts.append(boot.rename(columns={"q2.5": "boot_q2.5", "q50": "boot_q50", "q97.5": "boot_q97.5"}))
+    if posterior is not None and len(posterior):
+        post = posterior[posterior["gene_id"].isin(genes)][["gene_id", "param", "mean", "q2.5", "q50", "q97.5", "sd"]]
+        parts.append(post.rename(columns={"mean": "post_mean", "q2.5": "post_q2.5", "q50": "post_q50",
+                                          "q97.5": "post_q97.5", "sd": "post_sd"}))
+    if not parts:
+        return pd.DataFrame(columns=["gene_id", "param"])
+    table = parts[0]
+    for part in parts[1:]:
+        table = table.merge(part, on=["gene_id", "param"], how="outer", sort=False)
+    # Rows in a fixed order whatever the merge did: by the requested genes, then by each gene's
+    # parameters as the first table lists them, then the second's.
+    order = {}
+    for part in parts:
+        for gene, param in zip(part["gene_id"], part["param"]):
+            order.setdefault((gene, param), len(order))
+    table["_gene"] = table["gene_id"].map({g: i for i, g in enumerate(genes)})
+    table["_param"] = [order[(g, p)] for g, p in zip(table["gene_id"], table["param"])]
+    table = table.sort_values(["_gene", "_param"], kind="mergesort").drop(columns=["_gene", "_param"])
+    return table.reset_index(drop=True)
+
+
+def describe_prior(prior: str, prior_scale: float = 1.0) -> str:
+    """The exact grid posterior's priors in words, for the page.
+
+    Parameters
+    ----------
+    prior : {"unif_icc", "half_cauchy"}
+        The prior on the variance ratio λ = σ_b²/σ² (config ``uncertainty: prior``).
+    prior_scale : float
+        Scale of the half-Cauchy prior on σ_b/σ (config ``uncertainty: prior_scale``).
+
+    Returns
+    -------
+    str
+        E.g. ``"a flat prior on the fixed effects, p(σ²) ∝ 1/σ² and the intraclass correlation
+        ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)"``; an unknown prior is named as given.
+    """
+    on_ratio = PRIOR_DESCRIPTIONS.get(prior, f"the prior {prior!r} on σ_b²/σ²").format(scale=prior_scale)
+    return f"a flat prior on the fixed effects, p(σ²) ∝ 1/σ² and {on_ratio}"
+
+
 def software_versions() -> dict[str, str]:
     """Versions of Python and the packages the run used, from the installed distributions.
 
@@ -1320,7 +1444,10 @@ class _Figures:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def add(self, name: str, fig, caption: str, alt: str) -> dict:
-        data = _png_bytes(fig)
+        return self.add_png(name, _png_bytes(fig), caption, alt)
+
+    def add_png(self, name: str, data: bytes, caption: str, alt: str) -> dict:
+        """A figure drawn by another stage: its bytes copied unchanged, so that snakemake --report carries it."""
         (self.directory / f"{name}.png").write_bytes(data)
         return {"name": name, "src": _data_uri(data, "image/png"), "caption": caption, "alt": alt}
 
@@ -1577,6 +1704,89 @@ def _simpson_section(config: dict, tables: dict) -> dict:
     return section
 
 
+def _uncertainty_section(config: dict, tables: dict, figures: _Figures) -> dict:
+    """The bootstrap and posterior of the figure genes; ``enabled`` is False without the stage's outputs."""
+    summary = tables["uncertainty_summary"]
+    section: dict = {"enabled": summary is not None}
+    if summary is None:
+        return section
+    model = summary.get("formula", config["model"])
+    parsed = parse_formula(model)
+    group = parsed.random[0].group if parsed.random else config["batch"]
+    boot_settings = summary.get("bootstrap", {}) or {}
+    post_settings = summary.get("posterior", {}) or {}
+    nsim = int(boot_settings.get("nsim", 0) or 0)
+    bootstrap = tables["uncertainty_bootstrap"] if nsim > 0 else None
+    posterior = tables["uncertainty_posterior"] if post_settings.get("enabled") else None
+    section.update({"formula": model, "group": group, "bootstrap": None, "posterior": None, "genes": [],
+                    "intervals": None})
+    if bootstrap is not None:
+        section["bootstrap"] = {
+            "nsim": nsim, "seed": boot_settings.get("seed"), "n_genes": int(boot_settings.get("n_genes", 0)),
+            "n_singular": int(boot_settings.get("n_singular", 0)), "n_fail": int(boot_settings.get("n_fail", 0)),
+        }
+    if posterior is not None:
+        counts = post_settings.get("status_counts", {}) or {}
+        section["posterior"] = {
+            "prior": post_settings.get("prior", "unif_icc"),
+            "prior_text": describe_prior(post_settings.get("prior", "unif_icc"),
+                                         float(post_settings.get("prior_scale", 1.0))),
+            "n_ok": int(counts.get("ok", 0)),
+            "unavailable": [{"status": status, "reason": reason, "n_genes": int(counts[status])}
+                            for status, reason in POSTERIOR_UNAVAILABLE.items() if counts.get(status)],
+        }
+    samples = tables["samples"]
+    numeric = _first_numeric_column(model, samples)
+    figure_dir = Path(tables["uncertainty_figures"]) if tables["uncertainty_figures"] else None
+    genes = list((summary.get("figures") or {}).keys())
+    for i, gene in enumerate(genes, start=1):
+        entry: dict = {"gene": gene, "comparison": None, "figures": [], "notes": [], "boot_counts": None}
+        records = (summary.get("ols_vs_lmm") or {}).get(gene)
+        if records:
+            comparison = pd.DataFrame(records, columns=["model", "logLik", "AIC", "BIC", "LRT", "df", "p"])
+            entry["comparison"] = _table(comparison, f"ols_vs_lmm_{sanitize_name(gene)}",
+                                         f"{gene}: OLS against the LMM (the same fixed effects)", shown=None)
+        if bootstrap is not None:
+            rows = bootstrap[bootstrap["gene_id"] == gene]
+            if len(rows) and (rows["status"] == "ok").all():
+                entry["boot_counts"] = {"n_singular": int(rows["n_singular"].max()),
+                                        "n_fail": int(rows["n_fail"].max())}
+            elif len(rows):
+                entry["notes"].append(f"No bootstrap for {gene}: {rows['status'].iloc[0]}.")
+        if posterior is not None:
+            rows = posterior[posterior["gene_id"] == gene]
+            status = rows["status"].iloc[0] if len(rows) else "missing from posterior.tsv"
+            # The model-wide reasons are said once for the section; a gene's own reason here.
+            if status != "ok" and status not in POSTERIOR_UNAVAILABLE:
+                entry["notes"].append(f"No posterior for {gene}: {status}.")
+        names = (summary.get("figures") or {}).get(gene) or {}
+        for kind in ("bootstrap_band", "posterior"):
+            filename = names.get(kind)
+            if not filename:
+                continue
+            path = figure_dir / filename if figure_dir is not None else None
+            if path is None or not path.exists():
+                entry["notes"].append(f"The figure {filename} named in summary.json is missing.")
+                continue
+            if kind == "bootstrap_band":
+                key = "bootstrap_band" if numeric else "bootstrap_band_levels"
+                caption = FIGURE_CAPTIONS[key].format(x=numeric, nsim=f"{nsim:,}", group=group)
+                alt = f"Bootstrap band of the population fit of {gene}"
+            else:
+                sd_name = next((p for p in posterior["param"][posterior["gene_id"] == gene] if str(p).startswith("sd_")),
+                               f"sd_{group}") if posterior is not None else f"sd_{group}"
+                prior_text = section["posterior"]["prior_text"] if section["posterior"] else "the configured prior"
+                caption = FIGURE_CAPTIONS["posterior"].format(prior=prior_text, group=group, sd_name=sd_name)
+                alt = f"Marginal posteriors of {gene}"
+            entry["figures"].append(figures.add_png(f"{kind}_{i}", path.read_bytes(), f"{gene}. {caption}", alt))
+        section["genes"].append(entry)
+    intervals = uncertainty_intervals(bootstrap, posterior, genes)
+    if len(intervals):
+        section["intervals"] = _table(intervals, "uncertainty_intervals",
+                                      "Bootstrap percentiles and posterior summaries of the genes above", shown=None)
+    return section
+
+
 def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
     """Write the self-contained HTML report and its figures.
 
@@ -1610,6 +1820,7 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         "shrinkage": _shrinkage_section(config, tables, figures),
         "vst": _vst_section(config, tables, figures),
         "simpson": _simpson_section(config, tables),
+        "uncertainty": _uncertainty_section(config, tables, figures),
     }
     templates = Path(__file__).resolve().parent / "templates"
     env = jinja2.Environment(
