@@ -23,6 +23,14 @@ Anders & Huber 2010), step by step, vectorised across genes:
 on ``nsub`` genes with mean normalised count > 5, spread evenly over the
 ranks of the mean.  That subset rule involves no random numbers, so it is
 reproduced exactly.
+
+Performance: integer counts are never copied to a float64 matrix; the size
+factors, row means and the closed-form VST run over blocks of samples; the
+line search keeps its genes in a compact workspace and evaluates the
+likelihood in cache-sized blocks.  It is not replaced by a Newton solver:
+DESeq2 stops when the objective rises by less than 1e-6, not at the optimum,
+so only the same iterates give the same estimates.  ``benchmarks/bench_vst.py``
+times this against DESeq2.
 """
 
 from __future__ import annotations
@@ -240,8 +248,6 @@ class _CoxReid:
         inverse = np.asarray(inverse).reshape(-1)
         self.grouped = rows.shape[0] == x.shape[1]
         if self.grouped:
-            self.g = np.zeros((x.shape[0], rows.shape[0]))
-            self.g[np.arange(x.shape[0]), inverse] = 1.0
             self.logdet_tt = 2.0 * np.linalg.slogdet(rows)[1]
             self.cols = [np.flatnonzero(inverse == k) for k in range(rows.shape[0])]
             if len(self.cols) == 1:
