@@ -1784,6 +1784,7 @@ def _uncertainty_section(config: dict, tables: dict, figures: _Figures) -> dict:
     if len(intervals):
         section["intervals"] = _table(intervals, "uncertainty_intervals",
                                       "Bootstrap percentiles and posterior summaries of the genes above", shown=None)
+        section["intervals"]["compact"] = True  # twelve columns: tighter cells to fit the page
     return section
 
 
