@@ -1762,7 +1762,8 @@ def _uncertainty_section(config: dict, tables: dict, figures: _Figures) -> dict:
         names = (summary.get("figures") or {}).get(gene) or {}
         for kind in ("bootstrap_band", "posterior"):
             filename = names.get(kind)
-            if not filename:
+            # A posterior figure without posterior.tsv values (bayes off) would have no caption to give.
+            if not filename or (kind == "posterior" and posterior is None):
                 continue
             path = figure_dir / filename if figure_dir is not None else None
             if path is None or not path.exists():
@@ -1773,9 +1774,9 @@ def _uncertainty_section(config: dict, tables: dict, figures: _Figures) -> dict:
                 caption = FIGURE_CAPTIONS[key].format(x=numeric, nsim=f"{nsim:,}", group=group)
                 alt = f"Bootstrap band of the population fit of {gene}"
             else:
-                sd_name = next((p for p in posterior["param"][posterior["gene_id"] == gene] if str(p).startswith("sd_")),
-                               f"sd_{group}") if posterior is not None else f"sd_{group}"
-                prior_text = section["posterior"]["prior_text"] if section["posterior"] else "the configured prior"
+                params = posterior.loc[posterior["gene_id"] == gene, "param"].astype(str)
+                sd_name = next((p for p in params if p.startswith("sd_")), f"sd_{group}")
+                prior_text = section["posterior"]["prior_text"]
                 caption = FIGURE_CAPTIONS["posterior"].format(prior=prior_text, group=group, sd_name=sd_name)
                 alt = f"Marginal posteriors of {gene}"
             entry["figures"].append(figures.add_png(f"{kind}_{i}", path.read_bytes(), f"{gene}. {caption}", alt))
