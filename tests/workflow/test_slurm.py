@@ -167,6 +167,16 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
         "--max-threads", str(os.cpu_count() or 1),
         "--slurm-init-seconds-before-status-checks", "1",
     ]
+    # The jobs snakemake plans for this config, from a dry run ("Job stats" table).
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=run_dir, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-4000:] + dry.stderr[-4000:]
+    # (The table is printed twice; the first one, up to its "total" row, is enough.)
+    stats = (dry.stdout + dry.stderr).split("Job stats:")[1].split("total")[0]
+    planned_jobs = [
+        rule for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M) if rule not in ("all", "total")
+        for _ in range(int(count))
+    ]
+
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=1800)
     elapsed = time.monotonic() - started
@@ -181,14 +191,13 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
             if SUBMITTED.search(line):
                 print(f"[test_slurm]   {line.strip()}")
 
-    # Every job except the target rule `all` ran as a SLURM job, one per gene chunk for the LMM.
+    # Every job of the plan except the target rule `all` ran as a SLURM job, one per gene chunk
+    # for the LMM.
     submitted_rules = sorted(s["rule"] for s in submissions)
+    assert submitted_rules == sorted(planned_jobs), (submitted_rules, planned_jobs)
     n_chunks = len(list((fixture_run / "results" / "lmm" / "chunks").glob("*.fits.tsv")))
-    assert n_chunks >= 2
-    expected_rules = sorted(
-        ["stabilise", "split_genes", "gather_lmm", "simpson", "report"] + ["lmm_chunk"] * n_chunks
-    )
-    assert submitted_rules == expected_rules
+    assert n_chunks >= 2 and submitted_rules.count("lmm_chunk") == n_chunks
+    assert {"stabilise", "split_genes", "gather_lmm", "report"} <= set(submitted_rules)
 
     # SLURM's own accounting (slurmdbd) saw each of them complete, with the memory, time limit
     # and CPUs that the rule declared for that job.

@@ -15,29 +15,35 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class StageCost:
-    """Measured cost of one stage as a function of the expression values its job holds.
+    """Measured cost of one job of a stage, from the shape of the data it holds.
 
-    peak memory  = base_mb + bytes_per_value * values / 1e6            (MB)
-    wall time    = base_s + us_per_value * values / 1e6                (s)
-    `values` is genes x samples of the table the job works on (a chunk for lmm_chunk); for the
-    Simpson scan the time term counts gene pairs x samples instead (us_per_value per pair-sample).
+    peak memory (MB) = base_mb + bytes_per_value * values / 1e6 + bytes_per_sample_pair * samples**2 / 1e6
+    wall time (s)    = base_s  + us_per_value   * work   / 1e6 + us_per_sample_pair   * samples**2 / 1e6
+    `values` is genes x samples of the table the job holds (one chunk for lmm_chunk); `work` is the
+    same, except for the Simpson scan, whose time grows with gene pairs x samples. The samples**2
+    terms are there because some stages build samples x samples matrices (the VST, the report's
+    sample distances).
     """
 
     base_mb: float
     bytes_per_value: float
+    bytes_per_sample_pair: float
     base_s: float
     us_per_value: float
+    us_per_sample_pair: float
 
 
-# Measured by `python benchmarks/bench_chunk_cost.py` (peak RSS of the stage's process plus the
-# Snakemake job process that runs it on a cluster node; wall time on one core). See README.
+# Fitted by `python benchmarks/bench_chunk_cost.py` (README, "Running on a cluster"): peak RSS of the
+# stage's process plus SNAKEMAKE_JOB_MB for the Snakemake process that runs it in a cluster job;
+# wall time on one core of the benchmark machine.
+SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
 STAGE_COSTS = {
-    "stabilise": StageCost(base_mb=500, bytes_per_value=120, base_s=10, us_per_value=5.0),
-    "split_genes": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
-    "lmm_chunk": StageCost(base_mb=500, bytes_per_value=80, base_s=10, us_per_value=5.0),
-    "gather_lmm": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
-    "simpson": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=0.001),
-    "report": StageCost(base_mb=500, bytes_per_value=60, base_s=10, us_per_value=2.0),
+    "stabilise": StageCost(base_mb=260, bytes_per_value=104, bytes_per_sample_pair=0.05, base_s=0, us_per_value=7.2, us_per_sample_pair=0),
+    "split_genes": StageCost(base_mb=240, bytes_per_value=50, bytes_per_sample_pair=0.3, base_s=0, us_per_value=4.4, us_per_sample_pair=0),
+    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=62, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
+    "gather_lmm": StageCost(base_mb=290, bytes_per_value=60, bytes_per_sample_pair=0.15, base_s=5, us_per_value=3.4, us_per_sample_pair=0),
+    "simpson": StageCost(base_mb=150, bytes_per_value=208, bytes_per_sample_pair=9.6, base_s=7, us_per_value=0.0003, us_per_sample_pair=0),
+    "report": StageCost(base_mb=430, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=24, us_per_value=0, us_per_sample_pair=0.96),
 }
 
 # Requests exceed the measured cost by these factors: cluster nodes are slower or busier than the
@@ -115,8 +121,7 @@ def stage_values(stage: str, wildcards, input) -> int:
     """Expression values (genes x samples) that one job of `stage` holds in memory."""
     if stage == "lmm_chunk":
         return genes_in_chunk(wildcards.scatteritem, _n_genes(input)) * n_samples()
-    if stage == "simpson":
-        return simpson_genes(_n_genes(input)) * n_samples()
+    # Every other stage, the Simpson scan included (it reads the whole table before it picks genes).
     return _n_genes(input) * n_samples()
 
 
@@ -126,18 +131,18 @@ def simpson_genes(n_genes: int) -> int:
     return n_genes if chosen == "all" else min(n_genes, int(chosen))
 
 
-def stage_memory_mb(stage: str, values: int, attempt: int = 1) -> int:
-    """Memory request in MB for a job of `stage` holding `values` expression values."""
+def stage_memory_mb(stage: str, values: int, samples: int, attempt: int = 1) -> int:
+    """Memory request in MB for a job of `stage` holding `values` expression values of `samples` samples."""
     cost = STAGE_COSTS[stage]
-    peak = cost.base_mb + cost.bytes_per_value * values / 1e6
+    peak = cost.base_mb + cost.bytes_per_value * values / 1e6 + cost.bytes_per_sample_pair * samples**2 / 1e6
     return int(math.ceil(peak * MEMORY_HEADROOM)) * 2 ** (attempt - 1)
 
 
-def stage_runtime_min(stage: str, work_units: int, attempt: int = 1) -> int:
-    """Time limit in minutes for a job of `stage` doing `work_units` units of work (values, or
-    pair-samples for the Simpson scan)."""
+def stage_runtime_min(stage: str, work: int, samples: int, attempt: int = 1) -> int:
+    """Time limit in minutes for a job of `stage` doing `work` units (values, or gene pairs x samples
+    for the Simpson scan) on `samples` samples."""
     cost = STAGE_COSTS[stage]
-    seconds = cost.base_s + cost.us_per_value * work_units / 1e6
+    seconds = cost.base_s + cost.us_per_value * work / 1e6 + cost.us_per_sample_pair * samples**2 / 1e6
     return max(MIN_RUNTIME_MIN, int(math.ceil(seconds * RUNTIME_HEADROOM / 60))) * 2 ** (attempt - 1)
 
 
@@ -147,7 +152,7 @@ def mem_mb_for(stage: str):
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
     def mem_mb(wildcards, input, attempt):
-        return stage_memory_mb(stage, stage_values(stage, wildcards, input), attempt)
+        return stage_memory_mb(stage, stage_values(stage, wildcards, input), n_samples(), attempt)
 
     mem_mb.__name__ = f"mem_mb_{stage}"
     return mem_mb
@@ -164,7 +169,7 @@ def runtime_for(stage: str):
             work = genes * (genes - 1) // 2 * n_samples()
         else:
             work = stage_values(stage, wildcards, input)
-        return stage_runtime_min(stage, work, attempt)
+        return stage_runtime_min(stage, work, n_samples(), attempt)
 
     runtime.__name__ = f"runtime_{stage}"
     return runtime
