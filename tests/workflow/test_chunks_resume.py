@@ -74,6 +74,35 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
     assert differing_files(run_dir, fixture_run, tables) == []
 
 
+LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/corrected/expression.tsv.gz"]
+
+
+def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_path):
+    """The default config on the embedded example (21,797 genes x 61 samples): the gathered LMM
+    tables of its chunked run and of a single-chunk run are the same bytes."""
+    import yaml
+
+    default_chunks = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["chunks"]
+    assert default_chunks > 1
+    run_dir = make_run_dir(tmp_path / "embedded_default")
+    shutil.copytree(REPO / "resources", run_dir / "resources")
+
+    def run(*args: str) -> None:
+        # Targets first: --set-scatter takes every argument after it.
+        proc = subprocess.run([str(SNAKEMAKE), *LMM_TABLES, "--cores", "2", "--nocolor", *args],
+                              cwd=run_dir, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+
+    run()
+    chunked = {table: (run_dir / table).read_bytes() for table in LMM_TABLES}
+    written = {table: (run_dir / table).stat().st_mtime_ns for table in LMM_TABLES}
+    assert len(list((run_dir / "results/lmm/chunks").glob(f"*-of-{default_chunks}.fits.tsv"))) == default_chunks
+    run("--set-scatter", "lmm=1")
+    assert (run_dir / "results/lmm/chunks/1-of-1.fits.tsv").exists()
+    assert all((run_dir / t).stat().st_mtime_ns != written[t] for t in LMM_TABLES), "the tables were not rewritten"
+    assert [t for t in LMM_TABLES if (run_dir / t).read_bytes() != chunked[t]] == []
+
+
 # ----------------------------------------------------------------------------- resources per chunk
 
 
