@@ -12,8 +12,8 @@ rule split_genes:
         "../../envs/batchmix.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_table,
-        runtime=20,
+        mem_mb=mem_mb_for("split_genes"),
+        runtime=runtime_for("split_genes"),
     script:
         "../scripts/split_genes.py"
 
@@ -31,8 +31,8 @@ rule lmm_chunk:
         "../../envs/batchmix.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_table,
-        runtime=60,
+        mem_mb=mem_mb_for("lmm_chunk"),
+        runtime=runtime_for("lmm_chunk"),
     script:
         "../scripts/lmm_chunk.py"
 
@@ -51,7 +51,7 @@ rule gather_lmm:
         "../../envs/batchmix.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_table,
-        runtime=20,
+        mem_mb=mem_mb_for("gather_lmm"),
+        runtime=runtime_for("gather_lmm"),
     script:
         "../scripts/gather_lmm.py"

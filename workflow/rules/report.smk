@@ -19,7 +19,7 @@ rule report:
         "../../envs/batchmix.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_table,
-        runtime=20,
+        mem_mb=mem_mb_for("report"),
+        runtime=runtime_for("report"),
     script:
         "../scripts/report.py"

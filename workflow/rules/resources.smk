@@ -44,6 +44,10 @@ STAGE_COSTS = {
     "gather_lmm": StageCost(base_mb=290, bytes_per_value=60, bytes_per_sample_pair=0.15, base_s=5, us_per_value=3.4, us_per_sample_pair=0),
     "simpson": StageCost(base_mb=150, bytes_per_value=208, bytes_per_sample_pair=9.6, base_s=7, us_per_value=0.0003, us_per_sample_pair=0),
     "report": StageCost(base_mb=430, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=24, us_per_value=0, us_per_sample_pair=0.96),
+    # work = genes x (bootstrap replicates + 100 if the posterior is on): about 5 us per bootstrap refit
+    # and 0.5 ms per gene for the grid posterior (benchmarks/bench_uncertainty.py); memory holds the
+    # table plus the refit batches (200,000 responses at a time).
+    "uncertainty": StageCost(base_mb=1200, bytes_per_value=100, bytes_per_sample_pair=0, base_s=30, us_per_value=5, us_per_sample_pair=0),
 }
 
 # Requests exceed the measured cost by these factors: cluster nodes are slower or busier than the
@@ -167,6 +171,9 @@ def runtime_for(stage: str):
         if stage == "simpson":
             genes = simpson_genes(_n_genes(input))
             work = genes * (genes - 1) // 2 * n_samples()
+        elif stage == "uncertainty":
+            settings = config["uncertainty"]
+            work = _n_genes(input) * (int(settings["bootstrap"]) + 100 * bool(settings["bayes"]))
         else:
             work = stage_values(stage, wildcards, input)
         return stage_runtime_min(stage, work, n_samples(), attempt)
@@ -174,12 +181,3 @@ def runtime_for(stage: str):
     runtime.__name__ = f"runtime_{stage}"
     return runtime
 
-
-def input_mb(input):
-    """Size of a job's input files in MB (at least 1)."""
-    return max(1, sum(Path(f).stat().st_size for f in input if Path(f).exists()) // 1_000_000)
-
-
-def mem_mb_table(wildcards, input, attempt):
-    """Superseded by mem_mb_for(stage); kept until every rule uses that."""
-    return int((500 + 40 * input_mb(input)) * 2 ** (attempt - 1))

@@ -21,7 +21,7 @@ rule simpson:
         "../../envs/batchmix.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb_table,
-        runtime=60,
+        mem_mb=mem_mb_for("simpson"),
+        runtime=runtime_for("simpson"),
     script:
         "../scripts/simpson.py"

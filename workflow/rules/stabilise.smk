@@ -17,7 +17,7 @@ rule stabilise:
         "../../envs/batchmix.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_table,
-        runtime=30,
+        mem_mb=mem_mb_for("stabilise"),
+        runtime=runtime_for("stabilise"),
     script:
         "../scripts/stabilise.py"
