@@ -68,7 +68,7 @@ def _logdet_spd(matrix: np.ndarray) -> np.ndarray:
 
 def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0):
     """Same contract as :func:`batchmix._lmm_core.evaluate`, for a single random term."""
-    from ._lmm_core import Evaluation
+    from ._lmm_core import Evaluation, profiled_deviance
 
     bd: BlockDesign = prepared.block
     G, p, n, J, s, m = theta.shape[0], prepared.p, prepared.n, bd.J, bd.s, theta.shape[1]
@@ -106,12 +106,8 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
     r2 = yVy - np.einsum("gp,gp->g", beta, XVy)
     r2 = np.where(r2 > 0, r2, np.nan)
-    if reml:
-        k = n - p
-        deviance = logdet_V + logdet_M + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
-    else:
-        k = n
-        deviance = logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    k = n - p if reml else n
+    deviance = profiled_deviance(logdet_V, logdet_M, r2, n, p, reml)
     ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, None, None, None, None)
     u = soly - np.einsum("gjap,gp->gja", solX, beta)
     ev.b = np.einsum("gab,gjb->gja", T, u).reshape(G, J * s)

@@ -232,11 +232,7 @@ def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, 
     beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
     r2 = yVy - np.einsum("gp,gp->g", beta, XVy)
     r2 = np.where(r2 > 0, r2, np.nan)
-    if reml:
-        k = n - p
-        deviance = logdet_V + logdet_M + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
-    else:
-        deviance = logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    deviance = profiled_deviance(logdet_V, logdet_M, r2, n, p, reml)
     ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, ZVX, ZVZ, ZVy, lam)
     # spherical conditional modes u = M_q⁻¹ Λ'Z'(y - Xβ)
     u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q:q + p], beta)
@@ -244,6 +240,18 @@ def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, 
     if order >= 1:
         _derivatives(ev, prepared, reml, order)
     return ev
+
+
+def profiled_deviance(logdet_V: np.ndarray, logdet_M: np.ndarray, r2: np.ndarray, n: int, p: int,
+                      reml: bool) -> np.ndarray:
+    """lme4's profiled deviance (σ² profiled out) from log|V_θ|, log|XᵀV_θ⁻¹X| and the penalised RSS.
+
+    REML: log|V| + log|M| + (n − p)(1 + log(2π r²/(n − p))); ML: log|V| + n(1 + log(2π r²/n)).
+    """
+    if reml:
+        k = n - p
+        return logdet_V + logdet_M + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
+    return logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
 
 
 def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) -> None:

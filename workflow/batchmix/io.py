@@ -178,31 +178,21 @@ def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFram
         )
     arr = values.to_numpy(dtype=float)
     if input_type == "counts":
-        missing = np.isnan(arr)
-        if missing.any():
-            r, c = np.nonzero(missing)
-            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
-            raise InputError(
-                f"{path}: missing values in a count table at {_listing(cells, len(r))}. "
-                "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data."
-            )
-        negative = arr < 0
-        if negative.any():
-            r, c = np.nonzero(negative)
-            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}: {arr[i, j]:g}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
-            raise InputError(
-                f"{path}: negative counts at {_listing(cells, len(r))}. "
-                "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`."
-            )
-        fractional = arr != np.round(arr)
-        if fractional.any():
-            r, c = np.nonzero(fractional)
-            cells = [f"gene {ids.iloc[i]}, sample {samples[j]}: {arr[i, j]:g}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
-            raise InputError(
-                f"{path}: non-integer counts at {_listing(cells, len(r))}. "
-                "With `input_type: counts` every value must be a whole number (raw read counts); "
-                "for normalised or log-scale values set `input_type: log`."
-            )
+        # (cells that fail, how to show one cell's value, what is wrong, what to do)
+        checks = [
+            (np.isnan(arr), lambda v: "", "missing values in a count table",
+             "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data."),
+            (arr < 0, lambda v: f": {v:g}", "negative counts",
+             "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`."),
+            (arr != np.round(arr), lambda v: f": {v:g}", "non-integer counts",
+             "With `input_type: counts` every value must be a whole number (raw read counts); "
+             "for normalised or log-scale values set `input_type: log`."),
+        ]
+        for failing, show, problem, advice in checks:
+            if failing.any():
+                r, c = np.nonzero(failing)
+                cells = [f"gene {ids.iloc[i]}, sample {samples[j]}{show(arr[i, j])}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+                raise InputError(f"{path}: {problem} at {_listing(cells, len(r))}. {advice}")
     elif input_type != "log":
         raise InputError(f"config: input_type must be 'counts' or 'log', not {input_type!r}.")
     if not np.isfinite(arr[~np.isnan(arr)]).all():
