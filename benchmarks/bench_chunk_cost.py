@@ -118,7 +118,7 @@ def run_stage(stage: str, directory: Path) -> None:
     if stage == "stabilise":
         stages.stabilise_stage(config, {k: str(v) for k, v in vst.items()})
     elif stage == "split_genes":
-        stages.split_stage(str(vst["expression"]), [str(d / "chunk.expression.tsv.gz")])
+        stages.split_stage(str(vst["expression"]), str(vst["gene_status"]), [str(d / "chunk.expression.tsv.gz")])
     elif stage == "lmm_chunk":
         stages.lmm_chunk_stage(config, str(d / "chunk.expression.tsv.gz"), str(vst["gene_status"]), config["samples"],
                                {k: str(v) for k, v in chunk.items()})

@@ -6,10 +6,10 @@ and raises :class:`InputError` before anything is computed or written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
-import io as _io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,8 @@ __all__ = [
     "read_samples",
     "validate_inputs",
     "write_table",
+    "table_writer",
+    "table_lines",
     "file_md5",
 ]
 
@@ -323,17 +325,59 @@ def write_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> None
 
     The gzip header normally records the write time; pinning it to 0 makes the
     same table give the same bytes, so reruns and chunked runs can be compared byte for byte.
+    Floats are written as ``%.12g`` and missing values as ``NA``.
+    """
+    text = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA")
+    with table_writer(path) as fh:
+        fh.write(text.encode())
+
+
+@contextlib.contextmanager
+def table_writer(path: str | Path):
+    """Open a table for writing bytes, gzipped (level 6, mtime 0, no file name) when ``path`` ends in ``.gz``.
+
+    :func:`write_table` writes through this too, so a table streamed here in pieces has the same
+    bytes as one written at once: deflate without flushes does not depend on how its input is cut.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its parent directories are created.
+
+    Yields
+    ------
+    file object
+        A binary writer; closing it (leaving the ``with`` block) finishes the gzip stream.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA")
-    if path.name.endswith(".gz"):
-        buf = _io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as fh:
-            fh.write(text.encode())
-        path.write_bytes(buf.getvalue())
-    else:
-        path.write_text(text)
+    with open(path, "wb") as raw:
+        if not path.name.endswith(".gz"):
+            yield raw
+            return
+        # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
+        # and the bytes would depend on where the table was written.
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
+            yield fh
+
+
+@contextlib.contextmanager
+def table_lines(path: str | Path):
+    """Open a table (gzipped if ``path`` ends in ``.gz``) for reading its lines as bytes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Yields
+    ------
+    file object
+        A binary reader; iterating over it gives the lines, each with its ``\\n``.
+    """
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
+        yield fh
 
 
 def file_md5(path: str | Path) -> str:

@@ -8,6 +8,7 @@ adapters over these functions, so both produce the same files.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import traceback
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from batchmix import io
-from batchmix.io import InputError, write_table
+from batchmix.io import InputError, table_lines, table_writer, write_table
 
 __all__ = [
     "load_validated",
@@ -63,7 +64,9 @@ def batch_is_random(config: dict) -> bool:
 
 
 def _read_matrix(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", index_col=0, na_values=["NA"], keep_default_na=False)
+    # Gene ids as written (converters={0: str}): parsed as numbers, ids such as 007 or 1e5 would
+    # change and no longer match gene_status.tsv or the streamed chunk files.
+    table = pd.read_csv(path, sep="\t", index_col=0, converters={0: str}, na_values=["NA"], keep_default_na=False)
     table.index = table.index.astype(str)
     table.index.name = "gene_id"
     return table.astype(float)
@@ -145,15 +148,43 @@ def stabilise_stage(config: dict, out: dict[str, str]) -> None:
     _write_json(info, out["info"])
 
 
-def split_stage(expression_path: str, chunk_paths: list[str]) -> None:
+def _count_rows(table_path: str | Path) -> int:
+    """Rows of a small text table below its header line."""
+    with table_lines(table_path) as fh:
+        return sum(1 for _ in fh) - 1
+
+
+def split_stage(expression_path: str, status_path: str, chunk_paths: list[str]) -> None:
     """Split the stabilised table into contiguous gene chunks, in input order.
 
-    ``numpy.array_split`` gives chunk sizes that differ by at most one gene; chunks can be empty
-    when there are more chunks than genes, and still get a file (header only).
+    ``numpy.array_split`` gives chunk sizes that differ by at most one gene (the first
+    ``genes % chunks`` chunks get one more); chunks can be empty when there are more chunks than
+    genes, and still get a file (header only).
+
+    The table is streamed: each chunk gets the header line and its genes' lines as they are in
+    ``expression_path``, so memory does not grow with the table. The gene count comes from
+    ``status_path`` (gene_status.tsv, one short line per gene) rather than a second pass over the
+    table, and is checked against the table's lines.
     """
-    table = _read_matrix(expression_path)
-    for part, path in zip(np.array_split(np.arange(table.shape[0]), len(chunk_paths)), chunk_paths):
-        write_table(table.iloc[part], path, index=True)
+    n_genes = _count_rows(status_path)
+    sizes = [len(part) for part in np.array_split(np.arange(n_genes), len(chunk_paths))]
+    with table_lines(expression_path) as source:
+        header = source.readline()
+        if not header:
+            raise RuntimeError(f"{expression_path} is empty; rerun the stabilise rule")
+        genes_read = 0
+        for size, path in zip(sizes, chunk_paths):
+            with table_writer(path) as chunk:
+                chunk.write(header)
+                for line in itertools.islice(source, size):
+                    chunk.write(line)
+                    genes_read += 1
+        genes_read += sum(1 for _ in source)
+    if genes_read != n_genes:
+        raise RuntimeError(
+            f"{expression_path} has {genes_read} gene lines but {status_path} lists {n_genes} genes; "
+            "one of them is stale: rerun the stabilise rule"
+        )
 
 
 def lmm_chunk_stage(config: dict, chunk_path: str, status_path: str, samples_path: str, out: dict[str, str]) -> None:
@@ -179,8 +210,10 @@ def gather_stage(config: dict, fits: list[str], blups: list[str], corrected: lis
                  out: dict[str, str]) -> None:
     """Concatenate the chunks in order, moderate the variances over all genes, and write the tables.
 
-    Moderation borrows strength across every gene, so it runs here and not per chunk.
-    Checks that every input gene has exactly one row (nothing lost).
+    Moderation borrows strength across every gene, so it runs here and not per chunk, on
+    ``gene_fits`` read whole (one row per gene). The BLUPs and the corrected expression are streamed:
+    their chunks' lines are copied as they are under one header. Checks that every input gene has
+    exactly one row (nothing lost).
     """
     from batchmix import moderate
 
@@ -198,10 +231,37 @@ def gather_stage(config: dict, fits: list[str], blups: list[str], corrected: lis
             gene_fits, trend=mcfg["trend"], mean_expression=mean_expr, robust=mcfg["robust"]
         )
     write_table(gene_fits, out["gene_fits"])
-    blup_tables = [pd.read_csv(p, sep="\t", dtype={"gene_id": str, "level": str}) for p in blups]
-    write_table(pd.concat(blup_tables, ignore_index=True), out["blups"])
+    _concatenate_tables(blups, out["blups"])
     if "corrected" in out:
-        write_table(pd.concat([_read_matrix(p) for p in corrected]), out["corrected"], index=True)
+        _concatenate_tables(corrected, out["corrected"])
+
+
+def _concatenate_tables(paths: list[str], out_path: str) -> None:
+    """Write the tables at ``paths`` one after the other under one header, copying their lines as they are.
+
+    Streams, so that memory does not grow with the tables (the corrected expression is genes ×
+    samples). Every table must have the same header line: chunks from one run do, and a mismatch
+    means a chunk is stale.
+    """
+    with table_writer(out_path) as out:
+        header = None
+        for path in paths:
+            with table_lines(path) as source:
+                line = source.readline()
+                if header is None:
+                    header = line
+                    out.write(header)
+                elif line != header:
+                    raise RuntimeError(
+                        f"{path} has other columns than {paths[0]}; a chunk is stale: rerun with --forcerun lmm_chunk"
+                    )
+                last = line
+                while block := source.read(1 << 20):
+                    out.write(block)
+                    last = block
+            # Every table we write ends with a newline; one that does not must not run into the next.
+            if last and not last.endswith(b"\n"):
+                out.write(b"\n")
 
 
 def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 
 rule split_genes:
     input:
-        "results/vst/expression.tsv.gz",
+        expression="results/vst/expression.tsv.gz",
+        # The gene count, so that the split streams the table in one pass.
+        gene_status="results/vst/gene_status.tsv",
     output:
         scatter.lmm("results/lmm/chunks/{scatteritem}.expression.tsv.gz"),
     log:

@@ -8,4 +8,4 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from batchmix.stages import log_to, split_stage
 
 with log_to(snakemake.log[0]):
-    split_stage(snakemake.input[0], list(snakemake.output))
+    split_stage(snakemake.input.expression, snakemake.input.gene_status, list(snakemake.output))

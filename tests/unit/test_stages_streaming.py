@@ -1,0 +1,115 @@
+"""The split and the gather of the LMM stage stream their tables: lines copied as they are, one header."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pandas as pd
+import pytest
+
+from batchmix import stages
+from batchmix.io import table_writer, write_table
+
+HEADER = "gene_id\ts1\ts2\n"
+# Cells in the formats write_table gives them (%.12g, NA, -0, exponents), kept as written.
+GENE_LINES = [
+    "g1\t1.5\tNA\n",
+    "g2\t-0\t3\n",
+    "g3\t1e-300\t-2.5e+20\n",
+    "007\t0.333333333333\tinf\n",
+    "g5\t8\t9\n",
+    "1e5\t10\t11\n",
+    "g7\t12\t13\n",
+]
+
+
+def fixed_gzip(text: bytes) -> bytes:
+    """The gzip bytes the workflow writes, built by hand: header with mtime 0, no file name, XFL 0 and
+    OS 255 (unknown), one level-6 raw deflate stream, CRC-32 and length."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflate.compress(text) + deflate.flush()
+    return b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\xff" + body + struct.pack("<II", zlib.crc32(text), len(text))
+
+
+def write_expression(tmp_path, gene_lines=GENE_LINES):
+    expression = tmp_path / "expression.tsv.gz"
+    expression.write_bytes(fixed_gzip((HEADER + "".join(gene_lines)).encode()))
+    status = tmp_path / "gene_status.tsv"
+    status.write_text("gene_id\tstatus\n" + "".join(line.split("\t")[0] + "\tok\n" for line in gene_lines))
+    return expression, status
+
+
+def test_a_table_streamed_line_by_line_has_the_bytes_of_one_deflate_stream(tmp_path):
+    text = (HEADER + "".join(GENE_LINES) * 500).encode()
+    with table_writer(tmp_path / "streamed.tsv.gz") as fh:
+        for line in text.splitlines(keepends=True):
+            fh.write(line)
+    assert (tmp_path / "streamed.tsv.gz").read_bytes() == fixed_gzip(text)
+
+
+def test_write_table_gzip_has_the_fixed_header_and_one_deflate_stream(tmp_path):
+    write_table(pd.DataFrame({"a": [1.0, 2.5], "b": ["x", "y"]}), tmp_path / "table.tsv.gz")
+    assert (tmp_path / "table.tsv.gz").read_bytes() == fixed_gzip(b"a\tb\n1\tx\n2.5\ty\n")
+
+
+@pytest.mark.parametrize(
+    ("n_chunks", "sizes"),
+    [(1, [7]), (3, [3, 2, 2]), (4, [2, 2, 2, 1]), (9, [1, 1, 1, 1, 1, 1, 1, 0, 0])],
+)
+def test_split_copies_the_header_and_consecutive_gene_lines_into_each_chunk(tmp_path, n_chunks, sizes):
+    expression, status = write_expression(tmp_path)
+    chunks = [tmp_path / f"{i}-of-{n_chunks}.expression.tsv.gz" for i in range(1, n_chunks + 1)]
+    stages.split_stage(str(expression), str(status), [str(c) for c in chunks])
+    start = 0
+    for chunk, size in zip(chunks, sizes):
+        text = (HEADER + "".join(GENE_LINES[start:start + size])).encode()
+        assert chunk.read_bytes() == fixed_gzip(text), chunk.name
+        start += size
+
+
+@pytest.mark.parametrize("listed", [GENE_LINES[:-1], GENE_LINES + ["g8\t1\t2\n"]])
+def test_split_refuses_a_table_whose_gene_count_differs_from_gene_status(tmp_path, listed):
+    expression, _ = write_expression(tmp_path)
+    (tmp_path / "listed").mkdir()
+    _, status = write_expression(tmp_path / "listed", listed)
+    with pytest.raises(RuntimeError, match=rf"has 7 gene lines but .* lists {len(listed)} genes"):
+        stages.split_stage(str(expression), str(status), [str(tmp_path / "1-of-2.tsv.gz"), str(tmp_path / "2-of-2.tsv.gz")])
+
+
+def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_path):
+    expression, status = write_expression(tmp_path)
+    blups = [tmp_path / "1.blups.tsv", tmp_path / "2.blups.tsv", tmp_path / "3.blups.tsv"]
+    blups[0].write_text("gene_id\tgroup\tlevel\tterm\tvalue\ng1\tBatch\tB1\t(Intercept)\t0.5\n")
+    blups[1].write_text("gene_id\tgroup\tlevel\tterm\tvalue\n")  # a chunk whose genes have no BLUPs
+    blups[2].write_text("gene_id\tgroup\tlevel\tterm\tvalue\n007\tBatch\t01\t(Intercept)\t-0\n")
+    corrected = [tmp_path / "1.corrected.tsv.gz", tmp_path / "2.corrected.tsv.gz"]
+    corrected[0].write_bytes(fixed_gzip((HEADER + "".join(GENE_LINES[:3])).encode()))
+    corrected[1].write_bytes(fixed_gzip((HEADER + "".join(GENE_LINES[3:])).encode()))
+    fits = tmp_path / "fits.tsv"
+    fits.write_text("gene_id\tstatus\n" + "".join(line.split("\t")[0] + "\tok\n" for line in GENE_LINES))
+    out = {"gene_fits": str(tmp_path / "gene_fits.tsv"), "blups": str(tmp_path / "blups.tsv"),
+           "corrected": str(tmp_path / "corrected.tsv.gz")}
+    config = {"moderate": {"enabled": False}}
+    stages.gather_stage(config, [str(fits)], [str(b) for b in blups], [str(c) for c in corrected], str(status), out)
+    assert (tmp_path / "blups.tsv").read_text() == (
+        "gene_id\tgroup\tlevel\tterm\tvalue\ng1\tBatch\tB1\t(Intercept)\t0.5\n007\tBatch\t01\t(Intercept)\t-0\n"
+    )
+    assert (tmp_path / "corrected.tsv.gz").read_bytes() == fixed_gzip((HEADER + "".join(GENE_LINES)).encode())
+
+
+def test_gather_refuses_chunks_with_different_columns(tmp_path):
+    _, status = write_expression(tmp_path, GENE_LINES[:1])
+    fits = tmp_path / "fits.tsv"
+    fits.write_text("gene_id\tstatus\ng1\tok\n")
+    blups = [tmp_path / "1.blups.tsv", tmp_path / "2.blups.tsv"]
+    blups[0].write_text("gene_id\tgroup\tlevel\tterm\tvalue\n")
+    blups[1].write_text("gene_id\tgroup\tlevel\tvalue\n")
+    out = {"gene_fits": str(tmp_path / "gene_fits.tsv"), "blups": str(tmp_path / "blups.tsv")}
+    with pytest.raises(RuntimeError, match="other columns.*rerun with --forcerun lmm_chunk"):
+        stages.gather_stage({"moderate": {"enabled": False}}, [str(fits)], [str(b) for b in blups], [], str(status), out)
+
+
+def test_chunk_matrices_keep_gene_ids_that_look_like_numbers(tmp_path):
+    expression, _ = write_expression(tmp_path)
+    assert stages._read_matrix(expression).index.tolist() == ["g1", "g2", "g3", "007", "g5", "1e5", "g7"]
