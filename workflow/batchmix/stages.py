@@ -139,6 +139,8 @@ def stabilise_stage(config: dict, out: dict[str, str]) -> None:
     info["notes"] = inputs.notes
     gene_status = pd.DataFrame(
         {"gene_id": expr.index, "status": status.to_numpy(), "base_mean": base_mean.to_numpy(),
+         # limma's trend covariate: the average on the log-like scale the models see
+         "mean_expression": values.mean(axis=1).to_numpy(),
          "n_observed": expr.notna().sum(axis=1).to_numpy()}
     )
     write_table(values.rename_axis("gene_id"), out["expression"], index=True)
@@ -226,7 +228,7 @@ def gather_stage(config: dict, fits: list[str], blups: list[str], corrected: lis
         )
     mcfg = config["moderate"]
     if mcfg["enabled"]:
-        mean_expr = status.set_index("gene_id")["base_mean"]
+        mean_expr = status.set_index("gene_id")["mean_expression"]
         gene_fits = moderate.moderate_gene_fits(
             gene_fits, trend=mcfg["trend"], mean_expression=mean_expr, robust=mcfg["robust"]
         )
