@@ -1,9 +1,10 @@
 #!/usr/bin/env Rscript
 # Reference fits for batchmix's per-gene linear mixed models (batchmix.lmm), made with
 # lme4 + lmerTest. Run from the repository root:
-#   Rscript tests/data/lme4/make_fixtures.R /work/shared/data
-# Inputs: sleepstudy.csv, and counts.tsv + samples.tsv of bottomly and gse147507 (the path
-# argument is the folder holding the shared data sets). Writes, next to this script:
+#   Rscript tests/data/lme4/make_fixtures.R DATA_DIR
+# Inputs: DATA_DIR/sleepstudy/sleepstudy.csv and DATA_DIR/{bottomly,gse147507}/{counts,samples}.tsv,
+# the public data sets described in the *_SOURCE.md files next to this script (their origins and
+# licenses; README.md says where to get them). Writes, next to this script:
 #   sleepstudy.csv.gz                    the data (copied)
 #   <set>_vst.tsv.gz, <set>_samples.tsv  DESeq2 vst(blind=TRUE) of a gene subset (the *input* of the tests)
 #   fits.tsv.gz                          long table: dataset, model, gene_id, stat, value
@@ -13,7 +14,8 @@ suppressPackageStartupMessages({
   library(lme4); library(lmerTest); library(DESeq2)
 })
 args <- commandArgs(trailingOnly = TRUE)
-shared <- if (length(args)) args[1] else "/work/shared/data"
+if (length(args) != 1) stop("usage: Rscript tests/data/lme4/make_fixtures.R DATA_DIR (see README.md)")
+shared <- args[1]
 out <- dirname(normalizePath(sub("--file=", "", grep("--file=", commandArgs(), value = TRUE))))
 
 sanitize <- function(x) gsub("[^A-Za-z0-9_.]", "_", gsub("^\\(Intercept\\)$", "Intercept", x))
