@@ -25,14 +25,6 @@ SEED = 20261124
 
 
 @pytest.fixture(scope="module")
-def sleep():
-    d = pd.read_csv(DATA / "sleepstudy.tsv", sep="\t")
-    d.index = [f"s{i}" for i in range(len(d))]
-    expr = pd.DataFrame([d["Reaction"].to_numpy()], index=["Reaction"], columns=d.index)
-    return expr, d
-
-
-@pytest.fixture(scope="module")
 def boots(sleep):
     expr, samples = sleep
     return {model: unc.bootstrap(expr, samples, f, nsim=2000, seed=SEED, keep_draws_for=["Reaction"])

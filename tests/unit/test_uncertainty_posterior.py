@@ -24,14 +24,6 @@ PRIOR_MODEL = {"unif_icc": "intercept_flat_unifICC", "half_cauchy": "intercept_f
 
 
 @pytest.fixture(scope="module")
-def sleep():
-    d = pd.read_csv(DATA / "sleepstudy.tsv", sep="\t")
-    d.index = [f"s{i}" for i in range(len(d))]
-    expr = pd.DataFrame([d["Reaction"].to_numpy()], index=["Reaction"], columns=d.index)
-    return expr, d
-
-
-@pytest.fixture(scope="module")
 def stan():
     return pd.read_csv(DATA / "brms_posterior.tsv", sep="\t")
 

@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import make_run_dir
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 LME4_FITS = REPO / "tests/data/lme4/fits.tsv.gz"
@@ -46,13 +48,9 @@ FIT_COLUMNS = {
 
 
 def make_sleepstudy_run_dir(root: Path) -> Path:
-    """A directory laid out like a clone (as conftest.make_run_dir), with the sleepstudy inputs and a
+    """A directory laid out like a clone (conftest.make_run_dir), with the sleepstudy inputs and a
     copy of config/sleepstudy.yaml that asks for ``N_BOOTSTRAP`` replicates, as ``sleepstudy_test.yaml``."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", root / "Snakefile")
-    shutil.copytree(REPO / "workflow", root / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "config", root / "config")
-    shutil.copytree(REPO / "envs", root / "envs")
+    make_run_dir(root)
     shutil.copytree(REPO / "resources/sleepstudy", root / "resources/sleepstudy")
     config = yaml.safe_load((REPO / "config/sleepstudy.yaml").read_text())
     config["uncertainty"]["bootstrap"] = N_BOOTSTRAP
