@@ -380,6 +380,58 @@ def table_lines(path: str | Path):
         yield fh
 
 
+# Columns of batchmix's own result tables that hold identifiers or words, never numbers: read as
+# text so that ids such as ``007``, ``1e5`` or ``NA`` come back exactly as written.
+TEXT_COLUMNS = frozenset(
+    {"gene_id", "gene_a", "gene_b", "sample_id", "group", "level", "term", "status", "parameter", "batch",
+     "per_batch_r", "reason", "symbol", "coefficient", "change"}
+)
+
+
+def read_result_table(path: str | Path) -> pd.DataFrame:
+    """Read a table that batchmix wrote (TSV, optionally gzipped), ids kept as text.
+
+    The first column and every column named in :data:`TEXT_COLUMNS` are read verbatim as strings
+    (a gene called ``NA`` or ``007`` stays so); in the other columns ``NA`` is a missing value.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    text = {c for c in header if c in TEXT_COLUMNS} | ({header[0]} if len(header) else set())
+    return pd.read_csv(
+        path, sep="\t", dtype={c: str for c in text}, keep_default_na=False,
+        na_values={c: ["NA"] for c in header if c not in text},
+    )
+
+
+def read_matrix(path: str | Path) -> pd.DataFrame:
+    """Read a genes × samples matrix that batchmix wrote: gene ids (text) as the index, float64 values.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table (``gene_id`` first, one column per sample; ``NA`` for missing values).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``gene_id`` (str), columns the sample ids, values float64.
+    """
+    # converters={0: str}: parsed as numbers, ids such as 007 or 1e5 would change and no longer
+    # match the other tables.
+    table = pd.read_csv(path, sep="\t", index_col=0, converters={0: str}, na_values=["NA"], keep_default_na=False)
+    table.index = table.index.astype(str)
+    table.index.name = "gene_id"
+    return table.astype(float)
+
+
 def file_md5(path: str | Path) -> str:
     """MD5 checksum of a file, for the report's record of inputs."""
     digest = hashlib.md5()
