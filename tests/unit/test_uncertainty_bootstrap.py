@@ -99,7 +99,7 @@ def test_singular_refits_are_counted_and_kept_as_bootmer_does(boots):
 def test_refits_on_real_responses_equal_the_engine_fit():
     """The compressed sufficient statistics of an observed y refit to lmm.fit_arrays(y): the same
     optimum (or a lower criterion where the engine stops on a boundary)."""
-    from batchmix.lmm import core
+    from batchmix.lmm import core, general
 
     rng = np.random.default_rng(4)
     n = 60
@@ -117,7 +117,7 @@ def test_refits_on_real_responses_equal_the_engine_fit():
         ref = lmm.fit_arrays(Y, prep)
         th, be, s2, conv = unc.refit_compressed(m, rho, comp, prep, method=method, theta0=ref.theta)
         assert conv.all()
-        ours = core.evaluate(th, core.GeneData.from_matrix(Y, prep), prep, True).deviance
+        ours = general.evaluate(th, core.GeneData.from_matrix(Y, prep), prep, True).deviance
         engine = -2 * ref.loglik
         assert (ours <= engine + 1e-6).all(), formula
         same = ours > engine - 1e-6
@@ -220,7 +220,7 @@ def _lme4_refit_sets():
 def test_bootstrap_refits_reach_lme4_optimum(name, start):
     """Refits of responses whose lme4 fits are in refit_lme4.tsv (made by make_refit_fixture.R),
     many of them boundary cases (θ₂₂ = 0, or where a Newton path can stop at θ₁₁ = 0)."""
-    from batchmix.lmm import core
+    from batchmix.lmm import core, general
 
     d, formula, Y, r = _lme4_refit_sets()[name]
     prep = lmm.prepare(formula, d)
@@ -230,7 +230,7 @@ def test_bootstrap_refits_reach_lme4_optimum(name, start):
     theta0 = lmm.fit_arrays(Y, prep).theta if start == "engine" else None
     th, be, s2, conv = unc.refit_compressed(m, rho, comp, prep, theta0=theta0)
     assert conv.all()
-    dev = core.evaluate(th, core.GeneData.from_matrix(Y, prep), prep, True).deviance
+    dev = general.evaluate(th, core.GeneData.from_matrix(Y, prep), prep, True).deviance
     lme4 = r["REMLcrit"].to_numpy()
     # never above lme4's optimum; lme4's bobyqa itself stops on the θ₁₁ = 0 boundary for one
     # response (sim y10: REMLcrit 185.2026 against 185.1332 at an interior point found here)

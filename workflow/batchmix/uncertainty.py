@@ -1105,7 +1105,7 @@ def _onecomp_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared,
 
     Returns θ (N × 1), β (N × p), σ² (N), converged (N).
     """
-    oc = prepared.onecomp
+    oc = prepared.rotation
     reml = prepared.reml
     n, p = prepared.n, prepared.p
     k = n - p if reml else n
@@ -1158,14 +1158,14 @@ def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, 
     ``theta0`` (N × m) are the starting values; bootMer's ``refit()`` starts at the original
     fit's θ, and so does :func:`bootstrap`.
     """
-    from batchmix.lmm import core
+    from batchmix.lmm import core, general
 
     p = prepared.p
     Xty = m @ comp.R[:, :p]
     Zty = m @ comp.R[:, p:]
     yty = np.einsum("ij,ij->i", m, m) + rho
     data = core.GeneData(Zty=Zty, Xty=Xty, yty=yty)
-    theta, converged = core.optimise(data, prepared, prepared.reml, theta0=theta0)
+    theta, converged = general.optimise(data, prepared, prepared.reml, theta0=theta0)
     # The θ-Newton path can stop on the boundary (a diagonal θ = 0) where lme4 finds a lower
     # interior optimum (seen on sleepstudy slope refits). Retry boundary fits from a few
     # interior starts (lme4's default start scaled, and mixes of it with the given start) and
@@ -1175,14 +1175,14 @@ def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, 
     if suspect.size:
         sub = data.take(suspect)
         best_th, best_conv = theta[suspect], converged[suspect]
-        best_dev = core.evaluate(best_th, sub, prepared, prepared.reml).deviance
+        best_dev = general.evaluate(best_th, sub, prepared, prepared.reml).deviance
         start = np.tile(prepared.theta_start(), (suspect.size, 1))
         starts = [start, 0.5 * start, 0.25 * start]
         if theta0 is not None:
             starts += [0.5 * (start + theta0[suspect]), 0.5 * theta0[suspect] + 0.05 * start]
         for st in starts:
-            th, cv = core.optimise(sub, prepared, prepared.reml, theta0=st)
-            dv = core.evaluate(th, sub, prepared, prepared.reml).deviance
+            th, cv = general.optimise(sub, prepared, prepared.reml, theta0=st)
+            dv = general.evaluate(th, sub, prepared, prepared.reml).deviance
             better = np.isfinite(dv) & ~(dv >= best_dev - 1e-9)
             best_th = np.where(better[:, None], th, best_th)
             best_conv = np.where(better, cv, best_conv)
@@ -1191,8 +1191,8 @@ def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, 
     k = prepared.n - p if prepared.reml else prepared.n
     N = m.shape[0]
     beta, sigma2 = np.full((N, p), np.nan), np.full(N, np.nan)
-    for chunk in core._chunks(N, prepared):
-        ev = core.evaluate(theta[chunk], data.take(np.arange(N)[chunk]), prepared, prepared.reml, order=0)
+    for chunk in core.gene_chunks(N, prepared):
+        ev = general.evaluate(theta[chunk], data.take(np.arange(N)[chunk]), prepared, prepared.reml, order=0)
         beta[chunk] = ev.beta
         sigma2[chunk] = ev.r2 / k
     converged = converged & np.isfinite(sigma2) & np.isfinite(beta).all(axis=1)
@@ -1208,7 +1208,7 @@ def refit_compressed(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared
     tolerance, which the tests check). ``theta0`` starts the θ-Newton path (the one-component
     path searches λ globally and needs no start).
     """
-    if method == "auto" and prepared.onecomp is not None:
+    if method == "auto" and prepared.rotation is not None:
         return _onecomp_refit(m, rho, comp, prepared)
     return _general_refit(m, rho, comp, prepared, theta0)
 
