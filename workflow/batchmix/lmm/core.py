@@ -70,6 +70,8 @@ class Rotation:
     d_u: np.ndarray | None = None      # distinct eigenvalues of Z'Z and multiplicities (ML)
     d_n: np.ndarray | None = None
     WW: np.ndarray | None = None       # q × p², rows W_j W_j' flattened
+    ZQ: np.ndarray | None = None       # p × q, QX' Z
+    R_keep: np.ndarray | None = None   # q × k, eigenvectors of Z'S Z with non-zero eigenvalue (U = S Z R_keep / √ξ)
 
 
 def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarray, m: int) -> Rotation | None:
@@ -97,7 +99,8 @@ def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarra
     p = X.shape[1]
     WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], p * p)
     return Rotation(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=W, P=P, to_wy=Zmap @ Qz, RX=RX,
-                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW)
+                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW,
+                    ZQ=ZQ, R_keep=R[:, keep])
 
 
 @dataclass

@@ -44,7 +44,7 @@ from scipy import stats
 from ..design import RandomBlock, RandomDesign, fixed_design, fixed_term_columns, parse_formula, random_design
 from . import core, general, missing
 from .core import GeneData, PreparedDesign
-from .onecomp import fit_onecomp
+from .onecomp import fit_onecomp, fit_state, state_from_statistics
 from .results import ModelMetadata, block_columns, coefficient_column, metadata_from_design, theta_to_covariances
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ __all__ = [
     "fit_arrays",
     "fit",
     "corrected_expression",
+    "refit_sufficient",
+    "SufficientFit",
 ]
 
 LRT_ZERO = 1e-8  # LRT statistics below this are the boundary's point mass at 0
@@ -254,6 +256,68 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
                     loglik=-0.5 * deviance, ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml), b=b,
                     converged=converged, singular=singular, ols_rss=rss0)
+
+
+@dataclass
+class SufficientFit:
+    """Refits from sufficient statistics (:func:`refit_sufficient`), N responses.
+
+    Attributes
+    ----------
+    theta : ndarray, N × m
+    beta : ndarray, N × p
+    sigma2 : ndarray, N
+    converged : ndarray of bool, N
+        False where the optimisation failed or the criterion is not finite.
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma2: np.ndarray
+    converged: np.ndarray
+
+
+def refit_sufficient(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, prepared: PreparedDesign, *,
+                     theta0: np.ndarray | None = None, method: str = "auto",
+                     residual_ss: np.ndarray | None = None) -> SufficientFit:
+    """Fit responses known only through their sufficient statistics X'y, Z'y and y'y.
+
+    The REML/ML criterion sees a response only through these, so this is the exact fit of
+    :func:`fit_arrays` without the data (what a parametric bootstrap needs: simulated responses
+    can be drawn as their statistics directly).
+
+    Parameters
+    ----------
+    Xty : ndarray, N × p
+    Zty : ndarray, N × q
+    yty : ndarray, N
+    prepared : PreparedDesign
+        From :func:`prepare`; its ``reml`` flag selects REML or ML.
+    theta0 : ndarray, N × m, optional
+        Starting θ of the θ-Newton engine (the rotation searches λ globally and needs none).
+    method : {"auto", "general"}
+        ``auto`` uses the rotation for single-θ models and the θ-Newton engine otherwise;
+        ``general`` forces the latter (the two agree to optimisation tolerance).
+    residual_ss : ndarray, N, optional
+        The OLS residual sum of squares, when the caller has it more accurately than
+        y'y − ‖Q_X'y‖² (rotation only).
+
+    Returns
+    -------
+    SufficientFit
+    """
+    if method not in ("auto", "general"):
+        raise ValueError(f"unknown method {method!r}")
+    Xty, Zty, yty = (np.asarray(a, dtype=float) for a in (Xty, Zty, yty))
+    if method == "auto" and prepared.rotation is not None:
+        state = state_from_statistics(Xty, Zty, yty, prepared.rotation, residual_ss=residual_ss)
+        one = fit_state(state, prepared.rotation, prepared, prepared.reml, derivatives=False)
+        k = (prepared.n - prepared.p) if prepared.reml else prepared.n
+        sigma2 = one.r2 / k
+        converged = np.isfinite(sigma2) & np.isfinite(one.beta).all(axis=1)
+        return SufficientFit(theta=one.theta, beta=one.beta, sigma2=sigma2, converged=converged)
+    theta, beta, sigma2, converged = general.refit(GeneData(Zty=Zty, Xty=Xty, yty=yty), prepared, theta0)
+    return SufficientFit(theta=theta, beta=beta, sigma2=sigma2, converged=converged)
 
 
 @dataclass

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from .block import evaluate_block, moment_start
-from .core import Evaluation, GeneData, PreparedDesign, evaluate_dense, gene_chunks
+from .core import SINGULAR_TOL, Evaluation, GeneData, PreparedDesign, evaluate_dense, gene_chunks
 from .onecomp import lambda_from_stats
 
-__all__ = ["evaluate", "optimise", "start_values"]
+__all__ = ["evaluate", "optimise", "refit", "start_values"]
 
 
 def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
@@ -256,3 +256,45 @@ def _theta_columns(prepared: PreparedDesign) -> list[list[int]]:
             if len(idx) > 1:
                 out.append(idx)
     return out
+
+
+def refit(data: GeneData, prepared: PreparedDesign, theta0: np.ndarray | None = None,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """θ, β, σ² and convergence of responses given by their sufficient statistics (any model).
+
+    ``theta0`` (G × m) starts the Newton iterations (bootMer's ``refit()`` starts at the original
+    fit's θ). The θ-Newton path can stop on the boundary (a diagonal θ = 0) where lme4 finds a
+    lower interior optimum (seen on sleepstudy slope refits): boundary fits are retried from a
+    few interior starts (lme4's default start scaled, and mixes of it with ``theta0``), keeping
+    whichever criterion is lowest.
+    """
+    reml = prepared.reml
+    theta, converged = optimise(data, prepared, reml, theta0=theta0)
+    diag = np.isfinite(prepared.theta_lower)
+    suspect = np.flatnonzero((np.abs(theta[:, diag]) < SINGULAR_TOL).any(axis=1))
+    if suspect.size:
+        sub = data.take(suspect)
+        best_th, best_conv = theta[suspect], converged[suspect]
+        best_dev = evaluate(best_th, sub, prepared, reml).deviance
+        start = np.tile(prepared.theta_start(), (suspect.size, 1))
+        starts = [start, 0.5 * start, 0.25 * start]
+        if theta0 is not None:
+            starts += [0.5 * (start + theta0[suspect]), 0.5 * theta0[suspect] + 0.05 * start]
+        for st in starts:
+            th, cv = optimise(sub, prepared, reml, theta0=st)
+            dv = evaluate(th, sub, prepared, reml).deviance
+            better = np.isfinite(dv) & ~(dv >= best_dev - 1e-9)
+            best_th = np.where(better[:, None], th, best_th)
+            best_conv = np.where(better, cv, best_conv)
+            best_dev = np.where(better, dv, best_dev)
+        theta[suspect], converged[suspect] = best_th, best_conv
+    p = prepared.p
+    k = prepared.n - p if reml else prepared.n
+    G = theta.shape[0]
+    beta, sigma2 = np.full((G, p), np.nan), np.full(G, np.nan)
+    for chunk in gene_chunks(G, prepared):
+        ev = evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared, reml, order=0)
+        beta[chunk] = ev.beta
+        sigma2[chunk] = ev.r2 / k
+    converged = converged & np.isfinite(sigma2) & np.isfinite(beta).all(axis=1)
+    return theta, beta, sigma2, converged

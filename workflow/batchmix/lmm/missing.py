@@ -20,6 +20,9 @@ __all__ = [
     "PERFECT_FIT",
     "NOT_CONVERGED",
     "NUMERICAL",
+    "NO_STATUS",
+    "ORIGINAL_FIT_FAILED",
+    "DEGENERATE",
     "MissingnessPattern",
     "group_by_missingness",
     "constant_rows",
@@ -34,6 +37,9 @@ TOO_FEW_OBSERVATIONS = "failed:too_few_observations"   # fewer than p + 2 sample
 PERFECT_FIT = "failed:perfect_fit"                     # zero OLS residual
 NOT_CONVERGED = "failed:not_converged"
 NUMERICAL = "failed:numerical"
+NO_STATUS = "failed:no_status"                         # a gene without a status from the earlier stages
+ORIGINAL_FIT_FAILED = "failed:original_fit"            # bootstrap: the gene's own fit is unusable
+DEGENERATE = "failed:degenerate"                       # grid posterior: S_λ not positive
 
 
 @dataclass

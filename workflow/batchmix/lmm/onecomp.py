@@ -96,18 +96,17 @@ def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: Rotation,
     return f, f_1, f_2, r2, r2_1, r2_2
 
 
-def deviance_at(lam: np.ndarray, st: OneComponentState, oc: Rotation,
-                prepared: PreparedDesign, reml: bool) -> np.ndarray:
-    """Profiled deviance (lme4 scale) at per-gene λ."""
-    f, _, _, r2, _, _ = _criterion_parts(lam, st, oc, prepared, reml)
-    k = _k(prepared, reml)
-    r2 = np.where(r2 > 0, r2, np.nan)
-    return f + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
-
-
-def _optimise_chunk(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
+def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
                     fn: np.ndarray, k: int, grid: np.ndarray, max_iter: int) -> np.ndarray:
-    """λ ≥ 0 minimising f(λ) + k log r²(λ) for a block of genes (see :func:`optimise_lambda`)."""
+    """λ ≥ 0 minimising f(λ) + k log r²(λ) = Σ fnᵢ log(1 + λ fvᵢ) + k log(rss₀ − Σ ηᵢ² λξᵢ/(1 + λξᵢ)) per gene.
+
+    The one λ search of batchmix (the engine, its start values and the bootstrap's refits).
+    The minimum is bracketed on ``grid`` (one matrix product for all genes, ``grid[0] = 0``),
+    started at the parabola through the best grid point and its neighbours (in log λ) and
+    located by safeguarded Newton steps on the closed-form derivative.
+
+    Returns λ, the index of the best grid point, the criterion there and at λ = 0 (each per gene).
+    """
     G, T = rss0.shape[0], grid.size
     frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])      # T × k
     r2g = rss0[:, None] - eta2 @ frac.T                                             # G × T
@@ -187,15 +186,8 @@ def _optimise_chunk(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.n
     return lam, best, dev_best, devg[:, 0]
 
 
-def optimise_lambda(st: OneComponentState, oc: Rotation, prepared: PreparedDesign,
-                    reml: bool, grid_size: int = 40, max_iter: int = 100) -> np.ndarray:
-    """Per-gene λ ≥ 0 minimising the profiled deviance (G)."""
-    lam, _ = _optimise(st, oc, prepared, reml, grid_size, max_iter)
-    return lam
-
-
-def _optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool,
-              grid_size: int = 40, max_iter: int = 100):
+def optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool,
+             grid_size: int = 40, max_iter: int = 100):
     """λ (G) and the criterion parts at λ (:func:`_criterion_parts`)."""
     G = st.rss0.shape[0]
     k = _k(prepared, reml)
@@ -214,7 +206,7 @@ def _optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, rem
     best = np.empty(G, dtype=int)
     for start in range(0, G, CHUNK):
         sl = slice(start, min(G, start + CHUNK))
-        lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = _optimise_chunk(
+        lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = search_lambda(
             st.rss0[sl], st.eta2[sl], xi, xi if reml else fv, fn, k, grid, max_iter)
     # keep whichever of the refined point, the best grid point and the boundary is lowest
     parts = _criterion_parts(lam, st, oc, prepared, reml)
@@ -247,16 +239,37 @@ class OneComponentFit:
     beta: np.ndarray       # G × p
     Minv: np.ndarray       # G × p × p, (X'V⁻¹X)⁻¹
     b: np.ndarray          # G × q conditional modes (random effects, data scale)
-    hess_varpar: np.ndarray  # G × 2 × 2, Hessian of the deviance in (θ, σ)
-    jac_vcov: np.ndarray     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
+    hess_varpar: np.ndarray | None  # G × 2 × 2, Hessian of the deviance in (θ, σ)
+    jac_vcov: np.ndarray | None     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
     rss0: np.ndarray         # G, OLS residual sum of squares
 
 
 def fit_onecomp(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
                 reml: bool, yty: np.ndarray | None = None) -> OneComponentFit:
     """Fit all genes (rows of Y, no missing values) with the rotation."""
-    st = gene_state(Y, oc, prepared, yty)
-    lam, (f, f_1, f_2, r2, r2_1, r2_2) = _optimise(st, oc, prepared, reml)
+    return fit_state(gene_state(Y, oc, prepared, yty), oc, prepared, reml)
+
+
+def state_from_statistics(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, oc: Rotation, *,
+                          residual_ss: np.ndarray | None = None) -> OneComponentState:
+    """:class:`OneComponentState` from the sufficient statistics X'y, Z'y, y'y (G rows each).
+
+    ``residual_ss`` is the OLS residual sum of squares when the caller has it more accurately
+    than y'y − ‖Q_X'y‖² (which cancels when the mean dominates).
+    """
+    qx = np.linalg.solve(oc.RX.T, Xty.T).T                            # QX'y
+    eta = ((Zty - qx @ oc.ZQ) @ oc.R_keep) / np.sqrt(oc.xi)           # U'y
+    rss0 = yty - np.einsum("gp,gp->g", qx, qx) if residual_ss is None else residual_ss
+    eta2 = eta * eta
+    if oc.xi_u.size < oc.xi.size:
+        eta2 = eta2 @ oc.xi_onehot
+    return OneComponentState(rss0=rss0, eta2=eta2, wy=Zty @ oc.Qz, Xty=Xty)
+
+
+def fit_state(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool, *,
+              derivatives: bool = True) -> OneComponentFit:
+    """Fit genes given their :class:`OneComponentState`; ``derivatives=False`` skips what Satterthwaite needs."""
+    lam, (f, f_1, f_2, r2, r2_1, r2_2) = optimise(st, oc, prepared, reml)
     G, p = lam.size, prepared.p
     k = _k(prepared, reml)
     r2 = np.where(r2 > 0, r2, np.nan)
@@ -270,6 +283,9 @@ def fit_onecomp(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
     b = (c * (st.wy - beta @ oc.W.T)) @ oc.Qz.T
     theta = np.sqrt(lam)
     sigma2 = r2 / k
+    if not derivatives:
+        return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
+                               b=b, hess_varpar=None, jac_vcov=None, rss0=st.rss0)
     sigma = np.sqrt(sigma2)
     # deviance in lmerTest's (θ, σ): f(θ²) + k log(2πσ²) + r²(θ²)/σ²
     fh = 2.0 * f_1 + 4.0 * lam * f_2
@@ -322,5 +338,5 @@ def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.n
     ok = np.flatnonzero(rss0 > 1e-10 * yty)
     for start in range(0, ok.size, CHUNK):
         sl = ok[start:start + CHUNK]
-        lam[sl] = _optimise_chunk(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
+        lam[sl] = search_lambda(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
     return lam
