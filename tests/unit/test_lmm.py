@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from batchmix.lmm import core, general
 from batchmix import lmm
+from batchmix.lmm import core, general
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lme4"
 
@@ -136,7 +135,8 @@ def test_fractions_sum_to_one_and_lrt_conventions(small):
     np.testing.assert_allclose(fracs.sum(axis=1), 1.0, rtol=1e-12)
     assert (fracs >= 0).all().all()
     # variancePartition's residual share is σ² over the total
-    total = table["var_batch"] + table["var_residual"] + table["frac_condition"] / table["frac_residual"] * table["var_residual"]
+    total = (table["var_batch"] + table["var_residual"]
+             + table["frac_condition"] / table["frac_residual"] * table["var_residual"])
     np.testing.assert_allclose(table["frac_residual"], table["var_residual"] / total, rtol=1e-10)
     singular = table["status"] == "singular"
     assert (table.loc[singular, "lrt_stat"] == 0).all() and (table.loc[singular, "lrt_p"] == 1).all()
@@ -321,3 +321,25 @@ def test_diagonal_lambda_derivatives_match_the_dense_formulas(reml):
     slow = general.evaluate(theta, data, prepared, reml, order=2)
     for name in ("grad", "hess", "f_grad", "f_hess", "r2_grad", "r2_hess", "dM"):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("formula, method", [("~ condition + (1 | batch)", "auto"),
+                                             ("~ condition + (1 | batch)", "general"),
+                                             ("~ x + (x | batch)", "auto")])
+def test_refit_sufficient_equals_the_fit_of_the_data(formula, method):
+    """The criterion sees y only through X'y, Z'y, y'y: refitting from them gives fit_arrays' optimum."""
+    rng = np.random.default_rng(11)
+    n = 48
+    samples = pd.DataFrame({"condition": ["a", "b"] * (n // 2), "batch": [f"b{i % 6}" for i in range(n)],
+                            "x": rng.normal(size=n)}, index=[f"s{i}" for i in range(n)])
+    codes = pd.Categorical(samples["batch"]).codes
+    Y = (5.0 + rng.normal(size=(30, 6))[:, codes] * np.linspace(0.2, 2.0, 30)[:, None]
+         + samples["x"].to_numpy() * rng.normal(size=(30, 1)) + rng.normal(size=(30, n)))
+    prepared = lmm.prepare(formula, samples)
+    reference = lmm.fit_arrays(Y, prepared)
+    refit = lmm.refit_sufficient(Y @ prepared.X, Y @ prepared.Z, np.einsum("gi,gi->g", Y, Y), prepared,
+                                 method=method, theta0=reference.theta)
+    assert refit.converged.all()
+    np.testing.assert_allclose(refit.sigma2, reference.sigma2, rtol=1e-6)
+    np.testing.assert_allclose(refit.beta, reference.beta, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.abs(refit.theta), np.abs(reference.theta), rtol=1e-4, atol=1e-4)

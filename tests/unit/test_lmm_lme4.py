@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
 from batchmix import lmm
+from scipy import stats
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lme4"
 MODELS = pd.read_csv(DATA / "models.tsv", sep="\t")

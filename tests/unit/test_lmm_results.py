@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix import lmm
 from batchmix.lmm.results import ModelMetadata
 

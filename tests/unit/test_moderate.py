@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix import moderate as M
 
 DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "limma"

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
-from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
 from batchmix import lmm
 from batchmix import uncertainty as unc
+from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
+from scipy import stats
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sleepstudy_uncertainty"
 MODELS = {"intercept": "Reaction ~ Days + (1 | Subject)", "slopes": "Reaction ~ Days + (Days | Subject)"}

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import integrate, optimize, special, stats
-
-from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
 from batchmix import uncertainty as unc
+from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
+from scipy import integrate, optimize, special, stats
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sleepstudy_uncertainty"
 PRIOR_MODEL = {"unif_icc": "intercept_flat_unifICC", "half_cauchy": "intercept_flat_hcauchy"}
@@ -76,8 +75,8 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
     bh = np.empty((m, p))
     ainv = np.empty((m, p))
     S = np.empty(m)
-    for i, l in enumerate(lam):
-        V = np.eye(n) + l * K
+    for i, lam_i in enumerate(lam):
+        V = np.eye(n) + lam_i * K
         Vi = np.linalg.inv(V)
         A = X.T @ Vi @ X
         b = np.linalg.solve(A, X.T @ Vi @ y)
@@ -86,9 +85,9 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
         bh[i] = b
         ainv[i] = np.diag(np.linalg.inv(A))
         if prior == "unif_icc":
-            logp = -2 * np.log1p(l)
+            logp = -2 * np.log1p(lam_i)
         else:
-            logp = -np.log(np.pi) - 0.5 * np.log(l) - np.log1p(l)
+            logp = -np.log(np.pi) - 0.5 * np.log(lam_i) - np.log1p(lam_i)
         lp[i] = logp + t[i] - 0.5 * np.linalg.slogdet(V)[1] - 0.5 * np.linalg.slogdet(A)[1] - nu / 2 * np.log(S[i])
     w = np.exp(lp - lp.max())
     w /= w.sum()
@@ -100,7 +99,9 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
     out = {}
     for j in range(p):
         sc = np.sqrt(S / nu * ainv[:, j])
-        cdf = lambda x, j=j, sc=sc: float(np.sum(w * stats.t.cdf((x - bh[:, j]) / sc, nu)))
+        def cdf(x, j=j, sc=sc):
+            return float(np.sum(w * stats.t.cdf((x - bh[:, j]) / sc, nu)))
+
         mean = np.sum(w * bh[:, j])
         sd = np.sqrt(np.sum(w * (sc**2 * nu / (nu - 2) + bh[:, j] ** 2)) - mean**2)
         out[f"beta:{j}"] = (mean, sd, [quant(cdf, mean - 20 * sd, mean + 20 * sd, q) for q in (0.025, 0.5, 0.975)])
@@ -109,7 +110,9 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
         dist = stats.invgamma(nu / 2, scale=S * f / 2)
         e1 = np.sum(w * np.sqrt(S * f / 2) * np.exp(special.gammaln((nu - 1) / 2) - special.gammaln(nu / 2)))
         e2 = np.sum(w * S * f / (nu - 2))
-        cdf = lambda x, dist=dist: float(np.sum(w * dist.cdf(x * x)))
+        def cdf(x, dist=dist):
+            return float(np.sum(w * dist.cdf(x * x)))
+
         out[key] = (e1, np.sqrt(e2 - e1**2), [quant(cdf, 0.0, 50 * e1 + 1, q) for q in (0.025, 0.5, 0.975)])
     icc = lam / (1 + lam)
     mean = np.sum(w * icc)

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
 from batchmix import io, lmm
 from batchmix import uncertainty as unc
+from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
 from batchmix.plots.uncertainty import plot_bootstrap_band, plot_posterior
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix import vst as V
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,14 +226,17 @@ def test_vst_small_input_falls_back_to_all_genes(pasilla_counts):
     assert any("fewer than nsub" in note for note in res.notes)
 
 
-def test_parametric_failure_falls_back_to_local():
+def test_parametric_failure_falls_back_to_local(caplog):
     # dispersions that fall with the mean faster than a0 + a1/mu allows:
     # the Gamma GLM gives a negative asymptote, DESeq2 then uses local.
     means = np.geomspace(1, 1e4, 400)
     disps = 5.0 / means**2 + 1e-5
-    trend = V.fit_dispersion_trend(means, disps, "parametric")
+    with caplog.at_level("WARNING", logger="batchmix.vst"):
+        trend = V.fit_dispersion_trend(means, disps, "parametric")
     assert trend.fit_type == "local"
     assert trend.notes and "parametric fit failed" in trend.notes[0]
+    # the fallback reaches the log as a warning, not only the result
+    assert [r.levelname for r in caplog.records if "parametric fit failed" in r.getMessage()] == ["WARNING"]
 
 
 def test_unknown_fit_type_is_an_error(pasilla_counts):

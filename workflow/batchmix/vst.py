@@ -35,13 +35,13 @@ times this against DESeq2.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
-from scipy import special
+from scipy import linalg, special
 
 __all__ = [
     "VSTResult",
@@ -54,6 +54,8 @@ __all__ = [
     "DispersionTrend",
     "vst_subset",
 ]
+
+logger = logging.getLogger(__name__)
 
 # DESeq2 constants (estimateDispersionsGeneEst / estimateDispersionsFit defaults).
 MIN_DISP = 1e-8
@@ -925,6 +927,7 @@ def fit_dispersion_trend(
             return DispersionTrend("parametric", coefs, notes=notes)
         except (DispersionFitError, np.linalg.LinAlgError) as exc:
             notes.append(f"parametric fit failed ({exc}); local fit substituted")
+            logger.warning(notes[-1])
             fit_type = "local"
     if fit_type == "local":
         try:
@@ -936,6 +939,7 @@ def fit_dispersion_trend(
             return DispersionTrend("local", {}, local_fit=lf, notes=notes)
         except (DispersionFitError, np.linalg.LinAlgError, ValueError) as exc:
             notes.append(f"local fit failed ({exc}); mean substituted")
+            logger.warning(notes[-1])
             fit_type = "mean"
     use_mean = dg > 10 * MIN_DISP
     return DispersionTrend("mean", {"mean": _trimmed_mean(dg[use_mean], 0.001)}, notes=notes)
@@ -1225,6 +1229,7 @@ def vst(
                 f"fewer than nsub={nsub} genes with mean normalised count > 5: "
                 "trend fitted on all genes (varianceStabilizingTransformation)"
             )
+            logger.info(notes[-1])
             used_nsub = None
         else:
             rows = vst_subset(base_mean, nsub)

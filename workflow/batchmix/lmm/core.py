@@ -342,25 +342,24 @@ def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
                    order: int = 0) -> Evaluation:
     """:func:`evaluate` with dense q × q matrices (any random-effects structure)."""
-    pd_ = prepared
-    q, p, n = pd_.q, pd_.p, pd_.n
-    lam = pd_.make_lambda(theta)
-    CL = np.matmul(pd_.ZtZ, lam)                     # Z'Z Λ
+    q, p, n = prepared.q, prepared.p, prepared.n
+    lam = prepared.make_lambda(theta)
+    CL = np.matmul(prepared.ZtZ, lam)                     # Z'Z Λ
     Mq = np.matmul(lam.transpose(0, 2, 1), CL)       # Λ'Z'ZΛ
     Mq[:, np.arange(q), np.arange(q)] += 1.0
     _, logdet_V = _chol_logdet(Mq)
     rhs = np.concatenate(
         [CL.transpose(0, 2, 1),                                        # Λ'Z'Z
-         np.matmul(lam.transpose(0, 2, 1), pd_.ZtX),                   # Λ'Z'X
+         np.matmul(lam.transpose(0, 2, 1), prepared.ZtX),                   # Λ'Z'X
          np.matmul(lam.transpose(0, 2, 1), data.Zty[:, :, None])],    # Λ'Z'y
         axis=2)
     sol = np.linalg.solve(Mq, rhs)
-    ZVZ = pd_.ZtZ - np.matmul(CL, sol[:, :, :q])
-    ZVX = pd_.ZtX - np.matmul(CL, sol[:, :, q:q + p])
+    ZVZ = prepared.ZtZ - np.matmul(CL, sol[:, :, :q])
+    ZVX = prepared.ZtX - np.matmul(CL, sol[:, :, q:q + p])
     ZVy = data.Zty - np.matmul(CL, sol[:, :, q + p:])[:, :, 0]
     LtZX = rhs[:, :, q:q + p]
     LtZy = rhs[:, :, q + p]
-    M = pd_.XtX - np.matmul(LtZX.transpose(0, 2, 1), sol[:, :, q:q + p])
+    M = prepared.XtX - np.matmul(LtZX.transpose(0, 2, 1), sol[:, :, q:q + p])
     XVy = data.Xty - np.einsum("gqp,gq->gp", LtZX, sol[:, :, q + p])
     yVy = data.yty - np.einsum("gq,gq->g", LtZy, sol[:, :, q + p])
     _, logdet_M = _chol_logdet(M)
@@ -389,16 +388,16 @@ def profiled_deviance(logdet_V: np.ndarray, logdet_M: np.ndarray, r2: np.ndarray
     return logdet_V + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
 
 
-def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) -> None:
-    n, p = pd_.n, pd_.p
+def _derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: int) -> None:
+    n, p = prepared.n, prepared.p
     Minv = np.linalg.inv(ev.M)
     B = ev.ZVZ - np.matmul(np.matmul(ev.ZVX, Minv), ev.ZVX.transpose(0, 2, 1))
     a = ev.ZVy - np.einsum("gqp,gp->gq", ev.ZVX, ev.beta)
     Bf = B if reml else ev.ZVZ
-    if pd_.diagonal_lambda is not None:
-        _derivatives_diagonal(ev, pd_, reml, order, B, Bf, a)
+    if prepared.diagonal_lambda is not None:
+        _derivatives_diagonal(ev, prepared, reml, order, B, Bf, a)
         return
-    ELt = np.matmul(pd_.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
+    ELt = np.matmul(prepared.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
     dD = ELt + ELt.transpose(0, 1, 3, 2)
     G, m, q = dD.shape[0], dD.shape[1], dD.shape[2]
     # matmul / elementwise forms throughout: numpy's einsum is slow on these stacks
@@ -414,7 +413,7 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
     ev.grad = f_grad - k * s / r2[:, None]
     if order >= 2:
         BfdD = np.matmul(Bf[:, None], dD)
-        d2D_flat = pd_.d2D.reshape(m * m, q * q)              # symmetric in (i, j)
+        d2D_flat = prepared.d2D.reshape(m * m, q * q)              # symmetric in (i, j)
         tr_Bf_d2D = (Bf.reshape(G, q * q) @ d2D_flat.T).reshape(G, m, m)
         flat = BfdD.reshape(G, m, q * q)
         flat_t = BfdD.transpose(0, 1, 3, 2).reshape(G, m, q * q)
@@ -430,7 +429,7 @@ def _derivatives(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int) ->
                                 - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
 
 
-def _derivatives_diagonal(ev: Evaluation, pd_: PreparedDesign, reml: bool, order: int,
+def _derivatives_diagonal(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: int,
                           B: np.ndarray, Bf: np.ndarray, a: np.ndarray) -> None:
     """:func:`_derivatives` when Λ is diagonal (random intercepts / single columns only).
 
@@ -439,8 +438,8 @@ def _derivatives_diagonal(ev: Evaluation, pd_: PreparedDesign, reml: bool, order
     tr(B dD_k) = 2θ_k Σ_{i∈k} B_ii, tr(B dD_k B dD_l) = 4θ_kθ_l Σ_{i∈k, j∈l} B_ij², and
     the q × q stacks of the general formulas are never formed.
     """
-    n, p = pd_.n, pd_.p
-    L = pd_.diagonal_lambda                                    # q × m
+    n, p = prepared.n, prepared.p
+    L = prepared.diagonal_lambda                                    # q × m
     G = B.shape[0]
     theta_q = np.diagonal(ev.lam, axis1=1, axis2=2)            # G × q
     theta_m = theta_q @ (L / L.sum(axis=0))                    # G × m

@@ -125,22 +125,23 @@ def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepare
     return np.column_stack(cols)
 
 
-def refit_compressed(m: np.ndarray, rho: np.ndarray, comp: CompressedDesign, prepared: lmm.PreparedDesign, *,
+def refit_compressed(compressed: np.ndarray, rho: np.ndarray, comp: CompressedDesign, prepared: lmm.PreparedDesign, *,
                      method: str = "auto", theta0: np.ndarray | None = None) -> lmm.SufficientFit:
     """Refit responses given by their compressed statistics (see :class:`CompressedDesign`).
 
-    X'y, Z'y and y'y of each response follow from ``m`` and ``ρ`` and go to
+    X'y, Z'y and y'y of each response follow from ``compressed`` and ``ρ`` and go to
     :func:`batchmix.lmm.refit_sufficient` (``method``, ``theta0`` as there); the OLS residual
-    sum of squares is passed exactly, from the part of ``m`` outside X's span, plus ρ.
+    sum of squares is passed exactly, from the part of ``compressed`` outside X's span, plus ρ.
     """
     p = prepared.p
-    Xty = m @ comp.R[:, :p]
-    Zty = m @ comp.R[:, p:]
-    yty = np.einsum("ij,ij->i", m, m) + rho
-    # ‖m − P_X m‖² + ρ: y'y − ‖Q_X'y‖² would cancel when the mean dominates
-    QX, _ = np.linalg.qr(comp.R[:, :p])
-    m_perp = m - (m @ QX) @ QX.T
-    residual_ss = np.einsum("ij,ij->i", m_perp, m_perp) + rho
+    Xty = compressed @ comp.R[:, :p]
+    Zty = compressed @ comp.R[:, p:]
+    yty = np.einsum("ij,ij->i", compressed, compressed) + rho
+    # the OLS residual sum of squares from the part of ``compressed`` outside X's span, plus ρ
+    # (y'y − ‖Q_X'y‖² cancels when the mean dominates)
+    X_basis, _ = np.linalg.qr(comp.R[:, :p])
+    outside = compressed - (compressed @ X_basis) @ X_basis.T
+    residual_ss = np.einsum("ij,ij->i", outside, outside) + rho
     return lmm.refit_sufficient(Xty, Zty, yty, prepared, theta0=theta0, method=method, residual_ss=residual_ss)
 
 
@@ -150,7 +151,9 @@ def _gene_rng(seed: int, gene_id: str) -> np.random.Generator:
 
 
 def simulate_compressed(gene_ids, theta, beta, sigma2, prepared, comp: CompressedDesign, nsim: int, seed: int):
-    """Simulated compressed responses ``m`` (G·nsim × r) and ``ρ`` for genes at their fits.
+    """Simulated compressed responses (G·nsim × r, the ``m`` of :class:`CompressedDesign`) and ``ρ``.
+
+    The genes are simulated at their fits θ, β, σ².
 
     As ``simulate(fit, use.u = FALSE)``: new random effects b* = Λ(θ̂) u*, u* ~ N(0, σ̂² I_q) and
     residuals e* ~ N(0, σ̂² I_n), around X β̂. Row ``g·nsim + b`` is gene g's replicate b.
@@ -179,10 +182,10 @@ def simulate_compressed(gene_ids, theta, beta, sigma2, prepared, comp: Compresse
     mean = beta @ comp.R[:, :p].T  # G × r
     xi *= sigma[:, None, None]
     xi += mean[:, None, :]
-    m = xi.reshape(G * nsim, r)
-    m += b.reshape(G * nsim, q) @ comp.R[:, p:].T  # one GEMM for all replicates
+    compressed = xi.reshape(G * nsim, r)
+    compressed += b.reshape(G * nsim, q) @ comp.R[:, p:].T  # one GEMM for all replicates
     rho = sigma2[:, None] * chi
-    return m, rho.reshape(G * nsim)
+    return compressed, rho.reshape(G * nsim)
 
 
 def _summaries(stat: np.ndarray, probs) -> np.ndarray:
@@ -351,10 +354,10 @@ def bootstrap(
                 diag=diag, b0=b0):
             sl = slice(start, min(len(rows), start + per))
             ids = [genes[i] for i in rows[sl]]
-            m, rho = simulate_compressed(ids, theta0[sl], beta0[sl], s20[sl], prepared, comp, nsim, seed)
+            compressed, rho = simulate_compressed(ids, theta0[sl], beta0[sl], s20[sl], prepared, comp, nsim, seed)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 start0 = np.repeat(theta0[sl], nsim, axis=0)  # as bootMer's refit(): start at θ̂
-                refit = refit_compressed(m, rho, comp, prepared, method=method, theta0=start0)
+                refit = refit_compressed(compressed, rho, comp, prepared, method=method, theta0=start0)
                 th, be, s2, conv = refit.theta, refit.beta, refit.sigma2, refit.converged
                 stat = _statistics(th, be, s2, prepared, single)
             stat[~conv] = np.nan

@@ -86,7 +86,9 @@ class _Base:
             # cubic Hermite interpolant of F on each cell, in the local coordinate s ∈ [0, 1];
             # outside [lo, hi] the CDF is 0 or 1 to within 1e-15 (the end cells are padded flat)
             F0, F1, f0, f1 = F[:-1], F[1:], f[:-1], f[1:]
-            pad = lambda a, v: np.concatenate([[v], a, [v]])
+            def pad(a, v):
+                return np.concatenate([[v], a, [v]])
+
             self._c0 = pad(F0, 0.0)
             self._c0[-1] = 1.0
             self._c1 = pad(f0, 0.0)
@@ -602,7 +604,9 @@ def _sd_b_quantiles(v: np.ndarray, M: np.ndarray, Md: np.ndarray, cdf: np.ndarra
         pos[g] = np.interp(ugrid[g], vf[g], ar)
     i = np.minimum(pos.astype(np.intp), Kf - 2)
     s = pos - i
-    take = lambda a, j: np.take_along_axis(a, j, axis=1)
+    def take(a, j):
+        return np.take_along_axis(a, j, axis=1)
+
     psi, dpsi_dk = _hermite(take(cdf, i), take(cdf, i + 1), take(dcdf, i), take(dcdf, i + 1), s)
     dv_at = take(dv, i) * (1 - s) + take(dv, i + 1) * s
     dpsi = np.maximum(dpsi_dk, 0.0) / dv_at * hu[:, None]  # dψ per u step
