@@ -7,7 +7,7 @@ import pandas as pd
 
 from batchmix import moderate
 from batchmix.io import write_table
-from batchmix.stages import gather_stage
+from batchmix.pipeline.lmm import gather_lmm_stage
 
 
 def test_trended_moderation_uses_the_mean_stabilised_expression(tmp_path):
@@ -26,8 +26,9 @@ def test_trended_moderation_uses_the_mean_stabilised_expression(tmp_path):
     write_table(status, tmp_path / "gene_status.tsv")
     config = {"moderate": {"enabled": True, "trend": True, "robust": False}}
     out = {"gene_fits": str(tmp_path / "gene_fits.tsv"), "blups": str(tmp_path / "blups.tsv")}
-    gather_stage(config, [str(tmp_path / "1-of-1.fits.tsv")], [str(tmp_path / "1-of-1.blups.tsv")], [],
-                 str(tmp_path / "gene_status.tsv"), out)
+    inputs = {"fits": [str(tmp_path / "1-of-1.fits.tsv")], "blups": [str(tmp_path / "1-of-1.blups.tsv")],
+              "corrected": [], "gene_status": str(tmp_path / "gene_status.tsv")}
+    gather_lmm_stage(config, inputs, out, {})
     got = pd.read_csv(out["gene_fits"], sep="\t")
     on_log_scale = moderate.squeeze_var(var, 20.0, covariate=mean_expression)
     on_linear_scale = moderate.squeeze_var(var, 20.0, covariate=2.0 ** mean_expression)

@@ -201,9 +201,13 @@ def read_matrix(path: str | Path) -> pd.DataFrame:
     pandas.DataFrame
         Index ``gene_id`` (str), columns the sample ids, values float64.
     """
-    # converters={0: str}: parsed as numbers, ids such as 007 or 1e5 would change and no longer
-    # match the other tables.
-    table = pd.read_csv(path, sep="\t", index_col=0, converters={0: str}, na_values=["NA"], keep_default_na=False)
+    # The ids as text and without NA markers (a gene can be called NA): parsed as numbers, ids such
+    # as 007 or 1e5 would change and no longer match the other tables.
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    table = pd.read_csv(
+        path, sep="\t", index_col=0, dtype={header[0]: str}, keep_default_na=False,
+        na_values={c: ["NA"] for c in header[1:]},
+    )
     table.index = table.index.astype(str)
     table.index.name = "gene_id"
     return table.astype(float)
