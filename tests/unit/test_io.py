@@ -7,7 +7,6 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix.io import (
     InputError,
     read_expression,
@@ -137,7 +136,10 @@ def test_gene_and_sample_ids_are_kept_verbatim(tmp_path):
     samples = ["NA", "007", "s 3", "1e5"]
     lines = ["gene_id\t" + "\t".join(samples)] + [f"{g}\t1\t2\t3\t{i}" for i, g in enumerate(genes)]
     counts = _write(tmp_path / "counts.tsv", "\n".join(lines) + "\n")
-    sheet = _write(tmp_path / "samples.tsv", "sample_id\tbatch\n" + "".join(f"{s}\t{'AB'[i // 2]}\n" for i, s in enumerate(samples)))
+    sheet = _write(
+        tmp_path / "samples.tsv",
+        "sample_id\tbatch\n" + "".join(f"{s}\t{'AB'[i // 2]}\n" for i, s in enumerate(samples)),
+    )
     v = validate_inputs(counts, sheet, "counts", "~ (1|batch)", "batch")
     assert list(v.expression.index) == genes
     assert list(v.expression.columns) == samples and list(v.samples.index) == samples
@@ -148,12 +150,15 @@ def test_gene_and_sample_ids_are_kept_verbatim(tmp_path):
 
 
 def test_result_tables_and_matrices_read_back_ids_verbatim(tmp_path):
-    matrix = pd.DataFrame({"s1": np.arange(len(NA_LIKE_IDS), dtype=float), "s2": np.nan},
-                          index=pd.Index(NA_LIKE_IDS, name="gene_id"))
+    matrix = pd.DataFrame(
+        {"s1": np.arange(len(NA_LIKE_IDS), dtype=float), "s2": np.nan}, index=pd.Index(NA_LIKE_IDS, name="gene_id")
+    )
     write_table(matrix, tmp_path / "m.tsv.gz", index=True)
     back = read_matrix(tmp_path / "m.tsv.gz")
     assert list(back.index) == NA_LIKE_IDS and back["s2"].isna().all() and back["s1"].dtype == float
-    table = pd.DataFrame({"gene_id": NA_LIKE_IDS, "status": "ok", "value": np.r_[np.nan, np.ones(len(NA_LIKE_IDS) - 1)]})
+    table = pd.DataFrame(
+        {"gene_id": NA_LIKE_IDS, "status": "ok", "value": np.r_[np.nan, np.ones(len(NA_LIKE_IDS) - 1)]}
+    )
     write_table(table, tmp_path / "t.tsv")
     back = read_result_table(tmp_path / "t.tsv")
     assert list(back["gene_id"]) == NA_LIKE_IDS and np.isnan(back["value"].iloc[0])

@@ -81,7 +81,9 @@ def _check_inputs(inputs: dict, config: dict, outdir: str, n_chunks: int) -> Non
                 if stage is None:
                     raise SystemExit(f"batchmix: {p} does not exist; check the path in the config.")
                 shown = "lmm" if stage in COMPOSITES["lmm"] else stage
-                raise SystemExit(f"batchmix: {p} is missing; run `batchmix {shown}` first (same --config and --outdir).")
+                raise SystemExit(
+                    f"batchmix: {p} is missing; run `batchmix {shown}` first (same --config and --outdir)."
+                )
 
 
 def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
@@ -95,7 +97,11 @@ def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
     _check_inputs(inputs, config, outdir, n_chunks)
     stage = STAGES[name]
     return run_stage(
-        name, config, inputs, outputs, {"threads": getattr(args, "threads", 1)},
+        name,
+        config,
+        inputs,
+        outputs,
+        {"threads": getattr(args, "threads", 1)},
         log_path=paths.log_path(name, outdir=outdir, scatteritem=scatteritem),
         record_path=paths.warnings_path(name, outdir=outdir, scatteritem=scatteritem),
         job=scatteritem if stage.per_chunk else None,
@@ -114,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             inputs = paths.stage_inputs("validate", config)
             counts = run_stage("validate", config, inputs, {}, {})
-            print(f"ok: {counts['genes']} genes x {counts['samples']} samples, {counts['batches']} batches "
-                  f"({config['batch']}), model {config['model']}")
+            print(
+                f"ok: {counts['genes']} genes x {counts['samples']} samples, {counts['batches']} batches "
+                f"({config['batch']}), model {config['model']}"
+            )
             for note in counts["notes"]:
                 print(f"note: {note}")
             return 0

@@ -46,9 +46,7 @@ def _separator(path: Path) -> str:
         return ","
     if name.endswith((".tsv", ".txt", ".tab")):
         return "\t"
-    raise InputError(
-        f"{path}: unknown table format. Use a .tsv, .txt or .csv file (optionally gzipped, .gz)."
-    )
+    raise InputError(f"{path}: unknown table format. Use a .tsv, .txt or .csv file (optionally gzipped, .gz).")
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -79,7 +77,9 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         # na_filter=False: every cell verbatim; missing values are marked below, outside the id column.
         table = pd.read_csv(path, sep=sep, dtype=str, na_filter=False, compression="infer")
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
-        raise InputError(f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err}).") from err
+        raise InputError(
+            f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err})."
+        ) from err
     # pandas renames repeated column names (s1, s1.1); the header as written is what users fix.
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt") as fh:
@@ -153,15 +153,30 @@ def table_lines(path: str | Path):
         A binary reader; iterating over it gives the lines, each with its ``\\n``.
     """
     path = Path(path)
-    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as fh:
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as fh:
         yield fh
 
 
 # Columns of batchmix's own result tables that hold identifiers or words, never numbers: read as
 # text so that ids such as ``007``, ``1e5`` or ``NA`` come back exactly as written.
 TEXT_COLUMNS = frozenset(
-    {"gene_id", "gene_a", "gene_b", "sample_id", "group", "level", "term", "status", "parameter", "batch",
-     "per_batch_r", "reason", "symbol", "coefficient", "change"}
+    {
+        "gene_id",
+        "gene_a",
+        "gene_b",
+        "sample_id",
+        "group",
+        "level",
+        "term",
+        "status",
+        "parameter",
+        "batch",
+        "per_batch_r",
+        "reason",
+        "symbol",
+        "coefficient",
+        "change",
+    }
 )
 
 
@@ -183,7 +198,10 @@ def read_result_table(path: str | Path) -> pd.DataFrame:
     header = pd.read_csv(path, sep="\t", nrows=0).columns
     text = {c for c in header if c in TEXT_COLUMNS} | ({header[0]} if len(header) else set())
     return pd.read_csv(
-        path, sep="\t", dtype={c: str for c in text}, keep_default_na=False,
+        path,
+        sep="\t",
+        dtype={c: str for c in text},
+        keep_default_na=False,
         na_values={c: ["NA"] for c in header if c not in text},
     )
 
@@ -205,7 +223,11 @@ def read_matrix(path: str | Path) -> pd.DataFrame:
     # as 007 or 1e5 would change and no longer match the other tables.
     header = pd.read_csv(path, sep="\t", nrows=0).columns
     table = pd.read_csv(
-        path, sep="\t", index_col=0, dtype={header[0]: str}, keep_default_na=False,
+        path,
+        sep="\t",
+        index_col=0,
+        dtype={header[0]: str},
+        keep_default_na=False,
         na_values={c: ["NA"] for c in header[1:]},
     )
     table.index = table.index.astype(str)

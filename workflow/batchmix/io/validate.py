@@ -55,11 +55,16 @@ def _check_ids(ids: pd.Series, path: Path, what: str, kind: str) -> None:
     missing = ids.isna() | (ids.str.strip() == "")
     if missing.any():
         lines = (np.flatnonzero(missing.to_numpy()) + 2).tolist()
-        raise InputError(f"{path}: empty {kind} id in the first column of the {what} at line(s) {_listing(lines)}. Give every row an id.")
+        raise InputError(
+            f"{path}: empty {kind} id in the first column of the {what} at line(s) {_listing(lines)}. "
+            "Give every row an id."
+        )
     dup = ids[ids.duplicated(keep=False)]
     if len(dup):
         first = dup.drop_duplicates()
-        detail = [f"{g} (lines {', '.join(str(i + 2) for i in np.flatnonzero((ids == g).to_numpy()))})" for g in first[:_SHOW]]
+        detail = [
+            f"{g} (lines {', '.join(str(i + 2) for i in np.flatnonzero((ids == g).to_numpy()))})" for g in first[:_SHOW]
+        ]
         raise InputError(
             f"{path}: duplicate {kind} ids in the {what}: {_listing(detail, len(first))}. "
             f"Each {kind} must appear once: merge or rename the duplicates."
@@ -95,13 +100,18 @@ def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFram
     samples = list(table.columns[1:])
     dup_cols = list(dict.fromkeys(s for s in samples if samples.count(s) > 1))
     if dup_cols:
-        raise InputError(f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols)}. Each sample must appear once.")
+        raise InputError(
+            f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols)}. Each sample must appear once."
+        )
     raw = table.iloc[:, 1:]
     values = raw.apply(pd.to_numeric, errors="coerce")
     bad = values.isna() & raw.notna()
     if bad.to_numpy().any():
         r, c = np.nonzero(bad.to_numpy())
-        cells = [f"gene {ids.iloc[i]} (line {i + 2}), sample {samples[j]}: {raw.iat[i, j]!r}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+        cells = [
+            f"gene {ids.iloc[i]} (line {i + 2}), sample {samples[j]}: {raw.iat[i, j]!r}"
+            for i, j in zip(r[:_SHOW], c[:_SHOW])
+        ]
         raise InputError(
             f"{path}: non-numeric values in the {what} at {_listing(cells, len(r))}. "
             "Every cell after the gene id must be a number."
@@ -110,18 +120,32 @@ def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFram
     if input_type == "counts":
         # (cells that fail, how to show one cell's value, what is wrong, what to do)
         checks = [
-            (np.isnan(arr), lambda v: "", "missing values in a count table",
-             "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data."),
-            (arr < 0, lambda v: f": {v:g}", "negative counts",
-             "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`."),
-            (arr != np.round(arr), lambda v: f": {v:g}", "non-integer counts",
-             "With `input_type: counts` every value must be a whole number (raw read counts); "
-             "for normalised or log-scale values set `input_type: log`."),
+            (
+                np.isnan(arr),
+                lambda v: "",
+                "missing values in a count table",
+                "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data.",
+            ),
+            (
+                arr < 0,
+                lambda v: f": {v:g}",
+                "negative counts",
+                "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`.",
+            ),
+            (
+                arr != np.round(arr),
+                lambda v: f": {v:g}",
+                "non-integer counts",
+                "With `input_type: counts` every value must be a whole number (raw read counts); "
+                "for normalised or log-scale values set `input_type: log`.",
+            ),
         ]
         for failing, show, problem, advice in checks:
             if failing.any():
                 r, c = np.nonzero(failing)
-                cells = [f"gene {ids.iloc[i]}, sample {samples[j]}{show(arr[i, j])}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+                cells = [
+                    f"gene {ids.iloc[i]}, sample {samples[j]}{show(arr[i, j])}" for i, j in zip(r[:_SHOW], c[:_SHOW])
+                ]
                 raise InputError(f"{path}: {problem} at {_listing(cells, len(r))}. {advice}")
     elif input_type != "log":
         raise InputError(f"config: input_type must be 'counts' or 'log', not {input_type!r}.")
@@ -177,8 +201,10 @@ def batch_labels(samples: pd.DataFrame, column: str) -> pd.Series:
     pandas.Series
         Named ``batch``, indexed like ``samples``.
     """
-    return samples[column].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)).rename(
-        "batch"
+    return (
+        samples[column]
+        .map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+        .rename("batch")
     )
 
 
@@ -228,9 +254,15 @@ def validate_inputs(
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} sample(s) of the sample sheet {samples_path} have no column in the expression table: {_listing(missing)}")
+            parts.append(
+                f"{len(missing)} sample(s) of the sample sheet {samples_path} have no column in the expression "
+                f"table: {_listing(missing)}"
+            )
         if extra:
-            parts.append(f"{len(extra)} column(s) of the expression table {expression_path} are not in the sample sheet: {_listing(extra)}")
+            parts.append(
+                f"{len(extra)} column(s) of the expression table {expression_path} are not in the sample sheet: "
+                f"{_listing(extra)}"
+            )
         raise InputError(
             "; ".join(parts) + ". The sample ids (first column of the sheet) must match the table's column names "
             "exactly: add the missing rows/columns or remove the extra ones."

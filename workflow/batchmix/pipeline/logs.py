@@ -54,18 +54,25 @@ class RunRecord:
         """Record one warning; a repeat of the same warning from the same place only raises its count."""
         for entry in self.warnings:
             if (entry["source"], entry["category"], entry["message"], entry["where"]) == (
-                source, category, message, where
+                source,
+                category,
+                message,
+                where,
             ):
                 entry["count"] += 1
                 return
-        self.warnings.append(
-            {"source": source, "category": category, "message": message, "where": where, "count": 1}
-        )
+        self.warnings.append({"source": source, "category": category, "message": message, "where": where, "count": 1})
 
     def to_dict(self) -> dict:
         """The record as written to JSON."""
-        out = {"stage": self.stage, "job": self.job, "status": self.status, "seconds": self.seconds,
-               "counts": self.counts, "warnings": self.warnings}
+        out = {
+            "stage": self.stage,
+            "job": self.job,
+            "status": self.status,
+            "seconds": self.seconds,
+            "counts": self.counts,
+            "warnings": self.warnings,
+        }
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -85,8 +92,14 @@ class _WarningRecorder(logging.Handler):
 
 
 @contextlib.contextmanager
-def stage_logging(stage: str, *, log_path: str | Path | None = None, record_path: str | Path | None = None,
-                  job: str | None = None, console: bool = True) -> Iterator[RunRecord]:
+def stage_logging(
+    stage: str,
+    *,
+    log_path: str | Path | None = None,
+    record_path: str | Path | None = None,
+    job: str | None = None,
+    console: bool = True,
+) -> Iterator[RunRecord]:
     """Log a stage's job to its log file and the console, and write its run record at the end.
 
     Parameters
@@ -154,9 +167,15 @@ def stage_logging(stage: str, *, log_path: str | Path | None = None, record_path
         finally:
             record.seconds = round(time.perf_counter() - started, 3)
             counts = ", ".join(f"{k}={v}" for k, v in record.counts.items())
-            logger.info("stage %s%s: %s in %.3f s%s (%d warning(s))", stage, f" ({job})" if job else "",
-                        "done" if record.status == "ok" else "failed", record.seconds,
-                        f"; {counts}" if counts else "", sum(w["count"] for w in record.warnings))
+            logger.info(
+                "stage %s%s: %s in %.3f s%s (%d warning(s))",
+                stage,
+                f" ({job})" if job else "",
+                "done" if record.status == "ok" else "failed",
+                record.seconds,
+                f"; {counts}" if counts else "",
+                sum(w["count"] for w in record.warnings),
+            )
             logging.captureWarnings(False)
             for handler in [*handlers, recorder]:
                 root.removeHandler(handler)

@@ -106,8 +106,9 @@ def chunk_path(key: str, *, outdir: str = OUTDIR, scatteritem: str = "{scatterit
     return path(CHUNK_OUTPUTS[key], outdir=outdir).replace("{scatteritem}", scatteritem)
 
 
-def stage_outputs(stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}",
-                  n_chunks: int | None = None) -> dict[str, str | list[str]]:
+def stage_outputs(
+    stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}", n_chunks: int | None = None
+) -> dict[str, str | list[str]]:
     """The output files of ``stage`` for ``config``, by name.
 
     Parameters
@@ -142,8 +143,9 @@ def stage_outputs(stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem
     return out
 
 
-def stage_inputs(stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}",
-                 n_chunks: int | None = None) -> dict[str, str | list[str]]:
+def stage_inputs(
+    stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}", n_chunks: int | None = None
+) -> dict[str, str | list[str]]:
     """The input files of ``stage`` for ``config``, by name (the config's own files included).
 
     ``gather_lmm`` takes every chunk's files as lists, which needs ``n_chunks``; the Snakemake rule
@@ -158,8 +160,11 @@ def stage_inputs(stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem:
     if stage == "split_genes":
         return {"expression": expression, "gene_status": status}
     if stage == "lmm_chunk":
-        return {"expression": chunk_path("expression", outdir=outdir, scatteritem=scatteritem),
-                "gene_status": status, "samples": config["samples"]}
+        return {
+            "expression": chunk_path("expression", outdir=outdir, scatteritem=scatteritem),
+            "gene_status": status,
+            "samples": config["samples"],
+        }
     if stage == "gather_lmm":
         if n_chunks is None:
             raise ValueError("gather_lmm's inputs are per chunk: give n_chunks")
@@ -174,9 +179,12 @@ def stage_inputs(stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem:
     if stage == "simpson":
         return {"expression": expression, "gene_status": status, "samples": config["samples"]}
     if stage == "uncertainty":
-        return {"expression": expression, "gene_status": status,
-                "gene_fits": path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=outdir),
-                "samples": config["samples"]}
+        return {
+            "expression": expression,
+            "gene_status": status,
+            "gene_fits": path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=outdir),
+            "samples": config["samples"],
+        }
     if stage == "report":
         return report_inputs(config, outdir=outdir)
     raise KeyError(f"unknown stage {stage!r}; the stages are {', '.join(STAGE_OUTPUTS)}")
@@ -201,9 +209,13 @@ def warnings_path(stage: str, *, outdir: str = OUTDIR, scatteritem: str = "{scat
 def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     """The files a whole run is asked for (Snakemake's ``rule all``); the others follow from them."""
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
-    outputs = [path(vst["expression"], outdir=outdir), path(vst["size_factors"], outdir=outdir),
-               path(lmm["gene_fits"], outdir=outdir), path(lmm["blups"], outdir=outdir),
-               path(STAGE_OUTPUTS["report"]["html"], outdir=outdir)]
+    outputs = [
+        path(vst["expression"], outdir=outdir),
+        path(vst["size_factors"], outdir=outdir),
+        path(lmm["gene_fits"], outdir=outdir),
+        path(lmm["blups"], outdir=outdir),
+        path(STAGE_OUTPUTS["report"]["html"], outdir=outdir),
+    ]
     if batch_is_random(config):
         outputs.append(path(lmm["corrected"], outdir=outdir))
     if config["simpson"]["enabled"]:

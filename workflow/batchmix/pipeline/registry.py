@@ -36,8 +36,15 @@ def uncertainty_job(config: dict, inputs: Paths, outputs: Paths, params: dict) -
     # stage needs.
     from batchmix.uncertainty import uncertainty_stage
 
-    uncertainty_stage(config, inputs["expression"], inputs["gene_status"], inputs["gene_fits"], inputs["samples"],
-                      outputs, threads=int(params.get("threads", 1)))
+    uncertainty_stage(
+        config,
+        inputs["expression"],
+        inputs["gene_status"],
+        inputs["gene_fits"],
+        inputs["samples"],
+        outputs,
+        threads=int(params.get("threads", 1)),
+    )
     return {}
 
 
@@ -78,8 +85,11 @@ STAGES: dict[str, Stage] = {
         Stage("stabilise", stabilise_stage, "size factors, low-count filter and variance-stabilising transformation"),
         Stage("split_genes", split_genes_stage, "split the stabilised table into gene chunks for the LMM"),
         Stage("lmm_chunk", lmm_chunk_stage, "per-gene linear mixed models on one gene chunk", per_chunk=True),
-        Stage("gather_lmm", gather_lmm_stage,
-              "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression"),
+        Stage(
+            "gather_lmm",
+            gather_lmm_stage,
+            "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression",
+        ),
         Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals"),
         Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
         Stage("report", report_job, "the self-contained HTML report"),
@@ -100,9 +110,18 @@ def get_stage(name: str) -> Stage:
         raise KeyError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}") from None
 
 
-def run_stage(name: str, config: dict, inputs: Paths, outputs: Paths, params: dict | None = None, *,
-              log_path: str | None = None, record_path: str | None = None, job: str | None = None,
-              console: bool = True) -> dict:
+def run_stage(
+    name: str,
+    config: dict,
+    inputs: Paths,
+    outputs: Paths,
+    params: dict | None = None,
+    *,
+    log_path: str | None = None,
+    record_path: str | None = None,
+    job: str | None = None,
+    console: bool = True,
+) -> dict:
     """Run one job of a stage with its logging, timing and run record.
 
     Parameters
@@ -150,6 +169,12 @@ def run_snakemake_job(smk, name: str) -> dict:
     """
     logs = _as_paths(smk.log)
     return run_stage(
-        name, dict(smk.config), _as_paths(smk.input), _as_paths(smk.output), {"threads": smk.threads},
-        log_path=logs.get("log"), record_path=logs.get("record"), job=dict(smk.wildcards.items()).get("scatteritem"),
+        name,
+        dict(smk.config),
+        _as_paths(smk.input),
+        _as_paths(smk.output),
+        {"threads": smk.threads},
+        log_path=logs.get("log"),
+        record_path=logs.get("record"),
+        job=dict(smk.wildcards.items()).get("scatteritem"),
     )

@@ -19,8 +19,9 @@ def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
     constant in most batches, which make a poor picture of the paradox. A pair whose within-batch sign
     holds in every batch tells the story at a glance.
     """
-    return reversals.sort_values(["n_batches_within_sign", "p", "gene_a", "gene_b"],
-                                 ascending=[False, True, True, True], kind="mergesort")
+    return reversals.sort_values(
+        ["n_batches_within_sign", "p", "gene_a", "gene_b"], ascending=[False, True, True, True], kind="mergesort"
+    )
 
 
 def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
@@ -41,24 +42,41 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         X, names = fixed_design("~ " + " + ".join(scfg["adjust_for"]), samples)
         covariates = X[:, [i for i, n in enumerate(names) if n != "Intercept"]]
     genes = None if scfg["genes"] == "all" else int(scfg["genes"])
-    result = simpson.scan(expr.loc[ok], batch, fdr=scfg["fdr"], method=scfg["method"], covariates=covariates, genes=genes)
+    result = simpson.scan(
+        expr.loc[ok], batch, fdr=scfg["fdr"], method=scfg["method"], covariates=covariates, genes=genes
+    )
     excluded = pd.concat([status[~ok].rename("reason"), result.genes_excluded.rename("reason")])
     summary = {
-        "n_genes_scanned": result.n_genes, "n_pairs": result.n_pairs, "n_candidates": result.n_candidates,
-        "n_reversals": int(len(result.reversals)), "fdr": result.fdr, "method": result.method,
-        "adjust_for": scfg["adjust_for"], "n_genes_excluded": int(len(excluded)),
+        "n_genes_scanned": result.n_genes,
+        "n_pairs": result.n_pairs,
+        "n_candidates": result.n_candidates,
+        "n_reversals": int(len(result.reversals)),
+        "fdr": result.fdr,
+        "method": result.method,
+        "adjust_for": scfg["adjust_for"],
+        "n_genes_excluded": int(len(excluded)),
     }
     if scfg["permutation_check"]:
         check = simpson.permutation_check(
-            expr.loc[ok], batch, fdr=scfg["fdr"], method=scfg["method"], covariates=covariates, genes=genes,
+            expr.loc[ok],
+            batch,
+            fdr=scfg["fdr"],
+            method=scfg["method"],
+            covariates=covariates,
+            genes=genes,
             n_permutations=scfg["n_permutations"],
         )
         summary["permutation_check"] = check.__dict__
     write_table(result.reversals, outputs["reversals"])
     write_table(excluded.rename_axis("gene_id").reset_index(), outputs["excluded"])
     write_json(summary, outputs["summary"])
-    fig = simpson.plot_reversals(expr.loc[ok], batch, consistent_reversals(result.reversals),
-                                 top=config["report"]["top_pairs"] or 1)
+    fig = simpson.plot_reversals(
+        expr.loc[ok], batch, consistent_reversals(result.reversals), top=config["report"]["top_pairs"] or 1
+    )
     save_png(fig, outputs["figure"])
-    return {"genes_scanned": int(result.n_genes), "pairs": int(result.n_pairs), "reversals": int(len(result.reversals)),
-            "genes_excluded": int(len(excluded))}
+    return {
+        "genes_scanned": int(result.n_genes),
+        "pairs": int(result.n_pairs),
+        "reversals": int(len(result.reversals)),
+        "genes_excluded": int(len(excluded)),
+    }

@@ -40,8 +40,12 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
             design, _ = fixed_design(config["model"], validated.samples)
         try:
             result = vst_mod.vst(
-                expr, fit_type=vcfg["fit_type"], blind=vcfg["blind"], design=design,
-                nsub=vcfg["nsub"], size_factor_method=vcfg["size_factors"],
+                expr,
+                fit_type=vcfg["fit_type"],
+                blind=vcfg["blind"],
+                design=design,
+                nsub=vcfg["nsub"],
+                size_factor_method=vcfg["size_factors"],
             )
         except ValueError as err:
             raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
@@ -74,7 +78,10 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     ok = status == "ok"
     if ok.sum() >= 2:
         mean_sd = pd.concat(
-            [vst_mod.mean_sd(before.loc[ok]).assign(scale="before"), vst_mod.mean_sd(values.loc[ok]).assign(scale="after")],
+            [
+                vst_mod.mean_sd(before.loc[ok]).assign(scale="before"),
+                vst_mod.mean_sd(values.loc[ok]).assign(scale="after"),
+            ],
             ignore_index=True,
         )
     else:
@@ -84,15 +91,23 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     info["n_genes_filtered"] = int((~ok).sum())
     info["notes"] = validated.notes
     gene_status = pd.DataFrame(
-        {"gene_id": expr.index, "status": status.to_numpy(), "base_mean": base_mean.to_numpy(),
-         # limma's trend covariate: the average on the log-like scale the models see
-         "mean_expression": values.mean(axis=1).to_numpy(),
-         "n_observed": expr.notna().sum(axis=1).to_numpy()}
+        {
+            "gene_id": expr.index,
+            "status": status.to_numpy(),
+            "base_mean": base_mean.to_numpy(),
+            # limma's trend covariate: the average on the log-like scale the models see
+            "mean_expression": values.mean(axis=1).to_numpy(),
+            "n_observed": expr.notna().sum(axis=1).to_numpy(),
+        }
     )
     write_table(values.rename_axis("gene_id"), outputs["expression"], index=True)
     write_table(size_factors, outputs["size_factors"])
     write_table(gene_status, outputs["gene_status"])
     write_table(mean_sd, outputs["mean_sd"])
     write_json(info, outputs["info"])
-    return {"genes": info["n_genes"], "samples": info["n_samples"], "genes_ok": info["n_genes_ok"],
-            "genes_filtered": info["n_genes_filtered"]}
+    return {
+        "genes": info["n_genes"],
+        "samples": info["n_samples"],
+        "genes_ok": info["n_genes_ok"],
+        "genes_filtered": info["n_genes_filtered"],
+    }

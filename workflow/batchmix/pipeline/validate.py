@@ -20,7 +20,10 @@ def load_validated(config: dict, *, expression: str | None = None, samples: str 
         Naming the file, the row or column and what to do.
     """
     return validate_inputs(
-        expression or config["expression"], samples or config["samples"], config["input_type"], config["model"],
+        expression or config["expression"],
+        samples or config["samples"],
+        config["input_type"],
+        config["model"],
         config["batch"],
     )
 
@@ -33,5 +36,9 @@ def validate_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> d
     validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
     for note in validated.notes:
         logger.info("note: %s", note)
-    return {"genes": int(validated.expression.shape[0]), "samples": int(validated.expression.shape[1]),
-            "batches": int(validated.batch.nunique()), "notes": list(validated.notes)}
+    return {
+        "genes": int(validated.expression.shape[0]),
+        "samples": int(validated.expression.shape[1]),
+        "batches": int(validated.batch.nunique()),
+        "notes": list(validated.notes),
+    }
