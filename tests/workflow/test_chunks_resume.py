@@ -70,11 +70,13 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
     assert len(list((fixture_run / "results/lmm/chunks").glob("*.fits.tsv"))) == 3
     tables = final_tables(fixture_run)
     assert final_tables(run_dir) == tables
-    assert {"results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/corrected/expression.tsv.gz"} <= set(tables)
+    assert {"results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
+            "results/corrected/expression.tsv.gz"} <= set(tables)
     assert differing_files(run_dir, fixture_run, tables) == []
 
 
-LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/corrected/expression.tsv.gz"]
+LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
+              "results/lmm/model.json", "results/corrected/expression.tsv.gz"]
 
 
 def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_path):
