@@ -50,18 +50,18 @@ class RunRecord:
     warnings: list[dict] = field(default_factory=list)
     error: str | None = None
 
-    def add_warning(self, source: str, category: str, message: str, where: str) -> None:
-        """Record one warning; a repeat of the same warning from the same place only raises its count."""
+    def add_warning(self, source: str, category: str, message: str, where: str) -> bool:
+        """Record one warning; a repeat of the same warning from the same place only raises its count.
+
+        Returns whether this is the first of its kind (the one worth logging).
+        """
+        key = (source, category, message, where)
         for entry in self.warnings:
-            if (entry["source"], entry["category"], entry["message"], entry["where"]) == (
-                source,
-                category,
-                message,
-                where,
-            ):
+            if (entry["source"], entry["category"], entry["message"], entry["where"]) == key:
                 entry["count"] += 1
-                return
+                return False
         self.warnings.append({"source": source, "category": category, "message": message, "where": where, "count": 1})
+        return True
 
     def to_dict(self) -> dict:
         """The record as written to JSON."""
@@ -147,8 +147,17 @@ def stage_logging(
         to_log = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            record.add_warning("warning", category.__name__, str(message), f"{filename}:{lineno}")
-            to_log(message, category, filename, lineno, file, line)
+            # Every occurrence is counted; only the first of its kind is logged, so that a warning
+            # raised once per gene does not flood the log.
+            if record.add_warning("warning", category.__name__, str(message), f"{filename}:{lineno}"):
+                to_log(message, category, filename, lineno, file, line)
+
+        # "always": repeats reach show() to be counted (Python's default shows one per place).
+        # Deprecation, import and resource warnings concern batchmix's maintainers, not a run: left out
+        # as by Python's defaults.
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
 
         warnings.showwarning = show
         try:
