@@ -241,7 +241,8 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(fixture_run, tmp
         item: sorted((run_dir / "results/lmm/chunks").glob(f"{item}.*")) for item in finished
     }
     stamps = {p: p.stat().st_mtime_ns for paths in chunk_files.values() for p in paths}
-    assert all(len(paths) == 4 for paths in chunk_files.values()), chunk_files  # expression, fits, blups, corrected
+    # expression, fits, blups, fixed_vcov, corrected
+    assert all(len(paths) == 5 for paths in chunk_files.values()), chunk_files
 
     # Started again as a user would: the kill left Snakemake's lock behind, so unlock first.
     unlock = subprocess.run([*cmd, "--unlock"], cwd=run_dir, capture_output=True, text=True, timeout=300)
