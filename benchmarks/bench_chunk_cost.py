@@ -43,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
+from batchmix.defaults import DEFAULT_SEED  # noqa: E402  (after the path set-up above)
+
 STAGES = ["stabilise", "split_genes", "lmm_chunk", "gather_lmm", "simpson", "report"]
 DEFAULT_SHAPES = [(1000, 500), (1000, 2000), (2000, 2000), (500, 8000)]
 QUICK_SHAPES = [(300, 100), (600, 200), (300, 400)]
@@ -268,7 +270,7 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="stages to measure, comma-separated (the ones they read from still run first)")
     parser.add_argument("--batches", type=int, default=40, help="batches (levels of the random effect), default 40")
-    parser.add_argument("--seed", type=int, default=20261124)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--snakemake-job-mb", type=float, default=150.0,
                         help="RSS of the Snakemake process of a cluster job, added to every base (MB)")
     parser.add_argument("--target-genes", type=int, default=60_000)

@@ -144,6 +144,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from batchmix import uncertainty as unc
+    from batchmix.defaults import DEFAULT_SEED
 
     formula = "~ condition + (1 | batch)"
     expr, samples = make_data(args.genes, args.samples, args.batches)
@@ -175,7 +176,7 @@ def main() -> None:
 
     # bootstrap --------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    boot = unc.bootstrap(expr, samples, formula, nsim=args.nsim, seed=20261124, n_threads=args.threads)
+    boot = unc.bootstrap(expr, samples, formula, nsim=args.nsim, seed=DEFAULT_SEED, n_threads=args.threads)
     t_boot = time.perf_counter() - t0
     refits = G * args.nsim
     n_fail = int(boot.summary.groupby("gene_id")["n_fail"].first().sum())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchmix.lmm import core
+from batchmix.lmm import core, general
 from batchmix import lmm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lme4"
@@ -44,13 +44,13 @@ def test_analytic_gradient_and_hessian_match_finite_differences(bottomly, reml):
     prepared = lmm.prepare("~ strain + (1 | experiment.number) + (1 | lane.number)", samples, reml=reml)
     data = core.GeneData.from_matrix(expression.to_numpy()[:5], prepared)
     theta = np.array([[0.7, 0.4], [1.3, 0.2], [0.5, 0.9], [2.0, 1.0], [0.3, 0.3]])
-    ev = core.evaluate(theta, data, prepared, reml, order=2)
+    ev = general.evaluate(theta, data, prepared, reml, order=2)
     h = 1e-5
     for k in range(prepared.m):
         step = np.zeros_like(theta)
         step[:, k] = h
-        plus = core.evaluate(theta + step, data, prepared, reml, order=1)
-        minus = core.evaluate(theta - step, data, prepared, reml, order=1)
+        plus = general.evaluate(theta + step, data, prepared, reml, order=1)
+        minus = general.evaluate(theta - step, data, prepared, reml, order=1)
         np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
@@ -66,13 +66,13 @@ def test_slope_model_derivatives_match_finite_differences():
     prepared = lmm.prepare("~ Days + (Days | Subject)", samples)
     data = core.GeneData.from_matrix(Y, prepared)
     theta = np.array([[0.8, 0.1, 0.3], [1.2, -0.4, 0.6], [0.5, 0.2, 0.05]])
-    ev = core.evaluate(theta, data, prepared, True, order=2)
+    ev = general.evaluate(theta, data, prepared, True, order=2)
     h = 1e-5
     for k in range(3):
         step = np.zeros_like(theta)
         step[:, k] = h
-        plus = core.evaluate(theta + step, data, prepared, True, order=1)
-        minus = core.evaluate(theta - step, data, prepared, True, order=1)
+        plus = general.evaluate(theta + step, data, prepared, True, order=1)
+        minus = general.evaluate(theta - step, data, prepared, True, order=1)
         np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
@@ -258,13 +258,13 @@ def test_general_engine_reaches_the_best_optimum_from_any_start(model, formula):
 
         moment = moment_start(data, prepared)
         assert np.isfinite(moment).all()
-        np.testing.assert_array_equal(core.start_values(data, prepared, True), moment)
-        excess = core.evaluate(moment, data, prepared, True).deviance + 2.0 * fit.loglik
+        np.testing.assert_array_equal(general.start_values(data, prepared, True), moment)
+        excess = general.evaluate(moment, data, prepared, True).deviance + 2.0 * fit.loglik
         assert np.median(excess) < 0.5
     start = np.tile(prepared.theta_start(), (Y.shape[0], 1))
     for theta0 in (start, 0.5 * start, 2.0 * start + 0.1):
-        theta, _ = core.optimise(data, prepared, True, theta0=theta0)
-        other = core.evaluate(theta, data, prepared, True).deviance
+        theta, _ = general.optimise(data, prepared, True, theta0=theta0)
+        other = general.evaluate(theta, data, prepared, True).deviance
         assert np.all(-2.0 * fit.loglik <= other + 1e-6)
 
 
@@ -272,7 +272,7 @@ def test_onecomp_merges_equal_eigenvalues_exactly():
     # a balanced design has one projected eigenvalue repeated; merging them changes nothing
     Y, samples = _simulated("two", 300, 5)
     balanced = lmm.prepare("~ condition + (1 | batch)", samples)
-    assert balanced.onecomp.xi_u.size < balanced.onecomp.xi.size
+    assert balanced.rotation.xi_u.size < balanced.rotation.xi.size
     fast = lmm.fit_arrays(Y, balanced, method="onecomp")
     general = lmm.fit_arrays(Y, balanced, method="general")
     np.testing.assert_allclose(fast.loglik, general.loglik, rtol=0, atol=1e-8)
@@ -316,8 +316,8 @@ def test_diagonal_lambda_derivatives_match_the_dense_formulas(reml):
     data = core.GeneData.from_matrix(Y, prepared)
     theta = np.abs(np.random.default_rng(2).normal(0.6, 0.4, (30, 2)))
     theta[0, 0] = 0.0
-    fast = core.evaluate(theta, data, prepared, reml, order=2)
+    fast = general.evaluate(theta, data, prepared, reml, order=2)
     prepared.diagonal_lambda = None
-    slow = core.evaluate(theta, data, prepared, reml, order=2)
+    slow = general.evaluate(theta, data, prepared, reml, order=2)
     for name in ("grad", "hess", "f_grad", "f_hess", "r2_grad", "r2_hess", "dM"):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
 from batchmix import io, lmm
 from batchmix import uncertainty as unc
+from batchmix.plots.uncertainty import plot_bootstrap_band, plot_posterior
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = ROOT / "tests" / "data" / "sleepstudy_uncertainty"
@@ -62,7 +64,7 @@ def test_walkthrough_tables(walkthrough):
     est = est[est.model == "intercept"].set_index("param")["estimate"]
     np.testing.assert_allclose(boot.set_index("param").loc[est.index, "estimate"], est, rtol=2e-5)
     stan = pd.read_csv(REFS / "brms_posterior.tsv", sep="\t")
-    stan = stan[(stan.model == "intercept_flat_unifICC") & (stan.draws == 1_000_000) & (stan.seed == 20261124)]
+    stan = stan[(stan.model == "intercept_flat_unifICC") & (stan.draws == 1_000_000) & (stan.seed == DEFAULT_SEED)]
     p = post.set_index("param")
     for _, r in stan.iterrows():
         for col in ("mean", "q2.5", "q50", "q97.5"):
@@ -94,10 +96,11 @@ def test_figures_use_no_pyplot_state(walkthrough, tmp_path):
     samples = io.read_samples(ROOT / config["samples"]).loc[expr.columns]
     boot = unc.bootstrap(expr, samples, "~ Days + (Days | Subject)", nsim=100, keep_draws_for=["Reaction"])
     post = unc.posterior(expr, samples, "~ Days + (1 | Subject)", keep_grid_for=["Reaction"])
-    fig1 = unc.plot_bootstrap_band(expr.loc["Reaction"], samples, boot.draws["Reaction"], boot.fits["Reaction"],
+    fig1 = plot_bootstrap_band(expr.loc["Reaction"], samples, boot.draws["Reaction"], boot.fits["Reaction"],
                                    gene_id="Reaction")
     grid, names = post.grids["Reaction"]
-    fig2 = unc.plot_posterior(grid, names, post.summary, gene_id="Reaction", sd_name="sd_Subject__Intercept")
+    draws = unc.posterior_draws(grid, names, 40000, 1)
+    fig2 = plot_posterior(draws, names, post.summary, gene_id="Reaction", sd_name="sd_Subject__Intercept")
     from matplotlib.figure import Figure
 
     assert isinstance(fig1, Figure) and isinstance(fig2, Figure)

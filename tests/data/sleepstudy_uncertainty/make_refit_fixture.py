@@ -26,8 +26,8 @@ frame.to_csv(out + "refit_sim_data.tsv", sep="\t", index=False)
 d = pd.read_csv(out + "sleepstudy.tsv", sep="\t")
 prep = lmm.prepare("~ Days + (Days | Subject)", d)
 f0 = lmm.fit_arrays(d["Reaction"].to_numpy()[None], prep)
-comp = unc._Compressed.of(prep.X, prep.Z)
-m, rho = unc._simulate_compressed(["Reaction"], f0.theta, f0.beta, f0.sigma2, prep, comp, 2000, 20261124)
+comp = unc.CompressedDesign.of(prep.X, prep.Z)
+m, rho = unc.simulate_compressed(["Reaction"], f0.theta, f0.beta, f0.sigma2, prep, comp, 2000, 20261124)
 pick = [77, 207, 257, 263, 305, 324, 406, 507, 566, 623, 1140, 1495]
 # a unit vector orthogonal to span[X Z] carries the residual sum of squares
 extra = np.linalg.qr(np.column_stack([comp.U, np.random.default_rng(0).normal(size=(len(d), 1))]))[0][:, -1]

@@ -18,10 +18,12 @@ from .fitting import (
     FIXED_VCOV_COLUMNS,
     ArrayFit,
     LMMFit,
+    SufficientFit,
     corrected_expression,
     fit,
     fit_arrays,
     prepare,
+    refit_sufficient,
 )
 from .results import ModelMetadata, model_metadata
 
@@ -31,9 +33,11 @@ __all__ = [
     "LMMFit",
     "ModelMetadata",
     "PreparedDesign",
+    "SufficientFit",
     "corrected_expression",
     "fit",
     "fit_arrays",
     "model_metadata",
     "prepare",
+    "refit_sufficient",
 ]

@@ -2,7 +2,7 @@
 
 With a single random term, Z'Z is block diagonal (one s × s block C_j per level j) and
 Λ = I_J ⊗ T, so I + Λ'Z'ZΛ splits into J independent s × s systems. Everything the
-dense engine (:mod:`batchmix._lmm_core`) computes with q × q matrices is computed
+dense engine (:func:`batchmix.lmm.core.evaluate_dense`) computes with q × q matrices is computed
 here from (J, s, s) stacks plus p × p corrections, in O(J s³ + J s² p) per gene
 instead of O(q³) with q = J s. The formulas are the dense ones with
 B = Z'PZ = blockdiag(K_j) − W (X'V⁻¹X)⁻¹ W' (K_j = Z_j'V⁻¹Z_j, W = Z'V⁻¹X) expanded,
@@ -11,65 +11,14 @@ and dD_k = I_J ⊗ S_k, S_k = E_k T' + T E_k'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass
-class BlockDesign:
-    """Per-level pieces of a single-term design, shared by all genes."""
-
-    C: np.ndarray       # J × s × s, blocks of Z'Z
-    ZX: np.ndarray      # J × s × p, blocks of Z'X
-    E: np.ndarray       # m × s × s, ∂T/∂θ_k
-    F: np.ndarray       # m × m × s × s, E_k E_l' + E_l E_k'
-    rows: np.ndarray    # θ_k's row in T
-    cols: np.ndarray    # θ_k's column in T
-    J: int
-    s: int
+from .core import BlockDesign, Evaluation, GeneData, PreparedDesign, inverse_small, logdet_spd, profiled_deviance
 
 
-def prepare_block(prepared) -> BlockDesign | None:
-    """Level-wise design when the model has exactly one random term with s ≥ 2 columns."""
-    blocks = prepared.random.blocks
-    if len(blocks) != 1 or blocks[0].n_terms < 2:
-        return None
-    block = blocks[0]
-    J, s = block.n_levels, block.n_terms
-    ZtZ = prepared.ZtZ.reshape(J, s, J, s)
-    C = np.einsum("jajb->jab", ZtZ)
-    off = ZtZ.copy()
-    off[np.arange(J), :, np.arange(J), :] = 0.0
-    if np.abs(off).max(initial=0.0) > 0:
-        return None  # not block diagonal (cannot happen for one grouping factor)
-    ZX = prepared.ZtX.reshape(J, s, -1)
-    rows, cols = [], []
-    for c in range(s):
-        for r in range(c, s):
-            rows.append(r)
-            cols.append(c)
-    m = len(rows)
-    E = np.zeros((m, s, s))
-    E[np.arange(m), rows, cols] = 1.0
-    prod = np.einsum("kab,lcb->klac", E, E)
-    F = prod + prod.transpose(1, 0, 2, 3)
-    return BlockDesign(C=C, ZX=ZX, E=E, F=F, rows=np.asarray(rows), cols=np.asarray(cols), J=J, s=s)
-
-
-def _logdet_spd(matrix: np.ndarray) -> np.ndarray:
-    try:
-        chol = np.linalg.cholesky(matrix)
-        return 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
-    except np.linalg.LinAlgError:
-        sign, logdet = np.linalg.slogdet(matrix)
-        return np.where(sign > 0, logdet, np.nan)
-
-
-def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0):
-    """Same contract as :func:`batchmix._lmm_core.evaluate`, for a single random term."""
-    from .core import Evaluation, profiled_deviance
-
+def evaluate_block(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
+                   order: int = 0) -> Evaluation:
+    """Same contract as :func:`batchmix.lmm.general.evaluate`, for a single random term."""
     bd: BlockDesign = prepared.block
     G, p, n, J, s, m = theta.shape[0], prepared.p, prepared.n, bd.J, bd.s, theta.shape[1]
     T = np.zeros((G, s, s))
@@ -86,14 +35,15 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     rhs = np.concatenate([CT.transpose(0, 1, 3, 2), TZX, Tzy[..., None]], axis=3)
     if s == 2:
         # closed-form 2 × 2 systems (symmetric positive definite: I + T'C_jT)
-        a_, b_, d_ = Mj[..., 0, 0], Mj[..., 0, 1], Mj[..., 1, 1]
-        det = a_ * d_ - b_ * b_
+        # symmetric in exact arithmetic: use the upper entry on both sides of the diagonal
+        Mj[..., 1, 0] = Mj[..., 0, 1]
+        det = Mj[..., 0, 0] * Mj[..., 1, 1] - Mj[..., 0, 1] * Mj[..., 1, 0]
         with np.errstate(divide="ignore", invalid="ignore"):
             logdet_V = np.where(det > 0, np.log(det), np.nan).sum(axis=1)
-            inv = np.stack([np.stack([d_, -b_], -1), np.stack([-b_, a_], -1)], -2) / det[..., None, None]
+            inv = inverse_small(Mj)
         sol = np.matmul(inv, rhs)
     else:
-        logdet_V = _logdet_spd(Mj).sum(axis=1)
+        logdet_V = logdet_spd(Mj).sum(axis=1)
         sol = np.linalg.solve(Mj, rhs)
     solC, solX, soly = sol[..., :s], sol[..., s:s + p], sol[..., s + p]
     K = bd.C[None] - np.matmul(CT, solC)                      # Z_j'V⁻¹Z_j
@@ -102,7 +52,7 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     M = prepared.XtX - np.einsum("gjap,gjar->gpr", TZX, solX)
     XVy = data.Xty - np.einsum("gjap,gja->gp", TZX, soly)
     yVy = data.yty - np.einsum("gja,gja->g", Tzy, soly)
-    logdet_M = _logdet_spd(M)
+    logdet_M = logdet_spd(M)
     beta = np.linalg.solve(M, XVy[:, :, None])[:, :, 0]
     r2 = yVy - np.einsum("gp,gp->g", beta, XVy)
     r2 = np.where(r2 > 0, r2, np.nan)
@@ -167,7 +117,7 @@ def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0
     return ev
 
 
-def moment_start(data, prepared) -> np.ndarray | None:
+def moment_start(data: GeneData, prepared: PreparedDesign) -> np.ndarray | None:
     """Moment estimate of θ for a single random term from the sufficient statistics.
 
     Per level j, b̂_j = C_j⁻¹ Z_j'r with r = y − Xβ̂ (OLS); their spread across levels

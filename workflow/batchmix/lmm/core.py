@@ -27,7 +27,7 @@ B_f = B for REML and Z'V⁻¹Z for ML, s_k = a' dD_k a, f = the log-determinant 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -35,6 +35,148 @@ from ..design import RandomDesign
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 SINGULAR_TOL = 1e-4  # lme4's isSingular() default tolerance on θ
+
+
+def merge_equal(values: np.ndarray, rel: float = 1e-11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values (to ``rel`` × max), their multiplicities and each value's group."""
+    if values.size == 0:
+        return values.copy(), np.zeros(0), np.zeros(0, dtype=int)
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    tol = rel * max(float(np.abs(v).max()), 1e-300)
+    new = np.concatenate([[True], np.diff(v) > tol])
+    group = np.empty(values.size, dtype=int)
+    group[order] = np.cumsum(new) - 1
+    counts = np.bincount(group).astype(float)
+    return np.bincount(group, weights=values) / counts, counts, group
+
+
+@dataclass
+class Rotation:
+    """The EMMA / FaST-LMM rotation of a single-θ design, shared by all genes (see :mod:`batchmix.lmm.onecomp`)."""
+
+    QX: np.ndarray      # n × p orthonormal basis of X's columns
+    U: np.ndarray       # n × k, eigenvectors of S Z Z' S with non-zero eigenvalue
+    xi: np.ndarray      # k, those eigenvalues
+    Qz: np.ndarray      # q × q eigenvectors of Z'Z
+    d: np.ndarray       # q eigenvalues of Z'Z
+    W: np.ndarray       # q × p, Qz' Z'X
+    P: np.ndarray | None = None        # n × (p + q): [QX, U, S Z R₀] (R₀: null directions of S Z)
+    to_wy: np.ndarray | None = None    # (p + q) × q: projections → Qz' Z'y
+    RX: np.ndarray | None = None       # p × p, X = QX RX
+    xi_u: np.ndarray | None = None     # distinct ξ
+    xi_n: np.ndarray | None = None     # their multiplicities
+    xi_onehot: np.ndarray | None = None  # k × (distinct ξ), sums η² over equal ξ
+    d_u: np.ndarray | None = None      # distinct eigenvalues of Z'Z and multiplicities (ML)
+    d_n: np.ndarray | None = None
+    WW: np.ndarray | None = None       # q × p², rows W_j W_j' flattened
+    ZQ: np.ndarray | None = None       # p × q, QX' Z
+    R_keep: np.ndarray | None = None   # q × k, eigenvectors of Z'S Z with non-zero eigenvalue (U = S Z R_keep / √ξ)
+
+
+def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarray, m: int) -> Rotation | None:
+    """The rotation for a single-θ model, or None if the model has more parameters."""
+    if m != 1:
+        return None
+    QX, RX = np.linalg.qr(X)
+    ZQ = QX.T @ Z
+    SZ = Z - QX @ ZQ
+    xi_all, R = np.linalg.eigh(SZ.T @ SZ)
+    keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
+    xi = xi_all[keep]
+    U = SZ @ R[:, keep] / np.sqrt(xi)
+    d, Qz = np.linalg.eigh(ZtZ)
+    d = np.clip(d, 0.0, None)
+    W = Qz.T @ ZtX
+    # S Z = U diag(√ξ) R_keep' + (S Z R_drop) R_drop' exactly, so with the projections
+    # [QX'y, U'y, (S Z R_drop)'y] of y: Z'y = ZQ' QX'y + R_keep diag(√ξ) U'y + R_drop (S Z R_drop)'y
+    P = np.column_stack([QX, U, SZ @ R[:, ~keep]])
+    Zmap = np.vstack([ZQ, np.sqrt(xi)[:, None] * R[:, keep].T, R[:, ~keep].T])
+    xi_u, xi_n, group = merge_equal(xi)
+    onehot = np.zeros((xi.size, xi_u.size))
+    onehot[np.arange(xi.size), group] = 1.0
+    d_u, d_n, _ = merge_equal(d)
+    p = X.shape[1]
+    WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], p * p)
+    return Rotation(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=W, P=P, to_wy=Zmap @ Qz, RX=RX,
+                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW,
+                    ZQ=ZQ, R_keep=R[:, keep])
+
+
+@dataclass
+class BlockDesign:
+    """Per-level pieces of a single-term design, shared by all genes."""
+
+    C: np.ndarray       # J × s × s, blocks of Z'Z
+    ZX: np.ndarray      # J × s × p, blocks of Z'X
+    E: np.ndarray       # m × s × s, ∂T/∂θ_k
+    F: np.ndarray       # m × m × s × s, E_k E_l' + E_l E_k'
+    rows: np.ndarray    # θ_k's row in T
+    cols: np.ndarray    # θ_k's column in T
+    J: int
+    s: int
+
+
+def build_block_design(random: RandomDesign, ZtZ: np.ndarray, ZtX: np.ndarray) -> BlockDesign | None:
+    """Level-wise design when the model has exactly one random term with s ≥ 2 columns."""
+    blocks = random.blocks
+    if len(blocks) != 1 or blocks[0].n_terms < 2:
+        return None
+    block = blocks[0]
+    J, s = block.n_levels, block.n_terms
+    ZtZ = ZtZ.reshape(J, s, J, s)
+    C = np.einsum("jajb->jab", ZtZ)
+    off = ZtZ.copy()
+    off[np.arange(J), :, np.arange(J), :] = 0.0
+    if np.abs(off).max(initial=0.0) > 0:
+        return None  # not block diagonal (cannot happen for one grouping factor)
+    ZX = ZtX.reshape(J, s, -1)
+    rows, cols = [], []
+    for c in range(s):
+        for r in range(c, s):
+            rows.append(r)
+            cols.append(c)
+    m = len(rows)
+    E = np.zeros((m, s, s))
+    E[np.arange(m), rows, cols] = 1.0
+    prod = np.einsum("kab,lcb->klac", E, E)
+    F = prod + prod.transpose(1, 0, 2, 3)
+    return BlockDesign(C=C, ZX=ZX, E=E, F=F, rows=np.asarray(rows), cols=np.asarray(cols), J=J, s=s)
+
+
+def logdet_spd(matrix: np.ndarray) -> np.ndarray:
+    """Batched log-determinant of symmetric positive definite matrices; others give NaN."""
+    try:
+        chol = np.linalg.cholesky(matrix)
+        return 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    except np.linalg.LinAlgError:
+        sign, logdet = np.linalg.slogdet(matrix)
+        return np.where(sign > 0, logdet, np.nan)
+
+
+def inverse_small(M: np.ndarray) -> np.ndarray:
+    """Inverse of a stack of p × p matrices (leading axes any), in closed form for p ≤ 2."""
+    p = M.shape[-1]
+    if p == 1:
+        return 1.0 / M
+    if p == 2:
+        a, b, c, d = M[..., 0, 0], M[..., 0, 1], M[..., 1, 0], M[..., 1, 1]
+        det = a * d - b * c
+        out = np.empty_like(M)
+        out[..., 0, 0], out[..., 0, 1], out[..., 1, 0], out[..., 1, 1] = d / det, -b / det, -c / det, a / det
+        return out
+    return np.linalg.inv(M)
+
+
+def gene_chunks(G: int, prepared: "PreparedDesign", budget: float = 3e6) -> list[slice]:
+    """Gene chunks so that the G × m × q × q derivative stacks stay small in memory."""
+    if prepared.block is not None:
+        bd = prepared.block
+        per_gene = max(1, (prepared.m + 2) ** 2 * bd.J * bd.s * max(bd.s, prepared.p) ** 2)
+    else:
+        per_gene = max(1, (prepared.m + 2) * prepared.q * prepared.q)
+    size = max(1, int(budget // per_gene))
+    return [slice(i, min(G, i + size)) for i in range(0, G, size)]
 
 
 @dataclass
@@ -61,9 +203,9 @@ class PreparedDesign:
     E: np.ndarray = field(init=False)
     d2D: np.ndarray = field(init=False)
     df_residual: int = field(init=False)
-    onecomp: object = field(init=False, default=None)
     diagonal_lambda: np.ndarray | None = field(init=False, default=None)
-    block: object = field(init=False, default=None)
+    rotation: Rotation | None = field(init=False, default=None)
+    block: BlockDesign | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         X, Z = self.X, self.Z
@@ -108,6 +250,11 @@ class PreparedDesign:
             self.diagonal_lambda = L
         rank = np.linalg.matrix_rank(np.column_stack([X, Z])) if Z.size else X.shape[1]
         self.df_residual = int(X.shape[0] - rank)
+        # the engines' precomputation: the rotation for a single θ, the level-wise blocks for
+        # one grouping factor with several columns
+        if m:
+            self.rotation = build_rotation(X, Z, self.ZtZ, self.ZtX, m)
+            self.block = build_block_design(self.random, self.ZtZ, self.ZtX)
 
     @property
     def n(self) -> int:
@@ -178,8 +325,6 @@ class Evaluation:
 
     def take(self, rows: np.ndarray) -> "Evaluation":
         """The genes ``rows`` of this evaluation."""
-        from dataclasses import fields
-
         return Evaluation(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows])
                              for f in fields(self)})
 
@@ -192,16 +337,6 @@ def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     except np.linalg.LinAlgError:
         sign, logdet = np.linalg.slogdet(matrix)
         return None, np.where(sign > 0, logdet, np.nan)
-
-
-def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
-             order: int = 0) -> Evaluation:
-    """Profiled deviance at θ (G × m) for G genes; gradient (order ≥ 1), Hessian (order 2)."""
-    if prepared.block is not None:
-        from .block import evaluate_block
-
-        return evaluate_block(theta, data, prepared, reml, order)
-    return evaluate_dense(theta, data, prepared, reml, order)
 
 
 def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
@@ -333,253 +468,6 @@ def _derivatives_diagonal(ev: Evaluation, pd_: PreparedDesign, reml: bool, order
         ev.r2_hess = r2_hess
         ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
                                 - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
-
-
-def _chunks(G: int, prepared: PreparedDesign, budget: float = 3e6) -> list[slice]:
-    """Gene chunks so that the G × m × q × q derivative stacks stay small in memory."""
-    if prepared.block is not None:
-        bd = prepared.block
-        per_gene = max(1, (prepared.m + 2) ** 2 * bd.J * bd.s * max(bd.s, prepared.p) ** 2)
-    else:
-        per_gene = max(1, (prepared.m + 2) * prepared.q * prepared.q)
-    size = max(1, int(budget // per_gene))
-    return [slice(i, min(G, i + size)) for i in range(0, G, size)]
-
-
-_KEPT = ("deviance", "r2", "beta", "b", "M", "dM", "f_hess", "r2_hess", "r2_grad")
-
-
-def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
-             theta0: np.ndarray | None = None, max_iter: int = 200,
-             tol_dev: float = 1e-10, tol_step: float = 1e-7, keep_evaluation: bool = False):
-    """Minimise the profiled deviance over θ per gene, all genes in lock-step.
-
-    A projected Newton method with the exact Hessian: eigenvalues of the Hessian
-    are made positive (|λ|, floored) so every step descends, steps are halved until
-    the deviance decreases, and θ's diagonal entries are kept ≥ 0 (a boundary
-    coordinate with a non-negative gradient and positive curvature is held fixed).
-    Two kinds of spurious stopping points are left: a zero diagonal entry of T with
-    entries below it (their signs are flipped so that the gradient points inward; the
-    deviance is unchanged), and saddle points (a stationary point where the Hessian has a
-    negative eigenvalue is left along that eigenvector, turned into the feasible side).
-
-    Returns
-    -------
-    theta : ndarray (G × m)
-    converged : ndarray of bool (G)
-    evaluation : Evaluation, only with ``keep_evaluation``
-        What :func:`evaluate` with ``order=2`` gives at the returned θ (the fields
-        :func:`varpar_derivatives` and :func:`batchmix.lmm.fit_arrays` use), kept from the
-        iterations instead of evaluated again.
-    """
-    G, m = data.yty.shape[0], prepared.m
-    lower = prepared.theta_lower
-    bounded = np.isfinite(lower)
-    theta = np.tile(prepared.theta_start(), (G, 1)) if theta0 is None else theta0.copy()
-    converged = np.zeros(G, dtype=bool)
-    dev = np.full(G, np.nan)
-    grad = np.zeros((G, m))
-    hess = np.zeros((G, m, m))
-
-    kept: dict[str, np.ndarray] = {}
-
-    def keep(ev: Evaluation, rows: np.ndarray, ok: np.ndarray | slice = slice(None)) -> None:
-        # the quantities at each gene's current θ, for keep_evaluation
-        if not keep_evaluation:
-            return
-        for name in _KEPT:
-            value = getattr(ev, name)
-            if name not in kept:
-                kept[name] = np.full((G,) + value.shape[1:], np.nan)
-            kept[name][rows] = value[ok]
-
-    def full_eval(idx: np.ndarray) -> None:
-        for chunk in _chunks(len(idx), prepared):
-            sub = idx[chunk]
-            ev = evaluate(theta[sub], data.take(sub), prepared, reml, order=2)
-            dev[sub], grad[sub], hess[sub] = ev.deviance, ev.grad, ev.hess
-            keep(ev, sub)
-
-    def trial_eval(th: np.ndarray, idx: np.ndarray):
-        # full evaluation at the trial point: most Newton steps are accepted, and then
-        # the gradient and Hessian there are needed anyway
-        out_dev = np.empty(len(idx))
-        out_grad = np.empty((len(idx), m))
-        out_hess = np.empty((len(idx), m, m))
-        evs = []
-        for chunk in _chunks(len(idx), prepared):
-            ev = evaluate(th[chunk], data.take(idx[chunk]), prepared, reml, order=2)
-            out_dev[chunk], out_grad[chunk], out_hess[chunk] = ev.deviance, ev.grad, ev.hess
-            evs.append((chunk, ev))
-        return out_dev, out_grad, out_hess, evs
-
-    active = np.arange(G)
-    full_eval(active)
-    bad = ~np.isfinite(dev)
-    active = active[~bad]
-    for _ in range(max_iter):
-        if active.size == 0:
-            break
-        # A column of T whose diagonal entry is 0 contributes t t' to T T' whatever the sign
-        # of its entries below the diagonal: flipping them leaves the deviance unchanged and
-        # flips the gradient along the diagonal entry. Choose the sign for which moving off
-        # the boundary descends, so that such points are not mistaken for optima.
-        for col in _theta_columns(prepared):
-            sel = (theta[active, col[0]] <= 1e-12) & (grad[active, col[0]] > 0)
-            if sel.any():
-                rows = active[sel]
-                sign = np.ones(m)
-                sign[col] = -1.0
-                theta[rows] *= sign
-                grad[rows] *= sign
-                hess[rows] *= sign[:, None] * sign[None, :]
-        th, g, H = theta[active], grad[active], hess[active]
-        at_bound = bounded[None, :] & (th <= lower[None, :] + 1e-12)
-        diag = np.diagonal(H, axis1=1, axis2=2)
-        # a bound coordinate is released only when moving inward lowers the deviance
-        # (negative gradient); a stationary point on the bound with negative curvature
-        # is a maximum along that coordinate, so nudge it inward
-        fixed = at_bound & (g >= 0) & (diag > 0)
-        nudge = at_bound & (g >= 0) & (diag <= 0)
-        free = ~fixed
-        Hf = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
-        Hf[:, np.arange(m), np.arange(m)] = np.where(free, np.diagonal(Hf, axis1=1, axis2=2), 1.0)
-        gf = np.where(free, g, 0.0)
-        w, V = np.linalg.eigh(Hf)
-        wabs = np.abs(w)
-        floor = 1e-10 * np.maximum(wabs.max(axis=1, keepdims=True), 1e-300)
-        wmod = np.maximum(wabs, floor)
-        step = -np.einsum("gij,gj,gkj,gk->gi", V, 1.0 / wmod, V, gf)
-        step = np.where(free, step, 0.0)
-        step = np.where(nudge, 0.1, step)
-        decrement = -np.einsum("gi,gi->g", gf, step)
-        done = (decrement < tol_dev) & ~nudge.any(axis=1)
-        # a stationary point with a direction of negative curvature is a saddle (e.g. θ₁₁ =
-        # θ₂₁ = 0 in a random-slope model, where the optimum has a rank-one covariance):
-        # leave it along that direction, turned so that it points into the feasible region
-        if done.any():
-            sub = np.flatnonzero(done)
-            w_all, V_all = np.linalg.eigh(H[sub])
-            scale = np.maximum(np.abs(w_all).max(axis=1), 1.0)
-            v = V_all[:, :, 0]
-            bound_sub = at_bound[sub]
-            v = v * np.where((v * bound_sub).sum(axis=1) < 0, -1.0, 1.0)[:, None]
-            v = np.where(bound_sub & (v < 0), 0.0, v)
-            curv = np.einsum("gi,gij,gj->g", v, H[sub], v)
-            norm = np.abs(v).max(axis=1)
-            escape = (w_all[:, 0] < -1e-6 * scale) & (curv < -1e-6 * scale * norm ** 2) & (norm > 0)
-            if escape.any():
-                rows = sub[escape]
-                step[rows] = v[escape] / norm[escape, None]
-                decrement[rows] = 0.0
-                done[rows] = False
-        converged[active[done]] = True
-        active, th, step, decrement = active[~done], th[~done], step[~done], decrement[~done]
-        if active.size == 0:
-            break
-        # backtracking line search, vectorised: each gene halves its own step
-        alpha = np.ones(active.size)
-        accepted = np.zeros(active.size, dtype=bool)
-        new_theta = th.copy()
-        new_dev = np.empty(active.size)
-        new_grad = np.empty((active.size, m))
-        new_hess = np.empty((active.size, m, m))
-        for _ls in range(40):
-            pending = ~accepted
-            if not pending.any():
-                break
-            trial = th[pending] + alpha[pending, None] * step[pending]
-            trial = np.where(bounded[None, :], np.maximum(trial, lower[None, :]), trial)
-            trial_dev, trial_grad, trial_hess, evs = trial_eval(trial, active[pending])
-            # strict decrease (Armijo with a tiny slope factor): accepting equal values
-            # would let flat directions cycle forever
-            gain = dev[active[pending]] - trial_dev
-            ok = np.isfinite(trial_dev) & (gain > 1e-4 * alpha[pending] * decrement[pending])
-            idx = np.flatnonzero(pending)
-            new_theta[idx[ok]] = trial[ok]
-            new_dev[idx[ok]] = trial_dev[ok]
-            new_grad[idx[ok]] = trial_grad[ok]
-            new_hess[idx[ok]] = trial_hess[ok]
-            accepted[idx[ok]] = True
-            rows = active[pending]
-            for chunk, ev in evs:
-                sel = ok[chunk]
-                keep(ev, rows[chunk][sel], sel)
-            alpha[idx[~ok]] *= 0.5
-        # genes that cannot descend any further are at a (numerical) optimum
-        stuck = ~accepted
-        converged[active[stuck]] = True
-        moved = active[accepted]
-        old_dev = dev[moved].copy()
-        step_size = np.abs(new_theta[accepted] - th[accepted]).max(axis=1)
-        theta[moved] = new_theta[accepted]
-        dev[moved], grad[moved], hess[moved] = new_dev[accepted], new_grad[accepted], new_hess[accepted]
-        change = np.abs(old_dev - dev[moved])
-        # the last condition ends walks along flat ridges (a nearly degenerate covariance),
-        # where the deviance no longer changes and the gradient is small but steps stay large
-        small = (((change < tol_dev) & (step_size < tol_step)) | (change < 1e-3 * tol_dev)
-                 | ((change < tol_dev) & (np.abs(grad[moved]).max(axis=1) < 1e-3)))
-        converged[moved[small]] = True
-        active = moved[~small]
-    if keep_evaluation:
-        ev = Evaluation(kept["deviance"], kept["r2"], None, None, kept["beta"], kept["M"], None, None, None, None)
-        for name in _KEPT[3:]:
-            setattr(ev, name, kept[name])
-        return theta, converged, ev
-    return theta, converged
-
-
-def start_values(data: GeneData, prepared: PreparedDesign, reml: bool) -> np.ndarray:
-    """Starting θ (G × m) for :func:`optimise`: each random column fitted on its own.
-
-    For every random term and each of its columns (``(1|batch)``, the intercept and the
-    slope of ``(Days|Subject)``) the one-component model ``~ X + (0 + column | group)`` is
-    fitted exactly from the sufficient statistics by the rotation of
-    :mod:`batchmix._lmm_onecomp`; its √λ starts the corresponding diagonal entry of T,
-    off-diagonal entries start at 0. Compared with lme4's start (θ = 1), the Newton
-    iterations then begin near the optimum (or on the boundary when a column alone
-    shows no variance). A single random term with several columns (``(Days|Subject)``)
-    starts instead at the moment estimate of :func:`batchmix._lmm_block.moment_start`
-    (which includes the correlation) where that exists.
-    """
-    from .onecomp import lambda_from_stats
-
-    G = data.yty.shape[0]
-    moment = None
-    if prepared.block is not None:
-        from .block import moment_start
-
-        moment = moment_start(data, prepared)
-        if moment is not None and np.isfinite(moment).all():
-            return moment
-    theta = np.tile(prepared.theta_start(), (G, 1))
-    offset, k = 0, 0
-    for block in prepared.random.blocks:
-        s, J = block.n_terms, block.n_levels
-        for c in range(s):
-            cols = offset + np.arange(J) * s + c
-            lam = lambda_from_stats(data.Zty[:, cols], data.Xty, data.yty, prepared.X,
-                                    prepared.Z[:, cols], reml)
-            theta[:, k] = np.sqrt(lam)
-            k += s - c
-        offset += s * J
-    if moment is not None:
-        ok = np.isfinite(moment).all(axis=1)
-        theta[ok] = moment[ok]
-    return theta
-
-
-def _theta_columns(prepared: PreparedDesign) -> list[list[int]]:
-    """θ indices of each column of each T with entries below the diagonal: [diagonal, below...]."""
-    out, k = [], 0
-    for block in prepared.random.blocks:
-        s = block.n_terms
-        for c in range(s):
-            idx = list(range(k, k + s - c))
-            k += s - c
-            if len(idx) > 1:
-                out.append(idx)
-    return out
 
 
 def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool

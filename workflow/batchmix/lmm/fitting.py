@@ -11,11 +11,11 @@ Two engines share one design for all genes:
 
 * one variance component (``(1 | batch)``): the EMMA / FaST-LMM rotation, each
   gene a one-dimensional optimisation over λ = θ², all genes evaluated together
-  (:mod:`batchmix._lmm_onecomp`);
+  (:mod:`batchmix.lmm.onecomp`);
 * anything else (random slopes, several grouping factors): lme4's profiled
   deviance in θ with analytic gradient and Hessian, minimised by a projected
   Newton method run in lock-step over genes with stacked q × q linear algebra
-  (:mod:`batchmix._lmm_core`).
+  (:mod:`batchmix.lmm.general`).
 
 Typical use from a notebook::
 
@@ -42,10 +42,9 @@ import pandas as pd
 from scipy import stats
 
 from ..design import RandomBlock, RandomDesign, fixed_design, fixed_term_columns, parse_formula, random_design
-from . import core
-from .block import prepare_block
+from . import core, general, missing
 from .core import GeneData, PreparedDesign
-from .onecomp import fit_onecomp, prepare_onecomp
+from .onecomp import fit_onecomp, fit_state, state_from_statistics
 from .results import ModelMetadata, block_columns, coefficient_column, metadata_from_design, theta_to_covariances
 
 logger = logging.getLogger(__name__)
@@ -58,6 +57,8 @@ __all__ = [
     "fit_arrays",
     "fit",
     "corrected_expression",
+    "refit_sufficient",
+    "SufficientFit",
 ]
 
 LRT_ZERO = 1e-8  # LRT statistics below this are the boundary's point mass at 0
@@ -90,10 +91,7 @@ def prepare(formula: str, samples: pd.DataFrame, reml: bool = True) -> PreparedD
         rd = RandomDesign(blocks=[])
         return PreparedDesign(X=X, Z=np.zeros((X.shape[0], 0)), fixed_names=names, random=rd, reml=reml)
     rd = random_design(formula, samples)
-    prepared = PreparedDesign(X=X, Z=rd.Z, fixed_names=names, random=rd, reml=reml)
-    prepared.onecomp = prepare_onecomp(prepared)
-    prepared.block = prepare_block(prepared)
-    return prepared
+    return PreparedDesign(X=X, Z=rd.Z, fixed_names=names, random=rd, reml=reml)
 
 
 @dataclass
@@ -206,11 +204,11 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     if prepared.m == 0:
         return _fit_ols_arrays(Y, prepared)
     use_onecomp = theta is None and (
-        method == "onecomp" or (method == "auto" and prepared.onecomp is not None))
+        method == "onecomp" or (method == "auto" and prepared.rotation is not None))
     if use_onecomp:
-        if prepared.onecomp is None:
+        if prepared.rotation is None:
             raise ValueError("the one-component engine needs a model with a single θ")
-        one = fit_onecomp(Y, prepared.onecomp, prepared, reml, yty)
+        one = fit_onecomp(Y, prepared.rotation, prepared, reml, yty)
         rss0 = one.rss0
         theta, r2, deviance, beta = one.theta, one.r2, one.deviance, one.beta
         sigma2 = r2 / k
@@ -228,14 +226,14 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         vcov, df = np.full((G, p, p), np.nan), np.full((G, p), np.nan)
         if theta is None:
             # the Newton iterations keep what the outputs need at the optimum
-            theta, converged, ev = core.optimise(data, prepared, reml, keep_evaluation=True,
-                                                 theta0=core.start_values(data, prepared, reml))
+            theta, converged, ev = general.optimise(data, prepared, reml, keep_evaluation=True,
+                                                 theta0=general.start_values(data, prepared, reml))
             evaluations = [(slice(None), ev)]
         else:
             theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
             converged = np.ones(G, dtype=bool)
-            evaluations = ((chunk, core.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared,
-                                                 reml, order=2)) for chunk in core._chunks(G, prepared))
+            evaluations = ((chunk, general.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared,
+                                                 reml, order=2)) for chunk in core.gene_chunks(G, prepared))
         for chunk, ev in evaluations:
             deviance[chunk] = ev.deviance
             sigma2[chunk] = ev.r2 / k
@@ -258,6 +256,68 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
                     loglik=-0.5 * deviance, ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml), b=b,
                     converged=converged, singular=singular, ols_rss=rss0)
+
+
+@dataclass
+class SufficientFit:
+    """Refits from sufficient statistics (:func:`refit_sufficient`), N responses.
+
+    Attributes
+    ----------
+    theta : ndarray, N × m
+    beta : ndarray, N × p
+    sigma2 : ndarray, N
+    converged : ndarray of bool, N
+        False where the optimisation failed or the criterion is not finite.
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma2: np.ndarray
+    converged: np.ndarray
+
+
+def refit_sufficient(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, prepared: PreparedDesign, *,
+                     theta0: np.ndarray | None = None, method: str = "auto",
+                     residual_ss: np.ndarray | None = None) -> SufficientFit:
+    """Fit responses known only through their sufficient statistics X'y, Z'y and y'y.
+
+    The REML/ML criterion sees a response only through these, so this is the exact fit of
+    :func:`fit_arrays` without the data (what a parametric bootstrap needs: simulated responses
+    can be drawn as their statistics directly).
+
+    Parameters
+    ----------
+    Xty : ndarray, N × p
+    Zty : ndarray, N × q
+    yty : ndarray, N
+    prepared : PreparedDesign
+        From :func:`prepare`; its ``reml`` flag selects REML or ML.
+    theta0 : ndarray, N × m, optional
+        Starting θ of the θ-Newton engine (the rotation searches λ globally and needs none).
+    method : {"auto", "general"}
+        ``auto`` uses the rotation for single-θ models and the θ-Newton engine otherwise;
+        ``general`` forces the latter (the two agree to optimisation tolerance).
+    residual_ss : ndarray, N, optional
+        The OLS residual sum of squares, when the caller has it more accurately than
+        y'y − ‖Q_X'y‖² (rotation only).
+
+    Returns
+    -------
+    SufficientFit
+    """
+    if method not in ("auto", "general"):
+        raise ValueError(f"unknown method {method!r}")
+    Xty, Zty, yty = (np.asarray(a, dtype=float) for a in (Xty, Zty, yty))
+    if method == "auto" and prepared.rotation is not None:
+        state = state_from_statistics(Xty, Zty, yty, prepared.rotation, residual_ss=residual_ss)
+        one = fit_state(state, prepared.rotation, prepared, prepared.reml, derivatives=False)
+        k = (prepared.n - prepared.p) if prepared.reml else prepared.n
+        sigma2 = one.r2 / k
+        converged = np.isfinite(sigma2) & np.isfinite(one.beta).all(axis=1)
+        return SufficientFit(theta=one.theta, beta=one.beta, sigma2=sigma2, converged=converged)
+    theta, beta, sigma2, converged = general.refit(GeneData(Zty=Zty, Xty=Xty, yty=yty), prepared, theta0)
+    return SufficientFit(theta=theta, beta=beta, sigma2=sigma2, converged=converged)
 
 
 @dataclass
@@ -460,36 +520,15 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     # are inspected sample by sample), and the one-component engine reuses it
     with np.errstate(over="ignore", invalid="ignore"):
         yty_all = np.einsum("gi,gi->g", values, values)
-    suspect = np.flatnonzero(~np.isfinite(yty_all))
-    complete = np.ones(G, dtype=bool)
-    any_observed = np.ones(G, dtype=bool)
-    if suspect.size:
-        observed_suspect = np.isfinite(values[suspect])
-        complete[suspect] = observed_suspect.all(axis=1)
-        any_observed[suspect] = observed_suspect.any(axis=1)
-    todo = status == "ok"
-    status[todo & ~any_observed] = "filtered:all_missing"
-    todo = status == "ok"
-    # group genes by which samples they have
-    todo_idx = np.flatnonzero(todo)
-    if todo_idx.size and complete[todo_idx].all():
-        pattern_list = [(np.ones(values.shape[1], dtype=bool), todo_idx)]
-    elif todo_idx.size:
-        observed = np.ones((todo_idx.size, values.shape[1]), dtype=bool)
-        partial = np.flatnonzero(~complete[todo_idx])
-        observed[partial] = np.isfinite(values[todo_idx[partial]])
-        masks, inverse = np.unique(observed, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        # the most common pattern (usually complete data) first, then the others
-        order = np.argsort(-np.bincount(inverse), kind="stable")
-        pattern_list = [(masks[i], todo_idx[inverse == i]) for i in order]
-    else:
-        pattern_list = []
+    todo = np.flatnonzero(status == missing.OK)
+    patterns, all_missing = missing.group_by_missingness(values, todo, yty_all)
+    status[all_missing] = missing.ALL_MISSING
     columns: dict[str, np.ndarray] = {}
     blup_frames = []
     vcov_frames = []
-    for mask, members in pattern_list:
-        whole = mask.all()
+    for pattern in patterns:
+        mask, members = pattern.observed, pattern.rows
+        whole = pattern.complete
         if whole:
             Y = values if members.size == G else values[members]
             yty = yty_all if members.size == G else yty_all[members]
@@ -504,26 +543,26 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
                 for message in messages:
                     _note(notes, f"{members.size} gene(s) with missing samples: {message}")
         except (ValueError, np.linalg.LinAlgError):
-            status[members] = "failed:too_few_observations"
+            status[members] = missing.TOO_FEW_OBSERVATIONS
             continue
         if prepared.n - prepared.p < 2 or (prepared.q == 0 and full.q > 0):
-            status[members] = "failed:too_few_observations"
+            status[members] = missing.TOO_FEW_OBSERVATIONS
             continue
-        constant = _constant_rows(Y, yty)
+        constant = missing.constant_rows(Y, yty)
         if constant.any():
-            status[members[constant]] = "filtered:constant"
+            status[members[constant]] = missing.CONSTANT
             members, Y, yty = members[~constant], Y[~constant], yty[~constant]
         if members.size == 0:
             continue
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             arrays = fit_arrays(Y, prepared, yty=yty)
             cols, blup_parts = _pattern_columns(prepared, arrays, metadata)
-        perfect = arrays.ols_rss <= 1e-20 * yty
+        perfect = missing.perfect_fit(arrays.ols_rss, yty)
         good = (arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
                 & ~perfect)
-        status[members] = np.where(good, np.where(arrays.singular, "singular", "ok"), "failed:numerical")
-        status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = "failed:not_converged"
-        status[members[perfect]] = "failed:perfect_fit"
+        status[members] = np.where(good, np.where(arrays.singular, missing.SINGULAR, missing.OK), missing.NUMERICAL)
+        status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = missing.NOT_CONVERGED
+        status[members[perfect]] = missing.PERFECT_FIT
         gsel = members[good]
         all_good = gsel.size == G
         vcov_frames.append(_vcov_frame(gsel, arrays.vcov[good], prepared.fixed_names))
@@ -606,27 +645,6 @@ def _vcov_frame(gene_index: np.ndarray, vcov: np.ndarray, names: list[str]) -> p
         "coef_b": np.tile(labels[rows_j], G),
         "value": vcov[:, rows_i, rows_j].reshape(-1),
     })
-
-
-def _constant_rows(Y: np.ndarray, yty: np.ndarray) -> np.ndarray:
-    """Rows whose spread is at most 1e-12 × max(|y|, 1) (no variation to model).
-
-    Only rows whose centred sum of squares is tiny next to Σ y² (a superset of the
-    constant rows) are checked value by value.
-    """
-    n = Y.shape[1]
-    total = Y.sum(axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        centred = yty - total * total / n
-        candidate = ~(centred > 1e-8 * n * np.maximum(yty, 1.0))
-    out = np.zeros(Y.shape[0], dtype=bool)
-    idx = np.flatnonzero(candidate)
-    if idx.size:
-        sub = Y[idx]
-        spread = sub.max(axis=1) - sub.min(axis=1)
-        scale = np.maximum(np.abs(sub).max(axis=1), 1.0)
-        out[idx] = spread <= 1e-12 * scale
-    return out
 
 
 def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:

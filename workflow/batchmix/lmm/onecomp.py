@@ -30,73 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import PreparedDesign
+from .core import PreparedDesign, Rotation, inverse_small, merge_equal
 
 CHUNK = 8192  # genes per block in the λ search: keeps the G × grid temporaries in cache
-
-
-def _merge_equal(values: np.ndarray, rel: float = 1e-11) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct values (to ``rel`` × max), their multiplicities and each value's group."""
-    if values.size == 0:
-        return values.copy(), np.zeros(0), np.zeros(0, dtype=int)
-    order = np.argsort(values, kind="stable")
-    v = values[order]
-    tol = rel * max(float(np.abs(v).max()), 1e-300)
-    new = np.concatenate([[True], np.diff(v) > tol])
-    group = np.empty(values.size, dtype=int)
-    group[order] = np.cumsum(new) - 1
-    counts = np.bincount(group).astype(float)
-    return np.bincount(group, weights=values) / counts, counts, group
-
-
-@dataclass
-class OneComponent:
-    """Rotations shared by all genes for a single-variance-component model."""
-
-    QX: np.ndarray      # n × p orthonormal basis of X's columns
-    U: np.ndarray       # n × k, eigenvectors of S Z Z' S with non-zero eigenvalue
-    xi: np.ndarray      # k, those eigenvalues
-    Qz: np.ndarray      # q × q eigenvectors of Z'Z
-    d: np.ndarray       # q eigenvalues of Z'Z
-    W: np.ndarray       # q × p, Qz' Z'X
-    P: np.ndarray | None = None        # n × (p + q): [QX, U, S Z R₀] (R₀: null directions of S Z)
-    to_wy: np.ndarray | None = None    # (p + q) × q: projections → Qz' Z'y
-    RX: np.ndarray | None = None       # p × p, X = QX RX
-    xi_u: np.ndarray | None = None     # distinct ξ
-    xi_n: np.ndarray | None = None     # their multiplicities
-    xi_onehot: np.ndarray | None = None  # k × (distinct ξ), sums η² over equal ξ
-    d_u: np.ndarray | None = None      # distinct eigenvalues of Z'Z and multiplicities (ML)
-    d_n: np.ndarray | None = None
-    WW: np.ndarray | None = None       # q × p², rows W_j W_j' flattened
-
-
-def prepare_onecomp(prepared: PreparedDesign) -> OneComponent | None:
-    """The rotation for a single-θ model, or None if the model has more parameters."""
-    if prepared.m != 1:
-        return None
-    X, Z = prepared.X, prepared.Z
-    QX, RX = np.linalg.qr(X)
-    ZQ = QX.T @ Z
-    SZ = Z - QX @ ZQ
-    xi_all, R = np.linalg.eigh(SZ.T @ SZ)
-    keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
-    xi = xi_all[keep]
-    U = SZ @ R[:, keep] / np.sqrt(xi)
-    d, Qz = np.linalg.eigh(prepared.ZtZ)
-    d = np.clip(d, 0.0, None)
-    W = Qz.T @ prepared.ZtX
-    # S Z = U diag(√ξ) R_keep' + (S Z R_drop) R_drop' exactly, so with the projections
-    # [QX'y, U'y, (S Z R_drop)'y] of y: Z'y = ZQ' QX'y + R_keep diag(√ξ) U'y + R_drop (S Z R_drop)'y
-    P = np.column_stack([QX, U, SZ @ R[:, ~keep]])
-    Zmap = np.vstack([ZQ, np.sqrt(xi)[:, None] * R[:, keep].T, R[:, ~keep].T])
-    xi_u, xi_n, group = _merge_equal(xi)
-    onehot = np.zeros((xi.size, xi_u.size))
-    onehot[np.arange(xi.size), group] = 1.0
-    d_u, d_n, _ = _merge_equal(d)
-    p = X.shape[1]
-    WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], p * p)
-    return OneComponent(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=W, P=P, to_wy=Zmap @ Qz, RX=RX,
-                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW)
 
 
 @dataclass
@@ -109,7 +45,7 @@ class OneComponentState:
     Xty: np.ndarray     # G × p
 
 
-def gene_state(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
+def gene_state(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
                yty: np.ndarray | None = None) -> OneComponentState:
     """Project every gene once, with a single pass of BLAS over Y (``yty``: Σ y² if known)."""
     p, k = oc.QX.shape[1], oc.U.shape[1]
@@ -136,12 +72,12 @@ def _k(prepared: PreparedDesign, reml: bool) -> int:
     return prepared.n - prepared.p if reml else prepared.n
 
 
-def _f_values(oc: OneComponent, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+def _f_values(oc: Rotation, reml: bool) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (distinct) and multiplicities in the log-determinant part f(λ)."""
     return (oc.xi_u, oc.xi_n) if reml else (oc.d_u, oc.d_n)
 
 
-def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
+def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: Rotation,
                      prepared: PreparedDesign, reml: bool):
     """f, f', f'', r², r²', r²'' at per-gene λ (shape G)."""
     xi = oc.xi_u
@@ -160,18 +96,17 @@ def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
     return f, f_1, f_2, r2, r2_1, r2_2
 
 
-def deviance_at(lam: np.ndarray, st: OneComponentState, oc: OneComponent,
-                prepared: PreparedDesign, reml: bool) -> np.ndarray:
-    """Profiled deviance (lme4 scale) at per-gene λ."""
-    f, _, _, r2, _, _ = _criterion_parts(lam, st, oc, prepared, reml)
-    k = _k(prepared, reml)
-    r2 = np.where(r2 > 0, r2, np.nan)
-    return f + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
-
-
-def _optimise_chunk(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
+def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
                     fn: np.ndarray, k: int, grid: np.ndarray, max_iter: int) -> np.ndarray:
-    """λ ≥ 0 minimising f(λ) + k log r²(λ) for a block of genes (see :func:`optimise_lambda`)."""
+    """λ ≥ 0 minimising f(λ) + k log r²(λ) = Σ fnᵢ log(1 + λ fvᵢ) + k log(rss₀ − Σ ηᵢ² λξᵢ/(1 + λξᵢ)) per gene.
+
+    The one λ search of batchmix (the engine, its start values and the bootstrap's refits).
+    The minimum is bracketed on ``grid`` (one matrix product for all genes, ``grid[0] = 0``),
+    started at the parabola through the best grid point and its neighbours (in log λ) and
+    located by safeguarded Newton steps on the closed-form derivative.
+
+    Returns λ, the index of the best grid point, the criterion there and at λ = 0 (each per gene).
+    """
     G, T = rss0.shape[0], grid.size
     frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])      # T × k
     r2g = rss0[:, None] - eta2 @ frac.T                                             # G × T
@@ -251,15 +186,8 @@ def _optimise_chunk(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.n
     return lam, best, dev_best, devg[:, 0]
 
 
-def optimise_lambda(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign,
-                    reml: bool, grid_size: int = 40, max_iter: int = 100) -> np.ndarray:
-    """Per-gene λ ≥ 0 minimising the profiled deviance (G)."""
-    lam, _ = _optimise(st, oc, prepared, reml, grid_size, max_iter)
-    return lam
-
-
-def _optimise(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign, reml: bool,
-              grid_size: int = 40, max_iter: int = 100):
+def optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool,
+             grid_size: int = 40, max_iter: int = 100):
     """λ (G) and the criterion parts at λ (:func:`_criterion_parts`)."""
     G = st.rss0.shape[0]
     k = _k(prepared, reml)
@@ -278,7 +206,7 @@ def _optimise(st: OneComponentState, oc: OneComponent, prepared: PreparedDesign,
     best = np.empty(G, dtype=int)
     for start in range(0, G, CHUNK):
         sl = slice(start, min(G, start + CHUNK))
-        lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = _optimise_chunk(
+        lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = search_lambda(
             st.rss0[sl], st.eta2[sl], xi, xi if reml else fv, fn, k, grid, max_iter)
     # keep whichever of the refined point, the best grid point and the boundary is lowest
     parts = _criterion_parts(lam, st, oc, prepared, reml)
@@ -311,30 +239,37 @@ class OneComponentFit:
     beta: np.ndarray       # G × p
     Minv: np.ndarray       # G × p × p, (X'V⁻¹X)⁻¹
     b: np.ndarray          # G × q conditional modes (random effects, data scale)
-    hess_varpar: np.ndarray  # G × 2 × 2, Hessian of the deviance in (θ, σ)
-    jac_vcov: np.ndarray     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
+    hess_varpar: np.ndarray | None  # G × 2 × 2, Hessian of the deviance in (θ, σ)
+    jac_vcov: np.ndarray | None     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
     rss0: np.ndarray         # G, OLS residual sum of squares
 
 
-def _inv_small(M: np.ndarray) -> np.ndarray:
-    """Inverse of a stack of p × p matrices (closed form for p ≤ 2)."""
-    p = M.shape[-1]
-    if p == 1:
-        return 1.0 / M
-    if p == 2:
-        a, b, c, d = M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 1, 1]
-        det = a * d - b * c
-        out = np.empty_like(M)
-        out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = d / det, -b / det, -c / det, a / det
-        return out
-    return np.linalg.inv(M)
-
-
-def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
+def fit_onecomp(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
                 reml: bool, yty: np.ndarray | None = None) -> OneComponentFit:
     """Fit all genes (rows of Y, no missing values) with the rotation."""
-    st = gene_state(Y, oc, prepared, yty)
-    lam, (f, f_1, f_2, r2, r2_1, r2_2) = _optimise(st, oc, prepared, reml)
+    return fit_state(gene_state(Y, oc, prepared, yty), oc, prepared, reml)
+
+
+def state_from_statistics(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, oc: Rotation, *,
+                          residual_ss: np.ndarray | None = None) -> OneComponentState:
+    """:class:`OneComponentState` from the sufficient statistics X'y, Z'y, y'y (G rows each).
+
+    ``residual_ss`` is the OLS residual sum of squares when the caller has it more accurately
+    than y'y − ‖Q_X'y‖² (which cancels when the mean dominates).
+    """
+    qx = np.linalg.solve(oc.RX.T, Xty.T).T                            # QX'y
+    eta = ((Zty - qx @ oc.ZQ) @ oc.R_keep) / np.sqrt(oc.xi)           # U'y
+    rss0 = yty - np.einsum("gp,gp->g", qx, qx) if residual_ss is None else residual_ss
+    eta2 = eta * eta
+    if oc.xi_u.size < oc.xi.size:
+        eta2 = eta2 @ oc.xi_onehot
+    return OneComponentState(rss0=rss0, eta2=eta2, wy=Zty @ oc.Qz, Xty=Xty)
+
+
+def fit_state(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool, *,
+              derivatives: bool = True) -> OneComponentFit:
+    """Fit genes given their :class:`OneComponentState`; ``derivatives=False`` skips what Satterthwaite needs."""
+    lam, (f, f_1, f_2, r2, r2_1, r2_2) = optimise(st, oc, prepared, reml)
     G, p = lam.size, prepared.p
     k = _k(prepared, reml)
     r2 = np.where(r2 > 0, r2, np.nan)
@@ -343,11 +278,14 @@ def fit_onecomp(Y: np.ndarray, oc: OneComponent, prepared: PreparedDesign,
     c = lam[:, None] * inv_d                                            # G × q
     M = prepared.XtX[None] - (c @ oc.WW).reshape(G, p, p)
     XVy = st.Xty - (c * st.wy) @ oc.W
-    Minv = _inv_small(M)
+    Minv = inverse_small(M)
     beta = np.matmul(Minv, XVy[:, :, None])[:, :, 0]
     b = (c * (st.wy - beta @ oc.W.T)) @ oc.Qz.T
     theta = np.sqrt(lam)
     sigma2 = r2 / k
+    if not derivatives:
+        return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
+                               b=b, hess_varpar=None, jac_vcov=None, rss0=st.rss0)
     sigma = np.sqrt(sigma2)
     # deviance in lmerTest's (θ, σ): f(θ²) + k log(2πσ²) + r²(θ²)/σ²
     fh = 2.0 * f_1 + 4.0 * lam * f_2
@@ -368,7 +306,7 @@ def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.n
                       Z: np.ndarray, reml: bool, grid_size: int = 24, max_iter: int = 30) -> np.ndarray:
     """λ of the one-component model with design (X, Z) from the sufficient statistics alone.
 
-    ``Zty`` (G × columns of Z), ``Xty`` and ``yty`` as in :class:`batchmix._lmm_core.GeneData`.
+    ``Zty`` (G × columns of Z), ``Xty`` and ``yty`` as in :class:`batchmix.lmm.core.GeneData`.
     Used for starting values of the θ-Newton engine (each random column fitted on its own),
     so a coarser grid and fewer Newton steps than :func:`fit_onecomp` are enough; genes
     whose residual sum of squares cannot be formed accurately from the statistics get λ = 1.
@@ -386,19 +324,19 @@ def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.n
     qx = np.linalg.solve(RX.T, Xty.T).T                       # QX'y
     eta = ((Zty - qx @ ZQ) @ R[:, keep]) / np.sqrt(xi)
     rss0 = yty - np.einsum("gp,gp->g", qx, qx)
-    xi_u, xi_n, group = _merge_equal(xi)
+    xi_u, xi_n, group = merge_equal(xi)
     onehot = np.zeros((xi.size, xi_u.size))
     onehot[np.arange(xi.size), group] = 1.0
     eta2 = (eta * eta) @ onehot
     if reml:
         fv, fn = xi_u, xi_n
     else:
-        fv, fn, _ = _merge_equal(np.clip(np.linalg.eigvalsh(Z.T @ Z), 0.0, None))
+        fv, fn, _ = merge_equal(np.clip(np.linalg.eigvalsh(Z.T @ Z), 0.0, None))
     k = n - p if reml else n
     grid = np.concatenate([[0.0], np.geomspace(1e-4 / xi_u.max(), 1e4 / xi_u.min(), grid_size)])
     lam = np.ones(G)
     ok = np.flatnonzero(rss0 > 1e-10 * yty)
     for start in range(0, ok.size, CHUNK):
         sl = ok[start:start + CHUNK]
-        lam[sl] = _optimise_chunk(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
+        lam[sl] = search_lambda(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
     return lam

@@ -1,0 +1,48 @@
+"""Uncertainty for every gene: a parametric bootstrap and an exact grid posterior.
+
+Two methods, each checked against its own reference (lme4 ``bootMer`` and Stan/brms on the
+sleepstudy data, see ``tests/data/sleepstudy_uncertainty/``):
+
+* :func:`bootstrap` (:mod:`.bootstrap`): lme4's ``bootMer(type = "parametric", use.u = FALSE)``
+  for all genes at once, refitting simulated responses from their sufficient statistics with
+  :func:`batchmix.lmm.refit_sufficient`;
+* :func:`posterior` (:mod:`.posterior`): the exact Bayesian posterior of a model with one
+  variance component, with the priors on λ = σ_b²/σ² of :mod:`.priors`.
+
+Figures are in :mod:`batchmix.plots.uncertainty`; the workflow stage is :mod:`.stage`.
+"""
+
+from .bootstrap import BOOT_COLUMNS, BootstrapResult, CompressedDesign, bootstrap, refit_compressed, simulate_compressed
+from .posterior import (
+    SUMMARY_COLUMNS,
+    PosteriorGrid,
+    PosteriorResult,
+    posterior,
+    posterior_arrays,
+    posterior_draws,
+    quantile_columns,
+    single_component,
+)
+from .priors import PRIORS, log_prior_lambda
+from .stage import ols_vs_lmm_table, uncertainty_stage
+
+__all__ = [
+    "BOOT_COLUMNS",
+    "PRIORS",
+    "SUMMARY_COLUMNS",
+    "BootstrapResult",
+    "CompressedDesign",
+    "PosteriorGrid",
+    "PosteriorResult",
+    "bootstrap",
+    "log_prior_lambda",
+    "ols_vs_lmm_table",
+    "posterior",
+    "posterior_arrays",
+    "posterior_draws",
+    "quantile_columns",
+    "refit_compressed",
+    "simulate_compressed",
+    "single_component",
+    "uncertainty_stage",
+]
