@@ -1,19 +1,22 @@
 # Two commands for a fresh clone: `make run` and `make test`.
-# Both create .venv when missing and install batchmix with its pinned dependencies.
+# Both create .venv when missing and install the exact lock (envs/requirements.lock), then batchmix
+# itself on top of it (editable, without resolving dependencies again).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+LOCK := envs/requirements.lock
 
 .PHONY: run test venv clean lint
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -22,7 +25,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# ruff (lint and format, configured in pyproject.toml) and Snakemake's own lint of the rules.
 lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/snakemake --lint
 
 clean:

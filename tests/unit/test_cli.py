@@ -25,25 +25,58 @@ def _fixture_config(tmp_path, **changes):
 def test_help_lists_the_stages():
     proc = subprocess.run([str(BATCHMIX), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for stage in ("validate", "stabilise", "lmm", "simpson"):
-        assert stage in proc.stdout
+    for stage in (
+        "validate",
+        "stabilise",
+        "split_genes",
+        "lmm_chunk",
+        "gather_lmm",
+        "lmm",
+        "simpson",
+        "uncertainty",
+        "report",
+    ):
+        assert f"    {stage} " in proc.stdout, stage
 
 
 def test_validate_reports_the_shape(tmp_path):
-    proc = subprocess.run([str(BATCHMIX), "validate", "--config", str(_fixture_config(tmp_path))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BATCHMIX), "validate", "--config", str(_fixture_config(tmp_path))], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert "200 genes x 24 samples, 4 batches" in proc.stdout
 
 
 def test_validate_fails_with_the_message_and_exit_code_2(tmp_path):
-    proc = subprocess.run([str(BATCHMIX), "validate", "--config", str(_fixture_config(tmp_path, batch="Lane"))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BATCHMIX), "validate", "--config", str(_fixture_config(tmp_path, batch="Lane"))],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "Lane" in proc.stderr and "not in the sample sheet" in proc.stderr
 
 
 def test_lmm_before_stabilise_says_what_to_run(tmp_path):
-    proc = subprocess.run([str(BATCHMIX), "lmm", "--config", str(_fixture_config(tmp_path)),
-                           "--outdir", str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BATCHMIX), "lmm", "--config", str(_fixture_config(tmp_path)), "--outdir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "batchmix stabilise" in proc.stderr
+
+
+def test_report_before_lmm_names_the_missing_stage(tmp_path):
+    config = _fixture_config(tmp_path)
+    out = tmp_path / "out"
+    stabilise = subprocess.run(
+        [str(BATCHMIX), "stabilise", "--config", str(config), "--outdir", str(out)], capture_output=True, text=True
+    )
+    assert stabilise.returncode == 0, stabilise.stderr
+    assert (out / "vst/gene_status.tsv").exists() and (out / "logs/stabilise.log").exists()
+    record = yaml.safe_load((out / "logs/stabilise.warnings.json").read_text())
+    assert record["stage"] == "stabilise" and record["status"] == "ok" and record["counts"]["genes"] == 200
+    proc = subprocess.run(
+        [str(BATCHMIX), "report", "--config", str(config), "--outdir", str(out)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "batchmix lmm" in proc.stderr

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import yaml
-
 from batchmix.config import SCHEMA_PATH, validate_config
 from batchmix.io import InputError
 

@@ -7,8 +7,15 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-
-from batchmix.io import InputError, read_expression, read_samples, validate_inputs, write_table
+from batchmix.io import (
+    InputError,
+    read_expression,
+    read_matrix,
+    read_result_table,
+    read_samples,
+    validate_inputs,
+    write_table,
+)
 
 
 def _write(path, text):
@@ -119,3 +126,39 @@ def test_write_table_gzip_is_byte_stable(tmp_path):
     write_table(df, tmp_path / "two.tsv.gz")
     assert (tmp_path / "one.tsv.gz").read_bytes() == (tmp_path / "two.tsv.gz").read_bytes()
     assert pd.read_csv(tmp_path / "one.tsv.gz", sep="\t").equals(df)
+
+
+NA_LIKE_IDS = ["NA", "NULL", "None", "n/a", "#N/A", "<NA>", "null", "007", "1e5", "gene with space", "nan", "NaN"]
+
+
+def test_gene_and_sample_ids_are_kept_verbatim(tmp_path):
+    genes = NA_LIKE_IDS
+    samples = ["NA", "007", "s 3", "1e5"]
+    lines = ["gene_id\t" + "\t".join(samples)] + [f"{g}\t1\t2\t3\t{i}" for i, g in enumerate(genes)]
+    counts = _write(tmp_path / "counts.tsv", "\n".join(lines) + "\n")
+    sheet = _write(
+        tmp_path / "samples.tsv",
+        "sample_id\tbatch\n" + "".join(f"{s}\t{'AB'[i // 2]}\n" for i, s in enumerate(samples)),
+    )
+    v = validate_inputs(counts, sheet, "counts", "~ (1|batch)", "batch")
+    assert list(v.expression.index) == genes
+    assert list(v.expression.columns) == samples and list(v.samples.index) == samples
+    # the values after the id column still read NA as missing
+    log = _write(tmp_path / "log.tsv", "gene_id\ts1\ts2\nNA\tNA\t1.5\n")
+    table = read_expression(log, "log")
+    assert list(table.index) == ["NA"] and np.isnan(table.loc["NA", "s1"])
+
+
+def test_result_tables_and_matrices_read_back_ids_verbatim(tmp_path):
+    matrix = pd.DataFrame(
+        {"s1": np.arange(len(NA_LIKE_IDS), dtype=float), "s2": np.nan}, index=pd.Index(NA_LIKE_IDS, name="gene_id")
+    )
+    write_table(matrix, tmp_path / "m.tsv.gz", index=True)
+    back = read_matrix(tmp_path / "m.tsv.gz")
+    assert list(back.index) == NA_LIKE_IDS and back["s2"].isna().all() and back["s1"].dtype == float
+    table = pd.DataFrame(
+        {"gene_id": NA_LIKE_IDS, "status": "ok", "value": np.r_[np.nan, np.ones(len(NA_LIKE_IDS) - 1)]}
+    )
+    write_table(table, tmp_path / "t.tsv")
+    back = read_result_table(tmp_path / "t.tsv")
+    assert list(back["gene_id"]) == NA_LIKE_IDS and np.isnan(back["value"].iloc[0])

@@ -7,9 +7,8 @@ import zlib
 
 import pandas as pd
 import pytest
-
-from batchmix import stages
-from batchmix.io import table_writer, write_table
+from batchmix.io import read_matrix, table_writer, write_table
+from batchmix.pipeline.lmm import gather_lmm_stage, split_genes_stage
 
 HEADER = "gene_id\ts1\ts2\n"
 # Cells in the formats write_table gives them (%.12g, NA, -0, exponents), kept as written.
@@ -29,7 +28,13 @@ def fixed_gzip(text: bytes) -> bytes:
     OS 255 (unknown), one level-6 raw deflate stream, CRC-32 and length."""
     deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
     body = deflate.compress(text) + deflate.flush()
-    return b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\xff" + body + struct.pack("<II", zlib.crc32(text), len(text))
+    return (
+        b"\x1f\x8b\x08\x00"
+        + struct.pack("<I", 0)
+        + b"\x00\xff"
+        + body
+        + struct.pack("<II", zlib.crc32(text), len(text))
+    )
 
 
 def write_expression(tmp_path, gene_lines=GENE_LINES):
@@ -60,10 +65,12 @@ def test_write_table_gzip_has_the_fixed_header_and_one_deflate_stream(tmp_path):
 def test_split_copies_the_header_and_consecutive_gene_lines_into_each_chunk(tmp_path, n_chunks, sizes):
     expression, status = write_expression(tmp_path)
     chunks = [tmp_path / f"{i}-of-{n_chunks}.expression.tsv.gz" for i in range(1, n_chunks + 1)]
-    stages.split_stage(str(expression), str(status), [str(c) for c in chunks])
+    split_genes_stage(
+        {}, {"expression": str(expression), "gene_status": str(status)}, {"chunks": [str(c) for c in chunks]}, {}
+    )
     start = 0
     for chunk, size in zip(chunks, sizes):
-        text = (HEADER + "".join(GENE_LINES[start:start + size])).encode()
+        text = (HEADER + "".join(GENE_LINES[start : start + size])).encode()
         assert chunk.read_bytes() == fixed_gzip(text), chunk.name
         start += size
 
@@ -74,7 +81,12 @@ def test_split_refuses_a_table_whose_gene_count_differs_from_gene_status(tmp_pat
     (tmp_path / "listed").mkdir()
     _, status = write_expression(tmp_path / "listed", listed)
     with pytest.raises(RuntimeError, match=rf"has 7 gene lines but .* lists {len(listed)} genes"):
-        stages.split_stage(str(expression), str(status), [str(tmp_path / "1-of-2.tsv.gz"), str(tmp_path / "2-of-2.tsv.gz")])
+        split_genes_stage(
+            {},
+            {"expression": str(expression), "gene_status": str(status)},
+            {"chunks": [str(tmp_path / "1-of-2.tsv.gz"), str(tmp_path / "2-of-2.tsv.gz")]},
+            {},
+        )
 
 
 def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_path):
@@ -88,10 +100,19 @@ def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_pat
     corrected[1].write_bytes(fixed_gzip((HEADER + "".join(GENE_LINES[3:])).encode()))
     fits = tmp_path / "fits.tsv"
     fits.write_text("gene_id\tstatus\n" + "".join(line.split("\t")[0] + "\tok\n" for line in GENE_LINES))
-    out = {"gene_fits": str(tmp_path / "gene_fits.tsv"), "blups": str(tmp_path / "blups.tsv"),
-           "corrected": str(tmp_path / "corrected.tsv.gz")}
+    out = {
+        "gene_fits": str(tmp_path / "gene_fits.tsv"),
+        "blups": str(tmp_path / "blups.tsv"),
+        "corrected": str(tmp_path / "corrected.tsv.gz"),
+    }
     config = {"moderate": {"enabled": False}}
-    stages.gather_stage(config, [str(fits)], [str(b) for b in blups], [str(c) for c in corrected], str(status), out)
+    inputs = {
+        "fits": [str(fits)],
+        "blups": [str(b) for b in blups],
+        "corrected": [str(c) for c in corrected],
+        "gene_status": str(status),
+    }
+    gather_lmm_stage(config, inputs, out, {})
     assert (tmp_path / "blups.tsv").read_text() == (
         "gene_id\tgroup\tlevel\tterm\tvalue\ng1\tBatch\tB1\t(Intercept)\t0.5\n007\tBatch\t01\t(Intercept)\t-0\n"
     )
@@ -107,9 +128,14 @@ def test_gather_refuses_chunks_with_different_columns(tmp_path):
     blups[1].write_text("gene_id\tgroup\tlevel\tvalue\n")
     out = {"gene_fits": str(tmp_path / "gene_fits.tsv"), "blups": str(tmp_path / "blups.tsv")}
     with pytest.raises(RuntimeError, match="other columns.*rerun with --forcerun lmm_chunk"):
-        stages.gather_stage({"moderate": {"enabled": False}}, [str(fits)], [str(b) for b in blups], [], str(status), out)
+        gather_lmm_stage(
+            {"moderate": {"enabled": False}},
+            {"fits": [str(fits)], "blups": [str(b) for b in blups], "corrected": [], "gene_status": str(status)},
+            out,
+            {},
+        )
 
 
 def test_chunk_matrices_keep_gene_ids_that_look_like_numbers(tmp_path):
     expression, _ = write_expression(tmp_path)
-    assert stages._read_matrix(expression).index.tolist() == ["g1", "g2", "g3", "007", "g5", "1e5", "g7"]
+    assert read_matrix(expression).index.tolist() == ["g1", "g2", "g3", "007", "g5", "1e5", "g7"]

@@ -70,11 +70,13 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
     assert len(list((fixture_run / "results/lmm/chunks").glob("*.fits.tsv"))) == 3
     tables = final_tables(fixture_run)
     assert final_tables(run_dir) == tables
-    assert {"results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/corrected/expression.tsv.gz"} <= set(tables)
+    assert {"results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
+            "results/corrected/expression.tsv.gz"} <= set(tables)
     assert differing_files(run_dir, fixture_run, tables) == []
 
 
-LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/corrected/expression.tsv.gz"]
+LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
+              "results/lmm/model.json", "results/corrected/expression.tsv.gz"]
 
 
 def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_path):
@@ -239,7 +241,8 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(fixture_run, tmp
         item: sorted((run_dir / "results/lmm/chunks").glob(f"{item}.*")) for item in finished
     }
     stamps = {p: p.stat().st_mtime_ns for paths in chunk_files.values() for p in paths}
-    assert all(len(paths) == 4 for paths in chunk_files.values()), chunk_files  # expression, fits, blups, corrected
+    # expression, fits, blups, fixed_vcov, corrected
+    assert all(len(paths) == 5 for paths in chunk_files.values()), chunk_files
 
     # Started again as a user would: the kill left Snakemake's lock behind, so unlock first.
     unlock = subprocess.run([*cmd, "--unlock"], cwd=run_dir, capture_output=True, text=True, timeout=300)

@@ -23,6 +23,8 @@ def test_run_writes_every_output(fixture_run):
         "results/vst/info.json",
         "results/lmm/gene_fits.tsv",
         "results/lmm/blups.tsv",
+        "results/lmm/fixed_vcov.tsv",
+        "results/lmm/model.json",
         "results/corrected/expression.tsv.gz",
         "results/simpson/reversals.tsv",
         "results/simpson/summary.json",
@@ -110,3 +112,21 @@ def test_model_without_random_term_runs_without_a_corrected_table(tmp_path):
     fitted = fits[fits["status"] == "ok"]
     assert len(fitted) >= 180 and (fitted["loglik"] == fitted["ols_loglik"]).all()
     assert "frac_Batch" in fits.columns and "var_Batch" not in fits.columns
+
+
+def test_every_job_leaves_a_log_and_a_run_record(fixture_run):
+    """Each job logs to its file and writes its JSON run record (status, time, counts, warnings)."""
+    logs = fixture_run / "results/logs"
+    jobs = ["stabilise", "split_genes", "lmm_chunk/1-of-3", "lmm_chunk/2-of-3", "lmm_chunk/3-of-3", "gather_lmm",
+            "simpson", "report"]
+    for job in jobs:
+        log = (logs / f"{job}.log").read_text()
+        assert "start" in log and "done in" in log, job
+        record = json.loads((logs / f"{job}.warnings.json").read_text())
+        assert record["stage"] == job.split("/")[0] and record["status"] == "ok", record
+        assert record["seconds"] >= 0 and isinstance(record["warnings"], list)
+    gather = json.loads((logs / "gather_lmm.warnings.json").read_text())
+    fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t")
+    assert gather["counts"]["genes"] == len(fits) == 200
+    chunk = json.loads((logs / "lmm_chunk/2-of-3.warnings.json").read_text())
+    assert chunk["job"] == "2-of-3" and chunk["counts"]["genes"] == 67

@@ -1,8 +1,10 @@
 """The ``batchmix`` command line: the workflow's stages without Snakemake.
 
-Each sub-command reads the same config as the workflow and writes the same files under
-``--outdir`` (default ``results``), through the functions in :mod:`batchmix.stages`.
-For whole runs, chunking and clusters use Snakemake (``snakemake --cores all``).
+The sub-commands are generated from the stage registry (:data:`batchmix.pipeline.registry.STAGES`,
+plus ``lmm`` = split_genes, lmm_chunk for every chunk, gather_lmm). Each reads the same config as
+the workflow and writes the same files under ``--outdir`` (default ``results``), at the paths of
+:mod:`batchmix.pipeline.paths`, with the same logs. For whole runs, chunking and clusters use
+Snakemake (``snakemake --cores all``).
 """
 
 from __future__ import annotations
@@ -12,93 +14,130 @@ import sys
 from pathlib import Path
 
 from batchmix import __version__
+from batchmix.pipeline import paths
+from batchmix.pipeline.registry import COMPOSITES, STAGES, run_stage
 
 EPILOG = """examples:
   batchmix validate --config config/config.yaml
   batchmix stabilise --config config/config.yaml --outdir results
   batchmix lmm --config config/config.yaml --outdir results
   batchmix simpson --config config/config.yaml --outdir results
+  batchmix uncertainty --config config/config.yaml --outdir results
+  batchmix report --config config/config.yaml --outdir results
 
 The whole workflow (chunks, report, clusters): snakemake --cores all --configfile my.yaml
 """
 
-
-def _paths(outdir: Path) -> dict[str, dict[str, str]]:
-    def o(rel: str) -> str:
-        return str(outdir / rel)
-
-    return {
-        "vst": {
-            "expression": o("vst/expression.tsv.gz"), "size_factors": o("vst/size_factors.tsv"),
-            "gene_status": o("vst/gene_status.tsv"), "mean_sd": o("vst/mean_sd.tsv"), "info": o("vst/info.json"),
-        },
-        "chunk": {"fits": o("lmm/chunks/1-of-1.fits.tsv"), "blups": o("lmm/chunks/1-of-1.blups.tsv"),
-                  "corrected": o("lmm/chunks/1-of-1.corrected.tsv.gz")},
-        "gather": {"gene_fits": o("lmm/gene_fits.tsv"), "blups": o("lmm/blups.tsv"),
-                   "corrected": o("corrected/expression.tsv.gz")},
-        "simpson": {"reversals": o("simpson/reversals.tsv"), "excluded": o("simpson/excluded_genes.tsv"),
-                    "summary": o("simpson/summary.json"), "figure": o("simpson/top_pairs.png")},
-    }
+# Sub-command options beyond --config and --outdir, by stage.
+CHUNK_COUNT_STAGES = {"split_genes", "gather_lmm", "lmm"}
 
 
-def _need(path: str, stage: str) -> None:
-    if not Path(path).exists():
-        raise SystemExit(f"batchmix: {path} is missing; run `batchmix {stage}` first (same --config and --outdir).")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``batchmix`` command."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchmix",
         description="Batch-effect analysis of omics expression tables: variance stabilisation, per-gene "
-        "linear mixed models, Simpson's-paradox reversals.",
+        "linear mixed models, Simpson's-paradox reversals, uncertainty, one HTML report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchmix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [
-        ("validate", "check the config, the expression table and the sample sheet"),
-        ("stabilise", "size factors, low-count filter and variance-stabilising transformation"),
-        ("lmm", "per-gene linear mixed models, moderation, BLUPs, batch-corrected expression"),
-        ("simpson", "scan all gene pairs for Simpson's-paradox reversals"),
-    ]:
+    commands = {name: stage.summary for name, stage in STAGES.items()}
+    commands.update({name: f"run {', '.join(steps)} in turn" for name, steps in COMPOSITES.items()})
+    for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", default="config/config.yaml", help="YAML config (default: %(default)s)")
         if name != "validate":
-            p.add_argument("--outdir", default="results", help="output directory (default: %(default)s)")
-    args = parser.parse_args(argv)
+            p.add_argument("--outdir", default=paths.OUTDIR, help="output directory (default: %(default)s)")
+        if name in CHUNK_COUNT_STAGES:
+            p.add_argument("--chunks", type=int, default=1, help="number of gene chunks (default: %(default)s)")
+        if name == "lmm_chunk":
+            p.add_argument("--chunk", default="1-of-1", help="the chunk to fit, i-of-n (default: %(default)s)")
+        if name == "uncertainty":
+            p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
+    return parser
+
+
+def _producers(config: dict, outdir: str, n_chunks: int) -> dict[str, str]:
+    """Which stage writes each file under ``outdir``."""
+    made_by = {}
+    for stage in STAGES:
+        for name, value in paths.stage_outputs(stage, config, outdir=outdir, n_chunks=n_chunks).items():
+            for p in [value] if isinstance(value, str) else value:
+                made_by[p] = stage
+    for item in paths.scatteritems(n_chunks):
+        for name, value in paths.stage_outputs("lmm_chunk", config, outdir=outdir, scatteritem=item).items():
+            made_by[value] = "lmm_chunk"
+    return made_by
+
+
+def _check_inputs(inputs: dict, config: dict, outdir: str, n_chunks: int) -> None:
+    made_by = None
+    for value in inputs.values():
+        for p in [value] if isinstance(value, str) else value:
+            if not Path(p).exists():
+                made_by = made_by or _producers(config, outdir, n_chunks)
+                stage = made_by.get(p)
+                if stage is None:
+                    raise SystemExit(f"batchmix: {p} does not exist; check the path in the config.")
+                shown = "lmm" if stage in COMPOSITES["lmm"] else stage
+                raise SystemExit(
+                    f"batchmix: {p} is missing; run `batchmix {shown}` first (same --config and --outdir)."
+                )
+
+
+def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
+    outdir = args.outdir
+    n_chunks = getattr(args, "chunks", 1)
+    scatteritem = getattr(args, "chunk", "1-of-1")
+    if name == "lmm_chunk":
+        n_chunks = int(scatteritem.partition("-of-")[2] or 1)
+    inputs = paths.stage_inputs(name, config, outdir=outdir, scatteritem=scatteritem, n_chunks=n_chunks)
+    outputs = paths.stage_outputs(name, config, outdir=outdir, scatteritem=scatteritem, n_chunks=n_chunks)
+    _check_inputs(inputs, config, outdir, n_chunks)
+    stage = STAGES[name]
+    return run_stage(
+        name,
+        config,
+        inputs,
+        outputs,
+        {"threads": getattr(args, "threads", 1)},
+        log_path=paths.log_path(name, outdir=outdir, scatteritem=scatteritem),
+        record_path=paths.warnings_path(name, outdir=outdir, scatteritem=scatteritem),
+        job=scatteritem if stage.per_chunk else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``batchmix`` command."""
+    args = _parser().parse_args(argv)
 
     from batchmix.config import load_config
     from batchmix.io import InputError
-    from batchmix import stages
 
     try:
         config = load_config(args.config)
         if args.command == "validate":
-            inputs = stages.load_validated(config)
-            e = inputs.expression
-            print(f"ok: {e.shape[0]} genes x {e.shape[1]} samples, {inputs.batch.nunique()} batches "
-                  f"({config['batch']}), model {config['model']}")
-            for note in inputs.notes:
+            inputs = paths.stage_inputs("validate", config)
+            counts = run_stage("validate", config, inputs, {}, {})
+            print(
+                f"ok: {counts['genes']} genes x {counts['samples']} samples, {counts['batches']} batches "
+                f"({config['batch']}), model {config['model']}"
+            )
+            for note in counts["notes"]:
                 print(f"note: {note}")
             return 0
-        paths = _paths(Path(args.outdir))
-        if args.command == "stabilise":
-            stages.stabilise_stage(config, paths["vst"])
-        elif args.command == "lmm":
-            _need(paths["vst"]["expression"], "stabilise")
-            random_batch = stages.batch_is_random(config)
-            chunk = {k: v for k, v in paths["chunk"].items() if random_batch or k != "corrected"}
-            gathered = {k: v for k, v in paths["gather"].items() if random_batch or k != "corrected"}
-            stages.lmm_chunk_stage(config, paths["vst"]["expression"], paths["vst"]["gene_status"],
-                                   config["samples"], chunk)
-            stages.gather_stage(config, [chunk["fits"]], [chunk["blups"]],
-                                [chunk["corrected"]] if random_batch else [], paths["vst"]["gene_status"], gathered)
-        elif args.command == "simpson":
-            _need(paths["vst"]["expression"], "stabilise")
-            stages.simpson_stage(config, paths["vst"]["expression"], paths["vst"]["gene_status"],
-                                 config["samples"], paths["simpson"])
+        if args.command in COMPOSITES:
+            steps = COMPOSITES[args.command]
+            for step in steps:
+                if STAGES[step].per_chunk:
+                    for item in paths.scatteritems(args.chunks):
+                        args.chunk = item
+                        _run(step, config, args)
+                else:
+                    _run(step, config, args)
+        else:
+            _run(args.command, config, args)
     except InputError as err:
         print(f"batchmix: {err}", file=sys.stderr)
         return 2

@@ -1,17 +1,13 @@
-# Shared set-up: config validation, input validation, helper functions for the rules.
-import sys
-from pathlib import Path
-
+# Shared set-up: config validation, input validation, and the paths of every rule, taken from
+# batchmix.pipeline.paths (the one definition of every output path). batchmix is installed
+# (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# batchmix is installed by `make run` (pip install -e .); for a clone used without installing,
-# the package is importable from the source tree as well.
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
-
 from batchmix.config import fill_defaults
 from batchmix.io import InputError
-from batchmix.stages import batch_is_random, load_validated
+from batchmix.pipeline import paths
+from batchmix.pipeline.validate import load_validated
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -33,78 +29,36 @@ scattergather:
 
 # Whether the model has the batch as a random grouping factor; only then is there a
 # batch-corrected expression (expression minus the batch BLUPs).
-BATCH_IS_RANDOM = batch_is_random(config)
-
-# The optional uncertainty stage (parametric bootstrap and/or exact grid posterior).
-UNCERTAINTY_ENABLED = config["uncertainty"]["bootstrap"] > 0 or config["uncertainty"]["bayes"]
+BATCH_IS_RANDOM = paths.batch_is_random(config)
 
 
 def final_outputs():
     """Every file the run produces, for rule all."""
-    outputs = [
-        "results/vst/expression.tsv.gz",
-        "results/vst/size_factors.tsv",
-        "results/lmm/gene_fits.tsv",
-        "results/lmm/blups.tsv",
-        "results/report.html",
-    ]
-    if BATCH_IS_RANDOM:
-        outputs.append("results/corrected/expression.tsv.gz")
-    if config["simpson"]["enabled"]:
-        outputs.append("results/simpson/reversals.tsv")
-    if UNCERTAINTY_ENABLED:
-        outputs += ["results/uncertainty/bootstrap.tsv", "results/uncertainty/posterior.tsv"]
-    return outputs
+    return paths.final_outputs(config)
 
 
-def lmm_chunk_outputs():
-    """Outputs of one LMM chunk; the corrected chunk only when the batch is a random factor."""
-    outputs = {
-        "fits": "results/lmm/chunks/{scatteritem}.fits.tsv",
-        "blups": "results/lmm/chunks/{scatteritem}.blups.tsv",
-    }
-    if BATCH_IS_RANDOM:
-        outputs["corrected"] = "results/lmm/chunks/{scatteritem}.corrected.tsv.gz"
-    return outputs
+def stage_inputs(stage):
+    """The named inputs of a rule (not for gather_lmm, whose chunk lists come from gather.lmm)."""
+    return paths.stage_inputs(stage, config)
 
 
-def gather_lmm_outputs():
-    """Outputs of the gather step."""
-    outputs = {"gene_fits": "results/lmm/gene_fits.tsv", "blups": "results/lmm/blups.tsv"}
-    if BATCH_IS_RANDOM:
-        outputs["corrected"] = "results/corrected/expression.tsv.gz"
-    return outputs
+def stage_outputs(stage, *leave_out):
+    """The named outputs of a rule, without those in `leave_out` (which the rule declares itself)."""
+    return {k: v for k, v in paths.stage_outputs(stage, config).items() if k not in leave_out}
 
 
-def gathered_corrected(wildcards):
-    """The corrected chunks to gather, or none when the batch is not a random factor."""
-    if not BATCH_IS_RANDOM:
+def stage_log(stage):
+    """A rule's log file and its JSON run record (warnings, counts, time)."""
+    return {"log": paths.log_path(stage), "record": paths.warnings_path(stage)}
+
+
+def gathered_chunks(key):
+    """The chunk files `key` of every LMM chunk, in order (none for `corrected` without a random batch)."""
+    if key == "corrected" and not BATCH_IS_RANDOM:
         return []
-    return gather.lmm("results/lmm/chunks/{scatteritem}.corrected.tsv.gz")
+    return gather.lmm(paths.chunk_path(key))
 
 
 def report_inputs(wildcards):
     """Everything the report summarises."""
-    inputs = {
-        "vst_info": "results/vst/info.json",
-        "size_factors": "results/vst/size_factors.tsv",
-        "gene_status": "results/vst/gene_status.tsv",
-        "mean_sd": "results/vst/mean_sd.tsv",
-        "vst_expression": "results/vst/expression.tsv.gz",
-        "gene_fits": "results/lmm/gene_fits.tsv",
-        "blups": "results/lmm/blups.tsv",
-        "samples": config["samples"],
-        "expression": config["expression"],
-    }
-    if BATCH_IS_RANDOM:
-        inputs["corrected"] = "results/corrected/expression.tsv.gz"
-    if config["simpson"]["enabled"]:
-        inputs["reversals"] = "results/simpson/reversals.tsv"
-        inputs["simpson_summary"] = "results/simpson/summary.json"
-        inputs["simpson_figure"] = "results/simpson/top_pairs.png"
-    if UNCERTAINTY_ENABLED:
-        inputs["uncertainty_summary"] = "results/uncertainty/summary.json"
-        inputs["uncertainty_bootstrap"] = "results/uncertainty/bootstrap.tsv"
-        inputs["uncertainty_posterior"] = "results/uncertainty/posterior.tsv"
-        inputs["uncertainty_figures"] = "results/uncertainty/figures"
-    return inputs
+    return paths.report_inputs(config)

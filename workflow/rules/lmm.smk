@@ -3,13 +3,12 @@
 
 rule split_genes:
     input:
-        expression="results/vst/expression.tsv.gz",
-        # The gene count, so that the split streams the table in one pass.
-        gene_status="results/vst/gene_status.tsv",
+        # gene_status gives the gene count, so that the split streams the table in one pass.
+        **stage_inputs("split_genes"),
     output:
-        scatter.lmm("results/lmm/chunks/{scatteritem}.expression.tsv.gz"),
+        chunks=scatter.lmm(paths.chunk_path("expression")),
     log:
-        "results/logs/split_genes.log",
+        **stage_log("split_genes"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 1
@@ -22,13 +21,11 @@ rule split_genes:
 
 rule lmm_chunk:
     input:
-        expression="results/lmm/chunks/{scatteritem}.expression.tsv.gz",
-        gene_status="results/vst/gene_status.tsv",
-        samples=config["samples"],
+        **stage_inputs("lmm_chunk"),
     output:
-        **lmm_chunk_outputs(),
+        **stage_outputs("lmm_chunk"),
     log:
-        "results/logs/lmm_chunk/{scatteritem}.log",
+        **stage_log("lmm_chunk"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 1
@@ -41,14 +38,16 @@ rule lmm_chunk:
 
 rule gather_lmm:
     input:
-        fits=gather.lmm("results/lmm/chunks/{scatteritem}.fits.tsv"),
-        blups=gather.lmm("results/lmm/chunks/{scatteritem}.blups.tsv"),
-        corrected=gathered_corrected,
-        gene_status="results/vst/gene_status.tsv",
+        fits=gathered_chunks("fits"),
+        blups=gathered_chunks("blups"),
+        fixed_vcov=gathered_chunks("fixed_vcov"),
+        corrected=gathered_chunks("corrected"),
+        gene_status=paths.stage_inputs("split_genes", config)["gene_status"],
+        samples=config["samples"],
     output:
-        **gather_lmm_outputs(),
+        **stage_outputs("gather_lmm"),
     log:
-        "results/logs/gather_lmm.log",
+        **stage_log("gather_lmm"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 1

@@ -5,16 +5,16 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        html="results/report.html",
+        html=paths.stage_outputs("report", config)["html"],
         figures=report(
-            directory("results/figures"),
+            directory(paths.stage_outputs("report", config)["figures"]),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
             labels={"figure": "{name}"},
         ),
     log:
-        "results/logs/report.log",
+        **stage_log("report"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 1

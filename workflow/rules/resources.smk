@@ -117,7 +117,7 @@ def _n_genes(input) -> int:
 
 
 def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
-    """Genes in chunk `i-of-n`, as batchmix.stages.split_stage cuts them (numpy.array_split:
+    """Genes in chunk `i-of-n`, as batchmix.pipeline.lmm.split_genes_stage cuts them (numpy.array_split:
     the first n_genes % n chunks get one gene more)."""
     match = SCATTERITEM.match(scatteritem)
     if match is None:

@@ -3,20 +3,16 @@
 
 rule simpson:
     input:
-        expression="results/vst/expression.tsv.gz",
-        gene_status="results/vst/gene_status.tsv",
-        samples=config["samples"],
+        **stage_inputs("simpson"),
     output:
-        reversals="results/simpson/reversals.tsv",
-        excluded="results/simpson/excluded_genes.tsv",
-        summary="results/simpson/summary.json",
+        **stage_outputs("simpson", "figure"),
         figure=report(
-            "results/simpson/top_pairs.png",
+            paths.stage_outputs("simpson", config)["figure"],
             caption="../report/simpson.rst",
             category="Simpson reversals",
         ),
     log:
-        "results/logs/simpson.log",
+        **stage_log("simpson"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 2

@@ -3,16 +3,11 @@
 
 rule stabilise:
     input:
-        expression=config["expression"],
-        samples=config["samples"],
+        **stage_inputs("stabilise"),
     output:
-        expression="results/vst/expression.tsv.gz",
-        size_factors="results/vst/size_factors.tsv",
-        gene_status="results/vst/gene_status.tsv",
-        mean_sd="results/vst/mean_sd.tsv",
-        info="results/vst/info.json",
+        **stage_outputs("stabilise"),
     log:
-        "results/logs/stabilise.log",
+        **stage_log("stabilise"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 1

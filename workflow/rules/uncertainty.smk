@@ -4,17 +4,12 @@
 
 rule uncertainty:
     input:
-        expression="results/vst/expression.tsv.gz",
-        gene_status="results/vst/gene_status.tsv",
-        gene_fits="results/lmm/gene_fits.tsv",
-        samples=config["samples"],
+        **stage_inputs("uncertainty"),
     output:
-        bootstrap="results/uncertainty/bootstrap.tsv",
-        posterior="results/uncertainty/posterior.tsv",
-        summary="results/uncertainty/summary.json",
-        figures=directory("results/uncertainty/figures"),
+        **stage_outputs("uncertainty", "figures"),
+        figures=directory(paths.stage_outputs("uncertainty", config)["figures"]),
     log:
-        "results/logs/uncertainty.log",
+        **stage_log("uncertainty"),
     conda:
         "../../envs/batchmix.yaml"
     threads: 4

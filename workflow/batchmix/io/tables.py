@@ -1,0 +1,269 @@
+"""Reading and writing tables: the one place batchmix turns files into DataFrames and back.
+
+Input tables (the expression table, the sample sheet) are read with every cell as text and the
+first column (the ids) kept verbatim: a gene called ``NA``, ``null``, ``007`` or ``1e5`` stays so.
+batchmix's own result tables are written by :func:`write_table` / :func:`table_writer` (byte-stable
+gzip) and read back by :func:`read_result_table` / :func:`read_matrix`, ids again as text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batchmix.io.errors import InputError
+
+__all__ = [
+    "INPUT_NA_VALUES",
+    "TEXT_COLUMNS",
+    "read_table",
+    "read_result_table",
+    "read_matrix",
+    "write_table",
+    "write_json",
+    "table_writer",
+    "table_lines",
+    "file_md5",
+]
+
+# Cells of an input table read as missing values. Never applied to the id column: there these
+# are names (a gene can be called NA).
+INPUT_NA_VALUES = ("", "NA", "NaN", "nan")
+
+
+def _separator(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".csv"):
+        return ","
+    if name.endswith((".tsv", ".txt", ".tab")):
+        return "\t"
+    raise InputError(f"{path}: unknown table format. Use a .tsv, .txt or .csv file (optionally gzipped, .gz).")
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a TSV/CSV table (optionally gzipped) with every cell as a string.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file. Tab-separated for ``.tsv``/``.txt``/``.tab``, comma-separated for ``.csv``;
+        a trailing ``.gz`` means gzip.
+    what : str
+        What the file is for (``"expression table"``), used in error messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All cells as strings, with the header as column names. The first column (the ids) is kept
+        verbatim, empty cells included (``""``); in the other columns the cells of
+        :data:`INPUT_NA_VALUES` are missing (``NaN``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: the {what} does not exist. Check the path in the config.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the {what} is empty.")
+    sep = _separator(path)
+    try:
+        # na_filter=False: every cell verbatim; missing values are marked below, outside the id column.
+        table = pd.read_csv(path, sep=sep, dtype=str, na_filter=False, compression="infer")
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
+        raise InputError(
+            f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err})."
+        ) from err
+    # pandas renames repeated column names (s1, s1.1); the header as written is what users fix.
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        header = next(csv.reader([fh.readline().rstrip("\r\n")], delimiter=sep))
+    if len(header) == table.shape[1]:
+        table.columns = header
+    if table.shape[1] > 1:
+        values = table.iloc[:, 1:]
+        table.iloc[:, 1:] = values.where(~values.isin(INPUT_NA_VALUES), np.nan)
+    if table.shape[1] < 2:
+        raise InputError(
+            f"{path}: the {what} has {table.shape[1]} column; expected an id column and at least one more. "
+            f"Is the separator right ({'comma' if sep == ',' else 'tab'} for this file name)?"
+        )
+    return table
+
+
+def write_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> None:
+    """Write a tab-separated table; ``.gz`` paths are gzipped with a fixed timestamp.
+
+    The gzip header normally records the write time; pinning it to 0 makes the
+    same table give the same bytes, so reruns and chunked runs can be compared byte for byte.
+    Floats are written as ``%.12g`` and missing values as ``NA``.
+    """
+    text = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA")
+    with table_writer(path) as fh:
+        fh.write(text.encode())
+
+
+@contextlib.contextmanager
+def table_writer(path: str | Path):
+    """Open a table for writing bytes, gzipped (level 6, mtime 0, no file name) when ``path`` ends in ``.gz``.
+
+    :func:`write_table` writes through this too, so a table streamed here in pieces has the same
+    bytes as one written at once: deflate without flushes does not depend on how its input is cut.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its parent directories are created.
+
+    Yields
+    ------
+    file object
+        A binary writer; closing it (leaving the ``with`` block) finishes the gzip stream.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as raw:
+        if not path.name.endswith(".gz"):
+            yield raw
+            return
+        # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
+        # and the bytes would depend on where the table was written.
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
+            yield fh
+
+
+@contextlib.contextmanager
+def table_lines(path: str | Path):
+    """Open a table (gzipped if ``path`` ends in ``.gz``) for reading its lines as bytes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Yields
+    ------
+    file object
+        A binary reader; iterating over it gives the lines, each with its ``\\n``.
+    """
+    path = Path(path)
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as fh:
+        yield fh
+
+
+# Columns of batchmix's own result tables that hold identifiers or words, never numbers: read as
+# text so that ids such as ``007``, ``1e5`` or ``NA`` come back exactly as written.
+TEXT_COLUMNS = frozenset(
+    {
+        "gene_id",
+        "gene_a",
+        "gene_b",
+        "sample_id",
+        "group",
+        "level",
+        "term",
+        "status",
+        "parameter",
+        "batch",
+        "per_batch_r",
+        "reason",
+        "symbol",
+        "coefficient",
+        "change",
+    }
+)
+
+
+def read_result_table(path: str | Path) -> pd.DataFrame:
+    """Read a table that batchmix wrote (TSV, optionally gzipped), ids kept as text.
+
+    The first column and every column named in :data:`TEXT_COLUMNS` are read verbatim as strings
+    (a gene called ``NA`` or ``007`` stays so); in the other columns ``NA`` is a missing value.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    text = {c for c in header if c in TEXT_COLUMNS} | ({header[0]} if len(header) else set())
+    return pd.read_csv(
+        path,
+        sep="\t",
+        dtype={c: str for c in text},
+        keep_default_na=False,
+        na_values={c: ["NA"] for c in header if c not in text},
+    )
+
+
+def read_matrix(path: str | Path) -> pd.DataFrame:
+    """Read a genes × samples matrix that batchmix wrote: gene ids (text) as the index, float64 values.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table (``gene_id`` first, one column per sample; ``NA`` for missing values).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``gene_id`` (str), columns the sample ids, values float64.
+    """
+    # The ids as text and without NA markers (a gene can be called NA): parsed as numbers, ids such
+    # as 007 or 1e5 would change and no longer match the other tables.
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    table = pd.read_csv(
+        path,
+        sep="\t",
+        index_col=0,
+        dtype={header[0]: str},
+        keep_default_na=False,
+        na_values={c: ["NA"] for c in header[1:]},
+    )
+    table.index = table.index.astype(str)
+    table.index.name = "gene_id"
+    return table.astype(float)
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """Write a JSON file (sorted keys, two-space indent, final newline); numpy scalars and arrays as numbers.
+
+    Parameters
+    ----------
+    obj : dict
+        The content.
+    path : str or Path
+        The file; its parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 checksum of a file, for the report's record of inputs."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,180 @@
+"""One registry of the workflow's stages, each with one signature, its logging and its timing.
+
+Every stage is a function ``run(config, inputs, outputs, params) -> counts``:
+
+- ``config``: the workflow config with defaults filled in;
+- ``inputs`` / ``outputs``: file paths by name (a list of paths for per-chunk files), as
+  :func:`batchmix.pipeline.paths.stage_inputs` / :func:`~batchmix.pipeline.paths.stage_outputs` name them;
+- ``params``: job settings that are not files (``threads``);
+- it returns counts for the log (``{"genes": 200}``).
+
+:func:`run_stage` runs one job of a stage with its log file, console logging, timing and JSON run
+record (:mod:`batchmix.pipeline.logs`); the Snakemake scripts (:func:`run_snakemake_job`) and the
+``batchmix`` command line both go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
+from batchmix.pipeline.logs import stage_logging
+from batchmix.pipeline.simpson import simpson_stage
+from batchmix.pipeline.stabilise import stabilise_stage
+from batchmix.pipeline.validate import validate_stage
+
+__all__ = ["Stage", "STAGES", "COMPOSITES", "get_stage", "run_stage", "run_snakemake_job"]
+
+Paths = dict[str, "str | list[str]"]
+StageFunction = Callable[[dict, Paths, Paths, dict], "dict | None"]
+
+
+def uncertainty_job(config: dict, inputs: Paths, outputs: Paths, params: dict) -> dict:
+    """The uncertainty stage (:func:`batchmix.uncertainty.uncertainty_stage`) under the registry's signature."""
+    # Imported here: the stage's owner module pulls in the bootstrap and its figures, which no other
+    # stage needs.
+    from batchmix.uncertainty import uncertainty_stage
+
+    uncertainty_stage(
+        config,
+        inputs["expression"],
+        inputs["gene_status"],
+        inputs["gene_fits"],
+        inputs["samples"],
+        outputs,
+        threads=int(params.get("threads", 1)),
+    )
+    return {}
+
+
+def report_job(config: dict, inputs: Paths, outputs: Paths, params: dict) -> dict:
+    """The report stage (:func:`batchmix.report.build_report`) under the registry's signature."""
+    from batchmix.report import build_report
+
+    build_report(config, inputs, outputs["html"], outputs["figures"])
+    return {}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the workflow.
+
+    Attributes
+    ----------
+    name : str
+        The stage's name: its Snakemake rule, its ``batchmix`` sub-command, its log file.
+    run : callable
+        ``run(config, inputs, outputs, params) -> counts``.
+    summary : str
+        One line for ``batchmix --help``.
+    per_chunk : bool
+        One job per LMM chunk (``{scatteritem}``) rather than one job per run.
+    """
+
+    name: str
+    run: StageFunction
+    summary: str
+    per_chunk: bool = False
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage("validate", validate_stage, "check the config, the expression table and the sample sheet"),
+        Stage("stabilise", stabilise_stage, "size factors, low-count filter and variance-stabilising transformation"),
+        Stage("split_genes", split_genes_stage, "split the stabilised table into gene chunks for the LMM"),
+        Stage("lmm_chunk", lmm_chunk_stage, "per-gene linear mixed models on one gene chunk", per_chunk=True),
+        Stage(
+            "gather_lmm",
+            gather_lmm_stage,
+            "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression",
+        ),
+        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals"),
+        Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
+        Stage("report", report_job, "the self-contained HTML report"),
+    ]
+}
+
+# Sequences of stages the command line offers under one name.
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "lmm": ("split_genes", "lmm_chunk", "gather_lmm"),
+}
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called ``name``; a ``KeyError`` lists the stages."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}") from None
+
+
+def run_stage(
+    name: str,
+    config: dict,
+    inputs: Paths,
+    outputs: Paths,
+    params: dict | None = None,
+    *,
+    log_path: str | None = None,
+    record_path: str | None = None,
+    job: str | None = None,
+    console: bool = True,
+) -> dict:
+    """Run one job of a stage with its logging, timing and run record.
+
+    Parameters
+    ----------
+    name : str
+        The stage (a key of :data:`STAGES`).
+    config, inputs, outputs, params
+        The stage's arguments (see the module's docstring).
+    log_path, record_path : str, optional
+        The job's log file and JSON run record (:func:`batchmix.pipeline.paths.log_path`,
+        :func:`~batchmix.pipeline.paths.warnings_path`); none: not written.
+    job : str, optional
+        The job within the stage (an LMM chunk's ``i-of-n``), for the log.
+    console : bool
+        Whether to log to stderr too.
+
+    Returns
+    -------
+    dict
+        The stage's counts.
+    """
+    stage = get_stage(name)
+    with stage_logging(name, log_path=log_path, record_path=record_path, job=job, console=console) as record:
+        counts = stage.run(config, inputs, outputs, dict(params or {})) or {}
+        record.counts = {k: v for k, v in counts.items() if isinstance(v, (int, float, str))}
+    return counts
+
+
+def _as_paths(named) -> Paths:
+    """Snakemake's named inputs/outputs/logs as plain strings, lists kept as lists."""
+    return {name: str(value) if isinstance(value, str) else [str(v) for v in value] for name, value in named.items()}
+
+
+def run_snakemake_job(smk, name: str) -> dict:
+    """Run the stage ``name`` for a Snakemake ``script:`` job (the adapters in ``workflow/scripts/``).
+
+    Parameters
+    ----------
+    smk
+        The ``snakemake`` object Snakemake gives a script (used through its attributes only: the
+        package never imports Snakemake). Its named ``log`` entries ``log`` and ``record`` are the job's
+        log file and run record.
+    name : str
+        The stage.
+    """
+    logs = _as_paths(smk.log)
+    return run_stage(
+        name,
+        dict(smk.config),
+        _as_paths(smk.input),
+        _as_paths(smk.output),
+        {"threads": smk.threads},
+        log_path=logs.get("log"),
+        record_path=logs.get("record"),
+        job=dict(smk.wildcards.items()).get("scatteritem"),
+    )
