@@ -7,7 +7,13 @@ import pandas as pd
 
 from batchmix.plots.style import GRID_COLOUR, markers, natural_key, palette
 
-__all__ = ["plot_pca", "plot_batch_share"]
+__all__ = ["plot_pca", "plot_batch_share", "FAINT_VARIANCE"]
+
+# Legend entries in one column before the PCA legend takes two.
+LEGEND_ROWS = 24
+# A component carrying less than this share of the variance gets a faded bar: its batch R² is
+# about noise, however high.
+FAINT_VARIANCE = 0.01
 
 
 def plot_pca(
@@ -57,14 +63,19 @@ def plot_pca(
         ax.set_title(title)
         ax.grid(True, color=GRID_COLOUR, linewidth=0.6)
         ax.set_axisbelow(True)
-    handles = [Line2D([], [], marker="o", linestyle="", color=colours[b], label=b) for b in batch_levels]
-    legend = axes[-1].legend(handles=handles, title="batch", loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                             frameon=False, fontsize=8, title_fontsize=9)
+    # One legend for every panel, right of the figure: the colours and shapes mean the same in each.
+    handles = [Line2D([], [], linestyle="", label="batch")]
+    handles += [Line2D([], [], marker="o", linestyle="", color=colours[b], label=b) for b in batch_levels]
     if cond_levels:
-        axes[-1].add_artist(legend)
-        cond_handles = [Line2D([], [], marker=shapes[c], linestyle="", color="0.3", label=c) for c in cond_levels]
-        axes[-1].legend(handles=cond_handles, title=condition_name or "condition", loc="lower left",
-                        bbox_to_anchor=(1.02, 0.0), frameon=False, fontsize=8, title_fontsize=9)
+        handles.append(Line2D([], [], linestyle="", label=""))
+        handles.append(Line2D([], [], linestyle="", label=condition_name or "condition"))
+        handles += [Line2D([], [], marker=shapes[c], linestyle="", color="0.3", label=c) for c in cond_levels]
+    legend = fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8,
+                        ncols=1 if len(handles) <= LEGEND_ROWS else 2)
+    headings = {"batch", condition_name or "condition"} if cond_levels else {"batch"}
+    for text, handle in zip(legend.get_texts(), handles):
+        if handle.get_marker() in ("None", None, "") and text.get_text() in headings:
+            text.set_fontweight("bold")
     return fig
 
 
@@ -82,26 +93,39 @@ def plot_batch_share(diagnostics: dict[str, dict]):
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8.5, 3.8), layout="constrained")
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(8.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     n_panels = len(diagnostics)
     width = 0.8 / n_panels
     colours = ["#4c72b0", "#dd8452", "#55a868"]
     k_max = max(d["n_components"] for d in diagnostics.values())
+    handles = []
+    any_faint = False
     for i, (title, d) in enumerate(diagnostics.items()):
         share = d["share"].to_numpy()
         ratio = d["pca"].variance_ratio.iloc[: len(share)].to_numpy()
         positions = np.arange(len(share)) + (i - (n_panels - 1) / 2) * width
-        bars = ax.bar(positions, share, width=width * 0.95, color=colours[i % len(colours)],
-                      label=f"{title}: silhouette {d['silhouette']:+.2f}, batch share {100 * d['weighted_share']:.0f}%")
-        for bar, r in zip(bars, ratio):
+        colour = colours[i % len(colours)]
+        faint = ratio < FAINT_VARIANCE
+        any_faint |= bool(faint.any())
+        bars = ax.bar(positions, share, width=width * 0.95, color=colour)
+        for bar, r, is_faint in zip(bars, ratio, faint):
+            if is_faint:
+                bar.set_alpha(0.25)
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"{100 * r:.0f}%",
                     ha="center", va="bottom", fontsize=6.5, color="0.3")
+        handles.append(Patch(color=colour, label=f"{title}: silhouette {d['silhouette']:+.2f}, "
+                                                 f"batch share {100 * d['weighted_share']:.0f}%"))
+    if any_faint:
+        handles.append(Patch(color="0.6", alpha=0.25,
+                             label=f"faded: component with < {100 * FAINT_VARIANCE:.0f}% of the variance"))
     ax.set_xticks(np.arange(k_max), [f"PC{k + 1}" for k in range(k_max)])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("variance explained by batch (R²)")
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    # Above the axes, not inside: inside it covered the bars of the first components.
+    fig.legend(handles=handles, loc="outside upper center", frameon=False, fontsize=8, ncols=min(len(handles), 2))
     ax.grid(True, axis="y", color=GRID_COLOUR, linewidth=0.6)
     ax.set_axisbelow(True)
     return fig
-

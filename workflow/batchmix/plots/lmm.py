@@ -10,6 +10,8 @@ from batchmix.plots.style import GRID_COLOUR
 __all__ = ["plot_variance_fractions", "plot_top_batch_genes", "component_colours"]
 
 RESIDUAL_COLOUR = "#d9d9d9"  # variancePartition draws the residuals grey85
+# Widest variance-fraction figure, in inches (about the report's page width at FIGURE_DPI).
+MAX_WIDTH = 14.0
 
 
 def component_colours(components: list[str], residual: str | None = None) -> dict[str, object]:
@@ -56,7 +58,12 @@ def plot_variance_fractions(fractions: pd.DataFrame, *, residual: str | None = N
     long = fractions.melt(var_name="component", value_name="fraction").dropna()
     long["percent"] = 100 * long["fraction"]
     palette = component_colours(labels, residual)
-    fig = Figure(figsize=(1.3 * len(labels) + 2.5, 4.2), layout="constrained")
+    # Each violin as wide as its longest name needs (at 10 pt), up to a page width; beyond that the
+    # names are slanted.
+    per_component = max(1.3, 0.075 * max(len(label) for label in labels) + 0.4)
+    width = per_component * len(labels) + 2.5
+    slanted = width > MAX_WIDTH
+    fig = Figure(figsize=(min(width, MAX_WIDTH), 4.2), layout="constrained")
     ax = fig.add_subplot()
     sns.violinplot(data=long, x="component", y="percent", hue="component", order=labels, hue_order=labels,
                    palette=palette, density_norm="width", cut=0, inner=None, linewidth=0.8, legend=False, ax=ax)
@@ -66,6 +73,11 @@ def plot_variance_fractions(fractions: pd.DataFrame, *, residual: str | None = N
                whiskerprops={"linewidth": 0.8}, capprops={"linewidth": 0}, flierprops={"markersize": 1.5})
     ax.set_ylim(-2, 102)
     ax.set_xlabel("")
+    if slanted:
+        ax.tick_params(axis="x", labelrotation=30)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+            tick.set_rotation_mode("anchor")
     ax.set_ylabel("Variance explained (%)")
     ax.grid(True, axis="y", color=GRID_COLOUR, linewidth=0.6)
     ax.set_axisbelow(True)

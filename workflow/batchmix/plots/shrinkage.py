@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from batchmix.plots.style import GRID_COLOUR, natural_key, palette
+from batchmix.plots.style import GRID_COLOUR, legend_columns, natural_key, palette
 
 __all__ = ["plot_shrinkage", "BAND_Z"]
 
@@ -70,7 +70,8 @@ def plot_shrinkage(estimates):
             Line2D([], [], color="#c44e52", label="LMM prediction (partial pooling)"),
             Line2D([], [], color="0.45", label="population fit (complete pooling)"),
         ]
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=8)
+        ncols = legend_columns([h.get_label() for h in handles], fig.get_figwidth())
+        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
         for ax in axes[-1]:
             ax.set_xlabel(str(estimates.x), fontsize=8)
         fig.supylabel(f"{estimates.gene} (stabilised)", fontsize=9)
@@ -117,8 +118,11 @@ def plot_shrinkage(estimates):
                             arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.9,
                                         "shrinkA": 3, "shrinkB": 3}, zorder=4)
         ax.set_xlim(-0.6, len(groups) - 0.4)
-        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45 if len(groups) > 4 else 0,
-                      ha="right" if len(groups) > 4 else "center", fontsize=7.5)
+        # Slanted when many or long labels would run into each other.
+        slanted = len(groups) > 4 or max(len(str(g)) for g in groups) > 8
+        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45 if slanted else 0,
+                      ha="right" if slanted else "center", rotation_mode="anchor" if slanted else "default",
+                      fontsize=7.5)
         ax.set_title(f"{estimates.x} = {level}" if estimates.x is not None else "all samples", fontsize=9)
         ax.grid(True, axis="y", color=GRID_COLOUR, linewidth=0.6)
         ax.set_axisbelow(True)
@@ -133,7 +137,8 @@ def plot_shrinkage(estimates):
         Patch(color="0.75", label="population fit ± 95% CI (complete pooling)"),
         Line2D([], [], marker="o", linestyle="", color="0.6", markersize=3, label="samples"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    ncols = legend_columns([h.get_label() for h in handles], fig.get_figwidth())
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
     fig.suptitle(f"{estimates.gene}: per-{estimates.group} estimates shrunk towards the population fit", fontsize=10)
     return fig
 

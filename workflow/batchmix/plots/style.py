@@ -72,3 +72,27 @@ def natural_key(value) -> tuple:
     """
     parts = re.split(r"(\d+)", str(value))
     return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
+def legend_columns(labels: list[str], width: float, *, fontsize: float = 8.0) -> int:
+    """How many columns a legend of ``labels`` can have within ``width`` inches without being clipped.
+
+    Parameters
+    ----------
+    labels : list of str
+        The entries' texts.
+    width : float
+        Width available, in inches (the figure's width for a figure legend).
+    fontsize : float
+        The legend's font size in points.
+
+    Returns
+    -------
+    int
+        Between 1 and ``len(labels)``: every column is as wide as the widest entry (text at about
+        0.6 em per character, plus the handle and the spacing).
+    """
+    if not labels:
+        return 1
+    entry = max(len(label) for label in labels) * 0.6 * fontsize / 72 + 0.5
+    return int(max(1, min(len(labels), (width - 0.2) // entry)))

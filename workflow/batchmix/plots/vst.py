@@ -10,15 +10,18 @@ __all__ = ["plot_mean_sd"]
 HEXBIN_MIN_GENES = 2000
 
 
-def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str = "before", after_label: str = "after"):
+def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str | None = "before", after_label: str = "after"):
     """Standard deviation against the rank of the mean, before and after stabilisation (vsn's meanSdPlot).
 
     Parameters
     ----------
     mean_sd : pandas.DataFrame
         ``rank_of_mean``, ``sd``, ``running_median_sd`` and ``scale`` (``before``/``after``).
-    before_label, after_label : str
-        Panel titles.
+    before_label : str or None
+        Title of the left panel; None draws the ``after`` panel alone (input used as given,
+        where before and after are the same values).
+    after_label : str
+        Title of the right (or only) panel.
 
     Returns
     -------
@@ -26,9 +29,10 @@ def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str = "before", after_labe
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10.0, 3.9), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, scale, title in zip(axes, ("before", "after"), (before_label, after_label)):
+    panels = [("before", before_label), ("after", after_label)] if before_label is not None else [("after", after_label)]
+    fig = Figure(figsize=(5.0 * len(panels), 3.9), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (scale, title) in zip(axes, panels):
         part = mean_sd[mean_sd["scale"] == scale].sort_values("rank_of_mean", kind="mergesort")
         if part.empty:
             ax.axis("off")

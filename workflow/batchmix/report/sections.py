@@ -106,6 +106,12 @@ FIGURE_CAPTIONS = {
         "median. Before, the sd depends on the mean; after a successful stabilisation the red line is "
         "roughly flat."
     ),
+    "mean_sd_as_given": (
+        "Standard deviation of each gene that passed the filter, across samples, against the rank of its "
+        "mean (vsn's meanSdPlot), on the input's own scale: with input_type: log the values are used as "
+        "given, so there is no before and after. The red line is the running median; a roughly flat line "
+        "means the variance does not depend on the mean."
+    ),
     "bootstrap_band": (
         "Left: the data against {x} with the population fit Xβ̂ (line) and the 95% percentile band of the "
         "population line over the {nsim} parametric-bootstrap refits (lme4's bootMer: new random effects and "
@@ -374,10 +380,16 @@ def vst_section(config: dict, tables: dict, figures: Figures) -> dict:
     section: dict = {"settings": settings, "figures": [], "size_factors": None, "size_factor_range": ""}
     mean_sd = tables["mean_sd"]
     if len(mean_sd):
-        after = (f"after: VST, {info['vst_fit_type_used']} dispersion trend" if info.get("vst_fit_type_requested")
-                 else "after: input used as given")
-        fig = plot_mean_sd(mean_sd, f"before: {info.get('before_scale', 'input')}", after)
-        section["figures"].append(figures.add("mean_sd", fig, FIGURE_CAPTIONS["mean_sd"], "Mean-sd plot before and after"))
+        if info.get("vst_fit_type_requested"):
+            fig = plot_mean_sd(mean_sd, f"before: {info.get('before_scale', 'input')}",
+                               f"after: VST, {info['vst_fit_type_used']} dispersion trend")
+        else:
+            # Input used as given: before and after are the same values, one panel says it all.
+            fig = plot_mean_sd(mean_sd, None, "input used as given (no stabilisation)")
+        stabilised = bool(info.get("vst_fit_type_requested"))
+        caption = FIGURE_CAPTIONS["mean_sd" if stabilised else "mean_sd_as_given"]
+        alt = "Mean-sd plot before and after" if stabilised else "Mean-sd plot of the input"
+        section["figures"].append(figures.add("mean_sd", fig, caption, alt))
     size_factors = tables["size_factors"]
     if size_factors["size_factor"].notna().any():
         section["size_factors"] = table(size_factors, "size_factors", "Size factors", shown=0)
