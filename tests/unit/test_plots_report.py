@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.text import Text
-
 from batchmix.plots.batch import FAINT_VARIANCE, plot_batch_share, plot_pca
 from batchmix.plots.lmm import plot_top_batch_genes, plot_variance_fractions
 from batchmix.plots.shrinkage import plot_shrinkage
 from batchmix.plots.style import legend_columns, png_bytes
 from batchmix.plots.vst import plot_mean_sd
 from batchmix.report import summaries
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 # Level names of 12 characters and more, as in real sample sheets (issue 13).
 BATCHES = ["Sequencing_run_2019_A", "Sequencing_run_2019_B", "Sequencing_run_2020_A", "Sequencing_run_2021_C"]

@@ -92,7 +92,6 @@ def plot_batch_share(diagnostics: dict[str, dict]):
     matplotlib.figure.Figure
     """
     from matplotlib.figure import Figure
-
     from matplotlib.patches import Patch
 
     fig = Figure(figsize=(8.5, 4.2), layout="constrained")

@@ -29,7 +29,9 @@ def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str | None = "before", aft
     """
     from matplotlib.figure import Figure
 
-    panels = [("before", before_label), ("after", after_label)] if before_label is not None else [("after", after_label)]
+    panels = [("after", after_label)]
+    if before_label is not None:
+        panels.insert(0, ("before", before_label))
     fig = Figure(figsize=(5.0 * len(panels), 3.9), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (scale, title) in zip(axes, panels):
