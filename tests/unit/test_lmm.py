@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchmix import _lmm_core as core
+from batchmix.lmm import core
 from batchmix import lmm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lme4"
@@ -254,7 +254,7 @@ def test_general_engine_reaches_the_best_optimum_from_any_start(model, formula):
     data = core.GeneData.from_matrix(Y, prepared)
     if model == "slopes":
         # the random-slope start is the moment estimate (with a correlation), near the optimum
-        from batchmix._lmm_block import moment_start
+        from batchmix.lmm.block import moment_start
 
         moment = moment_start(data, prepared)
         assert np.isfinite(moment).all()
@@ -281,7 +281,7 @@ def test_onecomp_merges_equal_eigenvalues_exactly():
     np.testing.assert_allclose(fast.beta, general.beta, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fast.df[regular], general.df[regular], rtol=1e-4)
     # the statistics-only λ used for starting values agrees with the full rotation
-    from batchmix._lmm_onecomp import lambda_from_stats
+    from batchmix.lmm.onecomp import lambda_from_stats
 
     data = core.GeneData.from_matrix(Y, balanced)
     lam = lambda_from_stats(data.Zty, data.Xty, data.yty, balanced.X, balanced.Z, True)

@@ -99,7 +99,7 @@ def test_singular_refits_are_counted_and_kept_as_bootmer_does(boots):
 def test_refits_on_real_responses_equal_the_engine_fit():
     """The compressed sufficient statistics of an observed y refit to lmm.fit_arrays(y): the same
     optimum (or a lower criterion where the engine stops on a boundary)."""
-    from batchmix import _lmm_core as core
+    from batchmix.lmm import core
 
     rng = np.random.default_rng(4)
     n = 60
@@ -220,7 +220,7 @@ def _lme4_refit_sets():
 def test_bootstrap_refits_reach_lme4_optimum(name, start):
     """Refits of responses whose lme4 fits are in refit_lme4.tsv (made by make_refit_fixture.R),
     many of them boundary cases (θ₂₂ = 0, or where a Newton path can stop at θ₁₁ = 0)."""
-    from batchmix import _lmm_core as core
+    from batchmix.lmm import core
 
     d, formula, Y, r = _lme4_refit_sets()[name]
     prep = lmm.prepare(formula, d)

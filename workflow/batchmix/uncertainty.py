@@ -1158,7 +1158,7 @@ def _general_refit(m: np.ndarray, rho: np.ndarray, comp: _Compressed, prepared, 
     ``theta0`` (N × m) are the starting values; bootMer's ``refit()`` starts at the original
     fit's θ, and so does :func:`bootstrap`.
     """
-    from batchmix import _lmm_core as core
+    from batchmix.lmm import core
 
     p = prepared.p
     Xty = m @ comp.R[:, :p]

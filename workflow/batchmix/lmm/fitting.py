@@ -33,6 +33,7 @@ For code that needs the raw arrays (bootstrap, grid posteriors)::
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 
@@ -40,12 +41,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import _lmm_core as core
-from ._lmm_core import GeneData, PreparedDesign
-from ._lmm_block import prepare_block
-from ._lmm_onecomp import fit_onecomp, prepare_onecomp
-from .design import (RandomBlock, RandomDesign, fixed_design, fixed_term_columns,
-                     parse_formula, random_design, sanitize_name)
+from ..design import RandomBlock, RandomDesign, fixed_design, fixed_term_columns, parse_formula, random_design
+from . import core
+from .block import prepare_block
+from .core import GeneData, PreparedDesign
+from .onecomp import fit_onecomp, prepare_onecomp
+from .results import ModelMetadata, block_columns, coefficient_column, metadata_from_design, theta_to_covariances
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LMMFit",
@@ -58,6 +61,7 @@ __all__ = [
 ]
 
 LRT_ZERO = 1e-8  # LRT statistics below this are the boundary's point mass at 0
+FIXED_VCOV_COLUMNS = ["gene_id", "coef_a", "coef_b", "value"]
 
 
 def prepare(formula: str, samples: pd.DataFrame, reml: bool = True) -> PreparedDesign:
@@ -218,7 +222,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         data = GeneData.from_matrix(Y, prepared)
         rss0 = _ols_rss(Y, prepared)
         G = Y.shape[0]
-        m, q = prepared.m, prepared.q
+        q = prepared.q
         deviance, sigma2 = np.full(G, np.nan), np.full(G, np.nan)
         beta, b = np.full((G, p), np.nan), np.full((G, q), np.nan)
         vcov, df = np.full((G, p, p), np.nan), np.full((G, p), np.nan)
@@ -278,6 +282,15 @@ class LMMFit:
     reml : bool
     fixed_names : list of str
         Coefficient names, as in the ``coef_*`` columns.
+    metadata : ModelMetadata, optional
+        The model's structure and the columns holding each parameter
+        (:func:`batchmix.lmm.model_metadata`).
+    fixed_vcov : pandas.DataFrame
+        Long table ``gene_id, coef_a, coef_b, value``: Cov(β̂) of every gene with status
+        ``ok`` or ``singular``, upper triangle with the diagonal, pairs in coefficient order
+        (the matrix whose diagonal gives ``se_<coef>``²).
+    notes : list of str
+        Warnings the user should see (e.g. an aliased column dropped from X); also logged.
     """
 
     gene_fits: pd.DataFrame
@@ -285,31 +298,9 @@ class LMMFit:
     formula: str
     reml: bool
     fixed_names: list[str] = field(default_factory=list)
-
-
-def _var_names(blocks: list[RandomBlock]) -> list[tuple[str, list[str], list[tuple[int, int, str]]]]:
-    """Per block: fraction name, variance column names, correlation (i, j, name) triples."""
-    out, used = [], set()
-    for block in blocks:
-        group = sanitize_name(block.group)
-        if block.n_terms == 1 and block.terms[0] == "Intercept":
-            var_names = [f"var_{group}"]
-        else:
-            var_names = [f"var_{group}_{t}" for t in block.terms]
-        var_names = [_unique(v, used) for v in var_names]
-        cors = [(i, j, _unique(f"cor_{group}_{block.terms[i]}_{block.terms[j]}", used))
-                for i in range(block.n_terms) for j in range(i + 1, block.n_terms)]
-        frac = "frac_" + (var_names[0][4:] if block.n_terms == 1 else group)
-        out.append((_unique(frac, used), var_names, cors))
-    return out
-
-
-def _unique(name: str, used: set) -> str:
-    candidate, i = name, 2
-    while candidate in used:
-        candidate, i = f"{name}_{i}", i + 1
-    used.add(candidate)
-    return candidate
+    metadata: ModelMetadata | None = None
+    fixed_vcov: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FIXED_VCOV_COLUMNS))
+    notes: list[str] = field(default_factory=list)
 
 
 def _block_term_values(block: RandomBlock) -> np.ndarray:
@@ -318,7 +309,7 @@ def _block_term_values(block: RandomBlock) -> np.ndarray:
     return block.Z.reshape(n, block.n_levels, block.n_terms).sum(axis=1)
 
 
-def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict[str, list[str]],
+def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, metadata: ModelMetadata,
                      ) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Output columns for the genes of one missingness pattern."""
     G = arrays.sigma2.shape[0]
@@ -348,43 +339,30 @@ def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict
         lrt_p = stats.chi2.sf(lrt, m)
     cols["lrt_p"] = lrt_p
     sigma2 = arrays.sigma2
-    names = _var_names(prepared.random.blocks)
+    blocks = prepared.random.blocks
     random_var: list[tuple[str, np.ndarray]] = []
-    offset = 0
-    for block, (frac_name, var_names, cors) in zip(prepared.random.blocks, names):
-        s = block.n_terms
-        T = np.zeros((G, s, s))
-        idx = 0
-        for c in range(s):
-            for r in range(c, s):
-                T[:, r, c] = arrays.theta[:, offset + idx]
-                idx += 1
-        offset += block.n_theta
-        Sigma = sigma2[:, None, None] * (T @ T.transpose(0, 2, 1))
+    for block, names, Sigma in zip(blocks, block_columns(blocks), theta_to_covariances(arrays.theta, sigma2, blocks)):
         sd = np.sqrt(np.diagonal(Sigma, axis1=1, axis2=2))
-        for i, v in enumerate(var_names):
+        for i, v in enumerate(names.variances):
             cols[v] = Sigma[:, i, i]
         with np.errstate(divide="ignore", invalid="ignore"):
-            for i, j, cname in cors:
+            for i, j, cname in names.correlations:
                 cols[cname] = Sigma[:, i, j] / (sd[:, i] * sd[:, j])
         # a random term's share: its variance averaged over samples, E_i[z_i' Σ z_i]
         zz = _block_term_values(block)
         mean_outer = zz.T @ zz / n
-        random_var.append((frac_name, np.einsum("gij,ij->g", Sigma, mean_outer)))
+        random_var.append((names.fraction, np.einsum("gij,ij->g", Sigma, mean_outer)))
     cols["var_residual"] = sigma2
     cols["sigma"] = np.sqrt(sigma2)
     cols["df_residual"] = np.full(G, float(prepared.df_residual))
     fixed_var = []
-    for term, names_ in term_cols.items():
-        if term == "Intercept":
-            continue
-        idx = [prepared.fixed_names.index(c) for c in names_ if c in prepared.fixed_names]
+    for term, frac_name in metadata.fixed_fraction_columns.items():
+        idx = [prepared.fixed_names.index(c) for c in metadata.fixed_terms[term] if c in prepared.fixed_names]
         if not idx:
             continue
         # sample variance (n - 1) of X_t β_t over samples, as β_t' Cov(X_t) β_t
         cov = np.atleast_2d(np.cov(prepared.X[:, idx], rowvar=False, ddof=1))
-        fixed_var.append((f"frac_{term}", np.einsum("gi,ij,gj->g", arrays.beta[:, idx], cov,
-                                                    arrays.beta[:, idx])))
+        fixed_var.append((frac_name, np.einsum("gi,ij,gj->g", arrays.beta[:, idx], cov, arrays.beta[:, idx])))
     total = sigma2 + sum(v for _, v in fixed_var) + sum(v for _, v in random_var)
     for name, v in fixed_var + random_var:
         cols[name] = v / total
@@ -392,11 +370,11 @@ def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, term_cols: dict
     se = np.sqrt(np.diagonal(arrays.vcov, axis1=1, axis2=2))
     for j, name in enumerate(prepared.fixed_names):
         t = arrays.beta[:, j] / se[:, j]
-        cols[f"coef_{name}"] = arrays.beta[:, j]
-        cols[f"se_{name}"] = se[:, j]
-        cols[f"df_{name}"] = arrays.df[:, j]
-        cols[f"t_{name}"] = t
-        cols[f"p_{name}"] = 2.0 * stats.t.sf(np.abs(t), arrays.df[:, j])
+        cols[coefficient_column("coef", name)] = arrays.beta[:, j]
+        cols[coefficient_column("se", name)] = se[:, j]
+        cols[coefficient_column("df", name)] = arrays.df[:, j]
+        cols[coefficient_column("t", name)] = t
+        cols[coefficient_column("p", name)] = 2.0 * stats.t.sf(np.abs(t), arrays.df[:, j])
     blup_parts = []
     offset = 0
     for block in prepared.random.blocks:
@@ -465,10 +443,12 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     samples), the residual's is σ²; they sum to 1.
     """
     samples = _align_samples(expression, samples)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        full = prepare(formula, samples, reml=reml)
-        term_cols = fixed_term_columns(formula, samples)
+    notes: list[str] = []
+    full, messages = _prepare_recording(formula, samples, reml)
+    for message in messages:
+        _note(notes, message)
+    metadata = metadata_from_design(formula, reml, full.fixed_names, fixed_term_columns(formula, samples),
+                                    full.random.blocks)
     gene_ids = np.asarray(expression.index, dtype=object)
     G = gene_ids.size
     values = expression.to_numpy(dtype=float)
@@ -507,6 +487,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         pattern_list = []
     columns: dict[str, np.ndarray] = {}
     blup_frames = []
+    vcov_frames = []
     for mask, members in pattern_list:
         whole = mask.all()
         if whole:
@@ -516,9 +497,12 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
             Y = values[np.ix_(members, mask)]
             yty = np.einsum("gi,gi->g", Y, Y)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                prepared = full if whole else prepare(formula, samples.loc[mask], reml=reml)
+            if whole:
+                prepared = full
+            else:
+                prepared, messages = _prepare_recording(formula, samples.loc[mask], reml)
+                for message in messages:
+                    _note(notes, f"{members.size} gene(s) with missing samples: {message}")
         except (ValueError, np.linalg.LinAlgError):
             status[members] = "failed:too_few_observations"
             continue
@@ -533,7 +517,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
             continue
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             arrays = fit_arrays(Y, prepared, yty=yty)
-            cols, blup_parts = _pattern_columns(prepared, arrays, term_cols)
+            cols, blup_parts = _pattern_columns(prepared, arrays, metadata)
         perfect = arrays.ols_rss <= 1e-20 * yty
         good = (arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
                 & ~perfect)
@@ -542,6 +526,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         status[members[perfect]] = "failed:perfect_fit"
         gsel = members[good]
         all_good = gsel.size == G
+        vcov_frames.append(_vcov_frame(gsel, arrays.vcov[good], prepared.fixed_names))
         for name, vals in cols.items():
             if all_good:
                 columns[name] = vals
@@ -579,8 +564,48 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         blups = blups.drop(columns="gene_index").reset_index(drop=True)
     else:
         blups = pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"])
+    vcov_frames = [f for f in vcov_frames if len(f)]
+    if vcov_frames:
+        fixed_vcov = pd.concat(vcov_frames, ignore_index=True) if len(vcov_frames) > 1 else vcov_frames[0]
+        fixed_vcov = fixed_vcov.sort_values("gene_index", kind="stable")
+        fixed_vcov.insert(0, "gene_id", gene_ids[fixed_vcov["gene_index"].to_numpy()])
+        fixed_vcov = fixed_vcov.drop(columns="gene_index").reset_index(drop=True)
+    else:
+        fixed_vcov = pd.DataFrame(columns=FIXED_VCOV_COLUMNS)
     return LMMFit(gene_fits=table, blups=blups, formula=formula, reml=reml,
-                  fixed_names=list(full.fixed_names))
+                  fixed_names=list(full.fixed_names), metadata=metadata, fixed_vcov=fixed_vcov, notes=notes)
+
+
+def _prepare_recording(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str]]:
+    """:func:`prepare`, returning the design's warnings (e.g. an aliased column dropped) as messages."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare(formula, samples, reml=reml)
+    return prepared, list(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _note(notes: list[str], message: str) -> None:
+    """Log a warning the user should see and keep it for the result (once per message)."""
+    if message not in notes:
+        logger.warning(message)
+        notes.append(message)
+
+
+def _vcov_frame(gene_index: np.ndarray, vcov: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """Long upper triangle (with the diagonal) of each gene's Cov(β̂), in coefficient order.
+
+    A pattern of missing samples may lose a column of X; its names stay a subsequence of the
+    full design's, so the pairs keep the full design's order.
+    """
+    rows_i, rows_j = np.triu_indices(len(names))
+    labels = np.asarray(names, dtype=object)
+    G, P = gene_index.size, rows_i.size
+    return pd.DataFrame({
+        "gene_index": np.repeat(gene_index, P),
+        "coef_a": np.tile(labels[rows_i], G),
+        "coef_b": np.tile(labels[rows_j], G),
+        "value": vcov[:, rows_i, rows_j].reshape(-1),
+    })
 
 
 def _constant_rows(Y: np.ndarray, yty: np.ndarray) -> np.ndarray:

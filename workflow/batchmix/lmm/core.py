@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .design import RandomDesign
+from ..design import RandomDesign
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 SINGULAR_TOL = 1e-4  # lme4's isSingular() default tolerance on θ
@@ -198,7 +198,7 @@ def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: 
              order: int = 0) -> Evaluation:
     """Profiled deviance at θ (G × m) for G genes; gradient (order ≥ 1), Hessian (order 2)."""
     if prepared.block is not None:
-        from ._lmm_block import evaluate_block
+        from .block import evaluate_block
 
         return evaluate_block(theta, data, prepared, reml, order)
     return evaluate_dense(theta, data, prepared, reml, order)
@@ -208,7 +208,7 @@ def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, 
                    order: int = 0) -> Evaluation:
     """:func:`evaluate` with dense q × q matrices (any random-effects structure)."""
     pd_ = prepared
-    G, q, p, n = theta.shape[0], pd_.q, pd_.p, pd_.n
+    q, p, n = pd_.q, pd_.p, pd_.n
     lam = pd_.make_lambda(theta)
     CL = np.matmul(pd_.ZtZ, lam)                     # Z'Z Λ
     Mq = np.matmul(lam.transpose(0, 2, 1), CL)       # Λ'Z'ZΛ
@@ -542,12 +542,12 @@ def start_values(data: GeneData, prepared: PreparedDesign, reml: bool) -> np.nda
     starts instead at the moment estimate of :func:`batchmix._lmm_block.moment_start`
     (which includes the correlation) where that exists.
     """
-    from ._lmm_onecomp import lambda_from_stats
+    from .onecomp import lambda_from_stats
 
     G = data.yty.shape[0]
     moment = None
     if prepared.block is not None:
-        from ._lmm_block import moment_start
+        from .block import moment_start
 
         moment = moment_start(data, prepared)
         if moment is not None and np.isfinite(moment).all():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._lmm_core import PreparedDesign
+from .core import PreparedDesign
 
 CHUNK = 8192  # genes per block in the λ search: keeps the G × grid temporaries in cache
 

@@ -68,7 +68,7 @@ def _logdet_spd(matrix: np.ndarray) -> np.ndarray:
 
 def evaluate_block(theta: np.ndarray, data, prepared, reml: bool, order: int = 0):
     """Same contract as :func:`batchmix._lmm_core.evaluate`, for a single random term."""
-    from ._lmm_core import Evaluation, profiled_deviance
+    from .core import Evaluation, profiled_deviance
 
     bd: BlockDesign = prepared.block
     G, p, n, J, s, m = theta.shape[0], prepared.p, prepared.n, bd.J, bd.s, theta.shape[1]
@@ -177,7 +177,7 @@ def moment_start(data, prepared) -> np.ndarray | None:
     leave no residual degrees of freedom.
     """
     bd: BlockDesign = prepared.block
-    J, s, n, p = bd.J, bd.s, prepared.n, prepared.p
+    J, s, n = bd.J, bd.s, prepared.n
     if n <= J * s or J < 2:
         return None
     w = np.linalg.eigvalsh(bd.C)
