@@ -1,12 +1,18 @@
-"""batchmix.summaries.summaries: the report's statistics against hand-computed or closed-form values."""
+"""batchmix.report.summaries: the report's statistics against hand-computed or closed-form values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from batchmix.report import summaries
 from statsmodels.stats.multitest import multipletests
+
+from batchmix.lmm import model_metadata
+from batchmix.report import summaries
+
+# A sample sheet for the model metadata: 2 batches x 2 conditions x 2 replicates.
+SHEET = pd.DataFrame({"Infection": ["Mock", "CoV"] * 4, "Batch": ["B1"] * 4 + ["B2"] * 4},
+                     index=pd.Index([f"s{i}" for i in range(8)], name="sample_id"))
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
@@ -132,11 +138,30 @@ def test_top_batch_genes_orders_fitted_genes_by_batch_fraction():
         "frac_Infection": [0.5, np.nan, 0.6, 0.1],
         "frac_residual": [0.3, np.nan, 0.4, 0.2],
     })
-    top = summaries.top_batch_genes(fits, "Batch", n=0)
+    metadata = model_metadata("~ Infection + (1|Batch)", SHEET)
+    top = summaries.top_batch_genes(fits, metadata, "Batch", n=0)
     assert list(top["gene_id"]) == ["d", "a", "c"]
-    assert list(top.columns) == ["gene_id", "status", "frac_Batch", "frac_Infection", "frac_residual"]
-    assert list(summaries.top_batch_genes(fits, "Batch", n=1)["gene_id"]) == ["d"]
-    assert summaries.top_batch_genes(fits, "Lane", n=3).empty
+    # The metadata's order: fixed fractions, random ones, the residual last.
+    assert list(top.columns) == ["gene_id", "status", "frac_Infection", "frac_Batch", "frac_residual"]
+    assert list(summaries.top_batch_genes(fits, metadata, "Batch", n=1)["gene_id"]) == ["d"]
+    assert summaries.top_batch_genes(fits, metadata, "Lane", n=3).empty
+
+
+def test_fraction_columns_come_from_the_metadata_with_the_clash_rule():
+    # (1|Batch) + (0 + Days|Batch): two random terms grouped by Batch, frac_Batch and frac_Batch_Days.
+    sheet = SHEET.assign(Days=[0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0])
+    metadata = model_metadata("~ Days + (1|Batch) + (0 + Days|Batch)", sheet)
+    fits = pd.DataFrame({"gene_id": ["a", "b"], "status": ["ok", "ok"], "frac_Days": [0.1, 0.2],
+                         "frac_Batch": [0.5, 0.1], "frac_Batch_Days": [0.3, 0.3], "frac_residual": [0.1, 0.4],
+                         "frac_unrelated": [0.0, 0.0]})
+    assert summaries.fraction_columns(fits, metadata) == ["frac_Days", "frac_Batch", "frac_Batch_Days",
+                                                         "frac_residual"]
+    assert summaries.group_fraction_column(metadata, "Batch") == "frac_Batch"
+    assert summaries.component_labels(metadata) == {"frac_Days": "Days", "frac_Batch": "Batch",
+                                                    "frac_Batch_Days": "Batch_Days", "frac_residual": "Residuals"}
+    # By decreasing median over the fitted genes (0.3, 0.3, 0.15), ties in table order, residual last.
+    assert summaries.component_order(fits, metadata) == ["frac_Batch", "frac_Batch_Days", "frac_Days",
+                                                        "frac_residual"]
 
 
 def test_default_shrinkage_genes_are_at_percentiles_of_the_batch_share():
@@ -148,10 +173,11 @@ def test_default_shrinkage_genes_are_at_percentiles_of_the_batch_share():
         "status": ["ok"] * 11 + ["singular", "filtered:low_counts"],
         "frac_Batch": shares + [0.85, np.nan],
     })
-    assert summaries.choose_shrinkage_genes(fits, [], "Batch") == (["g9", "g7", "g5", "g3"], [])
+    assert summaries.choose_shrinkage_genes(fits, [], "frac_Batch") == (["g9", "g7", "g5", "g3"], [])
     # Fewer genes than percentiles: each gene once.
-    assert summaries.choose_shrinkage_genes(fits.iloc[[0, 2]], [], "Batch") == (["g9", "g5"], [])
-    assert summaries.choose_shrinkage_genes(fits, [], "Lane") == ([], [])
+    assert summaries.choose_shrinkage_genes(fits.iloc[[0, 2]], [], "frac_Batch") == (["g9", "g5"], [])
+    assert summaries.choose_shrinkage_genes(fits, [], None) == ([], [])
+    assert summaries.choose_shrinkage_genes(fits, [], "frac_Lane") == ([], [])
 
 
 def test_condition_column_is_the_first_fixed_factor():
@@ -163,14 +189,15 @@ def test_condition_column_is_the_first_fixed_factor():
 
 
 def test_shrinkage_group_prefers_the_batch():
-    assert summaries.shrinkage_group("~ x + (1|donor) + (1|Batch)", "Batch") == "Batch"
-    assert summaries.shrinkage_group("~ x + (1|donor)", "Batch") == "donor"
-    assert summaries.shrinkage_group("~ x + Batch", "Batch") is None
+    sheet = SHEET.assign(x=np.arange(8.0), donor=list("pqrspqrs"))
+    assert summaries.shrinkage_group(model_metadata("~ x + (1|donor) + (1|Batch)", sheet), "Batch") == "Batch"
+    assert summaries.shrinkage_group(model_metadata("~ x + (1|donor)", sheet), "Batch") == "donor"
+    assert summaries.shrinkage_group(model_metadata("~ x + Batch", sheet), "Batch") is None
 
 
 def test_choose_shrinkage_genes_reports_requested_genes_that_cannot_be_drawn():
     fits = pd.DataFrame({"gene_id": ["a", "b", "c"], "status": ["ok", "filtered:low_counts", "ok"],
                          "frac_Batch": [0.1, np.nan, 0.9]})
-    chosen, skipped = summaries.choose_shrinkage_genes(fits, ["a", "b", "zz"], "Batch")
+    chosen, skipped = summaries.choose_shrinkage_genes(fits, ["a", "b", "zz"], "frac_Batch")
     assert chosen == ["a"]
     assert skipped == ["b (filtered:low_counts)", "zz (not in the expression table)"]

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from batchmix.io import read_matrix, read_result_table, read_samples
+from batchmix.lmm.results import ModelMetadata
 from batchmix.report.render import Figures, render_page
 from batchmix.report.sections import (
     batch_section,
@@ -47,7 +48,8 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
     inputs : dict of str to str
         Keys as in ``report_inputs`` of ``workflow/rules/common.smk``: ``vst_info``,
         ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``, ``gene_fits``,
-        ``blups``, ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
+        ``blups``, ``model`` (``results/lmm/model.json``), ``fixed_vcov``
+        (``results/lmm/fixed_vcov.tsv``), ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
         ``simpson_summary``, ``simpson_figure``, ``uncertainty_summary``, ``uncertainty_bootstrap``,
         ``uncertainty_posterior``, ``uncertainty_figures`` (a directory).
 
@@ -56,7 +58,7 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
     dict
         The same keys with tables (:class:`pandas.DataFrame`, read with
         :func:`batchmix.io.read_result_table` / :func:`batchmix.io.read_matrix`, ids kept as text),
-        dicts (JSON) or, for ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the
+        dicts (JSON), ``model`` as :class:`batchmix.lmm.results.ModelMetadata` or, for ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the
         path; a missing optional input is ``None``.
     """
     optional = inputs.get
@@ -68,6 +70,8 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
         "vst_expression": read_matrix(inputs["vst_expression"]),
         "gene_fits": read_result_table(inputs["gene_fits"]),
         "blups": read_result_table(inputs["blups"]),
+        "model": ModelMetadata.read_json(inputs["model"]),
+        "fixed_vcov": read_result_table(inputs["fixed_vcov"]),
         "samples": read_samples(inputs["samples"]),
         "expression": inputs["expression"],
         "corrected": read_matrix(inputs["corrected"]) if optional("corrected") else None,

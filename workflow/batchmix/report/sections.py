@@ -27,12 +27,13 @@ from batchmix.report.summaries import (
     batch_diagnostics,
     batch_labels,
     choose_shrinkage_genes,
-    component_label,
+    component_labels,
     component_order,
     condition_column,
     first_numeric_column,
     fraction_columns,
     gene_accounting,
+    group_fraction_column,
     model_comparison,
     pca,
     shrinkage_estimates,
@@ -288,23 +289,21 @@ def batch_section(config: dict, tables: dict, figures: Figures) -> dict:
 
 def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
     gene_fits = tables["gene_fits"]
-    parsed = parse_formula(config["model"])
+    metadata = tables["model"]
     fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
-    section: dict = {"has_random": bool(parsed.random), "figures": [], "n_fitted": len(fitted), "top_genes": None,
+    section: dict = {"has_random": bool(metadata.groups), "figures": [], "n_fitted": len(fitted), "top_genes": None,
                      "comparison": None, "lmm_better_aic": 0}
-    if fraction_columns(gene_fits) and len(fitted):
-        order = component_order(gene_fits)
-        labels = {c: component_label(c) for c in order}
-        residual = labels.get("frac_residual")
+    order = component_order(gene_fits, metadata)
+    labels = component_labels(metadata)
+    residual = labels[metadata.residual["fraction_column"]]
+    if fraction_columns(gene_fits, metadata) and len(fitted):
         fig = plot_variance_fractions(fitted[order].rename(columns=labels), residual=residual)
         caption = FIGURE_CAPTIONS["variance_fractions"].format(n_genes=f"{len(fitted):,}")
         section["figures"].append(figures.add("variance_fractions", fig, caption, "Violin plot of variance fractions"))
-    top = top_batch_genes(gene_fits, config["batch"], n=0)
+    top = top_batch_genes(gene_fits, metadata, config["batch"], n=0)
     if len(top):
-        order = component_order(gene_fits)
-        labels = {c: component_label(c) for c in order}
         shown = top.head(SHOWN_ROWS).set_index("gene_id")[order].rename(columns=labels)
-        fig = plot_top_batch_genes(shown, residual=labels.get("frac_residual"))
+        fig = plot_top_batch_genes(shown, residual=residual)
         section["figures"].append(figures.add("top_batch_genes", fig, FIGURE_CAPTIONS["top_batch_genes"],
                                               "Variance split of the most batch-driven genes"))
         section["top_genes"] = table(
@@ -312,7 +311,7 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
             f"Fitted genes by decreasing share of variance explained by {config['batch']}",
             download_rows=1000, full_path="results/lmm/gene_fits.tsv", sortable=True,
         )
-    if parsed.random and len(fitted):
+    if metadata.groups and len(fitted):
         comparison = model_comparison(gene_fits)
         section["comparison"] = table(comparison, "lmm_vs_ols", "LMM against OLS (the same fixed effects, no random term)",
                                        shown=None)
@@ -321,19 +320,21 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
 
 
 def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
-    group = shrinkage_group(config["model"], config["batch"])
+    metadata = tables["model"]
+    group = shrinkage_group(metadata, config["batch"])
     section: dict = {"group": group, "figures": [], "skipped": [], "note": "", "requested": False}
     if group is None:
         section["note"] = "The model has no random term, so nothing is shrunk: every batch estimate is its own OLS fit."
         return section
     requested = list(config.get("report", {}).get("genes", []) or [])
-    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, group)
+    column = group_fraction_column(metadata, group)
+    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, column)
     section["skipped"] = skipped
     section["requested"] = bool(requested)
     for i, gene in enumerate(chosen, start=1):
         try:
             estimates = shrinkage_estimates(gene, tables["vst_expression"], tables["samples"], tables["gene_fits"],
-                                            tables["blups"], config["model"], group)
+                                            tables["blups"], metadata, group, fixed_vcov=tables["fixed_vcov"])
         except (ValueError, KeyError) as err:
             section["skipped"].append(f"{gene} ({err})")
             continue
@@ -342,7 +343,7 @@ def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
         if estimates.band_note:
             caption += f" No band: {estimates.band_note}."
         fig = plot_shrinkage(estimates)
-        share = _share_note(tables["gene_fits"], gene, group)
+        share = _share_note(tables["gene_fits"], gene, group, column)
         section["figures"].append(figures.add(f"shrinkage_{i}", fig, f"{gene}{share}. {caption}",
                                               f"Shrinkage figure of {gene}"))
     if not chosen and not section["skipped"]:
@@ -350,10 +351,9 @@ def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
     return section
 
 
-def _share_note(gene_fits: pd.DataFrame, gene: str, group: str) -> str:
+def _share_note(gene_fits: pd.DataFrame, gene: str, group: str, column: str | None) -> str:
     """``" (Batch: 62% of its variance, 70th percentile of the fitted genes)"``, or empty."""
-    column = f"frac_{sanitize_name(group)}"
-    if column not in gene_fits.columns:
+    if column is None or column not in gene_fits.columns:
         return ""
     fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)][column].to_numpy(dtype=float)
     fitted = fitted[np.isfinite(fitted)]

@@ -20,7 +20,8 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial.distance import cdist
 
-from batchmix.design import fixed_design, formula_columns, parse_formula, random_design, sanitize_name
+from batchmix.design import fixed_design, formula_columns, parse_formula, random_design
+from batchmix.lmm.results import ModelMetadata, coefficient_column
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ TOP_GENES = 20
 LRT_ALPHA = 0.05
 # Percentiles of the batch share of variance at which the shrinkage figure picks its genes.
 SHRINKAGE_PERCENTILES = (90.0, 70.0, 50.0, 30.0)
-# Relative disagreement tolerated between the recomputed and the reported standard errors
-# before the confidence band is left out (it would not be the model's band).
-SE_TOLERANCE = 0.02
 SOFTWARE = [
     "batchmix", "snakemake", "numpy", "scipy", "pandas", "statsmodels", "matplotlib",
     "seaborn", "formulaic", "jinja2",
@@ -301,46 +299,111 @@ def model_comparison(gene_fits: pd.DataFrame, alpha: float = LRT_ALPHA) -> pd.Da
     return pd.DataFrame(rows, columns=["criterion", "lmm_better", "ols_better", "not_available", "n_genes"])
 
 
-def fraction_columns(gene_fits: pd.DataFrame) -> list[str]:
-    """The variance-fraction columns of a gene-fit table.
+def fraction_columns(gene_fits: pd.DataFrame, metadata: ModelMetadata) -> list[str]:
+    """The variance-fraction columns of a gene-fit table, as the model's metadata names them.
 
     Parameters
     ----------
     gene_fits : pandas.DataFrame
         ``results/lmm/gene_fits.tsv``.
+    metadata : batchmix.lmm.results.ModelMetadata
+        The model's structure (``results/lmm/model.json``).
 
     Returns
     -------
     list of str
-        The ``frac_*`` columns in table order, ``frac_residual`` last.
+        The fixed terms' fractions, the random terms' and the residual's last, those present in
+        ``gene_fits``.
     """
-    columns = [c for c in gene_fits.columns if c.startswith("frac_") and c != "frac_residual"]
-    if "frac_residual" in gene_fits.columns:
-        columns.append("frac_residual")
-    return columns
+    return [c for c in metadata.fraction_columns() if c in gene_fits.columns]
 
 
-def top_batch_genes(gene_fits: pd.DataFrame, batch: str, n: int = TOP_GENES) -> pd.DataFrame:
+def group_fraction_column(metadata: ModelMetadata, group: str) -> str | None:
+    """The variance-fraction column of a grouping factor (its first random term), or None.
+
+    Parameters
+    ----------
+    metadata : batchmix.lmm.results.ModelMetadata
+    group : str
+        A grouping factor of the model, e.g. the config's batch.
+
+    Returns
+    -------
+    str or None
+        ``GroupMetadata.fraction_column`` of the first random term grouped by ``group``; None when
+        ``group`` groups no random term.
+    """
+    return next((g.fraction_column for g in metadata.groups if g.group == group), None)
+
+
+def component_labels(metadata: ModelMetadata) -> dict[str, str]:
+    """The figures' name of every variance-fraction column.
+
+    Parameters
+    ----------
+    metadata : batchmix.lmm.results.ModelMetadata
+
+    Returns
+    -------
+    dict of str to str
+        Fixed fractions by their term, random ones by their column's name after ``frac_`` (the
+        grouping factor, made unique by the clash rule when a factor groups several terms), the
+        residual ``Residuals``.
+    """
+    labels = {column: term for term, column in metadata.fixed_fraction_columns.items()}
+    for group in metadata.groups:
+        labels[group.fraction_column] = group.fraction_column.removeprefix("frac_")
+    labels[metadata.residual["fraction_column"]] = "Residuals"
+    return labels
+
+
+def component_order(gene_fits: pd.DataFrame, metadata: ModelMetadata) -> list[str]:
+    """Fraction columns by decreasing median across fitted genes, residual last (variancePartition's sortCols).
+
+    Parameters
+    ----------
+    gene_fits : pandas.DataFrame
+    metadata : batchmix.lmm.results.ModelMetadata
+
+    Returns
+    -------
+    list of str
+        The columns of :func:`fraction_columns`, ties in table order.
+    """
+    residual = metadata.residual["fraction_column"]
+    fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
+    columns = [c for c in fraction_columns(gene_fits, metadata) if c != residual]
+    medians = [float(np.nanmedian(fitted[c].to_numpy(dtype=float))) if fitted[c].notna().any() else -1.0
+               for c in columns]
+    order = [columns[i] for i in np.argsort(-np.asarray(medians), kind="stable")]
+    return order + ([residual] if residual in gene_fits.columns else [])
+
+
+def top_batch_genes(
+    gene_fits: pd.DataFrame, metadata: ModelMetadata, batch: str, *, n: int = TOP_GENES,
+) -> pd.DataFrame:
     """The fitted genes with the largest share of variance explained by the batch.
 
     Parameters
     ----------
     gene_fits : pandas.DataFrame
-        With ``gene_id``, ``status`` and ``frac_*`` columns.
+        With ``gene_id``, ``status`` and the fraction columns.
+    metadata : batchmix.lmm.results.ModelMetadata
+        Names the batch's fraction column (:func:`group_fraction_column`).
     batch : str
-        The batch column of the sample sheet; its fraction is ``frac_<sanitised batch>``.
+        The batch column of the sample sheet.
     n : int
         Number of genes (all fitted genes with ``n`` ≤ 0).
 
     Returns
     -------
     pandas.DataFrame
-        ``gene_id``, ``status`` and the ``frac_*`` columns, by decreasing batch fraction
-        (ties by input order); empty when there is no batch fraction column.
+        ``gene_id``, ``status`` and the fraction columns, by decreasing batch fraction (ties by
+        input order); empty when the batch groups no random term.
     """
-    column = f"frac_{sanitize_name(batch)}"
-    fractions = fraction_columns(gene_fits)
-    if column not in gene_fits.columns:
+    column = group_fraction_column(metadata, batch)
+    fractions = fraction_columns(gene_fits, metadata)
+    if column is None or column not in gene_fits.columns:
         return pd.DataFrame(columns=["gene_id", "status", *fractions])
     fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES) & gene_fits[column].notna()]
     ordered = fitted.sort_values(column, ascending=False, kind="mergesort")
@@ -384,13 +447,13 @@ def first_numeric_column(model: str, samples: pd.DataFrame) -> str | None:
     return None
 
 
-def shrinkage_group(model: str, batch: str) -> str | None:
+def shrinkage_group(metadata: ModelMetadata, batch: str) -> str | None:
     """The grouping factor whose BLUPs the shrinkage figure draws.
 
     Parameters
     ----------
-    model : str
-        lme4-style formula.
+    metadata : batchmix.lmm.results.ModelMetadata
+        The model's random terms.
     batch : str
         The config's batch column.
 
@@ -400,14 +463,14 @@ def shrinkage_group(model: str, batch: str) -> str | None:
         ``batch`` when it groups a random term, else the first grouping factor, else None
         (no random term: nothing is shrunk).
     """
-    groups = [term.group for term in parse_formula(model).random]
+    groups = [g.group for g in metadata.groups]
     if not groups:
         return None
     return batch if batch in groups else groups[0]
 
 
 def choose_shrinkage_genes(
-    gene_fits: pd.DataFrame, requested: list[str], group: str,
+    gene_fits: pd.DataFrame, requested: list[str], column: str | None, *,
     percentiles: tuple[float, ...] = SHRINKAGE_PERCENTILES,
 ) -> tuple[list[str], list[str]]:
     """Genes for the shrinkage figure.
@@ -420,13 +483,13 @@ def choose_shrinkage_genes(
     Parameters
     ----------
     gene_fits : pandas.DataFrame
-        With ``gene_id``, ``status`` and ``frac_<group>``.
+        With ``gene_id``, ``status`` and ``column``.
     requested : list of str
         The config's ``report.genes``; used when not empty.
-    group : str
-        The grouping factor.
+    column : str or None
+        The group's variance-fraction column (:func:`group_fraction_column`); None: no default genes.
     percentiles : tuple of float
-        Percentiles (0-100) of ``frac_<group>`` at which genes are picked when none is requested;
+        Percentiles (0-100) of ``column`` at which genes are picked when none is requested;
         the gene of rank ``round(p / 100 * (m - 1))`` among ``m`` genes sorted by increasing share
         (ties in input order). A gene picked twice is drawn once.
 
@@ -448,8 +511,7 @@ def choose_shrinkage_genes(
             else:
                 chosen.append(gene)
         return chosen, skipped
-    column = f"frac_{sanitize_name(group)}"
-    if column not in gene_fits.columns:
+    if column is None or column not in gene_fits.columns:
         return [], []
     candidates = gene_fits[(gene_fits["status"] == "ok") & np.isfinite(gene_fits[column].to_numpy(dtype=float))]
     ordered = candidates.sort_values(column, kind="mergesort")["gene_id"].tolist()
@@ -463,49 +525,31 @@ def choose_shrinkage_genes(
     return chosen, []
 
 
-def _random_covariance(row: pd.Series, group: str, terms: list[str]) -> np.ndarray | None:
-    """Covariance matrix of one random term's effects for one gene, from its ``var_``/``cor_`` columns.
+def fixed_effect_covariance(fixed_vcov: pd.DataFrame, gene: str, coefficients: list[str]) -> np.ndarray | None:
+    """One gene's Cov(β̂) as a matrix, from the long table the lmm stage wrote.
 
-    Returns None when a needed column is missing.
+    Parameters
+    ----------
+    fixed_vcov : pandas.DataFrame
+        ``results/lmm/fixed_vcov.tsv``: ``gene_id, coef_a, coef_b, value``, the upper triangle with
+        the diagonal of every fitted gene.
+    gene : str
+        The gene.
+    coefficients : list of str
+        The coefficients in the order wanted (e.g. X's columns).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The symmetric ``p × p`` matrix; None when the table lacks an entry or holds a non-finite one.
     """
-    g = sanitize_name(group)
-    s = len(terms)
-    cov = np.zeros((s, s))
-    for i, term in enumerate(terms):
-        # The names batchmix.lmm writes: var_<group> for a lone intercept, else var_<group>_<term>.
-        column = f"var_{g}" if s == 1 and term == "Intercept" else f"var_{g}_{term}"
-        value = row[column] if column in row.index and pd.notna(row[column]) else None
-        if value is None:
-            return None
-        cov[i, i] = float(value)
-    for i in range(s):
-        for j in range(i + 1, s):
-            ti, tj = terms[i], terms[j]
-            names = [f"cor_{g}_{ti}_{tj}", f"cor_{g}_{tj}_{ti}"]
-            value = next((row[c] for c in names if c in row.index and pd.notna(row[c])), None)
-            if value is None:
-                return None
-            cov[i, j] = cov[j, i] = float(value) * math.sqrt(cov[i, i] * cov[j, j])
-    return cov
-
-
-def _fixed_effect_covariance(row: pd.Series, X: np.ndarray, samples: pd.DataFrame, model: str) -> np.ndarray | None:
-    """``(X' V⁻¹ X)⁻¹`` with ``V = σ² I + Z G Z'`` from the gene's variance components, or None."""
-    if "var_residual" not in row.index or not np.isfinite(row["var_residual"]):
-        return None
-    design = random_design(model, samples)
-    V = float(row["var_residual"]) * np.eye(X.shape[0])
-    for block in design.blocks:
-        cov = _random_covariance(row, block.group, block.terms)
-        if cov is None:
-            return None
-        G = np.kron(np.eye(block.n_levels), cov)
-        V += block.Z @ G @ block.Z.T
-    try:
-        precision = X.T @ np.linalg.solve(V, X)
-        return np.linalg.inv(precision)
-    except np.linalg.LinAlgError:
-        return None
+    rows = fixed_vcov[fixed_vcov["gene_id"] == gene]
+    index = {name: i for i, name in enumerate(coefficients)}
+    cov = np.full((len(coefficients), len(coefficients)), np.nan)
+    for a, b, value in zip(rows["coef_a"], rows["coef_b"], rows["value"].to_numpy(dtype=float)):
+        if a in index and b in index:
+            cov[index[a], index[b]] = cov[index[b], index[a]] = value
+    return cov if np.isfinite(cov).all() else None
 
 
 @dataclass
@@ -543,16 +587,9 @@ class ShrinkageEstimates:
     band_note: str = ""
 
 
-def _coefficients(row: pd.Series, names: list[str], prefix: str) -> np.ndarray | None:
-    columns = [f"{prefix}{name}" for name in names]
-    if not all(c in row.index for c in columns):
-        return None
-    return row[columns].to_numpy(dtype=float)
-
-
 def shrinkage_estimates(
     gene: str, expression: pd.DataFrame, samples: pd.DataFrame, gene_fits: pd.DataFrame,
-    blups: pd.DataFrame, model: str, group: str,
+    blups: pd.DataFrame, metadata: ModelMetadata, group: str, *, fixed_vcov: pd.DataFrame | None,
 ) -> ShrinkageEstimates:
     """Per-group OLS estimates against the LMM's per-group predictions and the population fit.
 
@@ -560,9 +597,8 @@ def shrinkage_estimates(
     numeric column of the fixed part, as ``Days``) each group gets its OLS line of ``y`` on
     ``x`` and its LMM line; otherwise each group × condition cell (the first fixed factor)
     gets its mean, which is the OLS estimate of the cell within the group, and its LMM
-    prediction. The population fit is ``X β̂`` with its standard error
-    ``sqrt(x' (X' V⁻¹ X)⁻¹ x)`` from the gene's variance components, checked against the
-    standard errors the model reported.
+    prediction. The population fit is ``X β̂`` with its standard error ``sqrt(x' Cov(β̂) x)``,
+    Cov(β̂) the matrix the lmm stage wrote (``fixed_vcov.tsv``), whose diagonal gives ``se_*``².
 
     Parameters
     ----------
@@ -573,13 +609,16 @@ def shrinkage_estimates(
     samples : pandas.DataFrame
         Sample sheet indexed by sample id.
     gene_fits : pandas.DataFrame
-        With ``gene_id``, ``coef_<name>``, ``se_<name>``, ``var_*`` columns.
+        With ``gene_id`` and the ``coef_<name>`` columns of ``metadata``.
     blups : pandas.DataFrame
         ``gene_id``, ``group``, ``level``, ``term``, ``value``.
-    model : str
-        The model formula.
+    metadata : batchmix.lmm.results.ModelMetadata
+        The model: its formula and coefficient names.
     group : str
         The grouping factor whose BLUPs make the per-group predictions.
+    fixed_vcov : pandas.DataFrame or None
+        ``gene_id, coef_a, coef_b, value`` (``results/lmm/fixed_vcov.tsv``); None or without the
+        gene: no band, and ``band_note`` says why.
 
     Returns
     -------
@@ -590,28 +629,25 @@ def shrinkage_estimates(
     sheet = samples.loc[expression.columns[observed.to_numpy()]]
     y = y_all[observed].to_numpy(dtype=float)
     row = gene_fits.set_index("gene_id").loc[gene]
+    model = metadata.formula
     with warnings.catch_warnings():
         # An aliased column dropped from X was reported by the lmm stage, which fitted without it.
         warnings.filterwarnings("ignore", message="fixed-effect model matrix is rank deficient", category=UserWarning)
         X, names = fixed_design(model, sheet)
-    beta = _coefficients(row, names, "coef_")
-    if beta is None or not np.isfinite(beta).all():
+    unknown = [name for name in names if name not in metadata.coefficients]
+    if unknown:
+        raise ValueError(f"{gene}: the model's coefficients {list(metadata.coefficients)} lack {unknown}")
+    beta = row[[coefficient_column("coef", name) for name in names]].to_numpy(dtype=float)
+    if not np.isfinite(beta).all():
         raise ValueError(f"{gene}: gene_fits has no finite coefficients for {names}")
     population = X @ beta
 
     band_note = ""
-    cov = _fixed_effect_covariance(row, X, sheet, model)
-    reported = _coefficients(row, names, "se_")
-    if cov is None:
-        band_note = "the variance components needed for the band are not in gene_fits"
-    elif reported is not None and np.all(np.isfinite(reported)):
-        recomputed = np.sqrt(np.diag(cov))
-        if not np.allclose(recomputed, reported, rtol=SE_TOLERANCE, atol=1e-12):
-            band_note = (
-                "the standard errors recomputed from the variance components differ from the "
-                "reported ones, so no band is drawn"
-            )
-            cov = None
+    cov = fixed_effect_covariance(fixed_vcov, gene, names) if fixed_vcov is not None else None
+    if fixed_vcov is None:
+        band_note = "the covariance of the fixed effects (results/lmm/fixed_vcov.tsv) was not given"
+    elif cov is None:
+        band_note = "fixed_vcov.tsv has no finite covariance of the fixed effects for this gene"
     population_se = np.sqrt(np.einsum("ij,jk,ik->i", X, cov, X)) if cov is not None else np.full(len(y), np.nan)
 
     design = random_design(model, sheet)
@@ -744,18 +780,3 @@ def group_labels(samples: pd.DataFrame, group: str) -> pd.Series:
 def batch_labels(samples: pd.DataFrame, column: str) -> pd.Series:
     """Batch labels as strings, integers printed without ``.0``."""
     return samples[column].map(level_label)
-
-
-def component_label(column: str) -> str:
-    """A variance-fraction column's name in the figures: ``frac_Batch`` → ``Batch``, ``frac_residual`` → ``Residuals``."""
-    name = column.removeprefix("frac_")
-    return "Residuals" if name == "residual" else name
-
-
-def component_order(gene_fits: pd.DataFrame) -> list[str]:
-    """Fraction columns by decreasing median across fitted genes, residual last (variancePartition's sortCols)."""
-    fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
-    columns = [c for c in fraction_columns(gene_fits) if c != "frac_residual"]
-    medians = [float(np.nanmedian(fitted[c].to_numpy(dtype=float))) if fitted[c].notna().any() else -1.0 for c in columns]
-    order = [columns[i] for i in np.argsort(-np.asarray(medians), kind="stable")]
-    return order + (["frac_residual"] if "frac_residual" in gene_fits.columns else [])
