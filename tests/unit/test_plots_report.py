@@ -63,8 +63,12 @@ def _labels_collide(ax, renderer) -> bool:
 
 
 def _samples() -> pd.DataFrame:
-    rows = [{"sample_id": f"s{b}{c}{r}", "batch": batch, "condition": condition}
-            for b, batch in enumerate(BATCHES) for c, condition in enumerate(CONDITIONS) for r in range(3)]
+    rows = [
+        {"sample_id": f"s{b}{c}{r}", "batch": batch, "condition": condition}
+        for b, batch in enumerate(BATCHES)
+        for c, condition in enumerate(CONDITIONS)
+        for r in range(3)
+    ]
     return pd.DataFrame(rows).set_index("sample_id")
 
 
@@ -84,8 +88,10 @@ def diagnostics():
     before = _expression(samples, 2.0)
     after = _expression(samples, 0.0)
     genes = summaries.pca(before).genes
-    return samples, {"before correction": summaries.batch_diagnostics(before, samples["batch"], genes=genes),
-                     "after correction": summaries.batch_diagnostics(after, samples["batch"], genes=genes)}
+    return samples, {
+        "before correction": summaries.batch_diagnostics(before, samples["batch"], genes=genes),
+        "after correction": summaries.batch_diagnostics(after, samples["batch"], genes=genes),
+    }
 
 
 def test_pca_has_one_legend_for_both_panels_and_nothing_clipped(diagnostics):
@@ -123,8 +129,11 @@ def test_batch_share_legend_covers_no_bar_and_faint_components_are_faded(diagnos
 def test_variance_fractions_and_top_genes_with_long_component_names():
     rng = np.random.default_rng(5)
     shares = rng.dirichlet([2, 1, 1], size=40)
-    fractions = pd.DataFrame(shares, columns=["Sequencing_run_batch", "treatment_with_dexamethasone", "Residuals"],
-                             index=[f"ENSG{i:011d}" for i in range(40)])
+    fractions = pd.DataFrame(
+        shares,
+        columns=["Sequencing_run_batch", "treatment_with_dexamethasone", "Residuals"],
+        index=[f"ENSG{i:011d}" for i in range(40)],
+    )
     fig = plot_variance_fractions(fractions, residual="Residuals")
     assert _outside(fig) == []
     assert not _labels_collide(fig.axes[0], _drawn(fig))
@@ -141,14 +150,32 @@ def _categorical_estimates() -> summaries.ShrinkageEstimates:
     for b, batch in enumerate(BATCHES):
         for c, condition in enumerate(CONDITIONS):
             for r in range(3):
-                rows.append({"sample": f"s{b}{c}{r}", "group": batch, "x": condition, "y": 5.0 + b + c + 0.1 * r,
-                             "population": 6.5 + c, "population_se": 0.4, "lmm": 6.0 + 0.6 * b + c})
+                rows.append(
+                    {
+                        "sample": f"s{b}{c}{r}",
+                        "group": batch,
+                        "x": condition,
+                        "y": 5.0 + b + c + 0.1 * r,
+                        "population": 6.5 + c,
+                        "population_se": 0.4,
+                        "lmm": 6.0 + 0.6 * b + c,
+                    }
+                )
     observations = pd.DataFrame(rows)
-    cells = (observations.groupby(["group", "x"], sort=True)
-             .agg(n=("y", "size"), ols=("y", "mean"), lmm=("lmm", "mean"), population=("population", "mean"),
-                  population_se=("population_se", "mean")).reset_index())
-    return summaries.ShrinkageEstimates(gene="ENSG00000123456", kind="categorical", x="condition", group="batch",
-                                        observations=observations, cells=cells)
+    cells = (
+        observations.groupby(["group", "x"], sort=True)
+        .agg(
+            n=("y", "size"),
+            ols=("y", "mean"),
+            lmm=("lmm", "mean"),
+            population=("population", "mean"),
+            population_se=("population_se", "mean"),
+        )
+        .reset_index()
+    )
+    return summaries.ShrinkageEstimates(
+        gene="ENSG00000123456", kind="categorical", x="condition", group="batch", observations=observations, cells=cells
+    )
 
 
 def test_shrinkage_figure_with_long_level_names_is_not_clipped():
@@ -159,10 +186,27 @@ def test_shrinkage_figure_with_long_level_names_is_not_clipped():
 
 
 def test_numeric_shrinkage_figure_with_two_groups_is_not_clipped():
-    rows = [{"sample": f"{g}{d}", "group": g, "x": float(d), "y": 250.0 + 10 * d + 5 * i, "population": 250 + 10 * d,
-             "population_se": 5.0, "lmm": 252 + 10 * d} for i, g in enumerate(BATCHES[:2]) for d in range(5)]
-    estimates = summaries.ShrinkageEstimates(gene="Reaction", kind="numeric", x="Days", group="Subject",
-                                             observations=pd.DataFrame(rows), cells=pd.DataFrame())
+    rows = [
+        {
+            "sample": f"{g}{d}",
+            "group": g,
+            "x": float(d),
+            "y": 250.0 + 10 * d + 5 * i,
+            "population": 250 + 10 * d,
+            "population_se": 5.0,
+            "lmm": 252 + 10 * d,
+        }
+        for i, g in enumerate(BATCHES[:2])
+        for d in range(5)
+    ]
+    estimates = summaries.ShrinkageEstimates(
+        gene="Reaction",
+        kind="numeric",
+        x="Days",
+        group="Subject",
+        observations=pd.DataFrame(rows),
+        cells=pd.DataFrame(),
+    )
     assert _outside(plot_shrinkage(estimates)) == []
 
 

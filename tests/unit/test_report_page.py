@@ -35,7 +35,9 @@ def _samples() -> pd.DataFrame:
     for j in range(J):
         for condition in ("Mock", "CoV"):
             for r in range(M):
-                rows.append({"sample_id": f"B{j + 1}_{condition}_{r + 1}", "Infection": condition, "Batch": f"B{j + 1}"})
+                rows.append(
+                    {"sample_id": f"B{j + 1}_{condition}_{r + 1}", "Infection": condition, "Batch": f"B{j + 1}"}
+                )
     return pd.DataFrame(rows).set_index("sample_id")
 
 
@@ -54,10 +56,12 @@ def _balanced_fit(y: pd.Series, samples: pd.DataFrame, sigma2_batch: float, sigm
     shrink = sigma2_batch / (sigma2_batch + sigma2 / (2 * M))
     blups = shrink * residual
     row = {
-        "coef_Intercept": cov_mean, "coef_InfectionMock": mock_mean - cov_mean,
+        "coef_Intercept": cov_mean,
+        "coef_InfectionMock": mock_mean - cov_mean,
         "se_Intercept": np.sqrt(sigma2_batch / J + sigma2 / (J * M)),
         "se_InfectionMock": np.sqrt(2 * sigma2 / (J * M)),
-        "var_Batch": sigma2_batch, "var_residual": sigma2,
+        "var_Batch": sigma2_batch,
+        "var_residual": sigma2,
     }
     return row, blups.to_dict()
 
@@ -73,9 +77,15 @@ def _write_tsv(table: pd.DataFrame, path: Path, index: bool = False) -> str:
     return str(path)
 
 
-def make_study(root: Path, model: str = "~ Infection + (1|Batch)", n_genes: int = 12, reversals: int = 3,
-               simpson: bool = True, genes: list[str] | None = None,
-               report_genes: list[str] | None = None) -> tuple[dict, dict]:
+def make_study(
+    root: Path,
+    model: str = "~ Infection + (1|Batch)",
+    n_genes: int = 12,
+    reversals: int = 3,
+    simpson: bool = True,
+    genes: list[str] | None = None,
+    report_genes: list[str] | None = None,
+) -> tuple[dict, dict]:
     """Write every report input of a synthetic run; returns (config, inputs)."""
     rng = np.random.default_rng(7)
     samples = _samples()
@@ -96,35 +106,77 @@ def make_study(root: Path, model: str = "~ Infection + (1|Batch)", n_genes: int 
             fixed, blups = _balanced_fit(expression.loc[g], samples, SIGMA2_BATCH, SIGMA2)
             frac_batch = rng.uniform(0.05, 0.8)
             row.update(fixed)
-            row.update({
-                "loglik": -20.0, "aic": 48.0 - 10 * frac_batch, "bic": 52.0 - 10 * frac_batch,
-                "ols_loglik": -25.0, "ols_aic": 44.0, "ols_bic": 47.0,
-                "lrt_stat": 10 * frac_batch, "lrt_p": float(np.exp(-10 * frac_batch)),
-                "frac_Infection": (1 - frac_batch) / 2, "frac_Batch": frac_batch, "frac_residual": (1 - frac_batch) / 2,
-                "d0": 4.0, "s0": 0.5,
-            })
+            row.update(
+                {
+                    "loglik": -20.0,
+                    "aic": 48.0 - 10 * frac_batch,
+                    "bic": 52.0 - 10 * frac_batch,
+                    "ols_loglik": -25.0,
+                    "ols_aic": 44.0,
+                    "ols_bic": 47.0,
+                    "lrt_stat": 10 * frac_batch,
+                    "lrt_p": float(np.exp(-10 * frac_batch)),
+                    "frac_Infection": (1 - frac_batch) / 2,
+                    "frac_Batch": frac_batch,
+                    "frac_residual": (1 - frac_batch) / 2,
+                    "d0": 4.0,
+                    "s0": 0.5,
+                }
+            )
             if has_random:
-                blup_rows += [{"gene_id": g, "group": "Batch", "level": b, "term": "Intercept", "value": v}
-                              for b, v in blups.items()]
+                blup_rows += [
+                    {"gene_id": g, "group": "Batch", "level": b, "term": "Intercept", "value": v}
+                    for b, v in blups.items()
+                ]
         fit_rows.append(row)
     gene_fits = pd.DataFrame(fit_rows)
     if not has_random:
         gene_fits = gene_fits.drop(columns=["var_Batch", "frac_Batch"])
-    gene_status = pd.DataFrame({"gene_id": genes,
-                                "status": ["filtered:low_counts" if s == "filtered:low_counts" else "ok" for s in status],
-                                "base_mean": 100.0, "n_observed": n})
+    gene_status = pd.DataFrame(
+        {
+            "gene_id": genes,
+            "status": ["filtered:low_counts" if s == "filtered:low_counts" else "ok" for s in status],
+            "base_mean": 100.0,
+            "n_observed": n,
+        }
+    )
     ranks = np.arange(n_genes - 1, dtype=float)
-    mean_sd = pd.concat([
-        pd.DataFrame({"rank_of_mean": ranks, "mean": ranks, "sd": 1 + ranks / 10, "running_median_sd": 1 + ranks / 10,
-                      "scale": "before"}),
-        pd.DataFrame({"rank_of_mean": ranks, "mean": ranks, "sd": 0.5 + 0 * ranks, "running_median_sd": 0.5 + 0 * ranks,
-                      "scale": "after"}),
-    ])
-    pairs = pd.DataFrame({
-        "gene_a": genes[:reversals], "gene_b": genes[1:reversals + 1], "r_pooled": 0.7, "r_within": -0.6,
-        "r_between": 0.95, "between_share": 1.4, "p": 1e-6, "q": 1e-4, "n_batches_within_sign": 4,
-        "per_batch_r": "B1:-0.5;B2:-0.6;B3:-0.7;B4:-0.4",
-    })
+    mean_sd = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "rank_of_mean": ranks,
+                    "mean": ranks,
+                    "sd": 1 + ranks / 10,
+                    "running_median_sd": 1 + ranks / 10,
+                    "scale": "before",
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "rank_of_mean": ranks,
+                    "mean": ranks,
+                    "sd": 0.5 + 0 * ranks,
+                    "running_median_sd": 0.5 + 0 * ranks,
+                    "scale": "after",
+                }
+            ),
+        ]
+    )
+    pairs = pd.DataFrame(
+        {
+            "gene_a": genes[:reversals],
+            "gene_b": genes[1 : reversals + 1],
+            "r_pooled": 0.7,
+            "r_within": -0.6,
+            "r_between": 0.95,
+            "between_share": 1.4,
+            "p": 1e-6,
+            "q": 1e-4,
+            "n_batches_within_sign": 4,
+            "per_batch_r": "B1:-0.5;B2:-0.6;B3:-0.7;B4:-0.4",
+        }
+    )
     d = root / "results"
     counts_path = root / "data" / "counts.tsv"
     counts_path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,54 +187,93 @@ def make_study(root: Path, model: str = "~ Infection + (1|Batch)", n_genes: int 
     metadata.write_json(d / "lmm/model.json")
     vcov_rows = []
     if has_random:
-        cov = {("Intercept", "Intercept"): SIGMA2_BATCH / J + SIGMA2 / (J * M),
-               ("Intercept", "InfectionMock"): -SIGMA2 / (J * M),
-               ("InfectionMock", "InfectionMock"): 2 * SIGMA2 / (J * M)}
-        vcov_rows = [{"gene_id": g, "coef_a": a, "coef_b": b, "value": v}
-                     for g, s in zip(genes, status) if s in ("ok", "singular") for (a, b), v in cov.items()]
+        cov = {
+            ("Intercept", "Intercept"): SIGMA2_BATCH / J + SIGMA2 / (J * M),
+            ("Intercept", "InfectionMock"): -SIGMA2 / (J * M),
+            ("InfectionMock", "InfectionMock"): 2 * SIGMA2 / (J * M),
+        }
+        vcov_rows = [
+            {"gene_id": g, "coef_a": a, "coef_b": b, "value": v}
+            for g, s in zip(genes, status)
+            if s in ("ok", "singular")
+            for (a, b), v in cov.items()
+        ]
     fixed_vcov = pd.DataFrame(vcov_rows, columns=["gene_id", "coef_a", "coef_b", "value"])
     inputs = {
         "model": str(d / "lmm/model.json"),
         "fixed_vcov": _write_tsv(fixed_vcov, d / "lmm/fixed_vcov.tsv"),
         "vst_info": str(d / "vst/info.json"),
-        "size_factors": _write_tsv(pd.DataFrame({"sample_id": samples.index, "size_factor": np.linspace(0.8, 1.2, n)}),
-                                   d / "vst/size_factors.tsv"),
+        "size_factors": _write_tsv(
+            pd.DataFrame({"sample_id": samples.index, "size_factor": np.linspace(0.8, 1.2, n)}),
+            d / "vst/size_factors.tsv",
+        ),
         "gene_status": _write_tsv(gene_status, d / "vst/gene_status.tsv"),
         "mean_sd": _write_tsv(mean_sd, d / "vst/mean_sd.tsv"),
         "vst_expression": _write_tsv(expression.rename_axis("gene_id"), d / "vst/expression.tsv.gz", index=True),
         "gene_fits": _write_tsv(gene_fits, d / "lmm/gene_fits.tsv"),
-        "blups": _write_tsv(pd.DataFrame(blup_rows, columns=["gene_id", "group", "level", "term", "value"]),
-                            d / "lmm/blups.tsv"),
+        "blups": _write_tsv(
+            pd.DataFrame(blup_rows, columns=["gene_id", "group", "level", "term", "value"]), d / "lmm/blups.tsv"
+        ),
         "samples": _write_tsv(samples, root / "data/samples.tsv", index=True),
         "expression": str(counts_path),
     }
-    (d / "vst/info.json").write_text(json.dumps({
-        "input_type": "counts", "n_genes": n_genes, "n_samples": n, "n_genes_ok": n_genes - 1, "n_genes_filtered": 1,
-        "vst_fit_type_used": "parametric", "vst_fit_type_requested": "parametric", "vst_blind": True, "vst_nsub": None,
-        "size_factor_method": "ratio", "before_scale": "log2(normalised count + 1)", "notes": [],
-    }))
+    (d / "vst/info.json").write_text(
+        json.dumps(
+            {
+                "input_type": "counts",
+                "n_genes": n_genes,
+                "n_samples": n,
+                "n_genes_ok": n_genes - 1,
+                "n_genes_filtered": 1,
+                "vst_fit_type_used": "parametric",
+                "vst_fit_type_requested": "parametric",
+                "vst_blind": True,
+                "vst_nsub": None,
+                "size_factor_method": "ratio",
+                "before_scale": "log2(normalised count + 1)",
+                "notes": [],
+            }
+        )
+    )
     if has_random:
         corrected = expression.copy()
         for g, s in zip(genes, status):
             if s in ("ok", "singular"):
                 _, blups = _balanced_fit(expression.loc[g], samples, SIGMA2_BATCH, SIGMA2)
                 corrected.loc[g] -= samples["Batch"].map(blups).to_numpy()
-        inputs["corrected"] = _write_tsv(corrected.rename_axis("gene_id"), d / "corrected/expression.tsv.gz", index=True)
+        inputs["corrected"] = _write_tsv(
+            corrected.rename_axis("gene_id"), d / "corrected/expression.tsv.gz", index=True
+        )
     if simpson:
         inputs["reversals"] = _write_tsv(pairs, d / "simpson/reversals.tsv")
-        summary = {"n_genes_scanned": n_genes - 1, "n_pairs": (n_genes - 1) * (n_genes - 2) // 2, "n_candidates": 5,
-                   "n_reversals": reversals, "fdr": 0.05, "method": "bh", "adjust_for": []}
+        summary = {
+            "n_genes_scanned": n_genes - 1,
+            "n_pairs": (n_genes - 1) * (n_genes - 2) // 2,
+            "n_candidates": 5,
+            "n_reversals": reversals,
+            "fdr": 0.05,
+            "method": "bh",
+            "adjust_for": [],
+        }
         (d / "simpson/summary.json").write_text(json.dumps(summary))
         inputs["simpson_summary"] = str(d / "simpson/summary.json")
         from matplotlib.figure import Figure
+
         fig = Figure(figsize=(2, 2))
         fig.add_subplot().plot([0, 1], [1, 0])
         fig.savefig(d / "simpson/top_pairs.png")
         inputs["simpson_figure"] = str(d / "simpson/top_pairs.png")
-    config = fill_defaults({
-        "expression": inputs["expression"], "samples": inputs["samples"], "input_type": "counts", "model": model,
-        "batch": "Batch", "simpson": {"enabled": simpson, "fdr": 0.05}, "report": {"genes": report_genes or [], "top_pairs": 2},
-    })
+    config = fill_defaults(
+        {
+            "expression": inputs["expression"],
+            "samples": inputs["samples"],
+            "input_type": "counts",
+            "model": model,
+            "batch": "Batch",
+            "simpson": {"enabled": simpson, "fdr": 0.05},
+            "report": {"genes": report_genes or [], "top_pairs": 2},
+        }
+    )
     return config, inputs
 
 
@@ -195,8 +286,16 @@ def test_shrinkage_estimates_match_the_balanced_closed_form(tmp_path):
     tables = _read_study(inputs)
     samples = tables["samples"]
     y = tables["vst_expression"].loc["G00"]
-    est = summaries.shrinkage_estimates("G00", tables["vst_expression"], samples, tables["gene_fits"], tables["blups"],
-                                        tables["model"], "Batch", fixed_vcov=tables["fixed_vcov"])
+    est = summaries.shrinkage_estimates(
+        "G00",
+        tables["vst_expression"],
+        samples,
+        tables["gene_fits"],
+        tables["blups"],
+        tables["model"],
+        "Batch",
+        fixed_vcov=tables["fixed_vcov"],
+    )
     assert est.kind == "categorical" and est.x == "Infection" and est.band_note == ""
     cells = est.cells.set_index(["group", "x"])
     cov_mean = y[samples["Infection"] == "CoV"].mean()
@@ -204,8 +303,9 @@ def test_shrinkage_estimates_match_the_balanced_closed_form(tmp_path):
     for j in range(J):
         batch = f"B{j + 1}"
         in_batch = samples["Batch"] == batch
-        batch_residual = np.mean(np.where(samples.loc[in_batch, "Infection"] == "CoV",
-                                          y[in_batch] - cov_mean, y[in_batch] - mock_mean))
+        batch_residual = np.mean(
+            np.where(samples.loc[in_batch, "Infection"] == "CoV", y[in_batch] - cov_mean, y[in_batch] - mock_mean)
+        )
         blup = SIGMA2_BATCH / (SIGMA2_BATCH + SIGMA2 / (2 * M)) * batch_residual
         for condition, population in (("CoV", cov_mean), ("Mock", mock_mean)):
             cell = cells.loc[(batch, condition)]
@@ -223,8 +323,15 @@ def test_shrinkage_estimates_match_the_balanced_closed_form(tmp_path):
 def test_shrinkage_band_is_left_out_with_a_note_without_the_covariance(tmp_path):
     config, inputs = make_study(tmp_path)
     tables = _read_study(inputs)
-    args = ("G00", tables["vst_expression"], tables["samples"], tables["gene_fits"], tables["blups"],
-            tables["model"], "Batch")
+    args = (
+        "G00",
+        tables["vst_expression"],
+        tables["samples"],
+        tables["gene_fits"],
+        tables["blups"],
+        tables["model"],
+        "Batch",
+    )
     without_gene = tables["fixed_vcov"][tables["fixed_vcov"]["gene_id"] != "G00"]
     est = summaries.shrinkage_estimates(*args, fixed_vcov=without_gene)
     assert "no finite covariance" in est.band_note
@@ -254,21 +361,34 @@ def _sleepstudy() -> tuple[pd.DataFrame, pd.DataFrame]:
     data = pd.read_csv(LME4 / "sleepstudy.csv.gz")
     ids = [f"s{i:03d}" for i in range(len(data))]
     expression = pd.DataFrame([data["Reaction"].to_numpy()], index=["Reaction"], columns=ids)
-    samples = pd.DataFrame({"Days": data["Days"].astype(float).to_numpy(), "Subject": data["Subject"].to_numpy()},
-                           index=pd.Index(ids, name="sample_id"))
+    samples = pd.DataFrame(
+        {"Days": data["Days"].astype(float).to_numpy(), "Subject": data["Subject"].to_numpy()},
+        index=pd.Index(ids, name="sample_id"),
+    )
     return expression, samples
 
 
-@pytest.mark.parametrize("model,formula,reml", [
-    ("slopes_reml", "Reaction ~ Days + (Days | Subject)", True),
-    ("uncorrelated_reml", "Reaction ~ Days + (Days || Subject)", True),
-    ("intercept_ml", "Reaction ~ Days + (1 | Subject)", False),
-])
+@pytest.mark.parametrize(
+    "model,formula,reml",
+    [
+        ("slopes_reml", "Reaction ~ Days + (Days | Subject)", True),
+        ("uncorrelated_reml", "Reaction ~ Days + (Days || Subject)", True),
+        ("intercept_ml", "Reaction ~ Days + (1 | Subject)", False),
+    ],
+)
 def test_sleepstudy_band_and_predictions_match_lme4(model, formula, reml):
     expression, samples = _sleepstudy()
     result = fit(expression, samples, formula, reml=reml)
-    est = summaries.shrinkage_estimates("Reaction", expression, samples, result.gene_fits, result.blups,
-                                        result.metadata, "Subject", fixed_vcov=result.fixed_vcov)
+    est = summaries.shrinkage_estimates(
+        "Reaction",
+        expression,
+        samples,
+        result.gene_fits,
+        result.blups,
+        result.metadata,
+        "Subject",
+        fixed_vcov=result.fixed_vcov,
+    )
     assert est.kind == "numeric" and est.x == "Days" and est.band_note == ""
     lme4_fits, lme4_blups = _lme4_fit("sleepstudy", model)
     row = lme4_fits.iloc[0]
@@ -284,8 +404,11 @@ def test_sleepstudy_band_and_predictions_match_lme4(model, formula, reml):
     # The LMM line of subject 308: lme4's fixed effects plus its conditional modes.
     own = lme4_blups[lme4_blups["level"] == "308"].set_index("term")["value"]
     subject = obs[obs["group"] == "308"]
-    expected = (row["coef_Intercept"] + own.get("Intercept", 0.0)
-                + (row["coef_Days"] + own.get("Days", 0.0)) * subject["x"].to_numpy(dtype=float))
+    expected = (
+        row["coef_Intercept"]
+        + own.get("Intercept", 0.0)
+        + (row["coef_Days"] + own.get("Days", 0.0)) * subject["x"].to_numpy(dtype=float)
+    )
     np.testing.assert_allclose(subject["lmm"], expected, rtol=1e-5)
 
 
@@ -299,8 +422,16 @@ def test_categorical_band_matches_lme4_standard_errors_on_an_unbalanced_design()
     coefficients = [c.removeprefix("Infection") for c in result.metadata.coefficients if c.startswith("Infection")]
     reference = sorted(set(samples["Infection"]) - set(coefficients))[0]
     for gene in genes:
-        est = summaries.shrinkage_estimates(gene, expression, samples, result.gene_fits, result.blups,
-                                            result.metadata, "Batch", fixed_vcov=result.fixed_vcov)
+        est = summaries.shrinkage_estimates(
+            gene,
+            expression,
+            samples,
+            result.gene_fits,
+            result.blups,
+            result.metadata,
+            "Batch",
+            fixed_vcov=result.fixed_vcov,
+        )
         assert est.band_note == "", gene
         # Every cell of the reference condition has population fit = intercept, se = lme4's se_Intercept.
         cells = est.cells[est.cells["x"] == reference]
@@ -342,8 +473,17 @@ def test_report_has_every_section_and_embeds_every_figure(default_build):
     assert page.count("<img ") == len(images)
     assert all(image.startswith(PNG_SIGNATURE) for image in images)
     written = {p.name: p.read_bytes() for p in figures.glob("*.png")}
-    assert set(written) == {"pca.png", "batch_share.png", "variance_fractions.png", "top_batch_genes.png",
-                            "shrinkage_1.png", "shrinkage_2.png", "shrinkage_3.png", "shrinkage_4.png", "mean_sd.png"}
+    assert set(written) == {
+        "pca.png",
+        "batch_share.png",
+        "variance_fractions.png",
+        "top_batch_genes.png",
+        "shrinkage_1.png",
+        "shrinkage_2.png",
+        "shrinkage_3.png",
+        "shrinkage_4.png",
+        "mean_sd.png",
+    }
     # Every written figure is the one embedded; the Simpson figure is embedded as given.
     assert set(written.values()) <= set(images)
     assert len(images) == len(written) + 1
@@ -357,18 +497,38 @@ def test_report_counts_genes_and_links_tables_as_tsv(default_build):
     assert "Every input gene is accounted for: 12 in = 10 fitted + 1 filtered + 1 failed" in page
     assert "failed:no convergence" in page
     assert "limma-style empirical Bayes (prior degrees of freedom d0 = 4, prior sd s0 = 0.5)" in page
-    downloads = dict(re.findall(r'href="data:text/tab-separated-values;base64,([A-Za-z0-9+/=]+)" download="([^"]+)"', page)[::1])
+    downloads = dict(
+        re.findall(r'href="data:text/tab-separated-values;base64,([A-Za-z0-9+/=]+)" download="([^"]+)"', page)[::1]
+    )
     names = {name: base64.b64decode(data).decode() for data, name in downloads.items()}
-    assert {"gene_accounting.tsv", "genes_not_fitted.tsv", "top_batch_genes.tsv", "lmm_vs_ols.tsv",
-            "simpson_reversals.tsv", "size_factors.tsv", "batch_metrics.tsv"} <= set(names)
+    assert {
+        "gene_accounting.tsv",
+        "genes_not_fitted.tsv",
+        "top_batch_genes.tsv",
+        "lmm_vs_ols.tsv",
+        "simpson_reversals.tsv",
+        "size_factors.tsv",
+        "batch_metrics.tsv",
+    } <= set(names)
     not_fitted = names["genes_not_fitted.tsv"].splitlines()
     assert not_fitted == ["gene_id\tstatus", "G10\tfiltered:low_counts", "G11\tfailed:no convergence"]
     reversals = names["simpson_reversals.tsv"].splitlines()
     assert reversals[0].split("\t")[-1] == "per_batch_r" and len(reversals) == 4
     # The page's table leaves the long per-batch correlations to the download.
-    header = re.search(r'<table id="table-simpson_reversals" class="sortable">\s*<thead>(.*?)</thead>', page, re.S).group(1)
+    header = re.search(
+        r'<table id="table-simpson_reversals" class="sortable">\s*<thead>(.*?)</thead>', page, re.S
+    ).group(1)
     assert re.findall(r"<th[^>]*>([^<]+)</th>", header) == [
-        "gene_a", "gene_b", "r_pooled", "r_within", "r_between", "between_share", "p", "q", "n_batches_within_sign"]
+        "gene_a",
+        "gene_b",
+        "r_pooled",
+        "r_within",
+        "r_between",
+        "between_share",
+        "p",
+        "q",
+        "n_batches_within_sign",
+    ]
 
 
 def test_gene_ids_that_look_like_numbers_or_missing_values_stay_verbatim(tmp_path):
@@ -390,8 +550,10 @@ def test_gene_ids_that_look_like_numbers_or_missing_values_stay_verbatim(tmp_pat
     assert "not in the expression table" not in page
     downloads = _downloads(page)
     # make_study: the last two genes are filtered and failed, the other ten fitted.
-    assert downloads["genes_not_fitted.tsv"].splitlines()[1:] == ["000123\tfiltered:low_counts",
-                                                                  "1E-3\tfailed:no convergence"]
+    assert downloads["genes_not_fitted.tsv"].splitlines()[1:] == [
+        "000123\tfiltered:low_counts",
+        "1E-3\tfailed:no convergence",
+    ]
     top = [line.split("\t")[0] for line in downloads["top_batch_genes.tsv"].splitlines()[1:]]
     assert sorted(top) == sorted(ids[:10])
 
@@ -431,12 +593,21 @@ def test_snakemake_report_caption_covers_every_figure(default_build):
     keys = set(re.findall(r'"(\w+)":', caption))
     for png in figures.glob("*.png"):
         assert re.sub(r"_\d+$", "", png.stem) in keys, png.name
-    assert keys == {"pca", "batch_share", "variance_fractions", "top_batch_genes", "shrinkage", "mean_sd",
-                    "bootstrap_band", "posterior"}
+    assert keys == {
+        "pca",
+        "batch_share",
+        "variance_fractions",
+        "top_batch_genes",
+        "shrinkage",
+        "mean_sd",
+        "bootstrap_band",
+        "posterior",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # The Uncertainty section (inputs of batchmix.uncertainty, written here by hand)
+
 
 def _png(colour: str) -> bytes:
     """A small PNG whose bytes differ by colour, to tell the copied figures apart."""
@@ -472,8 +643,15 @@ OLS_VS_LMM = [
 ]
 
 
-def add_uncertainty(root: Path, inputs: dict, *, posterior_status: str = "ok", bootstrap: int = 400,
-                    bayes: bool = True, prior: str = "unif_icc") -> dict[str, bytes]:
+def add_uncertainty(
+    root: Path,
+    inputs: dict,
+    *,
+    posterior_status: str = "ok",
+    bootstrap: int = 400,
+    bayes: bool = True,
+    prior: str = "unif_icc",
+) -> dict[str, bytes]:
     """Write the uncertainty stage's outputs for figure gene G00 and add them to ``inputs``.
 
     Returns the two figures' bytes, keyed ``bootstrap_band`` and ``posterior`` (the posterior
@@ -481,8 +659,20 @@ def add_uncertainty(root: Path, inputs: dict, *, posterior_status: str = "ok", b
     """
     d = root / "results/uncertainty"
     (d / "figures").mkdir(parents=True, exist_ok=True)
-    columns = ["gene_id", "param", "status", "estimate", "q2.5", "q50", "q97.5", "boot_mean", "boot_sd",
-               "n_singular", "n_fail", "n_na"]
+    columns = [
+        "gene_id",
+        "param",
+        "status",
+        "estimate",
+        "q2.5",
+        "q50",
+        "q97.5",
+        "boot_mean",
+        "boot_sd",
+        "n_singular",
+        "n_fail",
+        "n_na",
+    ]
     boot = pd.DataFrame([("G00", p, "ok", *v, 3, 1, 1) for p, *v in BOOT_ROWS], columns=columns)
     # Another gene, not drawn: it must not reach the page's table.
     boot = pd.concat([boot, boot.assign(gene_id="G01", estimate=99.0)], ignore_index=True)
@@ -493,8 +683,10 @@ def add_uncertainty(root: Path, inputs: dict, *, posterior_status: str = "ok", b
     if posterior_status == "ok":
         post = pd.DataFrame([("G00", p, "ok", *v) for p, *v in POST_ROWS], columns=post_columns)
     else:
-        post = pd.DataFrame([("G00", p, posterior_status, *[np.nan] * 5) for p in ("b_Intercept", "b_InfectionMock", "sigma")],
-                            columns=post_columns)
+        post = pd.DataFrame(
+            [("G00", p, posterior_status, *[np.nan] * 5) for p in ("b_Intercept", "b_InfectionMock", "sigma")],
+            columns=post_columns,
+        )
     if not bayes:
         post = post.iloc[:0]
     _write_tsv(post, d / "posterior.tsv")
@@ -508,18 +700,29 @@ def add_uncertainty(root: Path, inputs: dict, *, posterior_status: str = "ok", b
     for kind, data in written.items():
         (d / "figures" / names[kind]).write_bytes(data)
     summary = {
-        "formula": "~ Infection + (1|Batch)", "n_genes": 12, "n_selected": 2,
+        "formula": "~ Infection + (1|Batch)",
+        "n_genes": 12,
+        "n_selected": 2,
         "bootstrap": {"nsim": bootstrap, "seed": 11, "n_genes": 2, "n_singular": 6, "n_fail": 2, "seconds": 0.5},
-        "posterior": {"enabled": bayes, "prior": prior, "prior_scale": 2.5, "seconds": 0.1,
-                      "status_counts": {posterior_status: 2}},
+        "posterior": {
+            "enabled": bayes,
+            "prior": prior,
+            "prior_scale": 2.5,
+            "seconds": 0.1,
+            "status_counts": {posterior_status: 2},
+        },
         "figures": {"G00": names},
         "ols_vs_lmm": {"G00": OLS_VS_LMM},
     }
     (d / "summary.json").write_text(json.dumps(summary))
-    inputs.update({
-        "uncertainty_summary": str(d / "summary.json"), "uncertainty_bootstrap": str(d / "bootstrap.tsv"),
-        "uncertainty_posterior": str(d / "posterior.tsv"), "uncertainty_figures": str(d / "figures"),
-    })
+    inputs.update(
+        {
+            "uncertainty_summary": str(d / "summary.json"),
+            "uncertainty_bootstrap": str(d / "bootstrap.tsv"),
+            "uncertainty_posterior": str(d / "posterior.tsv"),
+            "uncertainty_figures": str(d / "figures"),
+        }
+    )
     return written
 
 
@@ -543,15 +746,46 @@ def _downloads(page: str) -> dict[str, str]:
 
 
 def test_uncertainty_intervals_join_bootstrap_and_posterior_by_parameter():
-    boot = pd.DataFrame({"gene_id": ["A", "A", "B"], "param": ["b_x", "sd_g", "b_x"], "status": "ok",
-                         "estimate": [1.0, 2.0, 3.0], "q2.5": [0.5, 1.0, 2.5], "q50": [1.0, 2.0, 3.0],
-                         "q97.5": [1.5, 3.0, 3.5], "boot_mean": 0.0, "boot_sd": [0.25, 0.5, 0.25]})
-    post = pd.DataFrame({"gene_id": ["A", "A", "A"], "param": ["sigma", "sd_g", "b_x"], "status": "ok",
-                         "mean": [4.0, 2.5, 1.0], "sd": [0.1, 0.6, 0.2], "q2.5": [3.8, 1.4, 0.6],
-                         "q50": [4.0, 2.4, 1.0], "q97.5": [4.2, 3.9, 1.4]})
+    boot = pd.DataFrame(
+        {
+            "gene_id": ["A", "A", "B"],
+            "param": ["b_x", "sd_g", "b_x"],
+            "status": "ok",
+            "estimate": [1.0, 2.0, 3.0],
+            "q2.5": [0.5, 1.0, 2.5],
+            "q50": [1.0, 2.0, 3.0],
+            "q97.5": [1.5, 3.0, 3.5],
+            "boot_mean": 0.0,
+            "boot_sd": [0.25, 0.5, 0.25],
+        }
+    )
+    post = pd.DataFrame(
+        {
+            "gene_id": ["A", "A", "A"],
+            "param": ["sigma", "sd_g", "b_x"],
+            "status": "ok",
+            "mean": [4.0, 2.5, 1.0],
+            "sd": [0.1, 0.6, 0.2],
+            "q2.5": [3.8, 1.4, 0.6],
+            "q50": [4.0, 2.4, 1.0],
+            "q97.5": [4.2, 3.9, 1.4],
+        }
+    )
     table = summaries.uncertainty_intervals(boot, post, ["A"])
-    assert list(table.columns) == ["gene_id", "param", "estimate", "boot_q2.5", "boot_q50", "boot_q97.5", "boot_sd",
-                                   "post_mean", "post_q2.5", "post_q50", "post_q97.5", "post_sd"]
+    assert list(table.columns) == [
+        "gene_id",
+        "param",
+        "estimate",
+        "boot_q2.5",
+        "boot_q50",
+        "boot_q97.5",
+        "boot_sd",
+        "post_mean",
+        "post_q2.5",
+        "post_q50",
+        "post_q97.5",
+        "post_sd",
+    ]
     # The bootstrap's parameters in its order, then the one only the posterior has; B is not asked for.
     assert list(table["param"]) == ["b_x", "sd_g", "sigma"]
     assert table.loc[1].drop(["gene_id", "param"]).tolist() == [2.0, 1.0, 2.0, 3.0, 0.5, 2.5, 1.4, 2.4, 3.9, 0.6]
@@ -587,15 +821,32 @@ def test_report_uncertainty_section_embeds_the_figures_and_tables(tmp_path):
     assert "400 replicates per gene (seed 11) for 2 genes; in all 6 singular refits" in text
     assert "and 2 failed refits" in text
     assert "Bootstrap of G00: 400 refits, 3 singular, 1 failed." in text
-    assert ("exact grid posterior with a flat prior on the fixed effects, p(σ²) ∝ 1/σ² and the intraclass "
-            "correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)") in text
+    assert (
+        "exact grid posterior with a flat prior on the fixed effects, p(σ²) ∝ 1/σ² and the intraclass "
+        "correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)"
+    ) in text
     assert 'id="posterior-multiple-components"' not in section
     downloads = _downloads(section)
     assert downloads["ols_vs_lmm_G00.tsv"].splitlines() == [
-        "model\tlogLik\tAIC\tBIC\tLRT\tdf\tp", "OLS\t-25\t44\t47\tNA\tNA\tNA", "LMM\t-20\t41.25\t45.5\t10\t1\t0.0016"]
+        "model\tlogLik\tAIC\tBIC\tLRT\tdf\tp",
+        "OLS\t-25\t44\t47\tNA\tNA\tNA",
+        "LMM\t-20\t41.25\t45.5\t10\t1\t0.0016",
+    ]
     intervals = downloads["uncertainty_intervals.tsv"].splitlines()
-    assert intervals[0].split("\t") == ["gene_id", "param", "estimate", "boot_q2.5", "boot_q50", "boot_q97.5",
-                                        "boot_sd", "post_mean", "post_q2.5", "post_q50", "post_q97.5", "post_sd"]
+    assert intervals[0].split("\t") == [
+        "gene_id",
+        "param",
+        "estimate",
+        "boot_q2.5",
+        "boot_q50",
+        "boot_q97.5",
+        "boot_sd",
+        "post_mean",
+        "post_q2.5",
+        "post_q50",
+        "post_q97.5",
+        "post_sd",
+    ]
     # G00 only, in the bootstrap's order of parameters; values as written above.
     assert intervals[1:] == [
         "G00\tb_Intercept\t7.5\t6.9\t7.49\t8.1\t0.31\t7.5\t6.5\t7.5\t8.5\t0.5",

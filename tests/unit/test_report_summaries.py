@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from statsmodels.stats.multitest import multipletests
-
 from batchmix.lmm import model_metadata
 from batchmix.report import summaries
+from statsmodels.stats.multitest import multipletests
 
 # A sample sheet for the model metadata: 2 batches x 2 conditions x 2 replicates.
-SHEET = pd.DataFrame({"Infection": ["Mock", "CoV"] * 4, "Batch": ["B1"] * 4 + ["B2"] * 4},
-                     index=pd.Index([f"s{i}" for i in range(8)], name="sample_id"))
+SHEET = pd.DataFrame(
+    {"Infection": ["Mock", "CoV"] * 4, "Batch": ["B1"] * 4 + ["B2"] * 4},
+    index=pd.Index([f"s{i}" for i in range(8)], name="sample_id"),
+)
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
@@ -45,8 +46,9 @@ def test_batch_variance_share_is_the_anova_r2():
     # Column 1: values 1, 3 | 5, 7; batch means 2 and 6, grand mean 4.
     # Total SS = 9 + 1 + 1 + 9 = 20, between SS = 2 * 4 + 2 * 4 = 16, R² = 0.8.
     # Column 2: the batch means are equal (0), R² = 0. Column 3: constant, undefined.
-    scores = pd.DataFrame({"PC1": [1.0, 3.0, 5.0, 7.0], "PC2": [-1.0, 1.0, 1.0, -1.0], "PC3": [2.0] * 4},
-                          index=list("abcd"))
+    scores = pd.DataFrame(
+        {"PC1": [1.0, 3.0, 5.0, 7.0], "PC2": [-1.0, 1.0, 1.0, -1.0], "PC3": [2.0] * 4}, index=list("abcd")
+    )
     batch = pd.Series(["x", "x", "y", "y"], index=list("abcd"))
     share = summaries.batch_variance_share(scores, batch)
     assert share["PC1"] == pytest.approx(0.8)
@@ -92,11 +94,22 @@ def test_pca_uses_the_most_variable_complete_genes():
 
 
 def test_gene_accounting_counts_every_status():
-    fits = pd.DataFrame({
-        "gene_id": [f"g{i}" for i in range(9)],
-        "status": ["ok", "ok", "ok", "singular", "filtered:low_counts", "filtered:low_counts",
-                   "failed:no convergence", "filtered:all_missing", "ok"],
-    })
+    fits = pd.DataFrame(
+        {
+            "gene_id": [f"g{i}" for i in range(9)],
+            "status": [
+                "ok",
+                "ok",
+                "ok",
+                "singular",
+                "filtered:low_counts",
+                "filtered:low_counts",
+                "failed:no convergence",
+                "filtered:all_missing",
+                "ok",
+            ],
+        }
+    )
     table = summaries.gene_accounting(fits)
     assert table.to_dict("records") == [
         {"outcome": "fitted", "status": "ok", "reason": "", "n_genes": 4},
@@ -110,20 +123,32 @@ def test_gene_accounting_counts_every_status():
 
 def test_model_comparison_counts_and_bh_agree_with_statsmodels():
     p = np.array([0.001, 0.02, 0.03, 0.04, 0.2, 0.9, np.nan])
-    fits = pd.DataFrame({
-        "gene_id": [f"g{i}" for i in range(8)],
-        "status": ["ok"] * 6 + ["singular", "filtered:low_counts"],
-        "aic": [10, 12, 30, 5, 7, 8, np.nan, np.nan],
-        "ols_aic": [11, 11, 40, 6, 7, 9, 3, np.nan],
-        "bic": [10, 12, 30, 5, 7, 8, 1, np.nan],
-        "ols_bic": [9, 11, 31, 6, 8, 9, 2, np.nan],
-        "lrt_p": list(p) + [0.0001],
-    })
+    fits = pd.DataFrame(
+        {
+            "gene_id": [f"g{i}" for i in range(8)],
+            "status": ["ok"] * 6 + ["singular", "filtered:low_counts"],
+            "aic": [10, 12, 30, 5, 7, 8, np.nan, np.nan],
+            "ols_aic": [11, 11, 40, 6, 7, 9, 3, np.nan],
+            "bic": [10, 12, 30, 5, 7, 8, 1, np.nan],
+            "ols_bic": [9, 11, 31, 6, 8, 9, 2, np.nan],
+            "lrt_p": list(p) + [0.0001],
+        }
+    )
     table = summaries.model_comparison(fits).set_index("criterion")
     # 7 fitted genes (the filtered one is left out). AIC: better for g0, g2, g3, g5 (g4 ties, g6 has no AIC).
-    assert table.loc["AIC (lower is better)"].to_dict() == {"lmm_better": 4, "ols_better": 2, "not_available": 1, "n_genes": 7}
+    assert table.loc["AIC (lower is better)"].to_dict() == {
+        "lmm_better": 4,
+        "ols_better": 2,
+        "not_available": 1,
+        "n_genes": 7,
+    }
     # BIC: better for g2, g3, g4, g5, g6.
-    assert table.loc["BIC (lower is better)"].to_dict() == {"lmm_better": 5, "ols_better": 2, "not_available": 0, "n_genes": 7}
+    assert table.loc["BIC (lower is better)"].to_dict() == {
+        "lmm_better": 5,
+        "ols_better": 2,
+        "not_available": 0,
+        "n_genes": 7,
+    }
     assert table.loc["LRT p < 0.05", "lmm_better"] == 4
     q = multipletests(p[:6], method="fdr_bh")[1]
     assert table.loc["LRT BH q < 0.05", "lmm_better"] == int(np.sum(q < 0.05))
@@ -131,13 +156,15 @@ def test_model_comparison_counts_and_bh_agree_with_statsmodels():
 
 
 def test_top_batch_genes_orders_fitted_genes_by_batch_fraction():
-    fits = pd.DataFrame({
-        "gene_id": ["a", "b", "c", "d"],
-        "status": ["ok", "filtered:low_counts", "singular", "ok"],
-        "frac_Batch": [0.2, np.nan, 0.0, 0.7],
-        "frac_Infection": [0.5, np.nan, 0.6, 0.1],
-        "frac_residual": [0.3, np.nan, 0.4, 0.2],
-    })
+    fits = pd.DataFrame(
+        {
+            "gene_id": ["a", "b", "c", "d"],
+            "status": ["ok", "filtered:low_counts", "singular", "ok"],
+            "frac_Batch": [0.2, np.nan, 0.0, 0.7],
+            "frac_Infection": [0.5, np.nan, 0.6, 0.1],
+            "frac_residual": [0.3, np.nan, 0.4, 0.2],
+        }
+    )
     metadata = model_metadata("~ Infection + (1|Batch)", SHEET)
     top = summaries.top_batch_genes(fits, metadata, "Batch", n=0)
     assert list(top["gene_id"]) == ["d", "a", "c"]
@@ -151,28 +178,40 @@ def test_fraction_columns_come_from_the_metadata_with_the_clash_rule():
     # (1|Batch) + (0 + Days|Batch): two random terms grouped by Batch, frac_Batch and frac_Batch_Days.
     sheet = SHEET.assign(Days=[0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0])
     metadata = model_metadata("~ Days + (1|Batch) + (0 + Days|Batch)", sheet)
-    fits = pd.DataFrame({"gene_id": ["a", "b"], "status": ["ok", "ok"], "frac_Days": [0.1, 0.2],
-                         "frac_Batch": [0.5, 0.1], "frac_Batch_Days": [0.3, 0.3], "frac_residual": [0.1, 0.4],
-                         "frac_unrelated": [0.0, 0.0]})
-    assert summaries.fraction_columns(fits, metadata) == ["frac_Days", "frac_Batch", "frac_Batch_Days",
-                                                         "frac_residual"]
+    fits = pd.DataFrame(
+        {
+            "gene_id": ["a", "b"],
+            "status": ["ok", "ok"],
+            "frac_Days": [0.1, 0.2],
+            "frac_Batch": [0.5, 0.1],
+            "frac_Batch_Days": [0.3, 0.3],
+            "frac_residual": [0.1, 0.4],
+            "frac_unrelated": [0.0, 0.0],
+        }
+    )
+    assert summaries.fraction_columns(fits, metadata) == ["frac_Days", "frac_Batch", "frac_Batch_Days", "frac_residual"]
     assert summaries.group_fraction_column(metadata, "Batch") == "frac_Batch"
-    assert summaries.component_labels(metadata) == {"frac_Days": "Days", "frac_Batch": "Batch",
-                                                    "frac_Batch_Days": "Batch_Days", "frac_residual": "Residuals"}
+    assert summaries.component_labels(metadata) == {
+        "frac_Days": "Days",
+        "frac_Batch": "Batch",
+        "frac_Batch_Days": "Batch_Days",
+        "frac_residual": "Residuals",
+    }
     # By decreasing median over the fitted genes (0.3, 0.3, 0.15), ties in table order, residual last.
-    assert summaries.component_order(fits, metadata) == ["frac_Batch", "frac_Batch_Days", "frac_Days",
-                                                        "frac_residual"]
+    assert summaries.component_order(fits, metadata) == ["frac_Batch", "frac_Batch_Days", "frac_Days", "frac_residual"]
 
 
 def test_default_shrinkage_genes_are_at_percentiles_of_the_batch_share():
     # Eleven fitted genes with shares 0.0, 0.1, ..., 1.0 (shuffled), plus a singular and a filtered
     # gene that are never picked. Percentile p picks rank round(p / 100 * 10): 9, 7, 5, 3.
     shares = [0.5, 0.1, 0.9, 0.0, 0.7, 1.0, 0.3, 0.8, 0.2, 0.6, 0.4]
-    fits = pd.DataFrame({
-        "gene_id": [f"g{int(10 * v)}" for v in shares] + ["singular", "filtered"],
-        "status": ["ok"] * 11 + ["singular", "filtered:low_counts"],
-        "frac_Batch": shares + [0.85, np.nan],
-    })
+    fits = pd.DataFrame(
+        {
+            "gene_id": [f"g{int(10 * v)}" for v in shares] + ["singular", "filtered"],
+            "status": ["ok"] * 11 + ["singular", "filtered:low_counts"],
+            "frac_Batch": shares + [0.85, np.nan],
+        }
+    )
     assert summaries.choose_shrinkage_genes(fits, [], "frac_Batch") == (["g9", "g7", "g5", "g3"], [])
     # Fewer genes than percentiles: each gene once.
     assert summaries.choose_shrinkage_genes(fits.iloc[[0, 2]], [], "frac_Batch") == (["g9", "g5"], [])
@@ -196,8 +235,9 @@ def test_shrinkage_group_prefers_the_batch():
 
 
 def test_choose_shrinkage_genes_reports_requested_genes_that_cannot_be_drawn():
-    fits = pd.DataFrame({"gene_id": ["a", "b", "c"], "status": ["ok", "filtered:low_counts", "ok"],
-                         "frac_Batch": [0.1, np.nan, 0.9]})
+    fits = pd.DataFrame(
+        {"gene_id": ["a", "b", "c"], "status": ["ok", "filtered:low_counts", "ok"], "frac_Batch": [0.1, np.nan, 0.9]}
+    )
     chosen, skipped = summaries.choose_shrinkage_genes(fits, ["a", "b", "zz"], "frac_Batch")
     assert chosen == ["a"]
     assert skipped == ["b (filtered:low_counts)", "zz (not in the expression table)"]

@@ -32,9 +32,16 @@ SECTIONS = {
 }
 # No network, no background services: the page must render from the file alone.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--disable-extensions", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-extensions",
+    "--mute-audio",
 ]
 # Recorded into the DOM of a copy of the page: script errors, console errors, failed resources,
 # and once loaded, the decode status of every image and a check that clicking a sortable
@@ -118,8 +125,13 @@ def run_chromium(chromium: str, url: str, *args: str, timeout: int = 90) -> subp
 def screenshot(chromium: str, html: Path, png: Path, width: int = 1280, height: int = 2200) -> None:
     """Screenshot the top ``width`` × ``height`` pixels of a page."""
     png.parent.mkdir(parents=True, exist_ok=True)
-    proc = run_chromium(chromium, html.resolve().as_uri(), f"--screenshot={png.resolve()}",
-                        f"--window-size={width},{height}", "--virtual-time-budget=10000")
+    proc = run_chromium(
+        chromium,
+        html.resolve().as_uri(),
+        f"--screenshot={png.resolve()}",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=10000",
+    )
     if not png.exists():
         raise RuntimeError(f"chromium wrote no screenshot:\n{proc.stderr[-3000:]}")
 
@@ -129,12 +141,15 @@ def probe_page(chromium: str, html: Path, work: Path) -> tuple[dict, str, str]:
     page = html.read_text()
     probed = work / "probed_report.html"
     probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1))
-    proc = run_chromium(chromium, probed.as_uri(), "--dump-dom", "--virtual-time-budget=10000",
-                        "--enable-logging=stderr", "--v=0")
+    proc = run_chromium(
+        chromium, probed.as_uri(), "--dump-dom", "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0"
+    )
     match = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
     if not match:
         raise AssertionError(f"the page never finished loading (no probe record):\n{proc.stderr[-3000:]}")
-    record = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    record = json.loads(
+        match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
     return record, proc.stdout, proc.stderr
 
 

@@ -17,7 +17,9 @@ FAINT_VARIANCE = 0.01
 
 
 def plot_pca(
-    panels: dict, batch: pd.Series, condition: pd.Series | None = None,
+    panels: dict,
+    batch: pd.Series,
+    condition: pd.Series | None = None,
     condition_name: str | None = None,
 ):
     """PC1 against PC2 for each panel (e.g. before and after correction).
@@ -54,8 +56,13 @@ def plot_pca(
         for sample in scores.index:
             pc2 = scores.loc[sample, "PC2"] if "PC2" in scores.columns else 0.0
             ax.scatter(
-                scores.loc[sample, "PC1"], pc2, s=42, color=colours[labels[sample]],
-                marker=shapes[conds[sample]] if conds is not None else "o", edgecolors="white", linewidths=0.5,
+                scores.loc[sample, "PC1"],
+                pc2,
+                s=42,
+                color=colours[labels[sample]],
+                marker=shapes[conds[sample]] if conds is not None else "o",
+                edgecolors="white",
+                linewidths=0.5,
             )
         ratio = result.variance_ratio
         ax.set_xlabel(f"PC1 ({100 * ratio.iloc[0]:.1f}% of variance)" if len(ratio) else "PC1")
@@ -70,8 +77,13 @@ def plot_pca(
         handles.append(Line2D([], [], linestyle="", label=""))
         handles.append(Line2D([], [], linestyle="", label=condition_name or "condition"))
         handles += [Line2D([], [], marker=shapes[c], linestyle="", color="0.3", label=c) for c in cond_levels]
-    legend = fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8,
-                        ncols=1 if len(handles) <= LEGEND_ROWS else 2)
+    legend = fig.legend(
+        handles=handles,
+        loc="outside right upper",
+        frameon=False,
+        fontsize=8,
+        ncols=1 if len(handles) <= LEGEND_ROWS else 2,
+    )
     headings = {"batch", condition_name or "condition"} if cond_levels else {"batch"}
     for text, handle in zip(legend.get_texts(), handles):
         if handle.get_marker() in ("None", None, "") and text.get_text() in headings:
@@ -113,13 +125,25 @@ def plot_batch_share(diagnostics: dict[str, dict]):
         for bar, r, is_faint in zip(bars, ratio, faint):
             if is_faint:
                 bar.set_alpha(0.25)
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, f"{100 * r:.0f}%",
-                    ha="center", va="bottom", fontsize=6.5, color="0.3")
-        handles.append(Patch(color=colour, label=f"{title}: silhouette {d['silhouette']:+.2f}, "
-                                                 f"batch share {100 * d['weighted_share']:.0f}%"))
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height() + 0.01,
+                f"{100 * r:.0f}%",
+                ha="center",
+                va="bottom",
+                fontsize=6.5,
+                color="0.3",
+            )
+        handles.append(
+            Patch(
+                color=colour,
+                label=f"{title}: silhouette {d['silhouette']:+.2f}, batch share {100 * d['weighted_share']:.0f}%",
+            )
+        )
     if any_faint:
-        handles.append(Patch(color="0.6", alpha=0.25,
-                             label=f"faded: component with < {100 * FAINT_VARIANCE:.0f}% of the variance"))
+        handles.append(
+            Patch(color="0.6", alpha=0.25, label=f"faded: component with < {100 * FAINT_VARIANCE:.0f}% of the variance")
+        )
     ax.set_xticks(np.arange(k_max), [f"PC{k + 1}" for k in range(k_max)])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("variance explained by batch (R²)")

@@ -65,12 +65,34 @@ def plot_variance_fractions(fractions: pd.DataFrame, *, residual: str | None = N
     slanted = width > MAX_WIDTH
     fig = Figure(figsize=(min(width, MAX_WIDTH), 4.2), layout="constrained")
     ax = fig.add_subplot()
-    sns.violinplot(data=long, x="component", y="percent", hue="component", order=labels, hue_order=labels,
-                   palette=palette, density_norm="width", cut=0, inner=None, linewidth=0.8, legend=False, ax=ax)
+    sns.violinplot(
+        data=long,
+        x="component",
+        y="percent",
+        hue="component",
+        order=labels,
+        hue_order=labels,
+        palette=palette,
+        density_norm="width",
+        cut=0,
+        inner=None,
+        linewidth=0.8,
+        legend=False,
+        ax=ax,
+    )
     boxes = [long.loc[long["component"] == label, "percent"].to_numpy() for label in labels]
-    ax.boxplot(boxes, positions=range(len(labels)), widths=0.07, patch_artist=True, manage_ticks=False,
-               boxprops={"facecolor": "0.55", "linewidth": 0.8}, medianprops={"color": "white", "linewidth": 1.0},
-               whiskerprops={"linewidth": 0.8}, capprops={"linewidth": 0}, flierprops={"markersize": 1.5})
+    ax.boxplot(
+        boxes,
+        positions=range(len(labels)),
+        widths=0.07,
+        patch_artist=True,
+        manage_ticks=False,
+        boxprops={"facecolor": "0.55", "linewidth": 0.8},
+        medianprops={"color": "white", "linewidth": 1.0},
+        whiskerprops={"linewidth": 0.8},
+        capprops={"linewidth": 0},
+        flierprops={"markersize": 1.5},
+    )
     ax.set_ylim(-2, 102)
     ax.set_xlabel("")
     if slanted:
@@ -115,4 +137,3 @@ def plot_top_batch_genes(fractions: pd.DataFrame, *, residual: str | None = None
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     return fig
-

@@ -52,8 +52,13 @@ def plot_shrinkage(estimates):
             pop = ordered.drop_duplicates("x")
             px = pop["x"].to_numpy(dtype=float)
             if np.isfinite(pop["population_se"]).all():
-                ax.fill_between(px, pop["population"] - BAND_Z * pop["population_se"],
-                                pop["population"] + BAND_Z * pop["population_se"], color="0.85", linewidth=0)
+                ax.fill_between(
+                    px,
+                    pop["population"] - BAND_Z * pop["population_se"],
+                    pop["population"] + BAND_Z * pop["population_se"],
+                    color="0.85",
+                    linewidth=0,
+                )
             ax.plot(px, pop["population"], color="0.45", linewidth=1.2)
             ax.scatter(x, part["y"], s=10, color="#4c72b0", zorder=3)
             if x.size >= 2 and np.ptp(x) > 0:
@@ -63,7 +68,7 @@ def plot_shrinkage(estimates):
             ax.plot(x, part["lmm"], color="#c44e52", linewidth=1.6, zorder=4)
             ax.set_title(str(group), fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(groups):]:
+        for ax in list(axes.flat)[len(groups) :]:
             ax.axis("off")
         handles = [
             Line2D([], [], color="#dd8452", linestyle="--", label=f"per-{estimates.group} OLS (no pooling)"),
@@ -92,47 +97,75 @@ def plot_shrinkage(estimates):
         colour = colours[level]
         in_level = obs[obs["x"] == level]
         xs = in_level["group"].map(position).to_numpy(dtype=float)
-        ax.scatter(xs + jitter.uniform(-0.12, 0.12, len(xs)), in_level["y"], s=7, color="0.6", zorder=2,
-                   linewidths=0)
+        ax.scatter(xs + jitter.uniform(-0.12, 0.12, len(xs)), in_level["y"], s=7, color="0.6", zorder=2, linewidths=0)
         level_cells = cells[cells["x"] == level]
         population = level_cells["population"].to_numpy(dtype=float)
         population_se = level_cells["population_se"].to_numpy(dtype=float)
         # One population line across the panel when the fit is the same in every group (the
         # condition is the only fixed effect); otherwise a segment per cell.
         constant = np.ptp(population) <= 1e-9 * max(1.0, np.abs(population).max()) and (
-            np.all(np.isnan(population_se)) or np.ptp(population_se) <= 1e-9 * max(1.0, np.nanmax(population_se)))
-        spans = ([(-0.6, len(groups) - 0.4, population[0], population_se[0])] if constant else
-                 [(position[g] - 0.5, position[g] + 0.5, p, se)
-                  for g, p, se in zip(level_cells["group"], population, population_se)])
+            np.all(np.isnan(population_se)) or np.ptp(population_se) <= 1e-9 * max(1.0, np.nanmax(population_se))
+        )
+        spans = (
+            [(-0.6, len(groups) - 0.4, population[0], population_se[0])]
+            if constant
+            else [
+                (position[g] - 0.5, position[g] + 0.5, p, se)
+                for g, p, se in zip(level_cells["group"], population, population_se)
+            ]
+        )
         for left, right, value, se in spans:
             ax.hlines(value, left, right, color=colour, linewidth=1.1, zorder=1)
             if np.isfinite(se):
-                ax.fill_between([left, right], value - BAND_Z * se, value + BAND_Z * se, color=colour,
-                                alpha=0.16, linewidth=0, zorder=0)
+                ax.fill_between(
+                    [left, right],
+                    value - BAND_Z * se,
+                    value + BAND_Z * se,
+                    color=colour,
+                    alpha=0.16,
+                    linewidth=0,
+                    zorder=0,
+                )
         for cell in level_cells.itertuples(index=False):
             x = position[cell.group]
             ax.scatter([x], [cell.ols], s=44, facecolors="white", edgecolors=[colour], linewidths=1.4, zorder=4)
             ax.scatter([x], [cell.lmm], s=30, color=colour, zorder=5)
             if abs(cell.lmm - cell.ols) > 1e-12:
-                ax.annotate("", xy=(x, cell.lmm), xytext=(x, cell.ols),
-                            arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.9,
-                                        "shrinkA": 3, "shrinkB": 3}, zorder=4)
+                ax.annotate(
+                    "",
+                    xy=(x, cell.lmm),
+                    xytext=(x, cell.ols),
+                    arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 0.9, "shrinkA": 3, "shrinkB": 3},
+                    zorder=4,
+                )
         ax.set_xlim(-0.6, len(groups) - 0.4)
         # Slanted when many or long labels would run into each other.
         slanted = len(groups) > 4 or max(len(str(g)) for g in groups) > 8
-        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45 if slanted else 0,
-                      ha="right" if slanted else "center", rotation_mode="anchor" if slanted else "default",
-                      fontsize=7.5)
+        ax.set_xticks(
+            range(len(groups)),
+            [str(g) for g in groups],
+            rotation=45 if slanted else 0,
+            ha="right" if slanted else "center",
+            rotation_mode="anchor" if slanted else "default",
+            fontsize=7.5,
+        )
         ax.set_title(f"{estimates.x} = {level}" if estimates.x is not None else "all samples", fontsize=9)
         ax.grid(True, axis="y", color=GRID_COLOUR, linewidth=0.6)
         ax.set_axisbelow(True)
-    for ax in list(axes.flat)[len(levels):]:
+    for ax in list(axes.flat)[len(levels) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{estimates.gene} (stabilised)", fontsize=9)
     handles = [
-        Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="0.3",
-               label=f"{estimates.group}'s own estimate (cell mean: no pooling)"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markerfacecolor="white",
+            markeredgecolor="0.3",
+            label=f"{estimates.group}'s own estimate (cell mean: no pooling)",
+        ),
         Line2D([], [], marker="o", linestyle="", color="0.3", label="LMM prediction (partial pooling)"),
         Patch(color="0.75", label="population fit ± 95% CI (complete pooling)"),
         Line2D([], [], marker="o", linestyle="", color="0.6", markersize=3, label="samples"),
@@ -141,4 +174,3 @@ def plot_shrinkage(estimates):
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, fontsize=8)
     fig.suptitle(f"{estimates.gene}: per-{estimates.group} estimates shrunk towards the population fit", fontsize=10)
     return fig
-

@@ -49,4 +49,3 @@ def plot_mean_sd(mean_sd: pd.DataFrame, before_label: str | None = "before", aft
         ax.set_ylabel("standard deviation")
         ax.set_title(title, fontsize=10)
     return fig
-

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from batchmix.io import read_matrix, read_result_table, read_samples
+from batchmix.lmm import model_metadata
 from batchmix.lmm.results import ModelMetadata
 from batchmix.report.render import Figures, render_page
 from batchmix.report.sections import (
@@ -58,8 +59,9 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
     dict
         The same keys with tables (:class:`pandas.DataFrame`, read with
         :func:`batchmix.io.read_result_table` / :func:`batchmix.io.read_matrix`, ids kept as text),
-        dicts (JSON), ``model`` as :class:`batchmix.lmm.results.ModelMetadata` or, for ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the
-        path; a missing optional input is ``None``.
+        dicts (JSON), ``model`` as :class:`batchmix.lmm.results.ModelMetadata` or, for
+        ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the path; a missing optional
+        input is ``None``.
     """
     optional = inputs.get
     return {
@@ -70,8 +72,8 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
         "vst_expression": read_matrix(inputs["vst_expression"]),
         "gene_fits": read_result_table(inputs["gene_fits"]),
         "blups": read_result_table(inputs["blups"]),
-        "model": ModelMetadata.read_json(inputs["model"]),
-        "fixed_vcov": read_result_table(inputs["fixed_vcov"]),
+        "model": ModelMetadata.read_json(inputs["model"]) if optional("model") else None,
+        "fixed_vcov": read_result_table(inputs["fixed_vcov"]) if optional("fixed_vcov") else None,
         "samples": read_samples(inputs["samples"]),
         "expression": inputs["expression"],
         "corrected": read_matrix(inputs["corrected"]) if optional("corrected") else None,
@@ -98,7 +100,9 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         The workflow config with defaults filled in (``model``, ``batch``, ``reml``,
         ``simpson``, ``report``, …).
     inputs : dict of str to str
-        Paths of the report's inputs, keyed as in :func:`load_tables`.
+        Paths of the report's inputs, keyed as in :func:`load_tables`. Without ``model``, the
+        model's structure is made from the design (:func:`batchmix.lmm.model_metadata`); without
+        ``fixed_vcov`` the shrinkage figures have no band (both logged as warnings).
     html_path : str or Path
         The page to write (``results/report.html``).
     figures_dir : str or Path
@@ -110,6 +114,13 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         The page and the figures are written to disk.
     """
     tables = load_tables(inputs)
+    if tables["model"] is None:
+        # A caller that predates model.json: the same metadata, made from the design alone.
+        log.warning("no model.json among the report's inputs: the model's structure is taken from the design")
+        samples = tables["samples"].loc[tables["vst_expression"].columns]
+        tables["model"] = model_metadata(config["model"], samples, reml=bool(config.get("reml", True)))
+    if tables["fixed_vcov"] is None:
+        log.warning("no fixed_vcov.tsv among the report's inputs: the shrinkage figures have no confidence band")
     figures = Figures(figures_dir)
     context = {
         "title": "batchmix report",

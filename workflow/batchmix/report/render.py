@@ -15,8 +15,17 @@ import pandas as pd
 
 from batchmix.plots.style import png_bytes
 
-__all__ = ["SHOWN_ROWS", "DOWNLOAD_ROWS", "TEMPLATES", "Figures", "data_uri", "table_to_tsv", "format_cell",
-           "table", "render_page"]
+__all__ = [
+    "SHOWN_ROWS",
+    "DOWNLOAD_ROWS",
+    "TEMPLATES",
+    "Figures",
+    "data_uri",
+    "table_to_tsv",
+    "format_cell",
+    "table",
+    "render_page",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +69,14 @@ def format_cell(value) -> str:
 
 
 def table(
-    frame: pd.DataFrame, name: str, caption: str, *, shown: int | None = SHOWN_ROWS,
-    download_rows: int = DOWNLOAD_ROWS, sortable: bool = False, full_path: str | None = None,
+    frame: pd.DataFrame,
+    name: str,
+    caption: str,
+    *,
+    shown: int | None = SHOWN_ROWS,
+    download_rows: int = DOWNLOAD_ROWS,
+    sortable: bool = False,
+    full_path: str | None = None,
     hidden_columns: tuple[str, ...] = (),
 ) -> dict:
     """A table for the template: header, formatted rows and a TSV download of all columns.
@@ -104,7 +119,9 @@ def table(
         "caption": caption,
         "columns": list(rows.columns),
         "rows": [[format_cell(v) for v in r] for r in rows.itertuples(index=False)],
-        "sort_values": [[("" if isinstance(v, str) else format_cell(v)) for v in r] for r in rows.itertuples(index=False)],
+        "sort_values": [
+            [("" if isinstance(v, str) else format_cell(v)) for v in r] for r in rows.itertuples(index=False)
+        ],
         "n_rows": len(table),
         "n_shown": len(rows),
         "download": data_uri(table_to_tsv(download).encode(), "text/tab-separated-values"),
@@ -137,7 +154,6 @@ class Figures:
         return {"name": name, "src": data_uri(data, "image/png"), "caption": caption, "alt": alt}
 
 
-
 def render_page(context: dict, html_path: str | Path) -> None:
     """Render ``templates/report.html`` with the sections' context and write the page.
 
@@ -151,8 +167,11 @@ def render_page(context: dict, html_path: str | Path) -> None:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     page = env.get_template("report.html").render(css=(TEMPLATES / "report.css").read_text(), **context)

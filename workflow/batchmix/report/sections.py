@@ -43,8 +43,17 @@ from batchmix.report.summaries import (
     uncertainty_intervals,
 )
 
-__all__ = ["FIGURE_CAPTIONS", "describe_prior", "run_section", "batch_section", "lmm_section", "shrinkage_section",
-           "vst_section", "simpson_section", "uncertainty_section"]
+__all__ = [
+    "FIGURE_CAPTIONS",
+    "describe_prior",
+    "run_section",
+    "batch_section",
+    "lmm_section",
+    "shrinkage_section",
+    "vst_section",
+    "simpson_section",
+    "uncertainty_section",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +63,10 @@ REVERSAL_DOWNLOAD_ROWS = 2_000
 
 # Appended to the batch captions when there is a corrected expression.
 AFTER_CORRECTION = {
-    "pca": (" After removing the batch BLUPs (right) the colours should mix while the shapes, the biology "
-            "the model keeps, stay apart."),
+    "pca": (
+        " After removing the batch BLUPs (right) the colours should mix while the shapes, the biology "
+        "the model keeps, stay apart."
+    ),
     "batch_share": " After correction they should drop, and the silhouette width of the batches fall to 0 or below.",
 }
 
@@ -151,8 +162,11 @@ POSTERIOR_UNAVAILABLE = {
         "the model has more than one variance component, and the exact grid posterior covers only models "
         "with one (a random intercept, or a single random slope)"
     ),
-    "not_available:no_random_effect": "the model has no random term, so there is no variance component to integrate over",
+    "not_available:no_random_effect": (
+        "the model has no random term, so there is no variance component to integrate over"
+    ),
 }
+
 
 def describe_prior(prior: str, prior_scale: float = 1.0) -> str:
     """The exact grid posterior's priors in words, for the page.
@@ -193,7 +207,9 @@ def run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
     files = []
     for role, key in (("expression table", "expression"), ("sample sheet", "samples")):
         path = Path(inputs[key])
-        files.append({"role": role, "path": str(inputs[key]), "bytes": f"{path.stat().st_size:,}", "md5": file_md5(path)})
+        files.append(
+            {"role": role, "path": str(inputs[key]), "bytes": f"{path.stat().st_size:,}", "md5": file_md5(path)}
+        )
     parsed = parse_formula(config["model"])
     not_fitted = gene_fits.loc[~gene_fits["status"].isin(FITTED_STATUSES), ["gene_id", "status"]]
     plain_config = json.loads(json.dumps(config, default=str))
@@ -203,8 +219,15 @@ def run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
         "n_rows": n_rows,
         "all_accounted": accounted == n_in == n_rows,
         "accounting": table(accounting, "gene_accounting", "Genes by outcome", shown=None),
-        "not_fitted": table(not_fitted, "genes_not_fitted", "Genes not fitted, with the reason", shown=0,
-                             full_path="results/lmm/gene_fits.tsv") if len(not_fitted) else None,
+        "not_fitted": table(
+            not_fitted,
+            "genes_not_fitted",
+            "Genes not fitted, with the reason",
+            shown=0,
+            full_path="results/lmm/gene_fits.tsv",
+        )
+        if len(not_fitted)
+        else None,
         "files": files,
         "config_yaml": yaml.safe_dump(plain_config, sort_keys=False, default_flow_style=False),
         "model": config["model"],
@@ -226,9 +249,17 @@ def _moderation_note(gene_fits: pd.DataFrame) -> str:
     d0, s0 = d0[~np.isnan(d0)], s0[np.isfinite(s0)]
     if d0.size == 0:
         return ""
-    prior = f"prior degrees of freedom d0 = {d0[0]:.3g}" if np.ptp(d0) == 0 else f"median prior degrees of freedom d0 = {np.median(d0):.3g}"
+    prior = (
+        f"prior degrees of freedom d0 = {d0[0]:.3g}"
+        if np.ptp(d0) == 0
+        else f"median prior degrees of freedom d0 = {np.median(d0):.3g}"
+    )
     if s0.size:
-        prior += f", prior sd s0 = {s0[0]:.3g}" if np.ptp(s0) == 0 else f", prior sd s0 from {s0.min():.3g} to {s0.max():.3g} (trend)"
+        prior += (
+            f", prior sd s0 = {s0[0]:.3g}"
+            if np.ptp(s0) == 0
+            else f", prior sd s0 from {s0.min():.3g} to {s0.max():.3g} (trend)"
+        )
     return f"limma-style empirical Bayes ({prior}): columns se_mod_*, t_mod_*, p_mod_* of gene_fits.tsv"
 
 
@@ -245,8 +276,14 @@ def batch_section(config: dict, tables: dict, figures: Figures) -> dict:
     if corrected is not None:
         corrected = corrected.reindex(columns=expression.columns)
         usable = usable.loc[usable.index.isin(corrected.dropna(how="any").index)]
-    section = {"has_corrected": corrected is not None, "condition": condition_name, "figures": [], "note": "",
-               "metrics": None, "share_table": None}
+    section = {
+        "has_corrected": corrected is not None,
+        "condition": condition_name,
+        "figures": [],
+        "note": "",
+        "metrics": None,
+        "share_table": None,
+    }
     if usable.shape[0] < 2 or usable.shape[1] < 3:
         section["note"] = "Too few genes or samples for a PCA."
         return section
@@ -257,28 +294,42 @@ def batch_section(config: dict, tables: dict, figures: Figures) -> dict:
         diagnostics["after correction"] = batch_diagnostics(corrected.loc[usable.index], batch, genes=genes)
     n_genes = len(genes)
     after = AFTER_CORRECTION if corrected is not None else {"pca": "", "batch_share": ""}
-    caption = FIGURE_CAPTIONS["pca"].format(n_genes=n_genes, condition=condition_name or "(no fixed factor)",
-                                            after=after["pca"])
+    caption = FIGURE_CAPTIONS["pca"].format(
+        n_genes=n_genes, condition=condition_name or "(no fixed factor)", after=after["pca"]
+    )
     fig = plot_pca({k: d["pca"] for k, d in diagnostics.items()}, batch, condition, condition_name)
     section["figures"].append(figures.add("pca", fig, caption, "PCA of the samples coloured by batch"))
     fig = plot_batch_share(diagnostics)
-    section["figures"].append(figures.add("batch_share", fig, FIGURE_CAPTIONS["batch_share"].format(after=after["batch_share"]),
-                                          "Batch R² of the top principal components"))
-    metrics = pd.DataFrame({
-        "metric": [
-            f"batch share of the variance of the top {min(d['n_components'] for d in diagnostics.values())} PCs",
-            "mean silhouette width of the batches (top PCs)",
-            "batch R² of PC1",
-        ],
-        **{
-            title: [d["weighted_share"], d["silhouette"], float(d["share"].iloc[0]) if len(d["share"]) else np.nan]
-            for title, d in diagnostics.items()
-        },
-    })
+    section["figures"].append(
+        figures.add(
+            "batch_share",
+            fig,
+            FIGURE_CAPTIONS["batch_share"].format(after=after["batch_share"]),
+            "Batch R² of the top principal components",
+        )
+    )
+    metrics = pd.DataFrame(
+        {
+            "metric": [
+                f"batch share of the variance of the top {min(d['n_components'] for d in diagnostics.values())} PCs",
+                "mean silhouette width of the batches (top PCs)",
+                "batch R² of PC1",
+            ],
+            **{
+                title: [d["weighted_share"], d["silhouette"], float(d["share"].iloc[0]) if len(d["share"]) else np.nan]
+                for title, d in diagnostics.items()
+            },
+        }
+    )
     section["metrics"] = table(metrics.round(3), "batch_metrics", "Batch diagnostics", shown=None)
     share = pd.concat(
-        {title: pd.DataFrame({"variance_ratio": d["pca"].variance_ratio.iloc[: d["n_components"]], "batch_r2": d["share"]})
-         for title, d in diagnostics.items()}, names=["data", "component"],
+        {
+            title: pd.DataFrame(
+                {"variance_ratio": d["pca"].variance_ratio.iloc[: d["n_components"]], "batch_r2": d["share"]}
+            )
+            for title, d in diagnostics.items()
+        },
+        names=["data", "component"],
     ).reset_index()
     section["share_table"] = table(share, "batch_share_by_component", "Batch R² by principal component", shown=0)
     section["n_genes"] = n_genes
@@ -291,8 +342,14 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
     gene_fits = tables["gene_fits"]
     metadata = tables["model"]
     fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
-    section: dict = {"has_random": bool(metadata.groups), "figures": [], "n_fitted": len(fitted), "top_genes": None,
-                     "comparison": None, "lmm_better_aic": 0}
+    section: dict = {
+        "has_random": bool(metadata.groups),
+        "figures": [],
+        "n_fitted": len(fitted),
+        "top_genes": None,
+        "comparison": None,
+        "lmm_better_aic": 0,
+    }
     order = component_order(gene_fits, metadata)
     labels = component_labels(metadata)
     residual = labels[metadata.residual["fraction_column"]]
@@ -304,17 +361,27 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
     if len(top):
         shown = top.head(SHOWN_ROWS).set_index("gene_id")[order].rename(columns=labels)
         fig = plot_top_batch_genes(shown, residual=residual)
-        section["figures"].append(figures.add("top_batch_genes", fig, FIGURE_CAPTIONS["top_batch_genes"],
-                                              "Variance split of the most batch-driven genes"))
+        section["figures"].append(
+            figures.add(
+                "top_batch_genes",
+                fig,
+                FIGURE_CAPTIONS["top_batch_genes"],
+                "Variance split of the most batch-driven genes",
+            )
+        )
         section["top_genes"] = table(
-            top, "top_batch_genes",
+            top,
+            "top_batch_genes",
             f"Fitted genes by decreasing share of variance explained by {config['batch']}",
-            download_rows=1000, full_path="results/lmm/gene_fits.tsv", sortable=True,
+            download_rows=1000,
+            full_path="results/lmm/gene_fits.tsv",
+            sortable=True,
         )
     if metadata.groups and len(fitted):
         comparison = model_comparison(gene_fits)
-        section["comparison"] = table(comparison, "lmm_vs_ols", "LMM against OLS (the same fixed effects, no random term)",
-                                       shown=None)
+        section["comparison"] = table(
+            comparison, "lmm_vs_ols", "LMM against OLS (the same fixed effects, no random term)", shown=None
+        )
         section["lmm_better_aic"] = int(comparison.loc[0, "lmm_better"])
     return section
 
@@ -333,8 +400,16 @@ def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
     section["requested"] = bool(requested)
     for i, gene in enumerate(chosen, start=1):
         try:
-            estimates = shrinkage_estimates(gene, tables["vst_expression"], tables["samples"], tables["gene_fits"],
-                                            tables["blups"], metadata, group, fixed_vcov=tables["fixed_vcov"])
+            estimates = shrinkage_estimates(
+                gene,
+                tables["vst_expression"],
+                tables["samples"],
+                tables["gene_fits"],
+                tables["blups"],
+                metadata,
+                group,
+                fixed_vcov=tables["fixed_vcov"],
+            )
         except (ValueError, KeyError) as err:
             section["skipped"].append(f"{gene} ({err})")
             continue
@@ -344,8 +419,9 @@ def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
             caption += f" No band: {estimates.band_note}."
         fig = plot_shrinkage(estimates)
         share = _share_note(tables["gene_fits"], gene, group, column)
-        section["figures"].append(figures.add(f"shrinkage_{i}", fig, f"{gene}{share}. {caption}",
-                                              f"Shrinkage figure of {gene}"))
+        section["figures"].append(
+            figures.add(f"shrinkage_{i}", fig, f"{gene}{share}. {caption}", f"Shrinkage figure of {gene}")
+        )
     if not chosen and not section["skipped"]:
         section["note"] = f"No gene was fitted without singularity with a {group} share of variance to choose from."
     return section
@@ -381,8 +457,11 @@ def vst_section(config: dict, tables: dict, figures: Figures) -> dict:
     mean_sd = tables["mean_sd"]
     if len(mean_sd):
         if info.get("vst_fit_type_requested"):
-            fig = plot_mean_sd(mean_sd, f"before: {info.get('before_scale', 'input')}",
-                               f"after: VST, {info['vst_fit_type_used']} dispersion trend")
+            fig = plot_mean_sd(
+                mean_sd,
+                f"before: {info.get('before_scale', 'input')}",
+                f"after: VST, {info['vst_fit_type_used']} dispersion trend",
+            )
         else:
             # Input used as given: before and after are the same values, one panel says it all.
             fig = plot_mean_sd(mean_sd, None, "input used as given (no stabilisation)")
@@ -394,33 +473,50 @@ def vst_section(config: dict, tables: dict, figures: Figures) -> dict:
     if size_factors["size_factor"].notna().any():
         section["size_factors"] = table(size_factors, "size_factors", "Size factors", shown=0)
         values = size_factors["size_factor"].to_numpy(dtype=float)
-        section["size_factor_range"] = f"{np.nanmin(values):.3g} to {np.nanmax(values):.3g} (median {np.nanmedian(values):.3g})"
+        section["size_factor_range"] = (
+            f"{np.nanmin(values):.3g} to {np.nanmax(values):.3g} (median {np.nanmedian(values):.3g})"
+        )
     return section
 
 
 def simpson_section(config: dict, tables: dict) -> dict:
     scfg = config.get("simpson", {})
-    section: dict = {"enabled": bool(scfg.get("enabled", False)) and tables["reversals"] is not None,
-                     "figure": None, "table": None, "permutation": None, "adjust_for": []}
+    section: dict = {
+        "enabled": bool(scfg.get("enabled", False)) and tables["reversals"] is not None,
+        "figure": None,
+        "table": None,
+        "permutation": None,
+        "adjust_for": [],
+    }
     if not section["enabled"]:
         return section
     summary = tables["simpson_summary"] or {}
     reversals = tables["reversals"]
-    section.update({
-        "n_reversals": int(summary.get("n_reversals", len(reversals))),
-        "n_pairs": int(summary.get("n_pairs", 0)),
-        "n_genes": int(summary.get("n_genes_scanned", 0)),
-        "fdr": summary.get("fdr", scfg.get("fdr")),
-        "method": {"bh": "Benjamini-Hochberg", "by": "Benjamini-Yekutieli"}.get(summary.get("method"), summary.get("method")),
-        "adjust_for": summary.get("adjust_for") or [],
-        "permutation": summary.get("permutation_check"),
-    })
+    section.update(
+        {
+            "n_reversals": int(summary.get("n_reversals", len(reversals))),
+            "n_pairs": int(summary.get("n_pairs", 0)),
+            "n_genes": int(summary.get("n_genes_scanned", 0)),
+            "fdr": summary.get("fdr", scfg.get("fdr")),
+            "method": {"bh": "Benjamini-Hochberg", "by": "Benjamini-Yekutieli"}.get(
+                summary.get("method"), summary.get("method")
+            ),
+            "adjust_for": summary.get("adjust_for") or [],
+            "permutation": summary.get("permutation_check"),
+        }
+    )
     if len(reversals):
         # The page leaves out the per-batch correlations (one long string per pair); the download keeps them.
-        section["table"] = table(reversals, "simpson_reversals", "Gene pairs whose correlation reverses within batches",
-                                  shown=100, download_rows=REVERSAL_DOWNLOAD_ROWS,
-                                  full_path="results/simpson/reversals.tsv", sortable=True,
-                                  hidden_columns=("per_batch_r",))
+        section["table"] = table(
+            reversals,
+            "simpson_reversals",
+            "Gene pairs whose correlation reverses within batches",
+            shown=100,
+            download_rows=REVERSAL_DOWNLOAD_ROWS,
+            full_path="results/simpson/reversals.tsv",
+            sortable=True,
+            hidden_columns=("per_batch_r",),
+        )
         figure_path = tables["simpson_figure"]
         if figure_path and Path(figure_path).exists():
             section["figure"] = {
@@ -428,7 +524,8 @@ def simpson_section(config: dict, tables: dict) -> dict:
                 "src": data_uri(Path(figure_path).read_bytes(), "image/png"),
                 "alt": "Pooled against per-batch scatter of the strongest reversals",
                 "caption": (
-                    f"The {min(len(reversals), int(config.get('report', {}).get('top_pairs', 4)))} strongest reversals. "
+                    f"The {min(len(reversals), int(config.get('report', {}).get('top_pairs', 4)))} strongest "
+                    "reversals. "
                     "Left: all samples pooled with one regression line; right: the same samples coloured by batch "
                     "with one line per batch. A reversal is a pair whose lines slope one way pooled and the other "
                     "way inside the batches: the pooled correlation is made by differences between batches."
@@ -451,22 +548,30 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
     nsim = int(boot_settings.get("nsim", 0) or 0)
     bootstrap = tables["uncertainty_bootstrap"] if nsim > 0 else None
     posterior = tables["uncertainty_posterior"] if post_settings.get("enabled") else None
-    section.update({"formula": model, "group": group, "bootstrap": None, "posterior": None, "genes": [],
-                    "intervals": None})
+    section.update(
+        {"formula": model, "group": group, "bootstrap": None, "posterior": None, "genes": [], "intervals": None}
+    )
     if bootstrap is not None:
         section["bootstrap"] = {
-            "nsim": nsim, "seed": boot_settings.get("seed"), "n_genes": int(boot_settings.get("n_genes", 0)),
-            "n_singular": int(boot_settings.get("n_singular", 0)), "n_fail": int(boot_settings.get("n_fail", 0)),
+            "nsim": nsim,
+            "seed": boot_settings.get("seed"),
+            "n_genes": int(boot_settings.get("n_genes", 0)),
+            "n_singular": int(boot_settings.get("n_singular", 0)),
+            "n_fail": int(boot_settings.get("n_fail", 0)),
         }
     if posterior is not None:
         counts = post_settings.get("status_counts", {}) or {}
         section["posterior"] = {
             "prior": post_settings.get("prior", "unif_icc"),
-            "prior_text": describe_prior(post_settings.get("prior", "unif_icc"),
-                                         float(post_settings.get("prior_scale", 1.0))),
+            "prior_text": describe_prior(
+                post_settings.get("prior", "unif_icc"), float(post_settings.get("prior_scale", 1.0))
+            ),
             "n_ok": int(counts.get("ok", 0)),
-            "unavailable": [{"status": status, "reason": reason, "n_genes": int(counts[status])}
-                            for status, reason in POSTERIOR_UNAVAILABLE.items() if counts.get(status)],
+            "unavailable": [
+                {"status": status, "reason": reason, "n_genes": int(counts[status])}
+                for status, reason in POSTERIOR_UNAVAILABLE.items()
+                if counts.get(status)
+            ],
         }
     samples = tables["samples"]
     numeric = first_numeric_column(model, samples)
@@ -477,13 +582,19 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
         records = (summary.get("ols_vs_lmm") or {}).get(gene)
         if records:
             comparison = pd.DataFrame(records, columns=["model", "logLik", "AIC", "BIC", "LRT", "df", "p"])
-            entry["comparison"] = table(comparison, f"ols_vs_lmm_{sanitize_name(gene)}",
-                                         f"{gene}: OLS against the LMM (the same fixed effects)", shown=None)
+            entry["comparison"] = table(
+                comparison,
+                f"ols_vs_lmm_{sanitize_name(gene)}",
+                f"{gene}: OLS against the LMM (the same fixed effects)",
+                shown=None,
+            )
         if bootstrap is not None:
             rows = bootstrap[bootstrap["gene_id"] == gene]
             if len(rows) and (rows["status"] == "ok").all():
-                entry["boot_counts"] = {"n_singular": int(rows["n_singular"].max()),
-                                        "n_fail": int(rows["n_fail"].max())}
+                entry["boot_counts"] = {
+                    "n_singular": int(rows["n_singular"].max()),
+                    "n_fail": int(rows["n_fail"].max()),
+                }
             elif len(rows):
                 entry["notes"].append(f"No bootstrap for {gene}: {rows['status'].iloc[0]}.")
         if posterior is not None:
@@ -516,8 +627,11 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
         section["genes"].append(entry)
     intervals = uncertainty_intervals(bootstrap, posterior, genes)
     if len(intervals):
-        section["intervals"] = table(intervals, "uncertainty_intervals",
-                                      "Bootstrap percentiles and posterior summaries of the genes above", shown=None)
+        section["intervals"] = table(
+            intervals,
+            "uncertainty_intervals",
+            "Bootstrap percentiles and posterior summaries of the genes above",
+            shown=None,
+        )
         section["intervals"]["compact"] = True  # twelve columns: tighter cells to fit the page
     return section
-

@@ -39,8 +39,16 @@ LRT_ALPHA = 0.05
 # Percentiles of the batch share of variance at which the shrinkage figure picks its genes.
 SHRINKAGE_PERCENTILES = (90.0, 70.0, 50.0, 30.0)
 SOFTWARE = [
-    "batchmix", "snakemake", "numpy", "scipy", "pandas", "statsmodels", "matplotlib",
-    "seaborn", "formulaic", "jinja2",
+    "batchmix",
+    "snakemake",
+    "numpy",
+    "scipy",
+    "pandas",
+    "statsmodels",
+    "matplotlib",
+    "seaborn",
+    "formulaic",
+    "jinja2",
 ]
 
 
@@ -219,7 +227,9 @@ def silhouette_widths(points: np.ndarray, labels: np.ndarray | pd.Series) -> np.
 
 
 def batch_diagnostics(
-    expression: pd.DataFrame, batch: pd.Series, genes: list[str] | None = None,
+    expression: pd.DataFrame,
+    batch: pd.Series,
+    genes: list[str] | None = None,
     n_components: int = DIAGNOSTIC_COMPONENTS,
 ) -> dict[str, object]:
     """PCA, batch share of variance of the top components, and batch silhouette width.
@@ -288,14 +298,28 @@ def model_comparison(gene_fits: pd.DataFrame, alpha: float = LRT_ALPHA) -> pd.Da
         ols_value = fitted[ols_col].to_numpy(dtype=float)
         both = np.isfinite(lmm_value) & np.isfinite(ols_value)
         better = int(np.sum(both & (lmm_value < ols_value)))
-        rows.append({"criterion": f"{name} (lower is better)", "lmm_better": better,
-                     "ols_better": int(both.sum()) - better, "not_available": n - int(both.sum()), "n_genes": n})
+        rows.append(
+            {
+                "criterion": f"{name} (lower is better)",
+                "lmm_better": better,
+                "ols_better": int(both.sum()) - better,
+                "not_available": n - int(both.sum()),
+                "n_genes": n,
+            }
+        )
     p = fitted["lrt_p"].to_numpy(dtype=float)
     available = np.isfinite(p)
     for name, values in ((f"LRT p < {alpha:g}", p), (f"LRT BH q < {alpha:g}", _bh(p))):
         better = int(np.sum(available & (values < alpha)))
-        rows.append({"criterion": name, "lmm_better": better, "ols_better": int(available.sum()) - better,
-                     "not_available": n - int(available.sum()), "n_genes": n})
+        rows.append(
+            {
+                "criterion": name,
+                "lmm_better": better,
+                "ols_better": int(available.sum()) - better,
+                "not_available": n - int(available.sum()),
+                "n_genes": n,
+            }
+        )
     return pd.DataFrame(rows, columns=["criterion", "lmm_better", "ols_better", "not_available", "n_genes"])
 
 
@@ -373,14 +397,19 @@ def component_order(gene_fits: pd.DataFrame, metadata: ModelMetadata) -> list[st
     residual = metadata.residual["fraction_column"]
     fitted = gene_fits[gene_fits["status"].isin(FITTED_STATUSES)]
     columns = [c for c in fraction_columns(gene_fits, metadata) if c != residual]
-    medians = [float(np.nanmedian(fitted[c].to_numpy(dtype=float))) if fitted[c].notna().any() else -1.0
-               for c in columns]
+    medians = [
+        float(np.nanmedian(fitted[c].to_numpy(dtype=float))) if fitted[c].notna().any() else -1.0 for c in columns
+    ]
     order = [columns[i] for i in np.argsort(-np.asarray(medians), kind="stable")]
     return order + ([residual] if residual in gene_fits.columns else [])
 
 
 def top_batch_genes(
-    gene_fits: pd.DataFrame, metadata: ModelMetadata, batch: str, *, n: int = TOP_GENES,
+    gene_fits: pd.DataFrame,
+    metadata: ModelMetadata,
+    batch: str,
+    *,
+    n: int = TOP_GENES,
 ) -> pd.DataFrame:
     """The fitted genes with the largest share of variance explained by the batch.
 
@@ -470,7 +499,10 @@ def shrinkage_group(metadata: ModelMetadata, batch: str) -> str | None:
 
 
 def choose_shrinkage_genes(
-    gene_fits: pd.DataFrame, requested: list[str], column: str | None, *,
+    gene_fits: pd.DataFrame,
+    requested: list[str],
+    column: str | None,
+    *,
     percentiles: tuple[float, ...] = SHRINKAGE_PERCENTILES,
 ) -> tuple[list[str], list[str]]:
     """Genes for the shrinkage figure.
@@ -588,8 +620,15 @@ class ShrinkageEstimates:
 
 
 def shrinkage_estimates(
-    gene: str, expression: pd.DataFrame, samples: pd.DataFrame, gene_fits: pd.DataFrame,
-    blups: pd.DataFrame, metadata: ModelMetadata, group: str, *, fixed_vcov: pd.DataFrame | None,
+    gene: str,
+    expression: pd.DataFrame,
+    samples: pd.DataFrame,
+    gene_fits: pd.DataFrame,
+    blups: pd.DataFrame,
+    metadata: ModelMetadata,
+    group: str,
+    *,
+    fixed_vcov: pd.DataFrame | None,
 ) -> ShrinkageEstimates:
     """Per-group OLS estimates against the LMM's per-group predictions and the population fit.
 
@@ -668,10 +707,17 @@ def shrinkage_estimates(
     kind = "numeric" if numeric is not None else "categorical"
     x_column = numeric if numeric is not None else condition
     x_values = sheet[x_column].to_numpy() if x_column is not None else np.array([""] * len(y), dtype=object)
-    observations = pd.DataFrame({
-        "sample": sheet.index, "group": labels, "x": x_values, "y": y,
-        "population": population, "population_se": population_se, "lmm": population + random_part,
-    })
+    observations = pd.DataFrame(
+        {
+            "sample": sheet.index,
+            "group": labels,
+            "x": x_values,
+            "y": y,
+            "population": population,
+            "population_se": population_se,
+            "lmm": population + random_part,
+        }
+    )
     cells = pd.DataFrame(columns=["group", "x", "n", "ols", "lmm", "population", "population_se"])
     if kind == "categorical":
         observations["x"] = observations["x"].astype(str)
@@ -687,12 +733,14 @@ def shrinkage_estimates(
             mean_row = X[in_cell].mean(axis=0)
             se.append(math.sqrt(float(mean_row @ cov @ mean_row)) if cov is not None else float("nan"))
         cells["population_se"] = se
-    return ShrinkageEstimates(gene=gene, kind=kind, x=x_column, group=group, observations=observations,
-                              cells=cells, band_note=band_note)
+    return ShrinkageEstimates(
+        gene=gene, kind=kind, x=x_column, group=group, observations=observations, cells=cells, band_note=band_note
+    )
 
 
-def uncertainty_intervals(bootstrap: pd.DataFrame | None, posterior: pd.DataFrame | None,
-                          genes: list[str]) -> pd.DataFrame:
+def uncertainty_intervals(
+    bootstrap: pd.DataFrame | None, posterior: pd.DataFrame | None, genes: list[str]
+) -> pd.DataFrame:
     """Bootstrap percentiles and posterior summaries of some genes, side by side.
 
     Parameters
@@ -718,13 +766,23 @@ def uncertainty_intervals(bootstrap: pd.DataFrame | None, posterior: pd.DataFram
     """
     parts = []
     if bootstrap is not None and len(bootstrap):
-        boot = bootstrap[bootstrap["gene_id"].isin(genes)][["gene_id", "param", "estimate", "q2.5", "q50", "q97.5",
-                                                            "boot_sd"]]
+        boot = bootstrap[bootstrap["gene_id"].isin(genes)][
+            ["gene_id", "param", "estimate", "q2.5", "q50", "q97.5", "boot_sd"]
+        ]
         parts.append(boot.rename(columns={"q2.5": "boot_q2.5", "q50": "boot_q50", "q97.5": "boot_q97.5"}))
     if posterior is not None and len(posterior):
         post = posterior[posterior["gene_id"].isin(genes)][["gene_id", "param", "mean", "q2.5", "q50", "q97.5", "sd"]]
-        parts.append(post.rename(columns={"mean": "post_mean", "q2.5": "post_q2.5", "q50": "post_q50",
-                                          "q97.5": "post_q97.5", "sd": "post_sd"}))
+        parts.append(
+            post.rename(
+                columns={
+                    "mean": "post_mean",
+                    "q2.5": "post_q2.5",
+                    "q50": "post_q50",
+                    "q97.5": "post_q97.5",
+                    "sd": "post_sd",
+                }
+            )
+        )
     if not parts:
         return pd.DataFrame(columns=["gene_id", "param"])
     table = parts[0]
@@ -758,7 +816,6 @@ def software_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
 
 
 def level_label(value) -> str:
