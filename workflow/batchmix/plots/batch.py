@@ -128,7 +128,8 @@ def plot_batch_share(diagnostics: dict[str, dict]):
             ax.text(
                 bar.get_x() + bar.get_width() / 2,
                 bar.get_height() + 0.01,
-                f"{100 * r:.0f}%",
+                # One decimal below 1%, so that a faded bar never reads "1%".
+                f"{100 * r:.1f}%" if is_faint else f"{100 * r:.0f}%",
                 ha="center",
                 va="bottom",
                 fontsize=6.5,
