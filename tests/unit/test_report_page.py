@@ -558,6 +558,40 @@ def test_gene_ids_that_look_like_numbers_or_missing_values_stay_verbatim(tmp_pat
     assert sorted(top) == sorted(ids[:10])
 
 
+def test_log_input_has_one_mean_sd_panel(tmp_path):
+    import matplotlib.image
+
+    config, inputs = make_study(tmp_path)
+    # As the stabilise stage writes it for input_type: log (no VST requested).
+    info = json.loads(Path(inputs["vst_info"]).read_text())
+    for key in ("vst_fit_type_requested", "vst_blind", "vst_nsub", "size_factor_method"):
+        del info[key]
+    info.update(
+        {"input_type": "log", "vst_fit_type_used": "none (input_type: log)", "before_scale": "input (log scale)"}
+    )
+    Path(inputs["vst_info"]).write_text(json.dumps(info))
+    report.build_report(config, inputs, tmp_path / "report.html", tmp_path / "figures")
+    page = (tmp_path / "report.html").read_text()
+    assert "there is no before and after" in _section(page, "vst")
+    # One panel of 5 inches at 110 dpi, where counts get two (1100 pixels).
+    assert matplotlib.image.imread(tmp_path / "figures/mean_sd.png").shape[1] == 550
+    report.build_report(*make_study(tmp_path / "counts"), tmp_path / "counts.html", tmp_path / "counts_figures")
+    assert matplotlib.image.imread(tmp_path / "counts_figures/mean_sd.png").shape[1] == 1100
+
+
+def test_without_model_json_the_structure_comes_from_the_design(default_build, tmp_path):
+    page, _, _ = default_build
+    config, inputs = make_study(tmp_path)
+    del inputs["model"], inputs["fixed_vcov"]
+    report.build_report(config, inputs, tmp_path / "report.html", tmp_path / "figures")
+    fallback = (tmp_path / "report.html").read_text()
+    # The same tables; the shrinkage figures say why they have no band.
+    assert _downloads(fallback)["top_batch_genes.tsv"] == _downloads(page)["top_batch_genes.tsv"]
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", _section(fallback, "shrinkage"), re.S)
+    assert len(captions) == 4 and all("No band: the covariance of the fixed effects" in c for c in captions)
+    assert "No band" not in page
+
+
 def test_report_is_deterministic(default_build, tmp_path):
     first, figures_a, root_a = default_build
     second, figures_b, _ = _build(tmp_path)
