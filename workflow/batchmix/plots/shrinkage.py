@@ -167,7 +167,10 @@ def plot_shrinkage(estimates):
             label=f"{estimates.group}'s own estimate (cell mean: no pooling)",
         ),
         Line2D([], [], marker="o", linestyle="", color="0.3", label="LMM prediction (partial pooling)"),
-        Patch(color="0.75", label="population fit ± 95% CI (complete pooling)"),
+        # The band's entry only when a band is drawn.
+        Patch(color="0.75", label="population fit ± 95% CI (complete pooling)")
+        if np.isfinite(cells["population_se"].to_numpy(dtype=float)).any()
+        else Line2D([], [], color="0.3", label="population fit (complete pooling)"),
         Line2D([], [], marker="o", linestyle="", color="0.6", markersize=3, label="samples"),
     ]
     ncols = legend_columns([h.get_label() for h in handles], fig.get_figwidth())
