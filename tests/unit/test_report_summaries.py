@@ -193,8 +193,13 @@ def test_fraction_columns_come_from_the_metadata_with_the_clash_rule():
     assert summaries.group_fraction_column(metadata, "Batch") == "frac_Batch"
     assert summaries.component_labels(metadata) == {
         "frac_Days": "Days",
+        "frac_Batch": "Batch (Intercept)",
+        "frac_Batch_Days": "Batch (Days)",
+        "frac_residual": "Residuals",
+    }
+    assert summaries.component_labels(model_metadata("~ Infection + (1|Batch)", SHEET)) == {
+        "frac_Infection": "Infection",
         "frac_Batch": "Batch",
-        "frac_Batch_Days": "Batch_Days",
         "frac_residual": "Residuals",
     }
     # By decreasing median over the fitted genes (0.3, 0.3, 0.15), ties in table order, residual last.

@@ -370,13 +370,15 @@ def component_labels(metadata: ModelMetadata) -> dict[str, str]:
     Returns
     -------
     dict of str to str
-        Fixed fractions by their term, random ones by their column's name after ``frac_`` (the
-        grouping factor, made unique by the clash rule when a factor groups several terms), the
-        residual ``Residuals``.
+        Fixed fractions by their term; random ones by their grouping factor, followed by the
+        term's names in brackets when the factor groups several random terms (``Subject
+        (Intercept)``, ``Subject (Days)`` for ``(Days || Subject)``); the residual ``Residuals``.
     """
     labels = {column: term for term, column in metadata.fixed_fraction_columns.items()}
+    groups = [g.group for g in metadata.groups]
     for group in metadata.groups:
-        labels[group.fraction_column] = group.fraction_column.removeprefix("frac_")
+        shared = groups.count(group.group) > 1
+        labels[group.fraction_column] = f"{group.group} ({' + '.join(group.terms)})" if shared else group.group
     labels[metadata.residual["fraction_column"]] = "Residuals"
     return labels
 
