@@ -106,13 +106,12 @@ def table(
         What ``report.html`` needs: ``name``, ``caption``, ``columns``, ``rows``, ``sort_values``,
         ``n_rows``, ``n_shown``, ``download``, ``filename``, ``note``, ``sortable``.
     """
-    table = frame
-    download = table.head(download_rows)
+    download = frame.head(download_rows)
     note = ""
-    if len(table) > download_rows:
-        note = f"The download holds the first {download_rows:,} of {len(table):,} rows"
+    if len(frame) > download_rows:
+        note = f"The download holds the first {download_rows:,} of {len(frame):,} rows"
         note += f"; the full table is {full_path}." if full_path else "."
-    rows = table if shown is None else table.head(shown)
+    rows = frame if shown is None else frame.head(shown)
     rows = rows.drop(columns=[c for c in hidden_columns if c in rows.columns])
     return {
         "name": name,
@@ -122,7 +121,7 @@ def table(
         "sort_values": [
             [("" if isinstance(v, str) else format_cell(v)) for v in r] for r in rows.itertuples(index=False)
         ],
-        "n_rows": len(table),
+        "n_rows": len(frame),
         "n_shown": len(rows),
         "download": data_uri(table_to_tsv(download).encode(), "text/tab-separated-values"),
         "filename": f"{name}.tsv",
