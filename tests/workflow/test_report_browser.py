@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import make_run_dir, run_snakemake
 
 SECTIONS = {
     "run": "The run",
@@ -32,9 +33,16 @@ SECTIONS = {
 }
 # No network, no background services: the page must render from the file alone.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--disable-extensions", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-extensions",
+    "--mute-audio",
 ]
 # Recorded into the DOM of a copy of the page: script errors, console errors, failed resources,
 # and once loaded, the decode status of every image and a check that clicking a sortable
@@ -64,13 +72,27 @@ window.addEventListener("load", function () {
     var th = headers[headers.length - 1];
     var column = Array.prototype.indexOf.call(th.parentNode.children, th);
     th.click();
-    var values = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[column].textContent); });
-    var ascending = values.every(function (v, i) { return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] <= v; });
+    var read = function () {
+      return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+        return parseFloat(r.cells[column].textContent);
+      });
+    };
+    var values = read();
+    var ascending = values.every(function (v, i) {
+      return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] <= v;
+    });
     th.click();
-    values = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[column].textContent); });
-    var descending = values.every(function (v, i) { return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] >= v; });
+    values = read();
+    var descending = values.every(function (v, i) {
+      return i === 0 || isNaN(v) || isNaN(values[i - 1]) || values[i - 1] >= v;
+    });
     window.__probe.sorted.push({table: table.id, ascending: ascending, descending: descending, rows: values.length});
   });
+  // Anything wider than the window (a table, a figure, a long name) makes the page scroll sideways.
+  window.__probe.overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+  window.__probe.wide = Array.prototype.filter.call(document.querySelectorAll("main *"), function (el) {
+    return el.getBoundingClientRect().right > document.documentElement.clientWidth + 1;
+  }).map(function (el) { return el.tagName + (el.id ? "#" + el.id : ""); }).slice(0, 10);
   var out = document.createElement("pre");
   out.id = "__probe";
   out.textContent = JSON.stringify(window.__probe);
@@ -118,8 +140,13 @@ def run_chromium(chromium: str, url: str, *args: str, timeout: int = 90) -> subp
 def screenshot(chromium: str, html: Path, png: Path, width: int = 1280, height: int = 2200) -> None:
     """Screenshot the top ``width`` × ``height`` pixels of a page."""
     png.parent.mkdir(parents=True, exist_ok=True)
-    proc = run_chromium(chromium, html.resolve().as_uri(), f"--screenshot={png.resolve()}",
-                        f"--window-size={width},{height}", "--virtual-time-budget=10000")
+    proc = run_chromium(
+        chromium,
+        html.resolve().as_uri(),
+        f"--screenshot={png.resolve()}",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=10000",
+    )
     if not png.exists():
         raise RuntimeError(f"chromium wrote no screenshot:\n{proc.stderr[-3000:]}")
 
@@ -129,12 +156,21 @@ def probe_page(chromium: str, html: Path, work: Path) -> tuple[dict, str, str]:
     page = html.read_text()
     probed = work / "probed_report.html"
     probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1))
-    proc = run_chromium(chromium, probed.as_uri(), "--dump-dom", "--virtual-time-budget=10000",
-                        "--enable-logging=stderr", "--v=0")
+    proc = run_chromium(
+        chromium,
+        probed.as_uri(),
+        "--dump-dom",
+        "--window-size=1280,2000",
+        "--virtual-time-budget=10000",
+        "--enable-logging=stderr",
+        "--v=0",
+    )
     match = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
     if not match:
         raise AssertionError(f"the page never finished loading (no probe record):\n{proc.stderr[-3000:]}")
-    record = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    record = json.loads(
+        match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
     return record, proc.stdout, proc.stderr
 
 
@@ -186,6 +222,52 @@ def test_sortable_tables_sort(rendered):
     assert record["sorted"], "no sortable table with two rows to click"
     for table in record["sorted"]:
         assert table["ascending"] and table["descending"], table
+
+
+def test_nothing_is_wider_than_the_window(rendered):
+    record, _, _, _ = rendered
+    assert record["overflow"] <= 0 and record["wide"] == [], record["wide"]
+
+
+# Level names of 12 characters and more (issue 13): the fixture's batches and conditions renamed.
+LONG_NAMES = {
+    "Batch": {f"Series{i}": f"Sequencing_run_Series{i}_2020" for i in (1, 2, 5, 7)},
+    "Infection": {"Mock": "mock_infected_control", "SARS_CoV_2": "SARS_CoV_2_infected_MOI_2"},
+}
+
+
+@pytest.fixture(scope="module")
+def long_names_run(tmp_path_factory) -> Path:
+    """The workflow run on the fixture with long batch and condition names; returns the run directory."""
+    run_dir = make_run_dir(tmp_path_factory.mktemp("long_names_run"))
+    sheet = run_dir / "data" / "samples.tsv"
+    lines = sheet.read_text().splitlines()
+    header = lines[0].split("\t")
+    renamed = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split("\t")
+        for column, names in LONG_NAMES.items():
+            j = header.index(column)
+            cells[j] = names.get(cells[j], cells[j])
+        renamed.append("\t".join(cells))
+    sheet.write_text("\n".join(renamed) + "\n")
+    proc = run_snakemake(run_dir)
+    if proc.returncode != 0:
+        pytest.fail(f"the workflow failed on the long-names fixture:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return run_dir
+
+
+def test_long_level_names_render_without_error_or_overflow(long_names_run, chromium, tmp_path):
+    html = long_names_run / "results" / "report.html"
+    record, _, _ = probe_page(chromium, html, tmp_path)
+    assert record["errors"] == [] and record["broken_images"] == []
+    assert record["overflow"] <= 0 and record["wide"] == [], record["wide"]
+    # The run used the long names: they are the batch levels of the BLUPs the figures draw.
+    blups = (long_names_run / "results" / "lmm" / "blups.tsv").read_text()
+    assert all(name in blups for name in LONG_NAMES["Batch"].values())
+    png = tmp_path / "long_names.png"
+    screenshot(chromium, html, png, height=1600)
+    assert png.stat().st_size > 10_000
 
 
 def test_screenshot(rendered, chromium, tmp_path):

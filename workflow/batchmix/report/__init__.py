@@ -1,0 +1,137 @@
+"""The run's self-contained HTML report and its figures.
+
+:func:`build_report` reads the workflow's tables (:func:`load_tables`), gathers each section of the
+page from them (:mod:`batchmix.report.sections`, with the statistics of
+:mod:`batchmix.report.summaries` and the figures of :mod:`batchmix.plots`), writes each figure as a
+PNG into a figures directory (for ``snakemake --report``) and renders one HTML page from the Jinja2
+template in ``batchmix/report/templates/`` (:mod:`batchmix.report.render`) with the figures embedded
+as ``data:`` URIs, the tables downloadable as TSV ``data:`` links and no network resource, so that the
+page opens offline, e.g. from an email.
+
+Outputs are deterministic: no time stamps, PNGs written without the software tag, principal
+components with a fixed sign, tables in a fixed order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from batchmix.io import read_matrix, read_result_table, read_samples
+from batchmix.lmm import model_metadata
+from batchmix.lmm.results import ModelMetadata
+from batchmix.report.render import Figures, render_page
+from batchmix.report.sections import (
+    batch_section,
+    lmm_section,
+    run_section,
+    shrinkage_section,
+    simpson_section,
+    uncertainty_section,
+    vst_section,
+)
+
+__all__ = ["build_report", "load_tables"]
+
+log = logging.getLogger(__name__)
+
+
+def _json(path: str | Path | None) -> dict | None:
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def load_tables(inputs: dict[str, str]) -> dict[str, object]:
+    """Read the report's inputs (the named inputs of the ``report`` rule).
+
+    Parameters
+    ----------
+    inputs : dict of str to str
+        Keys as in ``report_inputs`` of ``workflow/rules/common.smk``: ``vst_info``,
+        ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``, ``gene_fits``,
+        ``blups``, ``model`` (``results/lmm/model.json``), ``fixed_vcov``
+        (``results/lmm/fixed_vcov.tsv``), ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
+        ``simpson_summary``, ``simpson_figure``, ``uncertainty_summary``, ``uncertainty_bootstrap``,
+        ``uncertainty_posterior``, ``uncertainty_figures`` (a directory).
+
+    Returns
+    -------
+    dict
+        The same keys with tables (:class:`pandas.DataFrame`, read with
+        :func:`batchmix.io.read_result_table` / :func:`batchmix.io.read_matrix`, ids kept as text),
+        dicts (JSON), ``model`` as :class:`batchmix.lmm.results.ModelMetadata` or, for
+        ``expression``, ``simpson_figure`` and ``uncertainty_figures``, the path; a missing optional
+        input is ``None``.
+    """
+    optional = inputs.get
+    return {
+        "vst_info": _json(inputs["vst_info"]),
+        "size_factors": read_result_table(inputs["size_factors"]),
+        "gene_status": read_result_table(inputs["gene_status"]),
+        "mean_sd": read_result_table(inputs["mean_sd"]),
+        "vst_expression": read_matrix(inputs["vst_expression"]),
+        "gene_fits": read_result_table(inputs["gene_fits"]),
+        "blups": read_result_table(inputs["blups"]),
+        "model": ModelMetadata.read_json(inputs["model"]) if optional("model") else None,
+        "fixed_vcov": read_result_table(inputs["fixed_vcov"]) if optional("fixed_vcov") else None,
+        "samples": read_samples(inputs["samples"]),
+        "expression": inputs["expression"],
+        "corrected": read_matrix(inputs["corrected"]) if optional("corrected") else None,
+        "reversals": read_result_table(inputs["reversals"]) if optional("reversals") else None,
+        "simpson_summary": _json(optional("simpson_summary")),
+        "simpson_figure": optional("simpson_figure") or None,
+        "uncertainty_summary": _json(optional("uncertainty_summary")),
+        "uncertainty_bootstrap": (
+            read_result_table(inputs["uncertainty_bootstrap"]) if optional("uncertainty_bootstrap") else None
+        ),
+        "uncertainty_posterior": (
+            read_result_table(inputs["uncertainty_posterior"]) if optional("uncertainty_posterior") else None
+        ),
+        "uncertainty_figures": optional("uncertainty_figures") or None,
+    }
+
+
+def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
+    """Write the self-contained HTML report and its figures.
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config with defaults filled in (``model``, ``batch``, ``reml``,
+        ``simpson``, ``report``, …).
+    inputs : dict of str to str
+        Paths of the report's inputs, keyed as in :func:`load_tables`. Without ``model``, the
+        model's structure is made from the design (:func:`batchmix.lmm.model_metadata`); without
+        ``fixed_vcov`` the shrinkage figures have no band (both logged as warnings).
+    html_path : str or Path
+        The page to write (``results/report.html``).
+    figures_dir : str or Path
+        Directory for the PNG figures (``results/figures``), one file per figure of the page.
+
+    Returns
+    -------
+    None
+        The page and the figures are written to disk.
+    """
+    tables = load_tables(inputs)
+    if tables["model"] is None:
+        # A caller that predates model.json: the same metadata, made from the design alone.
+        log.warning("no model.json among the report's inputs: the model's structure is taken from the design")
+        samples = tables["samples"].loc[tables["vst_expression"].columns]
+        tables["model"] = model_metadata(config["model"], samples, reml=bool(config.get("reml", True)))
+    if tables["fixed_vcov"] is None:
+        log.warning("no fixed_vcov.tsv among the report's inputs: the shrinkage figures have no confidence band")
+    figures = Figures(figures_dir)
+    context = {
+        "title": "batchmix report",
+        "config": config,
+        "run": run_section(config, tables, inputs),
+        "batch": batch_section(config, tables, figures),
+        "lmm": lmm_section(config, tables, figures),
+        "shrinkage": shrinkage_section(config, tables, figures),
+        "vst": vst_section(config, tables, figures),
+        "simpson": simpson_section(config, tables),
+        "uncertainty": uncertainty_section(config, tables, figures),
+    }
+    render_page(context, html_path)
+    log.info("wrote %s and %d figures in %s", html_path, len(list(Path(figures_dir).glob("*.png"))), figures_dir)
