@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchmix.design import (ModelFormula, RandomTerm, check_levels, fixed_design, fixed_term_columns,
-                             formula_columns, parse_formula, random_design)
+from batchmix.design import (
+    ModelFormula,
+    RandomTerm,
+    check_levels,
+    fixed_design,
+    fixed_term_columns,
+    formula_columns,
+    parse_formula,
+    random_design,
+)
 from batchmix.io import read_result_table
 
 LIMMA_DE = Path(__file__).resolve().parents[1] / "data" / "limma_de"

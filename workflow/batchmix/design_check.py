@@ -53,8 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from batchmix.design import (check_levels, fixed_design, formula_columns, level_label, parse_formula,
-                             random_design)
+from batchmix.design import check_levels, fixed_design, formula_columns, level_label, parse_formula, random_design
 from batchmix.io import InputError
 
 logger = logging.getLogger(__name__)
@@ -330,12 +329,13 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
             "confounded": bool(confounded),
         })
         if confounded:
+            v_text = "NA" if v is None else f"{v:.2f}"
             which = [f"{b} (only {table.columns[(table.loc[b] > 0).to_numpy()][0]})" for b in single
                      if batch_levels[b] >= 2]
             add("confounded", "warning",
                 f"{column!r} is confounded with the batch {batch!r}: batch{'es' if len(which) > 1 else ''} "
                 f"{_join(which)} hold a single level of {column!r}, so within them the batch effect and the "
-                f"{column!r} effect cannot be separated (Cramér's V {'NA' if v is None else f'{v:.2f}'}). The {column!r} effect rests on the "
+                f"{column!r} effect cannot be separated (Cramér's V {v_text}). The {column!r} effect rests on the "
                 "batches that hold several levels; do not batch-correct the expression before comparing "
                 f"{column!r}, and if possible add samples of the missing levels to those batches.")
     if dropped:
@@ -370,7 +370,7 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
                 f"every level of {group!r} holds a single sample ({n_levels} levels, {n} samples), so the "
                 f"variance between levels of {group!r} and the residual variance cannot be told apart "
                 "(lme4 refuses this design). Remove the term (" + f"{term.expr} | {group}" + ") from `model`, "
-                f"or use a coarser grouping with several samples per level.")
+                "or use a coarser grouping with several samples per level.")
         elif extra == 0:
             identifiable = False
             reasons.append("aliased with the fixed effects")
