@@ -154,6 +154,27 @@ def test_numeric_batch_is_categorical_and_numeric_covariates_get_a_note():
         samples, formula="~ condition + day + batch", batch="batch", levels={"day": [0, 1, 2, 3]}).codes()
 
 
+def test_numeric_codes_get_the_note_and_two_valued_numbers_are_checked_as_factors():
+    samples = balanced().assign(code=[1, 2, 3, 4, 5, 6, 7, 8] * 3, dose=np.linspace(0, 1, 24),
+                                sex=lambda d: (d["batch"] == "B0").astype(int))
+    report = check_design(samples, formula="~ code + dose + (1|batch)", batch="batch")
+    assert "'code' is numeric with 8 distinct values" in finding(report, "numeric_few_values").message
+    assert len([f for f in report.findings if f.code == "numeric_few_values"]) == 1  # not the continuous dose
+    report = check_design(samples, formula="~ sex + (1|batch)", batch="batch")
+    assert "numeric_few_values" not in report.codes()
+    (factor,) = report.factors
+    assert factor["column"] == "sex" and factor["levels"] == ["0", "1"] and factor["confounded"] is True
+    assert factor["single_batch_levels"] == ["1"]
+
+
+def test_columns_nested_in_the_batch_outside_the_model_get_a_note():
+    samples = balanced().assign(celltype=lambda d: d["batch"].map({"B0": "lung", "B1": "lung"}).fillna("blood"))
+    f = finding(check_design(samples, formula="~ condition + (1|batch)", batch="batch"), "nested_in_batch")
+    assert f.severity == "note" and "'celltype'" in f.message
+    assert "nested_in_batch" not in check_design(samples, formula="~ condition + celltype + (1|batch)",
+                                                 batch="batch").codes()
+
+
 def test_looks_like_counts_only_for_log_input_with_large_integers():
     samples = balanced()
     counts = pd.DataFrame(np.arange(24 * 3).reshape(3, 24) * 50, columns=samples.index)

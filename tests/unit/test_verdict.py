@@ -122,3 +122,11 @@ def test_metadata_names_the_fraction_column_and_pcs_are_reported():
     assert verdict.figures["batch_r2_before"] == [0.81, 0.1]
     assert "81% of the variance of the first principal component before correction, 2% after" in verdict.text
     json.dumps(verdict.to_dict())
+
+
+def test_columns_nested_in_the_batch_are_named_in_the_text():
+    samples = sheet().assign(celltype=lambda d: d["Batch"].map({"run0": "lung", "run1": "lung"}).fillna("blood"))
+    verdict = verdict_for(np.full(100, 0.7), samples)
+    assert verdict.figures["nested_columns"] == ["celltype"]
+    assert "'celltype' takes a single value in every batch" in verdict.text
+    assert "nested_columns" in verdict.figures and verdict_for(np.full(100, 0.7)).figures["nested_columns"] == []

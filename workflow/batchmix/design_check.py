@@ -35,8 +35,11 @@ code                     severity when
 ``few_residual_df``      warning  n − rank[X Z] is 1 or 2
 ``looks_like_counts``    warning  ``input_type: log`` but every value is a non-negative integer
                                   and the largest exceeds 1000
-``numeric_few_values``   note     a numeric fixed-effect column with 2 to 5 distinct values: it is
-                                  fitted as a linear trend
+``numeric_few_values``   note     a numeric fixed-effect column with 3 to 5 distinct values (3 to 10
+                                  when all are integers, e.g. condition codes): it is fitted as a
+                                  linear trend (two values are a factor already)
+``nested_in_batch``      note     sheet columns outside the model take a single value within every
+                                  batch: the batch effect includes their differences
 ======================== ======== ===========================================================
 
 Errors mean a result of the requested model would be a made-up number: :meth:`DesignReport.raise_on_errors`
@@ -62,6 +65,7 @@ __all__ = [
     "FINDING_CODES",
     "FEW_LEVELS",
     "NUMERIC_FEW_VALUES",
+    "NUMERIC_FEW_CODES",
     "COUNTS_MAX",
     "Finding",
     "DesignReport",
@@ -83,11 +87,14 @@ FINDING_CODES = {
     "few_residual_df": "one or two residual degrees of freedom",
     "looks_like_counts": "input_type log, but the values look like raw counts",
     "numeric_few_values": "a numeric fixed effect with few distinct values is fitted as a linear trend",
+    "nested_in_batch": "sheet columns take a single value within every batch",
 }
 #: A grouping factor with fewer levels than this gets ``few_levels``.
 FEW_LEVELS = 5
 #: A numeric fixed-effect column with at most this many distinct values gets ``numeric_few_values``.
 NUMERIC_FEW_VALUES = 5
+#: The same for integer-valued columns (codes such as conditions 1–10).
+NUMERIC_FEW_CODES = 10
 #: ``looks_like_counts``: integers whose maximum exceeds this.
 COUNTS_MAX = 1000
 _SEVERITIES = ("error", "warning", "note")
@@ -299,13 +306,18 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
         values = samples[column]
         if not _is_categorical(values, column, batch, levels):
             distinct = values.nunique()
-            if 2 <= distinct <= NUMERIC_FEW_VALUES and distinct < n:
+            integer_codes = bool(np.all(values.to_numpy(dtype=float) == np.round(values.to_numpy(dtype=float))))
+            limit = NUMERIC_FEW_CODES if integer_codes else NUMERIC_FEW_VALUES
+            if 3 <= distinct <= limit and distinct < n:
                 add("numeric_few_values", "note",
                     f"{column!r} is numeric with {distinct} distinct values "
-                    f"({_join(sorted(values.unique()))}), so it is fitted as a linear trend (one slope). "
-                    f"If its values are groups, make it categorical: `levels: {{{column}: [reference, ...]}}` "
-                    "in the config, or write its values as text in the sample sheet.")
-            continue
+                    f"({_join(level_label(v) for v in sorted(values.unique()))}), so it is fitted as a linear "
+                    "trend (one slope). If its values are groups, make it categorical: "
+                    f"`levels: {{{column}: [reference, ...]}}` in the config, or write its values as text in the "
+                    "sample sheet.")
+            if distinct != 2:
+                continue
+            # a two-valued number spans the same columns as a factor: check it against the batch as one
         factor_levels = _ordered_levels(values, levels.get(column))
         if len(factor_levels) < 2:
             add("single_level_factor", "warning",
@@ -319,6 +331,7 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
         per_batch = (table > 0).sum(axis=1)
         single = [b for b in table.index if per_batch[b] == 1]
         confounded = any(batch_levels[b] >= 2 for b in single)
+        batches_per_level = (table > 0).sum(axis=0)
         v = cramers_v(table)
         factors.append({
             "column": column,
@@ -326,6 +339,7 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
             "crosstab": {b: {lv: int(table.loc[b, lv]) for lv in factor_levels} for b in table.index},
             "cramers_v": None if v is None else round(v, 6),
             "single_level_batches": single,
+            "single_batch_levels": [lv for lv in factor_levels if batches_per_level[lv] == 1],
             "confounded": bool(confounded),
         })
         if confounded:
@@ -442,9 +456,19 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
                 "they are normalised and variance-stabilised; models on raw counts are dominated by a few "
                 "highly expressed genes.")
 
+    nested = nested_columns(samples, batch) if batch else []
+    model_columns = set(formula_columns(formula))
+    outside = [c for c in nested if c not in model_columns]
+    if outside and len(batch_levels) < n:
+        add("nested_in_batch", "note",
+            f"{_join(repr(c) for c in outside)} take{'s' if len(outside) == 1 else ''} a single value within every "
+            f"batch of {batch!r}, so what is measured as the batch effect also includes the differences in "
+            f"{'this column' if len(outside) == 1 else 'these columns'} (for example cell type or donor) and "
+            "cannot be told apart from them. If such a column is biology, the batch share of variance measures "
+            "biology too.")
     report = DesignReport(formula=formula, batch=batch, n_samples=n, fixed_rank=fixed_rank, full_rank=full_rank,
                           batch_levels=batch_levels, factors=factors, random_terms=random_terms,
-                          nested_columns=nested_columns(samples, batch) if batch else [], findings=findings)
+                          nested_columns=nested, findings=findings)
     for finding in findings:
         logger.info("design check %s %s: %s", finding.severity, finding.code, finding.message)
     return report

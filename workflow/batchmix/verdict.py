@@ -95,7 +95,8 @@ class Verdict:
     figures : dict
         ``batch``, ``n_batches``, ``n_fitted``, ``batch_fraction_median``, ``batch_fraction_p90``,
         ``lrt_share_q05``, ``singular_share``, ``batch_r2_before``, ``batch_r2_after`` (lists, top PCs
-        first), ``confounded`` (``[{factor, batches}]``).
+        first), ``confounded`` (``[{factor, batches}]``), ``nested_columns`` (sheet columns outside the
+        model with one value per batch).
     """
 
     batch_effect: str
@@ -173,7 +174,7 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
                "batch_fraction_median": None, "batch_fraction_p90": None, "lrt_share_q05": None,
                "singular_share": round(float((fitted["status"] == "singular").mean()), 6) if n_fitted else None,
                "batch_r2_before": _as_list(batch_r2_before), "batch_r2_after": _as_list(batch_r2_after),
-               "confounded": []}
+               "confounded": [], "nested_columns": []}
     formula = report.get("formula", "")
     batch_is_random = bool(batch) and any(t.group == batch for t in parse_formula(formula).random)
     batch_is_fixed = bool(batch) and batch in (formula_columns("~ " + parse_formula(formula).fixed)
@@ -216,6 +217,8 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
             batches = [b for b in factor["single_level_batches"] if batch_levels.get(b, 0) >= 2]
             confounded.append({"factor": factor["column"], "batches": batches})
     figures["confounded"] = confounded
+    model_columns = set(formula_columns(formula)) if formula else set()
+    figures["nested_columns"] = [c for c in report.get("nested_columns", []) if c not in model_columns]
     if errors or any(not t["identifiable"] for t in batch_terms):
         design = "not_identifiable"
     elif confounded:
@@ -241,7 +244,8 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
 
     text = _text(batch=batch, batch_effect=batch_effect, design=design, recommendation=recommendation,
                  figures=figures, errors=errors, batch_is_random=batch_is_random, batch_is_fixed=batch_is_fixed,
-                 other_random=other_random, formula=formula)
+                 other_random=other_random, formula=formula,
+                 factor_names=[f["column"] for f in report.get("factors", [])])
     verdict = Verdict(batch_effect=batch_effect, design=design, recommendation=recommendation, text=text,
                       figures=figures)
     logger.info("verdict: batch effect %s, design %s, recommendation %s", batch_effect, design, recommendation)
@@ -249,7 +253,7 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
 
 
 def _text(*, batch, batch_effect, design, recommendation, figures, errors, batch_is_random, batch_is_fixed,
-          other_random, formula) -> str:
+          other_random, formula, factor_names) -> str:
     sentences = []
     n_batches = figures["n_batches"]
     if batch is None:
@@ -287,8 +291,17 @@ def _text(*, batch, batch_effect, design, recommendation, figures, errors, batch
         sentences.append(f"Design: only {n_batches} batches, so the batch variance rests on at most "
                          f"{max(n_batches - 1, 0)} contrast{'s' if n_batches != 2 else ''} and is unreliable"
                          f"{singular_text}.")
+    elif batch is not None and factor_names:
+        sentences.append(f"Design: ok; every batch with several samples holds several levels of "
+                         f"{_join([repr(f) for f in factor_names])}.")
     elif batch is not None:
-        sentences.append("Design: ok; every batch with several samples holds several levels of each factor.")
+        sentences.append("Design: ok.")
+    nested = figures["nested_columns"]
+    if nested and batch_effect not in ("none", "not_assessed"):
+        sentences.append(f"Note that {_join([repr(c) for c in nested])} take{'s' if len(nested) == 1 else ''} a "
+                         "single value in every batch, so the batch effect also holds their differences: if "
+                         f"{'it is' if len(nested) == 1 else 'they are'} biology (cell type, tissue, donor), part of "
+                         "the \"batch\" effect is biology and should not be removed.")
     confounded_factors = _join([repr(c["factor"]) for c in figures["confounded"]])
     recommendation_text = {
         "fix_design": "Recommendation: fix the design first: change `model` or add samples as the design check "
