@@ -11,6 +11,7 @@ import pytest
 from batchmix.design import (
     ModelFormula,
     RandomTerm,
+    categorize,
     check_levels,
     fixed_design,
     fixed_term_columns,
@@ -189,3 +190,18 @@ def test_bad_levels_name_the_column_and_its_levels(samples, levels, words):
     if "nosuch" not in levels:
         with pytest.raises(ValueError, match="condition"):
             fixed_design("~ condition + (1|batch)", samples, levels=levels)
+
+
+def test_categorize_gives_the_same_designs_as_the_arguments(samples):
+    levels = {"condition": ["treat", "ctrl"], "batch": ["b3", "b1", "b2"]}
+    sheet = categorize(samples, levels=levels, categorical=("experiment.number",))
+    assert list(sheet["experiment.number"].cat.categories) == ["4", "6", "7"]
+    formula = "~ condition + experiment.number + (dose | batch)"
+    X1, names1 = fixed_design(formula, sheet)
+    X2, names2 = fixed_design(formula, samples, levels=levels, categorical=("experiment.number",))
+    assert names1 == names2 == ["Intercept", "conditionctrl", "experiment.number6", "experiment.number7"]
+    np.testing.assert_array_equal(X1, X2)
+    assert random_design(formula, sheet).blocks[0].levels == ["b3", "b1", "b2"]
+    np.testing.assert_array_equal(random_design(formula, sheet).Z, random_design(formula, samples, levels=levels).Z)
+    with pytest.raises(ValueError, match="'condition' has the levels ctrl, treat"):
+        categorize(samples, levels={"condition": ["ctrl", "other"]})

@@ -45,6 +45,7 @@ __all__ = [
     "sanitize_name",
     "check_levels",
     "level_label",
+    "categorize",
 ]
 
 _IDENTIFIER = re.compile(r"`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*")
@@ -314,6 +315,38 @@ def check_levels(samples: pd.DataFrame, levels: dict | None) -> None:
                 f"levels: {column!r} has the levels {', '.join(present)}; the list given "
                 f"({', '.join(wanted_text)}) has levels {'; '.join(problems)}. "
                 "List every level of the column once, the reference level first.")
+
+
+def categorize(samples: pd.DataFrame, *, levels: dict | None = None, categorical=()) -> pd.DataFrame:
+    """A copy of the sheet whose ``levels`` and ``categorical`` columns are :class:`pandas.Categorical`.
+
+    Every function of this module keeps a categorical column's category order, so a sheet passed
+    through this function gives the same design as passing ``levels`` and ``categorical`` to each of
+    them: one call where the sheet is read is enough for the whole pipeline. Level labels are text as
+    R prints them (:func:`level_label`); numeric columns keep their numeric order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_levels`.
+    """
+    levels = levels or {}
+    check_levels(samples, levels)
+    out = samples.copy()
+    for column in list(levels) + [c for c in categorical if c not in levels]:
+        if column not in out.columns:
+            raise ValueError(f"column {column!r} is not in the sample sheet")
+        values = out[column]
+        if column in levels:
+            order = [level_label(v) for v in levels[column]]
+        elif isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            order = [level_label(v) for v in sorted(values.dropna().unique())]
+        else:
+            continue  # text and booleans are factors already, in R's order
+        out[column] = pd.Categorical(values.map(level_label, na_action="ignore"), categories=order)
+    return out
 
 
 def _level_sort_key(values: pd.Series):
