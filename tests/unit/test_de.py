@@ -173,3 +173,15 @@ def test_unknown_coefficient_is_refused(data, strain_fits):
     expression, samples, _, _ = data
     with pytest.raises(ValueError, match="coef_nosuch"):
         differential_expression(strain_fits, expression, samples, formula=MODEL, coefficients=["nosuch"])
+
+
+def test_fdr_sets_the_calls_and_no_batch_uses_the_whole_fixed_part(data, strain_fits):
+    expression, samples, fitted, _ = data
+    strict = differential_expression(strain_fits, expression, samples, formula=MODEL, fdr=1e-6)["strainDBA_2J"]
+    loose = differential_expression(strain_fits, expression, samples, formula=MODEL, fdr=0.2)["strainDBA_2J"]
+    assert (strict["change"] == "neither").sum() > (loose["change"] == "neither").sum()
+    assert ((strict["q"] <= 1e-6) == strict["change"].isin(["both", "lmm_only"])).all()
+    # the batch is only a random term here, so batch=None gives the same OLS
+    ref = _reference("strain_plain.tsv.gz")
+    got = strict.set_index("gene_id").loc[fitted]
+    assert np.max(np.abs(got["ols_t"] - ref["t_strainDBA_2J"])) < 1e-6

@@ -210,3 +210,10 @@ def test_without_batch_and_with_bad_levels():
     assert report.batch_levels == {} and report.factors == [] and report.nested_columns == []
     with pytest.raises(ValueError, match="'condition' has the levels ctrl, treat"):
         check_design(balanced(), formula="~ condition + (1|batch)", batch="batch", levels={"condition": ["x", "y"]})
+
+
+def test_raise_on_errors_is_silent_without_errors():
+    samples = balanced(3)
+    report = check_design(samples, formula="~ condition + (1|batch)", batch="batch")
+    assert report.codes() == ["few_levels"] and report.errors == []
+    report.raise_on_errors()
