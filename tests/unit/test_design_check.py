@@ -217,3 +217,16 @@ def test_raise_on_errors_is_silent_without_errors():
     report = check_design(samples, formula="~ condition + (1|batch)", batch="batch")
     assert report.codes() == ["few_levels"] and report.errors == []
     report.raise_on_errors()
+
+
+def test_a_random_slope_covariate_gets_no_numeric_note():
+    samples = balanced().assign(day=[0, 1, 2, 3] * 6)
+    assert "numeric_few_values" not in check_design(samples, formula="~ day + (day | batch)", batch="batch").codes()
+    assert "numeric_few_values" in check_design(samples, formula="~ day + (1 | batch)", batch="batch").codes()
+
+
+def test_a_slope_only_term_is_not_aliased_by_a_fixed_grouping():
+    samples = balanced().assign(dose=[0.0, 1, 2, 3] * 6)
+    assert check_design(samples, formula="~ batch + dose + (0 + dose | batch)", batch="batch").errors == []
+    assert "aliased_fixed_random" in check_design(samples, formula="~ batch + dose + (dose | batch)",
+                                                  batch="batch").codes("error")

@@ -37,7 +37,8 @@ code                     severity when
                                   and the largest exceeds 1000
 ``numeric_few_values``   note     a numeric fixed-effect column with 3 to 5 distinct values (3 to 10
                                   when all are integers, e.g. condition codes): it is fitted as a
-                                  linear trend (two values are a factor already)
+                                  linear trend (two values are a factor already; not for a
+                                  covariate that is also a random slope)
 ``nested_in_batch``      note     sheet columns outside the model take a single value within every
                                   batch: the batch effect includes their differences
 ======================== ======== ===========================================================
@@ -295,6 +296,8 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
     fixed_rank = _rank(X)
     full_rank = _rank(np.column_stack([X, Z])) if Z.size else fixed_rank
 
+    slope_columns = {c for t in parsed.random if t.expr.strip() not in ("1", "0 + 1")
+                     for c in formula_columns("~ " + t.expr)}
     # ---- the batch and the categorical fixed factors
     batch_levels: dict = {}
     factors = []
@@ -308,7 +311,8 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
             distinct = values.nunique()
             integer_codes = bool(np.all(values.to_numpy(dtype=float) == np.round(values.to_numpy(dtype=float))))
             limit = NUMERIC_FEW_CODES if integer_codes else NUMERIC_FEW_VALUES
-            if 3 <= distinct <= limit and distinct < n:
+            # a covariate that is also a random slope is meant as a trend (Days in (Days | Subject))
+            if 3 <= distinct <= limit and distinct < n and column not in slope_columns:
                 add("numeric_few_values", "note",
                     f"{column!r} is numeric with {distinct} distinct values "
                     f"({_join(level_label(v) for v in sorted(values.unique()))}), so it is fitted as a linear "
@@ -367,10 +371,14 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
         n_levels = int(counts.size)
         identifiable = True
         reasons = []
-        # does the grouping carry anything the fixed effects do not? (columns of the level indicators)
-        indicators = np.zeros((n, n_levels))
-        indicators[np.arange(n), codes] = 1.0
-        extra = _rank(np.column_stack([X, indicators])) - fixed_rank
+        # does the term carry anything the fixed effects do not? With an intercept, its level indicators
+        # must (the slopes cannot rescue an aliased intercept variance); a slope-only term, its own columns
+        if "Intercept" in block.terms:
+            own = np.zeros((n, n_levels))
+            own[np.arange(n), codes] = 1.0
+        else:
+            own = block.Z
+        extra = _rank(np.column_stack([X, own])) - fixed_rank
         if n_levels < 2:
             identifiable = False
             reasons.append("single level")
