@@ -94,6 +94,11 @@ def test_two_batches_say_not_to_trust_the_batch_variance():
     assert "do not trust the batch variance" in verdict.text
     assert "only 2 batches" in verdict.text and "singular" in verdict.text
     assert verdict.figures["singular_share"] == pytest.approx(0.4)
+    # mostly singular fits (batch variance 0) are no evidence of no batch effect
+    mostly_singular = verdict_for(np.full(100, 0.0), sheet(n_batches=2, per_batch=6), singular=63)
+    assert mostly_singular.batch_effect == "none"
+    assert mostly_singular.recommendation == "model_batch_as_fixed"
+    assert "63% of the fits are singular" in mostly_singular.text
 
 
 def test_not_identifiable_design_recommends_fixing_it():
@@ -130,3 +135,10 @@ def test_columns_nested_in_the_batch_are_named_in_the_text():
     assert verdict.figures["nested_columns"] == ["celltype"]
     assert "'celltype' takes a single value in every batch" in verdict.text
     assert "nested_columns" in verdict.figures and verdict_for(np.full(100, 0.7)).figures["nested_columns"] == []
+
+
+def test_a_batch_outside_the_model_is_not_assessed():
+    report = check_design(sheet(), formula="~ condition", batch="Batch")
+    verdict = classify(design_report=report, gene_fits=fits(np.full(10, 0.5), column="frac_other"), batch="Batch")
+    assert verdict.batch_effect == "not_assessed" and verdict.recommendation == "no_action"
+    assert "does not include the batch" in verdict.text

@@ -33,9 +33,10 @@ the text, but does not set the class: with few samples per batch a factor's R² 
 ================================== =============================================================
 ``fix_design``                     design ``not_identifiable``: change the model or the samples
 ``do_not_correct_confounded``      design ``confounded``: correcting would remove biology
-``no_action``                      batch effect ``none`` or ``not_assessed``
 ``model_batch_as_fixed``           design ``few_batches``: a variance from so few batches is
-                                   unreliable; a fixed batch effect needs none
+                                   unreliable (a batch variance of 0 is no evidence of no batch
+                                   effect); a fixed batch effect needs no variance
+``no_action``                      batch effect ``none`` or ``not_assessed``
 ``correct_for_visualisation_only`` batch effect ``weak``: tests barely change; correct only for plots
 ``block_in_de``                    batch effect ``moderate`` or ``strong``: test with the mixed model
                                    (moderated p-values), never on corrected data
@@ -233,10 +234,11 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
         recommendation = "fix_design"
     elif design == "confounded":
         recommendation = "do_not_correct_confounded"
+    elif design == "few_batches":
+        # before "none": with 2-4 batches a batch variance of 0 (singular fits) is not evidence of no effect
+        recommendation = "model_batch_as_fixed"
     elif batch_effect in ("none", "not_assessed"):
         recommendation = "no_action"
-    elif design == "few_batches":
-        recommendation = "model_batch_as_fixed"
     elif batch_effect == "weak":
         recommendation = "correct_for_visualisation_only"
     else:
@@ -258,6 +260,9 @@ def _text(*, batch, batch_effect, design, recommendation, figures, errors, batch
     n_batches = figures["n_batches"]
     if batch is None:
         sentences.append("No batch column was given, so no batch effect was assessed.")
+    elif batch_effect == "not_assessed" and batch not in (formula_columns(formula) if formula else []):
+        sentences.append(f"The batch effect of {batch!r} was not assessed: the model {formula!r} does not include "
+                         "the batch.")
     elif batch_effect == "not_assessed":
         sentences.append(f"The batch effect of {batch!r} could not be assessed: no gene was fitted with a batch "
                          "variance fraction.")
