@@ -8,40 +8,33 @@ finding, at the expression values), so it runs at validation, before any job. It
 * every random term: its number of levels, the observations per level, ``identifiable``;
 * ``nested_columns``: the sheet columns that take one value within every batch;
 
-and lists **findings** ``{code, severity, message}``. The codes are a stable set:
+and lists **findings** ``{code, severity, message}``. The codes are a stable set (new codes may be added,
+none is renamed):
 
-======================== ======== ===========================================================
-code                     severity when
-======================== ======== ===========================================================
-``aliased_fixed_random`` error    a random term's levels are explained by the fixed effects
-                                  (``~ group + (1|group)``, a condition equal to the batch):
-                                  its variance cannot be estimated
-``one_observation_per_level`` error every level of a grouping factor has one observation (e.g.
-                                  one sample per batch): its variance and the residual variance
-                                  cannot be told apart
-``no_residual_df``       error    n − rank[X Z] < 1 or n − rank X < 2 (three samples in all,
-                                  more coefficients than samples): nothing is left to estimate
-                                  the residual variance
-``single_level_factor``  error    a grouping factor with a single level;
-                         warning  a fixed-effect factor with a single level (it is dropped)
-``slope_not_identifiable`` error  a random slope whose covariate varies within fewer than two
-                                  levels of its grouping factor
-``confounded``           warning  a batch with two or more samples holds a single level of a
-                                  fixed-effect factor
-``rank_deficient_fixed`` warning  fixed-effect columns are linear combinations of others and are
-                                  dropped (as lme4 does)
-``few_levels``           warning  a grouping factor with fewer than 5 levels (strongly worded at
-                                  2 or 3: a variance from 1 or 2 contrasts)
-``few_residual_df``      warning  n − rank[X Z] is 1 or 2
-``looks_like_counts``    warning  ``input_type: log`` but every value is a non-negative integer
-                                  and the largest exceeds 1000
-``numeric_few_values``   note     a numeric fixed-effect column with 3 to 5 distinct values (3 to 10
-                                  when all are integers, e.g. condition codes): it is fitted as a
-                                  linear trend (two values are a factor already; not for a
-                                  covariate that is also a random slope)
-``nested_in_batch``      note     sheet columns outside the model take a single value within every
-                                  batch: the batch effect includes their differences
-======================== ======== ===========================================================
+- ``aliased_fixed_random`` (error): a random term's levels are explained by the fixed effects
+  (``~ group + (1|group)``, a condition equal to the batch), so its variance cannot be estimated.
+- ``one_observation_per_level`` (error): every level of a grouping factor holds one observation (one
+  sample per batch): its variance and the residual variance cannot be told apart (lme4 refuses this).
+- ``no_residual_df`` (error): n − rank[X Z] < 1 or n − rank X < 2 (three samples in all, more
+  coefficients than samples): nothing is left to estimate the residual variance.
+- ``single_level_factor``: a grouping factor with a single level (error); a fixed-effect factor with a
+  single level (warning: it is dropped).
+- ``slope_not_identifiable`` (error): a random slope whose covariate varies within fewer than two levels
+  of its grouping factor.
+- ``confounded`` (warning): a batch with two or more samples holds a single level of a fixed-effect
+  factor (a two-valued numeric column counts as a factor).
+- ``rank_deficient_fixed`` (warning): fixed-effect columns are combinations of others and are dropped,
+  as lme4 does.
+- ``few_levels`` (warning): a grouping factor with fewer than 5 levels; strongly worded at 2 or 3 (a
+  variance from one or two contrasts).
+- ``few_residual_df`` (warning): n − rank[X Z] is 1 or 2.
+- ``looks_like_counts`` (warning): ``input_type: log``, but every value is a non-negative integer and
+  the largest exceeds 1000.
+- ``numeric_few_values`` (note): a numeric fixed-effect column with 3 to 5 distinct values (3 to 10 when
+  all are integers, e.g. condition codes) is fitted as a linear trend; not for two values (a factor
+  already) nor for a covariate that is also a random slope.
+- ``nested_in_batch`` (note): sheet columns outside the model take a single value within every batch,
+  so the batch effect includes their differences (cell type, donor).
 
 Errors mean a result of the requested model would be a made-up number: :meth:`DesignReport.raise_on_errors`
 stops the run with one message listing every error.

@@ -3,44 +3,37 @@
 :func:`classify` turns the design check and the per-gene fits into three codes and one paragraph a
 biologist reads in a minute.
 
-**Batch effect** (from the fitted genes, status ``ok`` or ``singular``; f = the batch's variance
-fraction ``frac_<batch>``, LRT share = the share of fitted genes whose likelihood-ratio test of the random
-terms against OLS has a Benjamini–Hochberg q < 0.05):
+**Batch effect**, from the fitted genes (status ``ok`` or ``singular``); f is the batch's variance
+fraction (``frac_<batch>``), the LRT share is the share of fitted genes whose likelihood-ratio test of the
+random terms against OLS has a Benjamini–Hochberg q < 0.05 (over the fitted genes), first match wins:
 
-============ ===============================================================
-``strong``   median f ≥ 0.25, or 90th percentile of f ≥ 0.60
-``moderate`` median f ≥ 0.10, or 90th percentile ≥ 0.30
-``weak``     median f ≥ 0.02, or 90th percentile ≥ 0.10, or LRT share ≥ 0.05
-``none``     otherwise
-``not_assessed`` no batch column, or no fitted gene with a batch fraction
-============ ===============================================================
+- ``strong``: median f ≥ 0.25, or 90th percentile of f ≥ 0.60;
+- ``moderate``: median f ≥ 0.10, or 90th percentile ≥ 0.30;
+- ``weak``: median f ≥ 0.02, or 90th percentile ≥ 0.10, or LRT share ≥ 0.05;
+- ``none``: otherwise;
+- ``not_assessed``: no batch column, the batch not in the model, or no fitted gene.
 
 The batch R² of the top principal components before and after correction is reported and quoted in
 the text, but does not set the class: with few samples per batch a factor's R² is inflated by chance
 (its expectation under no effect is (B − 1)/(n − 1) for B batches and n samples).
 
-**Design** (from :func:`batchmix.design_check.check_design`), first match wins:
+**Design**, from :func:`batchmix.design_check.check_design`, first match wins:
 
-===================== ============================================================
-``not_identifiable``  the design check has an error, or the batch's random term is not identifiable
-``confounded``        a batch with two or more samples holds a single level of a fixed-effect factor
-``few_batches``       fewer than 5 batches (:data:`batchmix.design_check.FEW_LEVELS`)
-``ok``                otherwise
-===================== ============================================================
+- ``not_identifiable``: the design check has an error, or the batch's random term is not identifiable;
+- ``confounded``: a batch with two or more samples holds a single level of a fixed-effect factor;
+- ``few_batches``: fewer than 5 batches (:data:`batchmix.design_check.FEW_LEVELS`);
+- ``ok``: otherwise.
 
 **Recommendation**, first match wins:
 
-================================== =============================================================
-``fix_design``                     design ``not_identifiable``: change the model or the samples
-``do_not_correct_confounded``      design ``confounded``: correcting would remove biology
-``model_batch_as_fixed``           design ``few_batches``: a variance from so few batches is
-                                   unreliable (a batch variance of 0 is no evidence of no batch
-                                   effect); a fixed batch effect needs no variance
-``no_action``                      batch effect ``none`` or ``not_assessed``
-``correct_for_visualisation_only`` batch effect ``weak``: tests barely change; correct only for plots
-``block_in_de``                    batch effect ``moderate`` or ``strong``: test with the mixed model
-                                   (moderated p-values), never on corrected data
-================================== =============================================================
+- ``fix_design``: design ``not_identifiable``; change the model or the samples;
+- ``do_not_correct_confounded``: design ``confounded``; correcting would remove biology;
+- ``model_batch_as_fixed``: design ``few_batches``; a variance from so few batches is unreliable (a batch
+  variance of 0 is no evidence of no batch effect), a fixed batch effect needs none;
+- ``no_action``: batch effect ``none`` or ``not_assessed``;
+- ``correct_for_visualisation_only``: batch effect ``weak``; tests barely change, correct only for plots;
+- ``block_in_de``: batch effect ``moderate`` or ``strong``; test with the mixed model (moderated p-values),
+  never on batch-corrected data.
 """
 
 from __future__ import annotations
