@@ -36,8 +36,8 @@ from batchmix.moderate import squeeze_var
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHANGE_CLASSES", "FITTED_STATUSES", "DE_COLUMNS", "limma_fit", "differential_expression",
-           "de_summary", "bh"]
+__all__ = ["CHANGE_CLASSES", "FITTED_STATUSES", "DE_COLUMNS", "limma_fit", "tested_coefficients",
+           "differential_expression", "de_summary", "bh"]
 
 #: The values of ``change``.
 CHANGE_CLASSES = ("both", "lmm_only", "ols_only", "neither")
@@ -162,6 +162,17 @@ def _ols_design(formula: str, samples: pd.DataFrame, batch: str | None, levels: 
                     batch_coefs.update(cols)
     keep = [j for j, name in enumerate(names) if name not in batch_coefs]
     return X[:, keep], [names[j] for j in keep], sorted(batch_coefs)
+
+
+def tested_coefficients(formula: str, samples: pd.DataFrame, *, batch: str | None = None,
+                        levels: dict | None = None) -> list[str]:
+    """The coefficients :func:`differential_expression` gives a table for, from the design alone (no fit).
+
+    Every fixed-effect coefficient of ``formula`` except the intercept and the batch's own terms, in
+    model order: the names of the ``results/de/<coef>.tsv`` files, known before any job runs.
+    """
+    _, names, _ = _ols_design(formula, samples, batch, levels)
+    return [name for name in names if name != "Intercept"]
 
 
 def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, samples: pd.DataFrame, *,
