@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from batchmix import lmm, moderate
-from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_summary, differential_expression, tested_coefficients
+from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_coefficients, de_summary, differential_expression
 from batchmix.io import read_matrix, read_result_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "limma_de"
@@ -187,8 +187,8 @@ def test_fdr_sets_the_calls_and_no_batch_uses_the_whole_fixed_part(data, strain_
     assert np.max(np.abs(got["ols_t"] - ref["t_strainDBA_2J"])) < 1e-6
 
 
-def test_tested_coefficients_from_the_design_alone(data):
+def test_de_coefficients_come_from_the_design_alone(data):
     _, samples, _, _ = data
-    assert tested_coefficients(MODEL, samples, batch="experiment.number") == ["strainDBA_2J"]
-    assert tested_coefficients("~ strain + lane.number + experiment.number", samples, batch="experiment.number",
+    assert de_coefficients(MODEL, samples, batch="experiment.number") == ["strainDBA_2J"]
+    assert de_coefficients("~ strain + lane.number + experiment.number", samples, batch="experiment.number",
                                levels={"strain": ["DBA/2J", "C57BL/6J"]}) == ["strainC57BL_6J", "lane.number"]

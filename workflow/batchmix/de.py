@@ -36,7 +36,7 @@ from batchmix.moderate import squeeze_var
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHANGE_CLASSES", "FITTED_STATUSES", "DE_COLUMNS", "limma_fit", "tested_coefficients",
+__all__ = ["CHANGE_CLASSES", "FITTED_STATUSES", "DE_COLUMNS", "limma_fit", "de_coefficients",
            "differential_expression", "de_summary", "bh"]
 
 #: The values of ``change``.
@@ -164,7 +164,7 @@ def _ols_design(formula: str, samples: pd.DataFrame, batch: str | None, levels: 
     return X[:, keep], [names[j] for j in keep], sorted(batch_coefs)
 
 
-def tested_coefficients(formula: str, samples: pd.DataFrame, *, batch: str | None = None,
+def de_coefficients(formula: str, samples: pd.DataFrame, *, batch: str | None = None,
                         levels: dict | None = None) -> list[str]:
     """The coefficients :func:`differential_expression` gives a table for, from the design alone (no fit).
 
