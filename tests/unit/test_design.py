@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from batchmix.design import (ModelFormula, RandomTerm, fixed_design, fixed_term_columns,
-                             formula_columns, parse_formula, random_design)
+from batchmix.design import (
+    ModelFormula,
+    RandomTerm,
+    categorize,
+    check_levels,
+    fixed_design,
+    fixed_term_columns,
+    formula_columns,
+    parse_formula,
+    random_design,
+)
+from batchmix.io import read_result_table
+
+LIMMA_DE = Path(__file__).resolve().parents[1] / "data" / "limma_de"
 
 
 @pytest.fixture
@@ -122,3 +136,72 @@ def test_random_design_interaction_group(samples):
 def test_missing_column_is_reported(samples):
     with pytest.raises(ValueError, match="not in the sample sheet"):
         fixed_design("~ nosuch + (1|batch)", samples)
+
+
+# ---- levels and categorical columns
+
+
+def test_numeric_batch_is_a_factor_when_categorical_as_r_model_matrix():
+    """``~ strain + Batch`` with batches coded 4, 6, 7: two contrasts, as R's factor(); R's matrix is the reference."""
+    samples = read_result_table(LIMMA_DE / "bottomly_samples.tsv").set_index("sample_id")
+    samples["experiment.number"] = samples["experiment.number"].astype(int)
+    reference = read_result_table(LIMMA_DE / "design_batch_fixed.tsv").set_index("sample_id")
+    X, names = fixed_design("~ strain + experiment.number", samples, categorical=("experiment.number",))
+    assert names == list(reference.columns) == ["Intercept", "strainDBA_2J", "experiment.number6",
+                                                "experiment.number7"]
+    np.testing.assert_array_equal(X, reference.loc[samples.index].to_numpy(dtype=float))
+    # without it the numeric column is one slope, as before
+    _, slope_names = fixed_design("~ strain + experiment.number", samples)
+    assert slope_names == ["Intercept", "strainDBA_2J", "experiment.number"]
+
+
+def test_levels_set_the_reference_and_the_coefficient_names(samples):
+    X, names = fixed_design("~ condition + strain + (1|batch)", samples,
+                            levels={"condition": ["treat", "ctrl"], "strain": ["DBA/2J", "C57BL/6J"]})
+    assert names == ["Intercept", "conditionctrl", "strainC57BL_6J"]
+    np.testing.assert_array_equal(X[:, 1], [1, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(X[:, 2], [1, 0, 0, 1, 1, 0])
+    assert fixed_term_columns("~ condition + (1|batch)", samples, levels={"condition": ["treat", "ctrl"]}) == {
+        "Intercept": ["Intercept"], "condition": ["conditionctrl"]}
+
+
+def test_levels_on_a_numeric_column_make_it_a_factor_in_that_order(samples):
+    _, names = fixed_design("~ experiment.number", samples, levels={"experiment.number": [7, 4, 6]})
+    assert names == ["Intercept", "experiment.number4", "experiment.number6"]
+
+
+def test_levels_order_the_grouping_factor_of_a_random_term(samples):
+    rd = random_design("~ condition + (1|batch)", samples, levels={"batch": ["b3", "b1", "b2"]})
+    assert rd.blocks[0].levels == ["b3", "b1", "b2"]
+    np.testing.assert_array_equal(rd.blocks[0].Z[0], [0, 0, 1])
+
+
+@pytest.mark.parametrize("levels, words", [
+    ({"condition": ["ctrl", "treat", "placebo"]}, ["'condition'", "ctrl, treat", "not in the column: placebo"]),
+    ({"condition": ["ctrl"]}, ["'condition'", "ctrl, treat", "not listed: treat"]),
+    ({"condition": ["ctrl", "ctrl", "treat"]}, ["'condition'", "listed twice: ctrl"]),
+    ({"nosuch": ["a", "b"]}, ["'nosuch'", "not in the sample sheet"]),
+])
+def test_bad_levels_name_the_column_and_its_levels(samples, levels, words):
+    with pytest.raises(ValueError) as info:
+        check_levels(samples, levels)
+    for word in words:
+        assert word in str(info.value)
+    if "nosuch" not in levels:
+        with pytest.raises(ValueError, match="condition"):
+            fixed_design("~ condition + (1|batch)", samples, levels=levels)
+
+
+def test_categorize_gives_the_same_designs_as_the_arguments(samples):
+    levels = {"condition": ["treat", "ctrl"], "batch": ["b3", "b1", "b2"]}
+    sheet = categorize(samples, levels=levels, categorical=("experiment.number",))
+    assert list(sheet["experiment.number"].cat.categories) == ["4", "6", "7"]
+    formula = "~ condition + experiment.number + (dose | batch)"
+    X1, names1 = fixed_design(formula, sheet)
+    X2, names2 = fixed_design(formula, samples, levels=levels, categorical=("experiment.number",))
+    assert names1 == names2 == ["Intercept", "conditionctrl", "experiment.number6", "experiment.number7"]
+    np.testing.assert_array_equal(X1, X2)
+    assert random_design(formula, sheet).blocks[0].levels == ["b3", "b1", "b2"]
+    np.testing.assert_array_equal(random_design(formula, sheet).Z, random_design(formula, samples, levels=levels).Z)
+    with pytest.raises(ValueError, match="'condition' has the levels ctrl, treat"):
+        categorize(samples, levels={"condition": ["ctrl", "other"]})

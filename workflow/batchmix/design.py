@@ -11,9 +11,15 @@ Coefficient names follow R's conventions so that output columns read like lme4
 output: ``(Intercept)`` becomes ``Intercept``, a factor level is the factor name
 followed by the level (``InfectionSARS_CoV_2``), interactions are joined by ``:``
 and then every character outside ``[A-Za-z0-9_.]`` is replaced by ``_``.
-Factor levels are sorted as Python's :func:`sorted` does (the C locale), unless the
-column is a :class:`pandas.Categorical`, whose category order is kept: make a
-column categorical to choose the reference level.
+Factor levels are sorted as Python's :func:`sorted` does (the C locale, as R's
+``factor()`` in the C locale), unless the column is a :class:`pandas.Categorical`,
+whose category order is kept, or the ``levels`` argument names the column:
+``levels={"dex": ["untrt", "trt"]}`` makes ``untrt`` the reference level, so the
+coefficient is ``dextrt``. A numeric column is a linear covariate unless it is named
+in ``categorical`` (e.g. the batch column, coded 1, 2, 3) or in ``levels``: then it
+is a factor whose levels are its distinct values in numeric order (as ``factor()`` in
+R), printed as R prints them (``6``, not ``6.0``), e.g. coefficients ``Batch2``,
+``Batch3``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ __all__ = [
     "fixed_term_columns",
     "random_design",
     "sanitize_name",
+    "check_levels",
+    "level_label",
+    "categorize",
 ]
 
 _IDENTIFIER = re.compile(r"`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*")
@@ -253,8 +262,108 @@ def _r_column_name(formulaic_name: str) -> str:
     return ":".join(p.replace("`", "") for p in pieces)
 
 
-def _prepare_frame(samples: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Copy the needed columns; strings and booleans become sorted categoricals."""
+def level_label(value) -> str:
+    """The text of one factor level as R prints it: ``6`` for 6.0, ``TRUE`` for True, else ``str``."""
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return _format_number(value)
+    return str(value)
+
+
+def check_levels(samples: pd.DataFrame, levels: dict | None) -> None:
+    """Check a ``levels`` mapping ``{column: [reference, other, ...]}`` against a sample sheet.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        The sample sheet.
+    levels : dict or None
+        Column name to the complete list of its levels, reference first. Levels are compared
+        as text (:func:`level_label`), so ``[4, 6, 7]`` and ``["4", "6", "7"]`` both name a
+        numeric column's values.
+
+    Raises
+    ------
+    ValueError
+        When a column is not in the sheet, a level is listed twice, a listed level does not
+        occur in the column, or a value of the column is not listed; the message names the
+        column and lists the levels it has.
+    """
+    for column, wanted in (levels or {}).items():
+        if column not in samples.columns:
+            raise ValueError(f"levels: column {column!r} is not in the sample sheet "
+                             f"(columns: {', '.join(map(str, samples.columns))})")
+        if not isinstance(wanted, (list, tuple)) or not wanted:
+            raise ValueError(f"levels: {column!r} needs a list of its levels, reference first, e.g. "
+                             f"{column}: [control, treated]")
+        values = samples[column].dropna()
+        present = sorted({level_label(v) for v in values}, key=_level_sort_key(values))
+        wanted_text = [level_label(v) for v in wanted]
+        doubled = sorted({v for v in wanted_text if wanted_text.count(v) > 1})
+        unknown = [v for v in wanted_text if v not in present]
+        missing = [v for v in present if v not in wanted_text]
+        problems = []
+        if doubled:
+            problems.append(f"listed twice: {', '.join(doubled)}")
+        if unknown:
+            problems.append(f"not in the column: {', '.join(unknown)}")
+        if missing:
+            problems.append(f"not listed: {', '.join(missing)}")
+        if problems:
+            raise ValueError(
+                f"levels: {column!r} has the levels {', '.join(present)}; the list given "
+                f"({', '.join(wanted_text)}) has levels {'; '.join(problems)}. "
+                "List every level of the column once, the reference level first.")
+
+
+def categorize(samples: pd.DataFrame, *, levels: dict | None = None, categorical=()) -> pd.DataFrame:
+    """A copy of the sheet whose ``levels`` and ``categorical`` columns are :class:`pandas.Categorical`.
+
+    Every function of this module keeps a categorical column's category order, so a sheet passed
+    through this function gives the same design as passing ``levels`` and ``categorical`` to each of
+    them: one call where the sheet is read is enough for the whole pipeline. Level labels are text as
+    R prints them (:func:`level_label`); numeric columns keep their numeric order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_levels`.
+    """
+    levels = levels or {}
+    check_levels(samples, levels)
+    out = samples.copy()
+    for column in list(levels) + [c for c in categorical if c not in levels]:
+        if column not in out.columns:
+            raise ValueError(f"column {column!r} is not in the sample sheet")
+        values = out[column]
+        if column in levels:
+            order = [level_label(v) for v in levels[column]]
+        elif isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            order = [level_label(v) for v in sorted(values.dropna().unique())]
+        else:
+            continue  # text and booleans are factors already, in R's order
+        out[column] = pd.Categorical(values.map(level_label, na_action="ignore"), categories=order)
+    return out
+
+
+def _level_sort_key(values: pd.Series):
+    """Numeric columns sort their level labels by value (R's factor() order), others as text."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return lambda label: float(label)
+    return None
+
+
+def _prepare_frame(samples: pd.DataFrame, columns: list[str], levels: dict | None = None,
+                   categorical=()) -> pd.DataFrame:
+    """Copy the needed columns; strings and booleans become sorted categoricals.
+
+    A column named in ``levels`` becomes a categorical with exactly that level order; a numeric
+    column named in ``categorical`` becomes a categorical of its values in numeric order.
+    """
+    levels = levels or {}
     frame = pd.DataFrame(index=samples.index)
     for column in columns:
         if column not in samples.columns:
@@ -262,10 +371,18 @@ def _prepare_frame(samples: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         values = samples[column]
         if values.isna().any():
             raise ValueError(f"column {column!r} has missing values; drop or fill those samples")
-        if isinstance(values.dtype, pd.CategoricalDtype):
+        if column in levels:
+            check_levels(samples[[column]], {column: levels[column]})
+            order = [level_label(v) for v in levels[column]]
+            frame[column] = pd.Categorical(values.map(level_label), categories=order)
+        elif isinstance(values.dtype, pd.CategoricalDtype):
             frame[column] = values.cat.remove_unused_categories()
         elif pd.api.types.is_bool_dtype(values):
             frame[column] = pd.Categorical(values.map({False: "FALSE", True: "TRUE"}))
+        elif pd.api.types.is_numeric_dtype(values) and column in categorical:
+            labels = values.map(level_label)
+            order = [level_label(v) for v in sorted(values.unique())]
+            frame[column] = pd.Categorical(labels, categories=order)
         elif pd.api.types.is_numeric_dtype(values):
             frame[column] = values.astype(float)
         else:
@@ -310,10 +427,10 @@ def _full_rank_columns(matrix: np.ndarray, tol: float = 1e-7) -> list[int]:
     return kept
 
 
-def _fixed_model_matrix(formula: str, samples: pd.DataFrame):
+def _fixed_model_matrix(formula: str, samples: pd.DataFrame, levels: dict | None = None, categorical=()):
     parsed = parse_formula(formula)
     fixed_cols = [c for c in formula_columns("~ " + parsed.fixed)] if parsed.fixed != "1" else []
-    frame = _prepare_frame(samples, fixed_cols)
+    frame = _prepare_frame(samples, fixed_cols, levels, categorical)
     if parsed.fixed.strip() in ("1",):
         mm = None
         matrix = np.ones((len(samples), 1))
@@ -330,7 +447,8 @@ def _fixed_model_matrix(formula: str, samples: pd.DataFrame):
     return matrix, names, term_map
 
 
-def fixed_design(formula: str, samples: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+def fixed_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
+                 categorical=()) -> tuple[np.ndarray, list[str]]:
     """Fixed-effect design matrix X of a mixed-model formula.
 
     Parameters
@@ -339,6 +457,12 @@ def fixed_design(formula: str, samples: pd.DataFrame) -> tuple[np.ndarray, list[
         lme4-style formula; only its fixed part is used.
     samples : pandas.DataFrame
         Sample sheet, one row per sample (in the order of the expression columns).
+    levels : dict, optional
+        ``{column: [reference, other, ...]}``: the level order of a factor, and so its
+        reference level and coefficient names (see :func:`check_levels` for the errors).
+    categorical : sequence of str, optional
+        Columns that are factors even when numeric (the batch column: batches coded 1–4
+        give three contrasts, not a slope).
 
     Returns
     -------
@@ -349,7 +473,7 @@ def fixed_design(formula: str, samples: pd.DataFrame) -> tuple[np.ndarray, list[
         Coefficient names in R's style, sanitised for column names
         (``Intercept``, ``InfectionSARS_CoV_2``, ``Days``).
     """
-    matrix, names, _ = _fixed_model_matrix(formula, samples)
+    matrix, names, _ = _fixed_model_matrix(formula, samples, levels, categorical)
     kept = _full_rank_columns(matrix)
     if len(kept) < matrix.shape[1]:
         dropped = [names[j] for j in range(matrix.shape[1]) if j not in kept]
@@ -361,17 +485,19 @@ def fixed_design(formula: str, samples: pd.DataFrame) -> tuple[np.ndarray, list[
     return matrix[:, kept], [sanitize_name(names[j]) for j in kept]
 
 
-def fixed_term_columns(formula: str, samples: pd.DataFrame) -> dict[str, list[str]]:
+def fixed_term_columns(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
+                       categorical=()) -> dict[str, list[str]]:
     """Map each fixed *term* (e.g. ``Infection``) to its coefficient names in X.
 
     Used for variance fractions, which sum a factor's dummy columns as
     variancePartition does. Names are sanitised as in :func:`fixed_design`;
-    aliased (dropped) columns are left out.
+    aliased (dropped) columns are left out. ``levels`` and ``categorical`` as in
+    :func:`fixed_design`.
     """
-    _, names, term_map = _fixed_model_matrix(formula, samples)
+    _, names, term_map = _fixed_model_matrix(formula, samples, levels, categorical)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, kept_names = fixed_design(formula, samples)
+        _, kept_names = fixed_design(formula, samples, levels=levels, categorical=categorical)
     result = {}
     for term, cols in term_map.items():
         kept = [sanitize_name(c) for c in cols if sanitize_name(c) in kept_names]
@@ -431,30 +557,31 @@ class RandomDesign:
         return sum(b.n_theta for b in self.blocks)
 
 
-def _group_codes(samples: pd.DataFrame, group: str) -> tuple[np.ndarray, list[str]]:
+def _group_codes(samples: pd.DataFrame, group: str, levels: dict | None = None) -> tuple[np.ndarray, list[str]]:
     columns = group.split(":")
-    frame = _prepare_frame(samples, columns)
+    frame = _prepare_frame(samples, columns, levels)
     labels = frame[columns[0]].astype(str)
     for column in columns[1:]:
         labels = labels + ":" + frame[column].astype(str)
     if len(columns) == 1 and isinstance(frame[columns[0]].dtype, pd.CategoricalDtype):
-        levels = [str(c) for c in frame[columns[0]].cat.categories]
+        order = [str(c) for c in frame[columns[0]].cat.categories]
     elif len(columns) == 1 and pd.api.types.is_numeric_dtype(frame[columns[0]]):
         # numbers as group labels: numeric order, printed as R prints them (6, not 6.0)
         unique = sorted(frame[columns[0]].unique())
-        levels = [_format_number(v) for v in unique]
+        order = [_format_number(v) for v in unique]
         labels = frame[columns[0]].map(_format_number)
     else:
-        levels = sorted(labels.unique())
-    codes = pd.Categorical(labels, categories=levels).codes
-    return np.asarray(codes), levels
+        order = sorted(labels.unique())
+    codes = pd.Categorical(labels, categories=order).codes
+    return np.asarray(codes), order
 
 
 def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def random_design(formula: str, samples: pd.DataFrame) -> RandomDesign:
+def random_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
+                  categorical=()) -> RandomDesign:
     """Random-effects design of a formula: one :class:`RandomBlock` per bar term.
 
     Parameters
@@ -463,6 +590,11 @@ def random_design(formula: str, samples: pd.DataFrame) -> RandomDesign:
         lme4-style formula.
     samples : pandas.DataFrame
         Sample sheet, one row per sample.
+    levels : dict, optional
+        Level order of factors (see :func:`fixed_design`): of a grouping factor it sets the
+        order of its levels in Z and the BLUPs; of a factor in a slope term, its contrasts.
+    categorical : sequence of str, optional
+        Numeric columns used as factors in slope terms (see :func:`fixed_design`).
 
     Returns
     -------
@@ -471,9 +603,9 @@ def random_design(formula: str, samples: pd.DataFrame) -> RandomDesign:
     parsed = parse_formula(formula)
     blocks = []
     for term in parsed.random:
-        codes, levels = _group_codes(samples, term.group)
+        codes, group_levels = _group_codes(samples, term.group, levels)
         expr_cols = formula_columns("~ " + term.expr) if term.expr.strip() not in ("1", "0 + 1") else []
-        frame = _prepare_frame(samples, expr_cols)
+        frame = _prepare_frame(samples, expr_cols, levels, categorical)
         if not expr_cols:
             matrix = np.ones((len(samples), 1))
             names = ["Intercept"]
@@ -482,8 +614,8 @@ def random_design(formula: str, samples: pd.DataFrame) -> RandomDesign:
             matrix = np.asarray(mm.to_numpy(), dtype=float)
             names = [sanitize_name(_r_column_name(c)) for c in mm.columns]
         n, s = matrix.shape
-        Z = np.zeros((n, len(levels) * s))
+        Z = np.zeros((n, len(group_levels) * s))
         for j in range(s):
             Z[np.arange(n), codes * s + j] = matrix[:, j]
-        blocks.append(RandomBlock(group=term.group, terms=names, levels=levels, Z=Z))
+        blocks.append(RandomBlock(group=term.group, terms=names, levels=group_levels, Z=Z))
     return RandomDesign(blocks)
