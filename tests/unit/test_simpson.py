@@ -4,18 +4,16 @@ statsmodels' multipletests) and planted truth.  The random-effects test: test_si
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
-
 from batchmix import simpson
 from batchmix.defaults import DEFAULT_SEED
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,10 +6,9 @@ import io
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-
 from batchmix import simpson
 from batchmix.plots.simpson import plot_reversals
+from matplotlib.figure import Figure
 
 
 def planted_data(seed: int, n_genes: int = 40, n_planted: int = 4, n_batches: int = 6, per_batch: int = 20):

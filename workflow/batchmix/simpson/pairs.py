@@ -189,7 +189,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     rows_a, rows_b = rows_a[enough[rows_a]], rows_b[enough[rows_b]]
     empty = np.zeros(0, np.int64)
     if rows_a.size == 0 or rows_b.size == 0:
-        return empty, empty.copy()
+        return empty, empty.copy(), np.zeros(0)
     pooled32 = data.unit_rows("pooled", np.float32)
     r_pooled = pooled32[rows_a] @ pooled32[rows_b].T
     mask = np.abs(r_pooled) >= pooled_threshold(bound, data.df_pooled) - _SLACK_R
@@ -199,7 +199,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     mask &= (usable32[rows_a] @ usable32[rows_b].T) >= min_batches
     ia, ib = np.nonzero(mask)
     if ia.size == 0:
-        return empty, empty.copy()
+        return empty, empty.copy(), np.zeros(0)
     r_t = r_pooled[ia, ib].astype(np.float64)
     del r_pooled, mask
     # per-batch correlations of the surviving pairs: one float32 product per batch on the rows involved
@@ -323,6 +323,7 @@ class PairStatistics:
     k_usable: np.ndarray
     n_agree: np.ndarray
     z_random_effects: np.ndarray
+    p_random_effects: np.ndarray
     n_batches_within_sign: np.ndarray
 
 
@@ -333,12 +334,15 @@ def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
-def pair_statistics(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray) -> PairStatistics:
+def pair_statistics(
+    data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray, *, min_batches: int = 3
+) -> PairStatistics:
     """Every reported statistic of the pairs (index_a[i], index_b[i]), in float64.
 
     r_pooled, r_within (pooled within-batch, on [batch, C] residuals), r_between and between_share =
     S_B / S_T (from pooled minus within residuals), the per-batch r_b on [1, C_b] residuals (NaN where
-    the batch is unusable for either gene), and the DerSimonian-Laird summary of the usable r_b.
+    the batch is unusable for either gene), the DerSimonian-Laird summary of the usable r_b, and the
+    random-effects p (1 where fewer than ``min_batches`` batches are usable).
     """
     index_a, index_b = np.asarray(index_a, np.int64), np.asarray(index_b, np.int64)
     n = index_a.size
@@ -362,7 +366,10 @@ def pair_statistics(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray)
     return PairStatistics(
         r_pooled=r_pooled, r_within=r_within, r_between=r_between, between_share=share,
         per_batch_r=per_batch, usable=usable, mu_r=np.tanh(effects.mu), tau2=effects.tau2, i2=effects.i2,
-        k_usable=effects.k, n_agree=effects.n_agree, z_random_effects=effects.z, n_batches_within_sign=n_same,
+        k_usable=effects.k, n_agree=effects.n_agree, z_random_effects=effects.z,
+        p_random_effects=np.where(effects.k >= min_batches,
+                                  reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z), 1.0),
+        n_batches_within_sign=n_same,
     )
 
 
@@ -411,7 +418,7 @@ def combine(
     hit = q <= fdr
     index_a, index_b = table["index_a"].to_numpy()[hit], table["index_b"].to_numpy()[hit]
     p, q = p[hit], q[hit]
-    stats_ = pair_statistics(data, index_a, index_b)
+    stats_ = pair_statistics(data, index_a, index_b, min_batches=min_batches)
     # keep the caller's gene labels (not str()) so that they index ``expression`` again
     names = data.genes.to_numpy(dtype=object)
     labels = data.batch_labels

@@ -253,9 +253,7 @@ def prepare(
     ss_within = np.einsum("ij,ij->i", within, within)
     ss_raw = np.einsum("ij,ij->i", clean, clean)
     flat = finite & (ss_within <= RELATIVE_VARIANCE_TOLERANCE * ss_raw)
-    reason_flat = (
-        "zero within-batch variance" if covariate_matrix.shape[1] == 0 else "zero within-batch variance after covariates"
-    )
+    reason_flat = "zero within-batch variance" + ("" if covariate_matrix.shape[1] == 0 else " after covariates")
     for gene in expression.index[flat]:
         reasons[gene] = reason_flat
     valid = finite & ~flat

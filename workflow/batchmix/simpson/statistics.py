@@ -57,7 +57,7 @@ class RandomEffects:
     tau2: np.ndarray  # between-batch variance of the true z
     mu: np.ndarray  # random-effects mean of z_b
     z: np.ndarray  # z_RE = mu sqrt(sum w*_b)
-    i2: np.ndarray  # max(0, (Q - (k - 1)) / Q)
+    i2: np.ndarray  # max(0, (Q - (k - 1)) / Q); 0 when k = 1 or Q = 0
     n_agree: np.ndarray  # usable batches whose r_b has the sign of mu
 
 
@@ -71,7 +71,7 @@ def random_effects(r: np.ndarray, usable: np.ndarray, weights: np.ndarray) -> Ra
         tau2 = max(0, (Q - (k - 1)) / (sum w_b - sum w_b^2 / sum w_b)),
         w*_b = 1 / (1 / w_b + tau2),    mu = sum w*_b z_b / sum w*_b,   z_RE = mu sqrt(sum w*_b).
 
-    k = 1 gives tau2 = 0 (no heterogeneity can be estimated); k = 0 gives NaN.
+    k = 1 gives tau2 = 0 and I2 = 0 (no heterogeneity can be estimated); k = 0 gives NaN.
 
     Parameters
     ----------
@@ -101,7 +101,7 @@ def random_effects(r: np.ndarray, usable: np.ndarray, weights: np.ndarray) -> Ra
         sum_w_star = w_star.sum(axis=1)
         mu = (w_star * z).sum(axis=1) / sum_w_star
         z_re = mu * np.sqrt(sum_w_star)
-        i2 = np.where(q > 0, np.maximum(0.0, (q - (k - 1)) / np.where(q > 0, q, 1.0)), 0.0)
+        i2 = np.where((q > 0) & (k > 1), np.maximum(0.0, (q - (k - 1)) / np.where(q > 0, q, 1.0)), 0.0)
     tau2 = np.where(k > 0, tau2, np.nan)
     i2 = np.where(k > 0, i2, np.nan)
     n_agree = (usable & (np.sign(np.where(usable, r, 0.0)) == np.sign(mu)[:, None]) & (mu != 0)[:, None]).sum(axis=1)
