@@ -185,8 +185,9 @@ def _exact_random_effects_p(data, index_a, index_b, min_batches):
 
 def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, min_batches):
     """Pairs of rows_a x rows_b with p_RE <= bound: float32 screen, float64 test of the survivors."""
-    enough = data.usable.sum(axis=1) >= min_batches
-    rows_a, rows_b = rows_a[enough[rows_a]], rows_b[enough[rows_b]]
+    # a gene with fewer usable batches than min_batches has p = 1 with every partner
+    enough_genes = data.usable.sum(axis=1) >= min_batches
+    rows_a, rows_b = rows_a[enough_genes[rows_a]], rows_b[enough_genes[rows_b]]
     empty = np.zeros(0, np.int64)
     if rows_a.size == 0 or rows_b.size == 0:
         return empty, empty.copy(), np.zeros(0)
@@ -195,34 +196,40 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     mask = np.abs(r_pooled) >= pooled_threshold(bound, data.df_pooled) - _SLACK_R
     if same:
         mask &= rows_a[:, None] < rows_b[None, :]
-    usable32 = data.usable.astype(np.float32)
-    mask &= (usable32[rows_a] @ usable32[rows_b].T) >= min_batches
     ia, ib = np.nonzero(mask)
     if ia.size == 0:
         return empty, empty.copy(), np.zeros(0)
     r_t = r_pooled[ia, ib].astype(np.float64)
     del r_pooled, mask
-    # per-batch correlations of the surviving pairs: one float32 product per batch on the rows involved
-    used_a, local_a = np.unique(ia, return_inverse=True)
-    used_b, local_b = np.unique(ib, return_inverse=True)
-    flat = local_a * used_b.size + local_b
+    # k, sum w_b and sum w_b^2 over the batches usable for both genes, by one small product
+    usable32 = data.usable.astype(np.float32)
+    pair_usable = usable32[rows_a[ia]] * usable32[rows_b[ib]]  # K x B, 0/1
+    weights = np.maximum(data.batch_weights, 1.0)
+    sums = pair_usable @ np.column_stack([np.ones_like(weights), weights, weights * weights]).astype(np.float32)
+    k, sum_w, sum_w2 = (sums[:, i].astype(np.float64) for i in range(3))  # small integers: exact in float32
+    enough = k >= min_batches
+    if not enough.all():
+        ia, ib, r_t, pair_usable, k, sum_w, sum_w2 = (v[enough] for v in (ia, ib, r_t, pair_usable, k, sum_w, sum_w2))
+    if ia.size == 0:
+        return empty, empty.copy(), np.zeros(0)
+    # per-batch correlations of the surviving pairs: one float32 product per batch over the block rows
+    flat = ia * rows_b.size + ib
     unit32 = data.unit_batch_rows(np.float32)
-    left, right = unit32[rows_a[used_a]], unit32[rows_b[used_b]]
+    left, right = unit32[rows_a], unit32[rows_b]
     columns = data.batch_columns
     z = np.empty((len(columns), ia.size), dtype=np.float32)
-    for k, cols in enumerate(columns):
-        z[k] = (left[:, cols] @ right[:, cols].T).ravel()[flat]
+    for b, cols in enumerate(columns):
+        if data.batch_weights[b] < 1:
+            z[b] = 0.0  # never usable: the rows are zero there
+            continue
+        z[b] = (left[:, cols] @ right[:, cols].T).ravel()[flat]
     del left, right
     steep = (np.abs(z) > _STEEP_R).any(axis=0)
     np.clip(z, -R_CLIP, R_CLIP, out=z)
     np.arctanh(z, out=z)  # exactly 0 where the batch is unusable for either gene
-    weights = np.maximum(data.batch_weights, 1.0)
-    pair_usable = data.usable[rows_a[ia]] & data.usable[rows_b[ib]]
-    k = pair_usable.sum(axis=1)
-    sum_w = pair_usable @ weights
-    sum_w2 = pair_usable @ (weights * weights)
-    sum_wz = weights.astype(np.float32) @ z
-    sum_wz2 = weights.astype(np.float32) @ (z * z)
+    weights32 = weights.astype(np.float32)
+    sum_wz = (weights32 @ z).astype(np.float64)
+    sum_wz2 = (weights32 @ (z * z)).astype(np.float64)
     z_bar = sum_wz / sum_w
     q = np.maximum(sum_wz2 - sum_w * z_bar * z_bar, 0.0)
     tau2 = np.maximum(0.0, (q - (k - 1)) / np.where(k > 1, sum_w - sum_w2 / sum_w, 1.0))
@@ -230,7 +237,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     z_re = sum_wz / np.sqrt(sum_w)
     hetero = np.flatnonzero(tau2 > 0)
     if hetero.size:
-        w_star = np.where(pair_usable[hetero], 1.0 / (1.0 / weights + tau2[hetero, None]), 0.0)
+        w_star = pair_usable[hetero] / (1.0 / weights + tau2[hetero, None])
         z_re[hetero] = np.einsum("kb,bk->k", w_star, z[:, hetero]) / np.sqrt(w_star.sum(axis=1))
     del z
     z_t = fisher_z(r_t, data.df_pooled)
