@@ -171,6 +171,25 @@ def _per_batch_r(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray) ->
     return r, usable
 
 
+def _usable_bits(data: SimpsonData):
+    """Usable mask packed 8 batches a byte, and per byte 256-entry tables of k, sum w_b, sum w_b^2."""
+    key = ("usable_bits", "")
+    cache = data.cache
+    if key not in cache:
+        n_batches = len(data.batch_labels)
+        packed = np.packbits(data.usable, axis=1, bitorder="little")
+        weights = np.maximum(data.batch_weights, 1.0)
+        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(float)
+        tables = ([], [], [])
+        for j in range(packed.shape[1]):
+            batches = np.arange(8 * j, min(8 * j + 8, n_batches))
+            on = bits[:, : batches.size]
+            for table, values in zip(tables, (np.ones(batches.size), weights[batches], weights[batches] ** 2)):
+                table.append(on @ values)
+        cache[key] = (packed, tables)
+    return cache[key]
+
+
 def _exact_random_effects_p(data, index_a, index_b, min_batches):
     unit = data.unit_rows("pooled")
     r_pooled = np.empty(index_a.size)
@@ -201,15 +220,14 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
         return empty, empty.copy(), np.zeros(0)
     r_t = r_pooled[ia, ib].astype(np.float64)
     del r_pooled, mask
-    # k, sum w_b and sum w_b^2 over the batches usable for both genes, by one small product
-    usable32 = data.usable.astype(np.float32)
-    pair_usable = usable32[rows_a[ia]] * usable32[rows_b[ib]]  # K x B, 0/1
-    weights = np.maximum(data.batch_weights, 1.0)
-    sums = pair_usable @ np.column_stack([np.ones_like(weights), weights, weights * weights]).astype(np.float32)
-    k, sum_w, sum_w2 = (sums[:, i].astype(np.float64) for i in range(3))  # small integers: exact in float32
+    # k, sum w_b and sum w_b^2 over the batches usable for both genes, from the usable bits of the two
+    # genes (one byte per 8 batches) and per-byte lookup tables: no K x B work
+    packed, tables = _usable_bits(data)
+    pair_bits = packed[rows_a[ia]] & packed[rows_b[ib]]  # K x ceil(B/8) uint8
+    k, sum_w, sum_w2 = (sum(table[j][pair_bits[:, j]] for j in range(pair_bits.shape[1])) for table in tables)
     enough = k >= min_batches
     if not enough.all():
-        ia, ib, r_t, pair_usable, k, sum_w, sum_w2 = (v[enough] for v in (ia, ib, r_t, pair_usable, k, sum_w, sum_w2))
+        ia, ib, r_t, pair_bits, k, sum_w, sum_w2 = (v[enough] for v in (ia, ib, r_t, pair_bits, k, sum_w, sum_w2))
     if ia.size == 0:
         return empty, empty.copy(), np.zeros(0)
     # per-batch correlations of the surviving pairs: one float32 product per batch over the block rows
@@ -224,9 +242,11 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
             continue
         z[b] = (left[:, cols] @ right[:, cols].T).ravel()[flat]
     del left, right
-    steep = (np.abs(z) > _STEEP_R).any(axis=0)
+    # atanh is steep near +-1, where float32 rounding matters: such pairs always go to float64
+    steep = (z.max(axis=0) > _STEEP_R) | (z.min(axis=0) < -_STEEP_R)
     np.clip(z, -R_CLIP, R_CLIP, out=z)
     np.arctanh(z, out=z)  # exactly 0 where the batch is unusable for either gene
+    weights = np.maximum(data.batch_weights, 1.0)
     weights32 = weights.astype(np.float32)
     sum_wz = (weights32 @ z).astype(np.float64)
     sum_wz2 = (weights32 @ (z * z)).astype(np.float64)
@@ -237,8 +257,10 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     z_re = sum_wz / np.sqrt(sum_w)
     hetero = np.flatnonzero(tau2 > 0)
     if hetero.size:
-        w_star = pair_usable[hetero] / (1.0 / weights + tau2[hetero, None])
-        z_re[hetero] = np.einsum("kb,bk->k", w_star, z[:, hetero]) / np.sqrt(w_star.sum(axis=1))
+        # w*_b = 1 / (1/w_b + tau2) on the usable batches, B x K_hetero like z
+        usable_t = np.unpackbits(pair_bits[hetero], axis=1, count=len(columns), bitorder="little").T
+        w_star = (1.0 / (1.0 / weights32[:, None] + tau2[hetero].astype(np.float32)[None, :])) * usable_t
+        z_re[hetero] = (w_star * z[:, hetero]).sum(axis=0) / np.sqrt(w_star.sum(axis=0, dtype=np.float64))
     del z
     z_t = fisher_z(r_t, data.df_pooled)
     c = stats.norm.isf(bound / 2.0)

@@ -79,6 +79,11 @@ class SimpsonData:
         return len(self.genes)
 
     @property
+    def cache(self) -> dict:
+        """Derived arrays of this data (unit rows, packed masks), keyed by what they are."""
+        return self._cache
+
+    @property
     def batch_columns(self) -> list[np.ndarray]:
         """Sample positions of each batch."""
         return [np.flatnonzero(self.batch_codes == k) for k in range(len(self.batch_labels))]
