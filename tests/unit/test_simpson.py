@@ -1,20 +1,19 @@
-"""Tests of batchmix.simpson against brute-force references (scipy pairwise
-correlations, explicit sums, statsmodels' multipletests) and planted truth."""
+"""Tests of batchmix.simpson's pooled within-batch test (``within_test="pooled"``) and of what both
+tests share, against brute-force references (scipy pairwise correlations, explicit sums,
+statsmodels' multipletests) and planted truth.  The random-effects test: test_simpson_random_effects.py."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
+from batchmix import simpson
+from batchmix.defaults import DEFAULT_SEED
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-
-from batchmix import simpson
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,7 +108,7 @@ def test_blocked_scan_agrees_with_brute_force_on_every_pair(reference, method, f
     truth["q"] = multipletests(truth.p.to_numpy(), alpha=fdr, method=f"fdr_{method}")[1]
     expected = truth[truth.q <= fdr].set_index(["gene_a", "gene_b"]).sort_index()
     # an odd block size so that blocks are uneven and pairs straddle block borders
-    result = simpson.scan(frame, batch, fdr=fdr, method=method, block_size=37)
+    result = simpson.scan(frame, batch, fdr=fdr, method=method, block_size=37, within_test="pooled")
     got = result.reversals.set_index(["gene_a", "gene_b"]).sort_index()
     assert result.n_genes == 300
     assert result.n_pairs == len(truth) == 300 * 299 // 2
@@ -126,7 +125,7 @@ def test_blocked_scan_agrees_with_brute_force_on_every_pair(reference, method, f
 
 def test_reported_columns_against_explicit_sums(reference):
     frame, batch, _, _ = reference
-    result = simpson.scan(frame, batch, fdr=0.05)
+    result = simpson.scan(frame, batch, fdr=0.05, within_test="pooled")
     table = result.reversals
     assert list(table.columns) == simpson.REVERSAL_COLUMNS
     assert len(table) > 10
@@ -151,8 +150,10 @@ def test_reported_columns_against_explicit_sums(reference):
         assert row.between_share > 1.0
         assert row.n_batches_within_sign == sum(np.sign(r) == np.sign(row.r_within) for r in per_batch)
         assert row.per_batch_r == ";".join(f"{b}:{r:.2f}" for b, r in zip(batches, per_batch))
-    # sorted by p, then gene names
-    assert table.sort_values(["p", "gene_a", "gene_b"], kind="stable").index.tolist() == table.index.tolist()
+    # sorted by p, then by consistency (usable batches agreeing with the random-effects sign)
+    assert table.sort_values(["p", "n_agree"], ascending=[True, False], kind="stable").index.tolist() == (
+        table.index.tolist()
+    )
     assert (table.q <= 0.05).all()
 
 
@@ -166,7 +167,7 @@ def test_covariate_adjustment_agrees_with_lstsq_reference():
     truth = brute_force(frame, batch, covariates)
     truth["q"] = multipletests(truth.p.to_numpy(), method="fdr_bh")[1]
     expected = truth[truth.q <= 0.2].set_index(["gene_a", "gene_b"]).sort_index()
-    got = simpson.scan(frame, batch, fdr=0.2, covariates=covariates, block_size=13)
+    got = simpson.scan(frame, batch, fdr=0.2, covariates=covariates, block_size=13, within_test="pooled")
     got = got.reversals.set_index(["gene_a", "gene_b"]).sort_index()
     assert len(expected) >= 5
     assert list(got.index) == list(expected.index)
@@ -187,17 +188,19 @@ def test_result_does_not_depend_on_block_size_or_sample_order(reference):
     )
 
 
-def test_flipping_one_gene_keeps_the_reversal():
+@pytest.mark.parametrize("test", ["pooled", "random_effects"])
+def test_flipping_one_gene_keeps_the_reversal(test):
     frame, batch, planted = planted_data(seed=2, n_genes=40, n_planted=4)
     flipped = frame.copy()
     flipped.loc["g000"] *= -1.0
-    before = simpson.scan(frame, batch).reversals.set_index(["gene_a", "gene_b"])
-    after = simpson.scan(flipped, batch).reversals.set_index(["gene_a", "gene_b"])
+    before = simpson.scan(frame, batch, within_test=test).reversals.set_index(["gene_a", "gene_b"])
+    after = simpson.scan(flipped, batch, within_test=test).reversals.set_index(["gene_a", "gene_b"])
     pair = ("g000", "g001")
     assert pair in before.index and pair in after.index
     assert after.loc[pair, "r_pooled"] == pytest.approx(-before.loc[pair, "r_pooled"], abs=1e-12)
     assert after.loc[pair, "r_within"] == pytest.approx(-before.loc[pair, "r_within"], abs=1e-12)
     assert after.loc[pair, "p"] == pytest.approx(before.loc[pair, "p"], rel=1e-9)
+    assert after.loc[pair, "mu_r"] == pytest.approx(-before.loc[pair, "mu_r"], abs=1e-12)
 
 
 # --------------------------------------------------------------------------- planted truth
@@ -207,7 +210,7 @@ def test_recall_and_false_discovery_proportion_on_planted_reversals():
     recalls, proportions = [], []
     for seed in (101, 102, 103):
         frame, batch, planted = planted_data(seed=seed, n_genes=400, n_planted=40)
-        found = set(pair_keys(simpson.scan(frame, batch, fdr=0.05).reversals))
+        found = set(pair_keys(simpson.scan(frame, batch, fdr=0.05, within_test="pooled").reversals))
         recalls.append(len(found & planted) / len(planted))
         proportions.append(len(found - planted) / max(len(found), 1))
     assert min(recalls) >= 0.95, recalls
@@ -217,7 +220,7 @@ def test_recall_and_false_discovery_proportion_on_planted_reversals():
 def test_pure_batch_effects_give_no_reversals():
     # no within-batch correlation anywhere: every pooled correlation is batch-driven
     frame, batch, _ = planted_data(seed=8, n_genes=200, n_planted=0, batch_sd=3.0)
-    result = simpson.scan(frame, batch, fdr=0.05)
+    result = simpson.scan(frame, batch, fdr=0.05, within_test="pooled")
     assert result.n_candidates > 0  # the bound lets some null pairs through ...
     assert len(result.reversals) == 0  # ... and BH over all pairs removes them
 
@@ -228,6 +231,7 @@ def test_permutation_check_reports_a_small_empirical_fdr_and_is_seeded():
     again = simpson.permutation_check(frame, batch, n_permutations=3, seed=7)
     assert check == again
     assert check.n_permutations == 3 and check.seed == 7
+    assert simpson.permutation_check(frame, batch, n_permutations=1).seed == DEFAULT_SEED
     assert check.discoveries_observed == len(simpson.scan(frame, batch).reversals)
     assert check.discoveries_observed >= 19
     assert check.empirical_fdr == pytest.approx(check.mean_discoveries_null / check.discoveries_observed)
@@ -249,8 +253,8 @@ def test_permutation_null_destroys_within_correlation_but_keeps_batch_means():
 def test_harmonic_constant_exact_and_asymptotic():
     m = 10_000_000
     exact = np.sum(1.0 / np.arange(1, m + 2))
-    assert simpson._harmonic(m + 1) == pytest.approx(exact, rel=1e-12)  # asymptotic branch
-    assert simpson._harmonic(10) == pytest.approx(7381 / 2520, rel=1e-15)  # exact branch
+    assert simpson.harmonic_number(m + 1) == pytest.approx(exact, rel=1e-12)  # asymptotic branch
+    assert simpson.harmonic_number(10) == pytest.approx(7381 / 2520, rel=1e-15)  # exact branch
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -282,7 +286,7 @@ def test_gene_labels_are_kept_as_given():
     frame.index = range(1000, 1040)  # integer gene ids
     table = simpson.scan(frame, batch).reversals
     assert (1000, 1001) in pair_keys(table)
-    assert isinstance(simpson.plot_reversals(frame, batch, table, top=1), Figure)
+    assert isinstance(table.gene_a.iloc[0], int)
 
 
 def test_invalid_input_is_refused():
@@ -295,26 +299,10 @@ def test_invalid_input_is_refused():
         simpson.scan(frame, batch, method="holm")
     with pytest.raises(ValueError, match="unique"):
         simpson.scan(pd.concat([frame, frame.iloc[:1]]), batch)
-
-
-# --------------------------------------------------------------------------- figure
-
-
-def test_plot_reversals_draws_pooled_and_per_batch_panels():
-    frame, batch, _ = planted_data(seed=2, n_genes=40, n_planted=4)
-    table = simpson.scan(frame, batch).reversals
-    fig = simpson.plot_reversals(frame, batch, table, top=3)
-    assert isinstance(fig, Figure)
-    axes = fig.get_axes()
-    assert len(axes) == 6
-    pooled, per_batch = axes[0], axes[1]
-    assert len(pooled.lines) == 1  # one pooled regression line
-    assert len(per_batch.lines) == batch.nunique()  # one line per batch
-    assert len(per_batch.collections) == batch.nunique()
-    fig.savefig(io.BytesIO(), format="png")  # renders without pyplot
-    empty = simpson.plot_reversals(frame, batch, table.iloc[:0])
-    assert isinstance(empty, Figure)
-    assert "No Simpson" in empty.get_axes()[0].texts[0].get_text()
+    with pytest.raises(ValueError, match="within_test"):
+        simpson.scan(frame, batch, within_test="fixed")
+    with pytest.raises(ValueError, match="min_batches"):
+        simpson.scan(frame, batch, min_batches=0)
 
 
 # --------------------------------------------------------------------------- real data
@@ -331,7 +319,7 @@ def test_gse147507_ccl2_aldh3b1_is_a_reversal():
     # the 298 most variable genes plus the pair of interest: 300 genes
     others = log_expression.drop(index=["CCL2", "ALDH3B1"]).var(axis=1).sort_values(ascending=False).index[:298]
     subset = log_expression.loc[list(others) + ["CCL2", "ALDH3B1"]]
-    result = simpson.scan(subset, samples["Batch"], fdr=0.05)
+    result = simpson.scan(subset, samples["Batch"], fdr=0.05, within_test="pooled")
     assert result.n_genes == 300
     table = result.reversals
     hit = table[(table.gene_a == "CCL2") & (table.gene_b == "ALDH3B1")]

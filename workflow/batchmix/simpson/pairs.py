@@ -1,0 +1,487 @@
+"""The scan over gene pairs: candidates of one block pair, and the step-up over all pairs.
+
+A scan is ``prepare`` (once), ``scan_block_pair`` for every pair of gene blocks (i <= j), then
+``combine``.  The blocks may run as separate jobs: each returns the candidates of its block pair
+(every pair there with p <= the bound), and ``combine`` runs BH/BY over all M = G(G-1)/2 pairs.  The
+result does not depend on the blocking.
+
+Speed.  Every pair with p <= p_bound has |r_T| >= c_T (``pooled_threshold``), so the per-batch work of
+the random-effects test is done only for the pairs of a block pair that pass this bound, on genes
+with at least ``min_batches`` usable batches.  Correlations are screened in float32 with a margin,
+then every survivor is recomputed in float64 and tested exactly: float32 only decides which pairs to
+recompute, never a reported number.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .prepare import SimpsonData
+from .statistics import (
+    R_CLIP,
+    correlation_thresholds,
+    fisher_z,
+    harmonic_number,
+    pooled_threshold,
+    random_effects,
+    reversal_p,
+    step_up_q,
+)
+
+__all__ = [
+    "SimpsonResult",
+    "REVERSAL_COLUMNS",
+    "CANDIDATE_COLUMNS",
+    "WITHIN_TESTS",
+    "p_bound",
+    "block_pairs",
+    "scan_block_pair",
+    "combine",
+    "scan_data",
+    "pair_statistics",
+]
+
+logger = logging.getLogger(__name__)
+
+WITHIN_TESTS = ("random_effects", "pooled")
+
+REVERSAL_COLUMNS = [
+    "gene_a",
+    "gene_b",
+    "r_pooled",
+    "r_within",
+    "r_between",
+    "between_share",
+    "p",
+    "q",
+    "n_batches_within_sign",
+    "per_batch_r",
+    "mu_r",
+    "tau2",
+    "i2",
+    "k_usable",
+    "n_agree",
+]
+_COLUMN_DTYPES = {
+    "gene_a": object, "gene_b": object, "r_pooled": np.float64, "r_within": np.float64,
+    "r_between": np.float64, "between_share": np.float64, "p": np.float64, "q": np.float64,
+    "n_batches_within_sign": np.int64, "per_batch_r": object, "mu_r": np.float64, "tau2": np.float64,
+    "i2": np.float64, "k_usable": np.int64, "n_agree": np.int64,
+}
+CANDIDATE_COLUMNS = ["index_a", "index_b", "p"]
+
+# Pairs per chunk when recomputing in float64 (chunk x N float64 arrays, ~65 MB at N = 500).
+_EXACT_CHUNK = 16384
+# Screening margins of the float32 pass.  float32 inner products of unit vectors of a few hundred
+# entries are off by ~1e-6; r_T is screened 1e-4 below its threshold, and z_RE 0.05 inside its
+# threshold, which covers an error of up to ~1e-3 in every atanh(r_b) (|r_b| <= 0.99) even with all
+# weight on one batch.  Pairs with a usable |r_b| > 0.99, where atanh is steep, always go on.
+_SLACK_R = 1e-4
+_SLACK_Z = 0.05
+_STEEP_R = 0.99
+
+
+@dataclass
+class SimpsonResult:
+    """Result of :func:`scan`.
+
+    Attributes
+    ----------
+    reversals : pandas.DataFrame
+        One row per reversal with q <= ``fdr``; columns ``REVERSAL_COLUMNS``, sorted by p, then by
+        consistency (``n_agree``, descending), then input order.  gene_a precedes gene_b in the
+        input order.
+    n_genes : int
+        Genes scanned.
+    n_pairs : int
+        G(G-1)/2, the number of tests the FDR is controlled over.
+    n_candidates : int
+        Pairs with p <= fdr (BH) or p <= fdr / c(M) (BY): those the step-up needs.
+    fdr : float
+        Nominal false discovery rate.
+    method : str
+        ``"bh"`` or ``"by"``.
+    genes_excluded : pandas.Series
+        Gene -> reason, for every input gene left out of the scan.
+    within_test : str
+        ``"random_effects"`` or ``"pooled"``.
+    min_batches : int
+        Usable batches a pair needs under ``random_effects`` (fewer: p = 1).
+    """
+
+    reversals: pd.DataFrame
+    n_genes: int
+    n_pairs: int
+    n_candidates: int
+    fdr: float
+    method: str
+    genes_excluded: pd.Series
+    within_test: str = "random_effects"
+    min_batches: int = 3
+
+
+def _check_options(fdr: float, method: str, within_test: str, min_batches: int) -> None:
+    if not 0.0 < fdr < 1.0:
+        raise ValueError(f"fdr must be in (0, 1), got {fdr}")
+    if method not in ("bh", "by"):
+        raise ValueError(f"method must be 'bh' or 'by', got {method!r}")
+    if within_test not in WITHIN_TESTS:
+        raise ValueError(f"within_test must be one of {WITHIN_TESTS}, got {within_test!r}")
+    if min_batches < 1:
+        raise ValueError(f"min_batches must be at least 1, got {min_batches}")
+
+
+def p_bound(n_pairs: int, fdr: float, method: str) -> float:
+    """Largest p a pair can have and still reach q <= fdr: fdr (BH) or fdr / c(M) (BY).
+
+    BH/BY q >= factor * p, so only pairs with p <= fdr / factor can be reported.
+    """
+    return fdr / (harmonic_number(n_pairs) if method == "by" else 1.0)
+
+
+def block_pairs(n_genes: int, block_size: int) -> list[tuple[slice, slice]]:
+    """The block pairs (i <= j) that together hold every gene pair once; jobs of a scattered scan."""
+    if block_size < 1:
+        raise ValueError("block_size must be positive")
+    starts = range(0, n_genes, block_size)
+    blocks = [slice(s, min(s + block_size, n_genes)) for s in starts]
+    return [(blocks[i], blocks[j]) for i in range(len(blocks)) for j in range(i, len(blocks))]
+
+
+def _rows(block: slice, n_genes: int) -> np.ndarray:
+    return np.arange(*block.indices(n_genes))
+
+
+def _per_batch_r(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """K x B within-batch correlations (float64; NaN where unusable) and the K x B usable mask."""
+    unit = data.unit_batch_rows(np.float64)
+    order, starts = data.batch_order()
+    usable = data.usable[index_a] & data.usable[index_b]
+    r = np.empty((index_a.size, len(data.batch_labels)))
+    for start in range(0, index_a.size, _EXACT_CHUNK):
+        sl = slice(start, start + _EXACT_CHUNK)
+        product = unit[index_a[sl]][:, order] * unit[index_b[sl]][:, order]
+        r[sl] = np.add.reduceat(product, starts, axis=1) if product.shape[1] else 0.0
+    r[~usable] = np.nan
+    return r, usable
+
+
+def _usable_bits(data: SimpsonData):
+    """Usable mask packed 8 batches a byte, and per byte 256-entry tables of k, sum w_b, sum w_b^2."""
+    key = ("usable_bits", "")
+    cache = data.cache
+    if key not in cache:
+        n_batches = len(data.batch_labels)
+        packed = np.packbits(data.usable, axis=1, bitorder="little")
+        weights = np.maximum(data.batch_weights, 1.0)
+        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(float)
+        tables = ([], [], [])
+        for j in range(packed.shape[1]):
+            batches = np.arange(8 * j, min(8 * j + 8, n_batches))
+            on = bits[:, : batches.size]
+            for table, values in zip(tables, (np.ones(batches.size), weights[batches], weights[batches] ** 2)):
+                table.append(on @ values)
+        cache[key] = (packed, tables)
+    return cache[key]
+
+
+def _exact_random_effects_p(data, index_a, index_b, min_batches):
+    unit = data.unit_rows("pooled")
+    r_pooled = np.empty(index_a.size)
+    for start in range(0, index_a.size, _EXACT_CHUNK):
+        sl = slice(start, start + _EXACT_CHUNK)
+        r_pooled[sl] = np.einsum("ij,ij->i", unit[index_a[sl]], unit[index_b[sl]])
+    r_batch, usable = _per_batch_r(data, index_a, index_b)
+    effects = random_effects(r_batch, usable, data.batch_weights)
+    p = reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z)
+    return np.where(effects.k >= min_batches, p, 1.0)
+
+
+def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, min_batches):
+    """Pairs of rows_a x rows_b with p_RE <= bound: float32 screen, float64 test of the survivors."""
+    # a gene with fewer usable batches than min_batches has p = 1 with every partner
+    enough_genes = data.usable.sum(axis=1) >= min_batches
+    rows_a, rows_b = rows_a[enough_genes[rows_a]], rows_b[enough_genes[rows_b]]
+    empty = np.zeros(0, np.int64)
+    if rows_a.size == 0 or rows_b.size == 0:
+        return empty, empty.copy(), np.zeros(0)
+    pooled32 = data.unit_rows("pooled", np.float32)
+    r_pooled = pooled32[rows_a] @ pooled32[rows_b].T
+    mask = np.abs(r_pooled) >= pooled_threshold(bound, data.df_pooled) - _SLACK_R
+    if same:
+        mask &= rows_a[:, None] < rows_b[None, :]
+    ia, ib = np.nonzero(mask)
+    if ia.size == 0:
+        return empty, empty.copy(), np.zeros(0)
+    r_t = r_pooled[ia, ib].astype(np.float64)
+    del r_pooled, mask
+    # k, sum w_b and sum w_b^2 over the batches usable for both genes, from the usable bits of the two
+    # genes (one byte per 8 batches) and per-byte lookup tables: no K x B work
+    packed, tables = _usable_bits(data)
+    pair_bits = packed[rows_a[ia]] & packed[rows_b[ib]]  # K x ceil(B/8) uint8
+    k, sum_w, sum_w2 = (sum(table[j][pair_bits[:, j]] for j in range(pair_bits.shape[1])) for table in tables)
+    enough = k >= min_batches
+    if not enough.all():
+        ia, ib, r_t, pair_bits, k, sum_w, sum_w2 = (v[enough] for v in (ia, ib, r_t, pair_bits, k, sum_w, sum_w2))
+    if ia.size == 0:
+        return empty, empty.copy(), np.zeros(0)
+    # per-batch correlations of the surviving pairs: one float32 product per batch over the block rows
+    flat = ia * rows_b.size + ib
+    unit32 = data.unit_batch_rows(np.float32)
+    left, right = unit32[rows_a], unit32[rows_b]
+    columns = data.batch_columns
+    z = np.empty((len(columns), ia.size), dtype=np.float32)
+    for b, cols in enumerate(columns):
+        if data.batch_weights[b] < 1:
+            z[b] = 0.0  # never usable: the rows are zero there
+            continue
+        z[b] = (left[:, cols] @ right[:, cols].T).ravel()[flat]
+    del left, right
+    # atanh is steep near +-1, where float32 rounding matters: such pairs always go to float64
+    steep = (z.max(axis=0) > _STEEP_R) | (z.min(axis=0) < -_STEEP_R)
+    np.clip(z, -R_CLIP, R_CLIP, out=z)
+    np.arctanh(z, out=z)  # exactly 0 where the batch is unusable for either gene
+    weights = np.maximum(data.batch_weights, 1.0)
+    weights32 = weights.astype(np.float32)
+    sum_wz = (weights32 @ z).astype(np.float64)
+    sum_wz2 = (weights32 @ (z * z)).astype(np.float64)
+    z_bar = sum_wz / sum_w
+    q = np.maximum(sum_wz2 - sum_w * z_bar * z_bar, 0.0)
+    tau2 = np.maximum(0.0, (q - (k - 1)) / np.where(k > 1, sum_w - sum_w2 / sum_w, 1.0))
+    tau2[k <= 1] = 0.0
+    z_re = sum_wz / np.sqrt(sum_w)
+    hetero = np.flatnonzero(tau2 > 0)
+    if hetero.size:
+        # w*_b = 1 / (1/w_b + tau2) on the usable batches, B x K_hetero like z
+        usable_t = np.unpackbits(pair_bits[hetero], axis=1, count=len(columns), bitorder="little").T
+        w_star = (1.0 / (1.0 / weights32[:, None] + tau2[hetero].astype(np.float32)[None, :])) * usable_t
+        z_re[hetero] = (w_star * z[:, hetero]).sum(axis=0) / np.sqrt(w_star.sum(axis=0, dtype=np.float64))
+    del z
+    z_t = fisher_z(r_t, data.df_pooled)
+    c = stats.norm.isf(bound / 2.0)
+    passes = ((z_t >= c - _SLACK_Z) & (z_re <= -c + _SLACK_Z)) | ((z_t <= -c + _SLACK_Z) & (z_re >= c - _SLACK_Z))
+    keep = np.flatnonzero(passes | steep)
+    index_a, index_b = rows_a[ia[keep]], rows_b[ib[keep]]
+    p = _exact_random_effects_p(data, index_a, index_b, min_batches)
+    exact = p <= bound
+    logger.debug("block pair: %d pairs past the pooled bound, %d screened, %d candidates",
+                 ia.size, keep.size, int(exact.sum()))
+    return index_a[exact], index_b[exact], p[exact]
+
+
+def _pooled_candidates(data: SimpsonData, rows_a, rows_b, same, bound):
+    """Pairs of rows_a x rows_b with p_pooled <= bound (the pre-random-effects test, in float64)."""
+    unit_pooled, unit_within = data.unit_rows("pooled"), data.unit_rows("within")
+    c_pooled, c_within = correlation_thresholds(bound, data.df_pooled, data.df_within)
+    # Screen with a little slack, then apply the exact p <= bound, so that rounding at the threshold
+    # cannot lose a pair.
+    slack = 1e-9
+    lo_pooled, lo_within = max(c_pooled - slack, 0.0), max(c_within - slack, 0.0)
+    r_pooled = unit_pooled[rows_a] @ unit_pooled[rows_b].T
+    r_within = unit_within[rows_a] @ unit_within[rows_b].T
+    mask = (r_pooled >= lo_pooled) & (r_within <= -lo_within)
+    mask |= (r_pooled <= -lo_pooled) & (r_within >= lo_within)
+    if same:
+        mask &= rows_a[:, None] < rows_b[None, :]
+    ia, ib = np.nonzero(mask)
+    p = reversal_p(fisher_z(r_pooled[ia, ib], data.df_pooled), fisher_z(r_within[ia, ib], data.df_within))
+    keep = p <= bound
+    return rows_a[ia[keep]], rows_b[ib[keep]], p[keep]
+
+
+def scan_block_pair(
+    data: SimpsonData,
+    block_a: slice,
+    block_b: slice,
+    *,
+    fdr: float = 0.05,
+    method: str = "bh",
+    within_test: str = "random_effects",
+    min_batches: int = 3,
+) -> pd.DataFrame:
+    """Candidates of one block pair: every pair (a in block_a, b in block_b, a < b) with p <= bound.
+
+    Parameters
+    ----------
+    data : SimpsonData
+        From :func:`prepare`, on all genes (the bound of BY depends on M).
+    block_a, block_b : slice
+        Rows of ``data.genes``; the same slice (pairs inside one block) or block_a wholly before
+        block_b, as :func:`block_pairs` gives them.
+    fdr, method, within_test, min_batches
+        As in :func:`scan`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``CANDIDATE_COLUMNS``: index_a, index_b (rows of ``data.genes``), p (exact, float64).
+    """
+    _check_options(fdr, method, within_test, min_batches)
+    n_genes = data.n_genes
+    rows_a, rows_b = _rows(block_a, n_genes), _rows(block_b, n_genes)
+    same = block_a.indices(n_genes) == block_b.indices(n_genes)
+    if not same and rows_a.size and rows_b.size and rows_a[-1] >= rows_b[0]:
+        raise ValueError("block_a must be block_b or lie wholly before it")
+    bound = p_bound(n_genes * (n_genes - 1) // 2, fdr, method)
+    if within_test == "random_effects":
+        index_a, index_b, p = _random_effects_candidates(data, rows_a, rows_b, same, bound, min_batches)
+    else:
+        index_a, index_b, p = _pooled_candidates(data, rows_a, rows_b, same, bound)
+    return pd.DataFrame({"index_a": index_a.astype(np.int64), "index_b": index_b.astype(np.int64),
+                         "p": p.astype(np.float64)})
+
+
+@dataclass
+class PairStatistics:
+    """Descriptive statistics of given pairs (arrays of length K; ``per_batch_r`` is K x B)."""
+
+    r_pooled: np.ndarray
+    r_within: np.ndarray
+    r_between: np.ndarray
+    between_share: np.ndarray
+    per_batch_r: np.ndarray
+    usable: np.ndarray
+    mu_r: np.ndarray
+    tau2: np.ndarray
+    i2: np.ndarray
+    k_usable: np.ndarray
+    n_agree: np.ndarray
+    z_random_effects: np.ndarray
+    p_random_effects: np.ndarray
+    n_batches_within_sign: np.ndarray
+
+
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    numerator = np.einsum("ij,ij->i", a, b)
+    denominator = np.sqrt(np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", b, b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def pair_statistics(
+    data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray, *, min_batches: int = 3
+) -> PairStatistics:
+    """Every reported statistic of the pairs (index_a[i], index_b[i]), in float64.
+
+    r_pooled, r_within (pooled within-batch, on [batch, C] residuals), r_between and between_share =
+    S_B / S_T (from pooled minus within residuals), the per-batch r_b on [1, C_b] residuals (NaN where
+    the batch is unusable for either gene), the DerSimonian-Laird summary of the usable r_b, and the
+    random-effects p (1 where fewer than ``min_batches`` batches are usable).
+    """
+    index_a, index_b = np.asarray(index_a, np.int64), np.asarray(index_b, np.int64)
+    n = index_a.size
+    r_pooled, r_within, r_between, share = (np.empty(n) for _ in range(4))
+    for start in range(0, n, _EXACT_CHUNK):
+        sl = slice(start, start + _EXACT_CHUNK)
+        a, b = index_a[sl], index_b[sl]
+        pooled_a, pooled_b = data.pooled[a], data.pooled[b]
+        within_a, within_b = data.within[a], data.within[b]
+        r_pooled[sl] = _row_correlation(pooled_a, pooled_b)
+        r_within[sl] = _row_correlation(within_a, within_b)
+        # the between part of each gene is pooled - within residual (orthogonal to within)
+        between_a, between_b = pooled_a - within_a, pooled_b - within_b
+        r_between[sl] = _row_correlation(between_a, between_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share[sl] = np.einsum("ij,ij->i", between_a, between_b) / np.einsum("ij,ij->i", pooled_a, pooled_b)
+    per_batch, usable = _per_batch_r(data, index_a, index_b)
+    effects = random_effects(per_batch, usable, data.batch_weights)
+    with np.errstate(invalid="ignore"):
+        n_same = np.sum(usable & (np.sign(per_batch) == np.sign(r_within)[:, None]), axis=1)
+    return PairStatistics(
+        r_pooled=r_pooled, r_within=r_within, r_between=r_between, between_share=share,
+        per_batch_r=per_batch, usable=usable, mu_r=np.tanh(effects.mu), tau2=effects.tau2, i2=effects.i2,
+        k_usable=effects.k, n_agree=effects.n_agree, z_random_effects=effects.z,
+        p_random_effects=np.where(effects.k >= min_batches,
+                                  reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z), 1.0),
+        n_batches_within_sign=n_same,
+    )
+
+
+def combine(
+    data: SimpsonData,
+    candidates: list[pd.DataFrame] | pd.DataFrame,
+    *,
+    fdr: float = 0.05,
+    method: str = "bh",
+    within_test: str = "random_effects",
+    min_batches: int = 3,
+) -> SimpsonResult:
+    """BH/BY over all M pairs from the candidates of every block pair, and the reported table.
+
+    Parameters
+    ----------
+    data : SimpsonData
+        The data the candidates were scanned on.
+    candidates : list of pandas.DataFrame or pandas.DataFrame
+        :func:`scan_block_pair` results of every block pair of :func:`block_pairs` (any order).
+    fdr, method, within_test, min_batches
+        As in :func:`scan`.
+
+    Returns
+    -------
+    SimpsonResult
+    """
+    _check_options(fdr, method, within_test, min_batches)
+    if isinstance(candidates, pd.DataFrame):
+        candidates = [candidates]
+    table = pd.concat([c[CANDIDATE_COLUMNS] for c in candidates], ignore_index=True) if candidates else None
+    if table is None or table.empty:
+        table = pd.DataFrame({"index_a": np.zeros(0, np.int64), "index_b": np.zeros(0, np.int64), "p": np.zeros(0)})
+    # a fixed order, so that the result does not depend on the order of the jobs
+    table = table.sort_values(["index_a", "index_b"], kind="stable").reset_index(drop=True)
+    if table.duplicated(["index_a", "index_b"]).any():
+        raise ValueError("a pair appears in two block pairs: the blocks overlap")
+    n_genes = data.n_genes
+    n_pairs = n_genes * (n_genes - 1) // 2
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _COLUMN_DTYPES.items()})
+    if n_pairs == 0:
+        return SimpsonResult(empty, n_genes, n_pairs, 0, fdr, method, data.genes_excluded, within_test, min_batches)
+    factor = harmonic_number(n_pairs) if method == "by" else 1.0
+    p = table["p"].to_numpy()
+    q = step_up_q(p, n_pairs, factor)
+    hit = q <= fdr
+    index_a, index_b = table["index_a"].to_numpy()[hit], table["index_b"].to_numpy()[hit]
+    p, q = p[hit], q[hit]
+    stats_ = pair_statistics(data, index_a, index_b, min_batches=min_batches)
+    # keep the caller's gene labels (not str()) so that they index ``expression`` again
+    names = data.genes.to_numpy(dtype=object)
+    labels = data.batch_labels
+    compact = [";".join(f"{label}:{value:.2f}" for label, value in zip(labels, row)) for row in stats_.per_batch_r]
+    reversals = pd.DataFrame({
+        "gene_a": names[index_a], "gene_b": names[index_b], "r_pooled": stats_.r_pooled,
+        "r_within": stats_.r_within, "r_between": stats_.r_between, "between_share": stats_.between_share,
+        "p": p, "q": q, "n_batches_within_sign": stats_.n_batches_within_sign, "per_batch_r": compact,
+        "mu_r": stats_.mu_r, "tau2": stats_.tau2, "i2": stats_.i2, "k_usable": stats_.k_usable,
+        "n_agree": stats_.n_agree, "_a": index_a, "_b": index_b,
+    })
+    if reversals.empty:
+        reversals = empty
+    else:
+        reversals = reversals.sort_values(["p", "n_agree", "_a", "_b"], ascending=[True, False, True, True],
+                                          kind="stable").drop(columns=["_a", "_b"]).reset_index(drop=True)
+    reversals = reversals[REVERSAL_COLUMNS].astype(_COLUMN_DTYPES)
+    return SimpsonResult(reversals, n_genes, n_pairs, int(len(table)), fdr, method, data.genes_excluded,
+                         within_test, min_batches)
+
+
+def scan_data(
+    data: SimpsonData,
+    *,
+    fdr: float = 0.05,
+    method: str = "bh",
+    within_test: str = "random_effects",
+    min_batches: int = 3,
+    block_size: int = 1024,
+) -> SimpsonResult:
+    """Scan all pairs of prepared data: every block pair, then :func:`combine`."""
+    _check_options(fdr, method, within_test, min_batches)
+    candidates = [
+        scan_block_pair(data, a, b, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches)
+        for a, b in block_pairs(data.n_genes, block_size)
+    ]
+    return combine(data, candidates, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches)
