@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix import lmm, moderate
 from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_coefficients, de_summary, differential_expression
 from batchmix.io import read_matrix, read_result_table
@@ -41,8 +40,9 @@ def data():
 
 def _gene_fits(expression, samples, status, formula, *, trend=False, robust=False):
     fit = lmm.fit(expression, samples, formula, gene_status=status)
-    return moderate.moderate_gene_fits(fit.gene_fits, trend=trend, robust=robust,
-                                       mean_expression=expression.mean(axis=1))
+    return moderate.moderate_gene_fits(
+        fit.gene_fits, trend=trend, robust=robust, mean_expression=expression.mean(axis=1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,14 @@ def _reference(name):
 def test_ols_columns_equal_limma(data, case):
     expression, samples, fitted, status = data
     gene_fits = _gene_fits(expression, samples, status, MODEL, trend=case == "trend", robust=case == "robust")
-    tables = differential_expression(gene_fits, expression, samples, formula=MODEL, batch="experiment.number",
-                                     moderate={"enabled": True, "trend": case == "trend",
-                                               "robust": case == "robust"})
+    tables = differential_expression(
+        gene_fits,
+        expression,
+        samples,
+        formula=MODEL,
+        batch="experiment.number",
+        moderate={"enabled": True, "trend": case == "trend", "robust": case == "robust"},
+    )
     assert list(tables) == ["strainDBA_2J"]
     table = tables["strainDBA_2J"].set_index("gene_id")
     ref = _reference(f"strain_{case}.tsv.gz")
@@ -81,8 +86,9 @@ def test_ols_columns_equal_limma(data, case):
 
 def test_every_input_gene_once_in_order_with_the_lmm_columns(data, strain_fits):
     expression, samples, fitted, _ = data
-    table = differential_expression(strain_fits, expression, samples, formula=MODEL,
-                                    batch="experiment.number")["strainDBA_2J"]
+    table = differential_expression(strain_fits, expression, samples, formula=MODEL, batch="experiment.number")[
+        "strainDBA_2J"
+    ]
     assert list(table.columns) == DE_COLUMNS
     assert list(table["gene_id"]) == list(expression.index)
     ok = table["status"].isin(["ok", "singular"]).to_numpy()
@@ -104,8 +110,9 @@ def test_every_input_gene_once_in_order_with_the_lmm_columns(data, strain_fits):
 def test_without_moderation_uses_satterthwaite_and_ordinary_t(data):
     expression, samples, fitted, status = data
     fit = lmm.fit(expression, samples, MODEL, gene_status=status)
-    table = differential_expression(fit.gene_fits, expression, samples, formula=MODEL, batch="experiment.number",
-                                    moderate={"enabled": False})["strainDBA_2J"].set_index("gene_id")
+    table = differential_expression(
+        fit.gene_fits, expression, samples, formula=MODEL, batch="experiment.number", moderate={"enabled": False}
+    )["strainDBA_2J"].set_index("gene_id")
     ref = _reference("strain_plain.tsv.gz")
     got = table.loc[fitted]
     assert np.max(np.abs(got["ols_t"] - ref["t_ord_strainDBA_2J"])) < 1e-6
@@ -122,8 +129,9 @@ def test_levels_change_the_coefficient_name_and_sign(data, strain_fits):
     relevelled = samples.copy()
     relevelled["strain"] = pd.Categorical(samples["strain"], categories=levels["strain"])
     gene_fits = _gene_fits(expression, relevelled, status, formula)
-    tables = differential_expression(gene_fits, expression, samples, formula=formula, batch="experiment.number",
-                                     levels=levels)
+    tables = differential_expression(
+        gene_fits, expression, samples, formula=formula, batch="experiment.number", levels=levels
+    )
     assert list(tables) == ["strainC57BL_6J", "lane.number"]
     ref = _reference("relevel_plain.tsv.gz")
     for name in tables:
@@ -131,11 +139,17 @@ def test_levels_change_the_coefficient_name_and_sign(data, strain_fits):
         assert np.max(np.abs(got["ols_t"] - ref[f"t_{name}"])) < 1e-6
         assert np.max(np.abs(got["ols_p"] - ref[f"p_{name}"])) < 1e-6
     # with only the strain in the model, the relevelled OLS effect is the default one with the sign flipped
-    default = differential_expression(strain_fits, expression, samples, formula=MODEL,
-                                      batch="experiment.number")["strainDBA_2J"]
-    flipped = differential_expression(strain_fits.rename(columns=lambda c: c.replace("DBA_2J", "C57BL_6J")),
-                                      expression, samples, formula=MODEL, batch="experiment.number",
-                                      levels=levels)["strainC57BL_6J"]
+    default = differential_expression(strain_fits, expression, samples, formula=MODEL, batch="experiment.number")[
+        "strainDBA_2J"
+    ]
+    flipped = differential_expression(
+        strain_fits.rename(columns=lambda c: c.replace("DBA_2J", "C57BL_6J")),
+        expression,
+        samples,
+        formula=MODEL,
+        batch="experiment.number",
+        levels=levels,
+    )["strainC57BL_6J"]
     ok = default["status"].isin(["ok", "singular"])
     np.testing.assert_allclose(flipped["ols_logfc"][ok], -default["ols_logfc"][ok], atol=1e-12)
     np.testing.assert_allclose(flipped["ols_p"][ok], default["ols_p"][ok], rtol=1e-10)
@@ -154,12 +168,14 @@ def test_batch_as_fixed_effect_is_left_out_of_ols_and_not_tested(data):
 
 
 def test_summary_counts_and_sentence():
-    table = pd.DataFrame({
-        "gene_id": ["g1", "g2", "g3", "g4", "g5", "g6"],
-        "p": [0.001, 0.2, 0.002, 0.5, np.nan, 0.003],
-        "ols_p": [0.001, 0.001, 0.3, 0.5, np.nan, 0.4],
-        "change": ["both", "ols_only", "lmm_only", "neither", None, "lmm_only"],
-    })
+    table = pd.DataFrame(
+        {
+            "gene_id": ["g1", "g2", "g3", "g4", "g5", "g6"],
+            "p": [0.001, 0.2, 0.002, 0.5, np.nan, 0.003],
+            "ols_p": [0.001, 0.001, 0.3, 0.5, np.nan, 0.4],
+            "change": ["both", "ols_only", "lmm_only", "neither", None, "lmm_only"],
+        }
+    )
     summary = de_summary({"conditiontreated": table}, fdr=0.05)["conditiontreated"]
     assert summary["n_tested"] == 5
     assert (summary["n_significant_lmm"], summary["n_significant_ols"], summary["n_both"]) == (3, 2, 1)
@@ -190,5 +206,9 @@ def test_fdr_sets_the_calls_and_no_batch_uses_the_whole_fixed_part(data, strain_
 def test_de_coefficients_come_from_the_design_alone(data):
     _, samples, _, _ = data
     assert de_coefficients(MODEL, samples, batch="experiment.number") == ["strainDBA_2J"]
-    assert de_coefficients("~ strain + lane.number + experiment.number", samples, batch="experiment.number",
-                               levels={"strain": ["DBA/2J", "C57BL/6J"]}) == ["strainC57BL_6J", "lane.number"]
+    assert de_coefficients(
+        "~ strain + lane.number + experiment.number",
+        samples,
+        batch="experiment.number",
+        levels={"strain": ["DBA/2J", "C57BL/6J"]},
+    ) == ["strainC57BL_6J", "lane.number"]

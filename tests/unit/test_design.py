@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix.design import (
     ModelFormula,
     RandomTerm,
@@ -40,7 +39,8 @@ def samples() -> pd.DataFrame:
 
 def test_parse_simple_intercept():
     assert parse_formula("~ condition + (1 | batch)") == ModelFormula(
-        response=None, fixed="condition", random=[RandomTerm("1", "batch")])
+        response=None, fixed="condition", random=[RandomTerm("1", "batch")]
+    )
 
 
 def test_parse_response_and_slopes():
@@ -65,8 +65,9 @@ def test_parse_only_random_gives_intercept_fixed():
     assert parse_formula("~ (1|g)").fixed == "1"
 
 
-@pytest.mark.parametrize("bad", ["x + (1|g)", "~ x + (1|g", "~ x + 1|g", "~ x + (|g)",
-                                 "~ x + (1|)", "~ x + + (1|g)", "y ~ x ~ z"])
+@pytest.mark.parametrize(
+    "bad", ["x + (1|g)", "~ x + (1|g", "~ x + 1|g", "~ x + (|g)", "~ x + (1|)", "~ x + + (1|g)", "y ~ x ~ z"]
+)
 def test_parse_errors(bad):
     with pytest.raises(ValueError):
         parse_formula(bad)
@@ -101,8 +102,12 @@ def test_fixed_design_categorical_reference_level(samples):
 
 def test_fixed_term_columns(samples):
     terms = fixed_term_columns("~ condition * dose + (1|batch)", samples)
-    assert terms == {"Intercept": ["Intercept"], "condition": ["conditiontreat"], "dose": ["dose"],
-                     "condition_dose": ["conditiontreat_dose"]}
+    assert terms == {
+        "Intercept": ["Intercept"],
+        "condition": ["conditiontreat"],
+        "dose": ["dose"],
+        "condition_dose": ["conditiontreat_dose"],
+    }
 
 
 def test_random_design_intercept_levels_sorted(samples):
@@ -147,8 +152,7 @@ def test_numeric_batch_is_a_factor_when_categorical_as_r_model_matrix():
     samples["experiment.number"] = samples["experiment.number"].astype(int)
     reference = read_result_table(LIMMA_DE / "design_batch_fixed.tsv").set_index("sample_id")
     X, names = fixed_design("~ strain + experiment.number", samples, categorical=("experiment.number",))
-    assert names == list(reference.columns) == ["Intercept", "strainDBA_2J", "experiment.number6",
-                                                "experiment.number7"]
+    assert names == list(reference.columns) == ["Intercept", "strainDBA_2J", "experiment.number6", "experiment.number7"]
     np.testing.assert_array_equal(X, reference.loc[samples.index].to_numpy(dtype=float))
     # without it the numeric column is one slope, as before
     _, slope_names = fixed_design("~ strain + experiment.number", samples)
@@ -156,13 +160,18 @@ def test_numeric_batch_is_a_factor_when_categorical_as_r_model_matrix():
 
 
 def test_levels_set_the_reference_and_the_coefficient_names(samples):
-    X, names = fixed_design("~ condition + strain + (1|batch)", samples,
-                            levels={"condition": ["treat", "ctrl"], "strain": ["DBA/2J", "C57BL/6J"]})
+    X, names = fixed_design(
+        "~ condition + strain + (1|batch)",
+        samples,
+        levels={"condition": ["treat", "ctrl"], "strain": ["DBA/2J", "C57BL/6J"]},
+    )
     assert names == ["Intercept", "conditionctrl", "strainC57BL_6J"]
     np.testing.assert_array_equal(X[:, 1], [1, 0, 1, 0, 1, 0])
     np.testing.assert_array_equal(X[:, 2], [1, 0, 0, 1, 1, 0])
     assert fixed_term_columns("~ condition + (1|batch)", samples, levels={"condition": ["treat", "ctrl"]}) == {
-        "Intercept": ["Intercept"], "condition": ["conditionctrl"]}
+        "Intercept": ["Intercept"],
+        "condition": ["conditionctrl"],
+    }
 
 
 def test_levels_on_a_numeric_column_make_it_a_factor_in_that_order(samples):
@@ -176,12 +185,15 @@ def test_levels_order_the_grouping_factor_of_a_random_term(samples):
     np.testing.assert_array_equal(rd.blocks[0].Z[0], [0, 0, 1])
 
 
-@pytest.mark.parametrize("levels, words", [
-    ({"condition": ["ctrl", "treat", "placebo"]}, ["'condition'", "ctrl, treat", "not in the column: placebo"]),
-    ({"condition": ["ctrl"]}, ["'condition'", "ctrl, treat", "not listed: treat"]),
-    ({"condition": ["ctrl", "ctrl", "treat"]}, ["'condition'", "listed twice: ctrl"]),
-    ({"nosuch": ["a", "b"]}, ["'nosuch'", "not in the sample sheet"]),
-])
+@pytest.mark.parametrize(
+    "levels, words",
+    [
+        ({"condition": ["ctrl", "treat", "placebo"]}, ["'condition'", "ctrl, treat", "not in the column: placebo"]),
+        ({"condition": ["ctrl"]}, ["'condition'", "ctrl, treat", "not listed: treat"]),
+        ({"condition": ["ctrl", "ctrl", "treat"]}, ["'condition'", "listed twice: ctrl"]),
+        ({"nosuch": ["a", "b"]}, ["'nosuch'", "not in the sample sheet"]),
+    ],
+)
 def test_bad_levels_name_the_column_and_its_levels(samples, levels, words):
     with pytest.raises(ValueError) as info:
         check_levels(samples, levels)

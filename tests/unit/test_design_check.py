@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from batchmix.design_check import FINDING_CODES, check_design, cramers_v, nested_columns
 from batchmix.io import InputError
 
@@ -19,8 +18,10 @@ def sheet(**columns) -> pd.DataFrame:
 
 def balanced(n_batches: int = 6, per_batch: int = 4) -> pd.DataFrame:
     """Every batch holds both conditions: nothing to find."""
-    return sheet(condition=["ctrl", "treat"] * (n_batches * per_batch // 2),
-                 batch=[f"B{b}" for b in range(n_batches) for _ in range(per_batch)])
+    return sheet(
+        condition=["ctrl", "treat"] * (n_batches * per_batch // 2),
+        batch=[f"B{b}" for b in range(n_batches) for _ in range(per_batch)],
+    )
 
 
 def finding(report, code):
@@ -41,8 +42,14 @@ def test_a_balanced_design_has_no_findings_and_the_expected_summary():
     assert factor["crosstab"]["B0"] == {"ctrl": 2, "treat": 2}
     assert factor["cramers_v"] == 0.0 and factor["single_level_batches"] == [] and factor["confounded"] is False
     (term,) = d["random_terms"]
-    assert term == {"group": "batch", "terms": ["Intercept"], "n_levels": 6,
-                    "obs_per_level": {"min": 4, "median": 4.0, "max": 4}, "identifiable": True, "reason": None}
+    assert term == {
+        "group": "batch",
+        "terms": ["Intercept"],
+        "n_levels": 6,
+        "obs_per_level": {"min": 4, "median": 4.0, "max": 4},
+        "identifiable": True,
+        "reason": None,
+    }
 
 
 def test_confounded_names_the_factor_and_the_batches():
@@ -71,9 +78,11 @@ def test_a_single_sample_batch_with_one_level_is_not_confounding():
 
 @pytest.mark.parametrize("formula, column", [("~ group + (1|group)", "group"), ("~ condition + (1|batch)", "batch")])
 def test_fixed_effect_aliased_with_the_random_term_is_an_error(formula, column):
-    samples = sheet(group=[f"G{g}" for g in range(6) for _ in range(3)],
-                    batch=[f"B{g}" for g in range(6) for _ in range(3)],
-                    condition=[f"c{g}" for g in range(6) for _ in range(3)])  # condition equals batch
+    samples = sheet(
+        group=[f"G{g}" for g in range(6) for _ in range(3)],
+        batch=[f"B{g}" for g in range(6) for _ in range(3)],
+        condition=[f"c{g}" for g in range(6) for _ in range(3)],
+    )  # condition equals batch
     report = check_design(samples, formula=formula, batch="batch")
     f = finding(report, "aliased_fixed_random")
     assert f.severity == "error" and f"({'1'} | {column})" in f.message
@@ -92,11 +101,16 @@ def test_one_sample_per_batch_is_an_error_naming_the_column():
     assert "[one_observation_per_level]" in str(info.value) and "[no_residual_df]" in str(info.value)
 
 
-@pytest.mark.parametrize("samples, formula", [
-    (sheet(condition=["a", "b", "a"], batch=["B1", "B1", "B2"]), "~ condition + (1|batch)"),  # three samples
-    (sheet(x1=[1.0, 2, 3, 4], x2=[1.0, 4, 9, 16], x3=[1.0, 8, 27, 64], batch=["B1", "B1", "B2", "B2"]),
-     "~ x1 + x2 + x3"),  # as many coefficients as samples
-])
+@pytest.mark.parametrize(
+    "samples, formula",
+    [
+        (sheet(condition=["a", "b", "a"], batch=["B1", "B1", "B2"]), "~ condition + (1|batch)"),  # three samples
+        (
+            sheet(x1=[1.0, 2, 3, 4], x2=[1.0, 4, 9, 16], x3=[1.0, 8, 27, 64], batch=["B1", "B1", "B2", "B2"]),
+            "~ x1 + x2 + x3",
+        ),  # as many coefficients as samples
+    ],
+)
 def test_no_residual_df_is_an_error(samples, formula):
     report = check_design(samples, formula=formula, batch="batch")
     assert finding(report, "no_residual_df").severity == "error"
@@ -144,19 +158,23 @@ def test_random_slope_without_within_level_variation_is_an_error():
 
 
 def test_numeric_batch_is_categorical_and_numeric_covariates_get_a_note():
-    samples = balanced().assign(batch=lambda d: d["batch"].str[1:].astype(int) + 1,
-                                day=[0, 1, 2, 3] * 6)
+    samples = balanced().assign(batch=lambda d: d["batch"].str[1:].astype(int) + 1, day=[0, 1, 2, 3] * 6)
     report = check_design(samples, formula="~ condition + day + batch", batch="batch")
     assert report.fixed_rank == 1 + 1 + 1 + 5  # intercept, condition, day, and five batch contrasts (not a slope)
     f = finding(report, "numeric_few_values")
     assert f.severity == "note" and "'day'" in f.message and "levels:" in f.message
-    assert "numeric_few_values" not in check_design(
-        samples, formula="~ condition + day + batch", batch="batch", levels={"day": [0, 1, 2, 3]}).codes()
+    assert (
+        "numeric_few_values"
+        not in check_design(
+            samples, formula="~ condition + day + batch", batch="batch", levels={"day": [0, 1, 2, 3]}
+        ).codes()
+    )
 
 
 def test_numeric_codes_get_the_note_and_two_valued_numbers_are_checked_as_factors():
-    samples = balanced().assign(code=[1, 2, 3, 4, 5, 6, 7, 8] * 3, dose=np.linspace(0, 1, 24),
-                                sex=lambda d: (d["batch"] == "B0").astype(int))
+    samples = balanced().assign(
+        code=[1, 2, 3, 4, 5, 6, 7, 8] * 3, dose=np.linspace(0, 1, 24), sex=lambda d: (d["batch"] == "B0").astype(int)
+    )
     report = check_design(samples, formula="~ code + dose + (1|batch)", batch="batch")
     assert "'code' is numeric with 8 distinct values" in finding(report, "numeric_few_values").message
     assert len([f for f in report.findings if f.code == "numeric_few_values"]) == 1  # not the continuous dose
@@ -171,34 +189,45 @@ def test_columns_nested_in_the_batch_outside_the_model_get_a_note():
     samples = balanced().assign(celltype=lambda d: d["batch"].map({"B0": "lung", "B1": "lung"}).fillna("blood"))
     f = finding(check_design(samples, formula="~ condition + (1|batch)", batch="batch"), "nested_in_batch")
     assert f.severity == "note" and "'celltype'" in f.message
-    assert "nested_in_batch" not in check_design(samples, formula="~ condition + celltype + (1|batch)",
-                                                 batch="batch").codes()
+    assert (
+        "nested_in_batch"
+        not in check_design(samples, formula="~ condition + celltype + (1|batch)", batch="batch").codes()
+    )
 
 
 def test_looks_like_counts_only_for_log_input_with_large_integers():
     samples = balanced()
     counts = pd.DataFrame(np.arange(24 * 3).reshape(3, 24) * 50, columns=samples.index)
-    report = check_design(samples, formula="~ condition + (1|batch)", batch="batch", input_type="log",
-                          expression=counts)
+    report = check_design(
+        samples, formula="~ condition + (1|batch)", batch="batch", input_type="log", expression=counts
+    )
     assert finding(report, "looks_like_counts").severity == "warning"
-    for quiet in (dict(input_type="counts", expression=counts),
-                  dict(input_type="log", expression=counts + 0.5),
-                  dict(input_type="log", expression=counts // 100)):
-        assert "looks_like_counts" not in check_design(samples, formula="~ condition + (1|batch)", batch="batch",
-                                                       **quiet).codes()
+    for quiet in (
+        dict(input_type="counts", expression=counts),
+        dict(input_type="log", expression=counts + 0.5),
+        dict(input_type="log", expression=counts // 100),
+    ):
+        assert (
+            "looks_like_counts"
+            not in check_design(samples, formula="~ condition + (1|batch)", batch="batch", **quiet).codes()
+        )
 
 
 def test_every_documented_code_is_produced_by_some_test_here():
     import inspect
     import sys
+
     source = inspect.getsource(sys.modules[__name__])
     for code in FINDING_CODES:
         assert f'"{code}"' in source, code
 
 
 def test_nested_columns_and_cramers_v():
-    samples = balanced().assign(site=lambda d: d["batch"].map({"B0": "x", "B1": "x"}).fillna("y"),
-                                constant="k", donor=[f"d{i}" for i in range(24)])
+    samples = balanced().assign(
+        site=lambda d: d["batch"].map({"B0": "x", "B1": "x"}).fillna("y"),
+        constant="k",
+        donor=[f"d{i}" for i in range(24)],
+    )
     assert nested_columns(samples, "batch") == ["site"]
     assert cramers_v(pd.DataFrame([[5, 0], [0, 5]])) == pytest.approx(1.0)
     assert cramers_v(pd.DataFrame([[2, 2], [2, 2]])) == pytest.approx(0.0)
@@ -228,5 +257,6 @@ def test_a_random_slope_covariate_gets_no_numeric_note():
 def test_a_slope_only_term_is_not_aliased_by_a_fixed_grouping():
     samples = balanced().assign(dose=[0.0, 1, 2, 3] * 6)
     assert check_design(samples, formula="~ batch + dose + (0 + dose | batch)", batch="batch").errors == []
-    assert "aliased_fixed_random" in check_design(samples, formula="~ batch + dose + (dose | batch)",
-                                                  batch="batch").codes("error")
+    assert "aliased_fixed_random" in check_design(
+        samples, formula="~ batch + dose + (dose | batch)", batch="batch"
+    ).codes("error")

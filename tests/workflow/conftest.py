@@ -37,9 +37,7 @@ def result_files(run_dir: Path) -> list[str]:
     results = run_dir / "results"
     if not results.exists():
         return []
-    return sorted(
-        str(p.relative_to(run_dir)) for p in results.rglob("*") if p.is_file() and "logs" not in p.parts
-    )
+    return sorted(str(p.relative_to(run_dir)) for p in results.rglob("*") if p.is_file() and "logs" not in p.parts)
 
 
 @pytest.fixture(scope="session")

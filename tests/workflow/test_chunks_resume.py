@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import FIXTURE, REPO, SNAKEMAKE, make_run_dir, result_files, run_snakemake
 
 RESOURCES_SMK = REPO / "workflow" / "rules" / "resources.smk"
@@ -70,13 +69,22 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
     assert len(list((fixture_run / "results/lmm/chunks").glob("*.fits.tsv"))) == 3
     tables = final_tables(fixture_run)
     assert final_tables(run_dir) == tables
-    assert {"results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
-            "results/corrected/expression.tsv.gz"} <= set(tables)
+    assert {
+        "results/lmm/gene_fits.tsv",
+        "results/lmm/blups.tsv",
+        "results/lmm/fixed_vcov.tsv",
+        "results/corrected/expression.tsv.gz",
+    } <= set(tables)
     assert differing_files(run_dir, fixture_run, tables) == []
 
 
-LMM_TABLES = ["results/lmm/gene_fits.tsv", "results/lmm/blups.tsv", "results/lmm/fixed_vcov.tsv",
-              "results/lmm/model.json", "results/corrected/expression.tsv.gz"]
+LMM_TABLES = [
+    "results/lmm/gene_fits.tsv",
+    "results/lmm/blups.tsv",
+    "results/lmm/fixed_vcov.tsv",
+    "results/lmm/model.json",
+    "results/corrected/expression.tsv.gz",
+]
 
 
 def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_path):
@@ -91,8 +99,13 @@ def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_pat
 
     def run(*args: str) -> None:
         # Targets first: --set-scatter takes every argument after it.
-        proc = subprocess.run([str(SNAKEMAKE), *LMM_TABLES, "--cores", "2", "--nocolor", *args],
-                              cwd=run_dir, capture_output=True, text=True, timeout=1200)
+        proc = subprocess.run(
+            [str(SNAKEMAKE), *LMM_TABLES, "--cores", "2", "--nocolor", *args],
+            cwd=run_dir,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
 
     run()
@@ -207,8 +220,10 @@ def _wait_for_finished_chunks(proc: subprocess.Popen, log_path: Path, at_least: 
         if len(finished_chunks(log_path.read_text())) >= at_least:
             return
         if proc.poll() is not None:
-            pytest.fail(f"snakemake ended (exit {proc.returncode}) before {at_least} chunks finished:\n"
-                        f"{log_path.read_text()[-6000:]}")
+            pytest.fail(
+                f"snakemake ended (exit {proc.returncode}) before {at_least} chunks finished:\n"
+                f"{log_path.read_text()[-6000:]}"
+            )
         time.sleep(0.05)
     pytest.fail(f"{at_least} chunks did not finish within {timeout} s:\n{log_path.read_text()[-6000:]}")
 
@@ -217,8 +232,18 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(fixture_run, tmp
     run_dir = make_run_dir(tmp_path / "killed")
     shutil.copytree(REPO / "profiles", run_dir / "profiles")
     # One job at a time, so that the chunks finish one by one and the kill lands between them.
-    cmd = [str(SNAKEMAKE), "--profile", "profiles/local", "--cores", "1", "--configfile", "fixture.yaml",
-           "--set-scatter", f"lmm={N_CHUNKS}", "--nocolor"]
+    cmd = [
+        str(SNAKEMAKE),
+        "--profile",
+        "profiles/local",
+        "--cores",
+        "1",
+        "--configfile",
+        "fixture.yaml",
+        "--set-scatter",
+        f"lmm={N_CHUNKS}",
+        "--nocolor",
+    ]
 
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
@@ -237,9 +262,7 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(fixture_run, tmp
     unfinished = all_chunks - finished
     assert len(finished) >= 2 and unfinished, (finished, unfinished)
     assert not (run_dir / "results/lmm/gene_fits.tsv").exists()
-    chunk_files = {
-        item: sorted((run_dir / "results/lmm/chunks").glob(f"{item}.*")) for item in finished
-    }
+    chunk_files = {item: sorted((run_dir / "results/lmm/chunks").glob(f"{item}.*")) for item in finished}
     stamps = {p: p.stat().st_mtime_ns for paths in chunk_files.values() for p in paths}
     # expression, fits, blups, fixed_vcov, corrected
     assert all(len(paths) == 5 for paths in chunk_files.values()), chunk_files

@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import make_run_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,8 +135,10 @@ def test_report_has_the_uncertainty_section_with_both_figures(sleepstudy_run):
     text = re.sub(r"<[^>]+>", "", section)
     assert f"{N_BOOTSTRAP} replicates per gene" in text
     assert "ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)" in text
-    images = {alt: base64.b64decode(data) for data, alt in
-              re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"', section)}
+    images = {
+        alt: base64.b64decode(data)
+        for data, alt in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"', section)
+    }
     figures = sleepstudy_run / "results/uncertainty/figures"
     expected = {
         "Bootstrap band of the population fit of Reaction": figures / "Reaction.bootstrap_band.png",

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SNAKEMAKE, make_run_dir, result_files
 
 CLUSTER_TOOLS = REPO / "tests" / "cluster"
@@ -134,7 +133,7 @@ def _declared_resources(log: str) -> dict[str, dict[str, str]]:
     for line in log.splitlines():
         if re.match(r"^(local)?rule \w+:$", line):
             job = None
-        elif (m := re.match(r"^\s+jobid: (\d+)$", line)):
+        elif m := re.match(r"^\s+jobid: (\d+)$", line):
             job = m.group(1)
             declared.setdefault(job, {})
         elif job is not None and (m := re.match(r"^\s+threads: (\d+)$", line)):
@@ -158,14 +157,19 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
     shutil.copytree(REPO / "profiles", run_dir / "profiles")
     cmd = [
         str(SNAKEMAKE),
-        "--executor", "slurm",
-        "--profile", "profiles/slurm",
-        "--configfile", "fixture.yaml",
+        "--executor",
+        "slurm",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "fixture.yaml",
         "--nocolor",
         # Machine-specific overrides of the profile, the only ones: the test node has
         # os.cpu_count() CPUs and answers at once, so the first status query need not wait 20 s.
-        "--max-threads", str(os.cpu_count() or 1),
-        "--slurm-init-seconds-before-status-checks", "1",
+        "--max-threads",
+        str(os.cpu_count() or 1),
+        "--slurm-init-seconds-before-status-checks",
+        "1",
     ]
     # The jobs snakemake plans for this config, from a dry run ("Job stats" table).
     dry = subprocess.run([*cmd, "--dry-run"], cwd=run_dir, capture_output=True, text=True, timeout=300)
@@ -173,7 +177,9 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
     # (The table is printed twice; the first one, up to its "total" row, is enough.)
     stats = (dry.stdout + dry.stderr).split("Job stats:")[1].split("total")[0]
     planned_jobs = [
-        rule for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M) if rule not in ("all", "total")
+        rule
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)
+        if rule not in ("all", "total")
         for _ in range(int(count))
     ]
 
@@ -204,7 +210,9 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
     slurm_ids = ",".join(s["slurm_id"] for s in submissions)
     sacct = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", slurm_ids, "-o", "JobID,State,ReqMem,Timelimit,ReqCPUS"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert sacct.returncode == 0, sacct.stderr
     accounted = {row.split("|")[0]: row.split("|")[1:] for row in sacct.stdout.splitlines() if row}

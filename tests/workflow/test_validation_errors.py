@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import make_run_dir, result_files, run_snakemake
 
 
@@ -57,8 +56,14 @@ def _duplicate_gene(table):
 
 
 CASES = {
-    "duplicate sample id in the sheet": (dict(samples=_duplicate_sample), ["data/samples.tsv", "duplicate sample ids", "Series1_NHBE_Mock_1"]),
-    "missing column": (dict(config={"model": "~ Treatment + (1|Batch)"}), ["data/samples.tsv", "Treatment", "not in the sample sheet"]),
+    "duplicate sample id in the sheet": (
+        dict(samples=_duplicate_sample),
+        ["data/samples.tsv", "duplicate sample ids", "Series1_NHBE_Mock_1"],
+    ),
+    "missing column": (
+        dict(config={"model": "~ Treatment + (1|Batch)"}),
+        ["data/samples.tsv", "Treatment", "not in the sample sheet"],
+    ),
     "missing batch column": (dict(config={"batch": "Run"}), ["data/samples.tsv", "Run", "not in the sample sheet"]),
     "mismatched ids": (dict(samples=_rename_sample), ["not_a_sample", "Series1_NHBE_Mock_1", "must match"]),
     "negative counts": (dict(counts=_negative), ["data/counts.tsv", "negative counts", "input_type: log"]),

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
+import subprocess
 
 import pandas as pd
 import yaml
-
-from conftest import REPO, make_run_dir, result_files, run_snakemake, SNAKEMAKE
-
-import subprocess
+from conftest import REPO, SNAKEMAKE, make_run_dir, result_files, run_snakemake
 
 
 def test_run_writes_every_output(fixture_run):
@@ -117,8 +114,16 @@ def test_model_without_random_term_runs_without_a_corrected_table(tmp_path):
 def test_every_job_leaves_a_log_and_a_run_record(fixture_run):
     """Each job logs to its file and writes its JSON run record (status, time, counts, warnings)."""
     logs = fixture_run / "results/logs"
-    jobs = ["stabilise", "split_genes", "lmm_chunk/1-of-3", "lmm_chunk/2-of-3", "lmm_chunk/3-of-3", "gather_lmm",
-            "simpson", "report"]
+    jobs = [
+        "stabilise",
+        "split_genes",
+        "lmm_chunk/1-of-3",
+        "lmm_chunk/2-of-3",
+        "lmm_chunk/3-of-3",
+        "gather_lmm",
+        "simpson",
+        "report",
+    ]
     for job in jobs:
         log = (logs / f"{job}.log").read_text()
         assert "start" in log and "done in" in log, job

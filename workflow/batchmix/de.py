@@ -36,16 +36,40 @@ from batchmix.moderate import squeeze_var
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHANGE_CLASSES", "FITTED_STATUSES", "DE_COLUMNS", "limma_fit", "de_coefficients",
-           "differential_expression", "de_summary", "bh"]
+__all__ = [
+    "CHANGE_CLASSES",
+    "FITTED_STATUSES",
+    "DE_COLUMNS",
+    "limma_fit",
+    "de_coefficients",
+    "differential_expression",
+    "de_summary",
+    "bh",
+]
 
 #: The values of ``change``.
 CHANGE_CLASSES = ("both", "lmm_only", "ols_only", "neither")
 #: Statuses of the genes that take part in the tests (and in the BH adjustment).
 FITTED_STATUSES = ("ok", "singular")
 #: The columns of a DE table, in order.
-DE_COLUMNS = ["gene_id", "status", "ave_expr", "logfc", "se", "t", "df", "p", "q",
-              "ols_logfc", "ols_se", "ols_t", "ols_df", "ols_p", "ols_q", "change"]
+DE_COLUMNS = [
+    "gene_id",
+    "status",
+    "ave_expr",
+    "logfc",
+    "se",
+    "t",
+    "df",
+    "p",
+    "q",
+    "ols_logfc",
+    "ols_se",
+    "ols_t",
+    "ols_df",
+    "ols_p",
+    "ols_q",
+    "change",
+]
 
 
 def bh(p: np.ndarray) -> np.ndarray:
@@ -58,8 +82,9 @@ def bh(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def limma_fit(expression: np.ndarray, design: np.ndarray, *, moderate: bool = True, trend: bool = False,
-              robust: bool = False) -> dict[str, np.ndarray]:
+def limma_fit(
+    expression: np.ndarray, design: np.ndarray, *, moderate: bool = True, trend: bool = False, robust: bool = False
+) -> dict[str, np.ndarray]:
     """limma's ``lmFit`` + ``eBayes`` on a genes × samples array (missing values allowed).
 
     Parameters
@@ -106,7 +131,7 @@ def limma_fit(expression: np.ndarray, design: np.ndarray, *, moderate: bool = Tr
         rinv = np.linalg.inv(r)
         beta = Yo @ q @ rinv.T
         coef[np.ix_(members, keep)] = beta
-        unscaled[np.ix_(members, keep)] = np.sqrt(np.sum(rinv ** 2, axis=1))[None, :]
+        unscaled[np.ix_(members, keep)] = np.sqrt(np.sum(rinv**2, axis=1))[None, :]
         dfr = int(mask.sum()) - len(keep)
         df_residual[members] = dfr
         if dfr > 0:
@@ -118,18 +143,23 @@ def limma_fit(expression: np.ndarray, design: np.ndarray, *, moderate: bool = Tr
             se = unscaled * sigma[:, None]
             t = coef / se
         df = np.where(df_residual > 0, df_residual, np.nan)
-        out.update(se=se, t=t, df=df, p=2 * stats.t.sf(np.abs(t), df[:, None]), s2_post=sigma ** 2,
-                   df_prior=np.nan)
+        out.update(se=se, t=t, df=df, p=2 * stats.t.sf(np.abs(t), df[:, None]), s2_post=sigma**2, df_prior=np.nan)
         return out
-    var = np.where(df_residual > 0, sigma ** 2, np.nan)
+    var = np.where(df_residual > 0, sigma**2, np.nan)
     squeezed = squeeze_var(var, df_residual, covariate=amean if trend else None, robust=robust)
     s2_post = squeezed.var_post
     df_total = np.minimum(df_residual + squeezed.df_prior, np.nansum(df_residual))
     with np.errstate(invalid="ignore", divide="ignore"):
         se = unscaled * np.sqrt(s2_post)[:, None]
         t = coef / se
-    out.update(se=se, t=t, df=df_total, p=2 * stats.t.sf(np.abs(t), df_total[:, None]), s2_post=s2_post,
-               df_prior=squeezed.df_prior)
+    out.update(
+        se=se,
+        t=t,
+        df=df_total,
+        p=2 * stats.t.sf(np.abs(t), df_total[:, None]),
+        s2_post=s2_post,
+        df_prior=squeezed.df_prior,
+    )
     return out
 
 
@@ -164,8 +194,9 @@ def _ols_design(formula: str, samples: pd.DataFrame, batch: str | None, levels: 
     return X[:, keep], [names[j] for j in keep], sorted(batch_coefs)
 
 
-def de_coefficients(formula: str, samples: pd.DataFrame, *, batch: str | None = None,
-                        levels: dict | None = None) -> list[str]:
+def de_coefficients(
+    formula: str, samples: pd.DataFrame, *, batch: str | None = None, levels: dict | None = None
+) -> list[str]:
     """The coefficients :func:`differential_expression` gives a table for, from the design alone (no fit).
 
     Every fixed-effect coefficient of ``formula`` except the intercept and the batch's own terms, in
@@ -175,10 +206,18 @@ def de_coefficients(formula: str, samples: pd.DataFrame, *, batch: str | None = 
     return [name for name in names if name != "Intercept"]
 
 
-def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, samples: pd.DataFrame, *,
-                            formula: str, coefficients: list[str] | None = None, batch: str | None = None,
-                            moderate: dict | None = None, fdr: float = 0.05,
-                            levels: dict | None = None) -> dict[str, pd.DataFrame]:
+def differential_expression(
+    gene_fits: pd.DataFrame,
+    expression: pd.DataFrame,
+    samples: pd.DataFrame,
+    *,
+    formula: str,
+    coefficients: list[str] | None = None,
+    batch: str | None = None,
+    moderate: dict | None = None,
+    fdr: float = 0.05,
+    levels: dict | None = None,
+) -> dict[str, pd.DataFrame]:
     """Per coefficient, the mixed model's test against OLS ignoring the batch, for every input gene.
 
     Parameters
@@ -224,8 +263,9 @@ def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, s
     expression.index = expression.index.astype(str)
     missing_genes = gene_ids[~gene_ids.isin(expression.index)]
     if len(missing_genes):
-        raise ValueError(f"the expression table lacks {len(missing_genes)} gene(s) of gene_fits, "
-                         f"e.g. {missing_genes.iloc[0]!r}")
+        raise ValueError(
+            f"the expression table lacks {len(missing_genes)} gene(s) of gene_fits, e.g. {missing_genes.iloc[0]!r}"
+        )
     samples = samples.copy()
     samples.index = samples.index.astype(str)
     absent = [s for s in expression.columns.astype(str) if s not in samples.index]
@@ -236,7 +276,7 @@ def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, s
     del parsed  # parsing validates the formula before any work
     X, ols_names, batch_coefs = _ols_design(formula, samples, batch, levels)
     if coefficients is None:
-        coefficients = [c[len("coef_"):] for c in gene_fits.columns if c.startswith("coef_")]
+        coefficients = [c[len("coef_") :] for c in gene_fits.columns if c.startswith("coef_")]
     tested = [c for c in coefficients if c != "Intercept" and c not in batch_coefs]
     for name in tested:
         if f"coef_{name}" not in gene_fits.columns:
@@ -253,12 +293,14 @@ def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, s
     G = len(gene_ids)
     ols = None
     if fitted.sum() >= 1:
-        ols = limma_fit(values[fitted], X, moderate=moderated, trend=bool(mcfg["trend"]),
-                        robust=bool(mcfg["robust"]))
+        ols = limma_fit(values[fitted], X, moderate=moderated, trend=bool(mcfg["trend"]), robust=bool(mcfg["robust"]))
     tables = {}
     for name in tested:
-        lmm_cols = ((f"se_mod_{name}", f"t_mod_{name}", "df_total", f"p_mod_{name}") if moderated
-                    else (f"se_{name}", f"t_{name}", f"df_{name}", f"p_{name}"))
+        lmm_cols = (
+            (f"se_mod_{name}", f"t_mod_{name}", "df_total", f"p_mod_{name}")
+            if moderated
+            else (f"se_{name}", f"t_{name}", f"df_{name}", f"p_{name}")
+        )
         absent_cols = [c for c in lmm_cols if c not in gene_fits.columns]
         if absent_cols:
             raise ValueError(f"gene_fits lacks {absent_cols} (is moderate.enabled as in the LMM run?)")
@@ -285,13 +327,19 @@ def differential_expression(gene_fits: pd.DataFrame, expression: pd.DataFrame, s
         sig_lmm = frame["q"].to_numpy() <= fdr
         sig_ols = frame["ols_q"].to_numpy() <= fdr
         testable = np.isfinite(frame["q"].to_numpy()) & np.isfinite(frame["ols_q"].to_numpy())
-        change = np.where(sig_lmm & sig_ols, "both",
-                          np.where(sig_lmm, "lmm_only", np.where(sig_ols, "ols_only", "neither"))).astype(object)
+        change = np.where(
+            sig_lmm & sig_ols, "both", np.where(sig_lmm, "lmm_only", np.where(sig_ols, "ols_only", "neither"))
+        ).astype(object)
         change[~testable] = None
         frame["change"] = change
         tables[name] = frame[DE_COLUMNS]
-        logger.info("DE %s: %d genes, %d significant with the batch, %d without", name, int(testable.sum()),
-                    int(sig_lmm.sum()), int(sig_ols.sum()))
+        logger.info(
+            "DE %s: %d genes, %d significant with the batch, %d without",
+            name,
+            int(testable.sum()),
+            int(sig_lmm.sum()),
+            int(sig_ols.sum()),
+        )
     return tables
 
 
@@ -331,7 +379,9 @@ def de_summary(tables: dict[str, pd.DataFrame], *, fdr: float = 0.05, max_genes:
             "n_gained": n_gained,
             "lost_genes": lost["gene_id"].head(max_genes).tolist(),
             "gained_genes": gained["gene_id"].head(max_genes).tolist(),
-            "sentence": (f"Accounting for batch, {n_lost} {'gene loses' if n_lost == 1 else 'genes lose'} and "
-                         f"{n_gained} gain{'s' if n_gained == 1 else ''} significance for {name}."),
+            "sentence": (
+                f"Accounting for batch, {n_lost} {'gene loses' if n_lost == 1 else 'genes lose'} and "
+                f"{n_gained} gain{'s' if n_gained == 1 else ''} significance for {name}."
+            ),
         }
     return summary

@@ -184,8 +184,7 @@ def parse_formula(formula: str) -> ModelFormula:
                     raise ValueError(f"random term {part!r} needs an expression and a group")
                 if not re.fullmatch(r"[A-Za-z0-9_.`:]+( *: *[A-Za-z0-9_.`]+)*", group):
                     raise ValueError(
-                        f"grouping factor {group!r} in {part!r} must be a column name or "
-                        "columns joined by ':'"
+                        f"grouping factor {group!r} in {part!r} must be a column name or columns joined by ':'"
                     )
                 group = re.sub(r"\s*:\s*", ":", group).replace("`", "")
                 if double:
@@ -194,9 +193,7 @@ def parse_formula(formula: str) -> ModelFormula:
                     random.append(RandomTerm(expr, group))
                 continue
         if "|" in part:
-            raise ValueError(
-                f"random term {part!r} must be written in parentheses, e.g. '(1 | batch)'"
-            )
+            raise ValueError(f"random term {part!r} must be written in parentheses, e.g. '(1 | batch)'")
         fixed_parts.append(part)
     fixed = " + ".join(fixed_parts) if fixed_parts else "1"
     return ModelFormula(response=lhs or None, fixed=fixed, random=random)
@@ -292,11 +289,14 @@ def check_levels(samples: pd.DataFrame, levels: dict | None) -> None:
     """
     for column, wanted in (levels or {}).items():
         if column not in samples.columns:
-            raise ValueError(f"levels: column {column!r} is not in the sample sheet "
-                             f"(columns: {', '.join(map(str, samples.columns))})")
+            raise ValueError(
+                f"levels: column {column!r} is not in the sample sheet "
+                f"(columns: {', '.join(map(str, samples.columns))})"
+            )
         if not isinstance(wanted, (list, tuple)) or not wanted:
-            raise ValueError(f"levels: {column!r} needs a list of its levels, reference first, e.g. "
-                             f"{column}: [control, treated]")
+            raise ValueError(
+                f"levels: {column!r} needs a list of its levels, reference first, e.g. {column}: [control, treated]"
+            )
         values = samples[column].dropna()
         present = sorted({level_label(v) for v in values}, key=_level_sort_key(values))
         wanted_text = [level_label(v) for v in wanted]
@@ -314,7 +314,8 @@ def check_levels(samples: pd.DataFrame, levels: dict | None) -> None:
             raise ValueError(
                 f"levels: {column!r} has the levels {', '.join(present)}; the list given "
                 f"({', '.join(wanted_text)}) has levels {'; '.join(problems)}. "
-                "List every level of the column once, the reference level first.")
+                "List every level of the column once, the reference level first."
+            )
 
 
 def categorize(samples: pd.DataFrame, *, levels: dict | None = None, categorical=()) -> pd.DataFrame:
@@ -356,8 +357,9 @@ def _level_sort_key(values: pd.Series):
     return None
 
 
-def _prepare_frame(samples: pd.DataFrame, columns: list[str], levels: dict | None = None,
-                   categorical=()) -> pd.DataFrame:
+def _prepare_frame(
+    samples: pd.DataFrame, columns: list[str], levels: dict | None = None, categorical=()
+) -> pd.DataFrame:
     """Copy the needed columns; strings and booleans become sorted categoricals.
 
     A column named in ``levels`` becomes a categorical with exactly that level order; a numeric
@@ -393,11 +395,13 @@ def _prepare_frame(samples: pd.DataFrame, columns: list[str], levels: dict | Non
 
 def _quote_columns(expr: str, columns: list[str]) -> str:
     """Backquote column names that are not Python identifiers (e.g. ``a.b``) for formulaic."""
+
     def repl(match: re.Match) -> str:
         token = match.group(0)
         if token.startswith("`") or token.isidentifier() or token not in columns:
             return token
         return f"`{token}`"
+
     return _IDENTIFIER.sub(repl, expr)
 
 
@@ -447,8 +451,9 @@ def _fixed_model_matrix(formula: str, samples: pd.DataFrame, levels: dict | None
     return matrix, names, term_map
 
 
-def fixed_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
-                 categorical=()) -> tuple[np.ndarray, list[str]]:
+def fixed_design(
+    formula: str, samples: pd.DataFrame, *, levels: dict | None = None, categorical=()
+) -> tuple[np.ndarray, list[str]]:
     """Fixed-effect design matrix X of a mixed-model formula.
 
     Parameters
@@ -485,8 +490,9 @@ def fixed_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = N
     return matrix[:, kept], [sanitize_name(names[j]) for j in kept]
 
 
-def fixed_term_columns(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
-                       categorical=()) -> dict[str, list[str]]:
+def fixed_term_columns(
+    formula: str, samples: pd.DataFrame, *, levels: dict | None = None, categorical=()
+) -> dict[str, list[str]]:
     """Map each fixed *term* (e.g. ``Infection``) to its coefficient names in X.
 
     Used for variance fractions, which sum a factor's dummy columns as
@@ -580,8 +586,7 @@ def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def random_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None,
-                  categorical=()) -> RandomDesign:
+def random_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None, categorical=()) -> RandomDesign:
     """Random-effects design of a formula: one :class:`RandomBlock` per bar term.
 
     Parameters

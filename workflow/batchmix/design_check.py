@@ -238,8 +238,15 @@ def _join(items, limit: int = 8) -> str:
     return ", ".join(items) if len(items) <= limit else ", ".join(items[:limit]) + f", … ({len(items)} in all)"
 
 
-def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, input_type: str | None = None,
-                 expression: pd.DataFrame | None = None, levels: dict | None = None) -> DesignReport:
+def check_design(
+    samples: pd.DataFrame,
+    *,
+    formula: str,
+    batch: str | None,
+    input_type: str | None = None,
+    expression: pd.DataFrame | None = None,
+    levels: dict | None = None,
+) -> DesignReport:
     """Check whether the model can be estimated from the sample sheet, and how batch and biology overlap.
 
     Parameters
@@ -289,8 +296,9 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
     fixed_rank = _rank(X)
     full_rank = _rank(np.column_stack([X, Z])) if Z.size else fixed_rank
 
-    slope_columns = {c for t in parsed.random if t.expr.strip() not in ("1", "0 + 1")
-                     for c in formula_columns("~ " + t.expr)}
+    slope_columns = {
+        c for t in parsed.random if t.expr.strip() not in ("1", "0 + 1") for c in formula_columns("~ " + t.expr)
+    }
     # ---- the batch and the categorical fixed factors
     batch_levels: dict = {}
     factors = []
@@ -306,53 +314,67 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
             limit = NUMERIC_FEW_CODES if integer_codes else NUMERIC_FEW_VALUES
             # a covariate that is also a random slope is meant as a trend (Days in (Days | Subject))
             if 3 <= distinct <= limit and distinct < n and column not in slope_columns:
-                add("numeric_few_values", "note",
+                add(
+                    "numeric_few_values",
+                    "note",
                     f"{column!r} is numeric with {distinct} distinct values "
                     f"({_join(level_label(v) for v in sorted(values.unique()))}), so it is fitted as a linear "
                     "trend (one slope). If its values are groups, make it categorical: "
                     f"`levels: {{{column}: [reference, ...]}}` in the config, or write its values as text in the "
-                    "sample sheet.")
+                    "sample sheet.",
+                )
             if distinct != 2:
                 continue
             # a two-valued number spans the same columns as a factor: check it against the batch as one
         factor_levels = _ordered_levels(values, levels.get(column))
         if len(factor_levels) < 2:
-            add("single_level_factor", "warning",
+            add(
+                "single_level_factor",
+                "warning",
                 f"the fixed effect {column!r} has a single level ({_join(factor_levels)}), so it estimates "
-                "nothing and is dropped; remove it from `model`.")
+                "nothing and is dropped; remove it from `model`.",
+            )
         if column == batch or not batch:
             continue
         text = values.map(level_label)
-        table = pd.crosstab(batch_text, text).reindex(index=list(batch_levels), columns=factor_levels,
-                                                      fill_value=0)
+        table = pd.crosstab(batch_text, text).reindex(index=list(batch_levels), columns=factor_levels, fill_value=0)
         per_batch = (table > 0).sum(axis=1)
         single = [b for b in table.index if per_batch[b] == 1]
         confounded = any(batch_levels[b] >= 2 for b in single)
         batches_per_level = (table > 0).sum(axis=0)
         v = cramers_v(table)
-        factors.append({
-            "column": column,
-            "levels": factor_levels,
-            "crosstab": {b: {lv: int(table.loc[b, lv]) for lv in factor_levels} for b in table.index},
-            "cramers_v": None if v is None else round(v, 6),
-            "single_level_batches": single,
-            "single_batch_levels": [lv for lv in factor_levels if batches_per_level[lv] == 1],
-            "confounded": bool(confounded),
-        })
+        factors.append(
+            {
+                "column": column,
+                "levels": factor_levels,
+                "crosstab": {b: {lv: int(table.loc[b, lv]) for lv in factor_levels} for b in table.index},
+                "cramers_v": None if v is None else round(v, 6),
+                "single_level_batches": single,
+                "single_batch_levels": [lv for lv in factor_levels if batches_per_level[lv] == 1],
+                "confounded": bool(confounded),
+            }
+        )
         if confounded:
             v_text = "NA" if v is None else f"{v:.2f}"
-            which = [f"{b} (only {table.columns[(table.loc[b] > 0).to_numpy()][0]})" for b in single
-                     if batch_levels[b] >= 2]
-            add("confounded", "warning",
+            which = [
+                f"{b} (only {table.columns[(table.loc[b] > 0).to_numpy()][0]})" for b in single if batch_levels[b] >= 2
+            ]
+            add(
+                "confounded",
+                "warning",
                 f"{column!r} is confounded with the batch {batch!r}: batch{'es' if len(which) > 1 else ''} "
                 f"{_join(which)} hold a single level of {column!r}, so within them the batch effect and the "
                 f"{column!r} effect cannot be separated (Cramér's V {v_text}). The {column!r} effect rests on the "
                 "batches that hold several levels; do not batch-correct the expression before comparing "
-                f"{column!r}, and if possible add samples of the missing levels to those batches.")
+                f"{column!r}, and if possible add samples of the missing levels to those batches.",
+            )
     if dropped:
-        add("rank_deficient_fixed", "warning",
+        add(
+            "rank_deficient_fixed",
+            "warning",
             f"the fixed-effect design of {formula!r} is rank deficient: {'; '.join(dropped)}. Those effects "
-            "are explained by other columns of the model; remove the redundant column from `model`.")
+            "are explained by other columns of the model; remove the redundant column from `model`.",
+        )
 
     # ---- random terms
     random_terms = []
@@ -375,39 +397,53 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
         if n_levels < 2:
             identifiable = False
             reasons.append("single level")
-            add("single_level_factor", "error",
+            add(
+                "single_level_factor",
+                "error",
                 f"the grouping factor {group!r} of ({term.expr} | {group}) has a single level, so it has no "
-                f"variance to estimate; remove the term from `model` or check the column {group!r}.")
+                f"variance to estimate; remove the term from `model` or check the column {group!r}.",
+            )
         elif n_levels >= n:
             identifiable = False
             reasons.append("one observation per level")
-            add("one_observation_per_level", "error",
+            add(
+                "one_observation_per_level",
+                "error",
                 f"every level of {group!r} holds a single sample ({n_levels} levels, {n} samples), so the "
                 f"variance between levels of {group!r} and the residual variance cannot be told apart "
                 "(lme4 refuses this design). Remove the term (" + f"{term.expr} | {group}" + ") from `model`, "
-                "or use a coarser grouping with several samples per level.")
+                "or use a coarser grouping with several samples per level.",
+            )
         elif extra == 0:
             identifiable = False
             reasons.append("aliased with the fixed effects")
             aliased = [c for c in fixed_columns if c != group and _nested_in(samples, c, group)]
-            what = (f"the fixed effect{'s' if len(aliased) > 1 else ''} {_join(repr(a) for a in aliased)}"
-                    if aliased else "the fixed effects")
+            what = (
+                f"the fixed effect{'s' if len(aliased) > 1 else ''} {_join(repr(a) for a in aliased)}"
+                if aliased
+                else "the fixed effects"
+            )
             if group in fixed_columns:
                 what = f"the fixed effect {group!r} itself"
-            add("aliased_fixed_random", "error",
+            add(
+                "aliased_fixed_random",
+                "error",
                 f"the random term ({term.expr} | {group}) is aliased with {what}: every level of {group!r} "
                 f"is explained by the fixed part of the model, so no variance between levels of {group!r} is "
                 f"left to estimate. Use {group!r} either as a fixed effect or as a random term, not both, "
-                "or remove the fixed effect that equals it.")
+                "or remove the fixed effect that equals it.",
+            )
         if identifiable and n_levels < FEW_LEVELS:
             contrasts = max(extra, 0)
-            strength = (f"A variance estimated from {contrasts} contrast{'s' if contrasts != 1 else ''} is not "
-                        "trustworthy: many genes will be singular (variance 0) and the batch share of variance "
-                        "is unreliable. Model the grouping as a fixed effect instead "
-                        f"(`model: \"~ ... + {group}\"`)." if n_levels <= 3 else
-                        "Its variance is estimated imprecisely; read the variance fractions with care.")
-            add("few_levels", "warning",
-                f"{group!r} has only {n_levels} levels, fewer than {FEW_LEVELS}. {strength}")
+            strength = (
+                f"A variance estimated from {contrasts} contrast{'s' if contrasts != 1 else ''} is not "
+                "trustworthy: many genes will be singular (variance 0) and the batch share of variance "
+                "is unreliable. Model the grouping as a fixed effect instead "
+                f'(`model: "~ ... + {group}"`).'
+                if n_levels <= 3
+                else "Its variance is estimated imprecisely; read the variance fractions with care."
+            )
+            add("few_levels", "warning", f"{group!r} has only {n_levels} levels, fewer than {FEW_LEVELS}. {strength}")
         slope_terms = [t for t in block.terms if t != "Intercept"]
         if identifiable and slope_terms:
             # each row of Z has one level's block non-zero: the sum over levels is the term's value
@@ -420,56 +456,85 @@ def check_design(samples: pd.DataFrame, *, formula: str, batch: str | None, inpu
                 if varying < 2:
                     identifiable = False
                     reasons.append(f"slope {term_name} varies within {varying} level(s)")
-                    add("slope_not_identifiable", "error",
+                    add(
+                        "slope_not_identifiable",
+                        "error",
                         f"the random slope {term_name!r} of ({term.expr} | {group}) needs {term_name!r} to take "
                         f"at least two values within at least two levels of {group!r}; it does within {varying}. "
-                        f"Use (1 | {group}) instead.")
-        random_terms.append({
-            "group": group,
-            "terms": list(block.terms),
-            "n_levels": n_levels,
-            "obs_per_level": {"min": int(counts.min()), "median": float(np.median(counts)),
-                              "max": int(counts.max())},
-            "identifiable": bool(identifiable),
-            "reason": "; ".join(reasons) or None,
-        })
+                        f"Use (1 | {group}) instead.",
+                    )
+        random_terms.append(
+            {
+                "group": group,
+                "terms": list(block.terms),
+                "n_levels": n_levels,
+                "obs_per_level": {
+                    "min": int(counts.min()),
+                    "median": float(np.median(counts)),
+                    "max": int(counts.max()),
+                },
+                "identifiable": bool(identifiable),
+                "reason": "; ".join(reasons) or None,
+            }
+        )
 
     # ---- residual degrees of freedom
     if n - fixed_rank < 2 or n - full_rank < 1:
-        add("no_residual_df", "error",
+        add(
+            "no_residual_df",
+            "error",
             f"{n} samples leave {n - full_rank} residual degree{'s' if n - full_rank != 1 else ''} of freedom for "
             f"{formula!r} (rank of the fixed part {fixed_rank}, of fixed and random parts {full_rank}; every "
             "gene needs at least 2 beyond the fixed effects and 1 beyond all effects), so the residual variance "
-            "cannot be estimated. Use fewer terms in `model` or more samples.")
+            "cannot be estimated. Use fewer terms in `model` or more samples.",
+        )
     elif n - full_rank <= 2:
-        add("few_residual_df", "warning",
+        add(
+            "few_residual_df",
+            "warning",
             f"{formula!r} leaves only {n - full_rank} residual degree(s) of freedom on {n} samples; the residual "
-            "variance of each gene rests on almost nothing (moderation helps, but treat p-values with care).")
+            "variance of each gene rests on almost nothing (moderation helps, but treat p-values with care).",
+        )
 
     # ---- values
     if input_type == "log" and expression is not None and expression.size:
         values = expression.to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
         if finite.size and finite.min() >= 0 and np.all(finite == np.round(finite)) and finite.max() > COUNTS_MAX:
-            add("looks_like_counts", "warning",
+            add(
+                "looks_like_counts",
+                "warning",
                 f"input_type is log, but every value is a non-negative integer and the largest is "
                 f"{finite.max():.0f}: these look like raw counts. If they are, set `input_type: counts` so that "
                 "they are normalised and variance-stabilised; models on raw counts are dominated by a few "
-                "highly expressed genes.")
+                "highly expressed genes.",
+            )
 
     nested = nested_columns(samples, batch) if batch else []
     model_columns = set(formula_columns(formula))
     outside = [c for c in nested if c not in model_columns]
     if outside and len(batch_levels) < n:
-        add("nested_in_batch", "note",
+        add(
+            "nested_in_batch",
+            "note",
             f"{_join(repr(c) for c in outside)} take{'s' if len(outside) == 1 else ''} a single value within every "
             f"batch of {batch!r}, so what is measured as the batch effect also includes the differences in "
             f"{'this column' if len(outside) == 1 else 'these columns'} (for example cell type or donor) and "
             "cannot be told apart from them. If such a column is biology, the batch share of variance measures "
-            "biology too.")
-    report = DesignReport(formula=formula, batch=batch, n_samples=n, fixed_rank=fixed_rank, full_rank=full_rank,
-                          batch_levels=batch_levels, factors=factors, random_terms=random_terms,
-                          nested_columns=nested, findings=findings)
+            "biology too.",
+        )
+    report = DesignReport(
+        formula=formula,
+        batch=batch,
+        n_samples=n,
+        fixed_rank=fixed_rank,
+        full_rank=full_rank,
+        batch_levels=batch_levels,
+        factors=factors,
+        random_terms=random_terms,
+        nested_columns=nested,
+        findings=findings,
+    )
     for finding in findings:
         logger.info("design check %s %s: %s", finding.severity, finding.code, finding.message)
     return report

@@ -100,8 +100,13 @@ class Verdict:
     figures: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"batch_effect": self.batch_effect, "design": self.design, "recommendation": self.recommendation,
-                "text": self.text, "figures": dict(self.figures)}
+        return {
+            "batch_effect": self.batch_effect,
+            "design": self.design,
+            "recommendation": self.recommendation,
+            "text": self.text,
+            "figures": dict(self.figures),
+        }
 
 
 def _fraction_column(batch: str, metadata) -> str:
@@ -138,8 +143,15 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metadata=None,
-             batch_r2_before=None, batch_r2_after=None) -> Verdict:
+def classify(
+    *,
+    design_report,
+    gene_fits: pd.DataFrame,
+    batch: str | None,
+    metadata=None,
+    batch_r2_before=None,
+    batch_r2_after=None,
+) -> Verdict:
     """Classify the batch effect and the design, and recommend what to do.
 
     Parameters
@@ -164,15 +176,24 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
     n_fitted = len(fitted)
     batch_levels = report.get("batch_levels") or {}
     n_batches = len(batch_levels)
-    figures = {"batch": batch, "n_batches": n_batches, "n_fitted": n_fitted,
-               "batch_fraction_median": None, "batch_fraction_p90": None, "lrt_share_q05": None,
-               "singular_share": round(float((fitted["status"] == "singular").mean()), 6) if n_fitted else None,
-               "batch_r2_before": _as_list(batch_r2_before), "batch_r2_after": _as_list(batch_r2_after),
-               "confounded": [], "nested_columns": []}
+    figures = {
+        "batch": batch,
+        "n_batches": n_batches,
+        "n_fitted": n_fitted,
+        "batch_fraction_median": None,
+        "batch_fraction_p90": None,
+        "lrt_share_q05": None,
+        "singular_share": round(float((fitted["status"] == "singular").mean()), 6) if n_fitted else None,
+        "batch_r2_before": _as_list(batch_r2_before),
+        "batch_r2_after": _as_list(batch_r2_after),
+        "confounded": [],
+        "nested_columns": [],
+    }
     formula = report.get("formula", "")
     batch_is_random = bool(batch) and any(t.group == batch for t in parse_formula(formula).random)
-    batch_is_fixed = bool(batch) and batch in (formula_columns("~ " + parse_formula(formula).fixed)
-                                               if parse_formula(formula).fixed.strip() != "1" else [])
+    batch_is_fixed = bool(batch) and batch in (
+        formula_columns("~ " + parse_formula(formula).fixed) if parse_formula(formula).fixed.strip() != "1" else []
+    )
     other_random = [t.group for t in parse_formula(formula).random if t.group != batch]
 
     # ---- batch effect
@@ -196,8 +217,11 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
                 batch_effect = "strong"
             elif median >= t["moderate"]["median"] or p90 >= t["moderate"]["p90"]:
                 batch_effect = "moderate"
-            elif (median >= t["weak"]["median"] or p90 >= t["weak"]["p90"]
-                  or (lrt_share is not None and lrt_share >= t["weak"]["lrt_share"])):
+            elif (
+                median >= t["weak"]["median"]
+                or p90 >= t["weak"]["p90"]
+                or (lrt_share is not None and lrt_share >= t["weak"]["lrt_share"])
+            ):
                 batch_effect = "weak"
             else:
                 batch_effect = "none"
@@ -237,95 +261,147 @@ def classify(*, design_report, gene_fits: pd.DataFrame, batch: str | None, metad
     else:
         recommendation = "block_in_de"
 
-    text = _text(batch=batch, batch_effect=batch_effect, design=design, recommendation=recommendation,
-                 figures=figures, errors=errors, batch_is_random=batch_is_random, batch_is_fixed=batch_is_fixed,
-                 other_random=other_random, formula=formula,
-                 factor_names=[f["column"] for f in report.get("factors", [])])
-    verdict = Verdict(batch_effect=batch_effect, design=design, recommendation=recommendation, text=text,
-                      figures=figures)
+    text = _text(
+        batch=batch,
+        batch_effect=batch_effect,
+        design=design,
+        recommendation=recommendation,
+        figures=figures,
+        errors=errors,
+        batch_is_random=batch_is_random,
+        batch_is_fixed=batch_is_fixed,
+        other_random=other_random,
+        formula=formula,
+        factor_names=[f["column"] for f in report.get("factors", [])],
+    )
+    verdict = Verdict(
+        batch_effect=batch_effect, design=design, recommendation=recommendation, text=text, figures=figures
+    )
     logger.info("verdict: batch effect %s, design %s, recommendation %s", batch_effect, design, recommendation)
     return verdict
 
 
-def _text(*, batch, batch_effect, design, recommendation, figures, errors, batch_is_random, batch_is_fixed,
-          other_random, formula, factor_names) -> str:
+def _text(
+    *,
+    batch,
+    batch_effect,
+    design,
+    recommendation,
+    figures,
+    errors,
+    batch_is_random,
+    batch_is_fixed,
+    other_random,
+    formula,
+    factor_names,
+) -> str:
     sentences = []
     n_batches = figures["n_batches"]
     if batch is None:
         sentences.append("No batch column was given, so no batch effect was assessed.")
     elif batch_effect == "not_assessed" and batch not in (formula_columns(formula) if formula else []):
-        sentences.append(f"The batch effect of {batch!r} was not assessed: the model {formula!r} does not include "
-                         "the batch.")
+        sentences.append(
+            f"The batch effect of {batch!r} was not assessed: the model {formula!r} does not include the batch."
+        )
     elif batch_effect == "not_assessed":
-        sentences.append(f"The batch effect of {batch!r} could not be assessed: no gene was fitted with a batch "
-                         "variance fraction.")
+        sentences.append(
+            f"The batch effect of {batch!r} could not be assessed: no gene was fitted with a batch variance fraction."
+        )
     else:
         sentences.append(
             f"Batch effect: {batch_effect}. The batch {batch!r} ({n_batches} batches) explains a median "
             f"{_pct(figures['batch_fraction_median'])} of a gene's variance (90th percentile "
-            f"{_pct(figures['batch_fraction_p90'])}) over {figures['n_fitted']:,} fitted genes.")
+            f"{_pct(figures['batch_fraction_p90'])}) over {figures['n_fitted']:,} fitted genes."
+        )
         if figures["lrt_share_q05"] is not None:
-            joint = (f" (tested jointly with {_join([repr(g) for g in other_random])})" if other_random else "")
+            joint = f" (tested jointly with {_join([repr(g) for g in other_random])})" if other_random else ""
             sentences.append(
                 f"For {_pct(figures['lrt_share_q05'])} of them the model with the batch{joint} fits significantly "
-                "better than without it (likelihood-ratio test, q < 0.05).")
+                "better than without it (likelihood-ratio test, q < 0.05)."
+            )
         before, after = figures["batch_r2_before"], figures["batch_r2_after"]
         if before and before[0] is not None:
-            after_text = (f", {_pct(after[0])} after correction" if after and after[0] is not None else "")
-            sentences.append(f"The batch accounts for {_pct(before[0])} of the variance of the first principal "
-                             f"component before correction{after_text}.")
+            after_text = f", {_pct(after[0])} after correction" if after and after[0] is not None else ""
+            sentences.append(
+                f"The batch accounts for {_pct(before[0])} of the variance of the first principal "
+                f"component before correction{after_text}."
+            )
     if design == "not_identifiable":
         codes = sorted({f["code"] for f in errors}) or ["the batch's random term is not identifiable"]
-        sentences.append(f"Design: the model {formula!r} cannot be estimated from these samples "
-                         f"({', '.join(codes)}; see the design check), so no number above can be trusted.")
+        sentences.append(
+            f"Design: the model {formula!r} cannot be estimated from these samples "
+            f"({', '.join(codes)}; see the design check), so no number above can be trusted."
+        )
     elif design == "confounded":
-        parts = [f"{c['factor']!r} takes a single level in batch{'es' if len(c['batches']) > 1 else ''} "
-                 f"{_join(c['batches'])}" for c in figures["confounded"]]
-        sentences.append(f"Design: confounded: {'; '.join(parts)}, so in those batches the batch and the biology "
-                         "cannot be told apart.")
+        parts = [
+            f"{c['factor']!r} takes a single level in batch{'es' if len(c['batches']) > 1 else ''} "
+            f"{_join(c['batches'])}"
+            for c in figures["confounded"]
+        ]
+        sentences.append(
+            f"Design: confounded: {'; '.join(parts)}, so in those batches the batch and the biology "
+            "cannot be told apart."
+        )
     elif design == "few_batches":
         singular = figures["singular_share"]
         singular_text = f"; {_pct(singular)} of the fits are singular (batch variance 0)" if singular else ""
-        sentences.append(f"Design: only {n_batches} batches, so the batch variance rests on at most "
-                         f"{max(n_batches - 1, 0)} contrast{'s' if n_batches != 2 else ''} and is unreliable"
-                         f"{singular_text}.")
+        sentences.append(
+            f"Design: only {n_batches} batches, so the batch variance rests on at most "
+            f"{max(n_batches - 1, 0)} contrast{'s' if n_batches != 2 else ''} and is unreliable"
+            f"{singular_text}."
+        )
     elif batch is not None and factor_names:
-        sentences.append(f"Design: ok; every batch with several samples holds several levels of "
-                         f"{_join([repr(f) for f in factor_names])}.")
+        sentences.append(
+            f"Design: ok; every batch with several samples holds several levels of "
+            f"{_join([repr(f) for f in factor_names])}."
+        )
     elif batch is not None:
         sentences.append("Design: ok.")
     nested = figures["nested_columns"]
     if nested and batch_effect not in ("none", "not_assessed"):
-        sentences.append(f"Note that {_join([repr(c) for c in nested])} take{'s' if len(nested) == 1 else ''} a "
-                         "single value in every batch, so the batch effect also holds their differences: if "
-                         f"{'it is' if len(nested) == 1 else 'they are'} biology (cell type, tissue, donor), part of "
-                         "the \"batch\" effect is biology and should not be removed.")
+        sentences.append(
+            f"Note that {_join([repr(c) for c in nested])} take{'s' if len(nested) == 1 else ''} a "
+            "single value in every batch, so the batch effect also holds their differences: if "
+            f"{'it is' if len(nested) == 1 else 'they are'} biology (cell type, tissue, donor), part of "
+            'the "batch" effect is biology and should not be removed.'
+        )
     confounded_factors = _join([repr(c["factor"]) for c in figures["confounded"]])
     recommendation_text = {
         "fix_design": "Recommendation: fix the design first: change `model` or add samples as the design check "
-                      "says, then rerun.",
+        "says, then rerun.",
         "do_not_correct_confounded": (
             f"Recommendation: do not batch-correct the expression before comparing {confounded_factors}: removing "
             f"the batch would remove part of the {confounded_factors} effect. Test with the mixed model, whose "
             "comparison rests on the batches that hold several levels, and treat genes whose call changes "
-            "(see Differential expression) with caution."),
-        "no_action": ("Recommendation: no batch handling is needed: the batch explains almost none of the "
-                      "variance." if batch_effect == "none" else "Recommendation: none about the batch."),
+            "(see Differential expression) with caution."
+        ),
+        "no_action": (
+            "Recommendation: no batch handling is needed: the batch explains almost none of the variance."
+            if batch_effect == "none"
+            else "Recommendation: none about the batch."
+        ),
         "model_batch_as_fixed": (
             "Recommendation: do not trust the batch variance or the variance fractions; "
-            + ("the model already has the batch as a fixed effect, which needs no variance estimate."
-               if batch_is_fixed else
-               f"model the batch as a fixed effect (`model: \"~ ... + {batch}\"`), which needs no variance "
-               "estimate, and test with that model.")),
+            + (
+                "the model already has the batch as a fixed effect, which needs no variance estimate."
+                if batch_is_fixed
+                else f'model the batch as a fixed effect (`model: "~ ... + {batch}"`), which needs no variance '
+                "estimate, and test with that model."
+            )
+        ),
         "correct_for_visualisation_only": (
             "Recommendation: the batch changes the tests little; use the batch-corrected table for plots and "
-            "clustering only, and test with the mixed model (blocking on the batch costs little)."),
+            "clustering only, and test with the mixed model (blocking on the batch costs little)."
+        ),
         "block_in_de": (
             "Recommendation: block on the batch in differential expression, i.e. use the mixed model's moderated "
             "p-values (results/de/), rather than testing batch-corrected data; use the corrected table only "
-            "for plots and clustering."),
+            "for plots and clustering."
+        ),
     }[recommendation]
     sentences.append(recommendation_text)
-    sentences.append("This rests on the batch's share of variance over the fitted genes, the batch "
-                     "likelihood-ratio tests and the design check; the thresholds are in the README.")
+    sentences.append(
+        "This rests on the batch's share of variance over the fitted genes, the batch "
+        "likelihood-ratio tests and the design check; the thresholds are in the README."
+    )
     return " ".join(sentences)

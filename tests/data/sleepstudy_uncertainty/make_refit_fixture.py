@@ -5,9 +5,9 @@ Two sets of responses whose lme4 refits the tests compare with batchmix's bootst
 * ``sleep``: 12 parametric-bootstrap replicates of sleepstudy's slopes model (batchmix's draws,
   seed 20261124) written out as full response vectors with the same sufficient statistics.
 """
+
 import numpy as np
 import pandas as pd
-
 from batchmix import lmm
 from batchmix import uncertainty as unc
 
@@ -16,8 +16,12 @@ rng = np.random.default_rng(4)
 n = 60
 samples = pd.DataFrame({"batch": [f"b{i % 7}" for i in range(n)], "x": rng.normal(size=n)})
 codes = pd.Categorical(samples.batch).codes
-Y = (2 + samples["x"].to_numpy() + rng.normal(size=(40, 7))[:, codes] * np.linspace(0, 2, 40)[:, None]
-     + rng.normal(size=(40, n)))
+Y = (
+    2
+    + samples["x"].to_numpy()
+    + rng.normal(size=(40, 7))[:, codes] * np.linspace(0, 2, 40)[:, None]
+    + rng.normal(size=(40, n))
+)
 frame = samples.copy()
 for i in range(40):
     frame[f"y{i}"] = np.round(Y[i], 10)
