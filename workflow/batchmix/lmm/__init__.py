@@ -8,9 +8,17 @@ Typical use::
     result.metadata.to_dict()        # which column holds which parameter
     corrected = lmm.corrected_expression(vst_table, samples, result, groups=["batch"])
 
-Modules: :mod:`.results` (column names, θ → Σ, :class:`ModelMetadata`), :mod:`.core`
-(shared design and evaluation), :mod:`.onecomp`, :mod:`.block` (the engines),
-:mod:`.fitting` (orchestration over genes).
+Modules (each imports only those listed before it):
+
+- :mod:`.results`: the ``gene_fits`` column names, θ → Σ, :class:`ModelMetadata`;
+- :mod:`.missing`: genes grouped by missingness pattern, the gene statuses;
+- :mod:`.core`: the design shared by all genes (with the engines' precomputation),
+  evaluation of lme4's profiled deviance and its derivatives, Satterthwaite;
+- :mod:`.onecomp`: one variance component, the EMMA / FaST-LMM rotation and the λ search;
+- :mod:`.block`: one grouping factor with several columns, level by level;
+- :mod:`.general`: any model, projected Newton in θ;
+- :mod:`.fitting`: :func:`prepare`, :func:`fit_arrays`, :func:`fit`, :func:`refit_sufficient`,
+  :func:`corrected_expression`.
 """
 
 from .core import PreparedDesign

@@ -51,6 +51,15 @@ def merge_equal(values: np.ndarray, rel: float = 1e-11) -> tuple[np.ndarray, np.
     return np.bincount(group, weights=values) / counts, counts, group
 
 
+def crossproduct_eigen(ZtZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues d (clipped at 0) and eigenvectors Qz of Z'Z: the rotation's ``d`` and ``Qz``.
+
+    With U = Z Qz[:, d > 0] / √d, Z Z' = U diag(d) U' (what the grid posterior rotates by).
+    """
+    d, Qz = np.linalg.eigh(ZtZ)
+    return np.clip(d, 0.0, None), Qz
+
+
 @dataclass
 class Rotation:
     """The EMMA / FaST-LMM rotation of a single-θ design, shared by all genes (see :mod:`batchmix.lmm.onecomp`)."""
@@ -85,8 +94,7 @@ def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarra
     keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
     xi = xi_all[keep]
     U = SZ @ R[:, keep] / np.sqrt(xi)
-    d, Qz = np.linalg.eigh(ZtZ)
-    d = np.clip(d, 0.0, None)
+    d, Qz = crossproduct_eigen(ZtZ)
     W = Qz.T @ ZtX
     # S Z = U diag(√ξ) R_keep' + (S Z R_drop) R_drop' exactly, so with the projections
     # [QX'y, U'y, (S Z R_drop)'y] of y: Z'y = ZQ' QX'y + R_keep diag(√ξ) U'y + R_drop (S Z R_drop)'y

@@ -29,6 +29,10 @@ For code that needs the raw arrays (bootstrap, grid posteriors)::
     prepared = lmm.prepare("~ condition + (1 | batch)", samples, reml=True)
     arrays = lmm.fit_arrays(Y, prepared)       # Y: genes × samples numpy array, no NaN
     arrays.theta, arrays.beta, arrays.sigma2, arrays.loglik
+
+and for responses known only by their sufficient statistics (a parametric bootstrap)::
+
+    refit = lmm.refit_sufficient(Y @ prepared.X, Y @ prepared.Z, (Y * Y).sum(axis=1), prepared)
 """
 
 from __future__ import annotations

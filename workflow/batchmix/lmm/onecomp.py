@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import PreparedDesign, Rotation, inverse_small, merge_equal
+from .core import PreparedDesign, Rotation, build_rotation, inverse_small
 
 CHUNK = 8192  # genes per block in the λ search: keeps the G × grid temporaries in cache
 
@@ -313,25 +313,12 @@ def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.n
     """
     G = yty.shape[0]
     n, p = X.shape
-    QX, RX = np.linalg.qr(X)
-    ZQ = QX.T @ Z
-    SZ = Z - QX @ ZQ
-    xi_all, R = np.linalg.eigh(SZ.T @ SZ)
-    keep = xi_all > 1e-10 * max(xi_all.max(initial=0.0), 1.0)
-    if not keep.any():
+    rotation = build_rotation(X, Z, Z.T @ Z, Z.T @ X, 1)
+    if rotation.xi.size == 0:
         return np.zeros(G)
-    xi = xi_all[keep]
-    qx = np.linalg.solve(RX.T, Xty.T).T                       # QX'y
-    eta = ((Zty - qx @ ZQ) @ R[:, keep]) / np.sqrt(xi)
-    rss0 = yty - np.einsum("gp,gp->g", qx, qx)
-    xi_u, xi_n, group = merge_equal(xi)
-    onehot = np.zeros((xi.size, xi_u.size))
-    onehot[np.arange(xi.size), group] = 1.0
-    eta2 = (eta * eta) @ onehot
-    if reml:
-        fv, fn = xi_u, xi_n
-    else:
-        fv, fn, _ = merge_equal(np.clip(np.linalg.eigvalsh(Z.T @ Z), 0.0, None))
+    state = state_from_statistics(Xty, Zty, yty, rotation)
+    rss0, eta2, xi_u = state.rss0, state.eta2, rotation.xi_u
+    fv, fn = _f_values(rotation, reml)
     k = n - p if reml else n
     grid = np.concatenate([[0.0], np.geomspace(1e-4 / xi_u.max(), 1e4 / xi_u.min(), grid_size)])
     lam = np.ones(G)

@@ -34,6 +34,7 @@ from scipy import special
 
 from ..design import fixed_design, parse_formula, random_design
 from ..lmm import missing
+from ..lmm.core import crossproduct_eigen
 from .priors import PRIORS, log_prior_lambda
 
 __all__ = [
@@ -259,8 +260,12 @@ def _rotation(Z: np.ndarray | None, K: np.ndarray | None, n: int, rtol: float = 
         Z = np.asarray(Z, dtype=float)
         if Z.shape[0] != n:
             raise ValueError(f"Z has {Z.shape[0]} rows for {n} samples")
-        U, s, _ = np.linalg.svd(Z, full_matrices=False)
-        d = s**2
+        # the engine's rotation: Z'Z = Qz diag(d) Qz', so K = Z Z' = U diag(d) U' with U = Z Qz / √d
+        d, Qz = crossproduct_eigen(Z.T @ Z)
+        keep = d > rtol * max(d.max(initial=0.0), 1e-300)
+        if not keep.any():
+            raise ValueError("the random-effect covariance is zero")
+        return Z @ Qz[:, keep] / np.sqrt(d[keep]), d[keep]
     else:
         K = np.asarray(K, dtype=float)
         if K.shape != (n, n):
