@@ -16,7 +16,8 @@ included) and fits
 
 (values = genes x samples; work = values, or gene pairs x samples for the Simpson scan; the
 samples^2 terms catch samples x samples matrices) by non-negative least squares over the shapes,
-which therefore need to vary both genes and samples (three shapes at least). The fitted constants are what workflow/rules/resources.smk uses
+which therefore need to vary both genes and samples (three shapes at least). The fitted constants are what
+workflow/rules/resources.smk uses
 (STAGE_COSTS), and the script ends with the plan for the target size: chunk count, memory and
 time per job, job count and expected wall time.
 
@@ -41,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow"))
 
 from batchmix.defaults import DEFAULT_SEED  # noqa: E402  (after the path set-up above)
 
@@ -65,7 +65,6 @@ NEEDS = {
 def make_dataset(directory: Path, n_genes: int, n_samples: int, n_batches: int, seed: int) -> None:
     """counts.tsv.gz and samples.tsv: NB counts, Infection (Mock/Infected) crossed with Batch."""
     import pandas as pd
-
     from batchmix.io import write_table
 
     rng = np.random.default_rng(seed)
@@ -80,27 +79,34 @@ def make_dataset(directory: Path, n_genes: int, n_samples: int, n_batches: int, 
     counts = rng.negative_binomial(1.0 / dispersion, 1.0 / (1.0 + mu * dispersion))
     sample_ids = [f"S{i:05d}" for i in range(n_samples)]
     genes = [f"G{i:05d}" for i in range(n_genes)]
-    write_table(pd.DataFrame(counts, index=pd.Index(genes, name="gene_id"), columns=sample_ids),
-                directory / "counts.tsv.gz", index=True)
-    samples = pd.DataFrame({
-        "sample_id": sample_ids,
-        "Infection": np.where(infected == 1, "Infected", "Mock"),
-        "Batch": [f"B{b:03d}" for b in batch],
-    })
+    write_table(
+        pd.DataFrame(counts, index=pd.Index(genes, name="gene_id"), columns=sample_ids),
+        directory / "counts.tsv.gz",
+        index=True,
+    )
+    samples = pd.DataFrame(
+        {
+            "sample_id": sample_ids,
+            "Infection": np.where(infected == 1, "Infected", "Mock"),
+            "Batch": [f"B{b:03d}" for b in batch],
+        }
+    )
     write_table(samples, directory / "samples.tsv")
 
 
 def stage_config(directory: Path) -> dict:
     from batchmix.config import fill_defaults
 
-    return fill_defaults({
-        "expression": str(directory / "counts.tsv.gz"),
-        "samples": str(directory / "samples.tsv"),
-        "input_type": "counts",
-        "model": MODEL,
-        "batch": "Batch",
-        "chunks": 1,
-    })
+    return fill_defaults(
+        {
+            "expression": str(directory / "counts.tsv.gz"),
+            "samples": str(directory / "samples.tsv"),
+            "input_type": "counts",
+            "model": MODEL,
+            "batch": "Batch",
+            "chunks": 1,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- one stage (child process)
@@ -110,34 +116,69 @@ def run_stage(stage: str, directory: Path) -> None:
 
     config = stage_config(directory)
     d = directory
-    vst = {"expression": d / "vst.tsv.gz", "size_factors": d / "size_factors.tsv", "gene_status": d / "gene_status.tsv",
-           "mean_sd": d / "mean_sd.tsv", "info": d / "info.json"}
+    vst = {
+        "expression": d / "vst.tsv.gz",
+        "size_factors": d / "size_factors.tsv",
+        "gene_status": d / "gene_status.tsv",
+        "mean_sd": d / "mean_sd.tsv",
+        "info": d / "info.json",
+    }
     chunk = {"fits": d / "chunk.fits.tsv", "blups": d / "chunk.blups.tsv", "corrected": d / "chunk.corrected.tsv.gz"}
     gathered = {"gene_fits": d / "gene_fits.tsv", "blups": d / "blups.tsv", "corrected": d / "corrected.tsv.gz"}
-    simpson = {"reversals": d / "reversals.tsv", "excluded": d / "excluded.tsv", "summary": d / "summary.json",
-               "figure": d / "top_pairs.png"}
+    simpson = {
+        "reversals": d / "reversals.tsv",
+        "excluded": d / "excluded.tsv",
+        "summary": d / "summary.json",
+        "figure": d / "top_pairs.png",
+    }
     started = time.perf_counter()
     if stage == "stabilise":
         stages.stabilise_stage(config, {k: str(v) for k, v in vst.items()})
     elif stage == "split_genes":
         stages.split_stage(str(vst["expression"]), str(vst["gene_status"]), [str(d / "chunk.expression.tsv.gz")])
     elif stage == "lmm_chunk":
-        stages.lmm_chunk_stage(config, str(d / "chunk.expression.tsv.gz"), str(vst["gene_status"]), config["samples"],
-                               {k: str(v) for k, v in chunk.items()})
+        stages.lmm_chunk_stage(
+            config,
+            str(d / "chunk.expression.tsv.gz"),
+            str(vst["gene_status"]),
+            config["samples"],
+            {k: str(v) for k, v in chunk.items()},
+        )
     elif stage == "gather_lmm":
-        stages.gather_stage(config, [str(chunk["fits"])], [str(chunk["blups"])], [str(chunk["corrected"])],
-                            str(vst["gene_status"]), {k: str(v) for k, v in gathered.items()})
+        stages.gather_stage(
+            config,
+            [str(chunk["fits"])],
+            [str(chunk["blups"])],
+            [str(chunk["corrected"])],
+            str(vst["gene_status"]),
+            {k: str(v) for k, v in gathered.items()},
+        )
     elif stage == "simpson":
-        stages.simpson_stage(config, str(vst["expression"]), str(vst["gene_status"]), config["samples"],
-                             {k: str(v) for k, v in simpson.items()})
+        stages.simpson_stage(
+            config,
+            str(vst["expression"]),
+            str(vst["gene_status"]),
+            config["samples"],
+            {k: str(v) for k, v in simpson.items()},
+        )
     elif stage == "report":
         from batchmix.report import build_report
 
-        inputs = {"vst_info": vst["info"], "size_factors": vst["size_factors"], "gene_status": vst["gene_status"],
-                  "mean_sd": vst["mean_sd"], "vst_expression": vst["expression"], "gene_fits": gathered["gene_fits"],
-                  "blups": gathered["blups"], "samples": config["samples"], "expression": config["expression"],
-                  "corrected": gathered["corrected"], "reversals": simpson["reversals"],
-                  "simpson_summary": simpson["summary"], "simpson_figure": simpson["figure"]}
+        inputs = {
+            "vst_info": vst["info"],
+            "size_factors": vst["size_factors"],
+            "gene_status": vst["gene_status"],
+            "mean_sd": vst["mean_sd"],
+            "vst_expression": vst["expression"],
+            "gene_fits": gathered["gene_fits"],
+            "blups": gathered["blups"],
+            "samples": config["samples"],
+            "expression": config["expression"],
+            "corrected": gathered["corrected"],
+            "reversals": simpson["reversals"],
+            "simpson_summary": simpson["summary"],
+            "simpson_figure": simpson["figure"],
+        }
         build_report(config, {k: str(v) for k, v in inputs.items()}, str(d / "report.html"), str(d / "figures"))
     else:
         raise ValueError(stage)
@@ -163,8 +204,9 @@ def measure(stage: str, directory: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if stage == "simpson":
         env.update(OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, __file__, "--worker", stage, "--dir", str(directory)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", stage, "--dir", str(directory)], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -206,14 +248,20 @@ def fit_costs(rows: list[dict], snakemake_job_mb: float) -> dict[str, dict]:
             sec = fit_nonnegative(np.column_stack([ones, units, sample_pairs]), np.array([r["wall_s"] for r in mine]))
         else:
             sec = np.append(fit_nonnegative(np.column_stack([ones, units]), np.array([r["wall_s"] for r in mine])), 0.0)
-        costs[stage] = {"base_mb": float(mem[0]) + snakemake_job_mb, "bytes_per_value": float(mem[1]),
-                        "bytes_per_sample_pair": float(mem[2]),
-                        "base_s": float(sec[0]), "us_per_value": float(sec[1]), "us_per_sample_pair": float(sec[2])}
+        costs[stage] = {
+            "base_mb": float(mem[0]) + snakemake_job_mb,
+            "bytes_per_value": float(mem[1]),
+            "bytes_per_sample_pair": float(mem[2]),
+            "base_s": float(sec[0]),
+            "us_per_value": float(sec[1]),
+            "us_per_sample_pair": float(sec[2]),
+        }
     return costs
 
 
-def plan(costs: dict[str, dict], genes: int, samples: int, concurrent_jobs: int, chunk_minutes: float,
-         chunk_max_mb: float) -> str:
+def plan(
+    costs: dict[str, dict], genes: int, samples: int, concurrent_jobs: int, chunk_minutes: float, chunk_max_mb: float
+) -> str:
     """The cluster plan for genes x samples, from the fitted costs (measured cost, no headroom)."""
     if "lmm_chunk" not in costs:
         return "No plan: lmm_chunk was not measured at two shapes or more."
@@ -232,31 +280,44 @@ def plan(costs: dict[str, dict], genes: int, samples: int, concurrent_jobs: int,
     def cost(stage: str) -> tuple[float, float]:
         c = costs[stage]
         genes_in_job = genes_per_chunk if stage == "lmm_chunk" else genes
-        mb = (c["base_mb"] + c["bytes_per_value"] * genes_in_job * samples / 1e6
-              + c["bytes_per_sample_pair"] * samples**2 / 1e6)
-        s = (c["base_s"] + c["us_per_value"] * work_units(stage, genes_in_job, samples) / 1e6
-             + c["us_per_sample_pair"] * samples**2 / 1e6)
+        mb = (
+            c["base_mb"]
+            + c["bytes_per_value"] * genes_in_job * samples / 1e6
+            + c["bytes_per_sample_pair"] * samples**2 / 1e6
+        )
+        s = (
+            c["base_s"]
+            + c["us_per_value"] * work_units(stage, genes_in_job, samples) / 1e6
+            + c["us_per_sample_pair"] * samples**2 / 1e6
+        )
         return mb, s
 
-    lines = [f"Plan for {genes:,} genes x {samples:,} samples ({genes * samples / 1e9:.2f}e9 values; "
-             f"LMM chunks of at most {chunk_minutes:g} min and {chunk_max_mb:,.0f} MB; {concurrent_jobs} jobs at once):",
-             f"  {'stage':<12} {'jobs':>6} {'memory/job':>12} {'time/job':>10}"]
+    lines = [
+        f"Plan for {genes:,} genes x {samples:,} samples ({genes * samples / 1e9:.2f}e9 values; "
+        f"LMM chunks of at most {chunk_minutes:g} min and {chunk_max_mb:,.0f} MB; {concurrent_jobs} jobs at once):",
+        f"  {'stage':<12} {'jobs':>6} {'memory/job':>12} {'time/job':>10}",
+    ]
     for stage in STAGES:
         if stage in costs:
             mb, s = cost(stage)
-            lines.append(f"  {stage:<12} {chunks if stage == 'lmm_chunk' else 1:>6} {mb / 1024:>9.1f} GB "
-                         f"{s / 60:>7.1f} min")
+            lines.append(
+                f"  {stage:<12} {chunks if stage == 'lmm_chunk' else 1:>6} {mb / 1024:>9.1f} GB {s / 60:>7.1f} min"
+            )
         else:
             lines.append(f"  {stage:<12} {'':>6} {'not measured':>12}")
-    lines.append(f"  LMM chunks: {chunks} jobs of {genes_per_chunk} genes, in {waves} wave(s) of up to {concurrent_jobs}")
+    lines.append(
+        f"  LMM chunks: {chunks} jobs of {genes_per_chunk} genes, in {waves} wave(s) of up to {concurrent_jobs}"
+    )
     # Critical path: stabilise -> split -> chunk waves -> gather -> report, with the Simpson scan
     # running next to split/chunks/gather.
     if all(stage in costs for stage in STAGES):
         seconds = {stage: cost(stage)[1] for stage in STAGES}
         lmm_path = seconds["split_genes"] + waves * seconds["lmm_chunk"] + seconds["gather_lmm"]
         critical = seconds["stabilise"] + max(lmm_path, seconds["simpson"]) + seconds["report"]
-        lines.append(f"  Expected wall time (critical path, no queue wait): {critical / 3600:.1f} h "
-                     f"(LMM part: {lmm_path / 3600:.2f} h)")
+        lines.append(
+            f"  Expected wall time (critical path, no queue wait): {critical / 3600:.1f} h "
+            f"(LMM part: {lmm_path / 3600:.2f} h)"
+        )
     return "\n".join(lines)
 
 
@@ -267,17 +328,29 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small grid (checks the script, not for planning)")
     parser.add_argument("--shapes", help="genes x samples list, e.g. 1000x500,2000x2000")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help="stages to measure, comma-separated (the ones they read from still run first)")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="stages to measure, comma-separated (the ones they read from still run first)",
+    )
     parser.add_argument("--batches", type=int, default=40, help="batches (levels of the random effect), default 40")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--snakemake-job-mb", type=float, default=150.0,
-                        help="RSS of the Snakemake process of a cluster job, added to every base (MB)")
+    parser.add_argument(
+        "--snakemake-job-mb",
+        type=float,
+        default=150.0,
+        help="RSS of the Snakemake process of a cluster job, added to every base (MB)",
+    )
     parser.add_argument("--target-genes", type=int, default=60_000)
     parser.add_argument("--target-samples", type=int, default=20_000)
     parser.add_argument("--concurrent-jobs", type=int, default=100, help="jobs running at once (profile: jobs)")
-    parser.add_argument("--from-json", type=Path, action="append", default=[],
-                        help="reuse measurements written by --json (repeatable) instead of measuring")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        default=[],
+        help="reuse measurements written by --json (repeatable) instead of measuring",
+    )
     parser.add_argument("--chunk-minutes", type=float, default=15.0, help="target time of one LMM chunk")
     parser.add_argument("--chunk-max-mb", type=float, default=4000.0, help="largest memory of one LMM chunk")
     parser.add_argument("--json", type=Path, help="also write the measurements and fitted costs here")
@@ -313,12 +386,15 @@ def main() -> None:
     costs = fit_costs(rows, args.snakemake_job_mb)
     print("\nFitted costs (resources.smk STAGE_COSTS):")
     for stage, c in costs.items():
-        print(f'    "{stage}": StageCost(base_mb={c["base_mb"]:.0f}, bytes_per_value={c["bytes_per_value"]:.1f}, '
-              f'bytes_per_sample_pair={c["bytes_per_sample_pair"]:.2f}, base_s={c["base_s"]:.1f}, '
-              f'us_per_value={c["us_per_value"]:.4g}, us_per_sample_pair={c["us_per_sample_pair"]:.4g}),')
+        print(
+            f'    "{stage}": StageCost(base_mb={c["base_mb"]:.0f}, bytes_per_value={c["bytes_per_value"]:.1f}, '
+            f"bytes_per_sample_pair={c['bytes_per_sample_pair']:.2f}, base_s={c['base_s']:.1f}, "
+            f"us_per_value={c['us_per_value']:.4g}, us_per_sample_pair={c['us_per_sample_pair']:.4g}),"
+        )
     print()
-    print(plan(costs, args.target_genes, args.target_samples, args.concurrent_jobs, args.chunk_minutes,
-               args.chunk_max_mb))
+    print(
+        plan(costs, args.target_genes, args.target_samples, args.concurrent_jobs, args.chunk_minutes, args.chunk_max_mb)
+    )
     if args.json:
         args.json.write_text(json.dumps({"measurements": rows, "costs": costs}, indent=2) + "\n")
 

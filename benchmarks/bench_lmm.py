@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from batchmix import lmm
 
 FORMULAS = {
@@ -69,13 +68,14 @@ def simulate(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
         # balanced batches by default (repeated projected eigenvalues); --unbalanced draws them
         batch = rng.integers(0, J, n) if args.unbalanced else np.arange(n) % J
         condition = rng.integers(0, 2, n)
-        samples = pd.DataFrame({"batch": [f"batch{b:03d}" for b in batch],
-                                "condition": np.where(condition == 1, "treated", "control")})
+        samples = pd.DataFrame(
+            {"batch": [f"batch{b:03d}" for b in batch], "condition": np.where(condition == 1, "treated", "control")}
+        )
         sd_batch = rng.uniform(0, 1.0, (G, 1))
         Y = 8 + 0.5 * condition + sd_batch * rng.normal(size=(G, J))[:, batch] + rng.normal(0, 1, (G, n))
         if args.model == "two":
             lane = rng.integers(0, args.lanes, n)
-            samples["lane"] = [f"lane{l:02d}" for l in lane]
+            samples["lane"] = [f"lane{code:02d}" for code in lane]
             Y += rng.uniform(0, 0.5, (G, 1)) * rng.normal(size=(G, args.lanes))[:, lane]
     samples.index = [f"s{i:05d}" for i in range(len(samples))]
     expression = pd.DataFrame(Y, index=[f"gene{g:06d}" for g in range(G)], columns=samples.index)
@@ -90,8 +90,12 @@ def time_batchmix(expression: pd.DataFrame, samples: pd.DataFrame, formula: str)
     start = time.perf_counter()
     result = lmm.fit(expression, samples, formula)
     fit_seconds = time.perf_counter() - start
-    return {"arrays_seconds": arrays_seconds, "fit_seconds": fit_seconds,
-            "converged": float(arrays.converged.mean()), "result": result}
+    return {
+        "arrays_seconds": arrays_seconds,
+        "fit_seconds": fit_seconds,
+        "converged": float(arrays.converged.mean()),
+        "result": result,
+    }
 
 
 def time_statsmodels(expression: pd.DataFrame, samples: pd.DataFrame, model: str, genes: int) -> float | None:
@@ -110,9 +114,13 @@ def time_statsmodels(expression: pd.DataFrame, samples: pd.DataFrame, model: str
             elif model == "slopes":
                 fitted = smf.mixedlm("y ~ Days", data, groups=data["Subject"], re_formula="~Days")
             else:
-                fitted = smf.mixedlm("y ~ condition", data, groups=np.ones(len(data)),
-                                     vc_formula={"batch": "0 + C(batch)", "lane": "0 + C(lane)"},
-                                     re_formula="0")
+                fitted = smf.mixedlm(
+                    "y ~ condition",
+                    data,
+                    groups=np.ones(len(data)),
+                    vc_formula={"batch": "0 + C(batch)", "lane": "0 + C(lane)"},
+                    re_formula="0",
+                )
             fitted.fit(reml=True)
     return (time.perf_counter() - start) / genes
 
@@ -140,8 +148,7 @@ cat(plain / nrow(y), satt / nrow(y), "\n")
 """
 
 
-def time_lme4(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, genes: int
-              ) -> tuple[float, float] | None:
+def time_lme4(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, genes: int) -> tuple[float, float] | None:
     """Seconds per gene of the lme4::lmer loop and of the lmerTest::lmer + summary() loop."""
     if genes <= 0 or shutil.which("Rscript") is None:
         return None
@@ -150,8 +157,11 @@ def time_lme4(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, gen
         expression.iloc[:genes].to_csv(tmp / "y.tsv", sep="\t")
         samples.to_csv(tmp / "samples.tsv", sep="\t")
         (tmp / "loop.R").write_text(R_LOOP)
-        out = subprocess.run(["Rscript", str(tmp / "loop.R"), str(tmp / "y.tsv"), str(tmp / "samples.tsv"),
-                              formula], capture_output=True, text=True)
+        out = subprocess.run(
+            ["Rscript", str(tmp / "loop.R"), str(tmp / "y.tsv"), str(tmp / "samples.tsv"), formula],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             print("lme4 loop failed:", out.stderr.strip()[-500:])
             return None
@@ -178,10 +188,10 @@ def main() -> None:
     parser.add_argument("--per-subject", type=int, default=10)
     parser.add_argument("--statsmodels-genes", type=int, default=20)
     parser.add_argument("--lme4-genes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="batchmix timings are the best of this many runs")
-    parser.add_argument("--unbalanced", action="store_true",
-                        help="random batch sizes (intercept/two models) instead of equal ones")
+    parser.add_argument("--repeats", type=int, default=1, help="batchmix timings are the best of this many runs")
+    parser.add_argument(
+        "--unbalanced", action="store_true", help="random batch sizes (intercept/two models) instead of equal ones"
+    )
     parser.add_argument("--seed", type=int, default=20240501)
     args = parser.parse_args()
     formula = FORMULAS[args.model]
@@ -192,8 +202,10 @@ def main() -> None:
     bm = min(runs, key=lambda r: r["fit_seconds"])
     bm["arrays_seconds"] = min(r["arrays_seconds"] for r in runs)
     G = expression.shape[0]
-    rows = [("batchmix fit_arrays (numpy)", bm["arrays_seconds"] / G, G),
-            ("batchmix fit (DataFrames, all outputs)", bm["fit_seconds"] / G, G)]
+    rows = [
+        ("batchmix fit_arrays (numpy)", bm["arrays_seconds"] / G, G),
+        ("batchmix fit (DataFrames, all outputs)", bm["fit_seconds"] / G, G),
+    ]
     sm = time_statsmodels(expression, samples, args.model, args.statsmodels_genes)
     if sm is not None:
         rows.append(("statsmodels MixedLM loop (fit only)", sm, args.statsmodels_genes))
@@ -202,10 +214,12 @@ def main() -> None:
         rows.append(("lme4::lmer loop (fit only, in R)", r[0], args.lme4_genes))
         rows.append(("lmerTest::lmer + summary() (Satterthwaite)", r[1], args.lme4_genes))
     all_runs = ", ".join(f"{x['fit_seconds']:.3f}" for x in runs)
-    print(f"batchmix: {bm['fit_seconds']:.3f} s for all {G} genes through lmm.fit "
-          f"({bm['arrays_seconds']:.3f} s through fit_arrays; best of {len(runs)}: "
-          f"{all_runs}); converged {bm['converged']:.4f}; "
-          f"statuses {bm['result'].gene_fits['status'].value_counts().to_dict()}")
+    print(
+        f"batchmix: {bm['fit_seconds']:.3f} s for all {G} genes through lmm.fit "
+        f"({bm['arrays_seconds']:.3f} s through fit_arrays; best of {len(runs)}: "
+        f"{all_runs}); converged {bm['converged']:.4f}; "
+        f"statuses {bm['result'].gene_fits['status'].value_counts().to_dict()}"
+    )
     print(f"{'engine':44s} {'genes timed':>11s} {'ms/gene':>10s} {'genes/s':>12s}")
     for name, per_gene, n in rows:
         print(f"{name:44s} {n:11d} {per_gene * 1e3:10.4f} {1.0 / per_gene:12.1f}")

@@ -52,11 +52,16 @@ def make_data(n_genes: int, n_samples: int, n_batches: int, seed: int = 0):
     icc = rng.uniform(0.0, 0.8, n_genes)
     icc[rng.random(n_genes) < 0.3] = 0.0
     sb = np.sqrt(icc / (1.0 - icc))
-    values = (8.0 + 0.5 * rng.standard_normal(n_genes)[:, None] * cond[None, :]
-              + (rng.standard_normal((n_genes, n_batches)) * sb[:, None])[:, batch]
-              + rng.standard_normal((n_genes, n_samples)))
-    samples = pd.DataFrame({"batch": [f"b{b:02d}" for b in batch], "condition": np.where(cond, "treated", "control")},
-                           index=[f"s{i}" for i in range(n_samples)])
+    values = (
+        8.0
+        + 0.5 * rng.standard_normal(n_genes)[:, None] * cond[None, :]
+        + (rng.standard_normal((n_genes, n_batches)) * sb[:, None])[:, batch]
+        + rng.standard_normal((n_genes, n_samples))
+    )
+    samples = pd.DataFrame(
+        {"batch": [f"b{b:02d}" for b in batch], "condition": np.where(cond, "treated", "control")},
+        index=[f"s{i}" for i in range(n_samples)],
+    )
     expr = pd.DataFrame(values, index=[f"g{i}" for i in range(n_genes)], columns=samples.index)
     return expr, samples
 
@@ -149,8 +154,10 @@ def main() -> None:
     formula = "~ condition + (1 | batch)"
     expr, samples = make_data(args.genes, args.samples, args.batches)
     G, n = expr.shape
-    print(f"data: {G} genes x {n} samples, {args.batches} batches, model {formula}; "
-          f"threads={args.threads}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}")
+    print(
+        f"data: {G} genes x {n} samples, {args.batches} batches, model {formula}; "
+        f"threads={args.threads}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+    )
 
     # grid posterior ---------------------------------------------------------------------------
     from batchmix.design import fixed_design, random_design
@@ -162,17 +169,23 @@ def main() -> None:
     post = unc.posterior_arrays(Y, X, Z=Z, n_threads=args.threads)
     t_post = time.perf_counter() - t0
     t_dense = np.mean([dense_grid_posterior(Y[:, g], X, Z) for g in range(2)]) * G
-    print(f"posterior  batchmix: {t_post:8.2f} s for {G} genes ({1e6 * t_post / G:.0f} us/gene), "
-          f"ok {post['ok'].mean():.3f}; target < 5 s: {'PASS' if t_post < 5 else 'MISS'}")
-    print(f"posterior  dense grid per gene (200 points, n x n), extrapolated: {t_dense:10.0f} s "
-          f"-> ratio {t_dense / t_post:,.0f}x")
+    print(
+        f"posterior  batchmix: {t_post:8.2f} s for {G} genes ({1e6 * t_post / G:.0f} us/gene), "
+        f"ok {post['ok'].mean():.3f}; target < 5 s: {'PASS' if t_post < 5 else 'MISS'}"
+    )
+    print(
+        f"posterior  dense grid per gene (200 points, n x n), extrapolated: {t_dense:10.0f} s "
+        f"-> ratio {t_dense / t_post:,.0f}x"
+    )
     timings = ROOT / "tests" / "data" / "sleepstudy_uncertainty" / "timings.tsv"
     if timings.exists():
         tt = pd.read_csv(timings, sep="\t")
         s = tt[(tt.model == "intercept_flat_unifICC") & (tt.step == "sample")]["seconds"].min()
         c = tt[(tt.model == "intercept_flat_unifICC") & (tt.step == "compile")]["seconds"].min()
-        print(f"posterior  Stan/brms (recorded, not run here): {s:.1f} s sampling per sleepstudy-sized gene "
-              f"+ {c:.0f} s compile -> ~{s * G / 3600:.0f} h for {G} genes")
+        print(
+            f"posterior  Stan/brms (recorded, not run here): {s:.1f} s sampling per sleepstudy-sized gene "
+            f"+ {c:.0f} s compile -> ~{s * G / 3600:.0f} h for {G} genes"
+        )
 
     # bootstrap --------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -180,14 +193,18 @@ def main() -> None:
     t_boot = time.perf_counter() - t0
     refits = G * args.nsim
     n_fail = int(boot.summary.groupby("gene_id")["n_fail"].first().sum())
-    print(f"bootstrap  batchmix: {t_boot:8.2f} s for {G} genes x {args.nsim} = {refits:,} refits "
-          f"({1e6 * t_boot / refits:.2f} us/refit), failed refits {n_fail}; "
-          f"target < 120 s: {'PASS' if t_boot < 120 else 'MISS'}")
+    print(
+        f"bootstrap  batchmix: {t_boot:8.2f} s for {G} genes x {args.nsim} = {refits:,} refits "
+        f"({1e6 * t_boot / refits:.2f} us/refit), failed refits {n_fail}; "
+        f"target < 120 s: {'PASS' if t_boot < 120 else 'MISS'}"
+    )
     sub = min(G, 20)
     sub_nsim = min(args.nsim, 200)
     t_loop = engine_loop_bootstrap(expr.iloc[:sub], samples, formula, sub_nsim) / (sub * sub_nsim) * refits
-    print(f"bootstrap  engine loop (full n-vectors + lmm.fit_arrays), extrapolated from {sub}x{sub_nsim}: "
-          f"{t_loop:10.0f} s -> ratio {t_loop / t_boot:,.1f}x")
+    print(
+        f"bootstrap  engine loop (full n-vectors + lmm.fit_arrays), extrapolated from {sub}x{sub_nsim}: "
+        f"{t_loop:10.0f} s -> ratio {t_loop / t_boot:,.1f}x"
+    )
     if not args.skip_r:
         r = r_bootmer_seconds_per_refit(expr, samples, args.r_nsim)
         if r is None:
@@ -195,9 +212,11 @@ def main() -> None:
         else:
             per, version = r
             total = per * refits
-            print(f"bootstrap  lme4 {version} bootMer: {1e3 * per:.1f} ms/refit (timed {args.r_nsim} refits of one gene "
-                  f"here) -> {total:,.0f} s = {total / 86400:.1f} days for {refits:,} refits -> ratio "
-                  f"{total / t_boot:,.0f}x")
+            print(
+                f"bootstrap  lme4 {version} bootMer: {1e3 * per:.1f} ms/refit (timed {args.r_nsim} refits of one gene "
+                f"here) -> {total:,.0f} s = {total / 86400:.1f} days for {refits:,} refits -> ratio "
+                f"{total / t_boot:,.0f}x"
+            )
     print(f"peak RSS {peak_rss_mb():.0f} MB")
 
 

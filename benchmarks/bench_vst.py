@@ -35,20 +35,18 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse
-import importlib.util
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import argparse  # noqa: E402 (thread limits must be set before numpy loads)
+import importlib.util  # noqa: E402 (thread limits must be set before numpy loads)
+import shutil  # noqa: E402 (thread limits must be set before numpy loads)
+import subprocess  # noqa: E402 (thread limits must be set before numpy loads)
+import tempfile  # noqa: E402 (thread limits must be set before numpy loads)
+import time  # noqa: E402 (thread limits must be set before numpy loads)
+from pathlib import Path  # noqa: E402 (thread limits must be set before numpy loads)
 
-import numpy as np
-import pandas as pd
+import numpy as np  # noqa: E402 (thread limits must be set before numpy loads)
+import pandas as pd  # noqa: E402 (thread limits must be set before numpy loads)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
 
 from batchmix import vst as V  # noqa: E402
 
@@ -169,9 +167,11 @@ def main() -> None:
                 print(_fmt("batchmix", t_bm, c_bm, cells, f"   fit_type={res.fit_type}"))
                 print(_fmt("DESeq2", t_r, c_r, cells, f"   max |batchmix - DESeq2| = {diff:.2e} ({ref.size} values)"))
                 wall_x, cpu_x = min(t_r) / min(t_bm), min(c_r) / min(c_bm)
-                print(f"speed-up over DESeq2 (best vs best): {wall_x:.1f}x wall, {cpu_x:.1f}x cpu"
-                      f"  (medians: {np.median(t_r) / np.median(t_bm):.1f}x wall,"
-                      f" {np.median(c_r) / np.median(c_bm):.1f}x cpu)")
+                print(
+                    f"speed-up over DESeq2 (best vs best): {wall_x:.1f}x wall, {cpu_x:.1f}x cpu"
+                    f"  (medians: {np.median(t_r) / np.median(t_bm):.1f}x wall,"
+                    f" {np.median(c_r) / np.median(c_bm):.1f}x cpu)"
+                )
             else:
                 print(_fmt("batchmix", t_bm, c_bm, cells, f"   fit_type={res.fit_type}"))
                 print("DESeq2     absent (no Rscript on PATH)")

@@ -50,17 +50,19 @@ def test_analytic_gradient_and_hessian_match_finite_differences(bottomly, reml):
         step[:, k] = h
         plus = general.evaluate(theta + step, data, prepared, reml, order=1)
         minus = general.evaluate(theta - step, data, prepared, reml, order=1)
-        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h), rtol=1e-5, atol=1e-5)
 
 
 def test_slope_model_derivatives_match_finite_differences():
     rng = np.random.default_rng(7)
     subjects, days = 6, 5
-    samples = pd.DataFrame({"Subject": np.repeat([f"s{i}" for i in range(subjects)], days),
-                            "Days": np.tile(np.arange(days, dtype=float), subjects)})
+    samples = pd.DataFrame(
+        {
+            "Subject": np.repeat([f"s{i}" for i in range(subjects)], days),
+            "Days": np.tile(np.arange(days, dtype=float), subjects),
+        }
+    )
     Y = rng.normal(size=(3, subjects * days)) + samples["Days"].to_numpy()
     prepared = lmm.prepare("~ Days + (Days | Subject)", samples)
     data = core.GeneData.from_matrix(Y, prepared)
@@ -72,19 +74,18 @@ def test_slope_model_derivatives_match_finite_differences():
         step[:, k] = h
         plus = general.evaluate(theta + step, data, prepared, True, order=1)
         minus = general.evaluate(theta - step, data, prepared, True, order=1)
-        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ev.grad[:, k], (plus.deviance - minus.deviance) / (2 * h), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ev.hess[:, :, k], (plus.grad - minus.grad) / (2 * h), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture
 def small() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(11)
     n = 24
-    samples = pd.DataFrame({"batch": np.repeat(["b1", "b2", "b3", "b4"], 6),
-                            "condition": np.tile(["ctrl", "treat"], 12)},
-                           index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"batch": np.repeat(["b1", "b2", "b3", "b4"], 6), "condition": np.tile(["ctrl", "treat"], 12)},
+        index=[f"s{i}" for i in range(n)],
+    )
     batch_effect = rng.normal(0, 1.0, (6, 4))[:, np.repeat(np.arange(4), 6)]
     values = 8 + batch_effect + 0.5 * (samples["condition"] == "treat").to_numpy() + rng.normal(0, 0.5, (6, n))
     expression = pd.DataFrame(values, index=[f"g{i}" for i in range(6)], columns=samples.index)
@@ -94,10 +95,10 @@ def small() -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_bad_genes_get_statuses_and_nans(small):
     expression, samples = small
     bad = expression.copy()
-    bad.loc["g1"] = 3.0                       # constant
-    bad.loc["g2"] = 0.0                       # all zero
-    bad.loc["g3"] = np.nan                    # all missing
-    bad.loc["g4", bad.columns[2:]] = np.nan   # two observations left
+    bad.loc["g1"] = 3.0  # constant
+    bad.loc["g2"] = 0.0  # all zero
+    bad.loc["g3"] = np.nan  # all missing
+    bad.loc["g4", bad.columns[2:]] = np.nan  # two observations left
     status_in = pd.Series({"g5": "filtered:low_counts"})
     result = lmm.fit(bad, samples, "~ condition + (1 | batch)", gene_status=status_in)
     table = result.gene_fits.set_index("gene_id")
@@ -135,8 +136,11 @@ def test_fractions_sum_to_one_and_lrt_conventions(small):
     np.testing.assert_allclose(fracs.sum(axis=1), 1.0, rtol=1e-12)
     assert (fracs >= 0).all().all()
     # variancePartition's residual share is σ² over the total
-    total = (table["var_batch"] + table["var_residual"]
-             + table["frac_condition"] / table["frac_residual"] * table["var_residual"])
+    total = (
+        table["var_batch"]
+        + table["var_residual"]
+        + table["frac_condition"] / table["frac_residual"] * table["var_residual"]
+    )
     np.testing.assert_allclose(table["frac_residual"], table["var_residual"] / total, rtol=1e-10)
     singular = table["status"] == "singular"
     assert (table.loc[singular, "lrt_stat"] == 0).all() and (table.loc[singular, "lrt_p"] == 1).all()
@@ -168,8 +172,7 @@ def test_corrected_expression_removes_only_named_groups(bottomly):
     expected = expression.loc[gene] - levels.map(effect).to_numpy()
     np.testing.assert_allclose(corrected.loc[gene], expected, rtol=0, atol=1e-12)
     assert corrected.shape == expression.shape
-    both = lmm.corrected_expression(expression, samples, result,
-                                    groups=["experiment.number", "lane.number"])
+    both = lmm.corrected_expression(expression, samples, result, groups=["experiment.number", "lane.number"])
     lane = result.blups[(result.blups["group"] == "lane.number") & (result.blups["gene_id"] == gene)]
     lane_effect = samples["lane.number"].astype(str).map(lane.set_index("level")["value"]).to_numpy()
     np.testing.assert_allclose(both.loc[gene], expected - lane_effect, rtol=0, atol=1e-12)
@@ -181,8 +184,7 @@ def test_corrected_expression_leaves_unfitted_genes_unchanged(small):
     expression, samples = small
     table = expression.copy()
     table.loc["g1"] = 2.0
-    result = lmm.fit(table, samples, "~ condition + (1 | batch)",
-                     gene_status=pd.Series({"g3": "filtered:low_counts"}))
+    result = lmm.fit(table, samples, "~ condition + (1 | batch)", gene_status=pd.Series({"g3": "filtered:low_counts"}))
     corrected = lmm.corrected_expression(table, samples, result, groups=["batch"])
     pd.testing.assert_series_equal(corrected.loc["g1"], table.loc["g1"])
     pd.testing.assert_series_equal(corrected.loc["g3"], table.loc["g3"])
@@ -200,12 +202,26 @@ def test_deterministic_and_column_layout(small):
     for name in ("Intercept", "conditiontreat"):
         for kind in ("coef", "se", "df", "t", "p"):
             assert f"{kind}_{name}" in columns
-    for name in ("loglik", "aic", "bic", "ols_loglik", "ols_aic", "ols_bic", "lrt_stat", "lrt_p",
-                 "var_batch", "var_residual", "sigma", "df_residual", "frac_condition",
-                 "frac_batch", "frac_residual"):
+    for name in (
+        "loglik",
+        "aic",
+        "bic",
+        "ols_loglik",
+        "ols_aic",
+        "ols_bic",
+        "lrt_stat",
+        "lrt_p",
+        "var_batch",
+        "var_residual",
+        "sigma",
+        "df_residual",
+        "frac_condition",
+        "frac_batch",
+        "frac_residual",
+    ):
         assert name in columns
     assert list(first.blups.columns) == ["gene_id", "group", "level", "term", "value"]
-    assert first.gene_fits["df_residual"].iloc[0] == 24 - 5   # n - rank [X Z] = 24 - (2 + 4 - 1)
+    assert first.gene_fits["df_residual"].iloc[0] == 24 - 5  # n - rank [X Z] = 24 - (2 + 4 - 1)
 
 
 def test_formula_without_random_term_is_fitted_by_ols(small):
@@ -229,19 +245,31 @@ def _simulated(model: str, genes: int, seed: int) -> tuple[np.ndarray, pd.DataFr
         n = 120
         batch, lane = np.arange(n) % 12, rng.integers(0, 6, n)
         condition = rng.integers(0, 2, n)
-        samples = pd.DataFrame({"batch": [f"b{b:02d}" for b in batch], "lane": [f"l{x}" for x in lane],
-                                "condition": np.where(condition == 1, "treated", "control")})
-        Y = (8 + 0.5 * condition + rng.uniform(0, 1, (genes, 1)) * rng.normal(size=(genes, 12))[:, batch]
-             + rng.uniform(0, 0.5, (genes, 1)) * rng.normal(size=(genes, 6))[:, lane]
-             + rng.normal(0, 1, (genes, n)))
+        samples = pd.DataFrame(
+            {
+                "batch": [f"b{b:02d}" for b in batch],
+                "lane": [f"l{x}" for x in lane],
+                "condition": np.where(condition == 1, "treated", "control"),
+            }
+        )
+        Y = (
+            8
+            + 0.5 * condition
+            + rng.uniform(0, 1, (genes, 1)) * rng.normal(size=(genes, 12))[:, batch]
+            + rng.uniform(0, 0.5, (genes, 1)) * rng.normal(size=(genes, 6))[:, lane]
+            + rng.normal(0, 1, (genes, n))
+        )
     samples.index = [f"x{i:03d}" for i in range(len(samples))]
     return Y, samples
 
 
-@pytest.mark.parametrize("model, formula", [
-    ("slopes", "~ Days + (Days | Subject)"),
-    ("two", "~ condition + (1 | batch) + (1 | lane)"),
-])
+@pytest.mark.parametrize(
+    "model, formula",
+    [
+        ("slopes", "~ Days + (Days | Subject)"),
+        ("two", "~ condition + (1 | batch) + (1 | lane)"),
+    ],
+)
 def test_general_engine_reaches_the_best_optimum_from_any_start(model, formula):
     # fit_arrays starts from one-component fits of each random column; lme4's start (θ = 1)
     # and interior starts must not find a lower deviance. A zero diagonal entry of T with
@@ -323,22 +351,30 @@ def test_diagonal_lambda_derivatives_match_the_dense_formulas(reml):
         np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("formula, method", [("~ condition + (1 | batch)", "auto"),
-                                             ("~ condition + (1 | batch)", "general"),
-                                             ("~ x + (x | batch)", "auto")])
+@pytest.mark.parametrize(
+    "formula, method",
+    [("~ condition + (1 | batch)", "auto"), ("~ condition + (1 | batch)", "general"), ("~ x + (x | batch)", "auto")],
+)
 def test_refit_sufficient_equals_the_fit_of_the_data(formula, method):
     """The criterion sees y only through X'y, Z'y, y'y: refitting from them gives fit_arrays' optimum."""
     rng = np.random.default_rng(11)
     n = 48
-    samples = pd.DataFrame({"condition": ["a", "b"] * (n // 2), "batch": [f"b{i % 6}" for i in range(n)],
-                            "x": rng.normal(size=n)}, index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"condition": ["a", "b"] * (n // 2), "batch": [f"b{i % 6}" for i in range(n)], "x": rng.normal(size=n)},
+        index=[f"s{i}" for i in range(n)],
+    )
     codes = pd.Categorical(samples["batch"]).codes
-    Y = (5.0 + rng.normal(size=(30, 6))[:, codes] * np.linspace(0.2, 2.0, 30)[:, None]
-         + samples["x"].to_numpy() * rng.normal(size=(30, 1)) + rng.normal(size=(30, n)))
+    Y = (
+        5.0
+        + rng.normal(size=(30, 6))[:, codes] * np.linspace(0.2, 2.0, 30)[:, None]
+        + samples["x"].to_numpy() * rng.normal(size=(30, 1))
+        + rng.normal(size=(30, n))
+    )
     prepared = lmm.prepare(formula, samples)
     reference = lmm.fit_arrays(Y, prepared)
-    refit = lmm.refit_sufficient(Y @ prepared.X, Y @ prepared.Z, np.einsum("gi,gi->g", Y, Y), prepared,
-                                 method=method, theta0=reference.theta)
+    refit = lmm.refit_sufficient(
+        Y @ prepared.X, Y @ prepared.Z, np.einsum("gi,gi->g", Y, Y), prepared, method=method, theta0=reference.theta
+    )
     assert refit.converged.all()
     np.testing.assert_allclose(refit.sigma2, reference.sigma2, rtol=1e-6)
     np.testing.assert_allclose(refit.beta, reference.beta, rtol=1e-6, atol=1e-8)

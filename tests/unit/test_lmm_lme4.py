@@ -46,8 +46,7 @@ def inputs(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = pd.read_csv(DATA / "sleepstudy.csv.gz")
         frame.index = [f"obs{i}" for i in range(len(frame))]
         samples = frame[["Days", "Subject"]].assign(Subject=frame["Subject"].astype(str))
-        expression = pd.DataFrame([frame["Reaction"].to_numpy()], index=["Reaction"],
-                                  columns=frame.index)
+        expression = pd.DataFrame([frame["Reaction"].to_numpy()], index=["Reaction"], columns=frame.index)
         return expression, samples
     samples = pd.read_csv(DATA / f"{dataset}_samples.tsv", sep="\t", dtype=str, index_col=0)
     expression = pd.read_csv(DATA / f"{dataset}_vst.tsv.gz", sep="\t", index_col=0)
@@ -68,10 +67,10 @@ def at_lme4_theta(dataset: str, model: str) -> tuple[lmm.ArrayFit, lmm.PreparedD
     row = MODELS[(MODELS["dataset"] == dataset) & (MODELS["model"] == model)].iloc[0]
     expression, samples = inputs(dataset)
     ref = reference(dataset, model)
-    prepared = lmm.prepare("~" + row.formula.split("~", 1)[1], samples.loc[expression.columns],
-                           reml=bool(row.reml))
-    theta_r = ref[sorted((c for c in ref.columns if c.startswith("theta_")),
-                         key=lambda c: int(c.split("_")[1]))].to_numpy()
+    prepared = lmm.prepare("~" + row.formula.split("~", 1)[1], samples.loc[expression.columns], reml=bool(row.reml))
+    theta_r = ref[
+        sorted((c for c in ref.columns if c.startswith("theta_")), key=lambda c: int(c.split("_")[1]))
+    ].to_numpy()
     # lme4 orders random terms by decreasing number of levels (stable); batchmix keeps
     # the formula's order
     blocks = prepared.random.blocks
@@ -80,8 +79,9 @@ def at_lme4_theta(dataset: str, model: str) -> tuple[lmm.ArrayFit, lmm.PreparedD
     for i in order:
         r_start[i] = start
         start += blocks[i].n_theta
-    theta = np.concatenate([theta_r[:, r_start[i]:r_start[i] + blocks[i].n_theta]
-                            for i in range(len(blocks))], axis=1)
+    theta = np.concatenate(
+        [theta_r[:, r_start[i] : r_start[i] + blocks[i].n_theta] for i in range(len(blocks))], axis=1
+    )
     Y = expression.loc[ref.index].to_numpy()
     return lmm.fit_arrays(Y, prepared, theta=theta), prepared
 
@@ -155,8 +155,12 @@ def test_singular_flags_match_is_singular(dataset, model):
     # where lme4's bobyqa stops just short of the boundary (θ < 1e-3 but above isSingular's
     # 1e-4) and batchmix reaches θ = 0 with a log-likelihood at least as high, the optimum
     # is the boundary: lme4 is the one that stopped early
-    stopped_short = (ours_singular & ~ref_singular & (ref[theta_cols].abs().min(axis=1) < 1e-3)
-                     & (fit["loglik"] >= ref["loglik"] - 1e-9))
+    stopped_short = (
+        ours_singular
+        & ~ref_singular
+        & (ref[theta_cols].abs().min(axis=1) < 1e-3)
+        & (fit["loglik"] >= ref["loglik"] - 1e-9)
+    )
     assert stopped_short.sum() <= 0.02 * len(ref)
     mismatch = compare & (ours_singular != ref_singular) & ~stopped_short
     assert not mismatch.any(), f"{dataset}/{model}: {list(mismatch[mismatch].index[:5])}"
@@ -224,15 +228,17 @@ def test_fixed_effects_and_satterthwaite(dataset, model):
         scale = np.maximum(ref.loc[same, coef].abs(), ref.loc[same, se])
         err = (fit.loc[same, coef] - ref.loc[same, coef]).abs() / scale
         _check_optimum_agreement(err, 1e-4, gain, f"{dataset}/{model} {coef}")
-        _check_optimum_agreement(_rel_err(fit.loc[same, se], ref.loc[same, se]), 1e-4, gain,
-                                 f"{dataset}/{model} {se}")
-        _check_optimum_agreement(_rel_err(fit.loc[same, f"df_{name}"], ref.loc[same, f"df_{name}"]),
-                                 1e-3, gain, f"{dataset}/{model} df_{name}")
+        _check_optimum_agreement(_rel_err(fit.loc[same, se], ref.loc[same, se]), 1e-4, gain, f"{dataset}/{model} {se}")
+        _check_optimum_agreement(
+            _rel_err(fit.loc[same, f"df_{name}"], ref.loc[same, f"df_{name}"]),
+            1e-3,
+            gain,
+            f"{dataset}/{model} df_{name}",
+        )
         # p-values below 1e-10 amplify the optimisers' tiny df differences; compare
         # them on the log scale
         p_ours, p_ref = fit.loc[same, f"p_{name}"], ref.loc[same, f"p_{name}"]
-        err = _rel_err(p_ours, p_ref).where(p_ref >= 1e-10,
-                                            _rel_err(np.log(p_ours), np.log(p_ref)))
+        err = _rel_err(p_ours, p_ref).where(p_ref >= 1e-10, _rel_err(np.log(p_ours), np.log(p_ref)))
         _check_optimum_agreement(err, 1e-3, gain, f"{dataset}/{model} p_{name}")
 
 
@@ -245,10 +251,8 @@ def test_lrt_against_ols(dataset, model):
     np.testing.assert_allclose(fit.loc[positive, "lrt_p"], ref.loc[positive, "lrt_p"], rtol=1e-4)
     if "ranova_stat" in ref.columns and fit["lrt_df"].iloc[0] == 1:
         # with a single random intercept, lmerTest's ranova() is the same comparison
-        np.testing.assert_allclose(ref.loc[positive, "ranova_stat"], ref.loc[positive, "lrt_stat"],
-                                   rtol=1e-6)
-        np.testing.assert_allclose(fit.loc[positive, "lrt_p"] * 2, ref.loc[positive, "ranova_p"],
-                                   rtol=1e-4)
+        np.testing.assert_allclose(ref.loc[positive, "ranova_stat"], ref.loc[positive, "lrt_stat"], rtol=1e-6)
+        np.testing.assert_allclose(fit.loc[positive, "lrt_p"] * 2, ref.loc[positive, "ranova_p"], rtol=1e-4)
 
 
 def _reference_blups(dataset: str, model: str) -> pd.DataFrame:
@@ -271,11 +275,12 @@ def test_blups_at_lme4_theta(dataset, model):
                 rows.append((block.group, level, term, offset + j * block.n_terms + t))
         offset += block.n_levels * block.n_terms
     ours_long = pd.DataFrame(
-        [(g, grp, lev, term, arrays.b[i, col]) for i, g in enumerate(ref.index)
-         for grp, lev, term, col in rows],
-        columns=["gene_id", "group", "level", "term", "value"])
+        [(g, grp, lev, term, arrays.b[i, col]) for i, g in enumerate(ref.index) for grp, lev, term, col in rows],
+        columns=["gene_id", "group", "level", "term", "value"],
+    )
     merged = _reference_blups(dataset, model).merge(
-        ours_long, on=["gene_id", "group", "level", "term"], suffixes=("_ref", "_ours"))
+        ours_long, on=["gene_id", "group", "level", "term"], suffixes=("_ref", "_ours")
+    )
     assert len(merged) == len(ours_long)
     scale = merged.groupby("gene_id")["value_ref"].transform(lambda v: v.abs().max())
     err = (merged["value_ours"] - merged["value_ref"]).abs() / scale.where(scale > 0, 1.0)
@@ -288,8 +293,7 @@ def test_blups_at_optimum(dataset, model):
     same = _same_optimum(ref, fit) & (ref["singular"] == 0)
     rb = _reference_blups(dataset, model)
     rb = rb[rb["gene_id"].isin(same[same].index)]
-    merged = rb.merge(ours(dataset, model).blups, on=["gene_id", "group", "level", "term"],
-                      suffixes=("_ref", "_ours"))
+    merged = rb.merge(ours(dataset, model).blups, on=["gene_id", "group", "level", "term"], suffixes=("_ref", "_ours"))
     assert len(merged) == len(rb) > 0
     # conditional modes compared on the scale of the gene's largest one
     scale = merged.groupby("gene_id")["value_ref"].transform(lambda v: v.abs().max())

@@ -18,8 +18,20 @@ from batchmix.lmm.results import ModelMetadata
 
 ROOT = Path(__file__).resolve().parents[1]
 LME4 = ROOT / "data" / "lme4"
-HEAD = ["gene_id", "status", "n", "loglik", "aic", "bic", "ols_loglik", "ols_aic", "ols_bic", "lrt_stat", "lrt_df",
-        "lrt_p"]
+HEAD = [
+    "gene_id",
+    "status",
+    "n",
+    "loglik",
+    "aic",
+    "bic",
+    "ols_loglik",
+    "ols_aic",
+    "ols_bic",
+    "lrt_stat",
+    "lrt_df",
+    "lrt_p",
+]
 
 
 def coefficient_block(names):
@@ -30,24 +42,45 @@ def coefficient_block(names):
 # fraction column)), written from the naming rule in the README / batchmix.lmm.results
 SLEEP_MODELS = {
     "~ Days + (1 | Subject)": (
-        ["Intercept", "Days"], {"Days": "frac_Days"},
-        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject")]),
+        ["Intercept", "Days"],
+        {"Days": "frac_Days"},
+        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject")],
+    ),
     "~ Days + (Days | Subject)": (
-        ["Intercept", "Days"], {"Days": "frac_Days"},
-        [("Subject", ["Intercept", "Days"], {"Intercept": "var_Subject_Intercept", "Days": "var_Subject_Days"},
-          [(["Intercept", "Days"], "cor_Subject_Intercept_Days")], "frac_Subject")]),
+        ["Intercept", "Days"],
+        {"Days": "frac_Days"},
+        [
+            (
+                "Subject",
+                ["Intercept", "Days"],
+                {"Intercept": "var_Subject_Intercept", "Days": "var_Subject_Days"},
+                [(["Intercept", "Days"], "cor_Subject_Intercept_Days")],
+                "frac_Subject",
+            )
+        ],
+    ),
     "~ 1 + (1 | Subject)": (
-        ["Intercept"], {},
-        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject")]),
+        ["Intercept"],
+        {},
+        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject")],
+    ),
     "~ Days + (Days || Subject)": (
-        ["Intercept", "Days"], {"Days": "frac_Days"},
-        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject"),
-         ("Subject", ["Days"], {"Days": "var_Subject_Days"}, [], "frac_Subject_Days")]),
+        ["Intercept", "Days"],
+        {"Days": "frac_Days"},
+        [
+            ("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject"),
+            ("Subject", ["Days"], {"Days": "var_Subject_Days"}, [], "frac_Subject_Days"),
+        ],
+    ),
     # the clash rule: a second identical term gets _2
     "~ Days + (1 | Subject) + (1 | Subject)": (
-        ["Intercept", "Days"], {"Days": "frac_Days"},
-        [("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject"),
-         ("Subject", ["Intercept"], {"Intercept": "var_Subject_2"}, [], "frac_Subject_2")]),
+        ["Intercept", "Days"],
+        {"Days": "frac_Days"},
+        [
+            ("Subject", ["Intercept"], {"Intercept": "var_Subject"}, [], "frac_Subject"),
+            ("Subject", ["Intercept"], {"Intercept": "var_Subject_2"}, [], "frac_Subject_2"),
+        ],
+    ),
 }
 
 
@@ -120,7 +153,7 @@ def dense_gls_vcov(X, Z, T_blocks, sigma2):
     for T, J in T_blocks:
         s = T.shape[0]
         for j in range(J):
-            D[offset + j * s:offset + (j + 1) * s, offset + j * s:offset + (j + 1) * s] = T @ T.T
+            D[offset + j * s : offset + (j + 1) * s, offset + j * s : offset + (j + 1) * s] = T @ T.T
         offset += J * s
     V = np.eye(X.shape[0]) + Z @ D @ Z.T
     return sigma2 * np.linalg.inv(X.T @ np.linalg.solve(V, X))
@@ -132,9 +165,14 @@ def lme4_reference(model):
     return sub.set_index("stat")["value"].astype(float)
 
 
-@pytest.mark.parametrize("model, formula", [("slopes_reml", "~ Days + (Days | Subject)"),
-                                            ("intercept_reml", "~ Days + (1 | Subject)"),
-                                            ("slopes_ml", "~ Days + (Days | Subject)")])
+@pytest.mark.parametrize(
+    "model, formula",
+    [
+        ("slopes_reml", "~ Days + (Days | Subject)"),
+        ("intercept_reml", "~ Days + (1 | Subject)"),
+        ("slopes_ml", "~ Days + (Days | Subject)"),
+    ],
+)
 def test_fixed_vcov_is_lme4s_covariance_of_beta(sleepstudy, model, formula):
     expression, samples = sleepstudy
     reml = model.endswith("reml")
@@ -160,26 +198,30 @@ def test_fixed_vcov_is_lme4s_covariance_of_beta(sleepstudy, model, formula):
     fit = lmm.fit(expression, samples, formula, reml=reml)
     assert list(fit.fixed_vcov.columns) == ["gene_id", "coef_a", "coef_b", "value"]
     table = fit.fixed_vcov
-    assert list(zip(table["coef_a"], table["coef_b"])) == [("Intercept", "Intercept"), ("Intercept", "Days"),
-                                                          ("Days", "Days")]
+    assert list(zip(table["coef_a"], table["coef_b"])) == [
+        ("Intercept", "Intercept"),
+        ("Intercept", "Days"),
+        ("Days", "Days"),
+    ]
     got = np.array([[table["value"][0], table["value"][1]], [table["value"][1], table["value"][2]]])
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     assert expected[0, 1] != 0.0
 
 
 def test_fixed_vcov_diagonal_is_se_squared_with_missing_values_and_failures(rng=np.random.default_rng(5)):
-    samples = pd.DataFrame({"condition": ["a", "b"] * 9, "batch": np.repeat(["x", "y", "z"], 6)},
-                           index=[f"s{i}" for i in range(18)])
+    samples = pd.DataFrame(
+        {"condition": ["a", "b"] * 9, "batch": np.repeat(["x", "y", "z"], 6)}, index=[f"s{i}" for i in range(18)]
+    )
     values = rng.normal(size=(6, 18)) + np.repeat([0.0, 1.0, -1.0], 6)
-    values[1, 3] = np.nan          # another missingness pattern
-    values[2] = 4.0                # constant: filtered, no vcov rows
+    values[1, 3] = np.nan  # another missingness pattern
+    values[2] = 4.0  # constant: filtered, no vcov rows
     expression = pd.DataFrame(values, index=["007", "1e5", "NA", "g 4", "g5", "g6"], columns=samples.index)
     fit = lmm.fit(expression, samples, "~ condition + (1 | batch)")
     fits = fit.gene_fits.set_index("gene_id")
     fitted = fits.index[fits["status"].isin(["ok", "singular"])].tolist()
     assert "NA" not in fitted and len(fitted) == 5
     table = fit.fixed_vcov
-    assert table["gene_id"].drop_duplicates().tolist() == fitted     # input order, ids verbatim
+    assert table["gene_id"].drop_duplicates().tolist() == fitted  # input order, ids verbatim
     assert (table.groupby("gene_id", sort=False).size() == 3).all()
     for coef in ["Intercept", "conditionb"]:
         diag = table[(table["coef_a"] == coef) & (table["coef_b"] == coef)].set_index("gene_id")["value"]
@@ -187,8 +229,10 @@ def test_fixed_vcov_diagonal_is_se_squared_with_missing_values_and_failures(rng=
 
 
 def test_an_aliased_column_is_a_note_and_a_log_warning(caplog):
-    samples = pd.DataFrame({"a": ["u", "v"] * 6, "b": ["u", "v"] * 6, "batch": np.repeat(["x", "y", "z"], 4)},
-                           index=[f"s{i}" for i in range(12)])
+    samples = pd.DataFrame(
+        {"a": ["u", "v"] * 6, "b": ["u", "v"] * 6, "batch": np.repeat(["x", "y", "z"], 4)},
+        index=[f"s{i}" for i in range(12)],
+    )
     rng = np.random.default_rng(1)
     expression = pd.DataFrame(rng.normal(size=(2, 12)), index=["g1", "g2"], columns=samples.index)
     with caplog.at_level("WARNING", logger="batchmix.lmm"):

@@ -31,7 +31,7 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -45,9 +45,17 @@ def engine_files() -> list[Path]:
 
 def test_the_engine_modules_exist():
     names = {module_name(p) for p in engine_files()}
-    assert {"batchmix.lmm.core", "batchmix.lmm.results", "batchmix.lmm.missing", "batchmix.lmm.onecomp",
-            "batchmix.lmm.block", "batchmix.lmm.general", "batchmix.uncertainty.bootstrap",
-            "batchmix.uncertainty.posterior", "batchmix.uncertainty.priors"} <= names
+    assert {
+        "batchmix.lmm.core",
+        "batchmix.lmm.results",
+        "batchmix.lmm.missing",
+        "batchmix.lmm.onecomp",
+        "batchmix.lmm.block",
+        "batchmix.lmm.general",
+        "batchmix.uncertainty.bootstrap",
+        "batchmix.uncertainty.posterior",
+        "batchmix.uncertainty.priors",
+    } <= names
 
 
 def test_no_import_cycle_between_engine_modules():

@@ -104,9 +104,7 @@ def test_moderate_gene_fits_equals_ebayes(ols_table, case):
     table, mean_expr = ols_table
     ref = pd.read_csv(DATA / f"ebayes_{case}.tsv.gz", sep="\t")
     assert list(ref["gene_id"]) == list(table["gene_id"])
-    out = M.moderate_gene_fits(
-        table, trend=(case == "trend"), mean_expression=mean_expr, robust=(case == "robust")
-    )
+    out = M.moderate_gene_fits(table, trend=(case == "trend"), mean_expression=mean_expr, robust=(case == "robust"))
     np.testing.assert_allclose(out["d0"], ref["df_prior"], rtol=REL)
     np.testing.assert_allclose(out["s0"] ** 2, ref["s2_prior"], rtol=REL)
     np.testing.assert_allclose(out["var_residual_post"], ref["s2_post"], rtol=REL)

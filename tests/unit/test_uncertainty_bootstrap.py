@@ -27,8 +27,10 @@ SEED = DEFAULT_SEED
 @pytest.fixture(scope="module")
 def boots(sleep):
     expr, samples = sleep
-    return {model: unc.bootstrap(expr, samples, f, nsim=2000, seed=SEED, keep_draws_for=["Reaction"])
-            for model, f in MODELS.items()}
+    return {
+        model: unc.bootstrap(expr, samples, f, nsim=2000, seed=SEED, keep_draws_for=["Reaction"])
+        for model, f in MODELS.items()
+    }
 
 
 @pytest.mark.parametrize("model", ["intercept", "slopes"])
@@ -103,13 +105,23 @@ def test_refits_on_real_responses_equal_the_engine_fit():
 
     rng = np.random.default_rng(4)
     n = 60
-    samples = pd.DataFrame({"batch": [f"b{i % 7}" for i in range(n)], "x": rng.normal(size=n),
-                            "g": [f"h{i % 4}" for i in range(n)]}, index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"batch": [f"b{i % 7}" for i in range(n)], "x": rng.normal(size=n), "g": [f"h{i % 4}" for i in range(n)]},
+        index=[f"s{i}" for i in range(n)],
+    )
     codes = pd.Categorical(samples.batch).codes
-    Y = (2 + samples["x"].to_numpy() + rng.normal(size=(40, 7))[:, codes] * np.linspace(0, 2, 40)[:, None]
-         + rng.normal(size=(40, n)))
-    for formula, method in [("~ x + (1 | batch)", "auto"), ("~ x + (1 | batch)", "general"),
-                            ("~ x + (x | batch)", "auto"), ("~ x + (1 | batch) + (1 | g)", "auto")]:
+    Y = (
+        2
+        + samples["x"].to_numpy()
+        + rng.normal(size=(40, 7))[:, codes] * np.linspace(0, 2, 40)[:, None]
+        + rng.normal(size=(40, n))
+    )
+    for formula, method in [
+        ("~ x + (1 | batch)", "auto"),
+        ("~ x + (1 | batch)", "general"),
+        ("~ x + (x | batch)", "auto"),
+        ("~ x + (1 | batch) + (1 | g)", "auto"),
+    ]:
         prep = lmm.prepare(formula, samples)
         comp = unc.CompressedDesign.of(prep.X, prep.Z)
         m = Y @ comp.U
@@ -125,16 +137,16 @@ def test_refits_on_real_responses_equal_the_engine_fit():
         assert same.mean() > 0.8, formula
         np.testing.assert_allclose(s2[same], ref.sigma2[same], rtol=1e-6, err_msg=formula)
         np.testing.assert_allclose(be[same], ref.beta[same], rtol=1e-6, atol=1e-8, err_msg=formula)
-        np.testing.assert_allclose(np.abs(th[same]), np.abs(ref.theta[same]), rtol=1e-4, atol=2e-4,
-                                   err_msg=formula)
+        np.testing.assert_allclose(np.abs(th[same]), np.abs(ref.theta[same]), rtol=1e-4, atol=2e-4, err_msg=formula)
 
 
 def test_compressed_simulation_has_the_law_of_full_simulation():
     """m = U_W' y* and ρ = |(I − P_W) y*|² from the compressed draw match full n-vector draws."""
     rng = np.random.default_rng(8)
     n = 30
-    samples = pd.DataFrame({"batch": [f"b{i % 5}" for i in range(n)], "x": rng.normal(size=n)},
-                           index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"batch": [f"b{i % 5}" for i in range(n)], "x": rng.normal(size=n)}, index=[f"s{i}" for i in range(n)]
+    )
     prep = lmm.prepare("~ x + (x | batch)", samples)
     comp = unc.CompressedDesign.of(prep.X, prep.Z)
     theta = np.array([[0.8, 0.3, 0.5]])
@@ -159,8 +171,9 @@ def test_compressed_simulation_has_the_law_of_full_simulation():
 def test_seeded_deterministic_and_independent_of_other_genes_and_batching(sleep):
     expr, samples = sleep
     rng = np.random.default_rng(0)
-    others = pd.DataFrame(expr.to_numpy() + rng.normal(scale=20, size=(3, expr.shape[1])),
-                          index=["a", "b", "c"], columns=expr.columns)
+    others = pd.DataFrame(
+        expr.to_numpy() + rng.normal(scale=20, size=(3, expr.shape[1])), index=["a", "b", "c"], columns=expr.columns
+    )
     both = pd.concat([others.iloc[:2], expr, others.iloc[2:]])
     f = MODELS["intercept"]
     alone = unc.bootstrap(expr, samples, f, nsim=300, seed=5).summary.set_index("param")
@@ -177,8 +190,10 @@ def test_seeded_deterministic_and_independent_of_other_genes_and_batching(sleep)
 def test_statuses_missing_values_and_names():
     rng = np.random.default_rng(3)
     n = 48
-    samples = pd.DataFrame({"batch": [f"b{i % 6}" for i in range(n)], "cond": np.where(np.arange(n) % 2, "t", "c")},
-                           index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"batch": [f"b{i % 6}" for i in range(n)], "cond": np.where(np.arange(n) % 2, "t", "c")},
+        index=[f"s{i}" for i in range(n)],
+    )
     codes = pd.Categorical(samples.batch).codes
     Y = 5 + rng.normal(size=(4, 6))[:, codes] + rng.normal(size=(4, n))
     Y[1, [3, 10]] = np.nan
@@ -196,16 +211,19 @@ def test_statuses_missing_values_and_names():
     # the gene with gaps equals its bootstrap on the observed samples alone
     keep = [c for i, c in enumerate(samples.index) if i not in (3, 10)]
     alone = unc.bootstrap(expr.loc[["gap"], keep], samples.loc[keep], "~ cond + (1 | batch)", nsim=200).summary
-    np.testing.assert_allclose(s[s.gene_id == "gap"]["q97.5"].to_numpy(float), alone["q97.5"].to_numpy(float),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        s[s.gene_id == "gap"]["q97.5"].to_numpy(float), alone["q97.5"].to_numpy(float), rtol=1e-10
+    )
 
 
 def _lme4_refit_sets():
     ref = pd.read_csv(DATA / "refit_lme4.tsv", sep="\t")
     ref["response"] = ref["response"].str.strip()
     sets = {}
-    for name, file, formula in [("sim", "refit_sim_data.tsv", "~ x + (x | batch)"),
-                                ("sleep", "refit_sleep_data.tsv", "~ Days + (Days | Subject)")]:
+    for name, file, formula in [
+        ("sim", "refit_sim_data.tsv", "~ x + (x | batch)"),
+        ("sleep", "refit_sleep_data.tsv", "~ Days + (Days | Subject)"),
+    ]:
         d = pd.read_csv(DATA / file, sep="\t")
         for g in ("batch", "Subject"):
             if g in d:

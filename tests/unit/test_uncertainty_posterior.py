@@ -40,8 +40,13 @@ def test_sleepstudy_matches_million_draw_stan_runs(sleep, stan, prior):
     worst_sd, worst_z = 0.0, 0.0
     for _, r in long.iterrows():
         p = r["param"]
-        for col, mcse in [("mean", "mcse_mean"), ("q2.5", "mcse_q2.5"), ("q50", "mcse_q50"),
-                          ("q97.5", "mcse_q97.5"), ("sd", None)]:
+        for col, mcse in [
+            ("mean", "mcse_mean"),
+            ("q2.5", "mcse_q2.5"),
+            ("q50", "mcse_q50"),
+            ("q97.5", "mcse_q97.5"),
+            ("sd", None),
+        ]:
             diff = s.loc[p, col] - r[col]
             worst_sd = max(worst_sd, abs(diff) / r["sd"])
             if mcse:
@@ -99,6 +104,7 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
     out = {}
     for j in range(p):
         sc = np.sqrt(S / nu * ainv[:, j])
+
         def cdf(x, j=j, sc=sc):
             return float(np.sum(w * stats.t.cdf((x - bh[:, j]) / sc, nu)))
 
@@ -110,6 +116,7 @@ def _brute(y, X, K, prior, t_lo=-40.0, t_hi=15.0, m=8001):
         dist = stats.invgamma(nu / 2, scale=S * f / 2)
         e1 = np.sum(w * np.sqrt(S * f / 2) * np.exp(special.gammaln((nu - 1) / 2) - special.gammaln(nu / 2)))
         e2 = np.sum(w * S * f / (nu - 2))
+
         def cdf(x, dist=dist):
             return float(np.sum(w * dist.cdf(x * x)))
 
@@ -133,8 +140,10 @@ def _simulated(n_batches=6, per=6, seed=7):
     Z[np.arange(n), batch] = 1.0
     X = np.column_stack([np.ones(n), rng.normal(size=n), (batch % 2 == 0).astype(float)])
     y = X @ np.array([5.0, 0.7, -1.0]) + Z @ rng.normal(scale=1.2, size=n_batches) + rng.normal(size=n)
-    samples = pd.DataFrame({"x": X[:, 1], "cond": np.where(X[:, 2] > 0, "a", "b"),
-                            "batch": [f"b{i}" for i in batch]}, index=[f"s{i}" for i in range(n)])
+    samples = pd.DataFrame(
+        {"x": X[:, 1], "cond": np.where(X[:, 2] > 0, "a", "b"), "batch": [f"b{i}" for i in batch]},
+        index=[f"s{i}" for i in range(n)],
+    )
     return y, X, Z, samples
 
 
@@ -142,8 +151,12 @@ def _compare(got, ref, tol):
     worst = 0.0
     for key, (mean, sd, qs) in ref.items():
         g = got[key]
-        worst = max(worst, abs(g["mean"][0] - mean) / sd, abs(g["sd"][0] - sd) / sd,
-                    *(abs(a - b) / sd for a, b in zip(g["quantiles"][0], qs)))
+        worst = max(
+            worst,
+            abs(g["mean"][0] - mean) / sd,
+            abs(g["sd"][0] - sd) / sd,
+            *(abs(a - b) / sd for a, b in zip(g["quantiles"][0], qs)),
+        )
     assert worst < tol, worst
     return worst
 
@@ -187,8 +200,14 @@ def test_formula_interface_names_missing_values_and_statuses():
     res = unc.posterior(expr, samples, "~ x + cond + (1 | batch)", gene_status=status)
     s = res.summary
     assert list(s.columns) == unc.SUMMARY_COLUMNS
-    assert list(s["param"].unique()) == ["b_Intercept", "b_x", "b_conda", "sigma", "sd_batch__Intercept", "ICC"] \
-        or list(s["param"].unique()) == ["b_Intercept", "b_x", "b_condb", "sigma", "sd_batch__Intercept", "ICC"]
+    assert list(s["param"].unique()) == [
+        "b_Intercept",
+        "b_x",
+        "b_conda",
+        "sigma",
+        "sd_batch__Intercept",
+        "ICC",
+    ] or list(s["param"].unique()) == ["b_Intercept", "b_x", "b_condb", "sigma", "sd_batch__Intercept", "ICC"]
     by = s.groupby("gene_id")["status"].first()
     assert by["g1"] == "ok" and by["g2"] == "filtered:low_counts" and by["const"].startswith("failed")
     assert s.loc[s.gene_id.isin(["g2", "const"]), "mean"].isna().all()
@@ -224,13 +243,15 @@ def test_blocks_and_threads_do_not_change_results():
 
 @pytest.mark.parametrize("prior, scale", [("unif_icc", 1.0), ("half_cauchy", 1.0), ("half_cauchy", 0.3)])
 def test_priors_are_proper_densities(prior, scale):
-    total, _ = integrate.quad(lambda t: np.exp(unc.log_prior_lambda(np.array([t]), prior, scale)[0] + t), -60, 60,
-                              limit=400)
+    total, _ = integrate.quad(
+        lambda t: np.exp(unc.log_prior_lambda(np.array([t]), prior, scale)[0] + t), -60, 60, limit=400
+    )
     assert abs(total - 1.0) < 1e-6
     # half-Cauchy on σ_b/σ: P(√λ ≤ 1) = 2/π·atan(1/s)
     if prior == "half_cauchy":
-        mass, _ = integrate.quad(lambda t: np.exp(unc.log_prior_lambda(np.array([t]), prior, scale)[0] + t), -60, 0,
-                                 limit=400)
+        mass, _ = integrate.quad(
+            lambda t: np.exp(unc.log_prior_lambda(np.array([t]), prior, scale)[0] + t), -60, 0, limit=400
+        )
         assert abs(mass - 2 / np.pi * np.arctan(1 / scale)) < 1e-6
     else:  # ICC uniform: P(ICC ≤ 1/2) = P(λ ≤ 1) = 1/2
         mass, _ = integrate.quad(lambda t: np.exp(unc.log_prior_lambda(np.array([t]), prior, scale)[0] + t), -60, 0)

@@ -21,19 +21,36 @@ REFS = ROOT / "tests" / "data" / "sleepstudy_uncertainty"
 
 def _stage_inputs(tmp_path: Path, expr: pd.DataFrame, samples_path: Path, formula: str) -> dict:
     samples = io.read_samples(samples_path).loc[expr.columns]
-    paths = {"expression": tmp_path / "expression.tsv.gz", "gene_status": tmp_path / "gene_status.tsv",
-             "gene_fits": tmp_path / "gene_fits.tsv", "samples": samples_path}
+    paths = {
+        "expression": tmp_path / "expression.tsv.gz",
+        "gene_status": tmp_path / "gene_status.tsv",
+        "gene_fits": tmp_path / "gene_fits.tsv",
+        "samples": samples_path,
+    }
     io.write_table(expr.rename_axis("gene_id"), paths["expression"], index=True)
-    io.write_table(pd.DataFrame({"gene_id": expr.index, "status": "ok", "base_mean": expr.mean(axis=1).to_numpy(),
-                                 "n_observed": expr.shape[1]}), paths["gene_status"])
+    io.write_table(
+        pd.DataFrame(
+            {
+                "gene_id": expr.index,
+                "status": "ok",
+                "base_mean": expr.mean(axis=1).to_numpy(),
+                "n_observed": expr.shape[1],
+            }
+        ),
+        paths["gene_status"],
+    )
     io.write_table(lmm.fit(expr, samples, formula).gene_fits, paths["gene_fits"])
     return paths
 
 
 def _outputs(tmp_path: Path) -> dict:
     out = tmp_path / "out"
-    return {"bootstrap": str(out / "bootstrap.tsv"), "posterior": str(out / "posterior.tsv"),
-            "summary": str(out / "summary.json"), "figures": str(out / "figures")}
+    return {
+        "bootstrap": str(out / "bootstrap.tsv"),
+        "posterior": str(out / "posterior.tsv"),
+        "summary": str(out / "summary.json"),
+        "figures": str(out / "figures"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +62,9 @@ def walkthrough(tmp_path_factory):
     expr = pd.read_csv(ROOT / config["expression"], sep="\t", index_col=0)
     paths = _stage_inputs(tmp, expr, ROOT / config["samples"], config["model"])
     out = _outputs(tmp)
-    unc.uncertainty_stage(config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]),
-                          str(paths["samples"]), out)
+    unc.uncertainty_stage(
+        config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(paths["samples"]), out
+    )
     return config, out
 
 
@@ -95,8 +113,9 @@ def test_figures_use_no_pyplot_state(walkthrough, tmp_path):
     samples = io.read_samples(ROOT / config["samples"]).loc[expr.columns]
     boot = unc.bootstrap(expr, samples, "~ Days + (Days | Subject)", nsim=100, keep_draws_for=["Reaction"])
     post = unc.posterior(expr, samples, "~ Days + (1 | Subject)", keep_grid_for=["Reaction"])
-    fig1 = plot_bootstrap_band(expr.loc["Reaction"], samples, boot.draws["Reaction"], boot.fits["Reaction"],
-                                   gene_id="Reaction")
+    fig1 = plot_bootstrap_band(
+        expr.loc["Reaction"], samples, boot.draws["Reaction"], boot.fits["Reaction"], gene_id="Reaction"
+    )
     grid, names = post.grids["Reaction"]
     draws = unc.posterior_draws(grid, names, 40000, 1)
     fig2 = plot_posterior(draws, names, post.summary, gene_id="Reaction", sd_name="sd_Subject__Intercept")
@@ -128,8 +147,13 @@ def test_posterior_draws_follow_the_summary(walkthrough):
 def test_gene_choice_and_disabled_methods(tmp_path):
     rng = np.random.default_rng(2)
     n = 40
-    samples = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "batch": [f"b{i % 5}" for i in range(n)],
-                            "cond": np.where(np.arange(n) % 2, "t", "c")})
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "batch": [f"b{i % 5}" for i in range(n)],
+            "cond": np.where(np.arange(n) % 2, "t", "c"),
+        }
+    )
     samples_path = tmp_path / "samples.tsv"
     samples.to_csv(samples_path, sep="\t", index=False)
     codes = np.arange(n) % 5
@@ -137,11 +161,17 @@ def test_gene_choice_and_disabled_methods(tmp_path):
     Y = 5 + rng.normal(size=(4, 5))[:, codes] * shares[:, None] + rng.normal(size=(4, n))
     expr = pd.DataFrame(Y, index=["g0", "g1", "g2", "g3"], columns=samples["sample_id"])
     paths = _stage_inputs(tmp_path, expr, samples_path, "~ cond + (1 | batch)")
-    config = {"model": "~ cond + (1 | batch)", "batch": "batch", "reml": True, "report": {"genes": []},
-              "uncertainty": {"bootstrap": 50, "bayes": False, "genes": 1, "figure_genes": ["g3"]}}
+    config = {
+        "model": "~ cond + (1 | batch)",
+        "batch": "batch",
+        "reml": True,
+        "report": {"genes": []},
+        "uncertainty": {"bootstrap": 50, "bayes": False, "genes": 1, "figure_genes": ["g3"]},
+    }
     out = _outputs(tmp_path)
-    unc.uncertainty_stage(config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]),
-                          str(samples_path), out)
+    unc.uncertainty_stage(
+        config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(samples_path), out
+    )
     boot = pd.read_csv(out["bootstrap"], sep="\t")
     by = boot.groupby("gene_id")["status"].first()
     # N = 1 picks the largest batch share; the figure gene is always done
@@ -162,34 +192,53 @@ def test_walkthrough_config_is_valid():
         # until the schema declares the section, check everything else
         config = {k: v for k, v in config.items() if k != "uncertainty"}
     validate_config(config, "config/sleepstudy.yaml")
-    inputs = io.validate_inputs(ROOT / config["expression"], ROOT / config["samples"], config["input_type"],
-                                config["model"], config["batch"])
+    inputs = io.validate_inputs(
+        ROOT / config["expression"], ROOT / config["samples"], config["input_type"], config["model"], config["batch"]
+    )
     assert inputs.expression.shape == (1, 180)
     raw = pd.read_csv(REFS / "sleepstudy.tsv", sep="\t")
     np.testing.assert_allclose(inputs.expression.loc["Reaction"].to_numpy(), raw["Reaction"].to_numpy())
 
 
-@pytest.mark.parametrize("ids", [
-    ["007", "1e5", "gene 4", "0x1"],
-    pytest.param(["007", "1e5", "NA", "gene 4"], marks=pytest.mark.xfail(
-        strict=True, reason="batchmix.io.read_matrix (not the stage) still reads the id NA as NaN")),
-])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["007", "1e5", "gene 4", "0x1"],
+        pytest.param(
+            ["007", "1e5", "NA", "gene 4"],
+            marks=pytest.mark.xfail(
+                strict=True, reason="batchmix.io.read_matrix (not the stage) still reads the id NA as NaN"
+            ),
+        ),
+    ],
+)
 def test_gene_ids_that_look_like_numbers_stay_text(tmp_path, ids):
     """Ids such as 007 or 1e5 are read back verbatim and match gene_fits (they used to become floats)."""
     rng = np.random.default_rng(7)
     n = 30
-    samples = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "batch": [f"b{i % 5}" for i in range(n)],
-                            "cond": np.where(np.arange(n) % 2, "t", "c")})
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "batch": [f"b{i % 5}" for i in range(n)],
+            "cond": np.where(np.arange(n) % 2, "t", "c"),
+        }
+    )
     samples_path = tmp_path / "samples.tsv"
     samples.to_csv(samples_path, sep="\t", index=False)
     Y = 5 + rng.normal(size=(4, 5))[:, np.arange(n) % 5] + rng.normal(size=(4, n))
     expr = pd.DataFrame(Y, index=ids, columns=samples["sample_id"])
     paths = _stage_inputs(tmp_path, expr, samples_path, "~ cond + (1 | batch)")
-    config = {"model": "~ cond + (1 | batch)", "batch": "batch", "reml": True, "report": {"genes": ["007"]},
-              "uncertainty": {"bootstrap": 20, "bayes": True, "genes": "all"}}
+    config = {
+        "model": "~ cond + (1 | batch)",
+        "batch": "batch",
+        "reml": True,
+        "report": {"genes": ["007"]},
+        "uncertainty": {"bootstrap": 20, "bayes": True, "genes": "all"},
+    }
     out = _outputs(tmp_path)
-    unc.uncertainty_stage(config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]),
-                          str(samples_path), out)
+    unc.uncertainty_stage(
+        config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(samples_path), out
+    )
     for table in (io.read_result_table(out["bootstrap"]), io.read_result_table(out["posterior"])):
         assert table["gene_id"].drop_duplicates().tolist() == ids
         assert (table["status"] == "ok").all()

@@ -110,9 +110,7 @@ def test_gene_wise_dispersions_match_deseq2(name, pasilla_counts, gse_counts):
     np.testing.assert_allclose(disp["base_mean"].to_numpy(), ref["base_mean"].to_numpy(), rtol=1e-8)
     ok = ref["disp_gene_est"].notna().to_numpy()
     assert np.array_equal(disp["disp_gene_est"].notna().to_numpy(), ok)
-    np.testing.assert_allclose(
-        disp["disp_gene_est"].to_numpy()[ok], ref["disp_gene_est"].to_numpy()[ok], rtol=1e-6
-    )
+    np.testing.assert_allclose(disp["disp_gene_est"].to_numpy()[ok], ref["disp_gene_est"].to_numpy()[ok], rtol=1e-6)
 
 
 def test_dispersions_line_search_escape_matches_deseq2():
@@ -135,9 +133,7 @@ def test_dispersions_with_design_match_deseq2(pasilla_counts):
     sf = V.size_factors(pasilla_counts).to_numpy()
     disp = V.estimate_dispersions(sub.to_numpy(dtype=float), sf, _design("pasilla"))
     ok = ref["disp_gene_est"].notna().to_numpy()
-    np.testing.assert_allclose(
-        disp["disp_gene_est"].to_numpy()[ok], ref["disp_gene_est"].to_numpy()[ok], rtol=1e-5
-    )
+    np.testing.assert_allclose(disp["disp_gene_est"].to_numpy()[ok], ref["disp_gene_est"].to_numpy()[ok], rtol=1e-5)
 
 
 # ---------------------------------------------------------------- VST, exact branches
@@ -270,6 +266,7 @@ def test_mean_sd_flattens_after_vst(pasilla_counts):
     assert list(after.columns) == ["gene_id", "rank_of_mean", "mean", "sd", "running_median_sd"]
     assert after["rank_of_mean"].tolist() == list(range(1, len(counts) + 1))
     assert np.all(np.diff(after["mean"].to_numpy()) >= 0)
+
     # the spread of the running median over the mean range shrinks after the VST
     def spread(tab):
         r = tab["running_median_sd"].to_numpy()
@@ -279,9 +276,7 @@ def test_mean_sd_flattens_after_vst(pasilla_counts):
 
 
 def test_mean_sd_running_median_by_hand():
-    values = pd.DataFrame(
-        {"a": [0.0, 1.0, 2.0, 3.0, 4.0], "b": [1.0, 1.0, 4.0, 3.0, 8.0]}, index=list("vwxyz")
-    )
+    values = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0, 4.0], "b": [1.0, 1.0, 4.0, 3.0, 8.0]}, index=list("vwxyz"))
     tab = V.mean_sd(values, window=3)
     # means 0.5, 1, 3, 3, 6; sds: |a-b|/sqrt(2) = .707, 0, 1.414, 0, 2.828
     assert tab["gene_id"].tolist() == ["v", "w", "x", "y", "z"]
@@ -321,7 +316,7 @@ def test_ratio_size_factors_use_the_exact_median():
     for k in (1, 2, 3, 8, 101, 1000):
         y = rng.integers(1, 6, size=(k, 20)).astype(float)  # few values: many tied ratios
         counts = pd.DataFrame(y, columns=[f"s{i}" for i in range(20)])
-        logy = np.log(y.T)                                  # samples × genes
+        logy = np.log(y.T)  # samples × genes
         logy -= logy.mean(axis=0)
         expected = np.exp(np.median(logy, axis=1))
         # equal up to the summation order of the gene means; a wrong median element would be off by far more

@@ -413,9 +413,7 @@ def squeeze_var(
         df_arg = float(df)
     if robust:
         if covariate is not None:
-            raise NotImplementedError(
-                "robust=True with a covariate (limma's loessFit trend) is not implemented"
-            )
+            raise NotImplementedError("robust=True with a covariate (limma's loessFit trend) is not implemented")
         scale, _, df_prior = _fit_f_dist_robustly(var, df_arg)
     else:
         scale, df_prior = fit_f_dist(var, df_arg, covariate)
@@ -475,11 +473,7 @@ def moderate_gene_fits(
     var = pd.to_numeric(out["var_residual"], errors="coerce").to_numpy(dtype=float)
     dfr = pd.to_numeric(out["df_residual"], errors="coerce").to_numpy(dtype=float)
     use = (
-        out["status"].isin(["ok", "singular"]).to_numpy()
-        & np.isfinite(var)
-        & np.isfinite(dfr)
-        & (var > 0)
-        & (dfr > 0)
+        out["status"].isin(["ok", "singular"]).to_numpy() & np.isfinite(var) & np.isfinite(dfr) & (var > 0) & (dfr > 0)
     )
     cov = None
     if trend:

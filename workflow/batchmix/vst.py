@@ -188,9 +188,7 @@ def _row_medians(v: np.ndarray) -> np.ndarray:
     return (lower + upper) / 2.0
 
 
-def low_count_filter(
-    counts: pd.DataFrame, min_count: int = 10, min_samples: int | None = None
-) -> pd.Series:
+def low_count_filter(counts: pd.DataFrame, min_count: int = 10, min_samples: int | None = None) -> pd.Series:
     """Which genes have enough reads to be analysed.
 
     The rule is the one of the DESeq2 vignette: keep a gene when its **raw**
@@ -372,9 +370,7 @@ def _fit_disp_line_search(y, mu, x, log_alpha0, min_log_alpha):
     if g <= step:
         return _fit_disp_line_search_block(y, mu, x, log_alpha0, min_log_alpha)
     parts = [
-        _fit_disp_line_search_block(
-            y[s : s + step], mu[s : s + step], x, log_alpha0[s : s + step], min_log_alpha
-        )
+        _fit_disp_line_search_block(y[s : s + step], mu[s : s + step], x, log_alpha0[s : s + step], min_log_alpha)
         for s in range(0, g, step)
     ]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
@@ -484,9 +480,7 @@ def _fit_disp_grid(y, mu, x, max_disp):
     g = y.shape[0]
 
     def best(grids):  # grids: genes x 20
-        lps = np.column_stack(
-            [_log_posterior(grids[:, t], y, mu, x) for t in range(grids.shape[1])]
-        )
+        lps = np.column_stack([_log_posterior(grids[:, t], y, mu, x) for t in range(grids.shape[1])])
         return grids[np.arange(g), np.argmax(lps, axis=1)]
 
     a_hat = best(np.tile(grid, (g, 1)))
@@ -556,8 +550,10 @@ def _fit_nbinom_glm_mu(y, nf, x, alpha, tol=1e-8, maxit=100, minmu=MIN_MU):
         from scipy.optimize import minimize
 
         for i in not_conv:
-            start = beta[i] if np.all(np.isfinite(beta[i])) and np.all(np.abs(beta[i]) < large) else (
-                np.linalg.lstsq(x, np.log(normcounts[i] + 0.1), rcond=None)[0]
+            start = (
+                beta[i]
+                if np.all(np.isfinite(beta[i])) and np.all(np.abs(beta[i]) < large)
+                else (np.linalg.lstsq(x, np.log(normcounts[i] + 0.1), rcond=None)[0])
             )
             size = 1.0 / alpha[i]
 

@@ -64,23 +64,23 @@ def crossproduct_eigen(ZtZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Rotation:
     """The EMMA / FaST-LMM rotation of a single-θ design, shared by all genes (see :mod:`batchmix.lmm.onecomp`)."""
 
-    QX: np.ndarray      # n × p orthonormal basis of X's columns
-    U: np.ndarray       # n × k, eigenvectors of S Z Z' S with non-zero eigenvalue
-    xi: np.ndarray      # k, those eigenvalues
-    Qz: np.ndarray      # q × q eigenvectors of Z'Z
-    d: np.ndarray       # q eigenvalues of Z'Z
-    W: np.ndarray       # q × p, Qz' Z'X
-    P: np.ndarray | None = None        # n × (p + q): [QX, U, S Z R₀] (R₀: null directions of S Z)
-    to_wy: np.ndarray | None = None    # (p + q) × q: projections → Qz' Z'y
-    RX: np.ndarray | None = None       # p × p, X = QX RX
-    xi_u: np.ndarray | None = None     # distinct ξ
-    xi_n: np.ndarray | None = None     # their multiplicities
+    QX: np.ndarray  # n × p orthonormal basis of X's columns
+    U: np.ndarray  # n × k, eigenvectors of S Z Z' S with non-zero eigenvalue
+    xi: np.ndarray  # k, those eigenvalues
+    Qz: np.ndarray  # q × q eigenvectors of Z'Z
+    d: np.ndarray  # q eigenvalues of Z'Z
+    W: np.ndarray  # q × p, Qz' Z'X
+    P: np.ndarray | None = None  # n × (p + q): [QX, U, S Z R₀] (R₀: null directions of S Z)
+    to_wy: np.ndarray | None = None  # (p + q) × q: projections → Qz' Z'y
+    RX: np.ndarray | None = None  # p × p, X = QX RX
+    xi_u: np.ndarray | None = None  # distinct ξ
+    xi_n: np.ndarray | None = None  # their multiplicities
     xi_onehot: np.ndarray | None = None  # k × (distinct ξ), sums η² over equal ξ
-    d_u: np.ndarray | None = None      # distinct eigenvalues of Z'Z and multiplicities (ML)
+    d_u: np.ndarray | None = None  # distinct eigenvalues of Z'Z and multiplicities (ML)
     d_n: np.ndarray | None = None
-    WW: np.ndarray | None = None       # q × p², rows W_j W_j' flattened
-    ZQ: np.ndarray | None = None       # p × q, QX' Z
-    R_keep: np.ndarray | None = None   # q × k, eigenvectors of Z'S Z with non-zero eigenvalue (U = S Z R_keep / √ξ)
+    WW: np.ndarray | None = None  # q × p², rows W_j W_j' flattened
+    ZQ: np.ndarray | None = None  # p × q, QX' Z
+    R_keep: np.ndarray | None = None  # q × k, eigenvectors of Z'S Z with non-zero eigenvalue (U = S Z R_keep / √ξ)
 
 
 def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarray, m: int) -> Rotation | None:
@@ -106,21 +106,37 @@ def build_rotation(X: np.ndarray, Z: np.ndarray, ZtZ: np.ndarray, ZtX: np.ndarra
     d_u, d_n, _ = merge_equal(d)
     p = X.shape[1]
     WW = (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], p * p)
-    return Rotation(QX=QX, U=U, xi=xi, Qz=Qz, d=d, W=W, P=P, to_wy=Zmap @ Qz, RX=RX,
-                        xi_u=xi_u, xi_n=xi_n, xi_onehot=onehot, d_u=d_u, d_n=d_n, WW=WW,
-                    ZQ=ZQ, R_keep=R[:, keep])
+    return Rotation(
+        QX=QX,
+        U=U,
+        xi=xi,
+        Qz=Qz,
+        d=d,
+        W=W,
+        P=P,
+        to_wy=Zmap @ Qz,
+        RX=RX,
+        xi_u=xi_u,
+        xi_n=xi_n,
+        xi_onehot=onehot,
+        d_u=d_u,
+        d_n=d_n,
+        WW=WW,
+        ZQ=ZQ,
+        R_keep=R[:, keep],
+    )
 
 
 @dataclass
 class BlockDesign:
     """Per-level pieces of a single-term design, shared by all genes."""
 
-    C: np.ndarray       # J × s × s, blocks of Z'Z
-    ZX: np.ndarray      # J × s × p, blocks of Z'X
-    E: np.ndarray       # m × s × s, ∂T/∂θ_k
-    F: np.ndarray       # m × m × s × s, E_k E_l' + E_l E_k'
-    rows: np.ndarray    # θ_k's row in T
-    cols: np.ndarray    # θ_k's column in T
+    C: np.ndarray  # J × s × s, blocks of Z'Z
+    ZX: np.ndarray  # J × s × p, blocks of Z'X
+    E: np.ndarray  # m × s × s, ∂T/∂θ_k
+    F: np.ndarray  # m × m × s × s, E_k E_l' + E_l E_k'
+    rows: np.ndarray  # θ_k's row in T
+    cols: np.ndarray  # θ_k's column in T
     J: int
     s: int
 
@@ -316,10 +332,10 @@ class Evaluation:
     logdet_V: np.ndarray
     logdet_M: np.ndarray
     beta: np.ndarray
-    M: np.ndarray          # X'V⁻¹X
-    ZVX: np.ndarray        # Z'V⁻¹X
-    ZVZ: np.ndarray        # Z'V⁻¹Z
-    ZVy: np.ndarray        # Z'V⁻¹y
+    M: np.ndarray  # X'V⁻¹X
+    ZVX: np.ndarray  # Z'V⁻¹X
+    ZVZ: np.ndarray  # Z'V⁻¹Z
+    ZVy: np.ndarray  # Z'V⁻¹y
     lam: np.ndarray
     grad: np.ndarray | None = None
     hess: np.ndarray | None = None
@@ -333,8 +349,9 @@ class Evaluation:
 
     def take(self, rows: np.ndarray) -> "Evaluation":
         """The genes ``rows`` of this evaluation."""
-        return Evaluation(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows])
-                             for f in fields(self)})
+        return Evaluation(
+            **{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows]) for f in fields(self)}
+        )
 
 
 def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -347,27 +364,31 @@ def _chol_logdet(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return None, np.where(sign > 0, logdet, np.nan)
 
 
-def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
-                   order: int = 0) -> Evaluation:
+def evaluate_dense(
+    theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool, order: int = 0
+) -> Evaluation:
     """:func:`evaluate` with dense q × q matrices (any random-effects structure)."""
     q, p, n = prepared.q, prepared.p, prepared.n
     lam = prepared.make_lambda(theta)
-    CL = np.matmul(prepared.ZtZ, lam)                     # Z'Z Λ
-    Mq = np.matmul(lam.transpose(0, 2, 1), CL)       # Λ'Z'ZΛ
+    CL = np.matmul(prepared.ZtZ, lam)  # Z'Z Λ
+    Mq = np.matmul(lam.transpose(0, 2, 1), CL)  # Λ'Z'ZΛ
     Mq[:, np.arange(q), np.arange(q)] += 1.0
     _, logdet_V = _chol_logdet(Mq)
     rhs = np.concatenate(
-        [CL.transpose(0, 2, 1),                                        # Λ'Z'Z
-         np.matmul(lam.transpose(0, 2, 1), prepared.ZtX),                   # Λ'Z'X
-         np.matmul(lam.transpose(0, 2, 1), data.Zty[:, :, None])],    # Λ'Z'y
-        axis=2)
+        [
+            CL.transpose(0, 2, 1),  # Λ'Z'Z
+            np.matmul(lam.transpose(0, 2, 1), prepared.ZtX),  # Λ'Z'X
+            np.matmul(lam.transpose(0, 2, 1), data.Zty[:, :, None]),
+        ],  # Λ'Z'y
+        axis=2,
+    )
     sol = np.linalg.solve(Mq, rhs)
     ZVZ = prepared.ZtZ - np.matmul(CL, sol[:, :, :q])
-    ZVX = prepared.ZtX - np.matmul(CL, sol[:, :, q:q + p])
-    ZVy = data.Zty - np.matmul(CL, sol[:, :, q + p:])[:, :, 0]
-    LtZX = rhs[:, :, q:q + p]
+    ZVX = prepared.ZtX - np.matmul(CL, sol[:, :, q : q + p])
+    ZVy = data.Zty - np.matmul(CL, sol[:, :, q + p :])[:, :, 0]
+    LtZX = rhs[:, :, q : q + p]
     LtZy = rhs[:, :, q + p]
-    M = prepared.XtX - np.matmul(LtZX.transpose(0, 2, 1), sol[:, :, q:q + p])
+    M = prepared.XtX - np.matmul(LtZX.transpose(0, 2, 1), sol[:, :, q : q + p])
     XVy = data.Xty - np.einsum("gqp,gq->gp", LtZX, sol[:, :, q + p])
     yVy = data.yty - np.einsum("gq,gq->g", LtZy, sol[:, :, q + p])
     _, logdet_M = _chol_logdet(M)
@@ -377,15 +398,16 @@ def evaluate_dense(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, 
     deviance = profiled_deviance(logdet_V, logdet_M, r2, n, p, reml)
     ev = Evaluation(deviance, r2, logdet_V, logdet_M, beta, M, ZVX, ZVZ, ZVy, lam)
     # spherical conditional modes u = M_q⁻¹ Λ'Z'(y - Xβ)
-    u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q:q + p], beta)
+    u = sol[:, :, q + p] - np.einsum("gqp,gp->gq", sol[:, :, q : q + p], beta)
     ev.b = np.einsum("gij,gj->gi", lam, u)
     if order >= 1:
         _derivatives(ev, prepared, reml, order)
     return ev
 
 
-def profiled_deviance(logdet_V: np.ndarray, logdet_M: np.ndarray, r2: np.ndarray, n: int, p: int,
-                      reml: bool) -> np.ndarray:
+def profiled_deviance(
+    logdet_V: np.ndarray, logdet_M: np.ndarray, r2: np.ndarray, n: int, p: int, reml: bool
+) -> np.ndarray:
     """lme4's profiled deviance (σ² profiled out) from log|V_θ|, log|XᵀV_θ⁻¹X| and the penalised RSS.
 
     REML: log|V| + log|M| + (n − p)(1 + log(2π r²/(n − p))); ML: log|V| + n(1 + log(2π r²/n)).
@@ -405,11 +427,11 @@ def _derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: in
     if prepared.diagonal_lambda is not None:
         _derivatives_diagonal(ev, prepared, reml, order, B, Bf, a)
         return
-    ELt = np.matmul(prepared.E[None], ev.lam.transpose(0, 2, 1)[:, None])   # G × m × q × q
+    ELt = np.matmul(prepared.E[None], ev.lam.transpose(0, 2, 1)[:, None])  # G × m × q × q
     dD = ELt + ELt.transpose(0, 1, 3, 2)
     G, m, q = dD.shape[0], dD.shape[1], dD.shape[2]
     # matmul / elementwise forms throughout: numpy's einsum is slow on these stacks
-    f_grad = (Bf[:, None] * dD).sum(axis=(2, 3))             # tr(B_f dD_k), both symmetric
+    f_grad = (Bf[:, None] * dD).sum(axis=(2, 3))  # tr(B_f dD_k), both symmetric
     v = np.matmul(dD, a[:, None, :, None])[..., 0]
     s = np.einsum("gki,gi->gk", v, a)
     k = (n - p) if reml else n
@@ -421,7 +443,7 @@ def _derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: in
     ev.grad = f_grad - k * s / r2[:, None]
     if order >= 2:
         BfdD = np.matmul(Bf[:, None], dD)
-        d2D_flat = prepared.d2D.reshape(m * m, q * q)              # symmetric in (i, j)
+        d2D_flat = prepared.d2D.reshape(m * m, q * q)  # symmetric in (i, j)
         tr_Bf_d2D = (Bf.reshape(G, q * q) @ d2D_flat.T).reshape(G, m, m)
         flat = BfdD.reshape(G, m, q * q)
         flat_t = BfdD.transpose(0, 1, 3, 2).reshape(G, m, q * q)
@@ -429,16 +451,15 @@ def _derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: in
         f_hess = tr_Bf_d2D - tr_BdBd
         Bv = np.matmul(B[:, None], v[..., None])[..., 0]
         aa = (a[:, :, None] * a[:, None, :]).reshape(G, q * q)
-        r2_hess = (2.0 * np.matmul(v, Bv.transpose(0, 2, 1))
-                   - (aa @ d2D_flat.T).reshape(G, m, m))
+        r2_hess = 2.0 * np.matmul(v, Bv.transpose(0, 2, 1)) - (aa @ d2D_flat.T).reshape(G, m, m)
         ev.f_hess = f_hess
         ev.r2_hess = r2_hess
-        ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
-                                - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
+        ev.hess = f_hess + k * (r2_hess / r2[:, None, None] - s[:, :, None] * s[:, None, :] / (r2**2)[:, None, None])
 
 
-def _derivatives_diagonal(ev: Evaluation, prepared: PreparedDesign, reml: bool, order: int,
-                          B: np.ndarray, Bf: np.ndarray, a: np.ndarray) -> None:
+def _derivatives_diagonal(
+    ev: Evaluation, prepared: PreparedDesign, reml: bool, order: int, B: np.ndarray, Bf: np.ndarray, a: np.ndarray
+) -> None:
     """:func:`_derivatives` when Λ is diagonal (random intercepts / single columns only).
 
     With L (q × m) the indicator of each θ's columns and t = θ per column, dD_k =
@@ -447,10 +468,10 @@ def _derivatives_diagonal(ev: Evaluation, prepared: PreparedDesign, reml: bool, 
     the q × q stacks of the general formulas are never formed.
     """
     n, p = prepared.n, prepared.p
-    L = prepared.diagonal_lambda                                    # q × m
+    L = prepared.diagonal_lambda  # q × m
     G = B.shape[0]
-    theta_q = np.diagonal(ev.lam, axis1=1, axis2=2)            # G × q
-    theta_m = theta_q @ (L / L.sum(axis=0))                    # G × m
+    theta_q = np.diagonal(ev.lam, axis1=1, axis2=2)  # G × q
+    theta_m = theta_q @ (L / L.sum(axis=0))  # G × m
     k = (n - p) if reml else n
     r2 = ev.r2
     two_t = 2.0 * theta_m
@@ -459,26 +480,25 @@ def _derivatives_diagonal(ev: Evaluation, prepared: PreparedDesign, reml: bool, 
     s = two_t * (a2 @ L)
     ev.f_grad = f_grad
     ev.r2_grad = -s
-    Wx = ev.ZVX                                                # G × q × p
+    Wx = ev.ZVX  # G × q × p
     outer = (Wx[:, :, :, None] * Wx[:, :, None, :]).reshape(G, -1, p * p)
-    per_block = np.matmul(outer.transpose(0, 2, 1), L)         # G × p² × m
+    per_block = np.matmul(outer.transpose(0, 2, 1), L)  # G × p² × m
     ev.dM = -(two_t[:, None, :] * per_block).transpose(0, 2, 1).reshape(G, -1, p, p)
     ev.grad = f_grad - k * s / r2[:, None]
     if order >= 2:
         tt = theta_m[:, :, None] * theta_m[:, None, :]
-        LtBBL = np.matmul(np.matmul(L.T, Bf * Bf), L)         # G × m × m
-        f_hess = 2.0 * np.eye(L.shape[1])[None] * (np.diagonal(Bf, axis1=1, axis2=2) @ L)[:, None, :] \
-            - 4.0 * tt * LtBBL
+        LtBBL = np.matmul(np.matmul(L.T, Bf * Bf), L)  # G × m × m
+        f_hess = 2.0 * np.eye(L.shape[1])[None] * (np.diagonal(Bf, axis1=1, axis2=2) @ L)[:, None, :] - 4.0 * tt * LtBBL
         aBa = np.matmul(np.matmul(L.T, a[:, :, None] * B * a[:, None, :]), L)
         r2_hess = 8.0 * tt * aBa - 2.0 * np.eye(L.shape[1])[None] * (a2 @ L)[:, None, :]
         ev.f_hess = f_hess
         ev.r2_hess = r2_hess
-        ev.hess = f_hess + k * (r2_hess / r2[:, None, None]
-                                - s[:, :, None] * s[:, None, :] / (r2 ** 2)[:, None, None])
+        ev.hess = f_hess + k * (r2_hess / r2[:, None, None] - s[:, :, None] * s[:, None, :] / (r2**2)[:, None, None])
 
 
-def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def varpar_derivatives(
+    ev: Evaluation, prepared: PreparedDesign, reml: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What lmerTest's Satterthwaite method needs, analytically, at an optimum.
 
     lmerTest differentiates the deviance written in (θ, σ) (not profiled over σ):
@@ -499,7 +519,7 @@ def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool
     hess = np.empty((G, m + 1, m + 1))
     hess[:, :m, :m] = ev.f_hess + ev.r2_hess / sigma2[:, None, None]
     hess[:, :m, m] = hess[:, m, :m] = -2.0 * ev.r2_grad / sigma[:, None] ** 3
-    hess[:, m, m] = -2.0 * k / sigma2 + 6.0 * ev.r2 / sigma2 ** 2
+    hess[:, m, m] = -2.0 * k / sigma2 + 6.0 * ev.r2 / sigma2**2
     Minv = np.linalg.inv(ev.M)
     vcov = sigma2[:, None, None] * Minv
     inner = -ev.dM
@@ -509,8 +529,7 @@ def varpar_derivatives(ev: Evaluation, prepared: PreparedDesign, reml: bool
     return hess, jac, vcov
 
 
-def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray,
-                     tol: float = 1e-8) -> np.ndarray:
+def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     """Satterthwaite denominator df per coefficient, as lmerTest computes them.
 
     lmerTest takes vcov(θ, σ) = 2 H⁺, with H⁺ the Moore-Penrose inverse of the
@@ -518,7 +537,7 @@ def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray,
     df = 2 Var(β̂_j)² / (g' vcov(θ, σ) g) with g = ∂Var(β̂_j)/∂(θ, σ).
     """
     var = np.diagonal(vcov, axis1=1, axis2=2)
-    grad = np.diagonal(jac, axis1=2, axis2=3)          # G × (m+1) × p
+    grad = np.diagonal(jac, axis1=2, axis2=3)  # G × (m+1) × p
     if hess.shape[-1] == 2:
         A = _pinv2_sym(hess, tol)
     else:
@@ -528,7 +547,7 @@ def satterthwaite_df(vcov: np.ndarray, hess: np.ndarray, jac: np.ndarray,
     A = 2.0 * A
     denom = (grad * np.matmul(A, grad)).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 2.0 * var ** 2 / denom
+        return 2.0 * var**2 / denom
 
 
 def _pinv2_sym(H: np.ndarray, tol: float) -> np.ndarray:

@@ -171,13 +171,28 @@ def _fit_ols_arrays(Y: np.ndarray, prepared: PreparedDesign) -> ArrayFit:
     # the coefficients' covariance always uses the unbiased σ², as lm's summary does
     vcov = (rss / (n - p))[:, None, None] * XtX_inv[None, :, :]
     loglik = _ols_loglik_from_rss(rss, prepared, prepared.reml)
-    return ArrayFit(theta=np.zeros((G, 0)), beta=beta, vcov=vcov, df=np.full((G, p), float(n - p)),
-                    sigma2=sigma2, loglik=loglik, ols_loglik=loglik, b=np.zeros((G, 0)),
-                    converged=np.isfinite(loglik), singular=np.zeros(G, dtype=bool), ols_rss=rss)
+    return ArrayFit(
+        theta=np.zeros((G, 0)),
+        beta=beta,
+        vcov=vcov,
+        df=np.full((G, p), float(n - p)),
+        sigma2=sigma2,
+        loglik=loglik,
+        ols_loglik=loglik,
+        b=np.zeros((G, 0)),
+        converged=np.isfinite(loglik),
+        singular=np.zeros(G, dtype=bool),
+        ols_rss=rss,
+    )
 
 
-def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
-               theta: np.ndarray | None = None, yty: np.ndarray | None = None) -> ArrayFit:
+def fit_arrays(
+    Y: np.ndarray,
+    prepared: PreparedDesign,
+    method: str = "auto",
+    theta: np.ndarray | None = None,
+    yty: np.ndarray | None = None,
+) -> ArrayFit:
     """Fit every row of ``Y`` (genes × samples, no missing values) with the shared design.
 
     Parameters
@@ -207,8 +222,7 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
     k = (n - p) if reml else n
     if prepared.m == 0:
         return _fit_ols_arrays(Y, prepared)
-    use_onecomp = theta is None and (
-        method == "onecomp" or (method == "auto" and prepared.rotation is not None))
+    use_onecomp = theta is None and (method == "onecomp" or (method == "auto" and prepared.rotation is not None))
     if use_onecomp:
         if prepared.rotation is None:
             raise ValueError("the one-component engine needs a model with a single θ")
@@ -230,14 +244,17 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         vcov, df = np.full((G, p, p), np.nan), np.full((G, p), np.nan)
         if theta is None:
             # the Newton iterations keep what the outputs need at the optimum
-            theta, converged, ev = general.optimise(data, prepared, reml, keep_evaluation=True,
-                                                 theta0=general.start_values(data, prepared, reml))
+            theta, converged, ev = general.optimise(
+                data, prepared, reml, keep_evaluation=True, theta0=general.start_values(data, prepared, reml)
+            )
             evaluations = [(slice(None), ev)]
         else:
             theta = np.broadcast_to(np.asarray(theta, dtype=float), (G, prepared.m)).copy()
             converged = np.ones(G, dtype=bool)
-            evaluations = ((chunk, general.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared,
-                                                 reml, order=2)) for chunk in core.gene_chunks(G, prepared))
+            evaluations = (
+                (chunk, general.evaluate(theta[chunk], data.take(np.arange(G)[chunk]), prepared, reml, order=2))
+                for chunk in core.gene_chunks(G, prepared)
+            )
         for chunk, ev in evaluations:
             deviance[chunk] = ev.deviance
             sigma2[chunk] = ev.r2 / k
@@ -257,9 +274,19 @@ def fit_arrays(Y: np.ndarray, prepared: PreparedDesign, method: str = "auto",
         raise ValueError(f"unknown method {method!r}")
     diag = np.isfinite(prepared.theta_lower)
     singular = (np.abs(theta[:, diag]) < core.SINGULAR_TOL).any(axis=1)
-    return ArrayFit(theta=theta, beta=beta, vcov=vcov, df=df, sigma2=sigma2,
-                    loglik=-0.5 * deviance, ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml), b=b,
-                    converged=converged, singular=singular, ols_rss=rss0)
+    return ArrayFit(
+        theta=theta,
+        beta=beta,
+        vcov=vcov,
+        df=df,
+        sigma2=sigma2,
+        loglik=-0.5 * deviance,
+        ols_loglik=_ols_loglik_from_rss(rss0, prepared, reml),
+        b=b,
+        converged=converged,
+        singular=singular,
+        ols_rss=rss0,
+    )
 
 
 @dataclass
@@ -281,9 +308,16 @@ class SufficientFit:
     converged: np.ndarray
 
 
-def refit_sufficient(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, prepared: PreparedDesign, *,
-                     theta0: np.ndarray | None = None, method: str = "auto",
-                     residual_ss: np.ndarray | None = None) -> SufficientFit:
+def refit_sufficient(
+    Xty: np.ndarray,
+    Zty: np.ndarray,
+    yty: np.ndarray,
+    prepared: PreparedDesign,
+    *,
+    theta0: np.ndarray | None = None,
+    method: str = "auto",
+    residual_ss: np.ndarray | None = None,
+) -> SufficientFit:
     """Fit responses known only through their sufficient statistics X'y, Z'y and y'y.
 
     The REML/ML criterion sees a response only through these, so this is the exact fit of
@@ -373,8 +407,11 @@ def _block_term_values(block: RandomBlock) -> np.ndarray:
     return block.Z.reshape(n, block.n_levels, block.n_terms).sum(axis=1)
 
 
-def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, metadata: ModelMetadata,
-                     ) -> tuple[dict[str, np.ndarray], list[tuple]]:
+def _pattern_columns(
+    prepared: PreparedDesign,
+    arrays: ArrayFit,
+    metadata: ModelMetadata,
+) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Output columns for the genes of one missingness pattern."""
     G = arrays.sigma2.shape[0]
     n, p, m = prepared.n, prepared.p, prepared.m
@@ -443,7 +480,7 @@ def _pattern_columns(prepared: PreparedDesign, arrays: ArrayFit, metadata: Model
     offset = 0
     for block in prepared.random.blocks:
         width = block.n_levels * block.n_terms
-        values = arrays.b[:, offset:offset + width]
+        values = arrays.b[:, offset : offset + width]
         offset += width
         blup_parts.append((block, values))
     return cols, blup_parts
@@ -456,8 +493,13 @@ def _align_samples(expression: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFr
     return samples.loc[list(expression.columns)]
 
 
-def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: bool = True,
-        gene_status: pd.Series | None = None) -> LMMFit:
+def fit(
+    expression: pd.DataFrame,
+    samples: pd.DataFrame,
+    formula: str,
+    reml: bool = True,
+    gene_status: pd.Series | None = None,
+) -> LMMFit:
     """Fit a linear mixed model to every gene of an expression table.
 
     Parameters
@@ -511,8 +553,9 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
     full, messages = _prepare_recording(formula, samples, reml)
     for message in messages:
         _note(notes, message)
-    metadata = metadata_from_design(formula, reml, full.fixed_names, fixed_term_columns(formula, samples),
-                                    full.random.blocks)
+    metadata = metadata_from_design(
+        formula, reml, full.fixed_names, fixed_term_columns(formula, samples), full.random.blocks
+    )
     gene_ids = np.asarray(expression.index, dtype=object)
     G = gene_ids.size
     values = expression.to_numpy(dtype=float)
@@ -562,8 +605,7 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
             arrays = fit_arrays(Y, prepared, yty=yty)
             cols, blup_parts = _pattern_columns(prepared, arrays, metadata)
         perfect = missing.perfect_fit(arrays.ols_rss, yty)
-        good = (arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1)
-                & ~perfect)
+        good = arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1) & ~perfect
         status[members] = np.where(good, np.where(arrays.singular, missing.SINGULAR, missing.OK), missing.NUMERICAL)
         status[members[~arrays.converged & np.isfinite(arrays.loglik)]] = missing.NOT_CONVERGED
         status[members[perfect]] = missing.PERFECT_FIT
@@ -588,13 +630,17 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
             terms.append(np.tile(np.asarray(block.terms, dtype=object), nl))
         width = sum(g.size for g in groups)
         b = arrays.b if all_good else arrays.b[good]
-        blup_frames.append(pd.DataFrame({
-            "gene_index": np.repeat(gsel, width),
-            "group": np.tile(np.concatenate(groups), gsel.size),
-            "level": np.tile(np.concatenate(levels), gsel.size),
-            "term": np.tile(np.concatenate(terms), gsel.size),
-            "value": b[:, :width].reshape(-1),
-        }))
+        blup_frames.append(
+            pd.DataFrame(
+                {
+                    "gene_index": np.repeat(gsel, width),
+                    "group": np.tile(np.concatenate(groups), gsel.size),
+                    "level": np.tile(np.concatenate(levels), gsel.size),
+                    "term": np.tile(np.concatenate(terms), gsel.size),
+                    "value": b[:, :width].reshape(-1),
+                }
+            )
+        )
     ordered = _column_order(columns, full)
     table = pd.DataFrame({"gene_id": gene_ids, "status": status})
     numeric = pd.DataFrame({c: columns[c] for c in ordered}, index=table.index)
@@ -615,8 +661,16 @@ def fit(expression: pd.DataFrame, samples: pd.DataFrame, formula: str, reml: boo
         fixed_vcov = fixed_vcov.drop(columns="gene_index").reset_index(drop=True)
     else:
         fixed_vcov = pd.DataFrame(columns=FIXED_VCOV_COLUMNS)
-    return LMMFit(gene_fits=table, blups=blups, formula=formula, reml=reml,
-                  fixed_names=list(full.fixed_names), metadata=metadata, fixed_vcov=fixed_vcov, notes=notes)
+    return LMMFit(
+        gene_fits=table,
+        blups=blups,
+        formula=formula,
+        reml=reml,
+        fixed_names=list(full.fixed_names),
+        metadata=metadata,
+        fixed_vcov=fixed_vcov,
+        notes=notes,
+    )
 
 
 def _prepare_recording(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str]]:
@@ -643,12 +697,14 @@ def _vcov_frame(gene_index: np.ndarray, vcov: np.ndarray, names: list[str]) -> p
     rows_i, rows_j = np.triu_indices(len(names))
     labels = np.asarray(names, dtype=object)
     G, P = gene_index.size, rows_i.size
-    return pd.DataFrame({
-        "gene_index": np.repeat(gene_index, P),
-        "coef_a": np.tile(labels[rows_i], G),
-        "coef_b": np.tile(labels[rows_j], G),
-        "value": vcov[:, rows_i, rows_j].reshape(-1),
-    })
+    return pd.DataFrame(
+        {
+            "gene_index": np.repeat(gene_index, P),
+            "coef_a": np.tile(labels[rows_i], G),
+            "coef_b": np.tile(labels[rows_j], G),
+            "value": vcov[:, rows_i, rows_j].reshape(-1),
+        }
+    )
 
 
 def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:
@@ -657,7 +713,8 @@ def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[
     mid = ["var_residual", "sigma", "df_residual"]
     frac = [c for c in columns if c.startswith("frac_") and c != "frac_residual"] + ["frac_residual"]
     coef_names = list(full.fixed_names) + [
-        c[5:] for c in columns if c.startswith("coef_") and c[5:] not in full.fixed_names]
+        c[5:] for c in columns if c.startswith("coef_") and c[5:] not in full.fixed_names
+    ]
     coefs = [f"{kind}_{name}" for name in coef_names for kind in ("coef", "se", "df", "t", "p")]
     wanted = head + var + mid + frac + coefs
     if not columns:
@@ -665,8 +722,9 @@ def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[
     return [c for c in wanted if c in columns]
 
 
-def corrected_expression(expression: pd.DataFrame, samples: pd.DataFrame, fit: LMMFit,
-                         groups: list[str]) -> pd.DataFrame:
+def corrected_expression(
+    expression: pd.DataFrame, samples: pd.DataFrame, fit: LMMFit, groups: list[str]
+) -> pd.DataFrame:
     """Expression with the named random effects removed: y - Σ_g Z_g b̂_g.
 
     Parameters
@@ -710,8 +768,7 @@ def corrected_expression(expression: pd.DataFrame, samples: pd.DataFrame, fit: L
             continue
         seen.add(key)
         sub = blups[(blups["group"] == block.group) & blups["term"].isin(block.terms)]
-        wide = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value",
-                               aggfunc="first", sort=False)
+        wide = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
         wanted = pd.MultiIndex.from_product([block.levels, block.terms])
         wide = wide.reindex(index=fitted_genes, columns=wanted).fillna(0.0)
         values[gene_pos] -= wide.to_numpy() @ block.Z.T

@@ -18,8 +18,7 @@ from .onecomp import lambda_from_stats
 __all__ = ["evaluate", "optimise", "refit", "start_values"]
 
 
-def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool,
-             order: int = 0) -> Evaluation:
+def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: bool, order: int = 0) -> Evaluation:
     """Profiled deviance at θ (G × m) for G genes; gradient (order ≥ 1), Hessian (order 2)."""
     if prepared.block is not None:
         return evaluate_block(theta, data, prepared, reml, order)
@@ -29,9 +28,16 @@ def evaluate(theta: np.ndarray, data: GeneData, prepared: PreparedDesign, reml: 
 _KEPT = ("deviance", "r2", "beta", "b", "M", "dM", "f_hess", "r2_hess", "r2_grad")
 
 
-def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
-             theta0: np.ndarray | None = None, max_iter: int = 200,
-             tol_dev: float = 1e-10, tol_step: float = 1e-7, keep_evaluation: bool = False):
+def optimise(
+    data: GeneData,
+    prepared: PreparedDesign,
+    reml: bool,
+    theta0: np.ndarray | None = None,
+    max_iter: int = 200,
+    tol_dev: float = 1e-10,
+    tol_step: float = 1e-7,
+    keep_evaluation: bool = False,
+):
     """Minimise the profiled deviance over θ per gene, all genes in lock-step.
 
     A projected Newton method with the exact Hessian: eigenvalues of the Hessian
@@ -147,7 +153,7 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
             v = np.where(bound_sub & (v < 0), 0.0, v)
             curv = np.einsum("gi,gij,gj->g", v, H[sub], v)
             norm = np.abs(v).max(axis=1)
-            escape = (w_all[:, 0] < -1e-6 * scale) & (curv < -1e-6 * scale * norm ** 2) & (norm > 0)
+            escape = (w_all[:, 0] < -1e-6 * scale) & (curv < -1e-6 * scale * norm**2) & (norm > 0)
             if escape.any():
                 rows = sub[escape]
                 step[rows] = v[escape] / norm[escape, None]
@@ -197,8 +203,11 @@ def optimise(data: GeneData, prepared: PreparedDesign, reml: bool,
         change = np.abs(old_dev - dev[moved])
         # the last condition ends walks along flat ridges (a nearly degenerate covariance),
         # where the deviance no longer changes and the gradient is small but steps stay large
-        small = (((change < tol_dev) & (step_size < tol_step)) | (change < 1e-3 * tol_dev)
-                 | ((change < tol_dev) & (np.abs(grad[moved]).max(axis=1) < 1e-3)))
+        small = (
+            ((change < tol_dev) & (step_size < tol_step))
+            | (change < 1e-3 * tol_dev)
+            | ((change < tol_dev) & (np.abs(grad[moved]).max(axis=1) < 1e-3))
+        )
         converged[moved[small]] = True
         active = moved[~small]
     if keep_evaluation:
@@ -234,8 +243,7 @@ def start_values(data: GeneData, prepared: PreparedDesign, reml: bool) -> np.nda
         s, J = block.n_terms, block.n_levels
         for c in range(s):
             cols = offset + np.arange(J) * s + c
-            lam = lambda_from_stats(data.Zty[:, cols], data.Xty, data.yty, prepared.X,
-                                    prepared.Z[:, cols], reml)
+            lam = lambda_from_stats(data.Zty[:, cols], data.Xty, data.yty, prepared.X, prepared.Z[:, cols], reml)
             theta[:, k] = np.sqrt(lam)
             k += s - c
         offset += s * J
@@ -258,8 +266,11 @@ def _theta_columns(prepared: PreparedDesign) -> list[list[int]]:
     return out
 
 
-def refit(data: GeneData, prepared: PreparedDesign, theta0: np.ndarray | None = None,
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def refit(
+    data: GeneData,
+    prepared: PreparedDesign,
+    theta0: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """θ, β, σ² and convergence of responses given by their sufficient statistics (any model).
 
     ``theta0`` (G × m) starts the Newton iterations (bootMer's ``refit()`` starts at the original

@@ -30,16 +30,16 @@ __all__ = [
 ]
 
 OK = "ok"
-SINGULAR = "singular"                                  # a θ on the boundary (lme4's isSingular())
+SINGULAR = "singular"  # a θ on the boundary (lme4's isSingular())
 ALL_MISSING = "filtered:all_missing"
-CONSTANT = "filtered:constant"                         # no variation to model (e.g. all-zero genes)
-TOO_FEW_OBSERVATIONS = "failed:too_few_observations"   # fewer than p + 2 samples or a degenerate design
-PERFECT_FIT = "failed:perfect_fit"                     # zero OLS residual
+CONSTANT = "filtered:constant"  # no variation to model (e.g. all-zero genes)
+TOO_FEW_OBSERVATIONS = "failed:too_few_observations"  # fewer than p + 2 samples or a degenerate design
+PERFECT_FIT = "failed:perfect_fit"  # zero OLS residual
 NOT_CONVERGED = "failed:not_converged"
 NUMERICAL = "failed:numerical"
-NO_STATUS = "failed:no_status"                         # a gene without a status from the earlier stages
-ORIGINAL_FIT_FAILED = "failed:original_fit"            # bootstrap: the gene's own fit is unusable
-DEGENERATE = "failed:degenerate"                       # grid posterior: S_λ not positive
+NO_STATUS = "failed:no_status"  # a gene without a status from the earlier stages
+ORIGINAL_FIT_FAILED = "failed:original_fit"  # bootstrap: the gene's own fit is unusable
+DEGENERATE = "failed:degenerate"  # grid posterior: S_λ not positive
 
 
 @dataclass
@@ -54,8 +54,11 @@ class MissingnessPattern:
         return bool(self.observed.all())
 
 
-def group_by_missingness(values: np.ndarray, rows: np.ndarray, row_sums_of_squares: np.ndarray | None = None,
-                         ) -> tuple[list[MissingnessPattern], np.ndarray]:
+def group_by_missingness(
+    values: np.ndarray,
+    rows: np.ndarray,
+    row_sums_of_squares: np.ndarray | None = None,
+) -> tuple[list[MissingnessPattern], np.ndarray]:
     """Group the genes ``rows`` of ``values`` (genes × samples, NaN missing) by observed samples.
 
     Parameters

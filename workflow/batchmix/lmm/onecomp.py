@@ -39,18 +39,19 @@ CHUNK = 8192  # genes per block in the λ search: keeps the G × grid temporarie
 class OneComponentState:
     """Per-gene quantities entering the one-component criterion."""
 
-    rss0: np.ndarray    # G, OLS residual sum of squares
-    eta2: np.ndarray    # G × (distinct ξ), squared projections on U summed over equal ξ
-    wy: np.ndarray      # G × q, Qz' Z'y
-    Xty: np.ndarray     # G × p
+    rss0: np.ndarray  # G, OLS residual sum of squares
+    eta2: np.ndarray  # G × (distinct ξ), squared projections on U summed over equal ξ
+    wy: np.ndarray  # G × q, Qz' Z'y
+    Xty: np.ndarray  # G × p
 
 
-def gene_state(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
-               yty: np.ndarray | None = None) -> OneComponentState:
+def gene_state(
+    Y: np.ndarray, oc: Rotation, prepared: PreparedDesign, yty: np.ndarray | None = None
+) -> OneComponentState:
     """Project every gene once, with a single pass of BLAS over Y (``yty``: Σ y² if known)."""
     p, k = oc.QX.shape[1], oc.U.shape[1]
     proj = Y @ oc.P
-    qx, eta = proj[:, :p], proj[:, p:p + k]
+    qx, eta = proj[:, :p], proj[:, p : p + k]
     wy = proj @ oc.to_wy
     Xty = qx @ oc.RX
     if yty is None:
@@ -77,8 +78,7 @@ def _f_values(oc: Rotation, reml: bool) -> tuple[np.ndarray, np.ndarray]:
     return (oc.xi_u, oc.xi_n) if reml else (oc.d_u, oc.d_n)
 
 
-def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: Rotation,
-                     prepared: PreparedDesign, reml: bool):
+def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool):
     """f, f', f'', r², r²', r²'' at per-gene λ (shape G)."""
     xi = oc.xi_u
     inv = 1.0 / (1.0 + lam[:, None] * xi[None, :])
@@ -96,8 +96,16 @@ def _criterion_parts(lam: np.ndarray, st: OneComponentState, oc: Rotation,
     return f, f_1, f_2, r2, r2_1, r2_2
 
 
-def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.ndarray,
-                    fn: np.ndarray, k: int, grid: np.ndarray, max_iter: int) -> np.ndarray:
+def search_lambda(
+    rss0: np.ndarray,
+    eta2: np.ndarray,
+    xi: np.ndarray,
+    fv: np.ndarray,
+    fn: np.ndarray,
+    k: int,
+    grid: np.ndarray,
+    max_iter: int,
+) -> np.ndarray:
     """λ ≥ 0 minimising f(λ) + k log r²(λ) = Σ fnᵢ log(1 + λ fvᵢ) + k log(rss₀ − Σ ηᵢ² λξᵢ/(1 + λξᵢ)) per gene.
 
     The one λ search of batchmix (the engine, its start values and the bootstrap's refits).
@@ -108,8 +116,8 @@ def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.nda
     Returns λ, the index of the best grid point, the criterion there and at λ = 0 (each per gene).
     """
     G, T = rss0.shape[0], grid.size
-    frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])      # T × k
-    r2g = rss0[:, None] - eta2 @ frac.T                                             # G × T
+    frac = grid[:, None] * xi[None, :] / (1.0 + grid[:, None] * xi[None, :])  # T × k
+    r2g = rss0[:, None] - eta2 @ frac.T  # G × T
     fg = np.log1p(grid[:, None] * fv[None, :]) @ fn
     with np.errstate(invalid="ignore", divide="ignore"):
         devg = fg[None, :] + k * np.log(r2g)
@@ -159,7 +167,7 @@ def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.nda
         lam[idx] = np.exp(np.log(grid[b]) + shift * (np.log(grid[b + 1]) - np.log(grid[b])))
         active[idx] = True
     # λ at the bracket (1, grid[1]) with grid[0] = 0 < grid[1]: interior as well
-    edge = (best == 1)
+    edge = best == 1
     active |= edge
     # safeguarded Newton on the derivative inside [left, right], which holds a sign change;
     # a step leaving the bracket or failing to shrink it is replaced by a bisection
@@ -180,14 +188,14 @@ def search_lambda(rss0: np.ndarray, eta2: np.ndarray, xi: np.ndarray, fv: np.nda
         new = np.where(inside, newton, np.where(a > 0, np.sqrt(a * b), 0.5 * (a + b)))
         new = np.where(slope == 0, la, new)
         lam[idx] = new
-        done = ((inside & (np.abs(new - la) <= 1e-10 * new)) | (b - a <= 1e-13 * b) | (slope == 0)
-                | ~np.isfinite(slope))
+        done = (inside & (np.abs(new - la) <= 1e-10 * new)) | (b - a <= 1e-13 * b) | (slope == 0) | ~np.isfinite(slope)
         active[idx[done]] = False
     return lam, best, dev_best, devg[:, 0]
 
 
-def optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool,
-             grid_size: int = 40, max_iter: int = 100):
+def optimise(
+    st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool, grid_size: int = 40, max_iter: int = 100
+):
     """λ (G) and the criterion parts at λ (:func:`_criterion_parts`)."""
     G = st.rss0.shape[0]
     k = _k(prepared, reml)
@@ -207,7 +215,8 @@ def optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml
     for start in range(0, G, CHUNK):
         sl = slice(start, min(G, start + CHUNK))
         lam[sl], best[sl], grid_dev[sl], zero_dev[sl] = search_lambda(
-            st.rss0[sl], st.eta2[sl], xi, xi if reml else fv, fn, k, grid, max_iter)
+            st.rss0[sl], st.eta2[sl], xi, xi if reml else fv, fn, k, grid, max_iter
+        )
     # keep whichever of the refined point, the best grid point and the boundary is lowest
     parts = _criterion_parts(lam, st, oc, prepared, reml)
     f, r2 = parts[0], parts[3]
@@ -233,32 +242,34 @@ def optimise(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml
 class OneComponentFit:
     """Per-gene results of the one-component path, in the core's parameterisation."""
 
-    theta: np.ndarray      # G × 1
-    deviance: np.ndarray   # G
-    r2: np.ndarray         # G
-    beta: np.ndarray       # G × p
-    Minv: np.ndarray       # G × p × p, (X'V⁻¹X)⁻¹
-    b: np.ndarray          # G × q conditional modes (random effects, data scale)
+    theta: np.ndarray  # G × 1
+    deviance: np.ndarray  # G
+    r2: np.ndarray  # G
+    beta: np.ndarray  # G × p
+    Minv: np.ndarray  # G × p × p, (X'V⁻¹X)⁻¹
+    b: np.ndarray  # G × q conditional modes (random effects, data scale)
     hess_varpar: np.ndarray | None  # G × 2 × 2, Hessian of the deviance in (θ, σ)
-    jac_vcov: np.ndarray | None     # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
-    rss0: np.ndarray         # G, OLS residual sum of squares
+    jac_vcov: np.ndarray | None  # G × 2 × p × p, ∂vcov(β)/∂(θ, σ)
+    rss0: np.ndarray  # G, OLS residual sum of squares
 
 
-def fit_onecomp(Y: np.ndarray, oc: Rotation, prepared: PreparedDesign,
-                reml: bool, yty: np.ndarray | None = None) -> OneComponentFit:
+def fit_onecomp(
+    Y: np.ndarray, oc: Rotation, prepared: PreparedDesign, reml: bool, yty: np.ndarray | None = None
+) -> OneComponentFit:
     """Fit all genes (rows of Y, no missing values) with the rotation."""
     return fit_state(gene_state(Y, oc, prepared, yty), oc, prepared, reml)
 
 
-def state_from_statistics(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, oc: Rotation, *,
-                          residual_ss: np.ndarray | None = None) -> OneComponentState:
+def state_from_statistics(
+    Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, oc: Rotation, *, residual_ss: np.ndarray | None = None
+) -> OneComponentState:
     """:class:`OneComponentState` from the sufficient statistics X'y, Z'y, y'y (G rows each).
 
     ``residual_ss`` is the OLS residual sum of squares when the caller has it more accurately
     than y'y − ‖Q_X'y‖² (which cancels when the mean dominates).
     """
-    qx = np.linalg.solve(oc.RX.T, Xty.T).T                            # QX'y
-    eta = ((Zty - qx @ oc.ZQ) @ oc.R_keep) / np.sqrt(oc.xi)           # U'y
+    qx = np.linalg.solve(oc.RX.T, Xty.T).T  # QX'y
+    eta = ((Zty - qx @ oc.ZQ) @ oc.R_keep) / np.sqrt(oc.xi)  # U'y
     rss0 = yty - np.einsum("gp,gp->g", qx, qx) if residual_ss is None else residual_ss
     eta2 = eta * eta
     if oc.xi_u.size < oc.xi.size:
@@ -266,8 +277,9 @@ def state_from_statistics(Xty: np.ndarray, Zty: np.ndarray, yty: np.ndarray, oc:
     return OneComponentState(rss0=rss0, eta2=eta2, wy=Zty @ oc.Qz, Xty=Xty)
 
 
-def fit_state(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool, *,
-              derivatives: bool = True) -> OneComponentFit:
+def fit_state(
+    st: OneComponentState, oc: Rotation, prepared: PreparedDesign, reml: bool, *, derivatives: bool = True
+) -> OneComponentFit:
     """Fit genes given their :class:`OneComponentState`; ``derivatives=False`` skips what Satterthwaite needs."""
     lam, (f, f_1, f_2, r2, r2_1, r2_2) = optimise(st, oc, prepared, reml)
     G, p = lam.size, prepared.p
@@ -275,7 +287,7 @@ def fit_state(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, rem
     r2 = np.where(r2 > 0, r2, np.nan)
     deviance = f + k * (1.0 + np.log(2.0 * np.pi * r2 / k))
     inv_d = 1.0 / (1.0 + lam[:, None] * oc.d[None, :])
-    c = lam[:, None] * inv_d                                            # G × q
+    c = lam[:, None] * inv_d  # G × q
     M = prepared.XtX[None] - (c @ oc.WW).reshape(G, p, p)
     XVy = st.Xty - (c * st.wy) @ oc.W
     Minv = inverse_small(M)
@@ -284,26 +296,52 @@ def fit_state(st: OneComponentState, oc: Rotation, prepared: PreparedDesign, rem
     theta = np.sqrt(lam)
     sigma2 = r2 / k
     if not derivatives:
-        return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
-                               b=b, hess_varpar=None, jac_vcov=None, rss0=st.rss0)
+        return OneComponentFit(
+            theta=theta[:, None],
+            deviance=deviance,
+            r2=r2,
+            beta=beta,
+            Minv=Minv,
+            b=b,
+            hess_varpar=None,
+            jac_vcov=None,
+            rss0=st.rss0,
+        )
     sigma = np.sqrt(sigma2)
     # deviance in lmerTest's (θ, σ): f(θ²) + k log(2πσ²) + r²(θ²)/σ²
     fh = 2.0 * f_1 + 4.0 * lam * f_2
     rg, rh = 2.0 * theta * r2_1, 2.0 * r2_1 + 4.0 * lam * r2_2
     hess = np.empty((G, 2, 2))
     hess[:, 0, 0] = fh + rh / sigma2
-    hess[:, 0, 1] = hess[:, 1, 0] = -2.0 * rg / sigma ** 3
-    hess[:, 1, 1] = -2.0 * k / sigma2 + 6.0 * r2 / sigma2 ** 2
+    hess[:, 0, 1] = hess[:, 1, 0] = -2.0 * rg / sigma**3
+    hess[:, 1, 1] = -2.0 * k / sigma2 + 6.0 * r2 / sigma2**2
     dM_dlam = -((inv_d * inv_d) @ oc.WW).reshape(G, p, p)
     jac = np.empty((G, 2, p, p))
     jac[:, 0] = (-2.0 * sigma2 * theta)[:, None, None] * np.matmul(np.matmul(Minv, dM_dlam), Minv)
     jac[:, 1] = 2.0 * sigma[:, None, None] * Minv
-    return OneComponentFit(theta=theta[:, None], deviance=deviance, r2=r2, beta=beta, Minv=Minv,
-                           b=b, hess_varpar=hess, jac_vcov=jac, rss0=st.rss0)
+    return OneComponentFit(
+        theta=theta[:, None],
+        deviance=deviance,
+        r2=r2,
+        beta=beta,
+        Minv=Minv,
+        b=b,
+        hess_varpar=hess,
+        jac_vcov=jac,
+        rss0=st.rss0,
+    )
 
 
-def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.ndarray,
-                      Z: np.ndarray, reml: bool, grid_size: int = 24, max_iter: int = 30) -> np.ndarray:
+def lambda_from_stats(
+    Zty: np.ndarray,
+    Xty: np.ndarray,
+    yty: np.ndarray,
+    X: np.ndarray,
+    Z: np.ndarray,
+    reml: bool,
+    grid_size: int = 24,
+    max_iter: int = 30,
+) -> np.ndarray:
     """λ of the one-component model with design (X, Z) from the sufficient statistics alone.
 
     ``Zty`` (G × columns of Z), ``Xty`` and ``yty`` as in :class:`batchmix.lmm.core.GeneData`.
@@ -324,6 +362,6 @@ def lambda_from_stats(Zty: np.ndarray, Xty: np.ndarray, yty: np.ndarray, X: np.n
     lam = np.ones(G)
     ok = np.flatnonzero(rss0 > 1e-10 * yty)
     for start in range(0, ok.size, CHUNK):
-        sl = ok[start:start + CHUNK]
+        sl = ok[start : start + CHUNK]
         lam[sl] = search_lambda(rss0[sl], eta2[sl], xi_u, fv, fn, k, grid, max_iter)[0]
     return lam

@@ -86,8 +86,11 @@ def block_columns(blocks: list[RandomBlock]) -> list[BlockColumns]:
         else:
             names = [f"var_{group}_{t}" for t in block.terms]
         names = [_unique(v, used) for v in names]
-        cors = tuple((i, j, _unique(f"cor_{group}_{block.terms[i]}_{block.terms[j]}", used))
-                     for i in range(block.n_terms) for j in range(i + 1, block.n_terms))
+        cors = tuple(
+            (i, j, _unique(f"cor_{group}_{block.terms[i]}_{block.terms[j]}", used))
+            for i in range(block.n_terms)
+            for j in range(i + 1, block.n_terms)
+        )
         fraction = "frac_" + (names[0][4:] if block.n_terms == 1 else group)
         out.append(BlockColumns(tuple(names), cors, _unique(fraction, used)))
     return out
@@ -130,18 +133,27 @@ class GroupMetadata:
     fraction_column: str
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "terms": list(self.terms), "levels": list(self.levels),
-                "variance_columns": dict(self.variance_columns),
-                "correlation_columns": [{"terms": list(pair), "column": column}
-                                        for pair, column in self.correlation_columns],
-                "fraction_column": self.fraction_column}
+        return {
+            "group": self.group,
+            "terms": list(self.terms),
+            "levels": list(self.levels),
+            "variance_columns": dict(self.variance_columns),
+            "correlation_columns": [
+                {"terms": list(pair), "column": column} for pair, column in self.correlation_columns
+            ],
+            "fraction_column": self.fraction_column,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "GroupMetadata":
-        return cls(group=data["group"], terms=tuple(data["terms"]), levels=tuple(data["levels"]),
-                   variance_columns=dict(data["variance_columns"]),
-                   correlation_columns=tuple((tuple(c["terms"]), c["column"]) for c in data["correlation_columns"]),
-                   fraction_column=data["fraction_column"])
+        return cls(
+            group=data["group"],
+            terms=tuple(data["terms"]),
+            levels=tuple(data["levels"]),
+            variance_columns=dict(data["variance_columns"]),
+            correlation_columns=tuple((tuple(c["terms"]), c["column"]) for c in data["correlation_columns"]),
+            fraction_column=data["fraction_column"],
+        )
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,12 @@ class ModelMetadata:
     fixed_terms: dict[str, list[str]]
     groups: tuple[GroupMetadata, ...] = ()
     fixed_fraction_columns: dict[str, str] = field(default_factory=dict)
-    residual: dict[str, str] = field(default_factory=lambda: {"variance_column": RESIDUAL_VARIANCE_COLUMN,
-                                                              "fraction_column": RESIDUAL_FRACTION_COLUMN})
+    residual: dict[str, str] = field(
+        default_factory=lambda: {
+            "variance_column": RESIDUAL_VARIANCE_COLUMN,
+            "fraction_column": RESIDUAL_FRACTION_COLUMN,
+        }
+    )
 
     def coefficient_columns(self, statistic: str = "coef") -> list[str]:
         """``<statistic>_<coefficient>`` for every coefficient, in order."""
@@ -190,19 +206,27 @@ class ModelMetadata:
         return list(dict.fromkeys(fixed + random)) + [self.residual["fraction_column"]]
 
     def to_dict(self) -> dict:
-        return {"formula": self.formula, "reml": bool(self.reml), "coefficients": list(self.coefficients),
-                "fixed_terms": {k: list(v) for k, v in self.fixed_terms.items()},
-                "groups": [g.to_dict() for g in self.groups],
-                "fixed_fraction_columns": dict(self.fixed_fraction_columns),
-                "residual": dict(self.residual)}
+        return {
+            "formula": self.formula,
+            "reml": bool(self.reml),
+            "coefficients": list(self.coefficients),
+            "fixed_terms": {k: list(v) for k, v in self.fixed_terms.items()},
+            "groups": [g.to_dict() for g in self.groups],
+            "fixed_fraction_columns": dict(self.fixed_fraction_columns),
+            "residual": dict(self.residual),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelMetadata":
-        return cls(formula=data["formula"], reml=bool(data["reml"]), coefficients=tuple(data["coefficients"]),
-                   fixed_terms={k: list(v) for k, v in data["fixed_terms"].items()},
-                   groups=tuple(GroupMetadata.from_dict(g) for g in data["groups"]),
-                   fixed_fraction_columns=dict(data["fixed_fraction_columns"]),
-                   residual=dict(data["residual"]))
+        return cls(
+            formula=data["formula"],
+            reml=bool(data["reml"]),
+            coefficients=tuple(data["coefficients"]),
+            fixed_terms={k: list(v) for k, v in data["fixed_terms"].items()},
+            groups=tuple(GroupMetadata.from_dict(g) for g in data["groups"]),
+            fixed_fraction_columns=dict(data["fixed_fraction_columns"]),
+            residual=dict(data["residual"]),
+        )
 
     def write_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as indented JSON (UTF-8, trailing newline)."""
@@ -213,21 +237,33 @@ class ModelMetadata:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def metadata_from_design(formula: str, reml: bool, coefficients: list[str], term_columns: dict[str, list[str]],
-                         blocks: list[RandomBlock]) -> ModelMetadata:
+def metadata_from_design(
+    formula: str, reml: bool, coefficients: list[str], term_columns: dict[str, list[str]], blocks: list[RandomBlock]
+) -> ModelMetadata:
     """:class:`ModelMetadata` from an already built design (used by :func:`batchmix.lmm.fit`)."""
     fixed_terms = {term: [c for c in cols if c in coefficients] for term, cols in term_columns.items()}
     fixed_terms = {term: cols for term, cols in fixed_terms.items() if cols}
     fixed_fractions = {term: f"frac_{term}" for term in fixed_terms if term != "Intercept"}
     groups = []
     for block, names in zip(blocks, block_columns(blocks)):
-        groups.append(GroupMetadata(
-            group=block.group, terms=tuple(block.terms), levels=tuple(block.levels),
-            variance_columns=dict(zip(block.terms, names.variances)),
-            correlation_columns=tuple(((block.terms[i], block.terms[j]), c) for i, j, c in names.correlations),
-            fraction_column=names.fraction))
-    return ModelMetadata(formula=formula, reml=bool(reml), coefficients=tuple(coefficients),
-                         fixed_terms=fixed_terms, groups=tuple(groups), fixed_fraction_columns=fixed_fractions)
+        groups.append(
+            GroupMetadata(
+                group=block.group,
+                terms=tuple(block.terms),
+                levels=tuple(block.levels),
+                variance_columns=dict(zip(block.terms, names.variances)),
+                correlation_columns=tuple(((block.terms[i], block.terms[j]), c) for i, j, c in names.correlations),
+                fraction_column=names.fraction,
+            )
+        )
+    return ModelMetadata(
+        formula=formula,
+        reml=bool(reml),
+        coefficients=tuple(coefficients),
+        fixed_terms=fixed_terms,
+        groups=tuple(groups),
+        fixed_fraction_columns=fixed_fractions,
+    )
 
 
 def model_metadata(formula: str, samples: pd.DataFrame, *, reml: bool = True) -> ModelMetadata:

@@ -15,8 +15,14 @@ import pandas as pd
 __all__ = ["plot_bootstrap_band", "plot_posterior"]
 
 
-def plot_posterior(draws: pd.DataFrame, coef_names: list[str], summary: pd.DataFrame | None = None, *,
-                   gene_id: str = "", sd_name: str = "sd_b"):
+def plot_posterior(
+    draws: pd.DataFrame,
+    coef_names: list[str],
+    summary: pd.DataFrame | None = None,
+    *,
+    gene_id: str = "",
+    sd_name: str = "sd_b",
+):
     """Marginal posteriors of one gene: fixed effects, σ, σ_b and the ICC.
 
     Parameters
@@ -57,15 +63,17 @@ def plot_posterior(draws: pd.DataFrame, coef_names: list[str], summary: pd.DataF
             for c, style in (("q2.5", ":"), ("q50", "-"), ("q97.5", ":")):
                 if c in r:
                     ax.axvline(r[c], color="#1f3b73", linestyle=style, linewidth=1.2)
-            ax.set_title(f"{labels.get(p, p)}: mean {r['mean']:.4g}, 95% [{r['q2.5']:.4g}, {r['q97.5']:.4g}]",
-                         fontsize=9)
+            ax.set_title(
+                f"{labels.get(p, p)}: mean {r['mean']:.4g}, 95% [{r['q2.5']:.4g}, {r['q97.5']:.4g}]", fontsize=9
+            )
         else:
             ax.set_title(labels.get(p, p), fontsize=9)
         ax.set_yticks([])
-    for ax in axes[len(params):]:
+    for ax in axes[len(params) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{gene_id}: exact grid posterior (one variance component)" if gene_id else
-                 "exact grid posterior", fontsize=10)
+    fig.suptitle(
+        f"{gene_id}: exact grid posterior (one variance component)" if gene_id else "exact grid posterior", fontsize=10
+    )
     return fig
 
 
@@ -89,31 +97,65 @@ def _plot_level_band(yv, g_labels, levels, b, b0, beta, prepared, draws, alpha, 
     d0 = draws["b_Intercept"].to_numpy() if "b_Intercept" in draws else np.full(len(draws), np.nan)
     if np.isfinite(d0).any():
         lo, hi = np.nanquantile(d0, [alpha, 1 - alpha])
-        ax.axhspan(lo, hi, color="#e6a04d", alpha=0.35,
-                   label=f"{100 * level:g}% bootstrap band of the intercept ({np.isfinite(d0).sum()} refits)")
+        ax.axhspan(
+            lo,
+            hi,
+            color="#e6a04d",
+            alpha=0.35,
+            label=f"{100 * level:g}% bootstrap band of the intercept ({np.isfinite(d0).sum()} refits)",
+        )
     ax.axhline(b0, color="#b35900", linewidth=2, label="population intercept β̂₀")
     rng = np.random.default_rng(0)
     for j, lv in enumerate(levels):
         sel = g_labels == lv
         if not sel.any():
             continue
-        ax.scatter(j + rng.uniform(-0.15, 0.15, sel.sum()), adjusted[sel], s=8, color="#777777", alpha=0.6,
-                   label="values adjusted for the other fixed effects" if j == 0 else None)
-        ax.plot([j - 0.3, j + 0.3], [adjusted[sel].mean()] * 2, color="#d62728", linestyle="--",
-                label=f"{group} mean (OLS, fixed {group})" if j == 0 else None)
-        ax.plot([j - 0.3, j + 0.3], [b0 + b[j, 0]] * 2, color="#1f77b4", linewidth=2,
-                label="BLUP β̂₀ + b" if j == 0 else None)
+        ax.scatter(
+            j + rng.uniform(-0.15, 0.15, sel.sum()),
+            adjusted[sel],
+            s=8,
+            color="#777777",
+            alpha=0.6,
+            label="values adjusted for the other fixed effects" if j == 0 else None,
+        )
+        ax.plot(
+            [j - 0.3, j + 0.3],
+            [adjusted[sel].mean()] * 2,
+            color="#d62728",
+            linestyle="--",
+            label=f"{group} mean (OLS, fixed {group})" if j == 0 else None,
+        )
+        ax.plot(
+            [j - 0.3, j + 0.3],
+            [b0 + b[j, 0]] * 2,
+            color="#1f77b4",
+            linewidth=2,
+            label="BLUP β̂₀ + b" if j == 0 else None,
+        )
     ax.set_xticks(np.arange(len(levels)), levels, rotation=90, fontsize=7)
     ax.set_xlabel(group)
     ax.set_ylabel(gene_id or "value")
     ax.legend(fontsize=8)
-    ax.set_title(f"{gene_id}: per-{group} means (OLS) against BLUPs, intercept with its bootstrap band"
-                 if gene_id else "per-level means against BLUPs", fontsize=10)
+    ax.set_title(
+        f"{gene_id}: per-{group} means (OLS) against BLUPs, intercept with its bootstrap band"
+        if gene_id
+        else "per-level means against BLUPs",
+        fontsize=10,
+    )
     return fig
 
 
-def plot_bootstrap_band(y: pd.Series, samples: pd.DataFrame, draws: pd.DataFrame, fit: dict, *,
-                        x: str | None = None, level: float = 0.95, gene_id: str = "", max_panels: int = 24):
+def plot_bootstrap_band(
+    y: pd.Series,
+    samples: pd.DataFrame,
+    draws: pd.DataFrame,
+    fit: dict,
+    *,
+    x: str | None = None,
+    level: float = 0.95,
+    gene_id: str = "",
+    max_panels: int = 24,
+):
     """The population fit with its bootstrap band, and per-group OLS lines against BLUP lines.
 
     Parameters
@@ -158,8 +200,11 @@ def plot_bootstrap_band(y: pd.Series, samples: pd.DataFrame, draws: pd.DataFrame
     sheet = samples.loc[obs]
     if x is None:
         x = _numeric_fixed_covariate("", sheet, names)
-    g_labels = sheet[group.split(":")[0]].map(
-        lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v)).to_numpy()
+    g_labels = (
+        sheet[group.split(":")[0]]
+        .map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
+        .to_numpy()
+    )
     levels = list(block.levels)
     b = np.asarray(fit["b"], dtype=float)[: block.n_levels * block.n_terms].reshape(block.n_levels, block.n_terms)
     alpha = (1.0 - level) / 2.0
@@ -178,8 +223,9 @@ def plot_bootstrap_band(y: pd.Series, samples: pd.DataFrame, draws: pd.DataFrame
     lines = d0[ok, None] + dx[ok, None] * grid_x[None, :]
     lo, hi = np.quantile(lines, [alpha, 1 - alpha], axis=0)
     ax.scatter(xv, yv, s=10, color="#777777", alpha=0.6, label="data")
-    ax.fill_between(grid_x, lo, hi, color="#e6a04d", alpha=0.35,
-                    label=f"{100 * level:g}% bootstrap band ({ok.sum()} refits)")
+    ax.fill_between(
+        grid_x, lo, hi, color="#e6a04d", alpha=0.35, label=f"{100 * level:g}% bootstrap band ({ok.sum()} refits)"
+    )
     ax.plot(grid_x, b0 + bx * grid_x, color="#b35900", linewidth=2, label="population fit Xβ̂")
     ax.set_xlabel(x)
     ax.set_ylabel(gene_id or "value")
@@ -205,7 +251,7 @@ def plot_bootstrap_band(y: pd.Series, samples: pd.DataFrame, draws: pd.DataFrame
         a.plot(gx, (b0 + bi) + (bx + bs) * gx, color="#1f77b4", linewidth=1.3)
         a.set_title(lv, fontsize=7, pad=2)
         a.tick_params(labelsize=6)
-    for a in axes[len(shown):]:
+    for a in axes[len(shown) :]:
         a.set_visible(False)
     extra = f" (first {len(shown)} of {len(levels)})" if len(levels) > len(shown) else ""
     sub[1].suptitle(f"per-{group} OLS (red, dashed) against BLUP (blue) lines{extra}", fontsize=10)

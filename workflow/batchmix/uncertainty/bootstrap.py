@@ -41,8 +41,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BOOT_COLUMNS = ["gene_id", "param", "status", "estimate", "q2.5", "q50", "q97.5", "boot_mean", "boot_sd",
-                "n_singular", "n_fail", "n_na"]
+BOOT_COLUMNS = [
+    "gene_id",
+    "param",
+    "status",
+    "estimate",
+    "q2.5",
+    "q50",
+    "q97.5",
+    "boot_mean",
+    "boot_sd",
+    "n_singular",
+    "n_fail",
+    "n_na",
+]
 
 
 @dataclass
@@ -80,8 +92,11 @@ def _param_names(prepared, single: bool) -> list[str]:
     for block in prepared.random.blocks:
         g = sanitize_name(block.group)
         names += [f"sd_{g}__{t}" for t in block.terms]
-        names += [f"cor_{g}__{block.terms[i]}__{block.terms[j]}"
-                  for i in range(block.n_terms) for j in range(i + 1, block.n_terms)]
+        names += [
+            f"cor_{g}__{block.terms[i]}__{block.terms[j]}"
+            for i in range(block.n_terms)
+            for j in range(i + 1, block.n_terms)
+        ]
     names.append("sigma")
     if single:
         names.append("ICC")
@@ -125,8 +140,15 @@ def _statistics(theta: np.ndarray, beta: np.ndarray, sigma2: np.ndarray, prepare
     return np.column_stack(cols)
 
 
-def refit_compressed(compressed: np.ndarray, rho: np.ndarray, comp: CompressedDesign, prepared: lmm.PreparedDesign, *,
-                     method: str = "auto", theta0: np.ndarray | None = None) -> lmm.SufficientFit:
+def refit_compressed(
+    compressed: np.ndarray,
+    rho: np.ndarray,
+    comp: CompressedDesign,
+    prepared: lmm.PreparedDesign,
+    *,
+    method: str = "auto",
+    theta0: np.ndarray | None = None,
+) -> lmm.SufficientFit:
     """Refit responses given by their compressed statistics (see :class:`CompressedDesign`).
 
     X'y, Z'y and y'y of each response follow from ``compressed`` and ``ρ`` and go to
@@ -174,8 +196,8 @@ def simulate_compressed(gene_ids, theta, beta, sigma2, prepared, comp: Compresse
     off = 0
     for block, T in zip(prepared.random.blocks, relative_factors(theta, prepared.random.blocks)):
         J, s = block.n_levels, block.n_terms
-        ub = u[:, :, off:off + J * s].reshape(G, nsim, J, s)
-        b[:, :, off:off + J * s] = np.einsum("gbjs,gts->gbjt", ub, T).reshape(G, nsim, J * s)
+        ub = u[:, :, off : off + J * s].reshape(G, nsim, J, s)
+        b[:, :, off : off + J * s] = np.einsum("gbjs,gts->gbjt", ub, T).reshape(G, nsim, J * s)
         off += J * s
     b *= sigma[:, None, None]
     p = prepared.p
@@ -335,8 +357,14 @@ def bootstrap(
         yty = np.einsum("gi,gi->g", Y, Y)
         spread = missing.constant_rows(Y, yty)
         perfect = missing.perfect_fit(fit0.ols_rss, yty)
-        good = (fit0.converged & np.isfinite(fit0.sigma2) & (fit0.sigma2 > 0)
-                & np.isfinite(fit0.beta).all(axis=1) & ~spread & ~perfect)
+        good = (
+            fit0.converged
+            & np.isfinite(fit0.sigma2)
+            & (fit0.sigma2 > 0)
+            & np.isfinite(fit0.beta).all(axis=1)
+            & ~spread
+            & ~perfect
+        )
         status[rows[~good]] = missing.ORIGINAL_FIT_FAILED
         status[rows[perfect & ~spread]] = missing.PERFECT_FIT
         status[rows[spread]] = missing.CONSTANT
@@ -350,8 +378,7 @@ def bootstrap(
         per = max(1, batch_size // nsim)
         b0 = fit0.b[good]
 
-        def run(start, rows=rows, theta0=theta0, beta0=beta0, s20=s20, prepared=prepared, comp=comp,
-                diag=diag, b0=b0):
+        def run(start, rows=rows, theta0=theta0, beta0=beta0, s20=s20, prepared=prepared, comp=comp, diag=diag, b0=b0):
             sl = slice(start, min(len(rows), start + per))
             ids = [genes[i] for i in rows[sl]]
             compressed, rho = simulate_compressed(ids, theta0[sl], beta0[sl], s20[sl], prepared, comp, nsim, seed)
@@ -376,9 +403,14 @@ def bootstrap(
                     frame["singular"] = singular.reshape(Gc, nsim)[j].astype(int)
                     draws[gid] = frame
                     g0 = start + j
-                    fits[gid] = {"theta": theta0[g0], "beta": beta0[g0], "sigma2": float(s20[g0]),
-                                 "fixed_names": list(prepared.fixed_names), "b": b0[g0],
-                                 "prepared": prepared}
+                    fits[gid] = {
+                        "theta": theta0[g0],
+                        "beta": beta0[g0],
+                        "sigma2": float(s20[g0]),
+                        "fixed_names": list(prepared.fixed_names),
+                        "b": b0[g0],
+                        "prepared": prepared,
+                    }
 
         starts = range(0, len(rows), per)
         if n_threads > 1 and len(starts) > 1:
@@ -389,12 +421,14 @@ def bootstrap(
             for st in starts:
                 run(st)
     G = len(genes)
-    frame = pd.DataFrame({
-        "gene_id": np.repeat(genes, P),
-        "param": np.tile(params, G),
-        "status": np.repeat(status, P),
-        "estimate": est.ravel(),
-    })
+    frame = pd.DataFrame(
+        {
+            "gene_id": np.repeat(genes, P),
+            "param": np.tile(params, G),
+            "status": np.repeat(status, P),
+            "estimate": est.ravel(),
+        }
+    )
     for j, c in enumerate(qcols):
         frame[c] = summ[:, :, j].ravel()
     frame["boot_mean"] = summ[:, :, len(probs)].ravel()

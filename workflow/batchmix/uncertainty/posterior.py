@@ -87,6 +87,7 @@ class _Base:
             # cubic Hermite interpolant of F on each cell, in the local coordinate s ∈ [0, 1];
             # outside [lo, hi] the CDF is 0 or 1 to within 1e-15 (the end cells are padded flat)
             F0, F1, f0, f1 = F[:-1], F[1:], f[:-1], f[1:]
+
             def pad(a, v):
                 return np.concatenate([[v], a, [v]])
 
@@ -131,8 +132,12 @@ class _Base:
 def _student_t(nu: float) -> _Base:
     return _Base(
         lambda u: special.stdtr(nu, u),
-        lambda u: np.exp(special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
-                         - (nu + 1) / 2 * np.log1p(u * u / nu)),
+        lambda u: np.exp(
+            special.gammaln((nu + 1) / 2)
+            - special.gammaln(nu / 2)
+            - 0.5 * np.log(nu * np.pi)
+            - (nu + 1) / 2 * np.log1p(u * u / nu)
+        ),
         lambda p: special.stdtrit(nu, p),
     )
 
@@ -146,8 +151,9 @@ def _log_gamma(a: float) -> _Base:
     )
 
 
-def _solve_increasing(cdf_pdf, p: float, lo: np.ndarray, hi: np.ndarray, x0: np.ndarray,
-                      max_iter: int = 60) -> np.ndarray:
+def _solve_increasing(
+    cdf_pdf, p: float, lo: np.ndarray, hi: np.ndarray, x0: np.ndarray, max_iter: int = 60
+) -> np.ndarray:
     """Solve ``F_g(x) = p`` for every row g of an increasing function, all rows at once.
 
     Safeguarded Newton: steps that leave the bracket ``[lo, hi]`` (which must contain the root)
@@ -183,8 +189,9 @@ def _solve_increasing(cdf_pdf, p: float, lo: np.ndarray, hi: np.ndarray, x0: np.
     return x
 
 
-def _mixture_quantiles(base: _Base, w: np.ndarray, loc: np.ndarray, scale: np.ndarray | None,
-                       probs: np.ndarray) -> np.ndarray:
+def _mixture_quantiles(
+    base: _Base, w: np.ndarray, loc: np.ndarray, scale: np.ndarray | None, probs: np.ndarray
+) -> np.ndarray:
     """Quantiles of per-row mixtures ``Σ_k w_k · base((x − loc_k)/scale_k)``, all rows at once.
 
     The mixture's quantile lies between its components' quantiles (the bracket); Newton starts
@@ -199,6 +206,7 @@ def _mixture_quantiles(base: _Base, w: np.ndarray, loc: np.ndarray, scale: np.nd
     -------
     (G, P) array.
     """
+
     def cdf_pdf(idx, x):
         if scale is None:
             F, f = base.cdf_pdf(x[:, None] - loc[idx])
@@ -211,8 +219,7 @@ def _mixture_quantiles(base: _Base, w: np.ndarray, loc: np.ndarray, scale: np.nd
     for j, p in enumerate(probs):
         zq = float(base.ppf(p))
         comp = loc + (zq if scale is None else scale * zq)
-        out[:, j] = _solve_increasing(cdf_pdf, p, comp.min(axis=1), comp.max(axis=1),
-                                      np.einsum("gk,gk->g", w, comp))
+        out[:, j] = _solve_increasing(cdf_pdf, p, comp.min(axis=1), comp.max(axis=1), np.einsum("gk,gk->g", w, comp))
     return out
 
 
@@ -449,15 +456,30 @@ def posterior_arrays(
     gbase = _log_gamma(nu / 2.0)
     zf, M, Md = _spline_matrix(n_grid, _REFINE)
     keys = [f"beta:{j}" for j in range(p)] + ["sigma", "sd_b", "ICC"]
-    res = {k: {"mean": np.full(G, np.nan), "sd": np.full(G, np.nan),
-               "quantiles": np.full((G, len(probs)), np.nan)} for k in keys}
+    res = {
+        k: {"mean": np.full(G, np.nan), "sd": np.full(G, np.nan), "quantiles": np.full((G, len(probs)), np.nan)}
+        for k in keys
+    }
     ok = np.zeros(G, dtype=bool)
     grids = []
     slices = [slice(start, min(G, start + chunk_size)) for start in range(0, G, chunk_size)]
 
     def run(sl):
-        return _posterior_chunk(np.ascontiguousarray(Y[:, sl]), X, U, d, prior, prior_scale, n_grid, probs,
-                                tbase, gbase, (M, Md), zf, keep_grid)
+        return _posterior_chunk(
+            np.ascontiguousarray(Y[:, sl]),
+            X,
+            U,
+            d,
+            prior,
+            prior_scale,
+            n_grid,
+            probs,
+            tbase,
+            gbase,
+            (M, Md),
+            zf,
+            keep_grid,
+        )
 
     if n_threads > 1 and len(slices) > 1:
         # numpy and BLAS release the GIL: gene blocks run in parallel threads
@@ -474,8 +496,12 @@ def posterior_arrays(
             grids.append(chunk["grid"])
     grid = None
     if keep_grid:
-        grid = PosteriorGrid(*(np.concatenate([getattr(g, f) for g in grids]) for f in
-                               ("t", "weight", "log_density", "beta", "beta_scale", "S", "nu")))
+        grid = PosteriorGrid(
+            *(
+                np.concatenate([getattr(g, f) for g in grids])
+                for f in ("t", "weight", "log_density", "beta", "beta_scale", "S", "nu")
+            )
+        )
     return {"params": res, "ok": ok, "nu": nu, "grid": grid, "probs": probs}
 
 
@@ -491,8 +517,9 @@ def _posterior_chunk(Y, X, U, d, prior, scale, n_grid, probs, tbase, gbase, spli
     rss = rot.Cyy + rot.Rt2.sum(axis=0)
     # a gene fitted exactly by X (e.g. constant) has no posterior
     ok = (rss > 1e-20 * rot.yy) & (S > 1e-12 * rss[None, :]).all(axis=0)
-    lpc = _log_density_t(tc[:, None], logdetV[:, None], logdetA[:, None], np.where(ok, S, 1.0), nu, prior,
-                         scale)  # (Kc, G)
+    lpc = _log_density_t(
+        tc[:, None], logdetV[:, None], logdetA[:, None], np.where(ok, S, 1.0), nu, prior, scale
+    )  # (Kc, G)
     lpmax = lpc.max(axis=0)
     inside = lpc >= (lpmax - _LOG_DENSITY_DROP)[None, :]
     first = np.argmax(inside, axis=0)
@@ -554,8 +581,11 @@ def _posterior_chunk(Y, X, U, d, prior, scale, n_grid, probs, tbase, gbase, spli
     # narrow components where the posterior of t is wide.)
     m = (Wt * np.sqrt(lam * SS / 2.0) * c_sig).sum(axis=1)
     ex2 = (Wt * lam * SS / (nu - 2)).sum(axis=1)
-    out["sd_b"] = {"mean": m, "sd": np.sqrt(np.maximum(ex2 - m * m, 0.0)),
-                   "quantiles": _sd_b_quantiles(T + logc, M, Md, cdf, dens, Wt, gbase, probs)}
+    out["sd_b"] = {
+        "mean": m,
+        "sd": np.sqrt(np.maximum(ex2 - m * m, 0.0)),
+        "quantiles": _sd_b_quantiles(T + logc, M, Md, cdf, dens, Wt, gbase, probs),
+    }
     # ICC = λ/(1+λ), a function of t only: quantiles of t from its refined CDF
     icc = special.expit(T)
     m = (Wt * icc).sum(axis=1)
@@ -586,9 +616,18 @@ def _hermite(f0, f1, d0, d1, s):
     return val, slope
 
 
-def _sd_b_quantiles(v: np.ndarray, M: np.ndarray, Md: np.ndarray, cdf: np.ndarray, dcdf: np.ndarray,
-                    Wt: np.ndarray, gbase: _Base, probs: np.ndarray, n_nodes: int = 32,
-                    Ku: int = 129) -> np.ndarray:
+def _sd_b_quantiles(
+    v: np.ndarray,
+    M: np.ndarray,
+    Md: np.ndarray,
+    cdf: np.ndarray,
+    dcdf: np.ndarray,
+    Wt: np.ndarray,
+    gbase: _Base,
+    probs: np.ndarray,
+    n_nodes: int = 32,
+    Ku: int = 129,
+) -> np.ndarray:
     """Quantiles of σ_b from ``P(σ_b ≤ e^y) = E_V[ψ(V + 2y)]``, ``ψ = Φ ∘ v⁻¹``, ``V = log g``.
 
     ``v`` (G, K) is ``log(λ S_λ / 2)`` on the grid; ``M``/``Md`` the spline value/derivative
@@ -609,6 +648,7 @@ def _sd_b_quantiles(v: np.ndarray, M: np.ndarray, Md: np.ndarray, cdf: np.ndarra
         pos[g] = np.interp(ugrid[g], vf[g], ar)
     i = np.minimum(pos.astype(np.intp), Kf - 2)
     s = pos - i
+
     def take(a, j):
         return np.take_along_axis(a, j, axis=1)
 
@@ -785,8 +825,16 @@ def posterior(
             else:
                 kw = {"Z": Zfull[cols]}
             want = np.array([genes[r] in keep for r in rows])
-            res = posterior_arrays(Yall[np.ix_(rows, cols)].T, Xs, prior=prior, prior_scale=prior_scale,
-                                   n_grid=n_grid, probs=probs, keep_grid=bool(want.any()), **kw)
+            res = posterior_arrays(
+                Yall[np.ix_(rows, cols)].T,
+                Xs,
+                prior=prior,
+                prior_scale=prior_scale,
+                n_grid=n_grid,
+                probs=probs,
+                keep_grid=bool(want.any()),
+                **kw,
+            )
         except (ValueError, np.linalg.LinAlgError) as err:
             status[rows] = f"failed:{type(err).__name__}"
             continue
@@ -798,8 +846,9 @@ def posterior(
             gr = res["grid"]
             for i in np.flatnonzero(want):
                 grids[genes[rows[i]]] = (
-                    PosteriorGrid(gr.t[i], gr.weight[i], gr.log_density[i], gr.beta[i], gr.beta_scale[i],
-                                  gr.S[i], gr.nu[i]),
+                    PosteriorGrid(
+                        gr.t[i], gr.weight[i], gr.log_density[i], gr.beta[i], gr.beta_scale[i], gr.S[i], gr.nu[i]
+                    ),
                     list(names),
                 )
     frames = []

@@ -55,19 +55,28 @@ def ols_vs_lmm_table(gene_fits: pd.DataFrame, gene_id: str) -> pd.DataFrame:
         the same X (comparable, as lmerTest's ``ranova``).
     """
     r = gene_fits.set_index(gene_fits["gene_id"].astype(str)).loc[str(gene_id)]
-    return pd.DataFrame({
-        "model": ["OLS", "LMM"],
-        "logLik": [r.get("ols_loglik"), r.get("loglik")],
-        "AIC": [r.get("ols_aic"), r.get("aic")],
-        "BIC": [r.get("ols_bic"), r.get("bic")],
-        "LRT": [np.nan, r.get("lrt_stat")],
-        "df": [np.nan, r.get("lrt_df")],
-        "p": [np.nan, r.get("lrt_p")],
-    })
+    return pd.DataFrame(
+        {
+            "model": ["OLS", "LMM"],
+            "logLik": [r.get("ols_loglik"), r.get("loglik")],
+            "AIC": [r.get("ols_aic"), r.get("aic")],
+            "BIC": [r.get("ols_bic"), r.get("bic")],
+            "LRT": [np.nan, r.get("lrt_stat")],
+            "df": [np.nan, r.get("lrt_df")],
+            "p": [np.nan, r.get("lrt_p")],
+        }
+    )
 
 
-def uncertainty_stage(config: dict, expression_path: str, status_path: str, fits_path: str, samples_path: str,
-                      out: dict[str, str], threads: int = 1) -> None:
+def uncertainty_stage(
+    config: dict,
+    expression_path: str,
+    status_path: str,
+    fits_path: str,
+    samples_path: str,
+    out: dict[str, str],
+    threads: int = 1,
+) -> None:
     """Bootstrap and/or grid posterior for the configured genes; tables, figures and a summary.
 
     Reads the stabilised expression, the gene statuses and the LMM gene fits (for statuses and
@@ -105,30 +114,55 @@ def uncertainty_stage(config: dict, expression_path: str, status_path: str, fits
     gstatus[~gstatus.index.isin(chosen) & gstatus.isin(["ok", "singular"])] = "skipped:not_selected"
     formula = config["model"]
     reml = bool(config.get("reml", True))
-    summary: dict = {"formula": formula, "n_genes": int(len(expr)), "n_selected": int(len(chosen)),
-                     "bootstrap": {"nsim": nsim, "seed": seed}, "posterior": {"enabled": bayes, "prior": prior,
-                                                                              "prior_scale": prior_scale},
-                     "figures": {}, "ols_vs_lmm": {}}
+    summary: dict = {
+        "formula": formula,
+        "n_genes": int(len(expr)),
+        "n_selected": int(len(chosen)),
+        "bootstrap": {"nsim": nsim, "seed": seed},
+        "posterior": {"enabled": bayes, "prior": prior, "prior_scale": prior_scale},
+        "figures": {},
+        "ols_vs_lmm": {},
+    }
     figdir = Path(out["figures"])
     figdir.mkdir(parents=True, exist_ok=True)
     boot = post = None
     if nsim > 0:
         t0 = time.perf_counter()
-        boot = bootstrap(expr, samples, formula, nsim=nsim, seed=seed, reml=reml, gene_status=gstatus,
-                         keep_draws_for=fig_genes, n_threads=threads)
+        boot = bootstrap(
+            expr,
+            samples,
+            formula,
+            nsim=nsim,
+            seed=seed,
+            reml=reml,
+            gene_status=gstatus,
+            keep_draws_for=fig_genes,
+            n_threads=threads,
+        )
         summary["bootstrap"]["seconds"] = round(time.perf_counter() - t0, 3)
         per_gene = boot.summary.groupby("gene_id", sort=False).first()
         done = per_gene["status"] == "ok"
-        summary["bootstrap"].update({"n_genes": int(done.sum()),
-                                     "n_singular": int(per_gene.loc[done, "n_singular"].sum()),
-                                     "n_fail": int(per_gene.loc[done, "n_fail"].sum())})
+        summary["bootstrap"].update(
+            {
+                "n_genes": int(done.sum()),
+                "n_singular": int(per_gene.loc[done, "n_singular"].sum()),
+                "n_fail": int(per_gene.loc[done, "n_fail"].sum()),
+            }
+        )
         io.write_table(boot.summary, out["bootstrap"])
     else:
         io.write_table(pd.DataFrame(columns=BOOT_COLUMNS), out["bootstrap"])
     if bayes:
         t0 = time.perf_counter()
-        post = posterior(expr, samples, formula, prior=prior, prior_scale=prior_scale,
-                         gene_status=gstatus.where(gstatus != missing.SINGULAR, missing.OK), keep_grid_for=fig_genes)
+        post = posterior(
+            expr,
+            samples,
+            formula,
+            prior=prior,
+            prior_scale=prior_scale,
+            gene_status=gstatus.where(gstatus != missing.SINGULAR, missing.OK),
+            keep_grid_for=fig_genes,
+        )
         summary["posterior"]["seconds"] = round(time.perf_counter() - t0, 3)
         st = post.summary.groupby("gene_id", sort=False)["status"].first()
         summary["posterior"]["status_counts"] = {k: int(v) for k, v in st.value_counts().items()}
