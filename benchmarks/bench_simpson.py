@@ -66,8 +66,14 @@ def run_scan(args, within_test: str) -> dict:
     start = time.perf_counter()
     result = simpson.scan(frame, batch, fdr=args.fdr, block_size=args.block_size, within_test=within_test)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pairs": result.n_pairs, "candidates": result.n_candidates,
-            "reversals": len(result.reversals), "peak_mb": peak_rss_mb(), "data_mb": data_mb}
+    return {
+        "seconds": seconds,
+        "pairs": result.n_pairs,
+        "candidates": result.n_candidates,
+        "reversals": len(result.reversals),
+        "peak_mb": peak_rss_mb(),
+        "data_mb": data_mb,
+    }
 
 
 def run_replicate(args) -> dict:
@@ -110,23 +116,30 @@ def main() -> None:
     load = os.getloadavg()
     results = {}
     for name in names:
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--child", name],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--child", name], check=True, capture_output=True, text=True
+        )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     load_after = os.getloadavg()
-    print(f"data: {args.genes} genes x {args.samples} samples, {args.batches} batches, "
-          f"batch effects {args.batch_effects}, fdr {args.fdr}, block size {args.block_size}")
+    print(
+        f"data: {args.genes} genes x {args.samples} samples, {args.batches} batches, "
+        f"batch effects {args.batch_effects}, fdr {args.fdr}, block size {args.block_size}"
+    )
     print(f"load average (1 min) before {load[0]:.2f}, after {load_after[0]:.2f}; cores {os.cpu_count()}")
     for name in ("random_effects", "pooled"):
         if name in results:
             r = results[name]
-            print(f"scan within_test={name:<15} {r['pairs']:,} pairs: {r['seconds']:.1f} s, "
-                  f"{r['pairs'] / r['seconds']:,.0f} pairs/s, peak RSS {r['peak_mb']:.0f} MB "
-                  f"(data alone {r['data_mb']:.0f} MB), {r['candidates']:,} candidates, {r['reversals']:,} reversals")
+            print(
+                f"scan within_test={name:<15} {r['pairs']:,} pairs: {r['seconds']:.1f} s, "
+                f"{r['pairs'] / r['seconds']:,.0f} pairs/s, peak RSS {r['peak_mb']:.0f} MB "
+                f"(data alone {r['data_mb']:.0f} MB), {r['candidates']:,} candidates, {r['reversals']:,} reversals"
+            )
     if "replicate" in results:
         r = results["replicate"]
-        print(f"one sign-flip replicate (random_effects): {r['seconds']:.1f} s after prepare "
-              f"({r['prepare_seconds']:.1f} s), peak RSS {r['peak_mb']:.0f} MB, {r['flagged_null']} pairs flagged")
+        print(
+            f"one sign-flip replicate (random_effects): {r['seconds']:.1f} s after prepare "
+            f"({r['prepare_seconds']:.1f} s), peak RSS {r['peak_mb']:.0f} MB, {r['flagged_null']} pairs flagged"
+        )
     if "random_effects" in results:
         r = results["random_effects"]
         verdict = "MET" if r["seconds"] < 20 and r["peak_mb"] < 2048 else "NOT MET"

@@ -53,6 +53,6 @@ def test_integer_gene_labels_are_drawn():
     assert isinstance(plot_reversals(frame, batch, table, top=1), Figure)
 
 
-def test_the_transitional_name_in_batchmix_simpson_is_the_same_function():
-    # the stage still calls simpson.plot_reversals until it is rewired to batchmix.plots.simpson
-    assert simpson.plot_reversals is plot_reversals
+def test_statistics_do_not_draw():
+    # the figure lives in batchmix.plots.simpson only: the statistics package has no plotting name
+    assert not hasattr(simpson, "plot_reversals")

@@ -81,11 +81,13 @@ def brute_force_random_effects(frame, batch, covariates=None, min_sd=0.1, min_ba
     genes = list(frame.index)
     for i in range(len(genes) - 1):
         # scipy.stats.pearsonr of gene i against every later gene, pooled and inside each batch
-        r_pooled = np.atleast_1d(stats.pearsonr(pooled[i][None, :], pooled[i + 1:], axis=1).statistic)
+        r_pooled = np.atleast_1d(stats.pearsonr(pooled[i][None, :], pooled[i + 1 :], axis=1).statistic)
         with warnings.catch_warnings():  # constant genes in a batch: NaN, never used (unusable)
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
-            r_batch = [np.atleast_1d(stats.pearsonr(residuals[k][i][None, :], residuals[k][i + 1:],
-                                                    axis=1).statistic) for k in range(len(batches))]
+            r_batch = [
+                np.atleast_1d(stats.pearsonr(residuals[k][i][None, :], residuals[k][i + 1 :], axis=1).statistic)
+                for k in range(len(batches))
+            ]
         for j in range(i + 1, len(genes)):
             r_t = r_pooled[j - i - 1]
             z_list, w_list, r_list = [], [], []
@@ -112,13 +114,17 @@ def brute_force_random_effects(frame, batch, covariates=None, min_sd=0.1, min_ba
             mu = sum(ws * z for ws, z in zip(w_star, z_list)) / sum(w_star)
             z_re = mu * math.sqrt(sum(w_star))
             z_t = math.atanh(r_t) * math.sqrt(df_pooled)
-            p = min(1.0, 2 * min(max(stats.norm.cdf(-z_t), stats.norm.cdf(z_re)),
-                                 max(stats.norm.cdf(z_t), stats.norm.cdf(-z_re))))
+            p = min(
+                1.0,
+                2
+                * min(max(stats.norm.cdf(-z_t), stats.norm.cdf(z_re)), max(stats.norm.cdf(z_t), stats.norm.cdf(-z_re))),
+            )
             if k_usable < min_batches:
                 p = 1.0
             i2 = max(0.0, (q - (k_usable - 1)) / q) if q > 0 and k_usable > 1 else 0.0
-            row.update(p=p, mu_r=math.tanh(mu), tau2=tau2, i2=i2,
-                       n_agree=sum(1 for r in r_list if np.sign(r) == np.sign(mu)))
+            row.update(
+                p=p, mu_r=math.tanh(mu), tau2=tau2, i2=i2, n_agree=sum(1 for r in r_list if np.sign(r) == np.sign(mu))
+            )
             rows.append(row)
     return pd.DataFrame(rows), usable, batches
 
@@ -141,8 +147,13 @@ def test_random_effects_statistic_of_every_pair_equals_the_brute_force_loop(refe
     assert (truth.tau2 > 0).sum() > 1000 and (truth.k_usable < 3).sum() > 100
     np.testing.assert_array_equal(got.k_usable, truth.k_usable)
     np.testing.assert_array_equal(got.n_agree, truth.n_agree)
-    for name, column in [("r_pooled", "r_pooled"), ("mu_r", "mu_r"), ("tau2", "tau2"), ("i2", "i2"),
-                         ("p_random_effects", "p")]:
+    for name, column in [
+        ("r_pooled", "r_pooled"),
+        ("mu_r", "mu_r"),
+        ("tau2", "tau2"),
+        ("i2", "i2"),
+        ("p_random_effects", "p"),
+    ]:
         np.testing.assert_allclose(getattr(got, name), truth[column], rtol=0, atol=1e-10, err_msg=name)
 
 
@@ -345,16 +356,19 @@ def test_nested_columns_of_the_gse147507_sheet():
 
 def test_factor_shares_against_explicit_sums():
     design = generate.gse147507_design()
-    frame, batch, _, _ = generate.make_planted(design, seed=2, n_null=40, n_planted=4, n_zero_inflated=0,
-                                               n_one_batch=0, n_mixed=0)
+    frame, batch, _, _ = generate.make_planted(
+        design, seed=2, n_null=40, n_planted=4, n_zero_inflated=0, n_one_batch=0, n_mixed=0
+    )
     pairs = pd.DataFrame({"gene_a": ["g0000", "g0002", "g0040"], "gene_b": ["g0001", "g0010", "g0041"]})
     shares = simpson.factor_shares(frame, pairs, design["Celltype"])
     cell = design["Celltype"].reindex(frame.columns).to_numpy()
     for share, row in zip(shares, pairs.itertuples(index=False)):
         x, y = frame.loc[row.gene_a].to_numpy(), frame.loc[row.gene_b].to_numpy()
         s_total = np.sum((x - x.mean()) * (y - y.mean()))
-        s_cell = sum((cell == c).sum() * (x[cell == c].mean() - x.mean()) * (y[cell == c].mean() - y.mean())
-                     for c in np.unique(cell))
+        s_cell = sum(
+            (cell == c).sum() * (x[cell == c].mean() - x.mean()) * (y[cell == c].mean() - y.mean())
+            for c in np.unique(cell)
+        )
         assert share == pytest.approx(s_cell / s_total, rel=1e-9)
 
 

@@ -93,9 +93,13 @@ def make_planted(
         batch_sd = rng.choice([0.1, 0.3, 1.0], p=[0.4, 0.4, 0.2])
         cell_sd = rng.choice([0.0, 1.5], p=[0.5, 0.5]) if cell_names.size > 1 else 0.0
         sd = rng.uniform(0.4, 1.0)
-        add(mean + batch_sd * rng.standard_normal(n_batches)[codes]
+        add(
+            mean
+            + batch_sd * rng.standard_normal(n_batches)[codes]
             + cell_sd * rng.standard_normal(cell_names.size)[cell_codes]
-            + sd * rng.standard_normal(n), "null")
+            + sd * rng.standard_normal(n),
+            "null",
+        )
 
     truth = set()
     for k in range(n_planted):
@@ -117,11 +121,11 @@ def make_planted(
         for batch_code in order[:third]:
             members = codes == batch_code
             a[members] = rng.normal(8.0, 0.5, size=members.sum())
-        for batch_code in order[third: 2 * third]:
+        for batch_code in order[third : 2 * third]:
             members = codes == batch_code
             b[members] = rng.normal(8.0, 0.5, size=members.sum())
         # elsewhere both are zero except one or two shared samples: r_b near +1 made of single samples
-        for batch_code in order[2 * third:]:
+        for batch_code in order[2 * third :]:
             members = np.flatnonzero(codes == batch_code)
             spikes = rng.choice(members, size=min(2, members.size - 1), replace=False)
             height = rng.uniform(2.0, 4.0, size=spikes.size)

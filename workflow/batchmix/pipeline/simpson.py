@@ -7,6 +7,7 @@ import pandas as pd
 from batchmix import simpson
 from batchmix.design import fixed_design
 from batchmix.io import batch_labels, read_matrix, read_result_table, read_samples, write_json, write_table
+from batchmix.plots.simpson import plot_reversals
 from batchmix.plots.style import save_png
 
 __all__ = ["simpson_stage", "consistent_reversals"]
@@ -70,7 +71,7 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
     write_table(result.reversals, outputs["reversals"])
     write_table(excluded.rename_axis("gene_id").reset_index(), outputs["excluded"])
     write_json(summary, outputs["summary"])
-    fig = simpson.plot_reversals(
+    fig = plot_reversals(
         expr.loc[ok], batch, consistent_reversals(result.reversals), top=config["report"]["top_pairs"] or 1
     )
     save_png(fig, outputs["figure"])

@@ -10,9 +10,7 @@ from batchmix.simpson import align_batch
 __all__ = ["plot_reversals"]
 
 
-def plot_reversals(
-    expression: pd.DataFrame, batch: pd.Series, reversals: pd.DataFrame, top: int = 4
-):
+def plot_reversals(expression: pd.DataFrame, batch: pd.Series, reversals: pd.DataFrame, top: int = 4):
     """Pooled versus per-batch view of the top reversals.
 
     One row per pair (the first ``top`` rows of ``reversals``): left, the pooled
@@ -74,7 +72,13 @@ def plot_reversals(
             ax.set_xlabel(str(pair.gene_a))
             ax.set_ylabel(str(pair.gene_b))
         if row == 0:
-            right.legend(title="batch", fontsize=7, title_fontsize=8, loc="center left",
-                         bbox_to_anchor=(1.02, 0.5), frameon=False)
+            right.legend(
+                title="batch",
+                fontsize=7,
+                title_fontsize=8,
+                loc="center left",
+                bbox_to_anchor=(1.02, 0.5),
+                frameon=False,
+            )
     fig.suptitle("Simpson's-paradox reversals: pooled (left) vs within batch (right)")
     return fig

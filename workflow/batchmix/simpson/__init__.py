@@ -170,15 +170,6 @@ def scan(
         Reversals with q <= fdr and the bookkeeping of the scan.
     """
     data = prepare(expression, batch, covariates=covariates, genes=genes, min_sd=min_sd, zero_value=zero_value)
-    return scan_data(data, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches,
-                     block_size=block_size)
-
-
-def __getattr__(name: str):
-    # Transitional: the stage still calls simpson.plot_reversals; the figure now lives in
-    # batchmix.plots.simpson (statistics never draw).  Imported only when asked for.
-    if name == "plot_reversals":
-        from batchmix.plots.simpson import plot_reversals
-
-        return plot_reversals
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return scan_data(
+        data, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches, block_size=block_size
+    )

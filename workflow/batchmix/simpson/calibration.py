@@ -63,14 +63,16 @@ def sign_flip_replicate(
 ) -> int:
     """Pairs flagged (q <= fdr) on one sign-flip replicate of ``data``; every one is a false discovery."""
     null = sign_flip_data(data, replicate, seed=seed)
-    result = scan_data(null, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches,
-                       block_size=block_size)
+    result = scan_data(
+        null, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches, block_size=block_size
+    )
     logger.info("sign-flip replicate %d: %d pairs flagged", replicate, len(result.reversals))
     return len(result.reversals)
 
 
-def calibration_summary(flagged: int, flagged_null: list[int], *, method: str = "sign_flip",
-                        seed: int = DEFAULT_SEED) -> dict:
+def calibration_summary(
+    flagged: int, flagged_null: list[int], *, method: str = "sign_flip", seed: int = DEFAULT_SEED
+) -> dict:
     """Combine replicates: ``{method, replicates, flagged, flagged_null, empirical_fdr, seed}``.
 
     empirical_fdr = mean(flagged_null) / max(flagged, 1): the expected share of false discoveries

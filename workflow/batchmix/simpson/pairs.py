@@ -68,10 +68,21 @@ REVERSAL_COLUMNS = [
     "n_agree",
 ]
 _COLUMN_DTYPES = {
-    "gene_a": object, "gene_b": object, "r_pooled": np.float64, "r_within": np.float64,
-    "r_between": np.float64, "between_share": np.float64, "p": np.float64, "q": np.float64,
-    "n_batches_within_sign": np.int64, "per_batch_r": object, "mu_r": np.float64, "tau2": np.float64,
-    "i2": np.float64, "k_usable": np.int64, "n_agree": np.int64,
+    "gene_a": object,
+    "gene_b": object,
+    "r_pooled": np.float64,
+    "r_within": np.float64,
+    "r_between": np.float64,
+    "between_share": np.float64,
+    "p": np.float64,
+    "q": np.float64,
+    "n_batches_within_sign": np.int64,
+    "per_batch_r": object,
+    "mu_r": np.float64,
+    "tau2": np.float64,
+    "i2": np.float64,
+    "k_usable": np.int64,
+    "n_agree": np.int64,
 }
 CANDIDATE_COLUMNS = ["index_a", "index_b", "p"]
 
@@ -269,8 +280,9 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     index_a, index_b = rows_a[ia[keep]], rows_b[ib[keep]]
     p = _exact_random_effects_p(data, index_a, index_b, min_batches)
     exact = p <= bound
-    logger.debug("block pair: %d pairs past the pooled bound, %d screened, %d candidates",
-                 ia.size, keep.size, int(exact.sum()))
+    logger.debug(
+        "block pair: %d pairs past the pooled bound, %d screened, %d candidates", ia.size, keep.size, int(exact.sum())
+    )
     return index_a[exact], index_b[exact], p[exact]
 
 
@@ -332,8 +344,9 @@ def scan_block_pair(
         index_a, index_b, p = _random_effects_candidates(data, rows_a, rows_b, same, bound, min_batches)
     else:
         index_a, index_b, p = _pooled_candidates(data, rows_a, rows_b, same, bound)
-    return pd.DataFrame({"index_a": index_a.astype(np.int64), "index_b": index_b.astype(np.int64),
-                         "p": p.astype(np.float64)})
+    return pd.DataFrame(
+        {"index_a": index_a.astype(np.int64), "index_b": index_b.astype(np.int64), "p": p.astype(np.float64)}
+    )
 
 
 @dataclass
@@ -393,11 +406,21 @@ def pair_statistics(
     with np.errstate(invalid="ignore"):
         n_same = np.sum(usable & (np.sign(per_batch) == np.sign(r_within)[:, None]), axis=1)
     return PairStatistics(
-        r_pooled=r_pooled, r_within=r_within, r_between=r_between, between_share=share,
-        per_batch_r=per_batch, usable=usable, mu_r=np.tanh(effects.mu), tau2=effects.tau2, i2=effects.i2,
-        k_usable=effects.k, n_agree=effects.n_agree, z_random_effects=effects.z,
-        p_random_effects=np.where(effects.k >= min_batches,
-                                  reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z), 1.0),
+        r_pooled=r_pooled,
+        r_within=r_within,
+        r_between=r_between,
+        between_share=share,
+        per_batch_r=per_batch,
+        usable=usable,
+        mu_r=np.tanh(effects.mu),
+        tau2=effects.tau2,
+        i2=effects.i2,
+        k_usable=effects.k,
+        n_agree=effects.n_agree,
+        z_random_effects=effects.z,
+        p_random_effects=np.where(
+            effects.k >= min_batches, reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z), 1.0
+        ),
         n_batches_within_sign=n_same,
     )
 
@@ -452,21 +475,39 @@ def combine(
     names = data.genes.to_numpy(dtype=object)
     labels = data.batch_labels
     compact = [";".join(f"{label}:{value:.2f}" for label, value in zip(labels, row)) for row in stats_.per_batch_r]
-    reversals = pd.DataFrame({
-        "gene_a": names[index_a], "gene_b": names[index_b], "r_pooled": stats_.r_pooled,
-        "r_within": stats_.r_within, "r_between": stats_.r_between, "between_share": stats_.between_share,
-        "p": p, "q": q, "n_batches_within_sign": stats_.n_batches_within_sign, "per_batch_r": compact,
-        "mu_r": stats_.mu_r, "tau2": stats_.tau2, "i2": stats_.i2, "k_usable": stats_.k_usable,
-        "n_agree": stats_.n_agree, "_a": index_a, "_b": index_b,
-    })
+    reversals = pd.DataFrame(
+        {
+            "gene_a": names[index_a],
+            "gene_b": names[index_b],
+            "r_pooled": stats_.r_pooled,
+            "r_within": stats_.r_within,
+            "r_between": stats_.r_between,
+            "between_share": stats_.between_share,
+            "p": p,
+            "q": q,
+            "n_batches_within_sign": stats_.n_batches_within_sign,
+            "per_batch_r": compact,
+            "mu_r": stats_.mu_r,
+            "tau2": stats_.tau2,
+            "i2": stats_.i2,
+            "k_usable": stats_.k_usable,
+            "n_agree": stats_.n_agree,
+            "_a": index_a,
+            "_b": index_b,
+        }
+    )
     if reversals.empty:
         reversals = empty
     else:
-        reversals = reversals.sort_values(["p", "n_agree", "_a", "_b"], ascending=[True, False, True, True],
-                                          kind="stable").drop(columns=["_a", "_b"]).reset_index(drop=True)
+        reversals = (
+            reversals.sort_values(["p", "n_agree", "_a", "_b"], ascending=[True, False, True, True], kind="stable")
+            .drop(columns=["_a", "_b"])
+            .reset_index(drop=True)
+        )
     reversals = reversals[REVERSAL_COLUMNS].astype(_COLUMN_DTYPES)
-    return SimpsonResult(reversals, n_genes, n_pairs, int(len(table)), fdr, method, data.genes_excluded,
-                         within_test, min_batches)
+    return SimpsonResult(
+        reversals, n_genes, n_pairs, int(len(table)), fdr, method, data.genes_excluded, within_test, min_batches
+    )
 
 
 def scan_data(

@@ -139,10 +139,20 @@ class SimpsonData:
         pooled = values - self._project("pooled", values)
         within = values - self._project("within", values)
         return SimpsonData(
-            genes=self.genes, values=values, pooled=pooled, within=within, batch_residuals=batch_residuals,
-            usable=self.usable, batch_weights=self.batch_weights, df_pooled=self.df_pooled,
-            df_within=self.df_within, batch_codes=self.batch_codes, batch_labels=self.batch_labels,
-            genes_excluded=self.genes_excluded, min_sd=self.min_sd, zero_value=self.zero_value,
+            genes=self.genes,
+            values=values,
+            pooled=pooled,
+            within=within,
+            batch_residuals=batch_residuals,
+            usable=self.usable,
+            batch_weights=self.batch_weights,
+            df_pooled=self.df_pooled,
+            df_within=self.df_within,
+            batch_codes=self.batch_codes,
+            batch_labels=self.batch_labels,
+            genes_excluded=self.genes_excluded,
+            min_sd=self.min_sd,
+            zero_value=self.zero_value,
             _cache={k: v for k, v in self._cache.items() if k[0] == "basis"},
         )
 
@@ -304,7 +314,9 @@ def prepare(
         usable[:, k] = ok
     logger.info(
         "simpson: %d genes, %d batches with w_b >= 1; %.1f%% of (gene, batch) cells usable",
-        keep.size, int((weights >= 1).sum()), 100.0 * usable.mean() if usable.size else 0.0,
+        keep.size,
+        int((weights >= 1).sum()),
+        100.0 * usable.mean() if usable.size else 0.0,
     )
     excluded = pd.Series(
         [reasons[g] for g in expression.index if g in reasons],
@@ -313,10 +325,20 @@ def prepare(
         dtype=object,
     )
     data = SimpsonData(
-        genes=expression.index[keep], values=kept, pooled=pooled, within=np.ascontiguousarray(within[keep]),
-        batch_residuals=batch_residuals, usable=usable, batch_weights=weights, df_pooled=df_pooled,
-        df_within=df_within, batch_codes=codes, batch_labels=labels, genes_excluded=excluded,
-        min_sd=float(min_sd), zero_value=None if zero_value is None else float(zero_value),
+        genes=expression.index[keep],
+        values=kept,
+        pooled=pooled,
+        within=np.ascontiguousarray(within[keep]),
+        batch_residuals=batch_residuals,
+        usable=usable,
+        batch_weights=weights,
+        df_pooled=df_pooled,
+        df_within=df_within,
+        batch_codes=codes,
+        batch_labels=labels,
+        genes_excluded=excluded,
+        min_sd=float(min_sd),
+        zero_value=None if zero_value is None else float(zero_value),
     )
     data._cache[("basis", "pooled")] = basis_pooled
     data._cache[("basis", "within")] = basis_within
