@@ -204,12 +204,7 @@ def test_walkthrough_config_is_valid():
     "ids",
     [
         ["007", "1e5", "gene 4", "0x1"],
-        pytest.param(
-            ["007", "1e5", "NA", "gene 4"],
-            marks=pytest.mark.xfail(
-                strict=True, reason="batchmix.io.read_matrix (not the stage) still reads the id NA as NaN"
-            ),
-        ),
+        ["007", "1e5", "NA", "gene 4"],
     ],
 )
 def test_gene_ids_that_look_like_numbers_stay_text(tmp_path, ids):
