@@ -193,7 +193,7 @@ def stage_inputs(
     if stage in ("validate", "stabilise"):
         return {"expression": config["expression"], "samples": config["samples"]}
     if stage == "split_genes":
-        return {"expression": expression, "gene_status": status}
+        return {"gene_status": status}
     if stage == "lmm_chunk":
         return {
             "genes": chunk_path("genes", outdir=outdir, scatteritem=scatteritem),
