@@ -22,18 +22,19 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "workflow" / "data"
 
 
-def _counts(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", index_col=0).astype("int64")
+def _counts(path: Path, dtype: str = "int64") -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", index_col=0).astype(dtype)
 
 
+@pytest.mark.parametrize("dtype", ["int64", "float64"])
 @pytest.mark.parametrize(
     ("counts_path", "nsub"),
     [(FIXTURE / "counts.tsv", None), (REPO / "resources" / "example" / "counts.tsv.gz", 1000)],
     ids=["fixture", "embedded_default"],
 )
 @pytest.mark.parametrize("fit_type", ["parametric", "mean"])
-def test_the_vst_in_blocks_equals_the_single_pass_bit_for_bit(counts_path, nsub, fit_type):
-    counts = _counts(counts_path)
+def test_the_vst_in_blocks_equals_the_single_pass_bit_for_bit(counts_path, nsub, fit_type, dtype):
+    counts = _counts(counts_path, dtype)
     single = vst_mod.vst(counts, fit_type=fit_type, nsub=nsub)
     block = 997  # not a divisor of anything: uneven last blocks
     model = ChunkedVST(fit_type=fit_type, nsub=nsub, block_genes=block).fit(counts)
@@ -89,8 +90,9 @@ def test_stabilise_blocks_and_lmm_chunks_do_not_change_a_byte(tmp_path, monkeypa
     for relative in ["vst/expression.parquet", "corrected/expression.parquet"]:
         np.testing.assert_array_equal(read_matrix(many / relative), read_matrix(one / relative))
     # and the single-pass statistics of the whole table, computed here without the stage
-    counts = _counts(FIXTURE / "counts.tsv")
+    counts = _counts(FIXTURE / "counts.tsv", "float64")
     single = vst_mod.vst(counts, nsub=None)
+    assert json.loads((one / "vst/info.json").read_text())["vst_coefficients"] == single.coefficients
     stabilised = read_matrix(one / "vst/expression.parquet")
     np.testing.assert_allclose(stabilised.to_numpy(), single.values.to_numpy(), rtol=5e-12, atol=0)
     mean_sd = read_result_table(one / "vst/mean_sd.tsv")

@@ -141,7 +141,9 @@ class ChunkedVST:
         for g0 in self._blocks(n_genes):
             yt = np.ascontiguousarray(counts.iloc[g0 : g0 + self.block_genes].to_numpy().T)
             allpos = yt.min(axis=0) > 0
-            sub = yt[:, allpos]
+            # np.take gives a C-ordered copy (boolean indexing would not): the mean over samples then
+            # adds in the order batchmix.vst adds, and the result is the same double
+            sub = np.take(yt, np.flatnonzero(allpos), axis=1)
             logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub)
             positive.append(g0 + np.flatnonzero(allpos))
             log_geo.append(logy.mean(axis=0))
