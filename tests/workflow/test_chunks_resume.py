@@ -73,7 +73,7 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
         "results/lmm/gene_fits.tsv",
         "results/lmm/blups.tsv",
         "results/lmm/fixed_vcov.tsv",
-        "results/corrected/expression.tsv.gz",
+        "results/corrected/expression.parquet",
     } <= set(tables)
     assert differing_files(run_dir, fixture_run, tables) == []
 
@@ -83,7 +83,7 @@ LMM_TABLES = [
     "results/lmm/blups.tsv",
     "results/lmm/fixed_vcov.tsv",
     "results/lmm/model.json",
-    "results/corrected/expression.tsv.gz",
+    "results/corrected/expression.parquet",
 ]
 
 
