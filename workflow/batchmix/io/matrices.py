@@ -123,10 +123,6 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
     return out
 
 
-def _float_block(matrix: pd.DataFrame) -> np.ndarray:
-    return round_significant(matrix.to_numpy(dtype=np.float64))
-
-
 class MatrixWriter:
     """Write a genes × samples matrix a block of genes at a time, in any of the formats.
 
@@ -143,6 +139,9 @@ class MatrixWriter:
         The sample ids, in column order.
     n_genes : int
         The total number of genes (sets the Parquet row groups and the ``.h5ad`` dataset shape).
+    significant_digits : int or None
+        Digits the values are rounded to (:func:`round_significant`); None: as given, for blocks
+        read from matrices that were rounded when they were written.
 
     Examples
     --------
@@ -151,11 +150,19 @@ class MatrixWriter:
     ...         writer.write(block)
     """
 
-    def __init__(self, path: str | Path, samples: Sequence[str], *, n_genes: int):
+    def __init__(
+        self,
+        path: str | Path,
+        samples: Sequence[str],
+        *,
+        n_genes: int,
+        significant_digits: int | None = SIGNIFICANT_DIGITS,
+    ):
         self.path = Path(path)
         self.format = matrix_format(self.path)
         self.samples = [str(s) for s in samples]
         self.n_genes = int(n_genes)
+        self.significant_digits = significant_digits
         self.genes_written = 0
         self._stack = contextlib.ExitStack()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +243,9 @@ class MatrixWriter:
         genes = [str(g) for g in block.index]
         if self.genes_written + len(genes) > self.n_genes:
             raise ValueError(f"{self.path}: more than the {self.n_genes} genes announced")
-        values = _float_block(block)
+        values = block.to_numpy(dtype=np.float64)
+        if self.significant_digits is not None:
+            values = round_significant(values, self.significant_digits)
         if self.format == "parquet":
             self._write_parquet(genes, values)
         elif self.format == "h5ad":
