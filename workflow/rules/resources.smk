@@ -42,9 +42,13 @@ STAGE_COSTS = {
     # split_genes writes each chunk's gene range from gene_status (no expression values): memory and
     # time are the imports (220 MB peak of the job in bench_pipeline.py at every shape).
     "split_genes": StageCost(base_mb=225, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
-    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=62, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
+    # lmm_chunk reads its genes' Parquet row groups; peak 629 MB for 5,000 genes x 500 samples in
+    # benchmarks/bench_pipeline.py (228 MB of imports + 160 bytes per value: the fits' workspace and the
+    # chunk's corrected expression), above the 62 bytes per value measured before on text chunks.
+    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=160, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
     # gather_lmm holds gene_fits (one row per gene) for the moderation: the base covers 60,000 genes
-    # (279 MB peak measured at 60,000 x 40; 144 MB at 2,000 genes).
+    # (279 MB peak measured at 60,000 x 40; 144 MB at 2,000 genes). The corrected matrix is copied a
+    # Parquet row group at a time (341 MB peak at 20,000 x 500 in bench_pipeline.py).
     "gather_lmm": StageCost(base_mb=430, bytes_per_value=0, bytes_per_sample_pair=0, base_s=0.4, us_per_value=0.83, us_per_sample_pair=0),
     "simpson": StageCost(base_mb=150, bytes_per_value=208, bytes_per_sample_pair=9.6, base_s=7, us_per_value=0.0003, us_per_sample_pair=0),
     "report": StageCost(base_mb=430, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=24, us_per_value=0, us_per_sample_pair=0.96),
