@@ -117,3 +117,10 @@ def test_a_writer_refuses_other_samples_or_too_many_genes(tmp_path):
         MatrixWriter(tmp_path / "b.parquet", m.columns, n_genes=5) as w,
     ):
         w.write(m)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_round_significant_keeps_the_layout_of_a_matrix(order):
+    values = np.asarray(matrix(n_genes=3000).to_numpy(), order=order)
+    expected = np.array([[float(f"{v:.12g}") for v in row] for row in values])
+    np.testing.assert_array_equal(round_significant(values), expected)

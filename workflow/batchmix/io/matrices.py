@@ -99,28 +99,31 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
         A new float64 array of the same shape; NaN and infinities unchanged.
     """
     v = np.asarray(values, dtype=np.float64)
-    out = v.copy()
-    flat, src = out.reshape(-1), v.reshape(-1)
-    finite = np.isfinite(src) & (src != 0)
-    idx = np.flatnonzero(finite)
-    if idx.size == 0:
-        return out
-    x = src[idx]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = (digits - 1 - np.floor(np.log10(np.abs(x)))).astype(np.int64)
-    fast = (k >= 0) & (k <= 22)
-    scale = 10.0 ** np.clip(k, 0, 22)
-    scaled = x * scale
-    r = np.rint(scaled)
-    frac = np.abs(scaled - np.trunc(scaled))
-    lo, hi = 10.0 ** (digits - 1), 10.0**digits
-    # a tie within the product's rounding error (|scaled| < 1e12: an ulp is below 2e-4), or r with
-    # another number of digits than asked: the text round trip decides
-    fast &= (np.abs(frac - 0.5) > 1e-3) & (np.abs(r) >= lo) & (np.abs(r) < hi)
-    flat[idx[fast]] = r[fast] / scale[fast]
-    for i in idx[~fast]:
-        flat[i] = float(f"{src[i]:.{digits}g}")
+    # NaN, infinities and zeros give a non-finite k and take the slow path's "stay as they are"; the
+    # warnings their arithmetic raises on the way say nothing
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        k = (digits - 1) - np.floor(np.log10(np.abs(v)))
+        finite = np.isfinite(k)
+        k_int = np.where(finite, k, 0.0).astype(np.int64)
+        fast = finite & (k_int >= 0) & (k_int <= 22)
+        scale = _POWERS_OF_TEN[np.clip(k_int, 0, 22)]
+        scaled = v * scale
+        r = np.rint(scaled)
+        frac = np.abs(scaled - np.trunc(scaled))
+        lo, hi = 10.0 ** (digits - 1), 10.0**digits
+        # a tie within the product's rounding error (|scaled| < 1e12: an ulp is below 2e-4), or r
+        # with another number of digits than asked: the text round trip decides
+        abs_r = np.abs(r)
+        fast &= (np.abs(frac - 0.5) > 1e-3) & (abs_r >= lo) & (abs_r < hi)
+        out = np.where(fast, r / scale, v)
+    slow = finite & ~fast
+    if slow.any():  # a boolean mask: right for C- and Fortran-ordered matrices alike
+        out[slow] = [float(f"{x:.{digits}g}") for x in v[slow]]
     return out
+
+
+# 10**k for k = 0..22: every one is exact in float64.
+_POWERS_OF_TEN = np.array([10.0**k for k in range(23)])
 
 
 class MatrixWriter:
