@@ -13,7 +13,7 @@ import pytest
 import yaml
 from batchmix import vst as vst_mod
 from batchmix.config import validate_config
-from batchmix.io import read_matrix, read_result_table
+from batchmix.io import read_matrix, read_result_table, write_table
 from batchmix.pipeline import paths, stabilise
 from batchmix.pipeline.registry import run_stage
 from batchmix.pipeline.stabilise import ChunkedVST
@@ -117,3 +117,25 @@ def test_a_run_where_no_gene_can_be_fitted_keeps_every_gene_with_its_status(tmp_
     assert read_result_table(out / "lmm/blups.tsv").empty
     assert "no gene could be fitted" in caplog.text
     assert json.loads((out / "lmm/model.json").read_text())["formula"] == config["model"]
+
+
+def test_the_matrix_formats_hold_the_same_numbers_and_text_is_the_old_bytes(tmp_path):
+    runs = {}
+    for fmt in ("parquet", "tsv.gz", "h5ad"):
+        config = _config(tmp_path / fmt, outputs={"matrices": fmt})
+        out = tmp_path / fmt / "results"
+        _run("stabilise", config, out)
+        _run_lmm(config, out, n_chunks=2)
+        runs[fmt] = out
+    suffix = {"parquet": ".parquet", "tsv.gz": ".tsv.gz", "h5ad": ".h5ad"}
+    for name in ("vst/expression", "corrected/expression"):
+        reference = read_matrix(runs["parquet"] / f"{name}.parquet")
+        for fmt, out in runs.items():
+            other = read_matrix(out / f"{name}{suffix[fmt]}")
+            assert other.index.tolist() == reference.index.tolist()
+            np.testing.assert_array_equal(other.to_numpy(), reference.to_numpy())
+        # the text option writes what batchmix.io.write_table writes for the same matrix
+        write_table(reference, tmp_path / "reference.tsv.gz", index=True)
+        assert (runs["tsv.gz"] / f"{name}.tsv.gz").read_bytes() == (tmp_path / "reference.tsv.gz").read_bytes()
+    for fmt in ("tsv.gz", "h5ad"):
+        assert (runs[fmt] / "lmm/gene_fits.tsv").read_bytes() == (runs["parquet"] / "lmm/gene_fits.tsv").read_bytes()

@@ -361,8 +361,9 @@ def _check_parquet_layout(pf, path) -> None:
 def read_matrix_rows(path: str | Path, start: int = 0, stop: int | None = None) -> pd.DataFrame:
     """Genes ``start`` to ``stop`` (positions, ``stop`` excluded) of a matrix file.
 
-    From Parquet only the row groups that hold those genes are read; from the other formats the
-    whole file is read and cut.
+    From Parquet only the row groups that hold those genes are read; from ``.h5ad`` the whole file
+    is read and cut. Text tables are read by :func:`batchmix.io.read_matrix` (this module reads
+    binary files only, so that ``batchmix.io.tables`` can hand them to it without an import cycle).
 
     Returns
     -------
@@ -393,7 +394,7 @@ def read_matrix_rows(path: str | Path, start: int = 0, stop: int | None = None) 
 
 
 def iter_matrix_rows(path: str | Path, *, genes_per_block: int | None = None) -> Iterator[pd.DataFrame]:
-    """The matrix in blocks of genes, in order; from Parquet one row group at a time by default."""
+    """The matrix in blocks of genes, in order; from Parquet one row group at a time by default (``.h5ad``: read whole)."""
     fmt = matrix_format(path)
     if fmt != "parquet":
         whole = read_matrix_file(path)
@@ -412,7 +413,7 @@ def iter_matrix_rows(path: str | Path, *, genes_per_block: int | None = None) ->
 
 
 def matrix_shape(path: str | Path) -> tuple[int, int]:
-    """(genes, samples) of a matrix file; from Parquet and ``.h5ad`` without reading the values."""
+    """(genes, samples) of a Parquet or ``.h5ad`` matrix, without reading the values."""
     fmt = matrix_format(path)
     if fmt == "parquet":
         pf = _parquet_file(path)
@@ -423,7 +424,7 @@ def matrix_shape(path: str | Path) -> tuple[int, int]:
         with h5py.File(path, "r") as h5:
             n_samples, n_genes = h5["X"].shape
         return int(n_genes), int(n_samples)
-    return read_matrix_file(path).shape
+    raise ValueError(f"{path}: the shape of a text matrix is read with batchmix.io.read_matrix")
 
 
 def _h5_strings(dataset) -> list[str]:

@@ -17,8 +17,23 @@ import numpy as np
 import pandas as pd
 
 from batchmix import lmm, moderate
-from batchmix.io import read_result_table, read_samples, table_lines, table_writer, write_json, write_table
-from batchmix.io.matrices import MatrixWriter, iter_matrix_rows, matrix_shape, read_matrix_rows, write_matrix
+from batchmix.io import (
+    read_matrix,
+    read_result_table,
+    read_samples,
+    table_lines,
+    table_writer,
+    write_json,
+    write_table,
+)
+from batchmix.io.matrices import (
+    MatrixWriter,
+    iter_matrix_rows,
+    matrix_format,
+    matrix_shape,
+    read_matrix_rows,
+    write_matrix,
+)
 
 __all__ = [
     "split_genes_stage",
@@ -73,16 +88,24 @@ def split_genes_stage(config: dict, inputs: dict, outputs: dict, params: dict) -
     return {"genes": len(genes), "chunks": len(ranges)}
 
 
+def _read_rows(path: str, start: int, stop: int) -> tuple[pd.DataFrame, int]:
+    """Genes ``start:stop`` of a matrix and its gene count: from Parquet its row groups only, from
+    ``.tsv.gz`` or ``.h5ad`` (``outputs.matrices``) the whole file, then cut."""
+    if matrix_format(path) == "parquet":
+        return read_matrix_rows(path, start, stop), matrix_shape(path)[0]
+    whole = read_matrix(path)
+    return whole.iloc[start:stop], len(whole)
+
+
 def _read_chunk_expression(inputs: dict, status: pd.Series) -> pd.DataFrame:
     """The chunk's genes of the stabilised matrix, checked against its gene range and gene_status."""
     spec = json.loads(Path(inputs["genes"]).read_text())
-    n_genes, _ = matrix_shape(inputs["expression"])
+    expr, n_genes = _read_rows(inputs["expression"], spec["start"], spec["stop"])
     if n_genes != spec["n_genes"] or len(status) != n_genes:
         raise RuntimeError(
             f"{inputs['expression']} has {n_genes} genes, {inputs['genes']} expects {spec['n_genes']} and "
             f"{inputs['gene_status']} lists {len(status)}; one of them is stale: rerun the stabilise rule"
         )
-    expr = read_matrix_rows(inputs["expression"], spec["start"], spec["stop"])
     if expr.index.tolist() != status.index[spec["start"] : spec["stop"]].tolist():
         raise RuntimeError(
             f"the genes {spec['start']}..{spec['stop']} of {inputs['expression']} differ from those of "
