@@ -394,7 +394,7 @@ def read_matrix_rows(path: str | Path, start: int = 0, stop: int | None = None) 
 
 
 def iter_matrix_rows(path: str | Path, *, genes_per_block: int | None = None) -> Iterator[pd.DataFrame]:
-    """The matrix in blocks of genes, in order; from Parquet one row group at a time by default (``.h5ad``: read whole)."""
+    """The matrix in blocks of genes, in order: from Parquet a row group at a time by default; .h5ad read whole."""
     fmt = matrix_format(path)
     if fmt != "parquet":
         whole = read_matrix_file(path)
