@@ -7,7 +7,8 @@
 For each shape (genes x samples) it generates a count table (negative binomial, seeded) with a
 batch effect, then runs the workflow's stages in order -- stabilise, split_genes (one chunk, so
 that the LMM chunk is the whole table), lmm_chunk, gather_lmm, simpson, report -- each in a fresh
-Python process calling the same batchmix.stages functions the Snakemake rules call. Per stage it
+Python process calling the stage through batchmix.pipeline.registry.run_stage with the paths of
+batchmix.pipeline.paths, as the Snakemake rules do. Per stage it
 records wall time and peak resident memory (ru_maxrss of that process, imports and data
 included) and fits
 
@@ -111,77 +112,19 @@ def stage_config(directory: Path) -> dict:
 
 # ----------------------------------------------------------------------------- one stage (child process)
 def run_stage(stage: str, directory: Path) -> None:
-    """Run one stage on the files in ``directory`` as its rule would (inputs and outputs as files)."""
-    from batchmix import stages
+    """Run one stage on the files in ``directory`` as its rule would: the registry's
+    :func:`batchmix.pipeline.registry.run_stage` with the paths of :mod:`batchmix.pipeline.paths`
+    (outdir ``directory/results``, one LMM chunk ``1-of-1``)."""
+    from batchmix.pipeline import paths
+    from batchmix.pipeline.registry import run_stage as run_registered
 
     config = stage_config(directory)
-    d = directory
-    vst = {
-        "expression": d / "vst.tsv.gz",
-        "size_factors": d / "size_factors.tsv",
-        "gene_status": d / "gene_status.tsv",
-        "mean_sd": d / "mean_sd.tsv",
-        "info": d / "info.json",
-    }
-    chunk = {"fits": d / "chunk.fits.tsv", "blups": d / "chunk.blups.tsv", "corrected": d / "chunk.corrected.tsv.gz"}
-    gathered = {"gene_fits": d / "gene_fits.tsv", "blups": d / "blups.tsv", "corrected": d / "corrected.tsv.gz"}
-    simpson = {
-        "reversals": d / "reversals.tsv",
-        "excluded": d / "excluded.tsv",
-        "summary": d / "summary.json",
-        "figure": d / "top_pairs.png",
-    }
+    outdir = str(directory / "results")
+    where = {"outdir": outdir, "scatteritem": "1-of-1", "n_chunks": 1}
+    inputs = paths.stage_inputs(stage, config, **where)
+    outputs = paths.stage_outputs(stage, config, **where)
     started = time.perf_counter()
-    if stage == "stabilise":
-        stages.stabilise_stage(config, {k: str(v) for k, v in vst.items()})
-    elif stage == "split_genes":
-        stages.split_stage(str(vst["expression"]), str(vst["gene_status"]), [str(d / "chunk.expression.tsv.gz")])
-    elif stage == "lmm_chunk":
-        stages.lmm_chunk_stage(
-            config,
-            str(d / "chunk.expression.tsv.gz"),
-            str(vst["gene_status"]),
-            config["samples"],
-            {k: str(v) for k, v in chunk.items()},
-        )
-    elif stage == "gather_lmm":
-        stages.gather_stage(
-            config,
-            [str(chunk["fits"])],
-            [str(chunk["blups"])],
-            [str(chunk["corrected"])],
-            str(vst["gene_status"]),
-            {k: str(v) for k, v in gathered.items()},
-        )
-    elif stage == "simpson":
-        stages.simpson_stage(
-            config,
-            str(vst["expression"]),
-            str(vst["gene_status"]),
-            config["samples"],
-            {k: str(v) for k, v in simpson.items()},
-        )
-    elif stage == "report":
-        from batchmix.report import build_report
-
-        inputs = {
-            "vst_info": vst["info"],
-            "size_factors": vst["size_factors"],
-            "gene_status": vst["gene_status"],
-            "mean_sd": vst["mean_sd"],
-            "vst_expression": vst["expression"],
-            "gene_fits": gathered["gene_fits"],
-            "blups": gathered["blups"],
-            "samples": config["samples"],
-            "expression": config["expression"],
-            "corrected": gathered["corrected"],
-            "reversals": simpson["reversals"],
-            "simpson_summary": simpson["summary"],
-            "simpson_figure": simpson["figure"],
-        }
-        build_report(config, {k: str(v) for k, v in inputs.items()}, str(d / "report.html"), str(d / "figures"))
-    else:
-        raise ValueError(stage)
+    run_registered(stage, config, inputs, outputs, {"threads": 1}, console=False)
     wall = time.perf_counter() - started
     print(json.dumps({"stage": stage, "wall_s": wall, "peak_mb": peak_rss_mb()}))
 

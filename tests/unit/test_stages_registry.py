@@ -37,17 +37,26 @@ def test_paths_are_relative_to_the_outdir_and_follow_the_config():
         "blups": "/tmp/x/lmm/blups.tsv",
         "fixed_vcov": "/tmp/x/lmm/fixed_vcov.tsv",
         "model": "/tmp/x/lmm/model.json",
-        "corrected": "/tmp/x/corrected/expression.tsv.gz",
+        "corrected": "/tmp/x/corrected/expression.parquet",
     }
+    as_text = dict(CONFIG, outputs={"matrices": "tsv.gz"})
+    assert paths.stage_outputs("gather_lmm", as_text)["corrected"] == "results/corrected/expression.tsv.gz"
+    assert paths.stage_outputs("stabilise", dict(CONFIG, outputs={"matrices": "h5ad"}))["expression"] == (
+        "results/vst/expression.h5ad"
+    )
     fixed_batch = dict(CONFIG, model="~ Infection + Batch")
     assert "corrected" not in paths.stage_outputs("gather_lmm", fixed_batch)
     assert paths.stage_outputs("lmm_chunk", CONFIG, scatteritem="2-of-3")["fixed_vcov"] == (
         "results/lmm/chunks/2-of-3.fixed_vcov.tsv"
     )
     assert paths.stage_outputs("split_genes", CONFIG, n_chunks=2)["chunks"] == [
-        "results/lmm/chunks/1-of-2.expression.tsv.gz",
-        "results/lmm/chunks/2-of-2.expression.tsv.gz",
+        "results/lmm/chunks/1-of-2.genes.json",
+        "results/lmm/chunks/2-of-2.genes.json",
     ]
+    # a chunk job reads its gene range and the stabilised matrix itself (its row groups), no copy
+    chunk_inputs = paths.stage_inputs("lmm_chunk", CONFIG, scatteritem="2-of-3")
+    assert chunk_inputs["genes"] == "results/lmm/chunks/2-of-3.genes.json"
+    assert chunk_inputs["expression"] == "results/vst/expression.parquet"
     gather = paths.stage_inputs("gather_lmm", fixed_batch, n_chunks=2)
     assert gather["fits"] == ["results/lmm/chunks/1-of-2.fits.tsv", "results/lmm/chunks/2-of-2.fits.tsv"]
     assert gather["corrected"] == [] and gather["samples"] == "data/samples.tsv"
@@ -110,3 +119,10 @@ def test_unknown_stages_are_named():
         run_stage("nope", {}, {}, {})
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
         paths.stage_outputs("nope", CONFIG)
+
+
+def test_chunk_counts_come_from_an_integer_or_a_mapping_per_stage():
+    assert paths.chunk_count({"chunks": 6}) == 6 and paths.chunk_count({"chunks": 6}, "simpson") == 1
+    per_stage = {"chunks": {"lmm": 8, "simpson": 3}}
+    assert paths.chunk_count(per_stage) == 8 and paths.chunk_count(per_stage, "simpson") == 3
+    assert paths.chunk_count({"chunks": {"simpson": 2}}) == 4  # the schema's default for the LMM

@@ -1,13 +1,16 @@
-"""The split and the gather of the LMM stage stream their tables: lines copied as they are, one header."""
+"""The split and the gather of the LMM stage: gene ranges per chunk; tables streamed under one header."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 from batchmix.io import read_matrix, table_writer, write_table
+from batchmix.io.matrices import write_matrix
 from batchmix.pipeline.lmm import gather_lmm_stage, split_genes_stage
 
 HEADER = "gene_id\ts1\ts2\n"
@@ -62,48 +65,38 @@ def test_write_table_gzip_has_the_fixed_header_and_one_deflate_stream(tmp_path):
     ("n_chunks", "sizes"),
     [(1, [7]), (3, [3, 2, 2]), (4, [2, 2, 2, 1]), (9, [1, 1, 1, 1, 1, 1, 1, 0, 0])],
 )
-def test_split_copies_the_header_and_consecutive_gene_lines_into_each_chunk(tmp_path, n_chunks, sizes):
-    expression, status = write_expression(tmp_path)
-    chunks = [tmp_path / f"{i}-of-{n_chunks}.expression.tsv.gz" for i in range(1, n_chunks + 1)]
-    split_genes_stage(
-        {}, {"expression": str(expression), "gene_status": str(status)}, {"chunks": [str(c) for c in chunks]}, {}
-    )
+def test_split_writes_each_chunks_consecutive_gene_range(tmp_path, n_chunks, sizes):
+    _, status = write_expression(tmp_path)
+    chunks = [tmp_path / f"{i}-of-{n_chunks}.genes.json" for i in range(1, n_chunks + 1)]
+    split_genes_stage({}, {"gene_status": str(status)}, {"chunks": [str(c) for c in chunks]}, {})
+    genes = [line.split("\t")[0] for line in GENE_LINES]
     start = 0
     for chunk, size in zip(chunks, sizes):
-        text = (HEADER + "".join(GENE_LINES[start : start + size])).encode()
-        assert chunk.read_bytes() == fixed_gzip(text), chunk.name
+        spec = json.loads(chunk.read_text())
+        assert (spec["start"], spec["stop"], spec["n_genes"]) == (start, start + size, 7), chunk.name
+        assert spec["first_gene"] == (genes[start] if size else None)
+        assert spec["last_gene"] == (genes[start + size - 1] if size else None)
         start += size
 
 
-@pytest.mark.parametrize("listed", [GENE_LINES[:-1], GENE_LINES + ["g8\t1\t2\n"]])
-def test_split_refuses_a_table_whose_gene_count_differs_from_gene_status(tmp_path, listed):
-    expression, _ = write_expression(tmp_path)
-    (tmp_path / "listed").mkdir()
-    _, status = write_expression(tmp_path / "listed", listed)
-    with pytest.raises(RuntimeError, match=rf"has 7 gene lines but .* lists {len(listed)} genes"):
-        split_genes_stage(
-            {},
-            {"expression": str(expression), "gene_status": str(status)},
-            {"chunks": [str(tmp_path / "1-of-2.tsv.gz"), str(tmp_path / "2-of-2.tsv.gz")]},
-            {},
-        )
-
-
-def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_path):
+@pytest.mark.parametrize("out_name", ["corrected.tsv.gz", "corrected.parquet"])
+def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_path, out_name):
     expression, status = write_expression(tmp_path)
     blups = [tmp_path / "1.blups.tsv", tmp_path / "2.blups.tsv", tmp_path / "3.blups.tsv"]
     blups[0].write_text("gene_id\tgroup\tlevel\tterm\tvalue\ng1\tBatch\tB1\t(Intercept)\t0.5\n")
     blups[1].write_text("gene_id\tgroup\tlevel\tterm\tvalue\n")  # a chunk whose genes have no BLUPs
     blups[2].write_text("gene_id\tgroup\tlevel\tterm\tvalue\n007\tBatch\t01\t(Intercept)\t-0\n")
-    corrected = [tmp_path / "1.corrected.tsv.gz", tmp_path / "2.corrected.tsv.gz"]
-    corrected[0].write_bytes(fixed_gzip((HEADER + "".join(GENE_LINES[:3])).encode()))
-    corrected[1].write_bytes(fixed_gzip((HEADER + "".join(GENE_LINES[3:])).encode()))
+    # the chunks' corrected expression is Parquet (an intermediate), cut unevenly, one chunk empty
+    whole = read_matrix(expression)
+    corrected = [tmp_path / f"{i}.corrected.parquet" for i in (1, 2, 3)]
+    for path, part in zip(corrected, [whole.iloc[:3], whole.iloc[3:3], whole.iloc[3:]]):
+        write_matrix(part, path)
     fits = tmp_path / "fits.tsv"
     fits.write_text("gene_id\tstatus\n" + "".join(line.split("\t")[0] + "\tok\n" for line in GENE_LINES))
     out = {
         "gene_fits": str(tmp_path / "gene_fits.tsv"),
         "blups": str(tmp_path / "blups.tsv"),
-        "corrected": str(tmp_path / "corrected.tsv.gz"),
+        "corrected": str(tmp_path / out_name),
     }
     config = {"moderate": {"enabled": False}}
     inputs = {
@@ -116,7 +109,13 @@ def test_gather_concatenates_blups_and_corrected_chunks_under_one_header(tmp_pat
     assert (tmp_path / "blups.tsv").read_text() == (
         "gene_id\tgroup\tlevel\tterm\tvalue\ng1\tBatch\tB1\t(Intercept)\t0.5\n007\tBatch\t01\t(Intercept)\t-0\n"
     )
-    assert (tmp_path / "corrected.tsv.gz").read_bytes() == fixed_gzip((HEADER + "".join(GENE_LINES)).encode())
+    if out_name.endswith(".tsv.gz"):
+        # the text every cell had in the chunks' old TSV: -0, 1e-300, inf and NA survive Parquet
+        assert (tmp_path / out_name).read_bytes() == fixed_gzip((HEADER + "".join(GENE_LINES)).encode())
+    else:
+        back = pd.read_parquet(tmp_path / out_name)
+        assert back.index.tolist() == ["g1", "g2", "g3", "007", "g5", "1e5", "g7"]
+        np.testing.assert_array_equal(back.to_numpy(), whole.to_numpy())
 
 
 def test_gather_refuses_chunks_with_different_columns(tmp_path):

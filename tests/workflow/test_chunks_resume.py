@@ -73,7 +73,7 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
         "results/lmm/gene_fits.tsv",
         "results/lmm/blups.tsv",
         "results/lmm/fixed_vcov.tsv",
-        "results/corrected/expression.tsv.gz",
+        "results/corrected/expression.parquet",
     } <= set(tables)
     assert differing_files(run_dir, fixture_run, tables) == []
 
@@ -83,7 +83,7 @@ LMM_TABLES = [
     "results/lmm/blups.tsv",
     "results/lmm/fixed_vcov.tsv",
     "results/lmm/model.json",
-    "results/corrected/expression.tsv.gz",
+    "results/corrected/expression.parquet",
 ]
 
 
@@ -283,3 +283,21 @@ def test_killed_run_resumes_without_recomputing_finished_chunks(fixture_run, tmp
     tables = final_tables(fixture_run)
     assert final_tables(run_dir) == tables
     assert differing_files(run_dir, fixture_run, tables) == []
+
+
+def test_resources_cut_chunks_as_the_split_does_and_read_binary_input_shapes(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from batchmix.io.matrices import write_matrix
+    from batchmix.pipeline.lmm import chunk_ranges
+
+    table = pd.DataFrame(np.ones((300, 7)), index=[f"g{i}" for i in range(300)], columns=[f"s{j}" for j in range(7)])
+    for name in ("counts.parquet", "counts.h5ad"):
+        write_matrix(table, tmp_path / name)
+        res = load_resources(tmp_path / name)
+        assert res["n_samples"]() == 7
+        no_status = type("Input", (), {"gene_status": None})()
+        assert res["stage_values"]("stabilise", None, no_status) == 300 * 7
+        for n_chunks in (1, 3, 7, 400):
+            sizes = [res["genes_in_chunk"](f"{i}-of-{n_chunks}", 300) for i in range(1, n_chunks + 1)]
+            assert sizes == [stop - start for start, stop in chunk_ranges(300, n_chunks)]

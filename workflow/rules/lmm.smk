@@ -3,10 +3,11 @@
 
 rule split_genes:
     input:
-        # gene_status gives the gene count, so that the split streams the table in one pass.
-        **stage_inputs("split_genes"),
+        # Only the gene list: the split writes each chunk's gene range, and the chunk jobs read
+        # their genes' row groups of the stabilised matrix.
+        gene_status=stage_inputs("split_genes")["gene_status"],
     output:
-        chunks=scatter.lmm(paths.chunk_path("expression")),
+        chunks=scatter.lmm(paths.chunk_path("genes")),
     log:
         **stage_log("split_genes"),
     conda:

@@ -39,13 +39,16 @@ class StageCost:
 SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
 STAGE_COSTS = {
     "stabilise": StageCost(base_mb=260, bytes_per_value=104, bytes_per_sample_pair=0.05, base_s=0, us_per_value=7.2, us_per_sample_pair=0),
-    # split_genes and gather_lmm stream the table line by line: memory is the imports and one line's
-    # buffers (73 MB peak of the stage itself at every shape measured, 60,000 x 40 included); time is decompressing and
-    # recompressing the values.
-    "split_genes": StageCost(base_mb=225, bytes_per_value=0, bytes_per_sample_pair=0, base_s=0, us_per_value=0.81, us_per_sample_pair=0),
-    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=62, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
+    # split_genes writes each chunk's gene range from gene_status (no expression values): memory and
+    # time are the imports (220 MB peak of the job in bench_pipeline.py at every shape).
+    "split_genes": StageCost(base_mb=225, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
+    # lmm_chunk reads its genes' Parquet row groups; peak 629 MB for 5,000 genes x 500 samples in
+    # benchmarks/bench_pipeline.py (228 MB of imports + 160 bytes per value: the fits' workspace and the
+    # chunk's corrected expression), above the 62 bytes per value measured before on text chunks.
+    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=160, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
     # gather_lmm holds gene_fits (one row per gene) for the moderation: the base covers 60,000 genes
-    # (279 MB peak measured at 60,000 x 40; 144 MB at 2,000 genes).
+    # (279 MB peak measured at 60,000 x 40; 144 MB at 2,000 genes). The corrected matrix is copied a
+    # Parquet row group at a time (341 MB peak at 20,000 x 500 in bench_pipeline.py).
     "gather_lmm": StageCost(base_mb=430, bytes_per_value=0, bytes_per_sample_pair=0, base_s=0.4, us_per_value=0.83, us_per_sample_pair=0),
     "simpson": StageCost(base_mb=150, bytes_per_value=208, bytes_per_sample_pair=9.6, base_s=7, us_per_value=0.0003, us_per_sample_pair=0),
     "report": StageCost(base_mb=430, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=24, us_per_value=0, us_per_sample_pair=0.96),
@@ -102,8 +105,32 @@ def _version(path) -> tuple[str, int, int]:
     return str(path), stat.st_size, stat.st_mtime_ns
 
 
+@functools.lru_cache(maxsize=16)
+def _binary_shape(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    """(genes, samples) of a Parquet (gene id column + one column per sample) or .h5ad (samples x
+    genes) input, from its metadata alone."""
+    if path.lower().endswith(".h5ad"):
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            x = h5["X"]
+            # a sparse X is a group that records its shape; a dense X is a dataset
+            n_obs, n_var = x.attrs["shape"] if isinstance(x, h5py.Group) else x.shape
+        return int(n_var), int(n_obs)
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    return pf.metadata.num_rows, len(pf.schema_arrow.names) - 1
+
+
+def _is_binary(path) -> bool:
+    return str(path).lower().endswith((".parquet", ".h5ad"))
+
+
 def n_samples() -> int:
-    """Samples of the run: the columns of the input expression table (read from its header only)."""
+    """Samples of the run: the columns of the input expression table (read from its header or metadata only)."""
+    if _is_binary(config["expression"]):
+        return _binary_shape(*_version(config["expression"]))[1]
     return _count_columns(*_version(config["expression"]))
 
 
@@ -113,11 +140,13 @@ def _n_genes(input) -> int:
     status = getattr(input, "gene_status", None)
     if status and Path(status).exists():
         return _count_rows(*_version(status))
+    if _is_binary(config["expression"]):
+        return _binary_shape(*_version(config["expression"]))[0]
     return _count_rows(*_version(config["expression"]))
 
 
 def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
-    """Genes in chunk `i-of-n`, as batchmix.pipeline.lmm.split_genes_stage cuts them (numpy.array_split:
+    """Genes in chunk `i-of-n`, as batchmix.pipeline.lmm.chunk_ranges cuts them (numpy.array_split:
     the first n_genes % n chunks get one gene more)."""
     match = SCATTERITEM.match(scatteritem)
     if match is None:

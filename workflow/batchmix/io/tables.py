@@ -212,13 +212,18 @@ def read_matrix(path: str | Path) -> pd.DataFrame:
     Parameters
     ----------
     path : str or Path
-        The table (``gene_id`` first, one column per sample; ``NA`` for missing values).
+        The table (``gene_id`` first, one column per sample; ``NA`` for missing values), or a
+        ``.parquet`` / ``.h5ad`` matrix (read by :func:`batchmix.io.matrices.read_matrix_file`).
 
     Returns
     -------
     pandas.DataFrame
         Index ``gene_id`` (str), columns the sample ids, values float64.
     """
+    if str(path).lower().endswith((".parquet", ".h5ad")):
+        from batchmix.io.matrices import read_matrix_file  # binary matrices: batchmix.io.matrices
+
+        return read_matrix_file(path)
     # The ids as text and without NA markers (a gene can be called NA): parsed as numbers, ids such
     # as 007 or 1e5 would change and no longer match the other tables.
     header = pd.read_csv(path, sep="\t", nrows=0).columns

@@ -1,84 +1,155 @@
 """The per-gene LMM stages: split the genes into chunks, fit each chunk, gather the chunks.
 
-The split and the gather stream their tables line by line, so their memory does not grow with
-the table; the gathered tables have the same bytes whatever the number of chunks.
+The stabilised matrix is Parquet with row groups of genes (:mod:`batchmix.io.matrices`): the split
+only writes each chunk's gene range (a small JSON file), and each chunk job reads the row groups
+that hold its genes. The gather streams the chunks' tables; the gathered tables have the same bytes
+whatever the number of chunks.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from batchmix import lmm, moderate
-from batchmix.io import read_matrix, read_result_table, read_samples, table_lines, table_writer, write_table
+from batchmix.io import (
+    read_matrix,
+    read_result_table,
+    read_samples,
+    table_lines,
+    table_writer,
+    write_json,
+    write_table,
+)
+from batchmix.io.matrices import (
+    MatrixWriter,
+    iter_matrix_rows,
+    matrix_format,
+    matrix_shape,
+    read_matrix_rows,
+    write_matrix,
+)
 
-__all__ = ["split_genes_stage", "lmm_chunk_stage", "gather_lmm_stage", "concatenate_tables"]
+__all__ = [
+    "split_genes_stage",
+    "chunk_ranges",
+    "lmm_chunk_stage",
+    "gather_lmm_stage",
+    "concatenate_tables",
+    "concatenate_matrices",
+    "FIT_BLOCK_GENES",
+]
+
+logger = logging.getLogger(__name__)
+
+# Genes fitted per call inside a chunk job: progress is logged after each block. Each gene's fit
+# does not depend on the others in its call, so the blocks give the same numbers as one call.
+FIT_BLOCK_GENES = 2000
 
 
-def _count_rows(table_path: str | Path) -> int:
-    """Rows of a small text table below its header line."""
-    with table_lines(table_path) as fh:
-        return sum(1 for _ in fh) - 1
+def chunk_ranges(n_genes: int, n_chunks: int) -> list[tuple[int, int]]:
+    """The gene positions ``[start, stop)`` of each chunk, in order.
+
+    ``numpy.array_split``: sizes differ by at most one gene (the first ``n_genes % n_chunks`` chunks
+    get one more); chunks are empty when there are more chunks than genes.
+    """
+    sizes = [len(part) for part in np.array_split(np.arange(n_genes), n_chunks)]
+    stops = np.cumsum(sizes).tolist()
+    return [(stop - size, stop) for size, stop in zip(sizes, stops)]
 
 
 def split_genes_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
-    """Split the stabilised table into contiguous gene chunks, in input order.
+    """Cut the genes into contiguous chunks, in input order, and write each chunk's gene range.
 
-    Inputs ``expression`` (the stabilised table) and ``gene_status``; ``outputs["chunks"]`` is the
-    list of chunk files, in order. ``numpy.array_split`` gives chunk sizes that differ by at most one
-    gene (the first ``genes % chunks`` chunks get one more); chunks can be empty when there are more
-    chunks than genes, and still get a file (header only).
-
-    The table is streamed: each chunk gets the header line and its genes' lines as they are in the
-    table, so memory does not grow with it. The gene count comes from ``gene_status`` (one short line
-    per gene) rather than a second pass over the table, and is checked against the table's lines.
+    Inputs ``gene_status`` (one row per gene, in the stabilised matrix's order); ``outputs["chunks"]``
+    is the list of chunk files (JSON), in order: ``{"start", "stop", "n_genes", "first_gene",
+    "last_gene"}`` (positions ``[start, stop)`` of the stabilised matrix, ``n_genes`` of the whole
+    run). No expression values are copied: the chunk jobs read their genes' row groups.
     """
-    expression_path, status_path, chunk_paths = inputs["expression"], inputs["gene_status"], outputs["chunks"]
-    n_genes = _count_rows(status_path)
-    sizes = [len(part) for part in np.array_split(np.arange(n_genes), len(chunk_paths))]
-    with table_lines(expression_path) as source:
-        header = source.readline()
-        if not header:
-            raise RuntimeError(f"{expression_path} is empty; rerun the stabilise rule")
-        genes_read = 0
-        for size, path in zip(sizes, chunk_paths):
-            with table_writer(path) as chunk:
-                chunk.write(header)
-                for line in itertools.islice(source, size):
-                    chunk.write(line)
-                    genes_read += 1
-        genes_read += sum(1 for _ in source)
-    if genes_read != n_genes:
-        raise RuntimeError(
-            f"{expression_path} has {genes_read} gene lines but {status_path} lists {n_genes} genes; "
-            "one of them is stale: rerun the stabilise rule"
+    status = read_result_table(inputs["gene_status"])
+    genes = status["gene_id"].tolist()
+    ranges = chunk_ranges(len(genes), len(outputs["chunks"]))
+    for (start, stop), path in zip(ranges, outputs["chunks"]):
+        write_json(
+            {
+                "start": start,
+                "stop": stop,
+                "n_genes": len(genes),
+                "first_gene": genes[start] if stop > start else None,
+                "last_gene": genes[stop - 1] if stop > start else None,
+            },
+            path,
         )
-    return {"genes": n_genes, "chunks": len(chunk_paths)}
+    return {"genes": len(genes), "chunks": len(ranges)}
+
+
+def _read_rows(path: str, start: int, stop: int) -> tuple[pd.DataFrame, int]:
+    """Genes ``start:stop`` of a matrix and its gene count: from Parquet its row groups only, from
+    ``.tsv.gz`` or ``.h5ad`` (``outputs.matrices``) the whole file, then cut."""
+    if matrix_format(path) == "parquet":
+        return read_matrix_rows(path, start, stop), matrix_shape(path)[0]
+    whole = read_matrix(path)
+    return whole.iloc[start:stop], len(whole)
+
+
+def _read_chunk_expression(inputs: dict, status: pd.Series) -> pd.DataFrame:
+    """The chunk's genes of the stabilised matrix, checked against its gene range and gene_status."""
+    spec = json.loads(Path(inputs["genes"]).read_text())
+    expr, n_genes = _read_rows(inputs["expression"], spec["start"], spec["stop"])
+    if n_genes != spec["n_genes"] or len(status) != n_genes:
+        raise RuntimeError(
+            f"{inputs['expression']} has {n_genes} genes, {inputs['genes']} expects {spec['n_genes']} and "
+            f"{inputs['gene_status']} lists {len(status)}; one of them is stale: rerun the stabilise rule"
+        )
+    if expr.index.tolist() != status.index[spec["start"] : spec["stop"]].tolist():
+        raise RuntimeError(
+            f"the genes {spec['start']}..{spec['stop']} of {inputs['expression']} differ from those of "
+            f"{inputs['gene_status']}; rerun the stabilise rule"
+        )
+    return expr
 
 
 def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
     """Fit the per-gene LMM on one chunk of genes.
 
-    Inputs ``expression`` (the chunk), ``gene_status``, ``samples``. Writes ``outputs["fits"]``,
-    ``outputs["blups"]``, ``outputs["fixed_vcov"]`` (Cov(β̂) of every fitted gene, long) and, when the
-    batch is a random grouping factor, ``outputs["corrected"]`` (the chunk's expression minus its
-    batch BLUPs).
+    Inputs ``genes`` (the chunk's gene range from :func:`split_genes_stage`), ``expression`` (the
+    stabilised matrix: only the chunk's row groups are read), ``gene_status``, ``samples``. Writes
+    ``outputs["fits"]``, ``outputs["blups"]``, ``outputs["fixed_vcov"]`` (Cov(β̂) of every fitted gene,
+    long) and, when the batch is a random grouping factor, ``outputs["corrected"]`` (the chunk's
+    expression minus its batch BLUPs, Parquet). Logs genes done out of the chunk's genes as it goes.
     """
-    expr = read_matrix(inputs["expression"])
-    samples = read_samples(inputs["samples"]).loc[expr.columns]
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
-    fit = lmm.fit(expr, samples, config["model"], reml=config["reml"], gene_status=status.reindex(expr.index))
-    write_table(fit.gene_fits, outputs["fits"])
-    write_table(fit.blups, outputs["blups"])
-    write_table(fit.fixed_vcov, outputs["fixed_vcov"])
+    expr = _read_chunk_expression(inputs, status)
+    samples = read_samples(inputs["samples"]).loc[expr.columns]
+    status = status.reindex(expr.index)
+    started = time.perf_counter()
+    fits, blups, vcovs, corrected = [], [], [], []
+    n_genes = len(expr)
+    for g0 in range(0, max(n_genes, 1), FIT_BLOCK_GENES):
+        block = expr.iloc[g0 : g0 + FIT_BLOCK_GENES]
+        fit = lmm.fit(
+            block, samples, config["model"], reml=config["reml"], gene_status=status.iloc[g0 : g0 + FIT_BLOCK_GENES]
+        )
+        fits.append(fit.gene_fits)
+        blups.append(fit.blups)
+        vcovs.append(fit.fixed_vcov)
+        if "corrected" in outputs:
+            corrected.append(lmm.corrected_expression(block, samples, fit, groups=[config["batch"]]))
+        done = min(n_genes, g0 + FIT_BLOCK_GENES)
+        logger.info("LMM: %d of %d genes fitted (%.1f s)", done, n_genes, time.perf_counter() - started)
+    gene_fits = pd.concat(fits, ignore_index=True)
+    write_table(gene_fits, outputs["fits"])
+    write_table(pd.concat(blups, ignore_index=True), outputs["blups"])
+    write_table(pd.concat(vcovs, ignore_index=True), outputs["fixed_vcov"])
     if "corrected" in outputs:
-        corrected = lmm.corrected_expression(expr, samples, fit, groups=[config["batch"]])
-        write_table(corrected.rename_axis("gene_id"), outputs["corrected"], index=True)
-    fitted = fit.gene_fits["status"].isin(["ok", "singular"])
-    return {"genes": int(len(expr)), "genes_fitted": int(fitted.sum())}
+        write_matrix(pd.concat(corrected), outputs["corrected"])
+    fitted = gene_fits["status"].isin(["ok", "singular"])
+    return {"genes": int(n_genes), "genes_fitted": int(fitted.sum())}
 
 
 def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
@@ -87,11 +158,14 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     Inputs ``fits``, ``blups``, ``fixed_vcov``, ``corrected`` (lists of chunk files, in order; ``corrected``
     empty when the batch is not random), ``gene_status``, ``samples``. Writes ``outputs["gene_fits"]``,
     ``outputs["blups"]``, ``outputs["fixed_vcov"]``, ``outputs["model"]`` (the model's metadata,
-    :func:`batchmix.lmm.model_metadata`, JSON) and ``outputs["corrected"]`` when asked for.
+    :func:`batchmix.lmm.model_metadata`, JSON) and ``outputs["corrected"]`` when asked for (in the
+    format its name says, :mod:`batchmix.io.matrices`; the chunks are Parquet).
 
     Moderation borrows strength across every gene, so it runs here and not per chunk, on ``gene_fits``
     read whole (one row per gene). The other tables are streamed: their chunks' lines are copied as
-    they are under one header. Checks that every input gene has exactly one row (nothing lost).
+    they are under one header, the corrected matrix a row group at a time. Checks that every input
+    gene has exactly one row (nothing lost). When no gene could be fitted (all filtered or failed),
+    every gene still has its row and status, nothing is moderated, and the run goes on.
     """
     gene_fits = pd.concat([read_result_table(p) for p in inputs["fits"]], ignore_index=True)
     status = read_result_table(inputs["gene_status"])
@@ -101,7 +175,15 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
             "a chunk is missing or stale: rerun with --forcerun lmm_chunk"
         )
     mcfg = config["moderate"]
-    if mcfg["enabled"]:
+    n_fitted = int(gene_fits["status"].isin(["ok", "singular"]).sum())
+    if n_fitted == 0:
+        logger.warning(
+            "no gene could be fitted (%d genes, all filtered or failed: see the status column of %s); "
+            "nothing to moderate",
+            len(gene_fits),
+            outputs["gene_fits"],
+        )
+    elif mcfg["enabled"]:
         mean_expr = status.set_index("gene_id")["mean_expression"]
         gene_fits = moderate.moderate_gene_fits(
             gene_fits, trend=mcfg["trend"], mean_expression=mean_expr, robust=mcfg["robust"]
@@ -114,9 +196,32 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
         samples = read_samples(inputs["samples"])
         lmm.model_metadata(config["model"], samples, reml=config["reml"]).write_json(outputs["model"])
     if "corrected" in outputs:
-        concatenate_tables(inputs["corrected"], outputs["corrected"])
+        concatenate_matrices(inputs["corrected"], outputs["corrected"], n_genes=len(status))
     counts = gene_fits["status"].str.split(":").str[0].value_counts()
     return {"genes": int(len(gene_fits)), **{f"status_{k}": int(v) for k, v in sorted(counts.items())}}
+
+
+def concatenate_matrices(paths: list[str], out_path: str, *, n_genes: int) -> None:
+    """Write the matrices at ``paths`` (chunks of genes, same samples) one after the other into ``out_path``.
+
+    Streams a row group at a time; the output's format follows its name (Parquet, ``.tsv.gz``,
+    ``.h5ad``), and its bytes do not depend on how the genes were cut into chunks.
+    """
+    samples = list(read_matrix_rows(paths[0], 0, 0).columns) if paths else []
+    started = time.perf_counter()
+    # The chunks were rounded when they were written (MatrixWriter): their values go on as they are.
+    with MatrixWriter(out_path, samples, n_genes=n_genes, significant_digits=None) as writer:
+        for path in paths:
+            for block in iter_matrix_rows(path):
+                if list(block.columns) != samples:
+                    raise RuntimeError(f"{path} has other samples than {paths[0]}; a chunk is stale: rerun lmm_chunk")
+                writer.write(block)
+            logger.info(
+                "corrected expression: %d of %d genes gathered (%.1f s)",
+                writer.genes_written,
+                n_genes,
+                time.perf_counter() - started,
+            )
 
 
 def concatenate_tables(paths: list[str], out_path: str) -> None:

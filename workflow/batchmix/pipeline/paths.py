@@ -5,6 +5,10 @@ report's inputs all take their paths from here, so a file moves in one place. Pa
 strings joined with ``/`` (``"results/vst/expression.tsv.gz"`` for the default ``outdir``), as
 Snakemake wants them; LMM chunk paths keep Snakemake's ``{scatteritem}`` wildcard (``i-of-n``)
 unless a chunk is named.
+
+The big matrices (the stabilised and the batch-corrected expression) take the suffix of the
+config's ``outputs: {matrices: parquet|tsv.gz|h5ad}`` (``{matrix}`` in the patterns below, Parquet
+by default); an LMM chunk's corrected expression is always Parquet (an intermediate).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from batchmix.design import parse_formula
 
 __all__ = [
     "OUTDIR",
+    "MATRIX_KEYS",
+    "matrix_suffix",
+    "chunk_count",
     "STAGE_OUTPUTS",
     "CHUNK_OUTPUTS",
     "batch_is_random",
@@ -31,33 +38,38 @@ __all__ = [
 # The default output directory, relative to the working directory of a run.
 OUTDIR = "results"
 
-# Output files of one LMM chunk, relative to the outdir; {scatteritem} is ``i-of-n``.
+# Output files of one LMM chunk, relative to the outdir; {scatteritem} is ``i-of-n``. ``genes`` is
+# the chunk's gene range (JSON, from split_genes): the chunk job reads those genes' row groups of
+# the stabilised matrix, so no copy of the expression is made per chunk.
 CHUNK_OUTPUTS = {
-    "expression": "lmm/chunks/{scatteritem}.expression.tsv.gz",
+    "genes": "lmm/chunks/{scatteritem}.genes.json",
     "fits": "lmm/chunks/{scatteritem}.fits.tsv",
     "blups": "lmm/chunks/{scatteritem}.blups.tsv",
     "fixed_vcov": "lmm/chunks/{scatteritem}.fixed_vcov.tsv",
-    "corrected": "lmm/chunks/{scatteritem}.corrected.tsv.gz",
+    "corrected": "lmm/chunks/{scatteritem}.corrected.parquet",
 }
+
+# Outputs that are genes x samples matrices in the format of ``outputs.matrices``, by stage.
+MATRIX_KEYS = {"stabilise": ("expression",), "gather_lmm": ("corrected",)}
 
 # Output files of every stage, relative to the outdir, by the names the stages use.
 STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     "validate": {},
     "stabilise": {
-        "expression": "vst/expression.tsv.gz",
+        "expression": "vst/expression{matrix}",
         "size_factors": "vst/size_factors.tsv",
         "gene_status": "vst/gene_status.tsv",
         "mean_sd": "vst/mean_sd.tsv",
         "info": "vst/info.json",
     },
-    "split_genes": {"chunks": CHUNK_OUTPUTS["expression"]},
+    "split_genes": {"chunks": CHUNK_OUTPUTS["genes"]},
     "lmm_chunk": {key: CHUNK_OUTPUTS[key] for key in ("fits", "blups", "fixed_vcov", "corrected")},
     "gather_lmm": {
         "gene_fits": "lmm/gene_fits.tsv",
         "blups": "lmm/blups.tsv",
         "fixed_vcov": "lmm/fixed_vcov.tsv",
         "model": "lmm/model.json",
-        "corrected": "corrected/expression.tsv.gz",
+        "corrected": "corrected/expression{matrix}",
     },
     "simpson": {
         "reversals": "simpson/reversals.tsv",
@@ -91,18 +103,41 @@ def uncertainty_enabled(config: dict) -> bool:
     return config["uncertainty"]["bootstrap"] > 0 or bool(config["uncertainty"]["bayes"])
 
 
+def matrix_suffix(config: dict) -> str:
+    """The file suffix of the big matrices for ``config``'s ``outputs.matrices`` (``.parquet`` by default)."""
+    fmt = (config.get("outputs") or {}).get("matrices", "parquet")
+    suffixes = {"parquet": ".parquet", "tsv.gz": ".tsv.gz", "h5ad": ".h5ad"}
+    if fmt not in suffixes:
+        raise ValueError(f"outputs.matrices is {fmt!r}; use one of {', '.join(suffixes)}")
+    return suffixes[fmt]
+
+
+def chunk_count(config: dict, stage: str = "lmm") -> int:
+    """The number of chunks (jobs) of ``stage`` (``lmm`` or ``simpson``) from the config's ``chunks``.
+
+    ``chunks`` is an integer (the LMM's chunks; one job for every other stage) or a mapping per
+    stage, ``{lmm: 8, simpson: 4}``; a stage it does not name runs as one job.
+    """
+    chunks = config.get("chunks", 4)
+    if isinstance(chunks, dict):
+        return int(chunks.get(stage, 4 if stage == "lmm" else 1))
+    return int(chunks) if stage == "lmm" else 1
+
+
 def scatteritems(n_chunks: int) -> list[str]:
     """The chunk names Snakemake's ``scattergather`` gives ``n_chunks`` chunks: ``1-of-n`` … ``n-of-n``."""
     return [f"{i}-of-{n_chunks}" for i in range(1, n_chunks + 1)]
 
 
-def path(relative: str, *, outdir: str = OUTDIR) -> str:
-    """``relative`` under ``outdir``, joined with ``/``."""
+def path(relative: str, *, outdir: str = OUTDIR, config: dict | None = None) -> str:
+    """``relative`` under ``outdir``, joined with ``/``; ``{matrix}`` becomes the matrix suffix of ``config``."""
+    if "{matrix}" in relative:
+        relative = relative.replace("{matrix}", matrix_suffix(config or {}))
     return f"{str(outdir).rstrip('/')}/{relative}"
 
 
 def chunk_path(key: str, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}") -> str:
-    """The file ``key`` (``expression``, ``fits``, ``blups``, ``fixed_vcov``, ``corrected``) of one LMM chunk."""
+    """The file ``key`` (``genes``, ``fits``, ``blups``, ``fixed_vcov``, ``corrected``) of one LMM chunk."""
     return path(CHUNK_OUTPUTS[key], outdir=outdir).replace("{scatteritem}", scatteritem)
 
 
@@ -137,9 +172,9 @@ def stage_outputs(
     for key, relative in STAGE_OUTPUTS[stage].items():
         if key == "corrected" and not random_batch:
             continue
-        out[key] = path(relative, outdir=outdir).replace("{scatteritem}", scatteritem)
+        out[key] = path(relative, outdir=outdir, config=config).replace("{scatteritem}", scatteritem)
     if stage == "split_genes" and n_chunks is not None:
-        out["chunks"] = [chunk_path("expression", outdir=outdir, scatteritem=s) for s in scatteritems(n_chunks)]
+        out["chunks"] = [chunk_path("genes", outdir=outdir, scatteritem=s) for s in scatteritems(n_chunks)]
     return out
 
 
@@ -154,14 +189,15 @@ def stage_inputs(
     """
     vst = STAGE_OUTPUTS["stabilise"]
     status = path(vst["gene_status"], outdir=outdir)
-    expression = path(vst["expression"], outdir=outdir)
+    expression = path(vst["expression"], outdir=outdir, config=config)
     if stage in ("validate", "stabilise"):
         return {"expression": config["expression"], "samples": config["samples"]}
     if stage == "split_genes":
-        return {"expression": expression, "gene_status": status}
+        return {"gene_status": status}
     if stage == "lmm_chunk":
         return {
-            "expression": chunk_path("expression", outdir=outdir, scatteritem=scatteritem),
+            "genes": chunk_path("genes", outdir=outdir, scatteritem=scatteritem),
+            "expression": expression,
             "gene_status": status,
             "samples": config["samples"],
         }
@@ -210,14 +246,14 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     """The files a whole run is asked for (Snakemake's ``rule all``); the others follow from them."""
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
     outputs = [
-        path(vst["expression"], outdir=outdir),
+        path(vst["expression"], outdir=outdir, config=config),
         path(vst["size_factors"], outdir=outdir),
         path(lmm["gene_fits"], outdir=outdir),
         path(lmm["blups"], outdir=outdir),
         path(STAGE_OUTPUTS["report"]["html"], outdir=outdir),
     ]
     if batch_is_random(config):
-        outputs.append(path(lmm["corrected"], outdir=outdir))
+        outputs.append(path(lmm["corrected"], outdir=outdir, config=config))
     if config["simpson"]["enabled"]:
         outputs.append(path(STAGE_OUTPUTS["simpson"]["reversals"], outdir=outdir))
     if uncertainty_enabled(config):
@@ -239,7 +275,7 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     simpson, unc = STAGE_OUTPUTS["simpson"], STAGE_OUTPUTS["uncertainty"]
 
     def at(relative: str) -> str:
-        return path(relative, outdir=outdir)
+        return path(relative, outdir=outdir, config=config)
 
     inputs = {
         "vst_info": at(vst["info"]),

@@ -2,105 +2,369 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+
 import numpy as np
 import pandas as pd
 
 from batchmix import vst as vst_mod
 from batchmix.design import fixed_design
 from batchmix.io import InputError, write_json, write_table
+from batchmix.io.matrices import MatrixWriter
 from batchmix.pipeline.validate import load_validated
 
-__all__ = ["stabilise_stage"]
+__all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES"]
 
 MEAN_SD_COLUMNS = ["rank_of_mean", "mean", "sd", "running_median_sd", "scale"]
 
+# Genes per block of the VST and of writing the stabilised matrix (progress is logged per block).
+WRITE_BLOCK_GENES = 4096
+
+logger = logging.getLogger(__name__)
+
+
+class ChunkedVST:
+    """DESeq2's VST a block of genes at a time, with the numbers of :func:`batchmix.vst.vst`, bit for bit.
+
+    Two passes over gene blocks, so that no step holds more than a block besides the input:
+
+    1. per block: the log geometric mean of each gene positive in every sample; then per block of
+       samples the exact median of ratios over all those genes (a selection, so the order of the
+       genes does not matter): the size factors (``ratio``; ``poscounts`` uses
+       :func:`batchmix.vst.size_factors` on the whole table). Per block: the mean normalised count
+       and the largest, summed over the same blocks of samples as :func:`~batchmix.vst.vst` does.
+    2. the dispersion trend from DESeq2's ``nsub`` genes (:func:`~batchmix.vst.vst_subset`), or from
+       all genes when ``nsub`` is None or too few genes qualify (as :func:`~batchmix.vst.vst`);
+    3. :meth:`transform`: the closed-form VST (``parametric``, ``mean``) of one block, element by
+       element with the same operations. The ``local`` trend's numerical integral is not cut into
+       blocks: that branch runs :func:`~batchmix.vst.vst` on the whole table.
+
+    Parameters are those of :func:`batchmix.vst.vst`; ``block_genes`` sets the blocks.
+    """
+
+    # Samples per block of the row sums, as batchmix.vst sums the mean normalised counts: the same
+    # blocks give the same rounding (test_stages_chunked_vst checks the equality).
+    _SUM_BLOCK_VALUES = 65536
+
+    def __init__(
+        self,
+        *,
+        fit_type: str = "parametric",
+        blind: bool = True,
+        design: np.ndarray | None = None,
+        nsub: int | None = 1000,
+        size_factor_method: str = "ratio",
+        block_genes: int = WRITE_BLOCK_GENES,
+    ):
+        self.fit_type_requested = fit_type
+        self.blind = blind
+        self.design = design
+        self.nsub = nsub
+        self.size_factor_method = size_factor_method
+        self.block_genes = int(block_genes)
+        self.whole: vst_mod.VSTResult | None = None
+
+    def _blocks(self, n_genes: int):
+        return range(0, n_genes, self.block_genes)
+
+    def fit(self, counts: pd.DataFrame) -> ChunkedVST:
+        """Size factors, mean normalised counts and the dispersion trend of ``counts`` (genes × samples)."""
+        started = time.perf_counter()
+        n_genes, n = counts.shape
+        if n_genes == 0 or self.fit_type_requested == "local" or not self._counts_ok(counts):
+            return self._fit_whole(counts)
+        if self.size_factor_method == "ratio":
+            sf = self._ratio_size_factors(counts)
+        else:
+            sf = vst_mod.size_factors(counts, method=self.size_factor_method).to_numpy()
+        step = max(1, self._SUM_BLOCK_VALUES // n_genes)
+        base_mean = np.empty(n_genes)
+        top = 0.0
+        for g0 in self._blocks(n_genes):
+            yt = np.ascontiguousarray(counts.iloc[g0 : g0 + self.block_genes].to_numpy().T)
+            acc = np.zeros(yt.shape[1])
+            for s0 in range(0, n, step):
+                q = yt[s0 : s0 + step] / sf[s0 : s0 + step, None]
+                acc += q.sum(axis=0)
+                top = max(top, float(q.max()))
+            base_mean[g0 : g0 + yt.shape[1]] = acc / n
+        logger.info("VST: size factors and mean counts of %d genes (%.1f s)", n_genes, time.perf_counter() - started)
+        notes: list[str] = []
+        rows, used_nsub = np.arange(n_genes), self.nsub
+        if self.nsub is not None:
+            if n_genes < self.nsub or np.sum(base_mean > 5) < self.nsub:
+                notes.append(
+                    f"fewer than nsub={self.nsub} genes with mean normalised count > 5: "
+                    "trend fitted on all genes (varianceStabilizingTransformation)"
+                )
+                logger.info(notes[-1])
+                used_nsub = None
+            else:
+                rows = vst_mod.vst_subset(base_mean, self.nsub)
+        if self.blind or self.design is None:
+            if not self.blind:
+                raise ValueError("blind=False needs the design matrix")
+            x = np.ones((n, 1))
+        else:
+            x = np.asarray(self.design, dtype=float)
+        disp = vst_mod.estimate_dispersions(counts.iloc[rows].to_numpy(), sf, x)
+        trend = vst_mod.fit_dispersion_trend(
+            disp["base_mean"].to_numpy(), disp["disp_gene_est"].to_numpy(), self.fit_type_requested
+        )
+        notes.extend(trend.notes)
+        if trend.fit_type == "local":  # the parametric fit fell back to local: see the class docstring
+            return self._fit_whole(counts)
+        logger.info(
+            "VST: dispersion trend (%s) on %d genes (%.1f s)", trend.fit_type, len(rows), time.perf_counter() - started
+        )
+        self.size_factors = pd.Series(sf, index=counts.columns, name="size_factor")
+        self.trend, self.notes, self.used_nsub, self.base_mean = trend, notes, used_nsub, base_mean
+        return self
+
+    def _counts_ok(self, counts: pd.DataFrame) -> bool:
+        """Whether every count is finite and non-negative (else :func:`batchmix.vst.vst` says what is wrong)."""
+        if counts.shape[1] == 0:
+            return False
+        for g0 in self._blocks(len(counts)):
+            y = counts.iloc[g0 : g0 + self.block_genes].to_numpy()
+            lo, hi = y.min(), y.max()
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0):
+                return False
+        return True
+
+    def _ratio_size_factors(self, counts: pd.DataFrame) -> np.ndarray:
+        """DESeq2's median of ratios from blocks of genes, then blocks of samples (exact: a median is a selection)."""
+        n_genes, n = counts.shape
+        positive, log_geo = [], []
+        for g0 in self._blocks(n_genes):
+            yt = np.ascontiguousarray(counts.iloc[g0 : g0 + self.block_genes].to_numpy().T)
+            allpos = yt.min(axis=0) > 0
+            # np.take gives a C-ordered copy (boolean indexing would not): the mean over samples then
+            # adds in the order batchmix.vst adds, and the result is the same double
+            sub = np.take(yt, np.flatnonzero(allpos), axis=1)
+            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub)
+            positive.append(g0 + np.flatnonzero(allpos))
+            log_geo.append(logy.mean(axis=0))
+        rows = np.concatenate(positive)
+        if rows.size == 0:
+            # batchmix.vst raises the message that tells the user what to do (poscounts)
+            return vst_mod.size_factors(counts, method="ratio").to_numpy()
+        centre = np.concatenate(log_geo)
+        sample_block = max(1, (1 << 24) // max(1, rows.size))
+        sf = np.empty(n)
+        for s0 in range(0, n, sample_block):
+            part = counts.iloc[rows, s0 : s0 + sample_block].to_numpy().T
+            ratios = np.log(part, out=np.empty(part.shape)) if part.dtype != np.float64 else np.log(part)
+            ratios -= centre
+            sf[s0 : s0 + part.shape[0]] = np.exp(np.median(ratios, axis=1))
+        return sf
+
+    def _fit_whole(self, counts: pd.DataFrame) -> ChunkedVST:
+        result = vst_mod.vst(
+            counts,
+            fit_type=self.fit_type_requested,
+            blind=self.blind,
+            design=self.design,
+            nsub=self.nsub,
+            size_factor_method=self.size_factor_method,
+        )
+        self.whole = result
+        self.size_factors, self.trend, self.notes, self.used_nsub = (
+            result.size_factors,
+            result.trend,
+            result.notes,
+            result.nsub,
+        )
+        return self
+
+    @property
+    def fit_type(self) -> str:
+        """The trend branch that ran (after fallback)."""
+        return self.trend.fit_type
+
+    @property
+    def coefficients(self) -> dict:
+        """The trend's coefficients."""
+        return dict(self.trend.coefficients)
+
+    def transform(self, counts: pd.DataFrame, start: int = 0) -> pd.DataFrame:
+        """The stabilised values of a block of genes of the fitted table (``start``: its first gene's position)."""
+        if self.whole is not None:
+            return self.whole.values.iloc[start : start + len(counts)]
+        yt = np.ascontiguousarray(counts.to_numpy().T)
+        sf = self.size_factors.loc[counts.columns].to_numpy()
+        # batchmix.vst's closed forms, operation by operation, so that every value is the same double
+        if self.trend.fit_type == "parametric":
+            a0, a1 = self.trend.coefficients["a0"], self.trend.coefficients["a1"]
+            c = 1.0 + a1
+            t = yt * ((2.0 * a0) / sf)[:, None]
+            u = t + 2.0 * c
+            u *= t
+            np.sqrt(u, out=u)
+            u += t
+            u += c
+            np.log2(u, out=u)
+            u -= math.log2(4.0 * a0)
+        else:  # mean
+            alpha = self.trend.coefficients["mean"]
+            u = yt / sf[:, None]
+            u *= alpha
+            np.sqrt(u, out=u)
+            np.arcsinh(u, out=u)
+            u *= 2
+            u -= math.log(alpha)
+            u -= math.log(4)
+            u /= math.log(2)
+        return pd.DataFrame(u.T, index=counts.index, columns=counts.columns, copy=False)
+
+
+def _mean_sd_from_blocks(parts: list[pd.DataFrame], positions: dict) -> pd.DataFrame:
+    """:func:`batchmix.vst.mean_sd` of a whole table from its blocks' ``mean_sd`` (mean and sd per gene).
+
+    The per-gene mean and sd do not depend on the other genes; the ranks and the running median
+    are taken again over all genes, as :func:`~batchmix.vst.mean_sd` does (genes in table order,
+    stable sort by mean, window 2% of the genes).
+    """
+    stats = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["gene_id", "mean", "sd"])
+    stats = stats.assign(_pos=stats["gene_id"].map(positions)).sort_values("_pos", kind="stable")
+    mean, sd = stats["mean"].to_numpy(dtype=float), stats["sd"].to_numpy(dtype=float)
+    order = np.argsort(mean, kind="stable")
+    n = order.size
+    window = max(1, n // 50)
+    sd_sorted = sd[order]
+    half = window // 2
+    run = np.empty(n)
+    if n:
+        padded = np.lib.stride_tricks.sliding_window_view(
+            np.pad(sd_sorted, (half, window - 1 - half), constant_values=np.nan), window
+        )
+        run = np.nanmedian(padded, axis=1)
+    return pd.DataFrame(
+        {
+            "gene_id": stats["gene_id"].to_numpy()[order],
+            "rank_of_mean": np.arange(1, n + 1),
+            "mean": mean[order],
+            "sd": sd_sorted,
+            "running_median_sd": run,
+        }
+    )
+
 
 def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
-    """Validate the inputs, filter low counts and stabilise the variance.
+    """Validate the inputs, filter low counts and stabilise the variance, a block of genes at a time.
 
     Inputs ``expression`` and ``samples`` (the config's files). Writes ``outputs["expression"]``
-    (genes × samples on the stabilised scale, every input gene), ``outputs["size_factors"]``,
-    ``outputs["gene_status"]`` (``ok`` or ``filtered:low_counts``), ``outputs["mean_sd"]`` (mean–sd
-    plot data before and after) and ``outputs["info"]`` (the branch that ran, coefficients, gene counts).
+    (genes × samples on the stabilised scale, every input gene; Parquet by default, see
+    :mod:`batchmix.io.matrices`), ``outputs["size_factors"]``, ``outputs["gene_status"]`` (``ok`` or
+    ``filtered:low_counts``), ``outputs["mean_sd"]`` (mean–sd plot data before and after) and
+    ``outputs["info"]`` (the branch that ran, coefficients, gene counts).
+
+    Besides the input table, memory holds one block of :data:`WRITE_BLOCK_GENES` genes at a time
+    (:class:`ChunkedVST`); the results are those of :func:`batchmix.vst.vst` on the whole table.
 
     Returns
     -------
     dict
         Counts: ``genes``, ``samples``, ``genes_ok``, ``genes_filtered``.
     """
+    started = time.perf_counter()
     validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
     expr = validated.expression
-    status = pd.Series("ok", index=expr.index, name="status")
-    info: dict = {"input_type": config["input_type"], "n_genes": int(expr.shape[0]), "n_samples": int(expr.shape[1])}
+    n_genes = int(expr.shape[0])
+    logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
+    info: dict = {"input_type": config["input_type"], "n_genes": n_genes, "n_samples": int(expr.shape[1])}
+    counts_input = config["input_type"] == "counts"
 
-    if config["input_type"] == "counts":
+    if counts_input:
         vcfg, fcfg = config["vst"], config["filter"]
         design = None
         if not vcfg["blind"]:
             design, _ = fixed_design(config["model"], validated.samples)
         try:
-            result = vst_mod.vst(
-                expr,
+            model = ChunkedVST(
                 fit_type=vcfg["fit_type"],
                 blind=vcfg["blind"],
                 design=design,
                 nsub=vcfg["nsub"],
                 size_factor_method=vcfg["size_factors"],
-            )
+            ).fit(expr)
         except ValueError as err:
             raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
-        keep = vst_mod.low_count_filter(expr, min_count=fcfg["min_count"], min_samples=fcfg["min_samples"])
-        status[~keep.reindex(expr.index).fillna(False).astype(bool)] = "filtered:low_counts"
-        values = result.values.loc[expr.index, expr.columns]
-        size_factors = result.size_factors.rename("size_factor").rename_axis("sample_id").reset_index()
-        normalised = expr / result.size_factors.loc[expr.columns].to_numpy()
-        before = np.log2(normalised + 1.0)
+        sf = model.size_factors.loc[expr.columns].to_numpy()
+        size_factors = model.size_factors.rename("size_factor").rename_axis("sample_id").reset_index()
         info.update(
             {
-                "vst_fit_type_requested": result.fit_type_requested,
-                "vst_fit_type_used": result.fit_type,
-                "vst_blind": result.blind,
-                "vst_nsub": result.nsub,
-                "vst_coefficients": result.coefficients,
+                "vst_fit_type_requested": vcfg["fit_type"],
+                "vst_fit_type_used": model.fit_type,
+                "vst_blind": bool(vcfg["blind"]),
+                "vst_nsub": model.used_nsub,
+                "vst_coefficients": model.coefficients,
                 "size_factor_method": vcfg["size_factors"],
                 "before_scale": "log2(normalised count + 1)",
             }
         )
-        base_mean = normalised.mean(axis=1)
     else:
-        values = expr
-        before = expr
         # Size factors do not apply to log-scale input; the file still lists every sample.
         size_factors = pd.DataFrame({"sample_id": expr.columns, "size_factor": np.nan})
         info.update({"vst_fit_type_used": "none (input_type: log)", "before_scale": "input (log scale)"})
-        base_mean = expr.mean(axis=1)
 
-    ok = status == "ok"
-    if ok.sum() >= 2:
+    status = np.full(n_genes, "ok", dtype=object)
+    base_mean, mean_expression, n_observed = np.empty(n_genes), np.empty(n_genes), np.empty(n_genes, dtype=np.int64)
+    before_parts: list[pd.DataFrame] = []
+    after_parts: list[pd.DataFrame] = []
+    with MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes) as writer:
+        for g0 in range(0, n_genes, WRITE_BLOCK_GENES):
+            block = expr.iloc[g0 : g0 + WRITE_BLOCK_GENES]
+            g1 = g0 + len(block)
+            if counts_input:
+                try:
+                    values = model.transform(block, start=g0)
+                except ValueError as err:
+                    raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
+                keep = vst_mod.low_count_filter(block, min_count=fcfg["min_count"], min_samples=fcfg["min_samples"])
+                status[g0:g1][~keep.reindex(block.index).fillna(False).astype(bool).to_numpy()] = "filtered:low_counts"
+                normalised = block / sf
+                before = np.log2(normalised + 1.0)
+                base_mean[g0:g1] = normalised.mean(axis=1).to_numpy()
+            else:
+                values = before = block
+                base_mean[g0:g1] = block.mean(axis=1).to_numpy()
+            ok = status[g0:g1] == "ok"
+            before_parts.append(vst_mod.mean_sd(before.loc[ok])[["gene_id", "mean", "sd"]])
+            after_parts.append(vst_mod.mean_sd(values.loc[ok])[["gene_id", "mean", "sd"]])
+            # limma's trend covariate: the average on the log-like scale the models see
+            mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
+            n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
+            writer.write(values)
+            logger.info("stabilised %d of %d genes (%.1f s)", g1, n_genes, time.perf_counter() - started)
+
+    ok_all = status == "ok"
+    if ok_all.sum() >= 2:
+        positions = {gene: i for i, gene in enumerate(expr.index)}
         mean_sd = pd.concat(
             [
-                vst_mod.mean_sd(before.loc[ok]).assign(scale="before"),
-                vst_mod.mean_sd(values.loc[ok]).assign(scale="after"),
+                _mean_sd_from_blocks(before_parts, positions).assign(scale="before"),
+                _mean_sd_from_blocks(after_parts, positions).assign(scale="after"),
             ],
             ignore_index=True,
         )
     else:
         mean_sd = pd.DataFrame(columns=MEAN_SD_COLUMNS)
 
-    info["n_genes_ok"] = int(ok.sum())
-    info["n_genes_filtered"] = int((~ok).sum())
+    info["n_genes_ok"] = int(ok_all.sum())
+    info["n_genes_filtered"] = int((~ok_all).sum())
     info["notes"] = validated.notes
     gene_status = pd.DataFrame(
         {
             "gene_id": expr.index,
-            "status": status.to_numpy(),
-            "base_mean": base_mean.to_numpy(),
-            # limma's trend covariate: the average on the log-like scale the models see
-            "mean_expression": values.mean(axis=1).to_numpy(),
-            "n_observed": expr.notna().sum(axis=1).to_numpy(),
+            "status": status,
+            "base_mean": base_mean,
+            "mean_expression": mean_expression,
+            "n_observed": n_observed,
         }
     )
-    write_table(values.rename_axis("gene_id"), outputs["expression"], index=True)
     write_table(size_factors, outputs["size_factors"])
     write_table(gene_status, outputs["gene_status"])
     write_table(mean_sd, outputs["mean_sd"])

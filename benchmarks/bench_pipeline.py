@@ -1,0 +1,297 @@
+"""Benchmark: the whole workflow on synthetic counts, next to its kernels, DESeq2's vst() and an lme4 loop.
+
+    .venv/bin/python benchmarks/bench_pipeline.py                       # 20,000 genes x 500 samples, 20 batches
+    .venv/bin/python benchmarks/bench_pipeline.py --genes 60000 --samples 2000 --no-r --no-kernels
+    .venv/bin/python benchmarks/bench_pipeline.py --genes 2000 --samples 100 --no-r   # a quick look
+
+Generates negative-binomial counts with a batch effect (seeded, ``batchmix.defaults.DEFAULT_SEED``)
+and a sample sheet (``Infection`` two levels, ``Batch``), writes them as TSV, and runs
+``snakemake --cores N`` on the default config (config/config.yaml: Simpson on all genes, report
+on) in a fresh directory. It reports:
+
+- the whole workflow's wall time (target < 20 s at 20,000 x 500 on 2 cores);
+- per job: its time (the run record, :mod:`batchmix.pipeline.logs`) and its peak RSS, sampled
+  every 50 ms with psutil over the job's process tree (target < 2 GB);
+- the kernels alone, in this process, on the same data: :func:`batchmix.vst.vst`,
+  :func:`batchmix.lmm.fit` on every gene, :func:`batchmix.simpson.scan`;
+- DESeq2's ``vst()`` on the same matrix in R (reading excluded) against the stabilise job (target:
+  the job at least 3x faster);
+- the LMM's cost per gene through the workflow (split_genes + lmm_chunk jobs + gather_lmm, all
+  of their time over all genes: an upper bound of the marginal cost) against an lme4 loop
+  (``lmer`` per gene, ``--lme4-genes`` genes; target: at least 300x cheaper per gene).
+
+The machine is shared: the load average at the start and the end is printed with the results.
+``--json`` writes everything as JSON too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+from batchmix.defaults import DEFAULT_SEED  # noqa: E402
+
+MODEL = "~ Infection + (1|Batch)"
+
+
+def synthetic_counts(n_genes: int, n_samples: int, n_batches: int, seed: int = DEFAULT_SEED):
+    """Negative-binomial counts with per-gene batch shifts and an infection effect on 10% of genes."""
+    rng = np.random.default_rng(seed)
+    batch = np.repeat(np.arange(n_batches), -(-n_samples // n_batches))[:n_samples]
+    infection = np.tile([0, 1], -(-n_samples // 2))[:n_samples]
+    log_mean = rng.normal(4.0, 1.8, n_genes)[:, None]
+    batch_shift = rng.normal(0, 0.3, (n_genes, n_batches))[:, batch]
+    effect = np.where(rng.random(n_genes) < 0.1, rng.normal(0, 1.0, n_genes), 0.0)[:, None] * infection
+    size_factor = np.exp(rng.normal(0, 0.2, n_samples))
+    mu = np.exp(log_mean + batch_shift + effect) * size_factor
+    dispersion = 0.05 + 1.0 / (1.0 + np.exp(log_mean))
+    counts = rng.negative_binomial(1.0 / dispersion, 1.0 / (1.0 + mu * dispersion))
+    genes = [f"gene{i:05d}" for i in range(n_genes)]
+    sample_ids = [f"s{j:04d}" for j in range(n_samples)]
+    counts = pd.DataFrame(counts, index=pd.Index(genes, name="gene_id"), columns=sample_ids)
+    sheet = pd.DataFrame(
+        {
+            "sample_id": sample_ids,
+            "Infection": np.where(infection == 1, "infected", "mock"),
+            "Batch": [f"b{b:02d}" for b in batch],
+        }
+    )
+    return counts, sheet
+
+
+class PeakMemory:
+    """Peak RSS per Snakemake job, sampled from the process tree of the snakemake command."""
+
+    def __init__(self, root_pid: int, interval: float = 0.05):
+        self.root = psutil.Process(root_pid)
+        self.interval = interval
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _job(proc: psutil.Process) -> str | None:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        # Snakemake runs a rule's script as .snakemake/scripts/tmpXXXX.<script>.py
+        for part in cmd.split():
+            if "/.snakemake/scripts/" in part and part.endswith(".py"):
+                return part.rsplit(".", 2)[-2]
+        return None
+
+    def _run(self) -> None:
+        seen: dict[int, str] = {}
+        while not self._stop.is_set():
+            try:
+                procs = self.root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                name = seen.get(proc.pid) or self._job(proc)
+                if name is None:
+                    continue
+                seen[proc.pid] = name
+                key = f"{name}[{proc.pid}]"
+                try:
+                    rss = proc.memory_info().rss / 1e6
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                self.peaks[key] = max(self.peaks.get(key, 0.0), rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_workflow(workdir: Path, cores: int) -> dict:
+    """snakemake --cores N in ``workdir``: wall time, per-job peak RSS and the jobs' run records."""
+    cmd = [str(REPO / ".venv" / "bin" / "snakemake"), "--cores", str(cores), "-q", "--configfile", "bench.yaml"]
+    started = time.perf_counter()
+    with open(workdir / "snakemake.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        with PeakMemory(proc.pid) as memory:
+            code = proc.wait()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"the workflow failed; see {workdir / 'snakemake.log'}")
+    records = {}
+    # the stabilise job logs how long reading and validating its input took (before the VST)
+    match = re.search(r"stabilise: read .* \(([0-9.]+) s\)", (workdir / "results/logs/stabilise.log").read_text())
+    read_s = float(match[1]) if match else float("nan")
+    for path in sorted((workdir / "results" / "logs").rglob("*.warnings.json")):
+        record = json.loads(path.read_text())
+        name = record["stage"] + (f"[{record['job']}]" if record.get("job") else "")
+        records[name] = record["seconds"]
+    return {"wall_s": wall, "job_seconds": records, "job_peak_mb": memory.peaks, "stabilise_read_s": read_s}
+
+
+def kernel_times(counts: pd.DataFrame, sheet: pd.DataFrame) -> dict:
+    """The kernels alone on the same data, in this process."""
+    from batchmix import lmm, simpson, vst
+
+    out = {}
+    t = time.perf_counter()
+    result = vst.vst(counts)
+    out["vst_s"] = time.perf_counter() - t
+    keep = vst.low_count_filter(counts, min_count=10, min_samples=3)
+    values = result.values.loc[keep]
+    samples = sheet.set_index("sample_id")
+    t = time.perf_counter()
+    lmm.fit(values, samples, MODEL)
+    out["lmm_fit_s"] = time.perf_counter() - t
+    out["lmm_genes"] = int(len(values))
+    t = time.perf_counter()
+    simpson.scan(values, samples["Batch"].astype(str), fdr=0.05, method="bh")
+    out["simpson_scan_s"] = time.perf_counter() - t
+    return out
+
+
+R_VST = r"""
+suppressMessages(library(DESeq2))
+args <- commandArgs(TRUE)
+counts <- as.matrix(read.delim(args[1], row.names = 1, check.names = FALSE))
+storage.mode(counts) <- "integer"
+dds <- DESeqDataSetFromMatrix(counts, data.frame(row.names = colnames(counts), x = rep(1, ncol(counts))), ~ 1)
+t <- system.time(v <- vst(dds, blind = TRUE))[["elapsed"]]
+cat(sprintf("%.3f\n", t))
+"""
+
+R_LME4 = r"""
+suppressMessages(library(lme4))
+args <- commandArgs(TRUE)
+y <- as.matrix(read.delim(args[1], row.names = 1, check.names = FALSE))
+sheet <- read.delim(args[2], row.names = 1)[colnames(y), ]
+n <- as.integer(args[3])
+t <- system.time(for (i in seq_len(n)) {
+  d <- data.frame(y = y[i, ], Infection = sheet$Infection, Batch = sheet$Batch)
+  fit <- lmer(y ~ Infection + (1 | Batch), data = d, REML = TRUE)
+})[["elapsed"]]
+cat(sprintf("%.3f\n", t / n))
+"""
+
+
+def r_times(workdir: Path, counts_path: Path, sheet_path: Path, stabilised: pd.DataFrame, lme4_genes: int) -> dict:
+    """DESeq2's vst() (reading excluded) and lme4's lmer per gene, in Rscript."""
+    (workdir / "vst.R").write_text(R_VST)
+    (workdir / "lme4.R").write_text(R_LME4)
+    sub = workdir / "lme4_genes.tsv"
+    stabilised.iloc[:lme4_genes].to_csv(sub, sep="\t")
+    vst_s = float(subprocess.run(["Rscript", "vst.R", str(counts_path)], cwd=workdir, capture_output=True,
+                                 text=True, check=True).stdout.split()[-1])  # fmt: skip
+    per_gene = float(
+        subprocess.run(
+            ["Rscript", "lme4.R", str(sub), str(sheet_path), str(lme4_genes)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+    )
+    return {"deseq2_vst_s": vst_s, "lme4_s_per_gene": per_gene, "lme4_genes": lme4_genes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--genes", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--lme4-genes", type=int, default=100)
+    parser.add_argument("--no-r", action="store_true", help="skip DESeq2 and lme4")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the kernel-only times")
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=YAML, e.g. chunks=8")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    parser.add_argument("--json", help="write the results here as JSON too")
+    args = parser.parse_args(argv)
+
+    load_start = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_pipeline."))
+    for item in ("Snakefile", "workflow", "config", "envs"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    counts, sheet = synthetic_counts(args.genes, args.samples, args.batches)
+    (workdir / "data").mkdir()
+    counts_path, sheet_path = workdir / "data" / "counts.tsv", workdir / "data" / "samples.tsv"
+    counts.to_csv(counts_path, sep="\t")
+    sheet.to_csv(sheet_path, sep="\t", index=False)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update({"expression": "data/counts.tsv", "samples": "data/samples.tsv", "model": MODEL, "batch": "Batch"})
+    for item in args.set:
+        key, _, value = item.partition("=")
+        config[key] = yaml.safe_load(value)
+    (workdir / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    print(f"batchmix workflow benchmark: {args.genes} genes x {args.samples} samples, {args.batches} batches, "
+          f"--cores {args.cores}, model {MODEL}; run in {workdir}")  # fmt: skip
+    print(
+        f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} ({os.cpu_count()} cores)"
+    )
+    workflow = run_workflow(workdir, args.cores)
+    results: dict = {"shape": [args.genes, args.samples, args.batches], "cores": args.cores, "workflow": workflow}
+    print(f"\nwhole workflow: {workflow['wall_s']:.1f} s wall")
+    peaks = workflow["job_peak_mb"]
+    print(f"{'job':<24}{'seconds':>10}{'peak RSS MB':>14}")
+    for name, seconds in workflow["job_seconds"].items():
+        stage, _, job = name.partition("[")
+        peak = max((mb for key, mb in peaks.items() if key.startswith(stage + "[")), default=float("nan"))
+        if job:  # per-chunk jobs: the largest chunk's peak
+            peak = max((mb for key, mb in peaks.items() if key.startswith("lmm_chunk[")), default=float("nan"))
+        print(f"{name:<24}{seconds:>10.2f}{peak:>14.0f}")
+    print(f"largest job peak RSS: {max(peaks.values(), default=float('nan')):.0f} MB")
+
+    if not args.no_kernels:
+        kernels = kernel_times(counts, sheet)
+        results["kernels"] = kernels
+        print(f"\nkernels alone (this process): vst {kernels['vst_s']:.2f} s, lmm.fit {kernels['lmm_fit_s']:.2f} s "
+              f"({kernels['lmm_genes']} genes), simpson.scan {kernels['simpson_scan_s']:.2f} s")  # fmt: skip
+
+    seconds = workflow["job_seconds"]
+    lmm_s = sum(s for name, s in seconds.items() if name.split("[")[0] in ("split_genes", "lmm_chunk", "gather_lmm"))
+    results["lmm_workflow_s_per_gene"] = lmm_s / args.genes
+    if not args.no_r:
+        stabilised = pd.read_parquet(workdir / "results" / "vst" / "expression.parquet")
+        r = r_times(workdir, counts_path, sheet_path, stabilised, args.lme4_genes)
+        results["r"] = r
+        after_read = seconds["stabilise"] - workflow["stabilise_read_s"]
+        print(f"\nDESeq2 vst(): {r['deseq2_vst_s']:.2f} s; stabilise job {seconds['stabilise']:.2f} s: "
+              f"{r['deseq2_vst_s'] / seconds['stabilise']:.1f}x faster (target >= 3x); without reading and "
+              f"validating the input ({workflow['stabilise_read_s']:.1f} s): {after_read:.2f} s, "
+              f"{r['deseq2_vst_s'] / after_read:.1f}x")  # fmt: skip
+        print(f"LMM through the workflow: {1e3 * lmm_s / args.genes:.3f} ms per gene (all LMM jobs / genes); "
+              f"lme4 loop: {1e3 * r['lme4_s_per_gene']:.1f} ms per gene ({r['lme4_genes']} genes): "
+              f"{r['lme4_s_per_gene'] / (lmm_s / args.genes):.0f}x (target >= 300x)")  # fmt: skip
+    load_end = os.getloadavg()
+    results["load_average"] = {"start": load_start, "end": load_end}
+    print(f"\nload average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if not args.keep:
+        shutil.rmtree(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
