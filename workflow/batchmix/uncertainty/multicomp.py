@@ -51,7 +51,15 @@ from .priors import (
     log_student_t,
 )
 
-__all__ = ["DIAGNOSTIC_COLUMNS", "MAX_KHAT", "MIN_ESS", "ImportanceResult", "importance_posterior", "pareto_khat"]
+__all__ = [
+    "DIAGNOSTIC_COLUMNS",
+    "MAX_KHAT",
+    "MIN_ESS",
+    "ImportanceResult",
+    "design_for",
+    "importance_posterior",
+    "pareto_khat",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -81,7 +81,7 @@ def uncertainty_stage(
 
     Reads the stabilised expression, the gene statuses and the LMM gene fits (for statuses and
     the batch share used to pick genes). Config ``uncertainty``: ``bootstrap`` (replicates, 0 = off),
-    ``bayes`` (grid posterior on/off), ``prior`` (``unif_icc`` | ``half_cauchy``), ``prior_scale``,
+    ``bayes`` (posterior on/off), ``prior`` (``unif_icc`` | ``half_cauchy`` | ``brms_default``), ``prior_scale``,
     ``seed``, ``genes`` (``all``, N = the N genes with the largest batch share, or a list) and
     ``figure_genes`` (genes drawn; default the report's genes, else the top gene).
 
@@ -90,7 +90,9 @@ def uncertainty_stage(
     mean, sd, q2.5, q50, q97.5), ``out["figures"]`` (a folder of PNGs:
     ``<gene>.bootstrap_band.png``, ``<gene>.posterior.png``) and ``out["summary"]`` (JSON: settings,
     counts, timings, figures, and the OLS-against-LMM table of each figure gene). A disabled method
-    writes its table with the header only.
+    writes its table with the header only. With the importance-sampling engine (several variance
+    components or ``prior: brms_default``) ``out["posterior_diagnostics"]``, when given, gets the
+    per-gene ``gene_id, status, khat, ess, n_draws, prior_location, prior_scale``.
     """
     ucfg = dict(config.get("uncertainty") or {})
     nsim = int(ucfg.get("bootstrap", 0) or 0)
@@ -162,8 +164,25 @@ def uncertainty_stage(
             prior_scale=prior_scale,
             gene_status=gstatus.where(gstatus != missing.SINGULAR, missing.OK),
             keep_grid_for=fig_genes,
+            seed=seed,
         )
         summary["posterior"]["seconds"] = round(time.perf_counter() - t0, 3)
+        if post.diagnostics is not None:
+            # the importance-sampling engine: its per-gene diagnostics (k̂, ESS) and their spread
+            d = post.diagnostics
+            fitted_rows = d["khat"].notna()
+            summary["posterior"]["engine"] = "importance_sampling"
+            summary["posterior"]["n_draws"] = int(d.loc[fitted_rows, "n_draws"].max()) if fitted_rows.any() else 0
+            summary["posterior"]["khat_quantiles"] = (
+                {f"q{int(100 * q)}": round(float(d.loc[fitted_rows, "khat"].quantile(q)), 4) for q in (0.5, 0.9, 0.99)}
+                if fitted_rows.any()
+                else {}
+            )
+            summary["posterior"]["min_ess"] = (
+                round(float(d.loc[fitted_rows, "ess"].min()), 1) if fitted_rows.any() else None
+            )
+            if out.get("posterior_diagnostics"):
+                io.write_table(d, out["posterior_diagnostics"])
         st = post.summary.groupby("gene_id", sort=False)["status"].first()
         summary["posterior"]["status_counts"] = {k: int(v) for k, v in st.value_counts().items()}
         io.write_table(post.summary, out["posterior"])
