@@ -39,7 +39,7 @@ from scipy import special, stats
 from scipy.stats import qmc
 
 from ..defaults import DEFAULT_SEED
-from ..design import RandomBlock, fixed_design, random_design
+from ..design import KINSHIP, RandomBlock, fixed_design, random_design
 from ..lmm import missing
 from ..lmm.results import model_metadata
 from .priors import (
@@ -73,9 +73,13 @@ _NU_PROPOSAL = 5.0
 _FD_STEP = 1e-2
 _NEWTON_ITER = 14
 _INFLATE = 1.2
-_WIDE_SHARE = 0.25
+_SHARES = (0.6, 0.2, 0.2)
+_WIDE = 3.0
+_ADAPT_ROUNDS = 2
 _PHI_MAX = 40.0
 _CPC_MAX = 12.0
+# cross-products of different levels below this (relative) are rounding: the level-wise path applies
+_ORTHO_TOL = 1e-12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,13 +176,30 @@ class _Design:
 
 
 def _make_design(X: np.ndarray, names: list[str], blocks: list[RandomBlock]) -> _Design:
+    if len(blocks) == 1 and blocks[0].n_terms == 1:
+        Zb = blocks[0].Z
+        ZtZ = Zb.T @ Zb
+        if np.abs(ZtZ - np.diag(np.diag(ZtZ))).max(initial=0.0) > _ORTHO_TOL * np.abs(ZtZ).max(initial=0.0):
+            # one scalar component whose levels overlap (a known covariance, Z = a factor of K):
+            # b ~ N(0, σ_b² I) is rotation invariant, so Z Q (Q the eigenvectors of ZᵀZ) has
+            # orthogonal columns and the level-wise path applies (the EMMA / FaST-LMM rotation)
+            d_, Q = np.linalg.eigh(ZtZ)
+            keep = d_ > 1e-10 * max(float(d_.max(initial=0.0)), 1e-300)
+            Zr_ = Zb @ Q[:, keep]
+            levels = [f"r{j + 1}" for j in range(Zr_.shape[1])]
+            blocks = [RandomBlock(group=blocks[0].group, terms=blocks[0].terms, levels=levels, Z=Zr_)]
     Z = np.column_stack([b.Z for b in blocks])
     c = None
     if "Intercept" in names:
         c = X.mean(axis=0)
         c[names.index("Intercept")] = 1.0
     d = _Design(X, list(names), blocks, Z, Z.T @ Z, Z.T @ X, X.T @ X, c)
+    off_block = d.ZtZ.copy()
     if len(blocks) == 1:
+        s_, m_ = blocks[0].n_terms, blocks[0].n_levels
+        for j in range(m_):
+            off_block[j * s_ : (j + 1) * s_, j * s_ : (j + 1) * s_] = 0.0
+    if len(blocks) == 1 and np.abs(off_block).max(initial=0.0) <= _ORTHO_TOL * np.abs(d.ZtZ).max(initial=0.0):
         s, m = blocks[0].n_terms, blocks[0].n_levels
         B = np.stack([d.ZtZ[j * s : (j + 1) * s, j * s : (j + 1) * s] for j in range(m)])
         ZX = np.stack([d.ZtX[j * s : (j + 1) * s] for j in range(m)])
@@ -594,7 +615,7 @@ def importance_posterior(
     prior_scale: float = 1.0,
     probs=(0.025, 0.5, 0.975),
     n_draws: int = 4096,
-    n_adapt: int = 512,
+    n_adapt: int = 1024,
     seed: int = DEFAULT_SEED,
     gene_chunk: int = 32,
 ) -> ImportanceResult:
@@ -664,8 +685,13 @@ def importance_posterior(
     z_beta = rng.standard_normal((n_draws, p))  # for the fixed-effect variance fractions only
     # fraction pieces
     n_obs = design.n
-    mean_outer = [b.Z.reshape(n_obs, b.n_levels, b.n_terms).sum(axis=1) for b in blocks]
-    mean_outer = [zz.T @ zz / n_obs for zz in mean_outer]
+    mean_outer = []
+    for b in blocks:
+        if b.group == KINSHIP:  # Z = L, L Lᵀ = K: the term's variance at sample i is σ_k² K_ii
+            mean_outer.append(np.array([[np.sum(b.Z**2) / n_obs]]))
+        else:
+            zz = b.Z.reshape(n_obs, b.n_levels, b.n_terms).sum(axis=1)
+            mean_outer.append(zz.T @ zz / n_obs)
     fixed_cov = []
     for term, col in metadata.fixed_fraction_columns.items():
         idx = [design.names.index(cn) for cn in metadata.fixed_terms[term] if cn in design.names]
@@ -687,34 +713,38 @@ def importance_posterior(
             phi0[:, off : off + b.n_terms] = np.log(0.5 * sig0)[:, None]
         mode, prec = _find_mode(phi0, design, st, prior, prior_scale)
         chol_cov = np.linalg.cholesky(np.linalg.inv(prec)) * _INFLATE
-        # adaptation pass: weighted mean and covariance of the Laplace-t draws
-        phi_a = mode[:, None, :] + np.einsum("gij,sj->gsi", chol_cov, d_adapt)
-        lw_a = _log_posterior(phi_a, design, st, prior, prior_scale)["lp"] - q_adapt[None, :]
-        lw_a = np.where(np.isfinite(lw_a), lw_a, -np.inf)
-        wa = np.exp(lw_a - lw_a.max(axis=1, keepdims=True))
-        wa /= wa.sum(axis=1, keepdims=True)
-        ess_a = 1.0 / (wa * wa).sum(axis=1)
-        mu_a = np.einsum("gs,gsi->gi", wa, phi_a)
-        dev = phi_a - mu_a[:, None, :]
-        cov_a = np.einsum("gs,gsi,gsj->gij", wa, dev, dev) + 1e-8 * np.eye(dim)
-        good = (ess_a > 50) & np.all(np.isfinite(cov_a), axis=(1, 2))
-        with np.errstate(invalid="ignore"):
-            chol_a = np.linalg.cholesky(np.where(good[:, None, None], cov_a, np.eye(dim))) * _INFLATE
-        centre = np.where(good[:, None], mu_a, mode)
-        chol_f = np.where(good[:, None, None], chol_a, chol_cov)
-        # defensive mixture (balance heuristic): most points from the adapted t, a share from a
-        # twice wider Laplace t, so that tails the adaptation under-covers still get draws
-        comps = [(centre, chol_f), (mode, 2.0 * chol_cov)]
-        n_wide = int(round(_WIDE_SHARE * n_draws))
+        # adaptation passes: the weighted mean and covariance of the current proposal's draws
+        centre, chol_f = mode, chol_cov
+        for _ in range(_ADAPT_ROUNDS):
+            phi_a = centre[:, None, :] + np.einsum("gij,sj->gsi", chol_f, d_adapt)
+            lw_a = _log_posterior(phi_a, design, st, prior, prior_scale)["lp"] - q_adapt[None, :]
+            lw_a = np.where(np.isfinite(lw_a), lw_a, -np.inf)
+            wa = np.exp(lw_a - lw_a.max(axis=1, keepdims=True))
+            wa /= wa.sum(axis=1, keepdims=True)
+            ess_a = 1.0 / (wa * wa).sum(axis=1)
+            mu_a = np.einsum("gs,gsi->gi", wa, phi_a)
+            dev = phi_a - mu_a[:, None, :]
+            cov_a = np.einsum("gs,gsi,gsj->gij", wa, dev, dev) + 1e-8 * np.eye(dim)
+            good = (ess_a > 50) & np.all(np.isfinite(cov_a), axis=(1, 2))
+            with np.errstate(invalid="ignore"):
+                chol_a = np.linalg.cholesky(np.where(good[:, None, None], cov_a, np.eye(dim))) * _INFLATE
+            centre = np.where(good[:, None], mu_a, centre)
+            chol_f = np.where(good[:, None, None], chol_a, chol_f)
+        # defensive mixture (balance heuristic): most points from the adapted t, shares from a
+        # wider adapted t and a wider Laplace t, so that tails the adaptation under-covers get draws
+        comps = [(centre, chol_f), (centre, _WIDE * chol_f), (mode, _WIDE * chol_cov)]
+        counts = np.round(np.array(_SHARES) * n_draws).astype(int)
+        counts[0] = n_draws - counts[1:].sum()
+        bounds = np.concatenate([[0], np.cumsum(counts)])
         phi = np.concatenate(
             [
-                comps[0][0][:, None, :] + np.einsum("gij,sj->gsi", comps[0][1], d_final[: n_draws - n_wide]),
-                comps[1][0][:, None, :] + np.einsum("gij,sj->gsi", comps[1][1], d_final[n_draws - n_wide :]),
+                mu_c[:, None, :] + np.einsum("gij,sj->gsi", L_c, d_final[bounds[i] : bounds[i + 1]])
+                for i, (mu_c, L_c) in enumerate(comps)
             ],
             axis=1,
         )
         logq = np.stack([_log_t_density(phi, mu_c, L_c) for mu_c, L_c in comps], axis=0)
-        mix = np.log(np.array([1.0 - _WIDE_SHARE, _WIDE_SHARE]))[:, None, None]
+        mix = np.log(np.array(_SHARES))[:, None, None]
         q_final_g = special.logsumexp(logq + mix, axis=0)
         ev = _log_posterior(phi, design, st, prior, prior_scale, full=True)
         lw = ev["lp0"] - q_final_g
