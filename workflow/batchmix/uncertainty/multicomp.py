@@ -138,7 +138,7 @@ def _small_chol_solve(A: np.ndarray, rhs: list[np.ndarray]):
                 acc = acc + Li[k][i] * Li[k][j]
             Ainv[..., i, j] = acc
             Ainv[..., j, i] = acc
-    sols = [np.einsum("...ij,...j->...i", Ainv, v) for v in rhs]
+    sols = [np.stack([sum(Ainv[..., i, j] * v[..., j] for j in range(p)) for i in range(p)], axis=-1) for v in rhs]
     return logdet, Ainv, sols
 
 
@@ -310,13 +310,18 @@ def _penalised(design: _Design, Ts: list[np.ndarray], Zr: np.ndarray, rr: np.nda
             return out
 
         CX = [forward([sum(t[cc][a] * ZX[:, cc, k] for cc in range(a, s)) for a in range(s)], Lm) for k in range(p)]
-        if B.shape[0] == 1:
-            Ll = Lm
-        else:
-            Ll = [[None if x is None else x[..., design.level_type] for x in row] for row in Lm]
-        cr = forward([sum(t[cc][a] * Zr3[:, None, :, cc] for cc in range(a, s)) for a in range(s)], Ll)
-        # Σ over the levels of each type of the response part
-        cr_type = [x.sum(axis=-1, keepdims=True) if B.shape[0] == 1 else x @ design.type_indicator for x in cr]
+        # the response part needs, per level type τ, only Σ_j z_j and Σ_j z_j z_jᵀ of the levels
+        # j of that type (z_j = Z_jᵀr): with R = L_τ⁻¹Tᵀ, Σ_j |R z_j|² = Σ_ab (RᵀR)_ab (Σ_j z_j z_jᵀ)_ab
+        ind = design.type_indicator  # (m, types)
+        zsum = np.einsum("gma,mt->gta", Zr3, ind)  # (G, types, s)
+        Szz = np.einsum("gma,gmb,mt->gtab", Zr3, Zr3, ind)  # (G, types, s, s)
+        Rcol = [forward([t[c][a] if c >= a else 0.0 for a in range(s)], Lm) for c in range(s)]  # Rcol[c][a] = R_ac
+        cr_type = [sum(Rcol[c][a] * zsum[:, None, :, c] for c in range(s)) for a in range(s)]
+        quad = 0.0
+        for a in range(s):
+            for b2 in range(s):
+                RtR = sum(Rcol[a][k] * Rcol[b2][k] for k in range(s))
+                quad = quad + (RtR * Szz[:, None, :, a, b2]).sum(axis=-1)
         A = np.empty((Gc, P, p, p))
         for k in range(p):
             for l2 in range(k + 1):
@@ -324,7 +329,7 @@ def _penalised(design: _Design, Ts: list[np.ndarray], Zr: np.ndarray, rr: np.nda
                 A[..., k, l2] = design.XtX[k, l2] - v
                 A[..., l2, k] = A[..., k, l2]
         bvec = np.stack([-sum((CX[k][a] * cr_type[a]).sum(axis=-1) for a in range(s)) for k in range(p)], axis=-1)
-        rWr = rr[:, None] - sum((cr[a] ** 2).sum(axis=-1) for a in range(s))
+        rWr = rr[:, None] - quad
         return logdetL, A, bvec, rWr
     # general: dense Λ (q × q), block-diagonal with Kronecker blocks
     Gc, P = Ts[0].shape[:2]
@@ -699,127 +704,134 @@ def importance_posterior(
             fixed_cov.append((col, idx, np.atleast_2d(np.cov(design.X[:, idx], rowvar=False, ddof=1))))
     random_frac = [metadata.groups[i].fraction_column for i in range(len(blocks))]
 
-    for start in range(0, G, gene_chunk):
-        gsl = slice(start, min(G, start + gene_chunk))
-        st = _GeneStats(
-            Zr[gsl], rr[gsl], beta_ols[gsl], loc[gsl] if use_u else None, scale[gsl] if prior == BRMS_DEFAULT else None
-        )
-        Gc = st.rr.shape[0]
-        # start: σ from the OLS residual, every SD at σ/2, correlations 0
-        phi0 = np.zeros((Gc, dim))
-        sig0 = np.sqrt(np.maximum(st.rr / max(n - p, 1), 1e-300))
-        phi0[:, 0] = np.log(sig0)
-        for b, off in zip(blocks, design.offsets):
-            phi0[:, off : off + b.n_terms] = np.log(0.5 * sig0)[:, None]
-        mode, prec = _find_mode(phi0, design, st, prior, prior_scale)
-        chol_cov = np.linalg.cholesky(np.linalg.inv(prec)) * _INFLATE
-        # adaptation passes: the weighted mean and covariance of the current proposal's draws
-        centre, chol_f = mode, chol_cov
-        for _ in range(_ADAPT_ROUNDS):
-            phi_a = centre[:, None, :] + np.einsum("gij,sj->gsi", chol_f, d_adapt)
-            lw_a = _log_posterior(phi_a, design, st, prior, prior_scale)["lp"] - q_adapt[None, :]
-            lw_a = np.where(np.isfinite(lw_a), lw_a, -np.inf)
-            wa = np.exp(lw_a - lw_a.max(axis=1, keepdims=True))
-            wa /= wa.sum(axis=1, keepdims=True)
-            ess_a = 1.0 / (wa * wa).sum(axis=1)
-            mu_a = np.einsum("gs,gsi->gi", wa, phi_a)
-            dev = phi_a - mu_a[:, None, :]
-            cov_a = np.einsum("gs,gsi,gsj->gij", wa, dev, dev) + 1e-8 * np.eye(dim)
-            good = (ess_a > 50) & np.all(np.isfinite(cov_a), axis=(1, 2))
-            with np.errstate(invalid="ignore"):
-                chol_a = np.linalg.cholesky(np.where(good[:, None, None], cov_a, np.eye(dim))) * _INFLATE
-            centre = np.where(good[:, None], mu_a, centre)
-            chol_f = np.where(good[:, None, None], chol_a, chol_f)
-        # defensive mixture (balance heuristic): most points from the adapted t, shares from a
-        # wider adapted t and a wider Laplace t, so that tails the adaptation under-covers get draws
-        comps = [(centre, chol_f), (centre, _WIDE * chol_f), (mode, _WIDE * chol_cov)]
-        counts = np.round(np.array(_SHARES) * n_draws).astype(int)
-        counts[0] = n_draws - counts[1:].sum()
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        phi = np.concatenate(
-            [
-                mu_c[:, None, :] + np.einsum("gij,sj->gsi", L_c, d_final[bounds[i] : bounds[i + 1]])
-                for i, (mu_c, L_c) in enumerate(comps)
-            ],
-            axis=1,
-        )
-        logq = np.stack([_log_t_density(phi, mu_c, L_c) for mu_c, L_c in comps], axis=0)
-        mix = np.log(np.array(_SHARES))[:, None, None]
-        q_final_g = special.logsumexp(logq + mix, axis=0)
-        ev = _log_posterior(phi, design, st, prior, prior_scale, full=True)
-        lw = ev["lp0"] - q_final_g
-        beta, Ainv, sigma = ev["beta"], ev["Ainv"], ev["sigma"]
-        s2 = (sigma * sigma)[..., None]
-        mu_b = beta
-        var_b = s2 * np.diagonal(Ainv, axis1=-2, axis2=-1)
-        if use_u:
-            su = np.sqrt(np.maximum(ev["v_u"], 1e-300))
-            u = ev["m_u"] + su * zu_final[None, :]
-            lw = lw + log_student_t(u, 3.0, st.loc[:, None], st.scale[:, None])
-            kvec = s2 * ev["Ac"] / ev["v_u"][..., None]  # Cov(β, u) / Var(u)
-            mu_b = beta + kvec * (u - ev["m_u"])[..., None]
-            var_b = np.maximum(var_b - kvec * kvec * ev["v_u"][..., None], 0.0)
-        lw = np.where(np.isfinite(lw), lw, -np.inf)
-        kh = pareto_khat(lw)
-        w = np.exp(lw - lw.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
-        es = 1.0 / (w * w).sum(axis=1)
-        rows = np.arange(start, start + Gc)
-        khat[rows], ess[rows] = kh, es
-        ok = np.isfinite(lw).any(axis=1) & np.isfinite(kh)
-        st_chunk = np.where(~ok, missing.NUMERICAL, np.where(kh > MAX_KHAT, "failed:importance_khat", "ok"))
-        st_chunk = np.where((st_chunk == "ok") & (es < MIN_ESS), "failed:importance_ess", st_chunk)
-        status[rows] = st_chunk
-        # per-draw derived quantities
-        draws: dict[str, np.ndarray] = {"sigma": sigma}
-        var_random = []
-        for bi, (b, T, sd, C) in enumerate(zip(blocks, ev["Ts"], ev["sds"], ev["cors"])):
-            for i, t in enumerate(b.terms):
-                draws[f"sd_{b.group}__{t}"] = sd[..., i]
-            for i in range(b.n_terms):
-                for j in range(i + 1, b.n_terms):
-                    draws[f"cor_{b.group}__{b.terms[i]}__{b.terms[j]}"] = C[..., i, j]
-            Sig = s2[..., None] * (T @ np.swapaxes(T, -1, -2))
-            var_random.append((random_frac[bi], np.einsum("gsij,ij->gs", Sig, mean_outer[bi])))
-        if "ICC" in params:
-            sd0 = draws[f"sd_{blocks[0].group}__{blocks[0].terms[0]}"]
-            draws["ICC"] = sd0**2 / (sd0**2 + sigma**2)
-        if metadata.fraction_columns():
-            # a β draw per φ draw (exact conditional, Matheron's update for the u constraint)
-            Lb = _small_cholesky(s2[..., None] * Ainv)
-            bdraw = beta + np.einsum("gsij,sj->gsi", Lb, z_beta)
+    # far-tail proposal draws overflow harmlessly (they get zero weight): keep the log clean
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, G, gene_chunk):
+            gsl = slice(start, min(G, start + gene_chunk))
+            st = _GeneStats(
+                Zr[gsl],
+                rr[gsl],
+                beta_ols[gsl],
+                loc[gsl] if use_u else None,
+                scale[gsl] if prior == BRMS_DEFAULT else None,
+            )
+            Gc = st.rr.shape[0]
+            # start: σ from the OLS residual, every SD at σ/2, correlations 0
+            phi0 = np.zeros((Gc, dim))
+            sig0 = np.sqrt(np.maximum(st.rr / max(n - p, 1), 1e-300))
+            phi0[:, 0] = np.log(sig0)
+            for b, off in zip(blocks, design.offsets):
+                phi0[:, off : off + b.n_terms] = np.log(0.5 * sig0)[:, None]
+            mode, prec = _find_mode(phi0, design, st, prior, prior_scale)
+            chol_cov = np.linalg.cholesky(np.linalg.inv(prec)) * _INFLATE
+            # adaptation passes: the weighted mean and covariance of the current proposal's draws
+            centre, chol_f = mode, chol_cov
+            for _ in range(_ADAPT_ROUNDS):
+                phi_a = centre[:, None, :] + np.einsum("gij,sj->gsi", chol_f, d_adapt)
+                lw_a = _log_posterior(phi_a, design, st, prior, prior_scale)["lp"] - q_adapt[None, :]
+                lw_a = np.where(np.isfinite(lw_a), lw_a, -np.inf)
+                wa = np.exp(lw_a - lw_a.max(axis=1, keepdims=True))
+                wa /= wa.sum(axis=1, keepdims=True)
+                ess_a = 1.0 / (wa * wa).sum(axis=1)
+                mu_a = np.einsum("gs,gsi->gi", wa, phi_a)
+                dev = phi_a - mu_a[:, None, :]
+                cov_a = np.einsum("gs,gsi,gsj->gij", wa, dev, dev) + 1e-8 * np.eye(dim)
+                good = (ess_a > 50) & np.all(np.isfinite(cov_a), axis=(1, 2))
+                with np.errstate(invalid="ignore"):
+                    chol_a = np.linalg.cholesky(np.where(good[:, None, None], cov_a, np.eye(dim))) * _INFLATE
+                centre = np.where(good[:, None], mu_a, centre)
+                chol_f = np.where(good[:, None, None], chol_a, chol_f)
+            # defensive mixture (balance heuristic): most points from the adapted t, shares from a
+            # wider adapted t and a wider Laplace t, so that tails the adaptation under-covers get draws
+            comps = [(centre, chol_f), (centre, _WIDE * chol_f), (mode, _WIDE * chol_cov)]
+            counts = np.round(np.array(_SHARES) * n_draws).astype(int)
+            counts[0] = n_draws - counts[1:].sum()
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            phi = np.concatenate(
+                [
+                    mu_c[:, None, :] + np.einsum("gij,sj->gsi", L_c, d_final[bounds[i] : bounds[i + 1]])
+                    for i, (mu_c, L_c) in enumerate(comps)
+                ],
+                axis=1,
+            )
+            logq = np.stack([_log_t_density(phi, mu_c, L_c) for mu_c, L_c in comps], axis=0)
+            mix = np.log(np.array(_SHARES))[:, None, None]
+            q_final_g = special.logsumexp(logq + mix, axis=0)
+            ev = _log_posterior(phi, design, st, prior, prior_scale, full=True)
+            lw = ev["lp0"] - q_final_g
+            beta, Ainv, sigma = ev["beta"], ev["Ainv"], ev["sigma"]
+            s2 = (sigma * sigma)[..., None]
+            mu_b = beta
+            var_b = s2 * np.diagonal(Ainv, axis1=-2, axis2=-1)
             if use_u:
-                bdraw = (
-                    bdraw
-                    + ev["Ac"]
-                    / (ev["v_u"] / s2[..., 0])[..., None]
-                    * (u - np.einsum("gsi,i->gs", bdraw, design.c))[..., None]
-                )
-            fixed_var = [
-                (col, np.einsum("gsi,ij,gsj->gs", bdraw[..., idx], cov, bdraw[..., idx])) for col, idx, cov in fixed_cov
-            ]
-            total = sigma**2 + sum(v for _, v in fixed_var) + sum(v for _, v in var_random)
-            for col, v in fixed_var + var_random:
-                draws[col] = draws.get(col, 0.0) + v / total
-            draws["frac_residual"] = sigma**2 / total
-        live = w > 0  # draws of zero weight may hold non-finite values: keep them out of the sums
-        mu_b = np.where(live[..., None], mu_b, 0.0)
-        var_b = np.where(live[..., None], var_b, 0.0)
-        for nm, kind in names:
-            out = params[nm]
-            if kind == "beta":
-                j = design.names.index(nm[2:])
-                m_ = (w * mu_b[..., j]).sum(axis=1)
-                v_ = (w * (var_b[..., j] + mu_b[..., j] ** 2)).sum(axis=1) - m_**2
-                qs = _normal_mixture_quantiles(w, mu_b[..., j], np.sqrt(var_b[..., j]), probs)
-            else:
-                x = np.where(live, draws[nm], 0.0)
-                m_ = (w * x).sum(axis=1)
-                v_ = (w * x * x).sum(axis=1) - m_**2
-                qs = _weighted_quantiles(x, w, probs)
-            out[rows, 0] = m_
-            out[rows, 1] = np.sqrt(np.maximum(v_, 0.0))
-            out[rows, 2:] = qs
+                su = np.sqrt(np.maximum(ev["v_u"], 1e-300))
+                u = ev["m_u"] + su * zu_final[None, :]
+                lw = lw + log_student_t(u, 3.0, st.loc[:, None], st.scale[:, None])
+                kvec = s2 * ev["Ac"] / ev["v_u"][..., None]  # Cov(β, u) / Var(u)
+                mu_b = beta + kvec * (u - ev["m_u"])[..., None]
+                var_b = np.maximum(var_b - kvec * kvec * ev["v_u"][..., None], 0.0)
+            lw = np.where(np.isfinite(lw), lw, -np.inf)
+            kh = pareto_khat(lw)
+            w = np.exp(lw - lw.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            es = 1.0 / (w * w).sum(axis=1)
+            rows = np.arange(start, start + Gc)
+            khat[rows], ess[rows] = kh, es
+            ok = np.isfinite(lw).any(axis=1) & np.isfinite(kh)
+            st_chunk = np.where(~ok, missing.NUMERICAL, np.where(kh > MAX_KHAT, "failed:importance_khat", "ok"))
+            st_chunk = np.where((st_chunk == "ok") & (es < MIN_ESS), "failed:importance_ess", st_chunk)
+            status[rows] = st_chunk
+            # per-draw derived quantities
+            draws: dict[str, np.ndarray] = {"sigma": sigma}
+            var_random = []
+            for bi, (b, T, sd, C) in enumerate(zip(blocks, ev["Ts"], ev["sds"], ev["cors"])):
+                for i, t in enumerate(b.terms):
+                    draws[f"sd_{b.group}__{t}"] = sd[..., i]
+                for i in range(b.n_terms):
+                    for j in range(i + 1, b.n_terms):
+                        draws[f"cor_{b.group}__{b.terms[i]}__{b.terms[j]}"] = C[..., i, j]
+                Sig = s2[..., None] * (T @ np.swapaxes(T, -1, -2))
+                var_random.append((random_frac[bi], np.einsum("gsij,ij->gs", Sig, mean_outer[bi])))
+            if "ICC" in params:
+                sd0 = draws[f"sd_{blocks[0].group}__{blocks[0].terms[0]}"]
+                draws["ICC"] = sd0**2 / (sd0**2 + sigma**2)
+            if metadata.fraction_columns():
+                # a β draw per φ draw (exact conditional, Matheron's update for the u constraint)
+                Lb = _small_cholesky(s2[..., None] * Ainv)
+                bdraw = beta + np.einsum("gsij,sj->gsi", Lb, z_beta)
+                if use_u:
+                    bdraw = (
+                        bdraw
+                        + ev["Ac"]
+                        / (ev["v_u"] / s2[..., 0])[..., None]
+                        * (u - np.einsum("gsi,i->gs", bdraw, design.c))[..., None]
+                    )
+                fixed_var = [
+                    (col, np.einsum("gsi,ij,gsj->gs", bdraw[..., idx], cov, bdraw[..., idx]))
+                    for col, idx, cov in fixed_cov
+                ]
+                total = sigma**2 + sum(v for _, v in fixed_var) + sum(v for _, v in var_random)
+                for col, v in fixed_var + var_random:
+                    draws[col] = draws.get(col, 0.0) + v / total
+                draws["frac_residual"] = sigma**2 / total
+            live = w > 0  # draws of zero weight may hold non-finite values: keep them out of the sums
+            mu_b = np.where(live[..., None], mu_b, 0.0)
+            var_b = np.where(live[..., None], var_b, 0.0)
+            for nm, kind in names:
+                out = params[nm]
+                if kind == "beta":
+                    j = design.names.index(nm[2:])
+                    m_ = (w * mu_b[..., j]).sum(axis=1)
+                    v_ = (w * (var_b[..., j] + mu_b[..., j] ** 2)).sum(axis=1) - m_**2
+                    qs = _normal_mixture_quantiles(w, mu_b[..., j], np.sqrt(var_b[..., j]), probs)
+                else:
+                    x = np.where(live, draws[nm], 0.0)
+                    m_ = (w * x).sum(axis=1)
+                    v_ = (w * x * x).sum(axis=1) - m_**2
+                    qs = _weighted_quantiles(x, w, probs)
+                out[rows, 0] = m_
+                out[rows, 1] = np.sqrt(np.maximum(v_, 0.0))
+                out[rows, 2:] = qs
     bad = status != "ok"
     for nm in params:
         params[nm][bad] = np.nan
