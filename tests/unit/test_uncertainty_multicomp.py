@@ -238,3 +238,18 @@ def test_brms_default_student_t_is_stan_s():
     np.testing.assert_allclose(
         priors.log_half_student_t(x + 1, 3.0, 2.0), np.log(2) + stats.t.logpdf(x + 1, 3.0, 0.0, 2.0), rtol=1e-13
     )
+
+
+def test_figures_of_the_importance_engine_and_of_heritability(sleep):
+    from batchmix.plots.uncertainty import plot_heritability, plot_posterior_intervals
+
+    expr, samples = sleep
+    rows = unc.posterior(expr, samples, MODELS["slopes_default"], prior="brms_default").summary
+    fig = plot_posterior_intervals(rows, gene_id="Reaction")
+    assert len(fig.axes) == 3
+    labels = [t.get_text() for t in fig.axes[2].get_yticklabels()]
+    assert "cor_Subject__Intercept__Days" in labels
+    h2 = np.array([0.1, 0.5, np.nan, 0.9])
+    fig = plot_heritability(h2, np.array([0.1, 0.1, np.nan, 0.05]), lrt_p=np.array([0.5, 0.01, np.nan, 0.001]))
+    assert len(fig.axes) == 2
+    assert "3 genes" in fig.axes[0].get_title()

@@ -18,7 +18,7 @@ from ..defaults import DEFAULT_SEED
 from ..design import sanitize_name
 from ..lmm import missing
 from ..plots.style import save_png
-from ..plots.uncertainty import plot_bootstrap_band, plot_posterior
+from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
 from .bootstrap import BOOT_COLUMNS, bootstrap
 from .posterior import SUMMARY_COLUMNS, posterior, posterior_draws
 
@@ -205,6 +205,14 @@ def uncertainty_stage(
             path = figdir / f"{safe}.posterior.png"
             save_png(fig, path)
             entry["posterior"] = path.name
+        elif post is not None and post.diagnostics is not None:
+            # the importance-sampling engine keeps no draws: the summaries as intervals
+            rows = post.summary[(post.summary.gene_id == gid) & (post.summary.status == "ok")]
+            if len(rows):
+                fig = plot_posterior_intervals(rows, gene_id=gid)
+                path = figdir / f"{safe}.posterior.png"
+                save_png(fig, path)
+                entry["posterior"] = path.name
         summary["figures"][gid] = entry
         if gid in set(fits["gene_id"]):
             table = ols_vs_lmm_table(fits, gid)
