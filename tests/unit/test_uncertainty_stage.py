@@ -271,3 +271,37 @@ def test_random_slopes_walkthrough_with_brms_default_priors(tmp_path):
     diag = io.read_result_table(out["posterior_diagnostics"])
     assert list(diag["gene_id"]) == ["Reaction"] and diag.loc[0, "khat"] < 0.7
     assert diag.loc[0, "prior_location"] == 288.7 and diag.loc[0, "prior_scale"] == 59.3
+
+
+def test_kinship_run_reads_the_matrix_from_the_config(tmp_path):
+    from batchmix.lmm.kinship import attach_kinship, read_kinship
+
+    data = ROOT / "tests" / "data" / "kinship"
+    expr = io.read_matrix(data / "expression.tsv")
+    samples = io.read_samples(data / "samples.tsv")
+    sheet = attach_kinship(samples, read_kinship(data / "kinship.tsv", samples.index))
+    formula = "~ cond + (1 | kinship)"
+    paths = {"expression": tmp_path / "e.tsv.gz", "gene_status": tmp_path / "s.tsv", "gene_fits": tmp_path / "f.tsv"}
+    io.write_table(expr.rename_axis("gene_id"), paths["expression"], index=True)
+    io.write_table(pd.DataFrame({"gene_id": expr.index, "status": "ok"}), paths["gene_status"])
+    io.write_table(lmm.fit(expr, sheet, formula).gene_fits, paths["gene_fits"])
+    config = {
+        "model": formula,
+        "batch": "batch",
+        "reml": True,
+        "covariance": {"kinship": str(data / "kinship.tsv")},
+        "uncertainty": {"bootstrap": 0, "bayes": True, "prior": "brms_default", "genes": "all"},
+    }
+    out = _outputs(tmp_path)
+    unc.uncertainty_stage(
+        config,
+        str(paths["expression"]),
+        str(paths["gene_status"]),
+        str(paths["gene_fits"]),
+        str(data / "samples.tsv"),
+        out,
+    )
+    post = io.read_result_table(out["posterior"])
+    assert (post["status"] == "ok").all()
+    assert set(post["gene_id"]) == set(expr.index)
+    assert "sd_kinship__Intercept" in set(post["param"])

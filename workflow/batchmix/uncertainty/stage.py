@@ -17,6 +17,7 @@ from .. import io
 from ..defaults import DEFAULT_SEED
 from ..design import sanitize_name
 from ..lmm import missing
+from ..lmm.kinship import attach_kinship, read_kinship
 from ..plots.style import save_png
 from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
 from .bootstrap import BOOT_COLUMNS, bootstrap
@@ -102,6 +103,10 @@ def uncertainty_stage(
     seed = int(ucfg.get("seed", DEFAULT_SEED))
     expr = io.read_matrix(expression_path)
     samples = io.read_samples(samples_path).loc[expr.columns]
+    kinship_path = (config.get("covariance") or {}).get("kinship")
+    if kinship_path:
+        # (1 | kinship) reads the matrix from the sheet's kinship:: columns
+        samples = attach_kinship(samples, read_kinship(kinship_path, samples.index))
     status = io.read_result_table(status_path).set_index("gene_id")["status"]
     fits = io.read_result_table(fits_path)
     chosen = _choose_genes(ucfg.get("genes", "all"), fits, config["batch"])
