@@ -21,6 +21,7 @@ from ..lmm.kinship import attach_kinship, read_kinship
 from ..plots.style import save_png
 from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
 from .bootstrap import BOOT_COLUMNS, bootstrap
+from .multicomp import DIAGNOSTIC_COLUMNS
 from .posterior import SUMMARY_COLUMNS, posterior, posterior_draws
 
 __all__ = ["ols_vs_lmm_table", "uncertainty_stage"]
@@ -93,7 +94,8 @@ def uncertainty_stage(
     counts, timings, figures, and the OLS-against-LMM table of each figure gene). A disabled method
     writes its table with the header only. With the importance-sampling engine (several variance
     components or ``prior: brms_default``) ``out["posterior_diagnostics"]``, when given, gets the
-    per-gene ``gene_id, status, khat, ess, n_draws, prior_location, prior_scale``.
+    per-gene ``gene_id, status, khat, ess, n_draws, prior_location, prior_scale`` (header only
+    otherwise).
     """
     ucfg = dict(config.get("uncertainty") or {})
     nsim = int(ucfg.get("bootstrap", 0) or 0)
@@ -159,6 +161,7 @@ def uncertainty_stage(
         io.write_table(boot.summary, out["bootstrap"])
     else:
         io.write_table(pd.DataFrame(columns=BOOT_COLUMNS), out["bootstrap"])
+    diagnostics = pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)  # header only unless importance sampling ran
     if bayes:
         t0 = time.perf_counter()
         post = posterior(
@@ -186,13 +189,14 @@ def uncertainty_stage(
             summary["posterior"]["min_ess"] = (
                 round(float(d.loc[fitted_rows, "ess"].min()), 1) if fitted_rows.any() else None
             )
-            if out.get("posterior_diagnostics"):
-                io.write_table(d, out["posterior_diagnostics"])
+            diagnostics = d
         st = post.summary.groupby("gene_id", sort=False)["status"].first()
         summary["posterior"]["status_counts"] = {k: int(v) for k, v in st.value_counts().items()}
         io.write_table(post.summary, out["posterior"])
     else:
         io.write_table(pd.DataFrame(columns=SUMMARY_COLUMNS), out["posterior"])
+    if out.get("posterior_diagnostics"):
+        io.write_table(diagnostics, out["posterior_diagnostics"])
     for gid in fig_genes:
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in gid)
         entry = {}
