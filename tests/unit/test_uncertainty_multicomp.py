@@ -253,3 +253,39 @@ def test_figures_of_the_importance_engine_and_of_heritability(sleep):
     fig = plot_heritability(h2, np.array([0.1, 0.1, np.nan, 0.05]), lrt_p=np.array([0.5, 0.01, np.nan, 0.001]))
     assert len(fig.axes) == 2
     assert "3 genes" in fig.axes[0].get_title()
+
+
+OTHER = {
+    "crossed_default": ("other_crossed.tsv", "y ~ x + (1 | a) + (1 | b)"),
+    "slopes_unbalanced_default": ("other_slopes_unbalanced.tsv", "y ~ x + (x | g)"),
+}
+
+
+@pytest.mark.parametrize("model", sorted(OTHER))
+def test_brms_default_priors_match_brms_on_other_data(model):
+    """Crossed factors and unbalanced random slopes: brms 2.18 runs made by make_brms_other.R (12,000 draws)."""
+    file, formula = OTHER[model]
+    data = pd.read_csv(DATA / file, sep="\t", dtype={"a": str, "b": str, "g": str})
+    data.index = [f"s{i}" for i in range(len(data))]
+    expr = pd.DataFrame([data["y"].to_numpy()], index=["y"], columns=data.index)
+    res = unc.posterior(expr, data, formula, prior="brms_default", n_draws=16384)
+    s = res.summary.set_index("param")
+    assert (s["status"] == "ok").all()
+    ref = pd.read_csv(DATA / "brms_posterior_other.tsv", sep="\t")
+    ref = ref[ref.model == model]
+    assert len(ref) >= 5
+    text = (DATA / "brms_priors_other.tsv").read_text()
+    loc, scale = (
+        float(v) for v in re.search(rf"{model}\tstudent_t\(3, ([-0-9.]+), ([0-9.]+)\)\tIntercept", text).groups()
+    )
+    d = res.diagnostics.iloc[0]
+    assert (d["prior_location"], d["prior_scale"]) == (loc, scale)
+    for _, r in ref.iterrows():
+        for col, mcse, tol in [
+            ("mean", "mcse_mean", 0.05),
+            ("q2.5", "mcse_q2.5", 0.1),
+            ("q50", "mcse_q50", 0.1),
+            ("q97.5", "mcse_q97.5", 0.1),
+        ]:
+            diff = abs(s.loc[r["param"], col] - r[col])
+            assert diff <= tol * r["sd"] + 2 * r[mcse], (r["param"], col, diff / r["sd"], r[mcse] / r["sd"])
