@@ -19,6 +19,13 @@ Contenders, all on the same generated data (seeded), in this one run:
   its recorded time for one sleepstudy-sized gene (tests/data/sleepstudy_uncertainty) is printed
   for context only.
 
+With ``--slopes`` (only this part runs): the posterior of the random-slopes model
+``~ Days + (Days | Subject)`` with brms's default priors (importance sampling) for 2,000 genes x
+180 samples (18 subjects x 10 days, the sleepstudy design; target < 60 s), next to brms's recorded
+per-model compile and sampling times (tests/data/brms_slopes/timings_brms.tsv):
+
+    .venv/bin/python benchmarks/bench_uncertainty.py --slopes
+
 Ratios are peer time / batchmix time (how many times faster batchmix is). The refits are many
 small matrix products: BLAS threads compete with batchmix's own threads, so this script sets
 OPENBLAS_NUM_THREADS=1 (unless already set) before importing numpy.
@@ -64,6 +71,61 @@ def make_data(n_genes: int, n_samples: int, n_batches: int, seed: int = 0):
     )
     expr = pd.DataFrame(values, index=[f"g{i}" for i in range(n_genes)], columns=samples.index)
     return expr, samples
+
+
+def make_slopes_data(n_genes: int, n_subjects: int = 18, n_days: int = 10, seed: int = 0):
+    """Sleepstudy-like genes: subject intercepts and slopes with SDs and correlations drawn per gene."""
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_subjects), n_days)
+    days = np.tile(np.arange(n_days, dtype=float), n_subjects)
+    sd0 = rng.uniform(0.0, 2.0, n_genes)
+    sd1 = rng.uniform(0.0, 0.3, n_genes)
+    rho = rng.uniform(-0.8, 0.8, n_genes)
+    b0 = rng.standard_normal((n_genes, n_subjects))
+    b1 = rho[:, None] * b0 + np.sqrt(1 - rho[:, None] ** 2) * rng.standard_normal((n_genes, n_subjects))
+    values = (
+        8.0
+        + 0.1 * days[None, :]
+        + sd0[:, None] * b0[:, subject]
+        + sd1[:, None] * b1[:, subject] * days[None, :]
+        + rng.standard_normal((n_genes, subject.size))
+    )
+    samples = pd.DataFrame(
+        {"Subject": [f"S{s:02d}" for s in subject], "Days": days}, index=[f"s{i}" for i in range(subject.size)]
+    )
+    return pd.DataFrame(values, index=[f"g{i}" for i in range(n_genes)], columns=samples.index), samples
+
+
+def slopes_benchmark(n_genes: int) -> None:
+    """The importance-sampling posterior of the random-slopes model with brms's default priors."""
+    from batchmix import uncertainty as unc
+
+    formula = "~ Days + (Days | Subject)"
+    expr, samples = make_slopes_data(n_genes)
+    G, n = expr.shape
+    print(f"data: {G} genes x {n} samples (18 subjects x 10 days), model {formula}, prior brms_default")
+    t0 = time.perf_counter()
+    post = unc.posterior(expr, samples, formula, prior="brms_default")
+    t_post = time.perf_counter() - t0
+    d = post.diagnostics
+    counts = d["status"].value_counts().to_dict()
+    print(
+        f"posterior  batchmix (importance sampling, {int(d['n_draws'].max())} draws/gene): {t_post:8.2f} s "
+        f"({1e3 * t_post / G:.1f} ms/gene); statuses {counts}; Pareto k-hat median {d['khat'].median():.2f}, "
+        f"99% {d['khat'].quantile(0.99):.2f}; min ESS {d['ess'].min():.0f}; "
+        f"target < 60 s: {'PASS' if t_post < 60 else 'MISS'}"
+    )
+    timings = ROOT / "tests" / "data" / "brms_slopes" / "timings_brms.tsv"
+    tt = pd.read_csv(timings, sep="\t")
+    rows = tt[tt.model == "slopes_default"]
+    c = rows[rows.step == "compile"]["seconds"].min()
+    smp = rows[rows.step == "sample"]["seconds"].min()
+    print(
+        f"posterior  brms 2.18 (recorded, not run here): {c:.1f} s compile + {smp:.1f} s sampling per model "
+        f"(4 chains x 2000 iterations) -> {smp * G / 3600:.1f} h for {G} genes even with one compilation "
+        f"-> ratio {smp * G / t_post:,.0f}x"
+    )
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
 
 
 def peak_rss_mb() -> float:
@@ -146,7 +208,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--r-nsim", type=int, default=50, help="bootMer refits timed in R")
     parser.add_argument("--skip-r", action="store_true")
+    parser.add_argument("--slopes", action="store_true", help="only the random-slopes posterior benchmark")
+    parser.add_argument("--slopes-genes", type=int, default=2000)
     args = parser.parse_args()
+    if args.slopes:
+        slopes_benchmark(args.slopes_genes)
+        return
 
     from batchmix import uncertainty as unc
     from batchmix.defaults import DEFAULT_SEED

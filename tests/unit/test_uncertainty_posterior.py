@@ -222,11 +222,13 @@ def test_formula_interface_names_missing_values_and_statuses():
     assert abs(g["q50"] - ref["ICC"][2][1]) / ref["ICC"][1] < 0.005
 
 
-def test_more_than_one_component_says_so(sleep):
+def test_more_than_one_component_goes_to_importance_sampling(sleep):
     expr, samples = sleep
     res = unc.posterior(expr, samples, "~ Days + (Days | Subject)")
-    assert (res.summary["status"] == "not_available:multiple_components").all()
-    assert res.summary["mean"].isna().all()
+    assert (res.summary["status"] == "ok").all()
+    assert "cor_Subject__Intercept__Days" in set(res.summary["param"])
+    assert res.summary["mean"].notna().all()
+    assert res.diagnostics is not None
 
 
 def test_blocks_and_threads_do_not_change_results():

@@ -240,3 +240,63 @@ def test_gene_ids_that_look_like_numbers_stay_text(tmp_path, ids):
     summary = json.loads(Path(out["summary"]).read_text())
     assert list(summary["figures"]) == ["007"] and list(summary["ols_vs_lmm"]) == ["007"]
     assert sorted(p.name for p in Path(out["figures"]).iterdir()) == ["007.bootstrap_band.png", "007.posterior.png"]
+
+
+def test_random_slopes_walkthrough_with_brms_default_priors(tmp_path):
+    """The issue's acceptance run: the walkthrough with (Days|Subject) and prior brms_default."""
+    config = yaml.safe_load((ROOT / "config" / "sleepstudy.yaml").read_text())
+    config["model"] = "~ Days + (Days | Subject)"
+    config["uncertainty"].update({"bootstrap": 0, "bayes": True, "prior": "brms_default"})
+    expr = pd.read_csv(ROOT / config["expression"], sep="\t", index_col=0)
+    paths = _stage_inputs(tmp_path, expr, ROOT / config["samples"], config["model"])
+    out = _outputs(tmp_path)
+    out["posterior_diagnostics"] = str(tmp_path / "out" / "posterior_diagnostics.tsv")
+    unc.uncertainty_stage(
+        config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(paths["samples"]), out
+    )
+    post = io.read_result_table(out["posterior"]).set_index("param")
+    assert (post["status"] == "ok").all()
+    assert {"cor_Subject__Intercept__Days", "sd_Subject__Days", "frac_Subject"} <= set(post.index)
+    # brms 2.18's posterior mean of the correlation is 0.093 / 0.103 (two seeds, MCSE 0.01)
+    assert abs(post.loc["cor_Subject__Intercept__Days", "mean"] - 0.098) < 0.05 * 0.30 + 0.02
+    summary = json.loads(Path(out["summary"]).read_text())
+    assert summary["posterior"]["engine"] == "importance_sampling"
+    assert summary["posterior"]["status_counts"] == {"ok": 1}
+    assert summary["figures"]["Reaction"]["posterior"] == "Reaction.posterior.png"
+    diag = io.read_result_table(out["posterior_diagnostics"])
+    assert list(diag["gene_id"]) == ["Reaction"] and diag.loc[0, "khat"] < 0.7
+    assert diag.loc[0, "prior_location"] == 288.7 and diag.loc[0, "prior_scale"] == 59.3
+
+
+def test_kinship_run_reads_the_matrix_from_the_config(tmp_path):
+    from batchmix.lmm.kinship import attach_kinship, read_kinship
+
+    data = ROOT / "tests" / "data" / "kinship"
+    expr = io.read_matrix(data / "expression.tsv")
+    samples = io.read_samples(data / "samples.tsv")
+    sheet = attach_kinship(samples, read_kinship(data / "kinship.tsv", samples.index))
+    formula = "~ cond + (1 | kinship)"
+    paths = {"expression": tmp_path / "e.tsv.gz", "gene_status": tmp_path / "s.tsv", "gene_fits": tmp_path / "f.tsv"}
+    io.write_table(expr.rename_axis("gene_id"), paths["expression"], index=True)
+    io.write_table(pd.DataFrame({"gene_id": expr.index, "status": "ok"}), paths["gene_status"])
+    io.write_table(lmm.fit(expr, sheet, formula).gene_fits, paths["gene_fits"])
+    config = {
+        "model": formula,
+        "batch": "batch",
+        "reml": True,
+        "covariance": {"kinship": str(data / "kinship.tsv")},
+        "uncertainty": {"bootstrap": 0, "bayes": True, "prior": "brms_default", "genes": "all"},
+    }
+    out = _outputs(tmp_path)
+    unc.uncertainty_stage(
+        config,
+        str(paths["expression"]),
+        str(paths["gene_status"]),
+        str(paths["gene_fits"]),
+        str(data / "samples.tsv"),
+        out,
+    )
+    post = io.read_result_table(out["posterior"])
+    assert (post["status"] == "ok").all()
+    assert set(post["gene_id"]) == set(expr.index)
+    assert "sd_kinship__Intercept" in set(post["param"])

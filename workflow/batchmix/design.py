@@ -46,7 +46,17 @@ __all__ = [
     "check_levels",
     "level_label",
     "categorize",
+    "KINSHIP",
+    "KINSHIP_PREFIX",
+    "kinship_factor",
 ]
+
+#: The reserved grouping name of a known-covariance random effect: ``(1 | kinship)``.
+KINSHIP = "kinship"
+#: Prefix of the sample-sheet columns that carry the kinship matrix (one column per sample id):
+#: :func:`batchmix.lmm.kinship.attach_kinship` adds them, so that any row subset of the sheet
+#: carries the matching submatrix.
+KINSHIP_PREFIX = "kinship::"
 
 _IDENTIFIER = re.compile(r"`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*")
 _FORMULA_WORDS = {"C", "I", "Q", "log", "exp", "sqrt", "center", "scale", "poly", "bs"}
@@ -187,6 +197,8 @@ def parse_formula(formula: str) -> ModelFormula:
                         f"grouping factor {group!r} in {part!r} must be a column name or columns joined by ':'"
                     )
                 group = re.sub(r"\s*:\s*", ":", group).replace("`", "")
+                if group == KINSHIP and (double or expr.replace(" ", "") not in ("1", "0+1")):
+                    raise ValueError(f"the known-covariance term is written (1 | {KINSHIP}), got {part!r}")
                 if double:
                     random.extend(_expand_uncorrelated(expr, group))
                 else:
@@ -235,10 +247,11 @@ def formula_columns(formula: str) -> list[str]:
     """
     parsed = parse_formula(formula)
     rhs = _split_top_level(formula, "~")[1]
-    del parsed  # parsing validates; order of appearance is read from the text itself
+    # (1 | kinship) names a matrix given in the config, not a sample-sheet column
+    reserved = {KINSHIP} if any(t.group == KINSHIP for t in parsed.random) else set()
     seen: list[str] = []
     for name in _identifiers(rhs.replace("|", " + ").replace(":", " + ")):
-        if name not in seen:
+        if name not in seen and name not in reserved:
             seen.append(name)
     return seen
 
@@ -586,6 +599,39 @@ def _format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def kinship_factor(K: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """A factor ``L`` (n × r) with ``L Lᵀ = K`` for a symmetric PSD ``K``: eigenvectors × √eigenvalues.
+
+    Eigenvalues below ``rtol`` × the largest are dropped (r is the numerical rank), so the random
+    effect ``b ~ N(0, σ_k² I_r)`` with ``Z = L`` has covariance ``σ_k² K``.
+    """
+    K = np.asarray(K, dtype=float)
+    d, U = np.linalg.eigh(0.5 * (K + K.T))
+    keep = d > rtol * max(float(d.max(initial=0.0)), 1e-300)
+    if not keep.any():
+        raise ValueError("the kinship matrix is zero on these samples")
+    # largest first, and a sign convention (largest |entry| positive) so the factor is reproducible
+    U, d = U[:, keep][:, ::-1], d[keep][::-1]
+    idx = np.argmax(np.abs(U), axis=0)
+    U = U * np.sign(U[idx, np.arange(U.shape[1])])
+    return U * np.sqrt(d)
+
+
+def _kinship_block(samples: pd.DataFrame) -> RandomBlock:
+    """The block of ``(1 | kinship)``: Z a factor of the kinship submatrix of these samples."""
+    columns = [f"{KINSHIP_PREFIX}{i}" for i in samples.index]
+    missing_cols = [c for c in columns if c not in samples.columns]
+    if missing_cols:
+        raise ValueError(
+            f"the term (1 | {KINSHIP}) needs the kinship matrix (config covariance: {{kinship: path}}, "
+            f"attached with batchmix.lmm.kinship.attach_kinship); none for {len(missing_cols)} sample(s), "
+            f"e.g. {missing_cols[0][len(KINSHIP_PREFIX) :]!r}"
+        )
+    Z = kinship_factor(samples[columns].to_numpy(dtype=float))
+    levels = [f"pc{j + 1}" for j in range(Z.shape[1])]
+    return RandomBlock(group=KINSHIP, terms=["Intercept"], levels=levels, Z=Z)
+
+
 def random_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = None, categorical=()) -> RandomDesign:
     """Random-effects design of a formula: one :class:`RandomBlock` per bar term.
 
@@ -608,6 +654,9 @@ def random_design(formula: str, samples: pd.DataFrame, *, levels: dict | None = 
     parsed = parse_formula(formula)
     blocks = []
     for term in parsed.random:
+        if term.group == KINSHIP:
+            blocks.append(_kinship_block(samples))
+            continue
         codes, group_levels = _group_codes(samples, term.group, levels)
         expr_cols = formula_columns("~ " + term.expr) if term.expr.strip() not in ("1", "0 + 1") else []
         frame = _prepare_frame(samples, expr_cols, levels, categorical)

@@ -45,8 +45,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..design import RandomBlock, RandomDesign, fixed_design, fixed_term_columns, parse_formula, random_design
-from . import core, general, missing
+from ..design import (
+    KINSHIP,
+    RandomBlock,
+    RandomDesign,
+    fixed_design,
+    fixed_term_columns,
+    parse_formula,
+    random_design,
+)
+from . import core, general, kinship, missing
 from .core import GeneData, PreparedDesign
 from .onecomp import fit_onecomp, fit_state, state_from_statistics
 from .results import ModelMetadata, block_columns, coefficient_column, metadata_from_design, theta_to_covariances
@@ -450,8 +458,12 @@ def _pattern_columns(
             for i, j, cname in names.correlations:
                 cols[cname] = Sigma[:, i, j] / (sd[:, i] * sd[:, j])
         # a random term's share: its variance averaged over samples, E_i[z_i' Σ z_i]
-        zz = _block_term_values(block)
-        mean_outer = zz.T @ zz / n
+        if block.group == KINSHIP:
+            # Z = L with L Lᵀ = K: the term's variance at sample i is σ_k² K_ii
+            mean_outer = np.array([[np.sum(block.Z**2) / n]])
+        else:
+            zz = _block_term_values(block)
+            mean_outer = zz.T @ zz / n
         random_var.append((names.fraction, np.einsum("gij,ij->g", Sigma, mean_outer)))
     cols["var_residual"] = sigma2
     cols["sigma"] = np.sqrt(sigma2)
@@ -550,6 +562,7 @@ def fit(
     """
     samples = _align_samples(expression, samples)
     notes: list[str] = []
+    with_kinship = kinship.has_kinship(formula)
     full, messages = _prepare_recording(formula, samples, reml)
     for message in messages:
         _note(notes, message)
@@ -604,6 +617,10 @@ def fit(
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             arrays = fit_arrays(Y, prepared, yty=yty)
             cols, blup_parts = _pattern_columns(prepared, arrays, metadata)
+            if with_kinship:
+                cols.update(
+                    _kinship_columns(Y, yty, prepared, arrays, formula, samples if whole else samples.loc[mask])
+                )
         perfect = missing.perfect_fit(arrays.ols_rss, yty)
         good = arrays.converged & np.isfinite(arrays.loglik) & np.isfinite(arrays.beta).all(axis=1) & ~perfect
         status[members] = np.where(good, np.where(arrays.singular, missing.SINGULAR, missing.OK), missing.NUMERICAL)
@@ -673,6 +690,25 @@ def fit(
     )
 
 
+def _kinship_columns(Y, yty, prepared: PreparedDesign, arrays: ArrayFit, formula: str, samples: pd.DataFrame) -> dict:
+    """``h2``, ``se_h2`` and the kinship LRT of one missingness pattern (:mod:`.kinship`)."""
+    null = None
+    if len(prepared.random.blocks) > 1:
+        reduced = prepare(kinship.reduced_formula(formula), samples, reml=prepared.reml)
+        null = fit_arrays(Y, reduced, yty=yty).loglik
+    return kinship.heritability_columns(
+        arrays.theta,
+        arrays.loglik,
+        prepared.random.blocks,
+        # one component: the rotation (all genes at once); otherwise the general engine at θ
+        kinship.onecomp_loglik(Y, prepared.X, prepared.Z, reml=prepared.reml)
+        if prepared.m == 1
+        else (lambda th: fit_arrays(Y, prepared, theta=th, yty=yty).loglik),
+        null,
+        arrays.ols_loglik,
+    )
+
+
 def _prepare_recording(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str]]:
     """:func:`prepare`, returning the design's warnings (e.g. an aliased column dropped) as messages."""
     with warnings.catch_warnings(record=True) as caught:
@@ -712,6 +748,7 @@ def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[
     var = [c for c in columns if c.startswith(("var_", "cor_")) and c != "var_residual"]
     mid = ["var_residual", "sigma", "df_residual"]
     frac = [c for c in columns if c.startswith("frac_") and c != "frac_residual"] + ["frac_residual"]
+    frac += kinship.HERITABILITY_COLUMNS
     coef_names = list(full.fixed_names) + [
         c[5:] for c in columns if c.startswith("coef_") and c[5:] not in full.fixed_names
     ]

@@ -1,4 +1,4 @@
-"""Figures of the Uncertainty section: a gene's exact grid posterior and its parametric-bootstrap band.
+"""Figures of the Uncertainty section: a gene's posterior, its parametric-bootstrap band, the h² distribution.
 
 The functions take what :mod:`batchmix.uncertainty` computed (draws, fits, summaries) and return
 :class:`matplotlib.figure.Figure` objects; they never read files nor touch pyplot's global state.
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_bootstrap_band", "plot_posterior"]
+__all__ = ["plot_bootstrap_band", "plot_heritability", "plot_posterior", "plot_posterior_intervals"]
 
 
 def plot_posterior(
@@ -257,4 +257,106 @@ def plot_bootstrap_band(
     sub[1].suptitle(f"per-{group} OLS (red, dashed) against BLUP (blue) lines{extra}", fontsize=10)
     if gene_id:
         fig.suptitle(gene_id, fontsize=11)
+    return fig
+
+
+def plot_posterior_intervals(rows: pd.DataFrame, *, gene_id: str = "") -> "Figure":  # noqa: F821
+    """One gene's posterior summaries as intervals (the importance-sampling engine has no draws to show).
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        That gene's rows of the posterior table (``param``, ``mean``, ``q2.5``, ``q50``, ``q97.5``).
+    gene_id : str
+        Title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels: fixed effects; σ and the random-effect SDs; correlations and variance
+        fractions (on [−1, 1]). Dot: posterior median; cross: mean; bar: the 95 % interval.
+    """
+    from matplotlib.figure import Figure
+
+    from .style import GRID_COLOUR
+
+    groups = [
+        ("fixed effects", rows[rows["param"].str.startswith("b_")]),
+        ("SDs", rows[(rows["param"] == "sigma") | rows["param"].str.startswith("sd_")]),
+        (
+            "correlations and variance fractions",
+            rows[rows["param"].str.startswith(("cor_", "frac_")) | (rows["param"] == "ICC")],
+        ),
+    ]
+    groups = [(title, g) for title, g in groups if len(g)]
+    fig = Figure(figsize=(4.2 * len(groups), 0.45 * max(len(g) for _, g in groups) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (title, g) in zip(axes, groups):
+        y = np.arange(len(g))[::-1]
+        ax.hlines(y, g["q2.5"], g["q97.5"], color="tab:blue", lw=2)
+        ax.plot(g["q50"], y, "o", color="tab:blue", label="median")
+        ax.plot(g["mean"], y, "x", color="black", label="mean")
+        ax.set_yticks(y, list(g["param"]))
+        ax.set_title(title)
+        ax.grid(axis="x", color=GRID_COLOUR)
+        if title.startswith("correlations"):
+            ax.set_xlim(-1.05, 1.05)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"{gene_id}: posterior medians, means and 95% intervals" if gene_id else "posterior")
+    return fig
+
+
+def plot_heritability(h2: np.ndarray, se_h2: np.ndarray | None = None, *, lrt_p: np.ndarray | None = None):
+    """Distribution of the per-gene heritability h² of a ``(1 | kinship)`` model.
+
+    Parameters
+    ----------
+    h2 : numpy.ndarray
+        Per-gene h² (the ``h2`` column of ``results/lmm/gene_fits.tsv``; NaN ignored).
+    se_h2 : numpy.ndarray, optional
+        Their standard errors: a second panel shows h² against its SE.
+    lrt_p : numpy.ndarray, optional
+        The kinship LRT p-values: genes with p < 0.05 are stacked in another colour.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    from .style import GRID_COLOUR
+
+    h2 = np.asarray(h2, dtype=float)
+    keep = np.isfinite(h2)
+    ncol = 2 if se_h2 is not None else 1
+    fig = Figure(figsize=(4.6 * ncol, 3.4), layout="constrained")
+    axes = fig.subplots(1, ncol, squeeze=False)[0]
+    bins = np.linspace(0.0, 1.0, 26)
+    ax = axes[0]
+    if lrt_p is not None:
+        sig = keep & (np.asarray(lrt_p, dtype=float) < 0.05)
+        ax.hist(
+            [h2[keep & ~sig], h2[sig]],
+            bins=bins,
+            stacked=True,
+            color=["0.6", "tab:blue"],
+            label=["kinship LRT p ≥ 0.05", "p < 0.05"],
+        )
+        ax.legend(fontsize=8)
+    else:
+        ax.hist(h2[keep], bins=bins, color="tab:blue")
+    ax.set_xlabel("h² = σ²_kinship / (σ²_kinship + σ² + other random variances)")
+    ax.set_ylabel("genes")
+    ax.set_title(
+        f"heritability of {int(keep.sum())} genes (median {np.median(h2[keep]) if keep.any() else np.nan:.2f})"
+    )
+    ax.grid(axis="y", color=GRID_COLOUR)
+    if se_h2 is not None:
+        se = np.asarray(se_h2, dtype=float)
+        ok = keep & np.isfinite(se)
+        axes[1].plot(h2[ok], se[ok], ".", ms=3, alpha=0.5, color="tab:blue")
+        axes[1].set_xlabel("h²")
+        axes[1].set_ylabel("standard error of h²")
+        axes[1].set_xlim(-0.02, 1.02)
+        axes[1].grid(color=GRID_COLOUR)
     return fig

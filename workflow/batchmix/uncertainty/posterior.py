@@ -32,10 +32,12 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ..defaults import DEFAULT_SEED
 from ..design import fixed_design, parse_formula, random_design
 from ..lmm import missing
 from ..lmm.core import crossproduct_eigen
-from .priors import PRIORS, log_prior_lambda
+from .multicomp import DIAGNOSTIC_COLUMNS, design_for, importance_posterior
+from .priors import BRMS_DEFAULT, PRIORS, log_prior_lambda
 
 __all__ = [
     "PRIORS",
@@ -700,7 +702,10 @@ class PosteriorResult:
         probability, named ``q<100·p>``). Params: ``b_<coef>`` (fixed effects), ``sigma``,
         ``sd_<group>__<term>`` and ``ICC``. ``status`` is ``ok``, ``failed:<reason>``,
         ``filtered:<...>`` (from ``gene_status``) or ``not_available:multiple_components``
-        (the exact posterior needs exactly one variance component: use the bootstrap).
+        from the exact grid; with several variance components or ``prior="brms_default"`` the
+        importance-sampling engine (:mod:`.multicomp`) adds ``cor_<group>__<t1>__<t2>`` and the
+        variance fractions ``frac_<...>`` (the ``gene_fits`` names), and its statuses
+        ``failed:importance_khat`` / ``failed:importance_ess``.
     prior : str
         The prior on λ.
     prior_scale : float
@@ -708,6 +713,9 @@ class PosteriorResult:
     grids : dict
         ``gene_id → (PosteriorGrid of that gene, coefficient names)`` for the genes asked for in
         ``keep_grid_for`` (figures).
+    diagnostics : pandas.DataFrame or None
+        Importance-sampling engine only: per gene ``gene_id, status, khat, ess, n_draws,
+        prior_location, prior_scale``.
     """
 
     summary: pd.DataFrame
@@ -715,6 +723,7 @@ class PosteriorResult:
     prior_scale: float
     formula: str
     grids: dict = field(default_factory=dict)
+    diagnostics: pd.DataFrame | None = None
 
 
 def quantile_columns(probs) -> list[str]:
@@ -750,6 +759,8 @@ def posterior(
     keep_grid_for: list | None = None,
     K: np.ndarray | None = None,
     group_name: str = "K",
+    n_draws: int = 4096,
+    seed: int = DEFAULT_SEED,
 ) -> PosteriorResult:
     """Exact grid posterior of every gene of a one-variance-component model.
 
@@ -763,8 +774,11 @@ def posterior(
     formula : str
         lme4-style formula with one variance component, e.g. ``"~ Days + (1 | Subject)"``; with
         ``K`` given, only its fixed part is used.
-    prior : {"unif_icc", "half_cauchy"}
-        Prior on λ = σ_b²/σ² (see :func:`log_prior_lambda`).
+    prior : {"unif_icc", "half_cauchy", "brms_default"}
+        Prior on λ = σ_b²/σ² (see :func:`log_prior_lambda`), or brms 2.18's default priors
+        for the formula (importance sampling, :mod:`.multicomp`). Models with several variance
+        components (random slopes, several or crossed factors) always use importance sampling,
+        with the λ prior on each SD ratio.
     prior_scale : float
         Scale of the half-Cauchy prior on σ_b/σ.
     gene_status : pandas.Series, optional
@@ -779,6 +793,10 @@ def posterior(
         A known ``n × n`` covariance of the random effect instead of the formula's bar term.
     group_name : str
         Name of the component when ``K`` is given (params ``sd_<group_name>__K``).
+    n_draws : int
+        Importance-sampling engine: Sobol points per gene (a power of 2).
+    seed : int
+        Importance-sampling engine: seed of the scrambled Sobol points.
 
     Returns
     -------
@@ -790,6 +808,13 @@ def posterior(
     # an aliased column dropped from X is the design's UserWarning: it reaches the caller's log
     X, names = fixed_design(formula, samples)
     qcols = quantile_columns(probs)
+    has_random = bool(parse_formula(formula).random)
+    if K is None and has_random and (prior == BRMS_DEFAULT or single_component(formula, samples) is None):
+        return _importance_posterior(
+            expression, samples, formula, prior, prior_scale, gene_status, probs, n_draws, seed
+        )
+    if prior == BRMS_DEFAULT:
+        raise ValueError("prior brms_default needs a formula with a random term (not a known K)")
     if K is not None:
         Zfull, group, term = None, group_name, "K"
     else:
@@ -864,6 +889,72 @@ def posterior(
     summary["_p"] = summary["param"].map({p: i for i, p in enumerate(params)})
     summary = summary.sort_values(["_o", "_p"], kind="stable").drop(columns=["_o", "_p"]).reset_index(drop=True)
     return PosteriorResult(summary, prior, prior_scale, formula, grids)
+
+
+def _importance_posterior(expression, samples, formula, prior, prior_scale, gene_status, probs, n_draws, seed):
+    """:func:`posterior` through :func:`.multicomp.importance_posterior`, pattern by pattern."""
+    genes = [str(g) for g in expression.index]
+    X, names, blocks, metadata = design_for(formula, samples)
+    qcols = quantile_columns(probs)
+    status = np.array(["ok"] * len(genes), dtype=object)
+    if gene_status is not None:
+        gs = gene_status.reindex(expression.index).fillna(missing.NO_STATUS).astype(str).to_numpy()
+        status = np.where(gs != "ok", gs, status)
+    Yall = expression.to_numpy()
+    params: dict[str, np.ndarray] = {}
+    diag = {k: np.full(len(genes), np.nan) for k in ("khat", "ess", "n_draws", "prior_location", "prior_scale")}
+    patterns, all_missing = missing.group_by_missingness(Yall, np.flatnonzero(status == missing.OK))
+    status[all_missing] = missing.ALL_MISSING
+    for pattern in patterns:
+        rows, cols = pattern.rows, np.flatnonzero(pattern.observed)
+        Xs = X[cols]
+        if len(cols) - X.shape[1] < 3 or np.linalg.matrix_rank(Xs) < X.shape[1]:
+            status[rows] = missing.TOO_FEW_OBSERVATIONS
+            continue
+        sub = samples.iloc[cols]
+        Xp, names_p, blocks_p, meta_p = (X[cols], names, [_subset_block(b, cols) for b in blocks], metadata)
+        if len(cols) < len(samples):
+            Xp, names_p, blocks_p, meta_p = design_for(formula, sub)
+            if names_p != names:
+                status[rows] = missing.TOO_FEW_OBSERVATIONS
+                continue
+        res = importance_posterior(
+            Yall[np.ix_(rows, cols)].T,
+            Xp,
+            names_p,
+            blocks_p,
+            meta_p,
+            prior=prior,
+            prior_scale=prior_scale,
+            probs=probs,
+            n_draws=n_draws,
+            seed=seed,
+        )
+        for k, v in res.params.items():
+            params.setdefault(k, np.full((len(genes), 2 + len(probs)), np.nan))[rows] = v
+        status[rows] = res.status
+        diag["khat"][rows], diag["ess"][rows], diag["n_draws"][rows] = res.khat, res.ess, res.n_draws
+        diag["prior_location"][rows], diag["prior_scale"][rows] = res.location, res.scale
+    if not params:  # no gene fitted: the parameter names from the full design
+        res = importance_posterior(np.zeros((len(samples), 0)), X, names, blocks, metadata, prior=prior, probs=probs)
+        params = {k: np.full((len(genes), 2 + len(probs)), np.nan) for k in res.params}
+    frames = []
+    for param, v in params.items():
+        frame = pd.DataFrame({"gene_id": genes, "param": param, "status": status, "mean": v[:, 0], "sd": v[:, 1]})
+        for j, c in enumerate(qcols):
+            frame[c] = v[:, 2 + j]
+        frames.append(frame)
+    summary = pd.concat(frames, ignore_index=True)
+    order = {g: i for i, g in enumerate(genes)}
+    summary["_o"] = summary["gene_id"].map(order)
+    summary["_p"] = summary["param"].map({p: i for i, p in enumerate(params)})
+    summary = summary.sort_values(["_o", "_p"], kind="stable").drop(columns=["_o", "_p"]).reset_index(drop=True)
+    diagnostics = pd.DataFrame({"gene_id": genes, "status": status, **diag})[DIAGNOSTIC_COLUMNS]
+    return PosteriorResult(summary, prior, prior_scale, formula, {}, diagnostics)
+
+
+def _subset_block(block, cols):
+    return type(block)(group=block.group, terms=block.terms, levels=block.levels, Z=block.Z[cols])
 
 
 def _summary_frame(genes, params, status, qcols) -> pd.DataFrame:

@@ -17,9 +17,11 @@ from .. import io
 from ..defaults import DEFAULT_SEED
 from ..design import sanitize_name
 from ..lmm import missing
+from ..lmm.kinship import attach_kinship, read_kinship
 from ..plots.style import save_png
-from ..plots.uncertainty import plot_bootstrap_band, plot_posterior
+from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
 from .bootstrap import BOOT_COLUMNS, bootstrap
+from .multicomp import DIAGNOSTIC_COLUMNS
 from .posterior import SUMMARY_COLUMNS, posterior, posterior_draws
 
 __all__ = ["ols_vs_lmm_table", "uncertainty_stage"]
@@ -81,7 +83,7 @@ def uncertainty_stage(
 
     Reads the stabilised expression, the gene statuses and the LMM gene fits (for statuses and
     the batch share used to pick genes). Config ``uncertainty``: ``bootstrap`` (replicates, 0 = off),
-    ``bayes`` (grid posterior on/off), ``prior`` (``unif_icc`` | ``half_cauchy``), ``prior_scale``,
+    ``bayes`` (posterior on/off), ``prior`` (``unif_icc`` | ``half_cauchy`` | ``brms_default``), ``prior_scale``,
     ``seed``, ``genes`` (``all``, N = the N genes with the largest batch share, or a list) and
     ``figure_genes`` (genes drawn; default the report's genes, else the top gene).
 
@@ -90,7 +92,10 @@ def uncertainty_stage(
     mean, sd, q2.5, q50, q97.5), ``out["figures"]`` (a folder of PNGs:
     ``<gene>.bootstrap_band.png``, ``<gene>.posterior.png``) and ``out["summary"]`` (JSON: settings,
     counts, timings, figures, and the OLS-against-LMM table of each figure gene). A disabled method
-    writes its table with the header only.
+    writes its table with the header only. With the importance-sampling engine (several variance
+    components or ``prior: brms_default``) ``out["posterior_diagnostics"]``, when given, gets the
+    per-gene ``gene_id, status, khat, ess, n_draws, prior_location, prior_scale`` (header only
+    otherwise).
     """
     ucfg = dict(config.get("uncertainty") or {})
     nsim = int(ucfg.get("bootstrap", 0) or 0)
@@ -100,6 +105,10 @@ def uncertainty_stage(
     seed = int(ucfg.get("seed", DEFAULT_SEED))
     expr = io.read_matrix(expression_path)
     samples = io.read_samples(samples_path).loc[expr.columns]
+    kinship_path = (config.get("covariance") or {}).get("kinship")
+    if kinship_path:
+        # (1 | kinship) reads the matrix from the sheet's kinship:: columns
+        samples = attach_kinship(samples, read_kinship(kinship_path, samples.index))
     status = io.read_result_table(status_path).set_index("gene_id")["status"]
     fits = io.read_result_table(fits_path)
     chosen = _choose_genes(ucfg.get("genes", "all"), fits, config["batch"])
@@ -152,6 +161,7 @@ def uncertainty_stage(
         io.write_table(boot.summary, out["bootstrap"])
     else:
         io.write_table(pd.DataFrame(columns=BOOT_COLUMNS), out["bootstrap"])
+    diagnostics = pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)  # header only unless importance sampling ran
     if bayes:
         t0 = time.perf_counter()
         post = posterior(
@@ -162,13 +172,31 @@ def uncertainty_stage(
             prior_scale=prior_scale,
             gene_status=gstatus.where(gstatus != missing.SINGULAR, missing.OK),
             keep_grid_for=fig_genes,
+            seed=seed,
         )
         summary["posterior"]["seconds"] = round(time.perf_counter() - t0, 3)
+        if post.diagnostics is not None:
+            # the importance-sampling engine: its per-gene diagnostics (k̂, ESS) and their spread
+            d = post.diagnostics
+            fitted_rows = d["khat"].notna()
+            summary["posterior"]["engine"] = "importance_sampling"
+            summary["posterior"]["n_draws"] = int(d.loc[fitted_rows, "n_draws"].max()) if fitted_rows.any() else 0
+            summary["posterior"]["khat_quantiles"] = (
+                {f"q{int(100 * q)}": round(float(d.loc[fitted_rows, "khat"].quantile(q)), 4) for q in (0.5, 0.9, 0.99)}
+                if fitted_rows.any()
+                else {}
+            )
+            summary["posterior"]["min_ess"] = (
+                round(float(d.loc[fitted_rows, "ess"].min()), 1) if fitted_rows.any() else None
+            )
+            diagnostics = d
         st = post.summary.groupby("gene_id", sort=False)["status"].first()
         summary["posterior"]["status_counts"] = {k: int(v) for k, v in st.value_counts().items()}
         io.write_table(post.summary, out["posterior"])
     else:
         io.write_table(pd.DataFrame(columns=SUMMARY_COLUMNS), out["posterior"])
+    if out.get("posterior_diagnostics"):
+        io.write_table(diagnostics, out["posterior_diagnostics"])
     for gid in fig_genes:
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in gid)
         entry = {}
@@ -186,6 +214,14 @@ def uncertainty_stage(
             path = figdir / f"{safe}.posterior.png"
             save_png(fig, path)
             entry["posterior"] = path.name
+        elif post is not None and post.diagnostics is not None:
+            # the importance-sampling engine keeps no draws: the summaries as intervals
+            rows = post.summary[(post.summary.gene_id == gid) & (post.summary.status == "ok")]
+            if len(rows):
+                fig = plot_posterior_intervals(rows, gene_id=gid)
+                path = figdir / f"{safe}.posterior.png"
+                save_png(fig, path)
+                entry["posterior"] = path.name
         summary["figures"][gid] = entry
         if gid in set(fits["gene_id"]):
             table = ols_vs_lmm_table(fits, gid)
