@@ -1,0 +1,259 @@
+"""The corpus of bad and awkward inputs, as new users produce them, with the outcome each must have.
+
+Every case starts from the workflow fixture (``tests/workflow/data``: 200 genes x 24 samples, 4 batches,
+config ``tests/workflow/config.yaml``) laid out in a run directory, and changes one thing: a file, the
+config, or both. ``expect`` is ``"error"`` (the run stops before any job, exit non-zero, nothing under
+``results/``, and the message contains every word of ``words``) or ``"ok"`` (the run succeeds and every input
+gene is in every per-gene output with a status). The words are the file, the row or column, and the fix.
+
+The corpus grows with each bug: add a case here, and the harness (``tests/workflow/test_bad_inputs.py``)
+runs it.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import yaml
+
+COUNTS = "data/counts.tsv"
+SAMPLES = "data/samples.tsv"
+CONFIG = "fixture.yaml"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: how to make it from the fixture, and what the run must do with it."""
+
+    name: str
+    cls: str  # the class of issue 14 it illustrates: made_up, loses_genes, late, unhelpful, ...
+    make: Callable[[Path], None]
+    expect: str  # "error" or "ok"
+    words: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers that edit the run directory
+
+
+def _counts(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / COUNTS, sep="\t", index_col=0, dtype={0: str}, keep_default_na=False)
+
+
+def _sheet(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / SAMPLES, sep="\t", index_col=0, dtype=str, keep_default_na=False)
+
+
+def _write(table: pd.DataFrame, path: Path) -> None:
+    table.to_csv(path, sep="\t", lineterminator="\n")
+
+
+def _config(run: Path, **changes) -> None:
+    cfg = yaml.safe_load((run / CONFIG).read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    (run / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _edit_counts(fn):
+    def make(run: Path) -> None:
+        _write(fn(_counts(run)), run / COUNTS)
+
+    return make
+
+
+def _edit_sheet(fn):
+    def make(run: Path) -> None:
+        _write(fn(_sheet(run)), run / SAMPLES)
+
+    return make
+
+
+def _set_config(**changes):
+    def make(run: Path) -> None:
+        _config(run, **changes)
+
+    return make
+
+
+def _both(*makers):
+    def make(run: Path) -> None:
+        for m in makers:
+            m(run)
+
+    return make
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Made-up numbers: designs that cannot identify what the model reports
+
+
+def _one_sample_per_batch(sheet):
+    sheet["Batch"] = [f"run{i:02d}" for i in range(len(sheet))]
+    return sheet
+
+
+def _three_samples(run: Path) -> None:
+    counts, sheet = _counts(run), _sheet(run)
+    keep = [sheet.index[0], sheet.index[6], sheet.index[12]]
+    _write(counts[keep], run / COUNTS)
+    _write(sheet.loc[keep], run / SAMPLES)
+
+
+def _condition_is_batch(sheet):
+    sheet["Site"] = sheet["Batch"].str.replace("Series", "site")
+    return sheet
+
+
+def _donor_per_sample(sheet):
+    sheet["Donor"] = [f"d{i}" for i in range(len(sheet))]
+    return sheet
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Errors that come late (inside jobs) today
+
+
+def _all_zero_sample(counts):
+    counts.iloc[:, 5] = 0
+    return counts
+
+
+def _header_only(run: Path) -> None:
+    text = (run / COUNTS).read_text().splitlines()[0] + "\n"
+    (run / COUNTS).write_text(text)
+
+
+def _single_gene(counts):
+    return counts.loc[["PER3"]]
+
+
+def _na_like_ids(counts):
+    ids = list(counts.index)
+    for i, new in enumerate(["NA", "NULL", "None", "n/a", "#N/A", "<NA>", "null", "007", "1e5", "gene with space"]):
+        ids[10 + i] = new
+    counts.index = pd.Index(ids, name="gene_id")
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Errors that do not help today
+
+
+def _featurecounts(run: Path) -> None:
+    counts = _counts(run)
+    bam = [f"/data/aligned/{s}.bam" for s in counts.columns]
+    lines = ['# Program:featureCounts v2.0.3; Command:"featureCounts" "-a" "genes.gtf" "-o" "counts.txt"']
+    lines.append("\t".join(["Geneid", "Chr", "Start", "End", "Strand", "Length", *bam]))
+    for gene, row in counts.iterrows():
+        lines.append("\t".join([gene, "chr1", "100", "200", "+", "101", *map(str, row.tolist())]))
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _r_write_table(run: Path) -> None:
+    # R's write.table(counts, sep = "\t", quote = FALSE) writes no field for the row names' column.
+    counts = _counts(run)
+    lines = ["\t".join(counts.columns)]
+    for gene, row in counts.iterrows():
+        lines.append("\t".join([gene, *map(str, row.tolist())]))
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _blank_line_then_text(run: Path) -> None:
+    lines = (run / COUNTS).read_text().splitlines()
+    lines.insert(3, "")  # a blank line after data line 3 (file line 4 is blank)
+    fields = lines[8].split("\t")  # file line 9
+    fields[2] = "oops"
+    lines[8] = "\t".join(fields)
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _infinite(run: Path) -> None:
+    counts = _counts(run).astype(float)
+    counts.iloc[20, 3] = float("inf")
+    _write(counts, run / COUNTS)
+    _config(run, input_type="log")
+
+
+def _whitespace_ids(sheet):
+    sheet.index = pd.Index([s + " " if i == 2 else s for i, s in enumerate(sheet.index)], name="sample_id")
+    return sheet
+
+
+def _directory(run: Path) -> None:
+    (run / "data/counts_dir").mkdir()
+    _config(run, expression="data/counts_dir")
+
+
+def _utf16(run: Path) -> None:
+    text = (run / SAMPLES).read_text()
+    (run / SAMPLES).write_bytes(text.encode("utf-16"))
+
+
+def _csv_named_tsv(run: Path) -> None:
+    counts = _counts(run)
+    counts.to_csv(run / COUNTS, sep=",")
+
+
+def _gzip_named_plain(run: Path) -> None:
+    data = (run / COUNTS).read_bytes()
+    (run / COUNTS).write_bytes(gzip.compress(data, mtime=0))
+
+
+def _excel_export(run: Path) -> None:
+    # Excel's "CSV UTF-8": a byte-order mark and CRLF line ends; a success, not an error.
+    text = (run / SAMPLES).read_text().replace("\n", "\r\n")
+    (run / SAMPLES).write_bytes(b"\xef\xbb\xbf" + text.encode())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The corpus
+
+CASES: list[Case] = [
+    # 1. made-up numbers
+    Case("one sample per batch", "made_up", _edit_sheet(_one_sample_per_batch), "error",
+         [SAMPLES, "Batch", "one sample", "(1|Batch)"]),
+    Case("three samples in all", "made_up", _three_samples, "error", [SAMPLES, "3 samples", "residual"]),
+    Case("fixed effect aliased with the random term", "made_up", _set_config(model="~ Batch + (1|Batch)"), "error",
+         ["Batch", "aliased", "(1|Batch)"]),
+    Case("condition equal to batch", "made_up",
+         _both(_edit_sheet(_condition_is_batch), _set_config(model="~ Site + (1|Batch)")), "error",
+         ["Site", "Batch", "aliased"]),
+    Case("more coefficients than samples", "made_up",
+         _both(_edit_sheet(_donor_per_sample), _set_config(model="~ Donor + (1|Batch)")), "error",
+         ["Donor", "residual"]),
+    # 2. a run that would lose every gene
+    Case("every gene filtered", "loses_genes", _set_config(filter={"min_count": 10**9}), "ok"),
+    # 3. late errors
+    Case("simpson.adjust_for column not in the sheet", "late",
+         _set_config(simpson={"adjust_for": ["Treatment"]}), "error", [SAMPLES, "Treatment", "adjust_for"]),
+    Case("all-zero sample", "late", _edit_counts(_all_zero_sample), "error",
+         [COUNTS, "Series1_NHBE_SARS-CoV-2_3", "zero"]),
+    Case("header-only table", "late", _header_only, "error", [COUNTS, "no gene"]),
+    Case("single-gene table", "late", _edit_counts(_single_gene), "error", [COUNTS, "1 gene"]),
+    Case("ids that read as missing values", "late", _edit_counts(_na_like_ids), "ok"),
+    # 4. errors that did not help
+    Case("featureCounts output", "unhelpful", _featurecounts, "error", [COUNTS, "featureCounts"]),
+    Case("R write.table header one field short", "unhelpful", _r_write_table, "error",
+         [COUNTS, "header", "one field fewer", "gene_id"]),
+    Case("line number after a blank line", "unhelpful", _blank_line_then_text, "error",
+         [COUNTS, "line 9", "oops"]),
+    Case("infinite value", "unhelpful", _infinite, "error", [COUNTS, "infinite", "sample "]),
+    Case("sample id with trailing whitespace", "unhelpful", _edit_sheet(_whitespace_ids), "error",
+         [SAMPLES, "'Series1_NHBE_Mock_3 '"]),
+    Case("a directory as the table", "unhelpful", _directory, "error", ["data/counts_dir", "directory"]),
+    Case("schema error", "unhelpful", _set_config(reml="maybe"), "error", ["reml", "maybe", "boolean"]),
+    Case("config key typo", "unhelpful", _set_config(modle="~ Infection"), "error", ["modle"]),
+    Case("UTF-16 sample sheet", "unhelpful", _utf16, "error", [SAMPLES, "UTF-16", "UTF-8"]),
+    Case("CSV content in a .tsv file", "unhelpful", _csv_named_tsv, "error", [COUNTS, "comma"]),
+    Case("gzip content without .gz", "unhelpful", _gzip_named_plain, "error", [COUNTS, "gzip", ".gz"]),
+    # awkward but valid
+    Case("Excel CSV export: BOM and CRLF", "awkward", _excel_export, "ok"),
+]
