@@ -275,8 +275,9 @@ def _records(path: Path, layout: _Layout):
                 return
             except csv.Error as err:
                 raise InputError(
-                    f"{path}: line {previous_end + 1}: the quoting is broken ({err}). A field that starts with "
-                    'a double quote (") must end with one; remove stray quotes or quote the whole field.'
+                    f"{path}: a quoted field opened at line {previous_end + 1} is not closed properly ({err}). "
+                    'A field that starts with a double quote (") must end with one: remove the stray quote '
+                    "or quote the whole field."
                 ) from None
             # csv gives a blank line as an empty record, so a record starts right after the previous one
             first, previous_end = previous_end + 1, reader.line_num
@@ -367,7 +368,9 @@ def _read_text_expression(path: Path, what: str, sample_names: dict | None) -> E
             encoding="utf-8-sig",
             compression="gzip" if path.name.lower().endswith(".gz") else None,
             skiprows=layout.skip,
-            usecols=[0, *value_columns],
+            # featureCounts: the annotation columns are skipped; otherwise every column is read, so that a
+            # row with extra fields fails the parse (and is then named by its line)
+            usecols=[0, *value_columns] if layout.featurecounts else None,
             dtype={0: str, **dict.fromkeys(value_columns, np.float64)},
             keep_default_na=False,
             na_values=dict.fromkeys(value_columns, list(INPUT_NA_VALUES)),
@@ -386,6 +389,16 @@ def _read_text_expression(path: Path, what: str, sample_names: dict | None) -> E
     ids = frame.pop(0).to_numpy(dtype=object)
     values = frame.to_numpy(dtype=np.float64)
     del frame
+    if np.isnan(values).any():
+        # The parser fills a row with too few fields with missing values: only when there are missing
+        # values is the file scanned for such rows, to name them rather than report made-up gaps.
+        short = [(first, len(row)) for first, _, row in _records(path, layout) if len(row) != len(header)]
+        if short:
+            listed = ", ".join(f"line {line} has {n} fields" for line, n in short[:_SHOW])
+            raise InputError(
+                f"{path}: the {what}'s header has {len(header)} fields, but {listed}. Every row needs one field "
+                "per header column: check for missing or extra separators in those lines."
+            )
     notes = []
     if layout.featurecounts:
         bams = samples
@@ -582,6 +595,12 @@ def read_expression_table(
 # Sample sheets
 
 
+def _cells_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text, as a text sheet would give it; missing and :data:`INPUT_NA_VALUES` cells as NaN."""
+    table = frame.astype(object).map(lambda v: np.nan if v is None or v is np.nan or v != v else str(v))
+    return table.where(~table.isin(INPUT_NA_VALUES), np.nan)
+
+
 def read_sheet_table(path: str | Path, what: str = "sample sheet") -> tuple[pd.DataFrame, list[int] | None]:
     """Read a sample sheet with every cell as text.
 
@@ -601,8 +620,7 @@ def read_sheet_table(path: str | Path, what: str = "sample sheet") -> tuple[pd.D
                 obs = _h5_dataframe(f["obs"])
         except (OSError, KeyError) as err:
             raise InputError(f"{path}: the {what} (obs of the AnnData file) cannot be read ({err}).") from None
-        table = obs.astype(object).where(obs.notna(), np.nan)
-        table = table.map(lambda v: v if v is np.nan or v is None else str(v))
+        table = _cells_as_text(obs)
         table.insert(0, "sample_id", [str(s) for s in obs.index])
         return table, None
     if kind == "parquet":
@@ -611,8 +629,8 @@ def read_sheet_table(path: str | Path, what: str = "sample sheet") -> tuple[pd.D
         frame = pq.read_table(path).to_pandas()
         if not isinstance(frame.index, pd.RangeIndex):
             frame = frame.reset_index()
-        table = frame.astype(object).where(frame.notna(), np.nan)
-        table = table.map(lambda v: v if v is np.nan else str(v))
+        table = _cells_as_text(frame)
+        table.iloc[:, 0] = frame.iloc[:, 0].astype(str).to_numpy()  # the ids verbatim
         return table, None
     layout = _text_layout(path, what, id_label="sample id")
     if layout.featurecounts:

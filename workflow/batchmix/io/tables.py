@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchmix.io.errors import write_failure
 from batchmix.io.readers import INPUT_NA_VALUES, read_sheet_table
 
 __all__ = [
@@ -87,17 +88,29 @@ def table_writer(path: str | Path):
     ------
     file object
         A binary writer; closing it (leaving the ``with`` block) finishes the gzip stream.
+
+    Raises
+    ------
+    ResultWriteError
+        When the file cannot be written (disk full, read-only folder): the message names the file and
+        says that the run can be resumed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw:
-        if not path.name.endswith(".gz"):
-            yield raw
-            return
-        # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
-        # and the bytes would depend on where the table was written.
-        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
-            yield fh
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as raw:
+            if not path.name.endswith(".gz"):
+                yield raw
+                return
+            # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
+            # and the bytes would depend on where the table was written.
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
+                yield fh
+    except OSError as err:
+        # A half-written file must not look finished to a resumed run.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise write_failure(path, err) from None
 
 
 @contextlib.contextmanager
@@ -208,8 +221,14 @@ def write_json(obj: dict, path: str | Path) -> None:
         The file; its parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise write_failure(path, err) from None
 
 
 def _json_default(value):

@@ -181,8 +181,8 @@ def read_expression(
     return _read_expression(path, input_type, layer=layer, sample_names=sample_names)[0]
 
 
-def _read_expression(path, input_type, *, layer, sample_names) -> tuple[pd.DataFrame, pd.Series | None, list[str]]:
-    """:func:`read_expression`, with the reader's gene symbols and notes."""
+def _read_expression(path, input_type, *, layer, sample_names) -> tuple[pd.DataFrame, pd.Series | None, list[str], str]:
+    """:func:`read_expression`, with the reader's gene symbols, notes and the file's format."""
     path = Path(path)
     what = "expression table"
     if input_type not in INPUT_TYPES:
@@ -248,7 +248,7 @@ def _read_expression(path, input_type, *, layer, sample_names) -> tuple[pd.DataF
                 "or give already normalised log-scale values with `input_type: log`."
             )
     out = pd.DataFrame(arr, index=pd.Index(ids.astype(str), name="gene_id", dtype=object), columns=samples, copy=False)
-    return out, table.symbols, notes
+    return out, table.symbols, notes, table.source
 
 
 def read_samples(path: str | Path) -> pd.DataFrame:
@@ -356,7 +356,7 @@ def validate_inputs(
     expression_path, samples_path = Path(expression_path), Path(samples_path)
     samples = read_samples(samples_path)
     config = config or {}
-    expression, symbols, reader_notes = _read_expression(
+    expression, symbols, reader_notes, source = _read_expression(
         expression_path,
         input_type,
         layer=config.get("expression_layer"),
@@ -385,9 +385,16 @@ def validate_inputs(
                 f"{len(extra)} column(s) of the expression table {expression_path} are not in the sample sheet: "
                 f"{_listing(extra, quote=True)}"
             )
+        hint = ""
+        if source == "featureCounts":
+            hint = (
+                f" {expression_path} is featureCounts output: its sample ids are the BAM file names without "
+                "directory and .bam. Map them to the sheet's ids with the config key featurecounts_samples "
+                "({BAM path or base name: sample id}), or rename the sheet's ids."
+            )
         raise InputError(
             "; ".join(parts) + ". The sample ids (first column of the sheet) must match the table's column names "
-            "exactly: add the missing rows/columns or remove the extra ones."
+            "exactly: add the missing rows/columns or remove the extra ones." + hint
         )
 
     try:
