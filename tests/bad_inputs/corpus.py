@@ -13,16 +13,19 @@ runs it.
 from __future__ import annotations
 
 import gzip
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import yaml
 
 COUNTS = "data/counts.tsv"
 SAMPLES = "data/samples.tsv"
 CONFIG = "fixture.yaml"
+READERS = Path(__file__).resolve().parents[1] / "data" / "readers"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,94 @@ def _gzip_named_plain(run: Path) -> None:
     (run / COUNTS).write_bytes(gzip.compress(data, mtime=0))
 
 
+def _featurecounts_other_names(run: Path) -> None:
+    _featurecounts(run)
+    text = (run / COUNTS).read_text().replace(".bam", ".sorted.bam")
+    (run / COUNTS).write_text(text)
+
+
+def _estimated(run: Path) -> None:
+    # salmon/tximport-style estimates: the fixture's counts plus |noise| < 0.5 where non-zero
+    counts = _counts(run).astype(float)
+    noise = np.random.default_rng(3).uniform(-0.49, 0.49, counts.shape)
+    (counts + np.where(counts.to_numpy() > 0, noise, 0.0)).to_csv(run / COUNTS, sep="\t", float_format="%.5f")
+
+
+def _unclosed_quote(run: Path) -> None:
+    lines = (run / COUNTS).read_text().splitlines()
+    fields = lines[5].split("\t")  # file line 6
+    fields[3] = '"' + fields[3]
+    lines[5] = "\t".join(fields)
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _extra_field(run: Path) -> None:
+    lines = (run / COUNTS).read_text().splitlines()
+    lines[4] += "\t17"  # file line 5
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _trailing_tab(run: Path) -> None:
+    # a spreadsheet's stray empty last column: every line ends in a tab
+    lines = (run / COUNTS).read_text().splitlines()
+    (run / COUNTS).write_text("\n".join(line + "\t" for line in lines) + "\n")
+
+
+def _xlsx(run: Path) -> None:
+    (run / SAMPLES).write_bytes(b"PK\x03\x04" + bytes(200))
+
+
+def _empty(run: Path) -> None:
+    (run / COUNTS).write_bytes(b"")
+
+
+def _gz_named_plain(run: Path) -> None:
+    (run / "data/counts.tsv.gz").write_bytes((run / COUNTS).read_bytes())
+    _config(run, expression="data/counts.tsv.gz")
+
+
+def _latin1(run: Path) -> None:
+    text = (run / SAMPLES).read_text().replace("TruSeq", "TruSeq Müller", 1)
+    (run / SAMPLES).write_bytes(text.encode("latin-1"))
+
+
+def _duplicate_gene(counts):
+    ids = list(counts.index)
+    ids[7] = ids[3]
+    counts.index = pd.Index(ids, name="gene_id")
+    return counts
+
+
+def _negative(counts):
+    counts.iloc[30, 2] = -4
+    return counts
+
+
+def _missing_count(run: Path) -> None:
+    lines = (run / COUNTS).read_text().splitlines()
+    fields = lines[40].split("\t")  # file line 41
+    fields[5] = "NA"
+    lines[40] = "\t".join(fields)
+    (run / COUNTS).write_text("\n".join(lines) + "\n")
+
+
+def _sheet_sample_missing_from_table(counts):
+    return counts.drop(columns=[counts.columns[4]])
+
+
+def _parquet(run: Path) -> None:
+    _counts(run).reset_index().to_parquet(run / "data/counts.parquet", index=False)
+    _config(run, expression="data/counts.parquet")
+
+
+def _h5ad_without_sheet(run: Path) -> None:
+    shutil.copy(READERS / "fixture_sparse.h5ad", run / "data/experiment.h5ad")
+    cfg = yaml.safe_load((run / CONFIG).read_text())
+    cfg["expression"] = "data/experiment.h5ad"
+    del cfg["samples"]
+    (run / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
 def _excel_export(run: Path) -> None:
     # Excel's "CSV UTF-8": a byte-order mark and CRLF line ends; a success, not an error.
     text = (run / SAMPLES).read_text().replace("\n", "\r\n")
@@ -240,7 +331,10 @@ CASES: list[Case] = [
     Case("single-gene table", "late", _edit_counts(_single_gene), "error", [COUNTS, "1 gene"]),
     Case("ids that read as missing values", "late", _edit_counts(_na_like_ids), "ok"),
     # 4. errors that did not help
-    Case("featureCounts output", "unhelpful", _featurecounts, "error", [COUNTS, "featureCounts"]),
+    # featureCounts output is read as it is (sample ids from the BAM names); the message explains a mismatch
+    Case("featureCounts output", "inputs", _featurecounts, "ok"),
+    Case("featureCounts BAM names that are not the sample ids", "unhelpful", _featurecounts_other_names, "error",
+         [COUNTS, "featureCounts", "featurecounts_samples", "'Series1_NHBE_Mock_1.sorted'"]),
     Case("R write.table header one field short", "unhelpful", _r_write_table, "error",
          [COUNTS, "header", "one field fewer", "gene_id"]),
     Case("line number after a blank line", "unhelpful", _blank_line_then_text, "error",
@@ -254,6 +348,29 @@ CASES: list[Case] = [
     Case("UTF-16 sample sheet", "unhelpful", _utf16, "error", [SAMPLES, "UTF-16", "UTF-8"]),
     Case("CSV content in a .tsv file", "unhelpful", _csv_named_tsv, "error", [COUNTS, "comma"]),
     Case("gzip content without .gz", "unhelpful", _gzip_named_plain, "error", [COUNTS, "gzip", ".gz"]),
+    Case("unclosed quote", "unhelpful", _unclosed_quote, "error", [COUNTS, "line 6", "quote"]),
+    Case("a row with an extra field", "unhelpful", _extra_field, "error", [COUNTS, "line 5", "fields"]),
+    Case("trailing tab on every line", "unhelpful", _trailing_tab, "error", [COUNTS, "empty", "column"]),
+    Case("Excel workbook as the sample sheet", "unhelpful", _xlsx, "error", [SAMPLES, "Excel", "tab-separated"]),
+    Case("empty expression file", "unhelpful", _empty, "error", [COUNTS, "empty"]),
+    Case(".gz name without gzip content", "unhelpful", _gz_named_plain, "error", ["data/counts.tsv.gz", "not gzip"]),
+    Case("Latin-1 sample sheet", "unhelpful", _latin1, "error", [SAMPLES, "not UTF-8", "save it as UTF-8"]),
+    Case("duplicate gene id", "unhelpful", _edit_counts(_duplicate_gene), "error",
+         [COUNTS, "duplicate gene ids", "line 5", "line 9"]),
+    Case("negative count", "unhelpful", _edit_counts(_negative), "error",
+         [COUNTS, "negative counts", "line 32", "sample 'Series1_NHBE_Mock_3'", "input_type: log"]),
+    Case("missing count", "unhelpful", _missing_count, "error", [COUNTS, "missing values", "line 41"]),
+    Case("sheet sample without a column", "unhelpful", _edit_counts(_sheet_sample_missing_from_table), "error",
+         [SAMPLES, COUNTS, "'Series1_NHBE_SARS-CoV-2_2'", "must match"]),
+    Case("estimated counts declared as counts", "inputs", _estimated, "error",
+         [COUNTS, "non-integer counts", "sample '", "input_type: estimated_counts"]),
+    Case("unknown input_type", "unhelpful", _set_config(input_type="fpkm"), "error",
+         ["input_type", "fpkm", "estimated_counts", "log"]),
+    Case("batch column not in the sheet", "unhelpful", _set_config(batch="Run"), "error", [SAMPLES, "Run", "batch"]),
+    # inputs that people have
+    Case("estimated counts", "inputs", _both(_estimated, _set_config(input_type="estimated_counts")), "ok"),
+    Case("Parquet table", "inputs", _parquet, "ok"),
+    Case("AnnData .h5ad without a sample sheet", "inputs", _h5ad_without_sheet, "ok"),
     # awkward but valid
     Case("Excel CSV export: BOM and CRLF", "awkward", _excel_export, "ok"),
 ]

@@ -378,7 +378,7 @@ def validate_inputs(
         if missing:
             parts.append(
                 f"{len(missing)} sample(s) of the sample sheet {samples_path} have no column in the expression "
-                f"table: {_listing(missing, quote=True)}"
+                f"table {expression_path}: {_listing(missing, quote=True)}"
             )
         if extra:
             parts.append(
