@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_run_dir, result_files, run_snakemake
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bad_inputs"))
@@ -63,7 +62,8 @@ def test_awkward_case_succeeds_and_loses_nothing(name, tmp_path):
     results = run_dir / "results"
     for table in ["vst/gene_status.tsv", "lmm/gene_fits.tsv", "vst/expression.tsv.gz", "corrected/expression.tsv.gz"]:
         assert _ids(results / table) == genes, f"{table} does not hold every input gene once, in input order"
-    fits = pd.read_csv(results / "lmm/gene_fits.tsv", sep="\t", dtype={"gene_id": str, "status": str},
-                       keep_default_na=False)
+    fits = pd.read_csv(
+        results / "lmm/gene_fits.tsv", sep="\t", dtype={"gene_id": str, "status": str}, keep_default_na=False
+    )
     assert (fits["status"] != "").all()
     assert (results / "report.html").exists()
