@@ -294,7 +294,7 @@ def _h5ad_without_sheet(run: Path) -> None:
     shutil.copy(READERS / "fixture_sparse.h5ad", run / "data/experiment.h5ad")
     cfg = yaml.safe_load((run / CONFIG).read_text())
     cfg["expression"] = "data/experiment.h5ad"
-    del cfg["samples"]
+    cfg["samples"] = None  # the file's obs is the sheet (config/config.yaml's own sheet must be overridden)
     (run / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 

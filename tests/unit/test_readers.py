@@ -179,8 +179,11 @@ def test_h5ad_unknown_layer_lists_the_layers():
 def test_samples_key_is_optional_for_an_h5ad_expression():
     from batchmix.config import validate_config
 
-    config = validate_config({"expression": "data/x.h5ad", "input_type": "counts", "model": MODEL, "batch": "Batch"})
-    assert config["samples"] == "data/x.h5ad"
+    base = {"expression": "data/x.h5ad", "input_type": "counts", "model": MODEL, "batch": "Batch"}
+    assert validate_config(base)["samples"] == "data/x.h5ad"
+    assert validate_config({**base, "samples": None})["samples"] == "data/x.h5ad"
+    with pytest.raises(InputError, match="samples is null"):
+        validate_config({**base, "expression": "data/x.tsv", "samples": None})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ BY_NAME = {case.name: case for case in CASES}
 def _input_genes(run_dir: Path) -> list[str]:
     """The gene ids as the user wrote them (first field of every non-header line)."""
     lines = (run_dir / COUNTS).read_bytes().decode("utf-8-sig").splitlines()
-    return [line.split("\t", 1)[0] for line in lines[1:] if line.strip()]
+    lines = [line for line in lines if line.strip() and not line.startswith("#")]  # featureCounts' command line
+    return [line.split("\t", 1)[0] for line in lines[1:]]
 
 
 def _ids(path: Path) -> list[str]:

@@ -118,10 +118,15 @@ def _error_line(err, schema: dict) -> str:
 
 
 def _fill_samples_from_h5ad(config: dict) -> dict:
-    """An .h5ad expression carries its sample sheet (obs): ``samples`` defaults to the same file."""
+    """An .h5ad expression carries its sample sheet (obs): a missing or null ``samples`` is the same file."""
     expression = config.get("expression")
-    if "samples" not in config and isinstance(expression, str) and expression.lower().endswith(".h5ad"):
+    if config.get("samples") is None and isinstance(expression, str) and expression.lower().endswith(".h5ad"):
         return {**config, "samples": expression}
+    if "samples" in config and config["samples"] is None:
+        raise InputError(
+            "config: samples is null, but the expression table is not an .h5ad file (whose obs could be the sheet). "
+            "Give the sample sheet's path."
+        )
     return config
 
 
