@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["InputError", "ResultWriteError", "write_failure"]
+__all__ = ["InputError", "ResultWriteError", "WRITE_ERRNOS", "write_failure"]
 
 
 class InputError(ValueError):
@@ -27,6 +27,10 @@ _CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
+
+
+# The errors of a write that the user fixes outside batchmix (space, permissions); others propagate as they are.
+WRITE_ERRNOS = frozenset(_CAUSES)
 
 
 def write_failure(path: str | os.PathLike, err: OSError) -> ResultWriteError:

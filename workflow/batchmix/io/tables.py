@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from batchmix.io.errors import write_failure
+from batchmix.io.errors import WRITE_ERRNOS, write_failure
 from batchmix.io.readers import INPUT_NA_VALUES, read_sheet_table
 
 __all__ = [
@@ -110,6 +110,8 @@ def table_writer(path: str | Path):
         # A half-written file must not look finished to a resumed run.
         with contextlib.suppress(OSError):
             path.unlink()
+        if err.errno not in WRITE_ERRNOS:
+            raise
         raise write_failure(path, err) from None
 
 
@@ -228,6 +230,8 @@ def write_json(obj: dict, path: str | Path) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             path.unlink()
+        if err.errno not in WRITE_ERRNOS:
+            raise
         raise write_failure(path, err) from None
 
 
