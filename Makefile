@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 LOCK := envs/requirements.lock
 
-.PHONY: run test venv clean lint
+.PHONY: run unlock test venv clean lint
 
 venv: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The local profile resumes by itself after a kill: rerun-incomplete (a job killed while it wrote its
+# outputs is run again) and finished jobs are kept. After a kill, `make unlock` then `make run`.
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+unlock: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --unlock
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

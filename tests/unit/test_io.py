@@ -51,13 +51,19 @@ def test_valid_inputs_align_columns_to_the_sheet(tmp_path, good):
 @pytest.mark.parametrize(
     "table, fragments",
     [
-        ("gene_id\ts1\ts2\ng1\t1\t-2\n", ["negative counts", "gene g1, sample s2", "input_type: log"]),
-        ("gene_id\ts1\ts2\ng1\t1\t2.5\n", ["non-integer counts", "gene g1, sample s2"]),
-        ("gene_id\ts1\ts2\ng1\t1\tabc\n", ["non-numeric", "gene g1 (line 2), sample s2", "'abc'"]),
-        ("gene_id\ts1\ts2\ng1\t1\t\n", ["missing values in a count table", "gene g1, sample s2"]),
-        ("gene_id\ts1\ts2\ng1\t1\t2\ng1\t3\t4\n", ["duplicate gene ids", "g1 (lines 2, 3)"]),
-        ("gene_id\ts1\ts1\ng1\t1\t2\n", ["duplicate sample columns", "s1"]),
-        ("gene_id\ts1\ts2\n\t1\t2\n", ["empty gene id", "line(s) 2"]),
+        (
+            "gene_id\ts1\ts2\ng1\t1\t-2\ng2\t1\t1\n",
+            ["negative counts", "gene 'g1' (line 2), sample 's2'", "input_type: log"],
+        ),
+        (
+            "gene_id\ts1\ts2\ng1\t1\t2.5\ng2\t1\t1\n",
+            ["non-integer counts", "gene 'g1' (line 2), sample 's2': 2.5", "input_type: estimated_counts"],
+        ),
+        ("gene_id\ts1\ts2\ng1\t1\tabc\n", ["non-numeric", "gene 'g1' (line 2), sample 's2'", "'abc'"]),
+        ("gene_id\ts1\ts2\ng1\t1\t\n", ["missing values in a count table", "gene 'g1' (line 2), sample 's2'"]),
+        ("gene_id\ts1\ts2\ng1\t1\t2\ng1\t3\t4\n", ["duplicate gene ids", "'g1' (line 2, line 3)"]),
+        ("gene_id\ts1\ts1\ng1\t1\t2\n", ["duplicate sample columns", "'s1'"]),
+        ("gene_id\ts1\ts2\n\t1\t2\n", ["empty gene id", "at line 2"]),
     ],
 )
 def test_bad_expression_tables_name_the_cell(tmp_path, table, fragments):

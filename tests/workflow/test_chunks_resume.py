@@ -301,3 +301,71 @@ def test_resources_cut_chunks_as_the_split_does_and_read_binary_input_shapes(tmp
         for n_chunks in (1, 3, 7, 400):
             sizes = [res["genes_in_chunk"](f"{i}-of-{n_chunks}", 300) for i in range(1, n_chunks + 1)]
             assert sizes == [stop - start for start, stop in chunk_ranges(300, n_chunks)]
+
+
+def _chunk_outputs(run_dir: Path, item: str) -> list[Path]:
+    """The files an lmm_chunk job writes (the chunk's expression file comes from split_genes)."""
+    return [p for p in (run_dir / "results/lmm/chunks").glob(f"{item}.*") if ".expression." not in p.name]
+
+
+def _stop_while_a_chunk_is_being_written(proc: subprocess.Popen, log_path: Path, run_dir: Path, timeout: float):
+    """Freeze snakemake and its jobs (SIGSTOP) while an lmm_chunk job has written some outputs but has not finished.
+
+    Returns the chunk. The poll is tight; the freeze makes the state checkable before the kill.
+    """
+    deadline = time.monotonic() + timeout
+    all_chunks = [f"{i}-of-{N_CHUNKS}" for i in range(1, N_CHUNKS + 1)]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"snakemake ended (exit {proc.returncode}) before a chunk was caught mid-write")
+        for item in all_chunks:
+            if _chunk_outputs(run_dir, item):
+                os.killpg(proc.pid, signal.SIGSTOP)
+                if item not in finished_chunks(log_path.read_text()):
+                    return item
+                os.killpg(proc.pid, signal.SIGCONT)
+                all_chunks.remove(item)  # finished before the freeze: try the next one
+                break
+        time.sleep(0.001)
+    pytest.fail(f"no lmm_chunk job was caught while writing within {timeout} s")
+
+
+def test_killed_mid_write_resumes_with_the_make_run_command(fixture_run, tmp_path):
+    """A kill while a chunk job writes: plain snakemake refuses the leftovers; the profile of `make run` resumes."""
+    run_dir = make_run_dir(tmp_path / "killed_mid_write")
+    shutil.copytree(REPO / "profiles", run_dir / "profiles")
+    common = ["--cores", "1", "--configfile", "fixture.yaml", "--set-scatter", f"lmm={N_CHUNKS}", "--nocolor"]
+    # The command `make run` runs (checked against the Makefile below), with the fixture's config.
+    make_run = [str(SNAKEMAKE), "--profile", "profiles/local", *common]
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)
+    assert recipe and "$(BIN)/snakemake --profile profiles/local" in recipe.group(1), (
+        "make run does not use the profile"
+    )
+    assert re.search(r"^rerun-incomplete: true$", (REPO / "profiles/local/config.yaml").read_text(), re.M)
+
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log:
+        first = subprocess.Popen(make_run, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        item = _stop_while_a_chunk_is_being_written(first, first_log, run_dir, timeout=600)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            os.killpg(first.pid, signal.SIGCONT)  # a stopped process dies only once it runs again
+        first.wait(timeout=60)
+    assert _chunk_outputs(run_dir, item), "the kill did not leave a partly written chunk"
+
+    subprocess.run([*make_run, "--unlock"], cwd=run_dir, capture_output=True, text=True, timeout=300)
+    # Without the profile, Snakemake refuses to go on: the killed job's outputs are marked incomplete.
+    plain = subprocess.run([str(SNAKEMAKE), *common], cwd=run_dir, capture_output=True, text=True, timeout=300)
+    assert plain.returncode != 0 and "incomplete" in (plain.stdout + plain.stderr).lower(), plain.stderr[-3000:]
+    assert not (run_dir / "results/lmm/gene_fits.tsv").exists()
+
+    # The documented command resumes by itself and reruns the interrupted chunk.
+    second = subprocess.run(make_run, cwd=run_dir, capture_output=True, text=True, timeout=900)
+    second_log = second.stdout + second.stderr
+    assert second.returncode == 0, second_log[-8000:]
+    assert item in set(lmm_chunk_jobs(second_log).values())
+    tables = final_tables(fixture_run)
+    assert final_tables(run_dir) == tables
+    assert differing_files(run_dir, fixture_run, tables) == []

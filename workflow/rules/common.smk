@@ -2,15 +2,20 @@
 # batchmix.pipeline.paths (the one definition of every output path). batchmix is installed
 # (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-from batchmix.config import fill_defaults
+from batchmix.config import fill_defaults, validate_config
 from batchmix.io import InputError
 from batchmix.pipeline import paths
 from batchmix.pipeline.validate import load_validated
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+# batchmix's own validation (the schema, plus the sheet columns that keys such as simpson.adjust_for
+# name): an error prints the failing key, its value, what is allowed and the key's description,
+# not the whole schema as snakemake.utils.validate does.
+try:
+    config.update(validate_config(config, "config", check_inputs=workflow.is_main_process))
+except InputError as err:
+    raise WorkflowError(f"batchmix config validation failed:\n{err}") from None
 config.update(fill_defaults(config))
 
 # Check the inputs once, in the main process, before any job runs: a bad table or sheet stops

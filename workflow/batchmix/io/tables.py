@@ -9,7 +9,6 @@ gzip) and read back by :func:`read_result_table` / :func:`read_matrix`, ids agai
 from __future__ import annotations
 
 import contextlib
-import csv
 import gzip
 import hashlib
 import json
@@ -18,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from batchmix.io.errors import InputError
+from batchmix.io.errors import WRITE_ERRNOS, write_failure
+from batchmix.io.readers import INPUT_NA_VALUES, read_sheet_table
 
 __all__ = [
     "INPUT_NA_VALUES",
@@ -33,24 +33,9 @@ __all__ = [
     "file_md5",
 ]
 
-# Cells of an input table read as missing values. Never applied to the id column: there these
-# are names (a gene can be called NA).
-INPUT_NA_VALUES = ("", "NA", "NaN", "nan")
-
-
-def _separator(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith(".csv"):
-        return ","
-    if name.endswith((".tsv", ".txt", ".tab")):
-        return "\t"
-    raise InputError(f"{path}: unknown table format. Use a .tsv, .txt or .csv file (optionally gzipped, .gz).")
-
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
-    """Read a TSV/CSV table (optionally gzipped) with every cell as a string.
+    """Read an input table (TSV/CSV, optionally gzipped; Parquet; the obs of an .h5ad) with every cell as text.
 
     Parameters
     ----------
@@ -58,7 +43,7 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         The file. Tab-separated for ``.tsv``/``.txt``/``.tab``, comma-separated for ``.csv``;
         a trailing ``.gz`` means gzip.
     what : str
-        What the file is for (``"expression table"``), used in error messages.
+        What the file is for (``"sample sheet"``), used in error messages.
 
     Returns
     -------
@@ -66,35 +51,13 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         All cells as strings, with the header as column names. The first column (the ids) is kept
         verbatim, empty cells included (``""``); in the other columns the cells of
         :data:`INPUT_NA_VALUES` are missing (``NaN``).
+
+    Raises
+    ------
+    InputError
+        For a file that cannot be read as a table; the message says why and what to do.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: the {what} does not exist. Check the path in the config.")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the {what} is empty.")
-    sep = _separator(path)
-    try:
-        # na_filter=False: every cell verbatim; missing values are marked below, outside the id column.
-        table = pd.read_csv(path, sep=sep, dtype=str, na_filter=False, compression="infer")
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
-        raise InputError(
-            f"{path}: the {what} cannot be parsed as a {'CSV' if sep == ',' else 'TSV'} table ({err})."
-        ) from err
-    # pandas renames repeated column names (s1, s1.1); the header as written is what users fix.
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        header = next(csv.reader([fh.readline().rstrip("\r\n")], delimiter=sep))
-    if len(header) == table.shape[1]:
-        table.columns = header
-    if table.shape[1] > 1:
-        values = table.iloc[:, 1:]
-        table.iloc[:, 1:] = values.where(~values.isin(INPUT_NA_VALUES), np.nan)
-    if table.shape[1] < 2:
-        raise InputError(
-            f"{path}: the {what} has {table.shape[1]} column; expected an id column and at least one more. "
-            f"Is the separator right ({'comma' if sep == ',' else 'tab'} for this file name)?"
-        )
-    return table
+    return read_sheet_table(path, what)[0]
 
 
 def write_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> None:
@@ -125,17 +88,31 @@ def table_writer(path: str | Path):
     ------
     file object
         A binary writer; closing it (leaving the ``with`` block) finishes the gzip stream.
+
+    Raises
+    ------
+    ResultWriteError
+        When the file cannot be written (disk full, read-only folder): the message names the file and
+        says that the run can be resumed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw:
-        if not path.name.endswith(".gz"):
-            yield raw
-            return
-        # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
-        # and the bytes would depend on where the table was written.
-        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
-            yield fh
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as raw:
+            if not path.name.endswith(".gz"):
+                yield raw
+                return
+            # filename="": GzipFile would otherwise record the output's name in the header (FNAME),
+            # and the bytes would depend on where the table was written.
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fh:
+                yield fh
+    except OSError as err:
+        # A half-written file must not look finished to a resumed run.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(path, err) from None
 
 
 @contextlib.contextmanager
@@ -251,8 +228,16 @@ def write_json(obj: dict, path: str | Path) -> None:
         The file; its parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(path, err) from None
 
 
 def _json_default(value):

@@ -13,9 +13,18 @@ import numpy as np
 import pandas as pd
 
 from batchmix.io.errors import InputError
-from batchmix.io.tables import read_table
+from batchmix.io.readers import read_expression_table, read_sheet_table
 
-__all__ = ["ValidatedInputs", "read_expression", "read_samples", "validate_inputs", "batch_labels"]
+__all__ = [
+    "COUNT_INPUT_TYPES",
+    "INPUT_TYPES",
+    "MIN_COUNT_GENES",
+    "ValidatedInputs",
+    "read_expression",
+    "read_samples",
+    "validate_inputs",
+    "batch_labels",
+]
 
 # How many offending names an error message lists before it says "and N more".
 _SHOW = 10
@@ -34,36 +43,48 @@ class ValidatedInputs:
     batch : pandas.Series
         The batch label of each sample (strings).
     notes : list of str
-        Non-fatal observations (e.g. genes with missing values).
+        Non-fatal observations (e.g. genes with missing values, rounded estimated counts).
+    symbols : pandas.Series or None
+        Gene symbols by gene id when the input carries them (``var`` of an .h5ad), else None.
     """
 
     expression: pd.DataFrame
     samples: pd.DataFrame
     batch: pd.Series
     notes: list[str] = field(default_factory=list)
+    symbols: pd.Series | None = None
 
 
-def _listing(items: list, total: int | None = None) -> str:
-    items = [str(i) for i in items]
+def _listing(items: list, total: int | None = None, *, quote: bool = False) -> str:
+    """The first few items, comma-separated; ``quote``: each as ``repr`` so that whitespace shows."""
+    items = [repr(str(i)) if quote else str(i) for i in items]
     total = len(items) if total is None else total
     shown = ", ".join(items[:_SHOW])
     return shown + (f" and {total - _SHOW} more" if total > _SHOW else "")
 
 
-def _check_ids(ids: pd.Series, path: Path, what: str, kind: str) -> None:
-    """Ids must be present and unique; rows are reported as 1-based file lines (header is line 1)."""
-    missing = ids.isna() | (ids.str.strip() == "")
+def _check_ids(ids: pd.Series, path: Path, what: str, kind: str, where) -> None:
+    """Ids must be present, unique and without surrounding whitespace; ``where(i)`` names row ``i`` in the file."""
+    text = ids.astype(object)
+    missing = text.isna() | (text.astype(str).str.strip() == "")
     if missing.any():
-        lines = (np.flatnonzero(missing.to_numpy()) + 2).tolist()
+        rows = np.flatnonzero(missing.to_numpy())
+        shown = _listing([where(i) for i in rows[:_SHOW]], len(rows))
+        raise InputError(f"{path}: empty {kind} id in the first column of the {what} at {shown}. Give every row an id.")
+    text = text.astype(str)
+    padded = text != text.str.strip()
+    if padded.any():
+        rows = np.flatnonzero(padded.to_numpy())
+        shown = [f"{text.iloc[i]!r} ({where(i)})" for i in rows[:_SHOW]]
         raise InputError(
-            f"{path}: empty {kind} id in the first column of the {what} at line(s) {_listing(lines)}. "
-            "Give every row an id."
+            f"{path}: {kind} id(s) with leading or trailing whitespace in the {what}: {_listing(shown, len(rows))}. "
+            "Remove the spaces or tabs around the ids (they must match the other file exactly)."
         )
-    dup = ids[ids.duplicated(keep=False)]
+    dup = text[text.duplicated(keep=False)]
     if len(dup):
         first = dup.drop_duplicates()
         detail = [
-            f"{g} (lines {', '.join(str(i + 2) for i in np.flatnonzero((ids == g).to_numpy()))})" for g in first[:_SHOW]
+            f"{g!r} ({', '.join(where(i) for i in np.flatnonzero((text == g).to_numpy())[:5])})" for g in first[:_SHOW]
         ]
         raise InputError(
             f"{path}: duplicate {kind} ids in the {what}: {_listing(detail, len(first))}. "
@@ -71,88 +92,163 @@ def _check_ids(ids: pd.Series, path: Path, what: str, kind: str) -> None:
         )
 
 
-def read_expression(path: str | Path, input_type: str = "counts") -> pd.DataFrame:
+def _check_sample_columns(samples: list[str], path: Path, what: str) -> None:
+    dup_cols = list(dict.fromkeys(s for s in samples if samples.count(s) > 1))
+    if dup_cols:
+        raise InputError(
+            f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols, quote=True)}. "
+            "Each sample must appear once."
+        )
+    padded = [s for s in samples if s != s.strip() or not s]
+    if padded:
+        raise InputError(
+            f"{path}: sample column name(s) in the {what} that are empty or have leading or trailing whitespace: "
+            f"{_listing(padded, quote=True)}. Name every column exactly as its sample id in the sample sheet."
+        )
+
+
+# Input types whose values are read counts: size factors and the VST apply.
+COUNT_INPUT_TYPES = ("counts", "estimated_counts")
+INPUT_TYPES = (*COUNT_INPUT_TYPES, "log")
+
+# A count table needs at least this many genes: the VST's dispersion trend is estimated across genes
+# (one gene gives no trend and DESeq2's fit stops; from two on, batchmix falls back to the mean).
+MIN_COUNT_GENES = 2
+
+
+# Cell checks run on blocks of this many columns, so that their temporary arrays stay small next to
+# the matrix; the full mask is built only when a check fails, to name the cells.
+_BLOCK_COLUMNS = 32
+
+
+def _blocks(arr: np.ndarray):
+    for j in range(0, arr.shape[1], _BLOCK_COLUMNS):
+        yield arr[:, j : j + _BLOCK_COLUMNS]
+
+
+def _any_cell(arr: np.ndarray, test) -> bool:
+    return any(bool(test(block).any()) for block in _blocks(arr))
+
+
+def _count_cells(arr: np.ndarray, test) -> int:
+    return sum(int(np.count_nonzero(test(block))) for block in _blocks(arr))
+
+
+def _fractional(values: np.ndarray) -> np.ndarray:
+    return values != np.round(values)
+
+
+def _cells(failing: np.ndarray, ids, samples, where, show) -> tuple[list[str], int]:
+    r, c = np.nonzero(failing)
+    shown = [f"gene {ids[i]!r} ({where(i)}), sample {samples[j]!r}{show(i, j)}" for i, j in zip(r[:_SHOW], c[:_SHOW])]
+    return shown, len(r)
+
+
+def read_expression(
+    path: str | Path,
+    input_type: str = "counts",
+    *,
+    layer: str | None = None,
+    sample_names: dict | None = None,
+) -> pd.DataFrame:
     """Read and check a genes × samples expression table.
 
     Parameters
     ----------
     path : str or Path
-        Table with the gene id in the first column and one column per sample.
-    input_type : {"counts", "log"}
+        Table with the gene id in the first column and one column per sample (TSV/CSV, optionally
+        gzipped; featureCounts output; Parquet), or an AnnData .h5ad file (samples × genes).
+    input_type : {"counts", "estimated_counts", "log"}
         ``counts``: every value must be a non-negative integer, no missing values.
+        ``estimated_counts``: non-negative numbers (salmon/kallisto/RSEM through tximport), rounded to
+        whole numbers as DESeq2's ``DESeqDataSetFromTximport`` does (``round()``, half to even).
         ``log``: every value must be numeric; missing values are allowed (the per-gene fits handle them).
+    layer : str, optional
+        For .h5ad: read this layer instead of ``X`` (config ``expression_layer``).
+    sample_names : dict, optional
+        For featureCounts output: BAM path or base name → sample id (config ``featurecounts_samples``).
 
     Returns
     -------
     pandas.DataFrame
-        float64 values, index ``gene_id`` (strings), columns = sample ids.
+        float64 values, index ``gene_id`` (strings, verbatim), columns = sample ids.
 
     Raises
     ------
     InputError
-        Naming the file, the gene and sample of the first offending cells, and what to do.
+        Naming the file, the gene, line and sample of the first offending cells, and what to do.
     """
+    return _read_expression(path, input_type, layer=layer, sample_names=sample_names)[0]
+
+
+def _read_expression(path, input_type, *, layer, sample_names) -> tuple[pd.DataFrame, pd.Series | None, list[str], str]:
+    """:func:`read_expression`, with the reader's gene symbols, notes and the file's format."""
     path = Path(path)
     what = "expression table"
-    table = read_table(path, what)
-    ids = table.iloc[:, 0]
-    _check_ids(ids, path, what, "gene")
-    samples = list(table.columns[1:])
-    dup_cols = list(dict.fromkeys(s for s in samples if samples.count(s) > 1))
-    if dup_cols:
+    if input_type not in INPUT_TYPES:
+        raise InputError(f"config: input_type must be one of {', '.join(INPUT_TYPES)}, not {input_type!r}.")
+    table = read_expression_table(path, what, layer=layer, sample_names=sample_names)
+    ids, samples, arr, where = table.ids, table.samples, table.values, table.where
+    if len(ids) == 0:
+        raise InputError(f"{path}: the {what} has a header but no gene rows. Was it exported completely?")
+    _check_ids(pd.Series(ids, dtype=object), path, what, "gene", where)
+    _check_sample_columns(samples, path, what)
+    notes = list(table.notes)
+
+    def value(i, j):
+        return f": {arr[i, j]:g}"
+
+    if _any_cell(arr, np.isinf):
+        cells, n = _cells(np.isinf(arr), ids, samples, where, value)
         raise InputError(
-            f"{path}: duplicate sample columns in the {what}: {_listing(dup_cols)}. Each sample must appear once."
+            f"{path}: infinite values in the {what} at {_listing(cells, n)}. "
+            "Replace them by numbers" + (" or leave the cells empty (missing)." if input_type == "log" else ".")
         )
-    raw = table.iloc[:, 1:]
-    values = raw.apply(pd.to_numeric, errors="coerce")
-    bad = values.isna() & raw.notna()
-    if bad.to_numpy().any():
-        r, c = np.nonzero(bad.to_numpy())
-        cells = [
-            f"gene {ids.iloc[i]} (line {i + 2}), sample {samples[j]}: {raw.iat[i, j]!r}"
-            for i, j in zip(r[:_SHOW], c[:_SHOW])
-        ]
-        raise InputError(
-            f"{path}: non-numeric values in the {what} at {_listing(cells, len(r))}. "
-            "Every cell after the gene id must be a number."
-        )
-    arr = values.to_numpy(dtype=float)
-    if input_type == "counts":
-        # (cells that fail, how to show one cell's value, what is wrong, what to do)
-        checks = [
-            (
-                np.isnan(arr),
-                lambda v: "",
-                "missing values in a count table",
-                "Counts cannot be missing: fill them in, drop the gene, or use `input_type: log` for log-scale data.",
-            ),
-            (
-                arr < 0,
-                lambda v: f": {v:g}",
-                "negative counts",
-                "Counts must be non-negative integers; if these are log-scale values, set `input_type: log`.",
-            ),
-            (
-                arr != np.round(arr),
-                lambda v: f": {v:g}",
-                "non-integer counts",
-                "With `input_type: counts` every value must be a whole number (raw read counts); "
-                "for normalised or log-scale values set `input_type: log`.",
-            ),
-        ]
-        for failing, show, problem, advice in checks:
-            if failing.any():
-                r, c = np.nonzero(failing)
-                cells = [
-                    f"gene {ids.iloc[i]}, sample {samples[j]}{show(arr[i, j])}" for i, j in zip(r[:_SHOW], c[:_SHOW])
-                ]
-                raise InputError(f"{path}: {problem} at {_listing(cells, len(r))}. {advice}")
-    elif input_type != "log":
-        raise InputError(f"config: input_type must be 'counts' or 'log', not {input_type!r}.")
-    if not np.isfinite(arr[~np.isnan(arr)]).all():
-        raise InputError(f"{path}: infinite values in the {what}. Replace them by numbers or leave the cells empty.")
-    out = pd.DataFrame(arr, index=pd.Index(ids.astype(str).to_numpy(), name="gene_id"), columns=samples)
-    return out
+    if input_type in COUNT_INPUT_TYPES:
+        if _any_cell(arr, np.isnan):
+            cells, n = _cells(np.isnan(arr), ids, samples, where, lambda i, j: "")
+            raise InputError(
+                f"{path}: missing values in a count table at {_listing(cells, n)}. Counts cannot be missing: "
+                "fill them in, drop the gene, or use `input_type: log` for log-scale data."
+            )
+        if _any_cell(arr, lambda b: b < 0):
+            cells, n = _cells(arr < 0, ids, samples, where, value)
+            raise InputError(
+                f"{path}: negative counts at {_listing(cells, n)}. Counts must be non-negative; "
+                "if these are log-scale values, set `input_type: log`."
+            )
+        n_fractional = _count_cells(arr, _fractional)
+        if input_type == "counts" and n_fractional:
+            cells, n = _cells(_fractional(arr), ids, samples, where, value)
+            raise InputError(
+                f"{path}: non-integer counts at {_listing(cells, n)}. With `input_type: counts` every value must be "
+                "a whole number (raw read counts). Estimated counts (salmon, kallisto or RSEM through tximport) "
+                "are not whole: set `input_type: estimated_counts` to round them as DESeq2's "
+                "DESeqDataSetFromTximport does. For normalised or log-scale values set `input_type: log`."
+            )
+        if input_type == "estimated_counts":
+            np.round(arr, out=arr)  # half to even, as R's round() in DESeqDataSetFromTximport
+            notes.append(
+                f"input_type estimated_counts: {n_fractional} value(s) rounded to whole numbers "
+                "(as DESeq2's DESeqDataSetFromTximport)."
+            )
+        zero = ~(arr > 0).any(axis=0)
+        if zero.any():
+            names = [samples[j] for j in np.flatnonzero(zero)]
+            raise InputError(
+                f"{path}: sample(s) {_listing(names, quote=True)} have only zero counts in the {what}. A sample "
+                "without reads has no library size: neither size-factor method (ratio or poscounts) can normalise "
+                "it. Remove it from the expression table and the sample sheet (it is most likely a failed library)."
+            )
+        if len(ids) < MIN_COUNT_GENES:
+            raise InputError(
+                f"{path}: the count table has {len(ids)} gene; the VST estimates its dispersion trend across "
+                f"genes and needs at least {MIN_COUNT_GENES} (it works well from a few hundred). Give the whole "
+                "table of the experiment, not a selection of genes (select genes afterwards, in the results), "
+                "or give already normalised log-scale values with `input_type: log`."
+            )
+    out = pd.DataFrame(arr, index=pd.Index(ids.astype(str), name="gene_id", dtype=object), columns=samples, copy=False)
+    return out, table.symbols, notes, table.source
 
 
 def read_samples(path: str | Path) -> pd.DataFrame:
@@ -161,7 +257,8 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     Parameters
     ----------
     path : str or Path
-        Table with the sample id in the first column; every other column is a covariate.
+        Table with the sample id in the first column; every other column is a covariate. A .h5ad
+        file gives its ``obs`` (the sample id is the obs index).
 
     Returns
     -------
@@ -171,9 +268,15 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     what = "sample sheet"
-    table = read_table(path, what)
+    table, lines = read_sheet_table(path, what)
+    if table.shape[0] == 0:
+        raise InputError(f"{path}: the {what} has a header but no sample rows.")
+
+    def where(i: int) -> str:
+        return f"line {lines[i]}" if lines is not None and i < len(lines) else f"row {i + 1}"
+
     ids = table.iloc[:, 0]
-    _check_ids(ids, path, what, "sample")
+    _check_ids(ids, path, what, "sample", where)
     sheet = table.iloc[:, 1:].copy()
     sheet.index = pd.Index(ids.astype(str).to_numpy(), name="sample_id")
     for col in sheet.columns:
@@ -214,6 +317,8 @@ def validate_inputs(
     input_type: str,
     model: str,
     batch: str,
+    *,
+    config: dict | None = None,
 ) -> ValidatedInputs:
     """Read both inputs and check everything the workflow relies on.
 
@@ -226,11 +331,15 @@ def validate_inputs(
     ----------
     expression_path, samples_path : str or Path
         The config's ``expression`` and ``samples``.
-    input_type : {"counts", "log"}
+    input_type : {"counts", "estimated_counts", "log"}
     model : str
         lme4-style formula, e.g. ``"~ Infection + (1|Batch)"``.
     batch : str
         Sample-sheet column naming the batch.
+    config : dict, optional
+        The workflow config (defaults filled in). When given, its input keys are used and checked too:
+        ``expression_layer`` and ``featurecounts_samples`` (how to read the table), and
+        ``vst.size_factors: ratio`` (needs a gene without zeros, else the fix is named here, before any job).
 
     Returns
     -------
@@ -246,7 +355,20 @@ def validate_inputs(
 
     expression_path, samples_path = Path(expression_path), Path(samples_path)
     samples = read_samples(samples_path)
-    expression = read_expression(expression_path, input_type)
+    config = config or {}
+    expression, symbols, reader_notes, source = _read_expression(
+        expression_path,
+        input_type,
+        layer=config.get("expression_layer"),
+        sample_names=config.get("featurecounts_samples"),
+    )
+    if input_type in COUNT_INPUT_TYPES and (config.get("vst") or {}).get("size_factors") == "ratio":
+        if not (expression.to_numpy() > 0).all(axis=1).any():
+            raise InputError(
+                f"{expression_path}: every gene has a zero count in at least one sample, so DESeq2's median-of-ratios "
+                "size factors (`vst: {size_factors: ratio}`) cannot be computed. Set `vst: {size_factors: poscounts}` "
+                "(DESeq2's choice for sparse data such as single-cell counts)."
+            )
 
     in_sheet, in_table = list(samples.index), list(expression.columns)
     missing = [s for s in in_sheet if s not in set(in_table)]
@@ -256,16 +378,23 @@ def validate_inputs(
         if missing:
             parts.append(
                 f"{len(missing)} sample(s) of the sample sheet {samples_path} have no column in the expression "
-                f"table: {_listing(missing)}"
+                f"table {expression_path}: {_listing(missing, quote=True)}"
             )
         if extra:
             parts.append(
                 f"{len(extra)} column(s) of the expression table {expression_path} are not in the sample sheet: "
-                f"{_listing(extra)}"
+                f"{_listing(extra, quote=True)}"
+            )
+        hint = ""
+        if source == "featureCounts":
+            hint = (
+                f" {expression_path} is featureCounts output: its sample ids are the BAM file names without "
+                "directory and .bam. Map them to the sheet's ids with the config key featurecounts_samples "
+                "({BAM path or base name: sample id}), or rename the sheet's ids."
             )
         raise InputError(
             "; ".join(parts) + ". The sample ids (first column of the sheet) must match the table's column names "
-            "exactly: add the missing rows/columns or remove the extra ones."
+            "exactly: add the missing rows/columns or remove the extra ones." + hint
         )
 
     try:
@@ -295,9 +424,9 @@ def validate_inputs(
             "Check that `batch` names the right column."
         )
 
-    notes = []
+    notes = list(reader_notes)
     expression = expression.loc[:, in_sheet]
     n_missing_genes = int(expression.isna().any(axis=1).sum())
     if n_missing_genes:
         notes.append(f"{n_missing_genes} gene(s) have missing values; they are fitted on their observed samples.")
-    return ValidatedInputs(expression=expression, samples=samples, batch=labels, notes=notes)
+    return ValidatedInputs(expression=expression, samples=samples, batch=labels, notes=notes, symbols=symbols)
