@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from batchmix import lmm, moderate
-from batchmix.io import read_matrix, read_result_table, read_samples, table_lines, table_writer, write_table
+from batchmix.io import read_matrix, read_result_table, table_lines, table_writer, write_table
+from batchmix.pipeline.validate import load_samples
 
 __all__ = ["split_genes_stage", "lmm_chunk_stage", "gather_lmm_stage", "concatenate_tables"]
 
@@ -68,7 +69,7 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     batch BLUPs).
     """
     expr = read_matrix(inputs["expression"])
-    samples = read_samples(inputs["samples"]).loc[expr.columns]
+    samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
     fit = lmm.fit(expr, samples, config["model"], reml=config["reml"], gene_status=status.reindex(expr.index))
     write_table(fit.gene_fits, outputs["fits"])
@@ -111,7 +112,7 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     if "fixed_vcov" in outputs:
         concatenate_tables(inputs["fixed_vcov"], outputs["fixed_vcov"])
     if "model" in outputs:
-        samples = read_samples(inputs["samples"])
+        samples = load_samples(config, inputs["samples"])
         lmm.model_metadata(config["model"], samples, reml=config["reml"]).write_json(outputs["model"])
     if "corrected" in outputs:
         concatenate_tables(inputs["corrected"], outputs["corrected"])

@@ -17,6 +17,7 @@ from .. import io
 from ..defaults import DEFAULT_SEED
 from ..design import sanitize_name
 from ..lmm import missing
+from ..pipeline.validate import load_samples
 from ..plots.style import save_png
 from ..plots.uncertainty import plot_bootstrap_band, plot_posterior
 from .bootstrap import BOOT_COLUMNS, bootstrap
@@ -99,14 +100,16 @@ def uncertainty_stage(
     prior_scale = float(ucfg.get("prior_scale", 1.0))
     seed = int(ucfg.get("seed", DEFAULT_SEED))
     expr = io.read_matrix(expression_path)
-    samples = io.read_samples(samples_path).loc[expr.columns]
+    samples = load_samples(config, samples_path).loc[expr.columns]
     status = io.read_result_table(status_path).set_index("gene_id")["status"]
     fits = io.read_result_table(fits_path)
     chosen = _choose_genes(ucfg.get("genes", "all"), fits, config["batch"])
     chosen = [g for g in chosen if g in expr.index]
     fig_genes = ucfg.get("figure_genes") or list(config.get("report", {}).get("genes") or [])
     fitted = set(fits.loc[fits["status"].isin(["ok", "singular"]), "gene_id"])
-    fig_genes = [str(g) for g in fig_genes if str(g) in fitted and str(g) in expr.index] or chosen[:1]
+    fig_genes = [str(g) for g in fig_genes if str(g) in fitted and str(g) in expr.index] or [
+        g for g in _choose_genes(1, fits, config["batch"] or "") if g in expr.index
+    ]  # default: the most batch-driven fitted gene
     chosen += [g for g in fig_genes if g not in set(chosen)]  # figure genes are always done
     fit_status = fits.set_index("gene_id")["status"].reindex(expr.index)
     gstatus = status.reindex(expr.index).fillna("failed:no_status").astype(str)
