@@ -285,7 +285,8 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     outputs += [
         path(STAGE_OUTPUTS["design"]["design"], outdir=outdir),
         path(STAGE_OUTPUTS["summary"]["summary"], outdir=outdir),
-        *de_table_paths(config, outdir=outdir),
+        # the de rule writes the tables with it (their names need the sample sheet: stage_outputs)
+        path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
     ]
     if simpson_runs(config):
         outputs.append(path(STAGE_OUTPUTS["simpson"]["reversals"], outdir=outdir))
@@ -295,7 +296,7 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     return outputs
 
 
-def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str | list[str]]:
+def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     """Everything the report summarises, by the keys :func:`batchmix.report.build_report` reads.
 
     Always: ``vst_info``, ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``,
@@ -303,7 +304,8 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str | list
     batch ``corrected``; with ``simpson.enabled`` ``reversals``, ``simpson_summary``,
     ``simpson_figure``; with the uncertainty stage ``uncertainty_summary``, ``uncertainty_bootstrap``,
     ``uncertainty_posterior``, ``uncertainty_figures`` (a directory). Also always ``design``,
-    ``summary``, ``pca``, ``pca_scores``, ``de_summary`` and ``de_tables`` (a list, in coefficient order).
+    ``summary``, ``pca``, ``pca_scores`` and ``de_summary`` (the DE tables are read next to it, named by
+    :func:`de_table_name`, as the de rule writes them with it).
     """
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
     simpson, unc = STAGE_OUTPUTS["simpson"], STAGE_OUTPUTS["uncertainty"]
@@ -340,5 +342,4 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str | list
         inputs["uncertainty_bootstrap"] = at(unc["bootstrap"])
         inputs["uncertainty_posterior"] = at(unc["posterior"])
         inputs["uncertainty_figures"] = at(unc["figures"])
-    inputs["de_tables"] = de_table_paths(config, outdir=outdir)
     return inputs

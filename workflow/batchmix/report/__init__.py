@@ -21,6 +21,7 @@ from pathlib import Path
 from batchmix.io import read_matrix, read_result_table
 from batchmix.lmm import model_metadata
 from batchmix.lmm.results import ModelMetadata
+from batchmix.pipeline.paths import de_table_name
 from batchmix.pipeline.validate import load_samples
 from batchmix.report.conclusions import de_section, design_section, gene_search_section, verdict_section
 from batchmix.report.render import Figures, render_page
@@ -56,7 +57,7 @@ def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str,
         (``results/lmm/fixed_vcov.tsv``), ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
         ``simpson_summary``, ``simpson_figure``, ``uncertainty_summary``, ``uncertainty_bootstrap``,
         ``uncertainty_posterior``, ``uncertainty_figures`` (a directory); the conclusions' ``design``,
-        ``summary``, ``pca``, ``pca_scores``, ``de_summary`` and ``de_tables`` (a list of paths).
+        ``summary``, ``pca``, ``pca_scores`` and ``de_summary`` (the DE tables are read next to it).
     config : dict, optional
         The workflow config: the sheet is read with its ``levels`` and batch
         (:func:`batchmix.pipeline.validate.load_samples`).
@@ -100,17 +101,17 @@ def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str,
         "pca": _json(optional("pca")) or {"data": {}, "n_genes": 0, "note": "The diagnostics stage did not run."},
         "pca_scores": read_result_table(inputs["pca_scores"]) if optional("pca_scores") else None,
         "de_summary": _json(optional("de_summary")),
-        "de_tables": _de_tables(optional("de_summary"), optional("de_tables")),
+        "de_tables": _de_tables(optional("de_summary")),
     }
 
 
-def _de_tables(summary_path, table_paths) -> dict:
-    """The DE tables by coefficient: the summary's coefficients in order, matched to the list of paths."""
-    if not summary_path or not table_paths:
+def _de_tables(summary_path) -> dict:
+    """The DE tables by coefficient, next to ``de/summary.json`` (the de stage writes them together)."""
+    if not summary_path:
         return {}
     names = list(json.loads(Path(summary_path).read_text())["coefficients"])
-    paths = [table_paths] if isinstance(table_paths, str) else list(table_paths)
-    return {name: read_result_table(p) for name, p in zip(names, paths)}
+    folder = Path(summary_path).parent
+    return {name: read_result_table(folder / f"{de_table_name(name)}.tsv") for name in names}
 
 
 def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
