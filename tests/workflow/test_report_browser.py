@@ -93,7 +93,9 @@ window.addEventListener("load", function () {
   });
   // Anything wider than the window (a table, a figure, a long name) makes the page scroll sideways.
   window.__probe.overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+  // Inside a .scroll box a wide table scrolls within the box, by design: only its box must fit.
   window.__probe.wide = Array.prototype.filter.call(document.querySelectorAll("main *"), function (el) {
+    if (el.parentElement && el.parentElement.closest(".scroll")) return false;
     return el.getBoundingClientRect().right > document.documentElement.clientWidth + 1;
   }).map(function (el) { return el.tagName + (el.id ? "#" + el.id : ""); }).slice(0, 10);
   var out = document.createElement("pre");
