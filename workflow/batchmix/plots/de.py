@@ -70,8 +70,15 @@ def plot_volcano(table: pd.DataFrame, coefficient: str, *, fdr: float = 0.05):
         ax.set_axisbelow(True)
     present = [c for c in ("both", "ols_only", "lmm_only", "neither") if (called["change"] == c).any()]
     handles = [
-        Line2D([], [], marker="o", linestyle="", color=CHANGE_COLOURS[c], label=f"{CHANGE_LABELS[c]} (q ≤ {fdr:g})")
-        for c in present
+        Line2D([], [], marker="o", linestyle="", color=CHANGE_COLOURS[c], label=CHANGE_LABELS[c]) for c in present
     ]
-    fig.legend(handles=handles, loc="outside lower center", frameon=False, fontsize=8, ncols=2)
+    fig.legend(
+        handles=handles,
+        title=f"significant: Benjamini–Hochberg q ≤ {fdr:g}",
+        title_fontsize=8,
+        loc="outside lower center",
+        frameon=False,
+        fontsize=8,
+        ncols=2,
+    )
     return fig
