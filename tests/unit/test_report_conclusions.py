@@ -126,10 +126,12 @@ def test_gene_search_table_holds_fitted_genes_rounded_and_lists_the_others_by_st
     assert data["genes"] == fitted["gene_id"].tolist()
     assert data["status"][:50] == [1] * 50
     i = 60
-    assert data["fractions"]["Batch"][i] == round(float(fitted["frac_Batch"].iloc[i]), 3)
-    assert data["lrt_p"][i] == float(f"{fitted['lrt_p'].iloc[i]:.3g}")
+    assert data["fractions"]["Batch"][i] == round(1000 * float(fitted["frac_Batch"].iloc[i]))
+    assert abs(10 ** -data["lrt"][i] / fitted["lrt_p"].iloc[i] - 1) < 0.012  # -log10 to 2 decimals
     row = tables["Condition0"].set_index("gene_id").loc[data["genes"][i]]
+    assert data["de"]["Condition0"]["logfc"][i] == round(row["logfc"], 2)
     assert data["change_codes"][data["de"]["Condition0"]["change"][i]] == row["change"]
+    assert data["omitted"] == []
     assert sorted(data["not_fitted"]["filtered:low_counts"]) == sorted(
         fits.loc[fits["status"] == "filtered:low_counts", "gene_id"]
     )
@@ -139,6 +141,17 @@ def test_the_embedded_table_of_60000_genes_stays_under_5_mb():
     fits, tables = _synthetic(60_000, 2)
     section = gene_search_section(fits, tables, fraction_labels=LABELS)
     json.loads(section["json"].replace("<\\/", "</"))
-    print(f"embedded gene table, 60,000 genes, 2 coefficients: {section['bytes'] / 1e6:.2f} MB")
-    assert section["bytes"] < 5_000_000
+    print(f"embedded gene table, 60,000 genes (70% fitted), 2 coefficients: {section['bytes'] / 1e6:.2f} MB")
+    assert section["bytes"] < 5_000_000 and section["omitted"] == []
     assert "</" not in section["json"]
+
+
+def test_beyond_the_budget_coefficients_are_left_out_and_named():
+    fits, tables = _synthetic(60_000, 6)
+    fits["status"] = "ok"
+    section = gene_search_section(fits, tables, fraction_labels=LABELS)
+    print(f"embedded gene table, 60,000 fitted genes, 6 coefficients: {section['bytes'] / 1e6:.2f} MB")
+    assert section["bytes"] < 5_000_000
+    data = json.loads(section["json"].replace("<\\/", "</"))
+    assert 1 <= len(data["de"]) < 6
+    assert section["omitted"] == [f"Condition{k}" for k in range(len(data["de"]), 6)]

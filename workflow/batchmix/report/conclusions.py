@@ -189,19 +189,40 @@ def de_section(config: dict, tables: dict, figures: Figures) -> dict:
     return {"available": True, "fdr": fdr, "coefficients": blocks}
 
 
+#: The gene search's embedded table stops adding coefficients' DE rows beyond this many bytes.
+SEARCH_TABLE_BUDGET = 4_500_000
+
+
 def _rounded(values, digits: int) -> list:
+    """Numbers to ``digits`` decimals (integers when ``digits`` is 0); missing values ``None``."""
     out = []
     for v in np.asarray(values, dtype=float):
-        out.append(None if not math.isfinite(v) else round(float(v), digits))
+        if not math.isfinite(v):
+            out.append(None)
+        else:
+            out.append(int(round(v)) if digits == 0 else round(float(v), digits))
     return out
 
 
-def _significant(values) -> list:
-    """p- and q-values to 3 significant digits (small values keep their exponent)."""
-    return [None if not math.isfinite(v) else float(f"{v:.3g}") for v in np.asarray(values, dtype=float)]
+def _minus_log10(values) -> list:
+    """p- and q-values as −log10, 2 decimals (the page shows 10^−x to 2 significant digits)."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = -np.log10(np.clip(values, 1e-300, 1.0))
+    return _rounded(np.where(np.isfinite(values), scores, np.nan), 2)
 
 
-def gene_search_table(gene_fits: pd.DataFrame, de_tables: dict, *, fraction_labels: dict[str, str]) -> dict:
+def _size(obj) -> int:
+    return len(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+
+
+def gene_search_table(
+    gene_fits: pd.DataFrame,
+    de_tables: dict,
+    *,
+    fraction_labels: dict[str, str],
+    budget: int = SEARCH_TABLE_BUDGET,
+) -> dict:
     """The compact table behind the gene search box: fitted genes only, rounded values, column-wise.
 
     Parameters
@@ -212,14 +233,18 @@ def gene_search_table(gene_fits: pd.DataFrame, de_tables: dict, *, fraction_labe
         ``results/de/<coef>.tsv`` by coefficient.
     fraction_labels : dict of str to str
         Variance-fraction column → its label on the page (``frac_Batch`` → ``Batch``).
+    budget : int
+        Bytes (as JSON) beyond which no further coefficient's DE rows are added; the coefficients
+        left out are listed in ``omitted``, and the page says so.
 
     Returns
     -------
     dict
         ``genes`` (ids of the fitted genes), ``status`` (0 ok, 1 singular), ``fractions`` (label →
-        values to 3 decimals), ``lrt_p`` (3 significant digits), ``de`` (coefficient → ``logfc``,
-        ``q``, ``ols_logfc``, ``ols_q`` and ``change`` as a code of ``change_codes``) and
-        ``not_fitted`` (status → gene ids), so that every input gene is found.
+        per mille, integers), ``lrt`` (−log10 of the batch LRT p-value, 2 decimals), ``de``
+        (coefficient → ``logfc`` and ``ols_logfc`` to 2 decimals, ``q`` and ``ols_q`` as −log10 to 2
+        decimals, ``change`` as an index into ``change_codes``), ``omitted`` and ``not_fitted``
+        (status → gene ids), so that every input gene is found.
     """
     status = gene_fits["status"].astype(str)
     fitted = gene_fits[status.isin(FITTED_STATUSES)]
@@ -228,25 +253,35 @@ def gene_search_table(gene_fits: pd.DataFrame, de_tables: dict, *, fraction_labe
         "genes": ids,
         "status": [0 if s == "ok" else 1 for s in fitted["status"]],
         "fractions": {
-            label: _rounded(fitted[column], 3) for column, label in fraction_labels.items() if column in fitted
+            label: _rounded(1000 * fitted[column].to_numpy(dtype=float), 0)
+            for column, label in fraction_labels.items()
+            if column in fitted
         },
-        "lrt_p": _significant(fitted["lrt_p"]) if "lrt_p" in fitted else None,
+        "lrt": _minus_log10(fitted["lrt_p"]) if "lrt_p" in fitted else None,
         "change_codes": ["both", "lmm_only", "ols_only", "neither"],
         "de": {},
+        "omitted": [],
         "not_fitted": {},
     }
+    for state, group in gene_fits[~status.isin(FITTED_STATUSES)].groupby("status", sort=True):
+        out["not_fitted"][str(state)] = group["gene_id"].astype(str).tolist()
+    size = _size(out)
     for name, frame in de_tables.items():
         rows = frame.set_index(frame["gene_id"].astype(str)).reindex(ids)
         codes = rows["change"].map({c: i for i, c in enumerate(out["change_codes"])})
-        out["de"][name] = {
-            "logfc": _rounded(rows["logfc"], 3),
-            "q": _significant(rows["q"]),
-            "ols_logfc": _rounded(rows["ols_logfc"], 3),
-            "ols_q": _significant(rows["ols_q"]),
+        block = {
+            "logfc": _rounded(rows["logfc"], 2),
+            "q": _minus_log10(rows["q"]),
+            "ols_logfc": _rounded(rows["ols_logfc"], 2),
+            "ols_q": _minus_log10(rows["ols_q"]),
             "change": [None if pd.isna(c) else int(c) for c in codes],
         }
-    for state, group in gene_fits[~status.isin(FITTED_STATUSES)].groupby("status", sort=True):
-        out["not_fitted"][str(state)] = group["gene_id"].astype(str).tolist()
+        extra = _size({name: block})
+        if size + extra > budget:
+            out["omitted"].append(name)
+            continue
+        out["de"][name] = block
+        size += extra
     return out
 
 
@@ -255,4 +290,10 @@ def gene_search_section(gene_fits: pd.DataFrame, de_tables: dict, *, fraction_la
     data = gene_search_table(gene_fits, de_tables, fraction_labels=fraction_labels)
     text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     example = data["genes"][0] if data["genes"] else ""
-    return {"json": text, "n_genes": len(data["genes"]), "bytes": len(text.encode()), "example": example}
+    return {
+        "json": text,
+        "n_genes": len(data["genes"]),
+        "bytes": len(text.encode()),
+        "example": example,
+        "omitted": data["omitted"],
+    }
