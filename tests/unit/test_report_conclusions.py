@@ -155,3 +155,16 @@ def test_beyond_the_budget_coefficients_are_left_out_and_named():
     data = json.loads(section["json"].replace("<\\/", "</"))
     assert 1 <= len(data["de"]) < 6
     assert section["omitted"] == [f"Condition{k}" for k in range(len(data["de"]), 6)]
+
+
+def test_contrast_text_names_the_level_and_the_reference_in_the_models_order():
+    from batchmix.design import categorize
+    from batchmix.report.conclusions import contrast_text
+
+    sheet = pd.DataFrame({"dex": ["trt", "untrt", "trt", "untrt"], "dose": [1.0, 2.0, 3.0, 4.0]})
+    formula = "~ dex + dose + (1|b)"
+    assert contrast_text("dexuntrt", sheet, formula) == "untrt against the reference level trt of dex"
+    assert contrast_text("dose", sheet, formula) == "the slope per unit of dose"
+    relevelled = categorize(sheet, levels={"dex": ["untrt", "trt"]})
+    assert contrast_text("dextrt", relevelled, formula) == "trt against the reference level untrt of dex"
+    assert contrast_text("dexuntrt", relevelled, formula) == ""

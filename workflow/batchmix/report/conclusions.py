@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from batchmix.de import FITTED_STATUSES
+from batchmix.design import formula_columns, level_label, parse_formula, sanitize_name
 from batchmix.plots.de import plot_volcano
 from batchmix.report.render import Figures, table
 
@@ -82,8 +83,17 @@ def verdict_section(config: dict, tables: dict) -> dict:
         "recommendation_meaning": verdict.get("recommendation_meaning", ""),
         "text": verdict["text"],
         "rows": rows,
-        "de": [entry["sentence"] for entry in summary.get("de", {}).values()],
+        "de": [
+            _with_contrast(name, entry["sentence"], config, tables) for name, entry in summary.get("de", {}).items()
+        ],
     }
+
+
+def _with_contrast(name: str, sentence: str, config: dict, tables: dict) -> str:
+    """The DE sentence with what its coefficient compares, when the sheet and the model say."""
+    samples = tables.get("samples")
+    contrast = contrast_text(name, samples, config["model"]) if samples is not None and "model" in config else ""
+    return f"{sentence.rstrip('.')} ({contrast})." if contrast else sentence
 
 
 def design_section(config: dict, tables: dict) -> dict:
@@ -139,6 +149,31 @@ def design_section(config: dict, tables: dict) -> dict:
     }
 
 
+def contrast_text(coefficient: str, samples: pd.DataFrame, formula: str) -> str:
+    """What a coefficient compares, in words: ``"trt against the reference level untrt of dex"``.
+
+    Factor levels are in the order the models used (the sheet as read by
+    :func:`batchmix.pipeline.validate.load_samples`: ``levels`` and the batch categorical, other text
+    sorted); a numeric column is a slope. Empty when the coefficient is not a main effect.
+    """
+    fixed = parse_formula(formula).fixed
+    columns = formula_columns("~ " + fixed) if fixed.strip() != "1" else []
+    for column in columns:
+        values = samples[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            levels = [str(c) for c in values.cat.remove_unused_categories().cat.categories]
+        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            if sanitize_name(column) == coefficient:
+                return f"the slope per unit of {column}"
+            continue
+        else:
+            levels = sorted({level_label(v) for v in values.dropna()})
+        for level in levels[1:]:
+            if sanitize_name(column + level) == coefficient:
+                return f"{level} against the reference level {levels[0]} of {column}"
+    return ""
+
+
 def de_section(config: dict, tables: dict, figures: Figures) -> dict:
     """The "Differential expression with and without batch" section, one block per coefficient."""
     de_summary = tables.get("de_summary")
@@ -150,6 +185,7 @@ def de_section(config: dict, tables: dict, figures: Figures) -> dict:
         frame = tables["de_tables"].get(name)
         block = {
             "name": name,
+            "contrast": contrast_text(name, tables["samples"], config["model"]),
             "sentence": entry["sentence"],
             "counts": [
                 ("tested (fitted genes)", entry["n_tested"]),
