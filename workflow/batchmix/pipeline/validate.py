@@ -161,7 +161,7 @@ def validate_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> d
     validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
     report = design_report(config, validated)
     report.raise_on_errors()
-    notes = list(validated.notes) + [f"{f.severity} [{f.code}]: {f.message}" for f in report.findings]
+    notes = list(validated.notes) + [f"design check {f.severity} [{f.code}]: {f.message}" for f in report.findings]
     for note in notes:
         logger.info("note: %s", note)
     return {
