@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchmix.config import load_schema
 from batchmix.design import parse_formula, sanitize_name
 from batchmix.diagnostics import PCAResult
 from batchmix.io import file_md5
@@ -212,6 +213,9 @@ def run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
     parsed = parse_formula(config["model"])
     not_fitted = gene_fits.loc[~gene_fits["status"].isin(FITTED_STATUSES), ["gene_id", "status"]]
     plain_config = json.loads(json.dumps(config, default=str))
+    # In the schema's order: Snakemake and the command line fill the defaults in different orders.
+    order = {key: i for i, key in enumerate(load_schema()["properties"])}
+    plain_config = {k: plain_config[k] for k in sorted(plain_config, key=lambda k: (order.get(k, len(order)), k))}
     return {
         "moderation": _moderation_note(gene_fits),
         "counts": counts,
