@@ -642,6 +642,7 @@ def test_snakemake_report_caption_covers_every_figure(default_build):
         "top_batch_genes",
         "shrinkage",
         "mean_sd",
+        "volcano",
         "bootstrap_band",
         "posterior",
     }
