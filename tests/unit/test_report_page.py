@@ -16,6 +16,7 @@ from batchmix import report
 from batchmix.config import fill_defaults
 from batchmix.io import read_matrix, read_samples
 from batchmix.lmm import fit, model_metadata
+from batchmix.pipeline.summary import diagnostics_stage
 from batchmix.report import summaries
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,6 +275,13 @@ def make_study(
             "report": {"genes": report_genes or [], "top_pairs": 2},
         }
     )
+    # The batch figures draw the diagnostics stage's PCA: run it on the study.
+    (d / "diagnostics").mkdir(exist_ok=True)
+    diagnostics_inputs = {k: inputs[k] for k in ("gene_status", "samples")} | {"expression": inputs["vst_expression"]}
+    if "corrected" in inputs:
+        diagnostics_inputs["corrected"] = inputs["corrected"]
+    inputs["pca"], inputs["pca_scores"] = str(d / "diagnostics/pca.json"), str(d / "diagnostics/pca_scores.tsv")
+    diagnostics_stage(config, diagnostics_inputs, {"pca": inputs["pca"], "scores": inputs["pca_scores"]}, {})
     return config, inputs
 
 
@@ -634,6 +642,7 @@ def test_snakemake_report_caption_covers_every_figure(default_build):
         "top_batch_genes",
         "shrinkage",
         "mean_sd",
+        "volcano",
         "bootstrap_band",
         "posterior",
     }

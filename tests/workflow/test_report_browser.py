@@ -24,6 +24,9 @@ import pytest
 from conftest import make_run_dir, run_snakemake
 
 SECTIONS = {
+    "verdict": "Verdict",
+    "design": "Design check",
+    "de": "Differential expression with and without batch",
     "run": "The run",
     "batch": "Batch diagnostics",
     "lmm": "Mixed models",
@@ -90,7 +93,9 @@ window.addEventListener("load", function () {
   });
   // Anything wider than the window (a table, a figure, a long name) makes the page scroll sideways.
   window.__probe.overflow = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+  // Inside a .scroll box a wide table scrolls within the box, by design: only its box must fit.
   window.__probe.wide = Array.prototype.filter.call(document.querySelectorAll("main *"), function (el) {
+    if (el.parentElement && el.parentElement.closest(".scroll")) return false;
     return el.getBoundingClientRect().right > document.documentElement.clientWidth + 1;
   }).map(function (el) { return el.tagName + (el.id ? "#" + el.id : ""); }).slice(0, 10);
   var out = document.createElement("pre");
@@ -151,11 +156,11 @@ def screenshot(chromium: str, html: Path, png: Path, width: int = 1280, height: 
         raise RuntimeError(f"chromium wrote no screenshot:\n{proc.stderr[-3000:]}")
 
 
-def probe_page(chromium: str, html: Path, work: Path) -> tuple[dict, str, str]:
+def probe_page(chromium: str, html: Path, work: Path, probe: str = PROBE) -> tuple[dict, str, str]:
     """Load a probed copy of ``html``; returns the probe's record, the rendered DOM and Chromium's log."""
     page = html.read_text()
     probed = work / "probed_report.html"
-    probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1))
+    probed.write_text(page.replace("<head>", "<head>\n" + probe, 1))
     proc = run_chromium(
         chromium,
         probed.as_uri(),
@@ -213,6 +218,81 @@ def test_main_sections_are_present(rendered):
     # The fixture's model has the batch as a random factor: before and after correction are shown.
     assert "after correction" in dom
     assert 'id="accounting-check"' in dom
+
+
+def test_the_verdict_comes_first(rendered):
+    _, dom, _, _ = rendered
+    main = dom[dom.index("<main>") :]
+    assert re.match(r'<main>\s*<section id="verdict">', main)
+    assert re.search(r'id="verdict-batch-effect">(none|weak|moderate|strong)<', dom)
+    assert re.search(r'<p class="verdict" id="verdict-text">Batch effect: \w+\.', dom)
+
+
+# Types a gene id into the search box one character at a time, as a user does (an ``input`` event per
+# keystroke, which is what the page listens to), and records what the result box shows after each
+# step; then clicks the first of several matches.
+SEARCH_PROBE = """<script>
+window.__probe = {errors: [], steps: []};
+window.addEventListener("error", function (e) { window.__probe.errors.push("error: " + e.message); }, true);
+window.addEventListener("load", function () {
+  var input = document.getElementById("gene-query");
+  var result = document.getElementById("gene-result");
+  function type(text) {
+    input.value = "";
+    for (var i = 0; i < text.length; i++) {
+      input.value += text[i];
+      input.dispatchEvent(new Event("input", {bubbles: true}));
+    }
+    return result.innerText;
+  }
+  window.__probe.steps.push({typed: "__GENE__", shown: type("__GENE__")});
+  window.__probe.steps.push({typed: "__PREFIX__", shown: type("__PREFIX__")});
+  var link = result.querySelector("a");
+  if (link) {
+    link.click();
+    window.__probe.steps.push({clicked: link.textContent, shown: result.innerText});
+  }
+  window.__probe.steps.push({typed: "no_such_gene_xyz", shown: type("no_such_gene_xyz")});
+  window.__probe.size_note = document.querySelector(".searchnote").textContent;
+  var out = document.createElement("pre");
+  out.id = "__probe";
+  out.textContent = JSON.stringify(window.__probe);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_gene_search_shows_the_typed_gene(fixture_run, chromium, tmp_path):
+    import pandas as pd
+
+    fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t", dtype={"gene_id": str})
+    de = pd.read_csv(fixture_run / "results/de/InfectionSARS_CoV_2.tsv", sep="\t", dtype={"gene_id": str})
+    fitted = fits[fits["status"].isin(["ok", "singular"])]
+    gene = fitted.sort_values("frac_Batch", ascending=False)["gene_id"].iloc[0]
+    # a prefix shared by several fitted genes: the box lists them as links
+    prefix = next(
+        g[:2] for g in fitted["gene_id"] if sum(x.lower().startswith(g[:2].lower()) for x in fitted["gene_id"]) > 1
+    )
+    probe = SEARCH_PROBE.replace("__GENE__", gene.lower()).replace("__PREFIX__", prefix.lower())
+    record, _, _ = probe_page(chromium, fixture_run / "results/report.html", tmp_path, probe=probe)
+    assert record["errors"] == []
+    typed, listed, *rest = record["steps"]
+    row = fitted.set_index("gene_id").loc[gene]
+    shown = typed["shown"]
+    assert shown.startswith(f"{gene}: {row['status']}")
+    # the page rounds: fractions to 0.1%, p-values to 2 significant digits, log fold changes to 2 decimals
+    assert f"{round(1000 * row['frac_Batch']) / 10:.1f}%" in shown
+    assert f"{round(1000 * row['frac_residual']) / 10:.1f}%" in shown
+    lrt = re.search(r"batch LRT p (\S+)", shown)
+    assert lrt and abs(float(lrt.group(1)) / row["lrt_p"] - 1) < 0.06
+    de_row = de.set_index("gene_id").loc[gene]
+    assert "InfectionSARS_CoV_2" in shown and str(round(de_row["logfc"], 2)) in shown
+    assert de_row["change"] in shown
+    assert listed["shown"].startswith("Matches: ")
+    clicked = rest[0]
+    assert clicked["shown"].startswith(clicked["clicked"] + ": ")
+    assert rest[-1]["shown"].startswith("No fitted gene matches")
+    assert re.search(r"\d+ fitted genes searchable, from a table of [\d.]+ kB", record["size_note"])
 
 
 def test_sortable_tables_sort(rendered):

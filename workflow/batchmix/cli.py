@@ -21,6 +21,10 @@ EPILOG = """examples:
   batchmix validate --config config/config.yaml
   batchmix stabilise --config config/config.yaml --outdir results
   batchmix lmm --config config/config.yaml --outdir results
+  batchmix design --config config/config.yaml --outdir results
+  batchmix de --config config/config.yaml --outdir results
+  batchmix diagnostics --config config/config.yaml --outdir results
+  batchmix summary --config config/config.yaml --outdir results
   batchmix simpson --config config/config.yaml --outdir results
   batchmix uncertainty --config config/config.yaml --outdir results
   batchmix report --config config/config.yaml --outdir results
@@ -120,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             inputs = paths.stage_inputs("validate", config)
             counts = run_stage("validate", config, inputs, {}, {})
-            print(
-                f"ok: {counts['genes']} genes x {counts['samples']} samples, {counts['batches']} batches "
-                f"({config['batch']}), model {config['model']}"
-            )
+            batches = f"{counts['batches']} batches ({config['batch']})" if config["batch"] else "no batch"
+            print(f"ok: {counts['genes']} genes x {counts['samples']} samples, {batches}, model {config['model']}")
             for note in counts["notes"]:
                 print(f"note: {note}")
             return 0

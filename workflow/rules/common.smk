@@ -1,12 +1,14 @@
 # Shared set-up: config validation, input validation, and the paths of every rule, taken from
 # batchmix.pipeline.paths (the one definition of every output path). batchmix is installed
 # (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
+import sys
+
 from snakemake.exceptions import WorkflowError
 
 from batchmix.config import fill_defaults, validate_config
 from batchmix.io import InputError
 from batchmix.pipeline import paths
-from batchmix.pipeline.validate import load_validated
+from batchmix.pipeline.validate import design_report, load_validated
 
 
 # batchmix's own validation (the schema, plus the sheet columns that keys such as simpson.adjust_for
@@ -23,9 +25,14 @@ config.update(fill_defaults(config))
 # Jobs spawned on a cluster re-read the Snakefile and skip this.
 if workflow.is_main_process:
     try:
-        load_validated(config)
+        _validated = load_validated(config)
     except InputError as err:
         raise WorkflowError(f"batchmix input validation failed:\n{err}") from None
+    # The design check's warnings (confounding, few batches, counts given as log) are said before
+    # the run too; they are in results/design/design.json and the report.
+    for _finding in design_report(config, _validated).findings:
+        if _finding.severity == "warning":
+            print(f"batchmix design check: warning [{_finding.code}]: {_finding.message}", file=sys.stderr)
 
 
 scattergather:

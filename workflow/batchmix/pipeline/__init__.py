@@ -7,6 +7,9 @@
 - :mod:`batchmix.pipeline.stabilise` the stabilise stage (filter, size factors, VST)
 - :mod:`batchmix.pipeline.lmm`       split_genes, lmm_chunk, gather_lmm
 - :mod:`batchmix.pipeline.simpson`   the simpson stage
+- :mod:`batchmix.pipeline.design`    the design stage (the design check, design.json)
+- :mod:`batchmix.pipeline.de`        the de stage (DE with and without the batch, de/<coef>.tsv)
+- :mod:`batchmix.pipeline.summary`   the diagnostics (PCA, batch R²) and summary (the verdict) stages
 
 The uncertainty stage lives in :mod:`batchmix.uncertainty` and the report in :mod:`batchmix.report`;
 the registry runs them under the same signature.
@@ -14,7 +17,7 @@ the registry runs them under the same signature.
 
 from batchmix.pipeline.paths import batch_is_random, report_inputs, stage_inputs, stage_outputs
 from batchmix.pipeline.registry import COMPOSITES, STAGES, Stage, get_stage, run_snakemake_job, run_stage
-from batchmix.pipeline.validate import load_validated
+from batchmix.pipeline.validate import load_samples, load_validated
 
 __all__ = [
     "COMPOSITES",
@@ -22,6 +25,7 @@ __all__ = [
     "Stage",
     "batch_is_random",
     "get_stage",
+    "load_samples",
     "load_validated",
     "report_inputs",
     "run_snakemake_job",

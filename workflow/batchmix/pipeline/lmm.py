@@ -20,7 +20,6 @@ from batchmix import lmm, moderate
 from batchmix.io import (
     read_matrix,
     read_result_table,
-    read_samples,
     table_lines,
     table_writer,
     write_json,
@@ -34,6 +33,7 @@ from batchmix.io.matrices import (
     read_matrix_rows,
     write_matrix,
 )
+from batchmix.pipeline.validate import load_samples
 
 __all__ = [
     "split_genes_stage",
@@ -125,7 +125,7 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     """
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
     expr = _read_chunk_expression(inputs, status)
-    samples = read_samples(inputs["samples"]).loc[expr.columns]
+    samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     status = status.reindex(expr.index)
     started = time.perf_counter()
     fits, blups, vcovs, corrected = [], [], [], []
@@ -193,7 +193,7 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     if "fixed_vcov" in outputs:
         concatenate_tables(inputs["fixed_vcov"], outputs["fixed_vcov"])
     if "model" in outputs:
-        samples = read_samples(inputs["samples"])
+        samples = load_samples(config, inputs["samples"])
         lmm.model_metadata(config["model"], samples, reml=config["reml"]).write_json(outputs["model"])
     if "corrected" in outputs:
         concatenate_matrices(inputs["corrected"], outputs["corrected"], n_genes=len(status))

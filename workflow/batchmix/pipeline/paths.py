@@ -33,6 +33,10 @@ __all__ = [
     "warnings_path",
     "final_outputs",
     "report_inputs",
+    "simpson_runs",
+    "de_table_name",
+    "de_table_coefficients",
+    "de_table_paths",
 ]
 
 # The default output directory, relative to the working directory of a run.
@@ -83,11 +87,46 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
         "summary": "uncertainty/summary.json",
         "figures": "uncertainty/figures",
     },
+    "design": {"design": "design/design.json"},
+    "de": {"tables": "de/{coef}.tsv", "summary": "de/summary.json"},
+    "diagnostics": {"pca": "diagnostics/pca.json", "scores": "diagnostics/pca_scores.tsv"},
+    "summary": {"summary": "summary.json"},
     "report": {"html": "report.html", "figures": "figures"},
 }
 
 # Stages with one job per LMM chunk: their logs are per chunk.
 _PER_CHUNK = frozenset({"lmm_chunk"})
+
+
+def simpson_runs(config: dict) -> bool:
+    """Whether the Simpson scan runs: ``simpson.enabled`` and a batch (the scan compares within batches)."""
+    return bool(config["simpson"]["enabled"]) and bool(config.get("batch"))
+
+
+def de_table_name(coefficient: str) -> str:
+    """The file name stem of a coefficient's DE table (``:`` of an interaction becomes ``__``)."""
+    return coefficient.replace(":", "__")
+
+
+def de_table_coefficients(config: dict, samples=None) -> list[str]:
+    """The coefficients that get a ``de/<coef>.tsv``, from the design alone (before any job).
+
+    Every fixed-effect coefficient except the intercept and the batch's own contrasts
+    (:func:`batchmix.de.de_coefficients`), from the config's sample sheet (read with
+    :func:`batchmix.pipeline.validate.load_samples`) unless ``samples`` is given.
+    """
+    from batchmix.de import de_coefficients
+    from batchmix.pipeline.validate import load_samples
+
+    if samples is None:
+        samples = load_samples(config)
+    return de_coefficients(config["model"], samples, batch=config.get("batch"), levels=config.get("levels") or {})
+
+
+def de_table_paths(config: dict, *, outdir: str = OUTDIR) -> list[str]:
+    """The DE tables of a run, in coefficient order."""
+    pattern = STAGE_OUTPUTS["de"]["tables"]
+    return [path(pattern.replace("{coef}", de_table_name(c)), outdir=outdir) for c in de_table_coefficients(config)]
 
 
 def batch_is_random(config: dict) -> bool:
@@ -173,6 +212,8 @@ def stage_outputs(
         if key == "corrected" and not random_batch:
             continue
         out[key] = path(relative, outdir=outdir, config=config).replace("{scatteritem}", scatteritem)
+    if stage == "de":
+        out["tables"] = de_table_paths(config, outdir=outdir)
     if stage == "split_genes" and n_chunks is not None:
         out["chunks"] = [chunk_path("genes", outdir=outdir, scatteritem=s) for s in scatteritems(n_chunks)]
     return out
@@ -221,6 +262,29 @@ def stage_inputs(
             "gene_fits": path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=outdir),
             "samples": config["samples"],
         }
+    if stage == "design":
+        return {"expression": config["expression"], "samples": config["samples"]}
+    lmm_out = STAGE_OUTPUTS["gather_lmm"]
+    if stage == "de":
+        return {
+            "gene_fits": path(lmm_out["gene_fits"], outdir=outdir),
+            "expression": expression,
+            "samples": config["samples"],
+            "model": path(lmm_out["model"], outdir=outdir),
+        }
+    if stage == "diagnostics":
+        inputs = {"expression": expression, "gene_status": status, "samples": config["samples"]}
+        if batch_is_random(config):
+            inputs["corrected"] = path(lmm_out["corrected"], outdir=outdir)
+        return inputs
+    if stage == "summary":
+        return {
+            "design": path(STAGE_OUTPUTS["design"]["design"], outdir=outdir),
+            "gene_fits": path(lmm_out["gene_fits"], outdir=outdir),
+            "model": path(lmm_out["model"], outdir=outdir),
+            "pca": path(STAGE_OUTPUTS["diagnostics"]["pca"], outdir=outdir),
+            "de_summary": path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
+        }
     if stage == "report":
         return report_inputs(config, outdir=outdir)
     raise KeyError(f"unknown stage {stage!r}; the stages are {', '.join(STAGE_OUTPUTS)}")
@@ -254,7 +318,13 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     ]
     if batch_is_random(config):
         outputs.append(path(lmm["corrected"], outdir=outdir, config=config))
-    if config["simpson"]["enabled"]:
+    outputs += [
+        path(STAGE_OUTPUTS["design"]["design"], outdir=outdir),
+        path(STAGE_OUTPUTS["summary"]["summary"], outdir=outdir),
+        # the de rule writes the tables with it (their names need the sample sheet: stage_outputs)
+        path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
+    ]
+    if simpson_runs(config):
         outputs.append(path(STAGE_OUTPUTS["simpson"]["reversals"], outdir=outdir))
     if uncertainty_enabled(config):
         unc = STAGE_OUTPUTS["uncertainty"]
@@ -269,7 +339,9 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     ``gene_fits``, ``blups``, ``fixed_vcov``, ``model``, ``samples``, ``expression``; with a random
     batch ``corrected``; with ``simpson.enabled`` ``reversals``, ``simpson_summary``,
     ``simpson_figure``; with the uncertainty stage ``uncertainty_summary``, ``uncertainty_bootstrap``,
-    ``uncertainty_posterior``, ``uncertainty_figures`` (a directory).
+    ``uncertainty_posterior``, ``uncertainty_figures`` (a directory). Also always ``design``,
+    ``summary``, ``pca``, ``pca_scores`` and ``de_summary`` (the DE tables are read next to it, named by
+    :func:`de_table_name`, as the de rule writes them with it).
     """
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
     simpson, unc = STAGE_OUTPUTS["simpson"], STAGE_OUTPUTS["uncertainty"]
@@ -292,7 +364,12 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     }
     if batch_is_random(config):
         inputs["corrected"] = at(lmm["corrected"])
-    if config["simpson"]["enabled"]:
+    inputs["design"] = at(STAGE_OUTPUTS["design"]["design"])
+    inputs["summary"] = at(STAGE_OUTPUTS["summary"]["summary"])
+    inputs["pca"] = at(STAGE_OUTPUTS["diagnostics"]["pca"])
+    inputs["pca_scores"] = at(STAGE_OUTPUTS["diagnostics"]["scores"])
+    inputs["de_summary"] = at(STAGE_OUTPUTS["de"]["summary"])
+    if simpson_runs(config):
         inputs["reversals"] = at(simpson["reversals"])
         inputs["simpson_summary"] = at(simpson["summary"])
         inputs["simpson_figure"] = at(simpson["figure"])

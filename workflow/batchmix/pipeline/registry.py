@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batchmix.pipeline.de import de_stage
+from batchmix.pipeline.design import design_stage
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
 from batchmix.pipeline.logs import stage_logging
 from batchmix.pipeline.simpson import simpson_stage
 from batchmix.pipeline.stabilise import stabilise_stage
+from batchmix.pipeline.summary import diagnostics_stage, summary_stage
 from batchmix.pipeline.validate import validate_stage
 
 __all__ = ["Stage", "STAGES", "COMPOSITES", "get_stage", "run_stage", "run_snakemake_job"]
@@ -90,6 +93,10 @@ STAGES: dict[str, Stage] = {
             gather_lmm_stage,
             "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression",
         ),
+        Stage("design", design_stage, "the design check: crosstabs, Cramér's V, random terms, findings"),
+        Stage("de", de_stage, "differential expression per coefficient, with (mixed model) and without (OLS) batch"),
+        Stage("diagnostics", diagnostics_stage, "PCA of the samples and the batch R² of the top components"),
+        Stage("summary", summary_stage, "the verdict: batch effect, design, recommendation (summary.json)"),
         Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals"),
         Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
         Stage("report", report_job, "the self-contained HTML report"),

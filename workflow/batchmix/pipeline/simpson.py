@@ -6,7 +6,8 @@ import pandas as pd
 
 from batchmix import simpson
 from batchmix.design import fixed_design
-from batchmix.io import batch_labels, read_matrix, read_result_table, read_samples, write_json, write_table
+from batchmix.io import batch_labels, read_matrix, read_result_table, write_json, write_table
+from batchmix.pipeline.validate import load_samples
 from batchmix.plots.simpson import plot_reversals
 from batchmix.plots.style import save_png
 
@@ -35,7 +36,7 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
     scfg = config["simpson"]
     expr = read_matrix(inputs["expression"])
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
-    samples = read_samples(inputs["samples"]).loc[expr.columns]
+    samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     batch = batch_labels(samples, config["batch"])
     ok = status.reindex(expr.index) == "ok"
     covariates = None

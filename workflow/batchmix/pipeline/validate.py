@@ -1,44 +1,172 @@
-"""The validate stage: the config's expression table and sample sheet checked before any job runs."""
+"""The validate stage: the config's expression table and sample sheet checked before any job runs.
+
+:func:`load_validated` reads both inputs, checks them against each other and the config, checks the
+``levels`` and runs the design check (:func:`batchmix.design_check.check_design`): a design that cannot
+answer (``~ group + (1|group)``, one sample per batch, no residual degrees of freedom) stops here, in
+the main process, before anything is written. :func:`load_samples` is the one way every stage reads
+the sample sheet: read, then made categorical where the config says (``levels``, the batch).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
-from batchmix.io import ValidatedInputs, validate_inputs
+import pandas as pd
 
-__all__ = ["load_validated", "validate_stage"]
+from batchmix.design import categorize, formula_columns
+from batchmix.design_check import DesignReport, check_design
+from batchmix.io import InputError, ValidatedInputs, read_expression, read_samples, validate_inputs
+
+__all__ = ["load_samples", "load_validated", "design_report", "validate_stage"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_validated(config: dict, *, expression: str | None = None, samples: str | None = None) -> ValidatedInputs:
-    """Read and validate the expression table and sample sheet (by default the config's).
+def _categorical(config: dict) -> list[str]:
+    batch = config.get("batch")
+    return [batch] if batch else []
+
+
+def categorized(config: dict, samples, *, source: str = "sample sheet"):
+    """``samples`` with the config's ``levels`` and batch columns categorical (:func:`batchmix.design.categorize`).
 
     Raises
     ------
     batchmix.io.InputError
-        Naming the file, the row or column and what to do.
+        When ``levels`` names a column that is not in the sheet or lists its levels wrongly; the
+        message names the column and lists its levels.
     """
-    return validate_inputs(
-        expression or config["expression"],
-        samples or config["samples"],
-        config["input_type"],
-        config["model"],
-        config["batch"],
+    try:
+        return categorize(samples, levels=config.get("levels") or {}, categorical=_categorical(config))
+    except ValueError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
+def load_samples(config: dict, path: str | Path | None = None):
+    """Read the sample sheet (by default the config's) with the config's categorical columns.
+
+    Every stage reads the sheet through this function, so that ``levels`` and the batch column give
+    the same factors, coefficient names and signs everywhere.
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config (``samples``, ``batch``, ``levels``).
+    path : str or Path, optional
+        The sheet; default ``config["samples"]``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`batchmix.io.read_samples`, the ``levels`` columns and the batch as
+        :class:`pandas.Categorical`.
+    """
+    path = path or config["samples"]
+    return categorized(config, read_samples(path), source=str(path))
+
+
+def _validate_without_batch(expression_path, samples_path, input_type: str, model: str) -> ValidatedInputs:
+    """The checks of :func:`batchmix.io.validate_inputs` that do not concern a batch (``batch: null``)."""
+    samples = read_samples(samples_path)
+    expression = read_expression(expression_path, input_type)
+    missing = [s for s in samples.index if s not in set(expression.columns)]
+    extra = [s for s in expression.columns if s not in set(samples.index)]
+    if missing or extra:
+        raise InputError(
+            f"the sample ids of {samples_path} and the columns of {expression_path} differ "
+            f"(in the sheet only: {missing[:5]}; in the table only: {extra[:5]}). They must match exactly."
+        )
+    try:
+        columns = formula_columns(model)
+    except ValueError as err:
+        raise InputError(f"config: model {model!r} is not a valid lme4-style formula: {err}") from err
+    absent = [c for c in columns if c not in samples.columns]
+    if absent:
+        raise InputError(
+            f"{samples_path}: column(s) {absent} of the model {model!r} are not in the sample sheet "
+            f"(its columns: {list(samples.columns)}). Fix the names in the config or add the columns."
+        )
+    for column in columns:
+        if samples[column].isna().any():
+            raise InputError(f"{samples_path}: column {column!r} has missing values; fill them or remove the samples.")
+
+    expression = expression.loc[:, list(samples.index)]
+    notes = []
+    n_missing = int(expression.isna().any(axis=1).sum())
+    if n_missing:
+        notes.append(f"{n_missing} gene(s) have missing values; they are fitted on their observed samples.")
+    return ValidatedInputs(
+        expression=expression, samples=samples, batch=pd.Series(dtype=str, name="batch"), notes=notes
     )
 
 
-def validate_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
-    """Check the inputs against each other and the config; writes nothing.
+def load_validated(
+    config: dict, *, expression: str | None = None, samples: str | None = None, check: bool = True
+) -> ValidatedInputs:
+    """Read and validate the expression table and sample sheet (by default the config's), and check the design.
 
-    Returns the counts (``genes``, ``samples``, ``batches``) and the non-fatal ``notes``.
+    The returned sheet has the config's categorical columns (:func:`load_samples`).
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config with defaults filled in.
+    expression, samples : str, optional
+        The inputs; default the config's.
+    check : bool
+        Run the design check and stop on its errors.
+
+    Raises
+    ------
+    batchmix.io.InputError
+        Naming the file, the row or column and what to do; for a design that cannot be fitted, every
+        error finding of the design check (each names the column and the fix).
     """
-    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
-    for note in validated.notes:
+    expression_path = expression or config["expression"]
+    samples_path = samples or config["samples"]
+    batch = config.get("batch")
+    if batch:
+        validated = validate_inputs(expression_path, samples_path, config["input_type"], config["model"], batch)
+    else:
+        validated = _validate_without_batch(expression_path, samples_path, config["input_type"], config["model"])
+    validated = dataclasses.replace(validated, samples=categorized(config, validated.samples, source=str(samples_path)))
+    if check:
+        design_report(config, validated).raise_on_errors()
+    return validated
+
+
+def design_report(config: dict, validated: ValidatedInputs) -> DesignReport:
+    """The design check of the validated inputs (:func:`batchmix.design_check.check_design`)."""
+    try:
+        return check_design(
+            validated.samples,
+            formula=config["model"],
+            batch=config.get("batch"),
+            input_type=config["input_type"],
+            expression=validated.expression,
+            levels=config.get("levels") or {},
+        )
+    except ValueError as err:
+        raise InputError(f"{config['samples']}: {err}") from None
+
+
+def validate_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """Check the inputs against each other and the config, and the design; writes nothing.
+
+    Returns the counts (``genes``, ``samples``, ``batches``) and the non-fatal ``notes`` (the design
+    check's warnings and notes among them).
+    """
+    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
+    report = design_report(config, validated)
+    report.raise_on_errors()
+    notes = list(validated.notes) + [f"design check {f.severity} [{f.code}]: {f.message}" for f in report.findings]
+    for note in notes:
         logger.info("note: %s", note)
     return {
         "genes": int(validated.expression.shape[0]),
         "samples": int(validated.expression.shape[1]),
         "batches": int(validated.batch.nunique()),
-        "notes": list(validated.notes),
+        "notes": notes,
     }

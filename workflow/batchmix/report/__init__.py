@@ -18,9 +18,12 @@ import json
 import logging
 from pathlib import Path
 
-from batchmix.io import read_matrix, read_result_table, read_samples
+from batchmix.io import read_matrix, read_result_table
 from batchmix.lmm import model_metadata
 from batchmix.lmm.results import ModelMetadata
+from batchmix.pipeline.paths import de_table_name
+from batchmix.pipeline.validate import load_samples
+from batchmix.report.conclusions import de_section, design_section, gene_search_section, verdict_section
 from batchmix.report.render import Figures, render_page
 from batchmix.report.sections import (
     batch_section,
@@ -31,6 +34,7 @@ from batchmix.report.sections import (
     uncertainty_section,
     vst_section,
 )
+from batchmix.report.summaries import component_labels
 
 __all__ = ["build_report", "load_tables"]
 
@@ -41,7 +45,7 @@ def _json(path: str | Path | None) -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def load_tables(inputs: dict[str, str]) -> dict[str, object]:
+def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str, object]:
     """Read the report's inputs (the named inputs of the ``report`` rule).
 
     Parameters
@@ -52,7 +56,11 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
         ``blups``, ``model`` (``results/lmm/model.json``), ``fixed_vcov``
         (``results/lmm/fixed_vcov.tsv``), ``samples``, ``expression``, and optionally ``corrected``, ``reversals``,
         ``simpson_summary``, ``simpson_figure``, ``uncertainty_summary``, ``uncertainty_bootstrap``,
-        ``uncertainty_posterior``, ``uncertainty_figures`` (a directory).
+        ``uncertainty_posterior``, ``uncertainty_figures`` (a directory); the conclusions' ``design``,
+        ``summary``, ``pca``, ``pca_scores`` and ``de_summary`` (the DE tables are read next to it).
+    config : dict, optional
+        The workflow config: the sheet is read with its ``levels`` and batch
+        (:func:`batchmix.pipeline.validate.load_samples`).
 
     Returns
     -------
@@ -74,7 +82,7 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
         "blups": read_result_table(inputs["blups"]),
         "model": ModelMetadata.read_json(inputs["model"]) if optional("model") else None,
         "fixed_vcov": read_result_table(inputs["fixed_vcov"]) if optional("fixed_vcov") else None,
-        "samples": read_samples(inputs["samples"]),
+        "samples": load_samples(config or {}, inputs["samples"]),
         "expression": inputs["expression"],
         "corrected": read_matrix(inputs["corrected"]) if optional("corrected") else None,
         "reversals": read_result_table(inputs["reversals"]) if optional("reversals") else None,
@@ -88,7 +96,22 @@ def load_tables(inputs: dict[str, str]) -> dict[str, object]:
             read_result_table(inputs["uncertainty_posterior"]) if optional("uncertainty_posterior") else None
         ),
         "uncertainty_figures": optional("uncertainty_figures") or None,
+        "design": _json(optional("design")),
+        "summary": _json(optional("summary")),
+        "pca": _json(optional("pca")) or {"data": {}, "n_genes": 0, "note": "The diagnostics stage did not run."},
+        "pca_scores": read_result_table(inputs["pca_scores"]) if optional("pca_scores") else None,
+        "de_summary": _json(optional("de_summary")),
+        "de_tables": _de_tables(optional("de_summary")),
     }
+
+
+def _de_tables(summary_path) -> dict:
+    """The DE tables by coefficient, next to ``de/summary.json`` (the de stage writes them together)."""
+    if not summary_path:
+        return {}
+    names = list(json.loads(Path(summary_path).read_text())["coefficients"])
+    folder = Path(summary_path).parent
+    return {name: read_result_table(folder / f"{de_table_name(name)}.tsv") for name in names}
 
 
 def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
@@ -113,7 +136,7 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
     None
         The page and the figures are written to disk.
     """
-    tables = load_tables(inputs)
+    tables = load_tables(inputs, config)
     if tables["model"] is None:
         # A caller that predates model.json: the same metadata, made from the design alone.
         log.warning("no model.json among the report's inputs: the model's structure is taken from the design")
@@ -122,15 +145,22 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
     if tables["fixed_vcov"] is None:
         log.warning("no fixed_vcov.tsv among the report's inputs: the shrinkage figures have no confidence band")
     figures = Figures(figures_dir)
+    # The Simpson scan compares within batches: without a batch it does not run.
+    simpson_config = config if config.get("batch") else {**config, "simpson": {**config["simpson"], "enabled": False}}
+    labels = component_labels(tables["model"])
     context = {
         "title": "batchmix report",
         "config": config,
+        "verdict": verdict_section(config, tables),
+        "search": gene_search_section(tables["gene_fits"], tables["de_tables"], fraction_labels=labels),
+        "design": design_section(config, tables),
+        "de": de_section(config, tables, figures),
         "run": run_section(config, tables, inputs),
         "batch": batch_section(config, tables, figures),
         "lmm": lmm_section(config, tables, figures),
         "shrinkage": shrinkage_section(config, tables, figures),
         "vst": vst_section(config, tables, figures),
-        "simpson": simpson_section(config, tables),
+        "simpson": simpson_section(simpson_config, tables),
         "uncertainty": uncertainty_section(config, tables, figures),
     }
     render_page(context, html_path)

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchmix.config import load_schema
 from batchmix.design import parse_formula, sanitize_name
+from batchmix.diagnostics import PCAResult
 from batchmix.io import file_md5
 from batchmix.plots.batch import plot_batch_share, plot_pca
 from batchmix.plots.lmm import plot_top_batch_genes, plot_variance_fractions
@@ -24,7 +26,6 @@ from batchmix.plots.vst import plot_mean_sd
 from batchmix.report.render import SHOWN_ROWS, Figures, data_uri, table
 from batchmix.report.summaries import (
     FITTED_STATUSES,
-    batch_diagnostics,
     batch_labels,
     choose_shrinkage_genes,
     component_labels,
@@ -35,7 +36,6 @@ from batchmix.report.summaries import (
     gene_accounting,
     group_fraction_column,
     model_comparison,
-    pca,
     shrinkage_estimates,
     shrinkage_group,
     software_versions,
@@ -213,6 +213,9 @@ def run_section(config: dict, tables: dict, inputs: dict[str, str]) -> dict:
     parsed = parse_formula(config["model"])
     not_fitted = gene_fits.loc[~gene_fits["status"].isin(FITTED_STATUSES), ["gene_id", "status"]]
     plain_config = json.loads(json.dumps(config, default=str))
+    # In the schema's order: Snakemake and the command line fill the defaults in different orders.
+    order = {key: i for i, key in enumerate(load_schema()["properties"])}
+    plain_config = {k: plain_config[k] for k in sorted(plain_config, key=lambda k: (order.get(k, len(order)), k))}
     return {
         "moderation": _moderation_note(gene_fits),
         "counts": counts,
@@ -263,37 +266,59 @@ def _moderation_note(gene_fits: pd.DataFrame) -> str:
     return f"limma-style empirical Bayes ({prior}): columns se_mod_*, t_mod_*, p_mod_* of gene_fits.tsv"
 
 
+def _stored_diagnostics(tables: dict) -> dict[str, dict]:
+    """The diagnostics stage's PCA per data set (``before``, ``after``) as the batch figures take them."""
+    stored, scores = tables["pca"], tables["pca_scores"]
+    out = {}
+    for key, entry in stored["data"].items():
+        k = entry["n_components"]
+        components = [f"PC{i + 1}" for i in range(k)]
+        part = scores[scores["data"] == key].set_index("sample_id")[components].astype(float)
+        ratio = pd.Series(entry["variance_ratio"], index=components, dtype=float)
+        share = pd.Series(entry["batch_r2"] if entry["batch_r2"] is not None else [np.nan] * k, index=components)
+        out[key] = {
+            "pca": PCAResult(scores=part, variance_ratio=ratio),
+            "share": share.astype(float),
+            "weighted_share": np.nan if entry["weighted_share"] is None else entry["weighted_share"],
+            "silhouette": np.nan if entry["silhouette"] is None else entry["silhouette"],
+            "n_components": k,
+        }
+    return out
+
+
 def batch_section(config: dict, tables: dict, figures: Figures) -> dict:
+    """The batch diagnostics, drawn from the diagnostics stage's PCA (``results/diagnostics/``)."""
     samples = tables["samples"]
     expression = tables["vst_expression"]
     samples = samples.loc[expression.columns]
-    batch = batch_labels(samples, config["batch"])
-    condition_name = condition_column(config["model"], samples)
-    condition = samples[condition_name].astype(str) if condition_name else None
-    status = tables["gene_status"].set_index("gene_id")["status"]
-    usable = expression.loc[status.reindex(expression.index).eq("ok").to_numpy()].dropna(how="any")
-    corrected = tables["corrected"]
-    if corrected is not None:
-        corrected = corrected.reindex(columns=expression.columns)
-        usable = usable.loc[usable.index.isin(corrected.dropna(how="any").index)]
+    batch_name = config.get("batch")
     section = {
-        "has_corrected": corrected is not None,
-        "condition": condition_name,
+        "has_batch": bool(batch_name),
+        "has_corrected": tables["corrected"] is not None,
+        "condition": None,
         "figures": [],
         "note": "",
         "metrics": None,
         "share_table": None,
     }
-    if usable.shape[0] < 2 or usable.shape[1] < 3:
-        section["note"] = "Too few genes or samples for a PCA."
+    if not batch_name:
         return section
-    genes = pca(usable).genes
-    before = "before correction" if corrected is not None else "stabilised expression"
-    diagnostics = {before: batch_diagnostics(usable, batch, genes=genes)}
-    if corrected is not None:
-        diagnostics["after correction"] = batch_diagnostics(corrected.loc[usable.index], batch, genes=genes)
-    n_genes = len(genes)
-    after = AFTER_CORRECTION if corrected is not None else {"pca": "", "batch_share": ""}
+    batch = batch_labels(samples, batch_name)
+    condition_name = condition_column(config["model"], samples)
+    condition = samples[condition_name].astype(str) if condition_name else None
+    section["condition"] = condition_name
+    stored = tables["pca"]
+    if not stored["data"]:
+        section["note"] = stored.get("note") or "Too few genes or samples for a PCA."
+        return section
+    by_key = _stored_diagnostics(tables)
+    corrected = "after" in by_key
+    before = "before correction" if corrected else "stabilised expression"
+    diagnostics = {before: by_key["before"]}
+    if corrected:
+        diagnostics["after correction"] = by_key["after"]
+    n_genes = stored["n_genes"]
+    after = AFTER_CORRECTION if corrected else {"pca": "", "batch_share": ""}
     caption = FIGURE_CAPTIONS["pca"].format(
         n_genes=n_genes, condition=condition_name or "(no fixed factor)", after=after["pca"]
     )
@@ -333,7 +358,7 @@ def batch_section(config: dict, tables: dict, figures: Figures) -> dict:
     ).reset_index()
     section["share_table"] = table(share, "batch_share_by_component", "Batch R² by principal component", shown=0)
     section["n_genes"] = n_genes
-    section["batch_name"] = config["batch"]
+    section["batch_name"] = batch_name
     section["n_batches"] = int(batch.nunique())
     return section
 

@@ -18,6 +18,7 @@ from ..defaults import DEFAULT_SEED
 from ..design import sanitize_name
 from ..lmm import missing
 from ..lmm.kinship import attach_kinship, read_kinship
+from ..pipeline.validate import load_samples
 from ..plots.style import save_png
 from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
 from .bootstrap import BOOT_COLUMNS, bootstrap
@@ -104,7 +105,7 @@ def uncertainty_stage(
     prior_scale = float(ucfg.get("prior_scale", 1.0))
     seed = int(ucfg.get("seed", DEFAULT_SEED))
     expr = io.read_matrix(expression_path)
-    samples = io.read_samples(samples_path).loc[expr.columns]
+    samples = load_samples(config, samples_path).loc[expr.columns]
     kinship_path = (config.get("covariance") or {}).get("kinship")
     if kinship_path:
         # (1 | kinship) reads the matrix from the sheet's kinship:: columns
@@ -115,7 +116,9 @@ def uncertainty_stage(
     chosen = [g for g in chosen if g in expr.index]
     fig_genes = ucfg.get("figure_genes") or list(config.get("report", {}).get("genes") or [])
     fitted = set(fits.loc[fits["status"].isin(["ok", "singular"]), "gene_id"])
-    fig_genes = [str(g) for g in fig_genes if str(g) in fitted and str(g) in expr.index] or chosen[:1]
+    fig_genes = [str(g) for g in fig_genes if str(g) in fitted and str(g) in expr.index] or [
+        g for g in _choose_genes(1, fits, config["batch"] or "") if g in expr.index
+    ]  # default: the most batch-driven fitted gene
     chosen += [g for g in fig_genes if g not in set(chosen)]  # figure genes are always done
     fit_status = fits.set_index("gene_id")["status"].reindex(expr.index)
     gstatus = status.reindex(expr.index).fillna("failed:no_status").astype(str)

@@ -1,0 +1,160 @@
+"""The diagnostics and summary stages: batch diagnostics of the samples, then the verdict.
+
+- ``diagnostics`` writes ``results/diagnostics/pca.json`` (per data set, before and after batch
+  correction: the variance share of each top component, its batch R², the batch share of the top
+  components' variance and the batch silhouette width) and ``results/diagnostics/pca_scores.tsv``
+  (the scores of the top components, one row per data set and sample), from
+  :func:`batchmix.diagnostics.batch_diagnostics`.
+- ``summary`` writes ``results/summary.json``: the verdict (:func:`batchmix.verdict.classify`:
+  ``batch_effect``, ``design``, ``recommendation``, ``text`` and the figures it rests on), the gene
+  counts, and the differential-expression counts per coefficient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batchmix.de import FITTED_STATUSES
+from batchmix.diagnostics import DIAGNOSTIC_COMPONENTS, batch_diagnostics, pca
+from batchmix.io import batch_labels, read_matrix, read_result_table, write_json, write_table
+from batchmix.lmm.results import ModelMetadata
+from batchmix.pipeline.validate import load_samples
+from batchmix.verdict import RECOMMENDATIONS, THRESHOLDS, classify
+
+__all__ = ["DATA_SETS", "diagnostics_stage", "summary_stage", "gene_counts"]
+
+logger = logging.getLogger(__name__)
+
+#: The data sets of the diagnostics: the stabilised expression and, with a random batch, the corrected one.
+DATA_SETS = ("before", "after")
+
+
+def _rounded(values) -> list:
+    return [None if v is None or not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, dtype=float)]
+
+
+def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """PCA of the most variable fitted genes, and the batch's share of it, before and after correction.
+
+    Inputs ``expression`` (stabilised), ``gene_status``, ``samples`` and, when the batch is a random
+    factor, ``corrected``. The genes are the most variable of the genes with status ``ok`` and no
+    missing value (in both tables), the same genes before and after. Writes ``outputs["pca"]`` and
+    ``outputs["scores"]``.
+    """
+    expression = read_matrix(inputs["expression"])
+    samples = load_samples(config, inputs["samples"]).loc[expression.columns]
+    batch_name = config.get("batch")
+    batch = batch_labels(samples, batch_name) if batch_name else None
+    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
+    usable = expression.loc[status.reindex(expression.index).eq("ok").to_numpy()].dropna(how="any")
+    corrected = None
+    if inputs.get("corrected"):
+        corrected = read_matrix(inputs["corrected"]).reindex(columns=expression.columns)
+    if corrected is not None:
+        usable = usable.loc[usable.index.isin(corrected.dropna(how="any").index)]
+    result: dict = {"batch": batch_name, "has_corrected": corrected is not None, "n_genes": 0, "data": {}, "note": ""}
+    score_rows = []
+    if usable.shape[0] < 2 or usable.shape[1] < 3:
+        result["note"] = "Too few genes or samples for a PCA."
+    else:
+        genes = pca(usable).genes
+        result["n_genes"] = len(genes)
+        sets = {"before": usable}
+        if corrected is not None:
+            sets["after"] = corrected.loc[usable.index]
+        for key, data in sets.items():
+            if batch is not None and batch.nunique() >= 2:
+                d = batch_diagnostics(data, batch, genes=genes)
+                k = d["n_components"]
+                entry = {
+                    "n_components": k,
+                    "variance_ratio": _rounded(d["pca"].variance_ratio.iloc[:k]),
+                    "batch_r2": _rounded(d["share"]),
+                    "weighted_share": _rounded([d["weighted_share"]])[0],
+                    "silhouette": _rounded([d["silhouette"]])[0],
+                }
+                scores = d["pca"].scores.iloc[:, :k]
+            else:
+                p = pca(data, genes=genes)
+                k = min(DIAGNOSTIC_COMPONENTS, p.scores.shape[1])
+                entry = {
+                    "n_components": k,
+                    "variance_ratio": _rounded(p.variance_ratio.iloc[:k]),
+                    "batch_r2": None,
+                    "weighted_share": None,
+                    "silhouette": None,
+                }
+                scores = p.scores.iloc[:, :k]
+            result["data"][key] = entry
+            frame = scores.rename_axis("sample_id").reset_index()
+            frame.insert(0, "data", key)
+            score_rows.append(frame)
+    scores_table = (
+        pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame(columns=["data", "sample_id"])
+    )
+    write_json(result, outputs["pca"])
+    write_table(scores_table, outputs["scores"])
+    return {"genes": int(result["n_genes"]), "data_sets": len(result["data"])}
+
+
+def gene_counts(gene_fits: pd.DataFrame) -> dict:
+    """Genes in, fitted (ok or singular), singular, filtered and failed, from ``gene_fits.tsv``'s statuses."""
+    status = gene_fits["status"].astype(str)
+    kind = status.str.split(":").str[0]
+    return {
+        "in": int(len(status)),
+        "fitted": int(status.isin(FITTED_STATUSES).sum()),
+        "singular": int((status == "singular").sum()),
+        "filtered": int((kind == "filtered").sum()),
+        "failed": int((kind == "failed").sum()),
+    }
+
+
+def summary_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """The verdict and the run's headline numbers, in ``outputs["summary"]`` (``results/summary.json``).
+
+    Inputs ``design`` (design.json), ``gene_fits``, ``model`` (model.json), ``pca`` (pca.json) and
+    ``de_summary`` (de/summary.json).
+    """
+    design = json.loads(Path(inputs["design"]).read_text())
+    gene_fits = read_result_table(inputs["gene_fits"])
+    metadata = ModelMetadata.read_json(inputs["model"])
+    diagnostics = json.loads(Path(inputs["pca"]).read_text())
+    de = json.loads(Path(inputs["de_summary"]).read_text())
+    before = diagnostics["data"].get("before", {}).get("batch_r2")
+    after = diagnostics["data"].get("after", {}).get("batch_r2")
+    verdict = classify(
+        design_report=design,
+        gene_fits=gene_fits,
+        batch=config.get("batch"),
+        metadata=metadata,
+        batch_r2_before=before,
+        batch_r2_after=after,
+    )
+    summary = {
+        "verdict": {
+            "batch_effect": verdict.batch_effect,
+            "design": verdict.design,
+            "recommendation": verdict.recommendation,
+            "recommendation_meaning": RECOMMENDATIONS[verdict.recommendation],
+            "text": verdict.text,
+        },
+        "figures": verdict.figures,
+        "thresholds": THRESHOLDS,
+        "genes": gene_counts(gene_fits),
+        "findings": {
+            severity: [f["code"] for f in design["findings"] if f["severity"] == severity]
+            for severity in ("error", "warning", "note")
+        },
+        "de": {
+            name: {k: v for k, v in entry.items() if k not in ("lost_genes", "gained_genes")}
+            for name, entry in de["coefficients"].items()
+        },
+    }
+    write_json(summary, outputs["summary"])
+    return {"batch_effect": verdict.batch_effect, "design": verdict.design, "recommendation": verdict.recommendation}
