@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
 from batchmix.pipeline.logs import stage_logging
-from batchmix.pipeline.simpson import simpson_stage
+from batchmix.pipeline.simpson import simpson_block_stage, simpson_null_stage, simpson_stage
 from batchmix.pipeline.stabilise import stabilise_stage
 from batchmix.pipeline.validate import validate_stage
 
@@ -90,7 +90,19 @@ STAGES: dict[str, Stage] = {
             gather_lmm_stage,
             "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression",
         ),
-        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals"),
+        Stage(
+            "simpson_block",
+            simpson_block_stage,
+            "Simpson scan: the candidate pairs of one share of the block pairs (job i-of-n)",
+            per_chunk=True,
+        ),
+        Stage(
+            "simpson_null",
+            simpson_null_stage,
+            "Simpson calibration: the pairs flagged on one sign-flip replicate (job r-of-n)",
+            per_chunk=True,
+        ),
+        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals (gathers the jobs)"),
         Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
         Stage("report", report_job, "the self-contained HTML report"),
     ]
