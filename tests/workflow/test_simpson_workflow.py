@@ -88,10 +88,11 @@ def test_each_replicate_is_its_own_job_and_reaches_the_summary(scattered_run):
 
 def test_lurking_factor_columns_in_the_table(scattered_run):
     # Celltype is nested in the fixture's four series (Series1 NHBE, Series2 and Series5 A549, Series7
-    # Calu3): three levels for four batches, a lurking factor; Infection varies inside every series
+    # Calu3): three levels for four batches, a lurking factor, as is the Instrument (two kits);
+    # Infection varies inside every series
     got = read_result_table(scattered_run / "results/simpson/reversals.tsv")
     summary = json.loads((scattered_run / "results/simpson/summary.json").read_text())
-    assert summary["lurking"]["nested"] == ["Celltype"]
+    assert summary["lurking"]["nested"] == ["Celltype", "Instrument"]
     assert summary["lurking"]["factors"]["Celltype"]["levels"] == ["A549", "Calu3", "NHBE"]
     assert "share_Celltype" in got.columns and got["share_Celltype"].notna().all()
 
