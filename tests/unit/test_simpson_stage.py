@@ -102,3 +102,44 @@ def test_display_order_puts_the_most_consistent_pairs_first():
     order = list(consistent_reversals(reversals)["gene_a"])
     # 9 of 9 before 9 of 10, then 7 of 7, then the smallest p with 3 of 10
     assert order == ["c", "b", "d", "a"]
+
+
+def _section(empirical_fdr, fraction_driven):
+    from batchmix.report.sections import simpson_section
+
+    reversals = pd.DataFrame({"gene_a": ["a"], "gene_b": ["b"], "p": [1e-9], "q": [1e-5]})
+    summary = {
+        "n_reversals": 1000,
+        "n_pairs": 10**6,
+        "n_genes_scanned": 1415,
+        "fdr": 0.05,
+        "method": "bh",
+        "within_test": "random_effects",
+        "min_batches": 3,
+        "min_sd": 0.1,
+        "calibration": {
+            "method": "sign_flip", "replicates": 2, "flagged_null": [90, 110], "empirical_fdr": empirical_fdr
+        },
+        "lurking": {
+            "nested": ["Celltype"],
+            "factors": {"Celltype": {"levels": ["A549", "Calu3"], "n_driven": 10, "fraction_driven": fraction_driven,
+                                     "driving": fraction_driven >= 0.5}},
+        },
+    }  # fmt: skip
+    tables = {"reversals": reversals, "simpson_summary": summary, "simpson_figure": None}
+    return simpson_section({"simpson": {"enabled": True}, "report": {"top_pairs": 1}}, tables)
+
+
+def test_report_section_warns_above_twice_the_nominal_fdr():
+    assert _section(0.101, 0.9)["calibration"]["warn"] is True
+    assert _section(0.1, 0.9)["calibration"]["warn"] is False  # exactly twice: no warning
+    calm = _section(0.066, 0.9)["calibration"]
+    assert calm["flagged_null"] == "90, 110" and calm["replicates"] == 2 and calm["nominal_fdr"] == 0.05
+
+
+def test_report_section_names_the_driving_factor():
+    section = _section(0.066, 0.865)
+    assert [f["column"] for f in section["driving"]] == ["Celltype"]
+    assert section["driving"][0]["percent_driven"] == pytest.approx(86.5)
+    assert _section(0.066, 0.3)["driving"] == []
+    assert "DerSimonian-Laird" in section["test"]
