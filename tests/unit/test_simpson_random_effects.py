@@ -343,15 +343,16 @@ def test_calibration_summary_with_nothing_flagged():
 # --------------------------------------------------------------------------- lurking factor
 
 
-def test_nested_columns_of_the_gse147507_sheet():
+def test_lurking_columns_of_the_gse147507_sheet():
     samples = pd.read_csv(REPO / "resources/example/samples.tsv", sep="\t", index_col=0, dtype=str)
-    nested = simpson.nested_columns(samples, samples["Batch"], exclude=("Batch",))
+    nested = simpson.lurking_columns(samples, "Batch")
     assert "Celltype" in nested
     assert "Infection" not in nested  # varies inside the series
     assert "Batch" not in nested
-    # one level per batch but as many levels as batches: the batch itself, not nested
+    # one level per batch but as many levels as batches: the batch itself, not a lurking factor
     alias = samples.assign(Series_copy="x" + samples["Batch"])
-    assert "Series_copy" not in simpson.nested_columns(alias, samples["Batch"])
+    assert "Series_copy" not in simpson.lurking_columns(alias, "Batch")
+    assert "Celltype" not in simpson.lurking_columns(samples, "Batch", exclude=("Celltype",))
 
 
 def test_factor_shares_against_explicit_sums():
@@ -391,13 +392,13 @@ def test_lurking_factor_named_when_it_drives_the_reversals():
     batch = design["Batch"]
     reversals = simpson.scan(frame, batch).reversals
     assert len(reversals) >= 10
-    found = simpson.lurking_factors(frame, batch, design, reversals, exclude=("Batch",))
+    found = simpson.lurking_factors(frame, design, reversals, batch="Batch")
     assert found.nested == ["Celltype"]
     assert found.summary["Celltype"]["driving"] is True
     assert found.summary["Celltype"]["fraction_driven"] >= 0.9
     assert list(found.shares.columns) == ["share_Celltype"]
     # a factor that is not behind the reversals is named but not driving
     other = design.assign(Lab=np.where(np.isin(labels, ["Series1", "Series2", "Series3"]), "lab1", "lab2"))
-    found = simpson.lurking_factors(frame, batch, other, reversals, exclude=("Batch",))
+    found = simpson.lurking_factors(frame, other, reversals, batch="Batch")
     assert set(found.nested) == {"Celltype", "Lab"}
     assert found.summary["Lab"]["driving"] is False

@@ -53,6 +53,7 @@ __all__ = [
     "fit_dispersion_trend",
     "DispersionTrend",
     "vst_subset",
+    "transform_normalised",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1092,6 +1093,39 @@ def _vst_values(
         np.arcsinh(u, out=u)
         out[s0:s1] = eta * splf(u) + xi
     return out
+
+
+def transform_normalised(normalised, *, fit_type: str, coefficients: dict) -> np.ndarray:
+    """The stabilised value of normalised counts (count / size factor) under a recorded trend.
+
+    The formulas are those of :func:`vst` (DESeq2's ``getVarianceStabilizedData``), from the trend's
+    coefficients alone, as ``results/vst/info.json`` records them (``vst_fit_type_used``,
+    ``vst_coefficients``).  ``transform_normalised(0.0, ...)`` is the value of a zero count, the same
+    in every sample.
+
+    Parameters
+    ----------
+    normalised : float or array_like
+        Normalised counts, >= 0.
+    fit_type : {"parametric", "mean"}
+        The trend used.  The ``local`` trend is a spline of the data that the coefficients do not
+        describe: it raises ``ValueError``.
+    coefficients : dict
+        ``{"a0", "a1"}`` (parametric) or ``{"mean"}``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Stabilised values, the shape of ``normalised``.
+    """
+    q = np.asarray(normalised, dtype=np.float64)
+    if fit_type == "parametric":
+        a0, a1 = float(coefficients["a0"]), float(coefficients["a1"])
+        return np.log2((1.0 + a1 + 2.0 * a0 * q + 2.0 * np.sqrt(a0 * q * (1.0 + a1 + a0 * q))) / (4.0 * a0))
+    if fit_type == "mean":
+        alpha = float(coefficients["mean"])
+        return (2.0 * np.arcsinh(np.sqrt(alpha * q)) - math.log(alpha) - math.log(4.0)) / math.log(2.0)
+    raise ValueError(f"the stabilised value of a count needs a parametric or mean trend, not {fit_type!r}")
 
 
 # --------------------------------------------------------------------------

@@ -37,6 +37,9 @@ __all__ = [
     "de_table_name",
     "de_table_coefficients",
     "de_table_paths",
+    "SIMPSON_JOB_OUTPUTS",
+    "simpson_job_path",
+    "simpson_gather_inputs",
 ]
 
 # The default output directory, relative to the working directory of a run.
@@ -55,6 +58,13 @@ CHUNK_OUTPUTS = {
 
 # Outputs that are genes x samples matrices in the format of ``outputs.matrices``, by stage.
 MATRIX_KEYS = {"stabilise": ("expression",), "gather_lmm": ("corrected",)}
+
+# Output files of one Simpson job, relative to the outdir; {scatteritem} is ``i-of-n``: block-pair
+# job i of simpson.jobs, or sign-flip replicate i of simpson.n_replicates.
+SIMPSON_JOB_OUTPUTS = {
+    "candidates": "simpson/blocks/{scatteritem}.candidates.tsv",
+    "null": "simpson/null/{scatteritem}.json",
+}
 
 # Output files of every stage, relative to the outdir, by the names the stages use.
 STAGE_OUTPUTS: dict[str, dict[str, str]] = {
@@ -75,6 +85,8 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
         "model": "lmm/model.json",
         "corrected": "corrected/expression{matrix}",
     },
+    "simpson_block": {"candidates": SIMPSON_JOB_OUTPUTS["candidates"]},
+    "simpson_null": {"null": SIMPSON_JOB_OUTPUTS["null"]},
     "simpson": {
         "reversals": "simpson/reversals.tsv",
         "excluded": "simpson/excluded_genes.tsv",
@@ -95,7 +107,7 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
 }
 
 # Stages with one job per LMM chunk: their logs are per chunk.
-_PER_CHUNK = frozenset({"lmm_chunk"})
+_PER_CHUNK = frozenset({"lmm_chunk", "simpson_block", "simpson_null"})
 
 
 def simpson_runs(config: dict) -> bool:
@@ -253,8 +265,10 @@ def stage_inputs(
         inputs.setdefault("corrected", [])
         inputs.update({"gene_status": status, "samples": config["samples"]})
         return inputs
-    if stage == "simpson":
-        return {"expression": expression, "gene_status": status, "samples": config["samples"]}
+    if stage in ("simpson", "simpson_block", "simpson_null"):
+        # vst/info.json records the trend that gives the stabilised value of a zero count
+        info = path(vst["info"], outdir=outdir)
+        return {"expression": expression, "gene_status": status, "samples": config["samples"], "vst_info": info}
     if stage == "uncertainty":
         return {
             "expression": expression,
@@ -290,8 +304,29 @@ def stage_inputs(
     raise KeyError(f"unknown stage {stage!r}; the stages are {', '.join(STAGE_OUTPUTS)}")
 
 
+def simpson_job_path(key: str, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}") -> str:
+    """The file ``key`` (``candidates`` or ``null``) of one Simpson job ``i-of-n``."""
+    return path(SIMPSON_JOB_OUTPUTS[key], outdir=outdir).replace("{scatteritem}", scatteritem)
+
+
+def simpson_gather_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, list[str]]:
+    """The per-job files the ``simpson`` gather of the scattered workflow reads, by name.
+
+    ``candidates``: one file per block-pair job (``simpson.jobs``); ``null``: one per sign-flip
+    replicate (``simpson.n_replicates``; none unless ``simpson.calibration`` is ``sign_flip``).
+    Without them (the ``batchmix simpson`` command) the stage scans and calibrates in one job.
+    """
+    scfg = config["simpson"]
+    blocks = [simpson_job_path("candidates", outdir=outdir, scatteritem=s) for s in scatteritems(int(scfg["jobs"]))]
+    nulls = []
+    if scfg["calibration"] == "sign_flip":
+        replicates = scatteritems(int(scfg["n_replicates"]))
+        nulls = [simpson_job_path("null", outdir=outdir, scatteritem=s) for s in replicates]
+    return {"candidates": blocks, "null": nulls}
+
+
 def log_path(stage: str, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}") -> str:
-    """The log file of one job of ``stage`` (``logs/<stage>.log``; per chunk ``logs/lmm_chunk/<i-of-n>.log``)."""
+    """The log file of one job of ``stage`` (``logs/<stage>.log``; per chunk ``logs/<stage>/<i-of-n>.log``)."""
     if stage in _PER_CHUNK:
         return path(f"logs/{stage}/{scatteritem}.log", outdir=outdir)
     return path(f"logs/{stage}.log", outdir=outdir)

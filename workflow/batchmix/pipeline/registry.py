@@ -22,7 +22,7 @@ from batchmix.pipeline.de import de_stage
 from batchmix.pipeline.design import design_stage
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
 from batchmix.pipeline.logs import stage_logging
-from batchmix.pipeline.simpson import simpson_stage
+from batchmix.pipeline.simpson import simpson_block_stage, simpson_null_stage, simpson_stage
 from batchmix.pipeline.stabilise import stabilise_stage
 from batchmix.pipeline.summary import diagnostics_stage, summary_stage
 from batchmix.pipeline.validate import validate_stage
@@ -97,7 +97,19 @@ STAGES: dict[str, Stage] = {
         Stage("de", de_stage, "differential expression per coefficient, with (mixed model) and without (OLS) batch"),
         Stage("diagnostics", diagnostics_stage, "PCA of the samples and the batch R² of the top components"),
         Stage("summary", summary_stage, "the verdict: batch effect, design, recommendation (summary.json)"),
-        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals"),
+        Stage(
+            "simpson_block",
+            simpson_block_stage,
+            "Simpson scan: the candidate pairs of one share of the block pairs (job i-of-n)",
+            per_chunk=True,
+        ),
+        Stage(
+            "simpson_null",
+            simpson_null_stage,
+            "Simpson calibration: the pairs flagged on one sign-flip replicate (job r-of-n)",
+            per_chunk=True,
+        ),
+        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals (gathers the jobs)"),
         Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
         Stage("report", report_job, "the self-contained HTML report"),
     ]

@@ -1,42 +1,129 @@
-"""The simpson stage: every gene pair scanned for Simpson's-paradox reversals, and the top pairs drawn."""
+"""The Simpson stages: the all-pairs reversal scan, scattered over block-pair jobs, its sign-flip
+calibration replicates (one job each), and the gather that writes the reversals.
+
+- ``simpson_block`` (job ``i-of-n``): candidates of every n-th block pair, starting at the i-th
+  (:func:`batchmix.simpson.block_pairs`), each with its exact p.
+- ``simpson_null`` (job ``r-of-n``): the pairs flagged on sign-flip replicate r - 1.
+- ``simpson``: BH/BY over all G(G-1)/2 pairs from the gathered candidates (identical to one scan),
+  the lurking factor, the calibration summary, the figure.  Without gathered inputs (the
+  ``batchmix simpson`` command) it scans and calibrates in the one job.
+
+Every job prepares the same residualised data from the stabilised matrix
+(:func:`batchmix.simpson.prepare` on the genes the VST kept), so block jobs and the gather see
+identical numbers.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 
 from batchmix import simpson
 from batchmix.design import fixed_design
-from batchmix.io import batch_labels, read_matrix, read_result_table, write_json, write_table
+from batchmix.io import (
+    InputError,
+    batch_labels,
+    read_matrix,
+    read_result_table,
+    write_json,
+    write_table,
+)
 from batchmix.pipeline.validate import load_samples
 from batchmix.plots.simpson import plot_reversals
 from batchmix.plots.style import save_png
+from batchmix.vst import transform_normalised
 
-__all__ = ["simpson_stage", "consistent_reversals"]
+__all__ = [
+    "simpson_stage",
+    "simpson_block_stage",
+    "simpson_null_stage",
+    "consistent_reversals",
+    "zero_value_of",
+    "check_simpson_settings",
+    "job_of",
+]
+
+logger = logging.getLogger(__name__)
+
+_JOB = re.compile(r"(?P<index>\d+)-of-(?P<count>\d+)")
 
 
-def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
-    """Reversals ordered for display: most batches agreeing with the within-batch sign first, then by p.
+def job_of(path: str) -> tuple[int, int]:
+    """The job ``(i, n)`` (1-based) of a per-job Simpson file, from its ``i-of-n`` name."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    found = _JOB.search(name)
+    if found is None:
+        raise ValueError(f"{path!r} does not name its job as i-of-n")
+    index, count = int(found["index"]), int(found["count"])
+    if not 1 <= index <= count:
+        raise ValueError(f"{path!r}: job {index} of {count}")
+    return index, count
 
-    The table itself is sorted by p; but the smallest p-values often come from genes that are nearly
-    constant in most batches, which make a poor picture of the paradox. A pair whose within-batch sign
-    holds in every batch tells the story at a glance.
+
+def zero_value_of(info: dict) -> float | None:
+    """The stabilised value of a zero count, from the VST's recorded trend (``results/vst/info.json``).
+
+    None for log-scale input (no counts) and for the ``local`` trend, whose spline the info does not
+    record (the usable mask then rests on ``min_sd`` alone, logged as a warning).
     """
-    return reversals.sort_values(
-        ["n_batches_within_sign", "p", "gene_a", "gene_b"], ascending=[False, True, True, True], kind="mergesort"
-    )
+    if info.get("input_type") != "counts":
+        return None
+    fit_type = info.get("vst_fit_type_used")
+    try:
+        return float(transform_normalised(0.0, fit_type=fit_type, coefficients=info.get("vst_coefficients", {})))
+    except (ValueError, KeyError):
+        logger.warning(
+            "the %s dispersion trend does not give the value of a zero count: the Simpson scan's usable "
+            "batches are chosen by the within-batch SD alone",
+            fit_type,
+        )
+        return None
 
 
-def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
-    """Scan all gene pairs for Simpson's-paradox reversals and draw the top pairs.
+def check_simpson_settings(config: dict, samples: pd.DataFrame) -> None:
+    """Settings of ``simpson:`` that cannot work with this sample sheet, as an ``InputError``.
 
-    Inputs ``expression`` (stabilised), ``gene_status``, ``samples``. Writes ``outputs["reversals"]``,
-    ``outputs["excluded"]`` (every gene not scanned, with the reason), ``outputs["summary"]`` (pair
-    counts, FDR, permutation check) and ``outputs["figure"]``.
+    ``min_batches`` larger than the number of batches would give every pair p = 1 under the
+    random-effects test: a run that reports "no reversals" for a reason that is the config's, so
+    it is an error, not a warning.
     """
+    scfg = config["simpson"]
+    if not scfg.get("enabled", True) or scfg.get("within_test", "random_effects") != "random_effects":
+        return
+    n_batches = int(batch_labels(samples, config["batch"]).nunique())
+    if int(scfg["min_batches"]) > n_batches:
+        raise InputError(
+            f"simpson.min_batches is {scfg['min_batches']} but the sample sheet has {n_batches} batches "
+            f"({config['batch']}): no pair could be tested. Set simpson.min_batches to at most {n_batches} "
+            "(3 or more is advisable: a sign seen in two batches is weak evidence), or use "
+            "simpson.within_test: pooled."
+        )
+
+
+@dataclass
+class _Scan:
+    """The prepared data of a run and what the stages around it need."""
+
+    data: simpson.SimpsonData
+    expression: pd.DataFrame  # the stabilised genes the VST kept
+    samples: pd.DataFrame
+    batch: pd.Series
+    covariates: np.ndarray | None
+    excluded_by_vst: pd.Series
+    zero_value: float | None
+
+
+def _prepare(config: dict, inputs: dict) -> _Scan:
     scfg = config["simpson"]
     expr = read_matrix(inputs["expression"])
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
     samples = load_samples(config, inputs["samples"]).loc[expr.columns]
+    check_simpson_settings(config, samples)
     batch = batch_labels(samples, config["batch"])
     ok = status.reindex(expr.index) == "ok"
     covariates = None
@@ -44,10 +131,160 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         X, names = fixed_design("~ " + " + ".join(scfg["adjust_for"]), samples)
         covariates = X[:, [i for i, n in enumerate(names) if n != "Intercept"]]
     genes = None if scfg["genes"] == "all" else int(scfg["genes"])
-    result = simpson.scan(
-        expr.loc[ok], batch, fdr=scfg["fdr"], method=scfg["method"], covariates=covariates, genes=genes
+    zero_value = None
+    if inputs.get("vst_info"):
+        with open(inputs["vst_info"], encoding="utf-8") as handle:
+            zero_value = zero_value_of(json.load(handle))
+    expression = expr.loc[ok.to_numpy()]
+    data = simpson.prepare(
+        expression, batch, covariates=covariates, genes=genes, min_sd=scfg["min_sd"], zero_value=zero_value
     )
-    excluded = pd.concat([status[~ok].rename("reason"), result.genes_excluded.rename("reason")])
+    return _Scan(data, expression, samples, batch, covariates, status[~ok], zero_value)
+
+
+def _scan_options(config: dict) -> dict:
+    scfg = config["simpson"]
+    return {
+        "fdr": scfg["fdr"],
+        "method": scfg["method"],
+        "within_test": scfg["within_test"],
+        "min_batches": int(scfg["min_batches"]),
+    }
+
+
+def _my_block_pairs(n_genes: int, block_size: int, index: int, count: int) -> list[tuple[slice, slice]]:
+    """Job ``index`` of ``count`` takes every count-th block pair, starting at the index-th."""
+    return simpson.block_pairs(n_genes, block_size)[index - 1 :: count]
+
+
+def simpson_block_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """One block-pair job: the candidates (index_a, index_b, p) of its share of the block pairs.
+
+    Inputs ``expression``, ``gene_status``, ``samples``, ``vst_info``; writes ``outputs["candidates"]``,
+    whose ``i-of-n`` name says which share.
+    """
+    index, count = job_of(outputs["candidates"])
+    scan = _prepare(config, inputs)
+    options = _scan_options(config)
+    mine = _my_block_pairs(scan.data.n_genes, int(config["simpson"]["block_size"]), index, count)
+    parts = [simpson.scan_block_pair(scan.data, a, b, **options) for a, b in mine]
+    columns = simpson.CANDIDATE_COLUMNS
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    # float p written exactly (repr round-trips), so that the gather's step-up is the single scan's
+    table = table.astype({"index_a": np.int64, "index_b": np.int64, "p": np.float64})
+    table.to_csv(outputs["candidates"], sep="\t", index=False, float_format="%.17g")
+    return {"block_pairs": len(mine), "candidates": int(len(table)), "genes": int(scan.data.n_genes)}
+
+
+def _read_candidates(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"index_a": np.int64, "index_b": np.int64, "p": np.float64})
+
+
+def simpson_null_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """One sign-flip replicate (``r-of-n`` in its output name: replicate r - 1): the pairs it flags.
+
+    Writes ``outputs["null"]``: ``{replicate, seed, flagged}`` (JSON).
+    """
+    index, _ = job_of(outputs["null"])
+    scfg = config["simpson"]
+    scan = _prepare(config, inputs)
+    flagged = simpson.sign_flip_replicate(
+        scan.data, index - 1, seed=int(scfg["seed"]), block_size=int(scfg["block_size"]), **_scan_options(config)
+    )
+    write_json({"replicate": index - 1, "seed": int(scfg["seed"]), "flagged": int(flagged)}, outputs["null"])
+    return {"replicate": index - 1, "flagged": int(flagged)}
+
+
+def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
+    """Reversals ordered for display: the most consistent across batches first, then by p.
+
+    Consistency is ``n_agree`` (usable batches whose r_b has the sign of the random-effects mean),
+    then its share of the usable batches.  The table itself is sorted by p; but the smallest p-values
+    can come from pairs seen in few batches, which make a poor picture of the paradox.  A pair whose
+    within-batch sign holds in every batch tells the story at a glance.
+    """
+    if reversals.empty:
+        return reversals
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = reversals["n_agree"] / reversals["k_usable"].where(reversals["k_usable"] > 0)
+    return (
+        reversals.assign(_share=share.fillna(0.0))
+        .sort_values(
+            ["n_agree", "_share", "p", "gene_a", "gene_b"],
+            ascending=[False, False, True, True, True],
+            kind="mergesort",
+        )
+        .drop(columns="_share")
+    )
+
+
+def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str]) -> dict:
+    """The ``calibration`` block of the summary: the replicates' counts, gathered or computed here."""
+    scfg = config["simpson"]
+    method = scfg["calibration"]
+    if method == "none":
+        return {"method": "none"}
+    seed = int(scfg["seed"])
+    options = _scan_options(config)
+    if method == "permutation":
+        check = simpson.permutation_check(
+            scan.expression,
+            scan.batch,
+            covariates=scan.covariates,
+            genes=None if scfg["genes"] == "all" else int(scfg["genes"]),
+            n_permutations=int(scfg["n_permutations"]),
+            seed=seed,
+            min_sd=scfg["min_sd"],
+            zero_value=scan.zero_value,
+            **options,
+        )
+        return simpson.calibration_summary(flagged, check.null_counts, method="permutation", seed=seed)
+    if null_paths:
+        records = []
+        for path in null_paths:
+            with open(path, encoding="utf-8") as handle:
+                records.append(json.load(handle))
+        records.sort(key=lambda r: r["replicate"])
+        counts = [int(r["flagged"]) for r in records]
+    else:
+        counts = [
+            simpson.sign_flip_replicate(scan.data, r, seed=seed, block_size=int(scfg["block_size"]), **options)
+            for r in range(int(scfg["n_replicates"]))
+        ]
+    return simpson.calibration_summary(flagged, counts, method="sign_flip", seed=seed)
+
+
+def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """Gather the scan: BH/BY over all pairs, the lurking factor, the calibration, the figure.
+
+    Inputs ``expression`` (stabilised), ``gene_status``, ``samples``, ``vst_info`` and, from the
+    scattered workflow, ``candidates`` (every block-pair job's file) and ``null`` (every sign-flip
+    replicate's file); without them the scan and the replicates run here.  Writes
+    ``outputs["reversals"]`` (with ``share_<column>`` per lurking factor), ``outputs["excluded"]``,
+    ``outputs["summary"]`` and ``outputs["figure"]``.
+    """
+    scfg = config["simpson"]
+    scan = _prepare(config, inputs)
+    data = scan.data
+    options = _scan_options(config)
+    candidate_paths = inputs.get("candidates") or []
+    if candidate_paths:
+        candidates = [_read_candidates(p) for p in candidate_paths]
+        result = simpson.combine(data, candidates, **options)
+    else:
+        result = simpson.scan_data(data, block_size=int(scfg["block_size"]), **options)
+    excluded = pd.concat([scan.excluded_by_vst.rename("reason"), result.genes_excluded.rename("reason")])
+    adjusted = tuple(scfg["adjust_for"])
+    lurking = simpson.lurking_factors(
+        scan.expression.loc[data.genes],
+        scan.samples,
+        result.reversals,
+        batch=config["batch"],
+        covariates=scan.covariates,
+        exclude=adjusted,
+    )
+    reversals = pd.concat([result.reversals, lurking.shares], axis=1)
+    calibration = _calibration(config, scan, len(result.reversals), inputs.get("null") or [])
     summary = {
         "n_genes_scanned": result.n_genes,
         "n_pairs": result.n_pairs,
@@ -57,23 +294,33 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         "method": result.method,
         "adjust_for": scfg["adjust_for"],
         "n_genes_excluded": int(len(excluded)),
+        "within_test": result.within_test,
+        "min_batches": int(result.min_batches),
+        "min_sd": float(scfg["min_sd"]),
+        "zero_value": scan.zero_value,
+        "calibration": calibration,
+        "lurking": {"nested": lurking.nested, "factors": lurking.summary},
     }
     if scfg["permutation_check"]:
         check = simpson.permutation_check(
-            expr.loc[ok],
-            batch,
+            scan.expression,
+            scan.batch,
             fdr=scfg["fdr"],
             method=scfg["method"],
-            covariates=covariates,
-            genes=genes,
+            covariates=scan.covariates,
+            genes=None if scfg["genes"] == "all" else int(scfg["genes"]),
             n_permutations=scfg["n_permutations"],
+            within_test=scfg["within_test"],
+            min_batches=int(scfg["min_batches"]),
+            min_sd=scfg["min_sd"],
+            zero_value=scan.zero_value,
         )
         summary["permutation_check"] = check.__dict__
-    write_table(result.reversals, outputs["reversals"])
+    write_table(reversals, outputs["reversals"])
     write_table(excluded.rename_axis("gene_id").reset_index(), outputs["excluded"])
     write_json(summary, outputs["summary"])
     fig = plot_reversals(
-        expr.loc[ok], batch, consistent_reversals(result.reversals), top=config["report"]["top_pairs"] or 1
+        scan.expression, scan.batch, consistent_reversals(result.reversals), top=config["report"]["top_pairs"] or 1
     )
     save_png(fig, outputs["figure"])
     return {

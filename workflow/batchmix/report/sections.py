@@ -504,7 +504,61 @@ def vst_section(config: dict, tables: dict, figures: Figures) -> dict:
     return section
 
 
+# Names of the within-batch tests and calibration nulls, as the report writes them.
+SIMPSON_TESTS = {
+    "random_effects": "random-effects test (per-batch correlations combined by DerSimonian-Laird; a pair needs a "
+    "consistent within-batch sign)",
+    "pooled": "pooled within-batch test (does not test consistency across batches)",
+}
+SIMPSON_NULLS = {
+    "sign_flip": "sign-flip null (each gene's within-batch sign randomised per batch: no consistent direction)",
+    "permutation": "within-batch permutation null (no within-batch correlation at all)",
+}
+# The report warns when the empirical FDR exceeds the nominal one by this factor.
+EMPIRICAL_FDR_WARNING = 2.0
+
+
+def _simpson_calibration(summary: dict) -> dict | None:
+    """The calibration line of the Simpson section, with a warning flag; None when it did not run."""
+    calibration = summary.get("calibration") or {}
+    method = calibration.get("method")
+    if method in (None, "none"):
+        return None
+    nominal = float(summary.get("fdr", 0.05))
+    empirical = calibration.get("empirical_fdr")
+    empirical = float(empirical) if empirical is not None else float("nan")
+    null_counts = [int(v) for v in calibration.get("flagged_null") or []]
+    return {
+        "method": method,
+        "null": SIMPSON_NULLS.get(method, method),
+        "replicates": int(calibration.get("replicates", len(null_counts))),
+        "flagged_null": ", ".join(f"{v:,}" for v in null_counts),
+        "empirical_fdr": empirical,
+        "nominal_fdr": nominal,
+        "warn": bool(np.isfinite(empirical) and empirical > EMPIRICAL_FDR_WARNING * nominal),
+    }
+
+
+def _simpson_lurking(summary: dict) -> list[dict]:
+    """One entry per sheet column nested in the batch: its levels, the share of reversals it drives."""
+    lurking = summary.get("lurking") or {}
+    out = []
+    for column, info in (lurking.get("factors") or {}).items():
+        out.append(
+            {
+                "column": column,
+                "levels": ", ".join(map(str, info.get("levels", []))),
+                "n_levels": len(info.get("levels", [])),
+                "percent_driven": 100.0 * float(info.get("fraction_driven", 0.0)),
+                "n_driven": int(info.get("n_driven", 0)),
+                "driving": bool(info.get("driving", False)),
+            }
+        )
+    return out
+
+
 def simpson_section(config: dict, tables: dict) -> dict:
+    """The Simpson section: the count and its test, the empirical FDR, the lurking factor, the figure."""
     scfg = config.get("simpson", {})
     section: dict = {
         "enabled": bool(scfg.get("enabled", False)) and tables["reversals"] is not None,
@@ -512,11 +566,16 @@ def simpson_section(config: dict, tables: dict) -> dict:
         "table": None,
         "permutation": None,
         "adjust_for": [],
+        "calibration": None,
+        "lurking": [],
+        "driving": [],
     }
     if not section["enabled"]:
         return section
     summary = tables["simpson_summary"] or {}
     reversals = tables["reversals"]
+    within_test = summary.get("within_test", "pooled")
+    lurking = _simpson_lurking(summary)
     section.update(
         {
             "n_reversals": int(summary.get("n_reversals", len(reversals))),
@@ -528,6 +587,13 @@ def simpson_section(config: dict, tables: dict) -> dict:
             ),
             "adjust_for": summary.get("adjust_for") or [],
             "permutation": summary.get("permutation_check"),
+            "within_test": within_test,
+            "test": SIMPSON_TESTS.get(within_test, within_test),
+            "min_batches": summary.get("min_batches"),
+            "min_sd": summary.get("min_sd"),
+            "calibration": _simpson_calibration(summary),
+            "lurking": lurking,
+            "driving": [f for f in lurking if f["driving"]],
         }
     )
     if len(reversals):
@@ -547,10 +613,10 @@ def simpson_section(config: dict, tables: dict) -> dict:
             section["figure"] = {
                 "name": "simpson_top_pairs",
                 "src": data_uri(Path(figure_path).read_bytes(), "image/png"),
-                "alt": "Pooled against per-batch scatter of the strongest reversals",
+                "alt": "Pooled against per-batch scatter of the most consistent reversals",
                 "caption": (
-                    f"The {min(len(reversals), int(config.get('report', {}).get('top_pairs', 4)))} strongest "
-                    "reversals. "
+                    f"The {min(len(reversals), int(config.get('report', {}).get('top_pairs', 4)))} reversals "
+                    "whose within-batch sign holds in the most batches (column n_agree). "
                     "Left: all samples pooled with one regression line; right: the same samples coloured by batch "
                     "with one line per batch. A reversal is a pair whose lines slope one way pooled and the other "
                     "way inside the batches: the pooled correlation is made by differences between batches."

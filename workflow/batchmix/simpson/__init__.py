@@ -67,7 +67,7 @@ from .calibration import (
     sign_flip_data,
     sign_flip_replicate,
 )
-from .lurking import LurkingFactors, factor_shares, lurking_factors, nested_columns
+from .lurking import LurkingFactors, factor_shares, lurking_columns, lurking_factors
 from .pairs import (
     CANDIDATE_COLUMNS,
     REVERSAL_COLUMNS,
@@ -113,7 +113,7 @@ __all__ = [
     "sign_flip_data",
     "sign_flip_replicate",
     "permutation_check",
-    "nested_columns",
+    "lurking_columns",
     "factor_shares",
     "lurking_factors",
 ]

@@ -138,6 +138,8 @@ class PermutationCheck:
         mean V / max(R, 1).
     seed : int
         Seed of the permutations.
+    null_counts : list of int
+        Reversals reported on each permuted data set.
     """
 
     n_permutations: int
@@ -145,6 +147,7 @@ class PermutationCheck:
     mean_discoveries_null: float
     empirical_fdr: float
     seed: int
+    null_counts: list[int]
 
 
 def permutation_check(
@@ -208,4 +211,5 @@ def permutation_check(
         mean_discoveries_null=mean_null,
         empirical_fdr=mean_null / max(r_observed, 1),
         seed=seed,
+        null_counts=[int(c) for c in null_counts],
     )

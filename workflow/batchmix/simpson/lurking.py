@@ -22,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .prepare import align_batch, orthonormal_basis
+from batchmix.design import level_label
+from batchmix.design_check import nested_columns
 
-__all__ = ["LurkingFactors", "nested_columns", "factor_shares", "lurking_factors", "DRIVEN_SHARE", "DRIVING_FRACTION"]
+from .prepare import orthonormal_basis
+
+__all__ = ["LurkingFactors", "lurking_columns", "factor_shares", "lurking_factors", "DRIVEN_SHARE", "DRIVING_FRACTION"]
 
 # S_C / S_T above this: the pair's pooled sign comes from between C's levels.
 DRIVEN_SHARE = 1.0
@@ -32,35 +35,33 @@ DRIVEN_SHARE = 1.0
 DRIVING_FRACTION = 0.5
 
 
-def nested_columns(samples: pd.DataFrame, batch: pd.Series, *, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Columns of ``samples`` nested in the batch: one level per batch, 2 or more levels, fewer levels
-    than batches.  Missing values count as a level of their own.
+def lurking_columns(samples: pd.DataFrame, batch: str, *, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Candidate lurking factors: the columns nested in the batch (the design check's definition,
+    :func:`batchmix.design_check.nested_columns`) that group batches, i.e. have fewer levels than
+    there are batches (a column with one level per batch is the batch under another name: its share
+    is the between-batch share itself).
 
     Parameters
     ----------
     samples : pandas.DataFrame
-        Sample sheet indexed by sample id.
-    batch : pandas.Series
-        Sample id -> batch label (the samples of ``batch`` are used).
+        Sample sheet of the scanned samples (with the batch column).
+    batch : str
+        The batch column.
     exclude : tuple of str
-        Columns not to consider (e.g. the batch column itself).
+        Columns not to consider (e.g. the covariates already adjusted for).
 
     Returns
     -------
     list of str
         In the sample sheet's column order.
     """
-    sheet = samples.reindex(batch.index)
-    labels = batch.astype(str).to_numpy()
-    n_batches = len(pd.unique(labels))
+    n_batches = samples[batch].map(level_label).nunique()
     found = []
-    for column in sheet.columns:
+    for column in nested_columns(samples, batch):
         if column in exclude:
             continue
-        values = sheet[column].astype(object).where(sheet[column].notna(), "<NA>").astype(str)
-        levels_per_batch = values.groupby(labels).nunique()
-        n_levels = values.nunique()
-        if (levels_per_batch == 1).all() and 2 <= n_levels < n_batches:
+        n_levels = samples[column].map(lambda v: "<NA>" if pd.isna(v) else level_label(v)).nunique()
+        if n_levels < n_batches:
             found.append(str(column))
     return found
 
@@ -142,10 +143,10 @@ class LurkingFactors:
 
 def lurking_factors(
     expression: pd.DataFrame,
-    batch: pd.Series,
     samples: pd.DataFrame,
     reversals: pd.DataFrame,
     *,
+    batch: str,
     covariates: np.ndarray | None = None,
     exclude: tuple[str, ...] = (),
 ) -> LurkingFactors:
@@ -155,28 +156,30 @@ def lurking_factors(
     ----------
     expression : pandas.DataFrame
         Genes x samples, the values the scan used.
-    batch : pandas.Series
-        Sample id -> batch label.
     samples : pandas.DataFrame
-        Sample sheet indexed by sample id.
+        Sample sheet indexed by sample id (covering ``expression.columns``), with the batch column.
     reversals : pandas.DataFrame
         ``SimpsonResult.reversals``.
+    batch : str
+        The batch column.
     covariates : numpy.ndarray, optional
         The scan's covariates.
     exclude : tuple of str
-        Columns not to consider (the batch column, the covariates' columns).
+        Columns not to consider (the covariates' columns).
 
     Returns
     -------
     LurkingFactors
     """
-    align_batch(expression.columns, batch)  # same checks as the scan
-    sheet_batch = batch.reindex(expression.columns)
-    nested = nested_columns(samples, sheet_batch, exclude=exclude)
+    missing = pd.Index(expression.columns).difference(samples.index)
+    if len(missing):
+        raise ValueError(f"samples missing from the sample sheet: {', '.join(map(str, missing[:5]))}")
+    sheet = samples.loc[expression.columns]
+    nested = lurking_columns(sheet, batch, exclude=exclude)
     shares = pd.DataFrame(index=reversals.index)
     summary = {}
     for column in nested:
-        levels = samples[column].reindex(expression.columns)
+        levels = sheet[column]
         share = factor_shares(expression, reversals, levels, covariates=covariates)
         shares[f"share_{column}"] = share
         driven = int(np.sum(share > DRIVEN_SHARE))

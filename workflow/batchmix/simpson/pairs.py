@@ -97,6 +97,45 @@ _SLACK_Z = 0.05
 _STEEP_R = 0.99
 
 
+# Below this share of a block pair's pairs past the pooled bound, their per-batch correlations are
+# computed pair by pair (numba) rather than as full per-batch matrix products: with inner dimension
+# n_b the products run far below BLAS peak, and pair by pair costs K x N against block^2 x N.
+_DENSE_SURVIVORS = 0.25
+_KERNEL: list = []
+
+
+def _per_batch_kernel():
+    """The compiled per-pair, per-batch inner products (numba, compiled once per process and cached on
+    disk); None without numba.
+
+    ``kernel(left, right, ia, ib, starts, out)``: out[b, k] = sum over the columns of batch b
+    (starts[b]:starts[b+1]) of left[ia[k]] * right[ib[k]].  Unusable (gene, batch) rows are zero, so
+    their products are exactly 0, as in the matrix products.
+    """
+    if not _KERNEL:
+        try:
+            import numba  # imported here: only the scan needs it, not every importer of batchmix.simpson
+        except ImportError:  # a speed-up only: the matrix products give the same candidates
+            logger.warning("numba is not installed: the Simpson scan uses per-batch matrix products (slower)")
+            _KERNEL.append(None)
+            return None
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(left, right, ia, ib, starts, out):  # pragma: no cover - compiled
+            n_batches = starts.size - 1
+            for k in range(ia.size):
+                a = left[ia[k]]
+                b = right[ib[k]]
+                for j in range(n_batches):
+                    total = np.float32(0.0)
+                    for i in range(starts[j], starts[j + 1]):
+                        total += a[i] * b[i]
+                    out[j, k] = total
+
+        _KERNEL.append(kernel)
+    return _KERNEL[0]
+
+
 @dataclass
 class SimpsonResult:
     """Result of :func:`scan`.
@@ -243,15 +282,23 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
         return empty, empty.copy(), np.zeros(0)
     # per-batch correlations of the surviving pairs: one float32 product per batch over the block rows
     flat = ia * rows_b.size + ib
-    unit32 = data.unit_batch_rows(np.float32)
+    # columns sorted by batch: each batch is a slice
+    unit32, bounds = data.unit_batch_sorted(np.float32)
     left, right = unit32[rows_a], unit32[rows_b]
-    columns = data.batch_columns
-    z = np.empty((len(columns), ia.size), dtype=np.float32)
-    for b, cols in enumerate(columns):
-        if data.batch_weights[b] < 1:
-            z[b] = 0.0  # never usable: the rows are zero there
-            continue
-        z[b] = (left[:, cols] @ right[:, cols].T).ravel()[flat]
+    z = np.empty((len(bounds), ia.size), dtype=np.float32)
+    kernel = _per_batch_kernel()
+    if kernel is not None and ia.size < _DENSE_SURVIVORS * rows_a.size * rows_b.size:
+        # few pairs past the bound: their per-batch inner products only (K x N work, not block^2 x N)
+        starts = np.array([start for start, _ in bounds] + [unit32.shape[1]], dtype=np.int64)
+        kernel(left, right, ia.astype(np.int64), ib.astype(np.int64), starts, z)
+    else:
+        # most pairs past the bound: one matrix product per batch into a reused buffer
+        product = np.empty((rows_a.size, rows_b.size), dtype=np.float32)
+        product_flat = product.reshape(-1)
+        for b, (start, stop) in enumerate(bounds):
+            np.matmul(left[:, start:stop], right[:, start:stop].T, out=product)
+            np.take(product_flat, flat, out=z[b])
+        del product, product_flat
     del left, right
     # atanh is steep near +-1, where float32 rounding matters: such pairs always go to float64
     steep = (z.max(axis=0) > _STEEP_R) | (z.min(axis=0) < -_STEEP_R)
@@ -269,7 +316,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     hetero = np.flatnonzero(tau2 > 0)
     if hetero.size:
         # w*_b = 1 / (1/w_b + tau2) on the usable batches, B x K_hetero like z
-        usable_t = np.unpackbits(pair_bits[hetero], axis=1, count=len(columns), bitorder="little").T
+        usable_t = np.unpackbits(pair_bits[hetero], axis=1, count=len(bounds), bitorder="little").T
         w_star = (1.0 / (1.0 / weights32[:, None] + tau2[hetero].astype(np.float32)[None, :])) * usable_t
         z_re[hetero] = (w_star * z[:, hetero]).sum(axis=0) / np.sqrt(w_star.sum(axis=0, dtype=np.float64))
     del z

@@ -119,6 +119,20 @@ class SimpsonData:
             self._cache[key] = np.ascontiguousarray(unit, dtype=dtype)
         return self._cache[key]
 
+    def unit_batch_sorted(self, dtype=np.float32) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """:meth:`unit_batch_rows` with the columns ordered batch by batch, and each batch's (start, stop).
+
+        A batch's columns are then a contiguous slice, so its correlations are one matrix product of
+        two views, without copying the columns out first (cached).
+        """
+        key = ("batch_sorted", np.dtype(dtype).str)
+        if key not in self._cache:
+            order, starts = self.batch_order()
+            stops = np.append(starts[1:], order.size)
+            matrix = np.ascontiguousarray(self.unit_batch_rows(dtype)[:, order])
+            self._cache[key] = (matrix, [(int(a), int(b)) for a, b in zip(starts, stops)])
+        return self._cache[key]
+
     def batch_order(self) -> tuple[np.ndarray, np.ndarray]:
         """Columns ordered batch by batch, and where each batch starts (for ``np.add.reduceat``)."""
         key = ("batch_order", "")
