@@ -56,3 +56,31 @@ def test_shipped_config_is_valid_and_every_key_is_commented():
     for i, line in keys:
         assert lines[i - 1].strip().startswith("#"), f"no comment above config key: {line!r}"
     assert yaml.safe_load(path.read_text())["input_type"] == "counts"
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"reml": "maybe"}, ["reml: 'maybe'", "Allowed: a boolean", "REML (true) or ML (false)"]),
+        ({"input_type": "fpkm"}, ["input_type: 'fpkm'", "'counts', 'estimated_counts', 'log'"]),
+        ({"simpson": {"genes": "some"}}, ["simpson.genes: 'some'", "one of 'all' or an integer >= 2"]),
+        ({"modle": "~ x"}, ["modle: unknown key", "did you mean 'model'?"]),
+    ],
+)
+def test_schema_errors_give_the_value_what_is_allowed_and_the_keys_description(change, words):
+    with pytest.raises(InputError) as err:
+        validate_config({**BASE, **change}, "my.yaml")
+    message = str(err.value)
+    for word in words:
+        assert word in message, message
+    assert len(message.splitlines()) < 10, "the message must not print the schema"
+
+
+def test_adjust_for_columns_are_checked_against_the_sheet(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample_id\tb\tc\ns1\tA\tx\ns2\tB\ty\n")
+    config = {**BASE, "samples": str(sheet), "simpson": {"adjust_for": ["c", "Treatment"]}}
+    with pytest.raises(InputError) as err:
+        validate_config(config, check_inputs=True)
+    assert str(sheet) in str(err.value) and "'Treatment'" in str(err.value) and "adjust_for" in str(err.value)
+    validate_config(config)  # without check_inputs the files are not read
