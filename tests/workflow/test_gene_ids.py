@@ -73,11 +73,11 @@ def _ids(table: pd.DataFrame, column: str = "gene_id") -> list[str]:
 
 def test_every_gene_table_lists_every_input_gene_verbatim(renamed_run):
     _, input_ids, _ = renamed_run
-    results = _results(renamed_run, "vst/gene_status.tsv", "lmm/gene_fits.tsv", "corrected/expression.tsv.gz")
+    results = _results(renamed_run, "vst/gene_status.tsv", "lmm/gene_fits.tsv", "corrected/expression.parquet")
     assert _ids(read_result_table(results / "vst/gene_status.tsv")) == input_ids
     assert _ids(read_result_table(results / "lmm/gene_fits.tsv")) == input_ids
-    assert read_matrix(results / "vst/expression.tsv.gz").index.tolist() == input_ids
-    assert read_matrix(results / "corrected/expression.tsv.gz").index.tolist() == input_ids
+    assert read_matrix(results / "vst/expression.parquet").index.tolist() == input_ids
+    assert read_matrix(results / "corrected/expression.parquet").index.tolist() == input_ids
 
 
 def test_renamed_genes_keep_their_status(renamed_run):

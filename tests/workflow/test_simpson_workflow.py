@@ -41,7 +41,7 @@ def _zero_value(info: dict) -> float:
 
 def _single_scan_inputs(run_dir):
     results = run_dir / "results"
-    expression = read_matrix(results / "vst/expression.tsv.gz")
+    expression = read_matrix(results / "vst/expression.parquet")
     status = read_result_table(results / "vst/gene_status.tsv").set_index("gene_id")["status"]
     expression = expression.loc[(status.reindex(expression.index) == "ok").to_numpy()]
     samples = read_samples(run_dir / "data/samples.tsv").loc[expression.columns]

@@ -7,13 +7,14 @@ import subprocess
 
 import pandas as pd
 import yaml
+from batchmix.io import read_matrix
 from conftest import REPO, SNAKEMAKE, make_run_dir, result_files, run_snakemake
 
 
 def test_run_writes_every_output(fixture_run):
     files = set(result_files(fixture_run))
     expected = {
-        "results/vst/expression.tsv.gz",
+        "results/vst/expression.parquet",
         "results/vst/size_factors.tsv",
         "results/vst/gene_status.tsv",
         "results/vst/mean_sd.tsv",
@@ -22,7 +23,7 @@ def test_run_writes_every_output(fixture_run):
         "results/lmm/blups.tsv",
         "results/lmm/fixed_vcov.tsv",
         "results/lmm/model.json",
-        "results/corrected/expression.tsv.gz",
+        "results/corrected/expression.parquet",
         "results/simpson/reversals.tsv",
         "results/simpson/summary.json",
         "results/simpson/top_pairs.png",
@@ -49,8 +50,8 @@ def test_every_input_gene_has_one_row_with_a_status(fixture_run):
 
 def test_stabilised_and_corrected_tables_cover_all_genes(fixture_run):
     counts = pd.read_csv(fixture_run / "data/counts.tsv", sep="\t", index_col=0)
-    vst = pd.read_csv(fixture_run / "results/vst/expression.tsv.gz", sep="\t", index_col=0)
-    corrected = pd.read_csv(fixture_run / "results/corrected/expression.tsv.gz", sep="\t", index_col=0)
+    vst = read_matrix(fixture_run / "results/vst/expression.parquet")
+    corrected = read_matrix(fixture_run / "results/corrected/expression.parquet")
     assert list(vst.index) == list(counts.index) == list(corrected.index)
     assert list(vst.columns) == list(counts.columns) == list(corrected.columns)
     sf = pd.read_csv(fixture_run / "results/vst/size_factors.tsv", sep="\t")
@@ -62,8 +63,8 @@ def test_stabilised_and_corrected_tables_cover_all_genes(fixture_run):
 
 def test_batch_correction_removes_the_batch_means(fixture_run):
     """After subtracting the batch BLUPs, per-batch means of a fitted gene move towards each other."""
-    vst = pd.read_csv(fixture_run / "results/vst/expression.tsv.gz", sep="\t", index_col=0)
-    corrected = pd.read_csv(fixture_run / "results/corrected/expression.tsv.gz", sep="\t", index_col=0)
+    vst = read_matrix(fixture_run / "results/vst/expression.parquet")
+    corrected = read_matrix(fixture_run / "results/corrected/expression.parquet")
     samples = pd.read_csv(fixture_run / "data/samples.tsv", sep="\t", index_col=0)
     fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t").set_index("gene_id")
     genes = fits.index[(fits["status"] == "ok") & (fits["frac_Batch"] > 0.3)]
@@ -103,7 +104,7 @@ def test_model_without_random_term_runs_without_a_corrected_table(tmp_path):
     proc = run_snakemake(run_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = set(result_files(run_dir))
-    assert "results/corrected/expression.tsv.gz" not in files
+    assert "results/corrected/expression.parquet" not in files
     assert {"results/lmm/gene_fits.tsv", "results/report.html"} <= files
     fits = pd.read_csv(run_dir / "results/lmm/gene_fits.tsv", sep="\t")
     fitted = fits[fits["status"] == "ok"]

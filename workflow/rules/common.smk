@@ -36,7 +36,7 @@ if workflow.is_main_process:
 
 
 scattergather:
-    lmm=config["chunks"],
+    lmm=paths.chunk_count(config, "lmm"),
 
 
 # Whether the model has the batch as a random grouping factor; only then is there a

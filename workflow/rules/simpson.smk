@@ -45,7 +45,7 @@ rule simpson_block:
     resources:
         # every job holds the whole prepared matrix, as the single scan does
         mem_mb=mem_mb_for("simpson"),
-        runtime=simpson_job_runtime(1.0 / config["simpson"]["jobs"]),
+        runtime=simpson_job_runtime(1.0 / paths.chunk_count(config, "simpson")),
     script:
         "../scripts/simpson_block.py"
 

@@ -170,9 +170,14 @@ def chunk_count(config: dict, stage: str = "lmm") -> int:
     stage, ``{lmm: 8, simpson: 4}``; a stage it does not name runs as one job.
     """
     chunks = config.get("chunks", 4)
+    if isinstance(chunks, dict) and stage in chunks:
+        return int(chunks[stage])
+    if stage == "simpson":
+        # without chunks.simpson, the Simpson section's own key (its block-pair jobs)
+        return int((config.get("simpson") or {}).get("jobs", 1))
     if isinstance(chunks, dict):
-        return int(chunks.get(stage, 4 if stage == "lmm" else 1))
-    return int(chunks) if stage == "lmm" else 1
+        return 4
+    return int(chunks)
 
 
 def scatteritems(n_chunks: int) -> list[str]:
@@ -317,7 +322,10 @@ def simpson_gather_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, li
     Without them (the ``batchmix simpson`` command) the stage scans and calibrates in one job.
     """
     scfg = config["simpson"]
-    blocks = [simpson_job_path("candidates", outdir=outdir, scatteritem=s) for s in scatteritems(int(scfg["jobs"]))]
+    blocks = [
+        simpson_job_path("candidates", outdir=outdir, scatteritem=s)
+        for s in scatteritems(chunk_count(config, "simpson"))
+    ]
     nulls = []
     if scfg["calibration"] == "sign_flip":
         replicates = scatteritems(int(scfg["n_replicates"]))

@@ -86,7 +86,7 @@ STAGES: dict[str, Stage] = {
     for stage in [
         Stage("validate", validate_stage, "check the config, the expression table and the sample sheet"),
         Stage("stabilise", stabilise_stage, "size factors, low-count filter and variance-stabilising transformation"),
-        Stage("split_genes", split_genes_stage, "split the stabilised table into gene chunks for the LMM"),
+        Stage("split_genes", split_genes_stage, "cut the genes into chunks (gene ranges) for the LMM"),
         Stage("lmm_chunk", lmm_chunk_stage, "per-gene linear mixed models on one gene chunk", per_chunk=True),
         Stage(
             "gather_lmm",
