@@ -40,8 +40,8 @@ def test_schema_errors_name_the_key(change, fragment):
 
 def test_missing_required_key():
     config = dict(BASE)
-    del config["batch"]
-    with pytest.raises(InputError, match="'batch' is a required property"):
+    del config["model"]
+    with pytest.raises(InputError, match="'model' is a required property"):
         validate_config(config)
 
 

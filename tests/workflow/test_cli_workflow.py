@@ -17,6 +17,10 @@ def test_the_command_line_writes_what_snakemake_writes(fixture_run, tmp_path):
         ["validate"],
         ["stabilise"],
         ["lmm", "--chunks", "3"],  # the fixture config's chunks
+        ["design"],
+        ["de"],
+        ["diagnostics"],
+        ["summary"],
         ["simpson"],
         ["report"],
     ]
