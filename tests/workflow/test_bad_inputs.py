@@ -24,8 +24,9 @@ BY_NAME = {case.name: case for case in CASES}
 def _input_genes(run_dir: Path) -> list[str]:
     """The gene ids as the user wrote them (first field of every non-header line)."""
     lines = (run_dir / COUNTS).read_bytes().decode("utf-8-sig").splitlines()
-    lines = [line for line in lines if line.strip() and not line.startswith("#")]  # featureCounts' command line
-    return [line.split("\t", 1)[0] for line in lines[1:]]
+    while lines and lines[0].startswith("#"):  # featureCounts' command line, above the header (a gene may be #N/A)
+        lines = lines[1:]
+    return [line.split("\t", 1)[0] for line in lines[1:] if line.strip()]
 
 
 def _ids(path: Path) -> list[str]:
