@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batchmix.io import InputError
 from batchmix.pipeline.de import de_stage
 from batchmix.pipeline.design import design_stage
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
@@ -187,13 +188,18 @@ def run_snakemake_job(smk, name: str) -> dict:
         The stage.
     """
     logs = _as_paths(smk.log)
-    return run_stage(
-        name,
-        dict(smk.config),
-        _as_paths(smk.input),
-        _as_paths(smk.output),
-        {"threads": smk.threads},
-        log_path=logs.get("log"),
-        record_path=logs.get("record"),
-        job=dict(smk.wildcards.items()).get("scatteritem"),
-    )
+    try:
+        return run_stage(
+            name,
+            dict(smk.config),
+            _as_paths(smk.input),
+            _as_paths(smk.output),
+            {"threads": smk.threads},
+            log_path=logs.get("log"),
+            record_path=logs.get("record"),
+            job=dict(smk.wildcards.items()).get("scatteritem"),
+        )
+    except InputError as err:
+        # The message names the file and what to do (the job log has it too); a traceback would
+        # only bury it in Snakemake's output.
+        raise SystemExit(f"batchmix {name}: {err}") from None

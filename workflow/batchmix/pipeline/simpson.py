@@ -26,6 +26,7 @@ import pandas as pd
 from batchmix import simpson
 from batchmix.design import fixed_design
 from batchmix.io import (
+    COUNT_INPUT_TYPES,
     InputError,
     batch_labels,
     read_matrix,
@@ -71,7 +72,7 @@ def zero_value_of(info: dict) -> float | None:
     None for log-scale input (no counts) and for the ``local`` trend, whose spline the info does not
     record (the usable mask then rests on ``min_sd`` alone, logged as a warning).
     """
-    if info.get("input_type") != "counts":
+    if info.get("input_type") not in COUNT_INPUT_TYPES:
         return None
     fit_type = info.get("vst_fit_type_used")
     try:

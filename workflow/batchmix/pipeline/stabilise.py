@@ -11,7 +11,7 @@ import pandas as pd
 
 from batchmix import vst as vst_mod
 from batchmix.design import fixed_design
-from batchmix.io import InputError, write_json, write_table
+from batchmix.io import COUNT_INPUT_TYPES, InputError, write_json, write_table
 from batchmix.io.matrices import MatrixWriter
 from batchmix.pipeline.validate import load_validated
 
@@ -275,7 +275,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     n_genes = int(expr.shape[0])
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
     info: dict = {"input_type": config["input_type"], "n_genes": n_genes, "n_samples": int(expr.shape[1])}
-    counts_input = config["input_type"] == "counts"
+    counts_input = config["input_type"] in COUNT_INPUT_TYPES
 
     if counts_input:
         vcfg, fcfg = config["vst"], config["filter"]

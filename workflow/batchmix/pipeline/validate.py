@@ -67,10 +67,17 @@ def load_samples(config: dict, path: str | Path | None = None):
     return categorized(config, read_samples(path), source=str(path))
 
 
-def _validate_without_batch(expression_path, samples_path, input_type: str, model: str) -> ValidatedInputs:
+def _validate_without_batch(
+    expression_path, samples_path, input_type: str, model: str, config: dict
+) -> ValidatedInputs:
     """The checks of :func:`batchmix.io.validate_inputs` that do not concern a batch (``batch: null``)."""
     samples = read_samples(samples_path)
-    expression = read_expression(expression_path, input_type)
+    expression = read_expression(
+        expression_path,
+        input_type,
+        layer=config.get("expression_layer"),
+        sample_names=config.get("featurecounts_samples"),
+    )
     missing = [s for s in samples.index if s not in set(expression.columns)]
     extra = [s for s in expression.columns if s not in set(samples.index)]
     if missing or extra:
@@ -128,9 +135,13 @@ def load_validated(
     samples_path = samples or config["samples"]
     batch = config.get("batch")
     if batch:
-        validated = validate_inputs(expression_path, samples_path, config["input_type"], config["model"], batch)
+        validated = validate_inputs(
+            expression_path, samples_path, config["input_type"], config["model"], batch, config=config
+        )
     else:
-        validated = _validate_without_batch(expression_path, samples_path, config["input_type"], config["model"])
+        validated = _validate_without_batch(
+            expression_path, samples_path, config["input_type"], config["model"], config
+        )
     validated = dataclasses.replace(validated, samples=categorized(config, validated.samples, source=str(samples_path)))
     if check:
         design_report(config, validated).raise_on_errors()
