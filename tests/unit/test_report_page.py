@@ -900,14 +900,23 @@ def test_report_uncertainty_section_embeds_the_figures_and_tables(tmp_path):
     ]
 
 
-def test_report_says_when_the_posterior_is_not_available_and_points_to_the_bootstrap(tmp_path):
-    page, figures, written = _build_with_uncertainty(tmp_path, posterior_status="not_available:multiple_components")
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        ("failed:importance_khat", "the Pareto k̂ of its importance weights exceeds 0.7"),
+        ("failed:importance_ess", "the effective sample size of its importance weights is below 200"),
+    ],
+)
+def test_report_explains_a_failed_importance_posterior_and_points_to_the_bootstrap(tmp_path, status, words):
+    page, figures, written = _build_with_uncertainty(tmp_path, posterior_status=status)
     section = _section(page, "uncertainty")
-    note = re.search(r'<div class="callout warn" id="posterior-multiple-components">(.*?)</div>', section, re.S)
-    assert note, "no note for not_available:multiple_components"
+    anchor = "posterior-" + status.split(":", 1)[1].replace("_", "-")
+    note = re.search(rf'<div class="callout warn" id="{anchor}">(.*?)</div>', section, re.S)
+    assert note, f"no note for {status}"
     text = re.sub(r"<[^>]+>", "", note.group(1))
-    assert text.startswith("No posterior for 2 genes: the model has more than one variance component")
-    assert "not_available:multiple_components" in text and "Use the bootstrap percentiles instead" in text
+    assert text.startswith("No posterior for 2 genes: the importance sampling over the variance parameters")
+    assert words in text
+    assert status in text and "Use the bootstrap percentiles instead" in text
     # Only the bootstrap figure; the posterior columns are empty.
     assert _images(section) == [written["bootstrap_band"]]
     assert not (figures / "posterior_1.png").exists()

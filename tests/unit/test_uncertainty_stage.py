@@ -13,6 +13,7 @@ import yaml
 from batchmix import io, lmm
 from batchmix import uncertainty as unc
 from batchmix.defaults import DEFAULT_SEED  # the R and Stan references were made with this seed
+from batchmix.pipeline.uncertainty import uncertainty_stage
 from batchmix.plots.uncertainty import plot_bootstrap_band, plot_posterior
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def walkthrough(tmp_path_factory):
     expr = pd.read_csv(ROOT / config["expression"], sep="\t", index_col=0)
     paths = _stage_inputs(tmp, expr, ROOT / config["samples"], config["model"])
     out = _outputs(tmp)
-    unc.uncertainty_stage(
+    uncertainty_stage(
         config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(paths["samples"]), out
     )
     return config, out
@@ -169,7 +170,7 @@ def test_gene_choice_and_disabled_methods(tmp_path):
         "uncertainty": {"bootstrap": 50, "bayes": False, "genes": 1, "figure_genes": ["g3"]},
     }
     out = _outputs(tmp_path)
-    unc.uncertainty_stage(
+    uncertainty_stage(
         config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(samples_path), out
     )
     boot = pd.read_csv(out["bootstrap"], sep="\t")
@@ -231,7 +232,7 @@ def test_gene_ids_that_look_like_numbers_stay_text(tmp_path, ids):
         "uncertainty": {"bootstrap": 20, "bayes": True, "genes": "all"},
     }
     out = _outputs(tmp_path)
-    unc.uncertainty_stage(
+    uncertainty_stage(
         config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(samples_path), out
     )
     for table in (io.read_result_table(out["bootstrap"]), io.read_result_table(out["posterior"])):
@@ -251,7 +252,7 @@ def test_random_slopes_walkthrough_with_brms_default_priors(tmp_path):
     paths = _stage_inputs(tmp_path, expr, ROOT / config["samples"], config["model"])
     out = _outputs(tmp_path)
     out["posterior_diagnostics"] = str(tmp_path / "out" / "posterior_diagnostics.tsv")
-    unc.uncertainty_stage(
+    uncertainty_stage(
         config, str(paths["expression"]), str(paths["gene_status"]), str(paths["gene_fits"]), str(paths["samples"]), out
     )
     post = io.read_result_table(out["posterior"]).set_index("param")
@@ -288,7 +289,7 @@ def test_kinship_run_reads_the_matrix_from_the_config(tmp_path):
         "uncertainty": {"bootstrap": 0, "bayes": True, "prior": "brms_default", "genes": "all"},
     }
     out = _outputs(tmp_path)
-    unc.uncertainty_stage(
+    uncertainty_stage(
         config,
         str(paths["expression"]),
         str(paths["gene_status"]),

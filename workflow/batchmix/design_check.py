@@ -50,7 +50,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from batchmix.design import check_levels, fixed_design, formula_columns, level_label, parse_formula, random_design
+from batchmix.design import (
+    KINSHIP,
+    check_levels,
+    fixed_design,
+    formula_columns,
+    level_label,
+    parse_formula,
+    random_design,
+)
 from batchmix.io import InputError
 
 logger = logging.getLogger(__name__)
@@ -292,7 +300,10 @@ def check_design(
         X, names = fixed_design(formula, samples, levels=levels, categorical=categorical)
     dropped = [str(w.message) for w in caught if "rank deficient" in str(w.message)]
     rd = random_design(formula, samples, levels=levels, categorical=categorical) if parsed.random else None
-    Z = rd.Z if rd is not None else np.zeros((n, 0))
+    # (1 | kinship)'s Z is a full factor of K: its variance is told from the residual by K's spectrum,
+    # not by rank, so it stays out of the rank count
+    blocks = [b for b in (rd.blocks if rd is not None else []) if b.group != KINSHIP]
+    Z = np.column_stack([b.Z for b in blocks]) if blocks else np.zeros((n, 0))
     fixed_rank = _rank(X)
     full_rank = _rank(np.column_stack([X, Z])) if Z.size else fixed_rank
 
@@ -380,6 +391,9 @@ def check_design(
     random_terms = []
     for term, block in zip(parsed.random, rd.blocks if rd is not None else []):
         group = term.group
+        if group == KINSHIP:
+            # a known covariance between samples, not a grouping column: no levels to count
+            continue
         key = samples[group.split(":")].apply(lambda col: col.map(level_label)).agg(":".join, axis=1)
         codes = np.unique(key.to_numpy(dtype=str), return_inverse=True)[1].reshape(-1)
         counts = np.bincount(codes)

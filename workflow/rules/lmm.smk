@@ -45,6 +45,8 @@ rule gather_lmm:
         corrected=gathered_chunks("corrected"),
         gene_status=paths.stage_inputs("split_genes", config)["gene_status"],
         samples=config["samples"],
+        # the kinship matrix (covariance: kinship) goes into model.json's design: a change reruns the job
+        **paths.kinship_input(config),
     output:
         **stage_outputs("gather_lmm"),
     log:

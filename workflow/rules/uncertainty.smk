@@ -1,5 +1,7 @@
 # Stage 5 (optional): uncertainty for every gene: parametric bootstrap (lme4's bootMer) and the
-# exact grid posterior for one-variance-component models (batchmix.uncertainty).
+# posterior (exact grid for one variance component, importance sampling otherwise, with its per-gene
+# k-hat and ESS in posterior_diagnostics.tsv); batchmix.pipeline.uncertainty runs batchmix.uncertainty.
+# Its inputs include the kinship matrix when covariance: kinship is set (paths.stage_inputs).
 
 
 rule uncertainty:

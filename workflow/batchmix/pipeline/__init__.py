@@ -10,9 +10,9 @@
 - :mod:`batchmix.pipeline.design`    the design stage (the design check, design.json)
 - :mod:`batchmix.pipeline.de`        the de stage (DE with and without the batch, de/<coef>.tsv)
 - :mod:`batchmix.pipeline.summary`   the diagnostics (PCA, batch R²) and summary (the verdict) stages
+- :mod:`batchmix.pipeline.uncertainty` the uncertainty stage (bootstrap and posterior tables, figures)
 
-The uncertainty stage lives in :mod:`batchmix.uncertainty` and the report in :mod:`batchmix.report`;
-the registry runs them under the same signature.
+The report lives in :mod:`batchmix.report`; the registry runs it under the same signature.
 """
 
 from batchmix.pipeline.paths import batch_is_random, report_inputs, stage_inputs, stage_outputs

@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK_OUTPUTS",
     "batch_is_random",
     "uncertainty_enabled",
+    "kinship_input",
     "scatteritems",
     "path",
     "chunk_path",
@@ -96,6 +97,7 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     "uncertainty": {
         "bootstrap": "uncertainty/bootstrap.tsv",
         "posterior": "uncertainty/posterior.tsv",
+        "posterior_diagnostics": "uncertainty/posterior_diagnostics.tsv",
         "summary": "uncertainty/summary.json",
         "figures": "uncertainty/figures",
     },
@@ -147,6 +149,16 @@ def batch_is_random(config: dict) -> bool:
     Only then is there a batch-corrected expression (expression minus the batch BLUPs).
     """
     return any(term.group == config["batch"] for term in parse_formula(config["model"]).random)
+
+
+def kinship_input(config: dict) -> dict[str, str]:
+    """``{"kinship": path}`` when the config gives a kinship matrix (``covariance: {kinship: path}``), else empty.
+
+    The stages that read the sample sheet with the matrix attached (lmm_chunk, gather_lmm,
+    uncertainty, design, report) take it as an input, so that Snakemake reruns them when it changes.
+    """
+    matrix = (config.get("covariance") or {}).get("kinship")
+    return {"kinship": str(matrix)} if matrix else {}
 
 
 def uncertainty_enabled(config: dict) -> bool:
@@ -258,6 +270,7 @@ def stage_inputs(
             "expression": expression,
             "gene_status": status,
             "samples": config["samples"],
+            **kinship_input(config),
         }
     if stage == "gather_lmm":
         if n_chunks is None:
@@ -268,7 +281,7 @@ def stage_inputs(
             key: [chunk_path(key, outdir=outdir, scatteritem=s) for s in items] for key in keys
         }
         inputs.setdefault("corrected", [])
-        inputs.update({"gene_status": status, "samples": config["samples"]})
+        inputs.update({"gene_status": status, "samples": config["samples"], **kinship_input(config)})
         return inputs
     if stage in ("simpson", "simpson_block", "simpson_null"):
         # vst/info.json records the trend that gives the stabilised value of a zero count
@@ -280,9 +293,10 @@ def stage_inputs(
             "gene_status": status,
             "gene_fits": path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=outdir),
             "samples": config["samples"],
+            **kinship_input(config),
         }
     if stage == "design":
-        return {"expression": config["expression"], "samples": config["samples"]}
+        return {"expression": config["expression"], "samples": config["samples"], **kinship_input(config)}
     lmm_out = STAGE_OUTPUTS["gather_lmm"]
     if stage == "de":
         return {
@@ -382,7 +396,8 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     ``gene_fits``, ``blups``, ``fixed_vcov``, ``model``, ``samples``, ``expression``; with a random
     batch ``corrected``; with ``simpson.enabled`` ``reversals``, ``simpson_summary``,
     ``simpson_figure``; with the uncertainty stage ``uncertainty_summary``, ``uncertainty_bootstrap``,
-    ``uncertainty_posterior``, ``uncertainty_figures`` (a directory). Also always ``design``,
+    ``uncertainty_posterior``, ``uncertainty_figures`` (a directory);
+    with ``covariance: {kinship: path}`` ``kinship`` (the matrix, read with the sheet). Also always ``design``,
     ``summary``, ``pca``, ``pca_scores`` and ``de_summary`` (the DE tables are read next to it, named by
     :func:`de_table_name`, as the de rule writes them with it).
     """
@@ -404,6 +419,7 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
         "model": at(lmm["model"]),
         "samples": config["samples"],
         "expression": config["expression"],
+        **kinship_input(config),
     }
     if batch_is_random(config):
         inputs["corrected"] = at(lmm["corrected"])

@@ -35,10 +35,10 @@ StageFunction = Callable[[dict, Paths, Paths, dict], "dict | None"]
 
 
 def uncertainty_job(config: dict, inputs: Paths, outputs: Paths, params: dict) -> dict:
-    """The uncertainty stage (:func:`batchmix.uncertainty.uncertainty_stage`) under the registry's signature."""
-    # Imported here: the stage's owner module pulls in the bootstrap and its figures, which no other
+    """The uncertainty stage (:func:`batchmix.pipeline.uncertainty.uncertainty_stage`), registry signature."""
+    # Imported here: the stage's module pulls in the bootstrap and its figures, which no other
     # stage needs.
-    from batchmix.uncertainty import uncertainty_stage
+    from batchmix.pipeline.uncertainty import uncertainty_stage
 
     uncertainty_stage(
         config,

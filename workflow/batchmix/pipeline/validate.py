@@ -4,7 +4,9 @@
 ``levels`` and runs the design check (:func:`batchmix.design_check.check_design`): a design that cannot
 answer (``~ group + (1|group)``, one sample per batch, no residual degrees of freedom) stops here, in
 the main process, before anything is written. :func:`load_samples` is the one way every stage reads
-the sample sheet: read, then made categorical where the config says (``levels``, the batch).
+the sample sheet: read, then made categorical where the config says (``levels``, the batch), with
+the kinship matrix of ``covariance: {kinship: path}`` attached as the columns ``(1 | kinship)`` reads
+(:func:`batchmix.lmm.kinship.attach_kinship`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import pandas as pd
 from batchmix.design import categorize, formula_columns
 from batchmix.design_check import DesignReport, check_design
 from batchmix.io import InputError, ValidatedInputs, read_expression, read_samples, validate_inputs
+from batchmix.lmm.kinship import KinshipError, attach_kinship, read_kinship
 
-__all__ = ["load_samples", "load_validated", "design_report", "validate_stage"]
+__all__ = ["kinship_path", "load_samples", "load_validated", "design_report", "validate_stage", "with_kinship"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +47,42 @@ def categorized(config: dict, samples, *, source: str = "sample sheet"):
         raise InputError(f"{source}: {err}") from None
 
 
+def kinship_path(config: dict) -> str | None:
+    """The kinship matrix of the config (``covariance: {kinship: path}``), or None."""
+    return (config.get("covariance") or {}).get("kinship") or None
+
+
+def with_kinship(config: dict, samples):
+    """``samples`` with the config's kinship matrix attached (unchanged without one).
+
+    Raises
+    ------
+    batchmix.io.InputError
+        When the matrix cannot be used (:func:`batchmix.lmm.kinship.read_kinship`: not found, not
+        square, not symmetric, not positive semi-definite, sample ids missing); the message names the
+        file and the problem.
+    """
+    matrix_path = kinship_path(config)
+    if not matrix_path:
+        return samples
+    try:
+        K = read_kinship(matrix_path, samples.index)
+    except KinshipError as err:
+        raise InputError(f"config covariance: kinship: {err}") from None
+    return attach_kinship(samples, K)
+
+
 def load_samples(config: dict, path: str | Path | None = None):
     """Read the sample sheet (by default the config's) with the config's categorical columns.
 
     Every stage reads the sheet through this function, so that ``levels`` and the batch column give
-    the same factors, coefficient names and signs everywhere.
+    the same factors, coefficient names and signs everywhere, and every stage sees the same kinship
+    matrix.
 
     Parameters
     ----------
     config : dict
-        The workflow config (``samples``, ``batch``, ``levels``).
+        The workflow config (``samples``, ``batch``, ``levels``, ``covariance``).
     path : str or Path, optional
         The sheet; default ``config["samples"]``.
 
@@ -61,10 +90,11 @@ def load_samples(config: dict, path: str | Path | None = None):
     -------
     pandas.DataFrame
         As :func:`batchmix.io.read_samples`, the ``levels`` columns and the batch as
-        :class:`pandas.Categorical`.
+        :class:`pandas.Categorical`; with ``covariance: {kinship: path}`` also the matrix as the
+        columns ``kinship::<sample id>`` (:func:`batchmix.lmm.kinship.attach_kinship`).
     """
     path = path or config["samples"]
-    return categorized(config, read_samples(path), source=str(path))
+    return with_kinship(config, categorized(config, read_samples(path), source=str(path)))
 
 
 def _validate_without_batch(
@@ -129,7 +159,8 @@ def load_validated(
     ------
     batchmix.io.InputError
         Naming the file, the row or column and what to do; for a design that cannot be fitted, every
-        error finding of the design check (each names the column and the fix).
+        error finding of the design check (each names the column and the fix); for a kinship matrix
+        that cannot be used, the file and the problem.
     """
     expression_path = expression or config["expression"]
     samples_path = samples or config["samples"]
@@ -142,7 +173,8 @@ def load_validated(
         validated = _validate_without_batch(
             expression_path, samples_path, config["input_type"], config["model"], config
         )
-    validated = dataclasses.replace(validated, samples=categorized(config, validated.samples, source=str(samples_path)))
+    samples_sheet = with_kinship(config, categorized(config, validated.samples, source=str(samples_path)))
+    validated = dataclasses.replace(validated, samples=samples_sheet)
     if check:
         design_report(config, validated).raise_on_errors()
     return validated

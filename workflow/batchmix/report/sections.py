@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from batchmix.config import load_schema
+from batchmix.de import bh
 from batchmix.design import parse_formula, sanitize_name
 from batchmix.diagnostics import PCAResult
 from batchmix.io import file_md5
 from batchmix.plots.batch import plot_batch_share, plot_pca
 from batchmix.plots.lmm import plot_top_batch_genes, plot_variance_fractions
 from batchmix.plots.shrinkage import plot_shrinkage
+from batchmix.plots.uncertainty import plot_heritability
 from batchmix.plots.vst import plot_mean_sd
 from batchmix.report.render import SHOWN_ROWS, Figures, data_uri, table
 from batchmix.report.summaries import (
@@ -42,6 +44,7 @@ from batchmix.report.summaries import (
     top_batch_genes,
     uncertainty_intervals,
 )
+from batchmix.uncertainty.multicomp import MAX_KHAT, MIN_ESS
 
 __all__ = [
     "FIGURE_CAPTIONS",
@@ -73,6 +76,7 @@ AFTER_CORRECTION = {
 #: What to look for in each figure; keys are figure names (``shrinkage_1`` … share ``shrinkage``).
 #: ``workflow/report/figures.rst`` repeats them for ``snakemake --report``.
 FIGURE_CAPTIONS = {
+    "heritability": "Per-gene heritability h² of (1|kinship); right: h² against its SE",
     "pca": (
         "Principal components of the {n_genes} most variable genes, each sample coloured by batch "
         "and shaped by {condition}. Samples that cluster by colour rather than by shape show a batch "
@@ -158,9 +162,17 @@ PRIOR_DESCRIPTIONS = {
 }
 # Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
 POSTERIOR_UNAVAILABLE = {
-    "not_available:multiple_components": (
-        "the model has more than one variance component, and the exact grid posterior covers only models "
-        "with one (a random intercept, or a single random slope)"
+    "failed:importance_khat": (
+        "the importance sampling over the variance parameters (used for several variance components, "
+        "random slopes and prior: brms_default) is unreliable for it: the Pareto k̂ of its importance "
+        f"weights exceeds {MAX_KHAT:g}, so a few draws dominate and the posterior summaries would not be "
+        "trustworthy"
+    ),
+    "failed:importance_ess": (
+        "the importance sampling over the variance parameters (used for several variance components, "
+        "random slopes and prior: brms_default) left too few effective draws: the effective sample size "
+        f"of its importance weights is below {MIN_ESS:g}, so the quantiles would be Monte Carlo noise; "
+        "results/uncertainty/posterior_diagnostics.tsv gives each gene's k̂ and ESS"
     ),
     "not_available:no_random_effect": (
         "the model has no random term, so there is no variance component to integrate over"
@@ -402,6 +414,9 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
             full_path="results/lmm/gene_fits.tsv",
             sortable=True,
         )
+    heritability = _heritability_figure(fitted, figures)
+    if heritability is not None:
+        section["figures"].append(heritability)
     if metadata.groups and len(fitted):
         comparison = model_comparison(gene_fits)
         section["comparison"] = table(
@@ -409,6 +424,34 @@ def lmm_section(config: dict, tables: dict, figures: Figures) -> dict:
         )
         section["lmm_better_aic"] = int(comparison.loc[0, "lmm_better"])
     return section
+
+
+def _heritability_figure(fitted: pd.DataFrame, figures: Figures) -> dict | None:
+    """The h² distribution of a ``(1 | kinship)`` model (gene_fits has ``h2``), with one sentence; else None.
+
+    The sentence gives the median h² over the fitted genes and how many have a kinship LRT
+    Benjamini-Hochberg q < 0.05 (over the genes with a p-value).
+    """
+    if "h2" not in fitted.columns or not len(fitted):
+        return None
+    h2 = pd.to_numeric(fitted["h2"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(h2).any():
+        return None
+    se = pd.to_numeric(fitted["se_h2"], errors="coerce").to_numpy(dtype=float) if "se_h2" in fitted else None
+    lrt_p = None
+    if "lrt_kinship_p" in fitted:
+        lrt_p = pd.to_numeric(fitted["lrt_kinship_p"], errors="coerce").to_numpy(dtype=float)
+    n_significant = int(np.sum(bh(lrt_p) < 0.05)) if lrt_p is not None else 0
+    n_genes = int(np.isfinite(h2).sum())
+    sentence = (
+        f"The median h² over the {n_genes:,} fitted genes is {np.nanmedian(h2):.3g}; "
+        f"{n_significant:,} gene{'s' if n_significant != 1 else ''} "
+        f"{'have' if n_significant != 1 else 'has'} a kinship likelihood-ratio test with q < 0.05 "
+        "(Benjamini-Hochberg over the genes)."
+    )
+    fig = plot_heritability(h2, se, lrt_p=lrt_p)
+    caption = f"{FIGURE_CAPTIONS['heritability']}. {sentence}"
+    return figures.add("heritability", fig, caption, "Distribution of the per-gene heritability h²")
 
 
 def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:

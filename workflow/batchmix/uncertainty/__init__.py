@@ -12,7 +12,8 @@ sleepstudy data, see ``tests/data/sleepstudy_uncertainty/``):
   importance sampling over the variance parameters with per-gene Pareto k̂ and ESS
   (:mod:`.multicomp`, checked against brms in ``tests/data/brms_slopes/``).
 
-Figures are in :mod:`batchmix.plots.uncertainty`; the workflow stage is :mod:`.stage`.
+Figures are in :mod:`batchmix.plots.uncertainty`; the workflow stage that runs these is
+:mod:`batchmix.pipeline.uncertainty` (statistics never run stages).
 """
 
 from .bootstrap import BOOT_COLUMNS, BootstrapResult, CompressedDesign, bootstrap, refit_compressed, simulate_compressed
@@ -28,7 +29,6 @@ from .posterior import (
     single_component,
 )
 from .priors import BRMS_DEFAULT, PRIORS, brms_default_location_scale, log_prior_lambda
-from .stage import ols_vs_lmm_table, uncertainty_stage
 
 __all__ = [
     "BOOT_COLUMNS",
@@ -45,7 +45,6 @@ __all__ = [
     "PosteriorResult",
     "bootstrap",
     "log_prior_lambda",
-    "ols_vs_lmm_table",
     "posterior",
     "posterior_arrays",
     "posterior_draws",
@@ -53,5 +52,4 @@ __all__ = [
     "refit_compressed",
     "simulate_compressed",
     "single_component",
-    "uncertainty_stage",
 ]

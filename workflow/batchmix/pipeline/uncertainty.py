@@ -1,6 +1,8 @@
-"""The uncertainty stage: bootstrap and/or grid posterior for the configured genes, tables, figures, summary.
+"""The uncertainty stage: bootstrap and/or posterior for the configured genes, tables, figures, summary.
 
-Kept importable as ``batchmix.uncertainty.uncertainty_stage`` (the workflow's adapter script).
+The statistics are in :mod:`batchmix.uncertainty` (which never runs a stage); the registry runs
+:func:`uncertainty_stage` as the stage ``uncertainty``. The sample sheet, with the kinship matrix of
+``covariance: {kinship: path}`` when set, comes from :func:`batchmix.pipeline.validate.load_samples`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import io
-from ..defaults import DEFAULT_SEED
-from ..design import sanitize_name
-from ..lmm import missing
-from ..lmm.kinship import attach_kinship, read_kinship
-from ..pipeline.validate import load_samples
-from ..plots.style import save_png
-from ..plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
-from .bootstrap import BOOT_COLUMNS, bootstrap
-from .multicomp import DIAGNOSTIC_COLUMNS
-from .posterior import SUMMARY_COLUMNS, posterior, posterior_draws
+from batchmix import io
+from batchmix.defaults import DEFAULT_SEED
+from batchmix.design import sanitize_name
+from batchmix.lmm import missing
+from batchmix.pipeline.validate import load_samples
+from batchmix.plots.style import save_png
+from batchmix.plots.uncertainty import plot_bootstrap_band, plot_posterior, plot_posterior_intervals
+from batchmix.uncertainty import (
+    BOOT_COLUMNS,
+    DIAGNOSTIC_COLUMNS,
+    SUMMARY_COLUMNS,
+    bootstrap,
+    posterior,
+    posterior_draws,
+)
 
 __all__ = ["ols_vs_lmm_table", "uncertainty_stage"]
 
@@ -105,11 +111,8 @@ def uncertainty_stage(
     prior_scale = float(ucfg.get("prior_scale", 1.0))
     seed = int(ucfg.get("seed", DEFAULT_SEED))
     expr = io.read_matrix(expression_path)
+    # with covariance: kinship, the sheet carries the matrix that (1 | kinship) reads
     samples = load_samples(config, samples_path).loc[expr.columns]
-    kinship_path = (config.get("covariance") or {}).get("kinship")
-    if kinship_path:
-        # (1 | kinship) reads the matrix from the sheet's kinship:: columns
-        samples = attach_kinship(samples, read_kinship(kinship_path, samples.index))
     status = io.read_result_table(status_path).set_index("gene_id")["status"]
     fits = io.read_result_table(fits_path)
     chosen = _choose_genes(ucfg.get("genes", "all"), fits, config["batch"])
