@@ -59,12 +59,6 @@ def _kinship_config(run_dir: Path) -> None:
     (run_dir / "fixture.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-# The design check (batchmix/design_check.py, not wired here) still treats (1|kinship) as a sample-sheet
-# grouping column and counts its full-rank Z against the residual: validation stops every kinship run.
-# The fix is proposed in the wiring report; strict, so that these fail as soon as it lands and the
-# marker must go.
-
-
 @pytest.fixture(scope="module")
 def kinship_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = make_run_dir(tmp_path_factory.mktemp("kinship_run"))
