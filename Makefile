@@ -27,7 +27,10 @@ run: $(STAMP)
 unlock: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --unlock
 
+# ruff's lint and format check first (seconds), then the whole test suite.
 test: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/python -m pytest
 
 # ruff (lint and format, configured in pyproject.toml) and Snakemake's own lint of the rules.
