@@ -314,7 +314,7 @@ CASES: list[Case] = [
         "made_up",
         _edit_sheet(_one_sample_per_batch),
         "error",
-        [SAMPLES, "Batch", "one sample", "(1|Batch)"],
+        [SAMPLES, "Batch", "single sample", "(1|Batch)"],
     ),
     Case("three samples in all", "made_up", _three_samples, "error", [SAMPLES, "3 samples", "residual"]),
     Case(

@@ -278,14 +278,15 @@ def differential_expression(
     if coefficients is None:
         coefficients = [c[len("coef_") :] for c in gene_fits.columns if c.startswith("coef_")]
     tested = [c for c in coefficients if c != "Intercept" and c not in batch_coefs]
+    status = gene_fits["status"].astype(str).to_numpy()
+    fitted = np.isin(status, FITTED_STATUSES)
     for name in tested:
-        if f"coef_{name}" not in gene_fits.columns:
+        # with no fitted gene, gene_fits has no estimate columns at all: every row keeps its status, NA values
+        if fitted.any() and f"coef_{name}" not in gene_fits.columns:
             raise ValueError(f"gene_fits has no column coef_{name}")
         if name not in ols_names:
             raise ValueError(f"coefficient {name!r} is not in the fixed design without the batch ({ols_names})")
 
-    status = gene_fits["status"].astype(str).to_numpy()
-    fitted = np.isin(status, FITTED_STATUSES)
     values = expression.loc[gene_ids].to_numpy(dtype=float)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-missing genes: NaN mean, as limma
@@ -302,11 +303,13 @@ def differential_expression(
             else (f"se_{name}", f"t_{name}", f"df_{name}", f"p_{name}")
         )
         absent_cols = [c for c in lmm_cols if c not in gene_fits.columns]
-        if absent_cols:
+        if absent_cols and fitted.any():
             raise ValueError(f"gene_fits lacks {absent_cols} (is moderate.enabled as in the LMM run?)")
         frame = pd.DataFrame({"gene_id": gene_ids.to_numpy(), "status": status, "ave_expr": ave_expr})
 
         def column(col: str) -> np.ndarray:
+            if col not in gene_fits.columns:
+                return np.full(G, np.nan)
             vals = pd.to_numeric(gene_fits[col], errors="coerce").to_numpy(dtype=float)
             return np.where(fitted, vals, np.nan)
 

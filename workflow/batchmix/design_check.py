@@ -178,12 +178,19 @@ class DesignReport:
             "findings": [f.to_dict() for f in self.findings],
         }
 
-    def raise_on_errors(self) -> None:
-        """Raise :class:`batchmix.io.InputError` listing every error finding; do nothing without errors."""
+    def raise_on_errors(self, *, source: str | None = None) -> None:
+        """Raise :class:`batchmix.io.InputError` listing every error finding; do nothing without errors.
+
+        Parameters
+        ----------
+        source : str, optional
+            The sample sheet the design comes from, named first in the message.
+        """
         errors = self.errors
         if errors:
             lines = "\n".join(f"- [{f.code}] {f.message}" for f in errors)
-            raise InputError(f"the design cannot be fitted as asked ({self.formula}):\n{lines}")
+            where = f"{source}: " if source else ""
+            raise InputError(f"{where}the design cannot be fitted as asked ({self.formula}):\n{lines}")
 
 
 def cramers_v(table: pd.DataFrame) -> float | None:

@@ -215,3 +215,14 @@ def runtime_for(stage: str):
     runtime.__name__ = f"runtime_{stage}"
     return runtime
 
+
+def simpson_job_runtime(share):
+    """Runtime (minutes) of a Simpson job doing `share` of a whole scan (the stage cost of `simpson`)."""
+
+    def runtime(wildcards, input, attempt):
+        genes = simpson_genes(_n_genes(input))
+        work = share * genes * (genes - 1) // 2 * n_samples()
+        return stage_runtime_min("simpson", work, n_samples(), attempt)
+
+    runtime.__name__ = f"runtime_simpson_{share:g}"
+    return runtime

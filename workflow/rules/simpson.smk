@@ -7,7 +7,7 @@ from batchmix.pipeline.simpson import check_simpson_settings
 
 # Impossible simpson settings for this sample sheet (min_batches above the number of batches) stop
 # the run before any job, like the input validation in common.smk.
-if workflow.is_main_process and config["simpson"]["enabled"]:
+if workflow.is_main_process and paths.simpson_runs(config):
     try:
         check_simpson_settings(config, read_samples(config["samples"]))
     except InputError as err:
@@ -15,18 +15,6 @@ if workflow.is_main_process and config["simpson"]["enabled"]:
 
 
 SIMPSON_GATHER = paths.simpson_gather_inputs(config)
-
-
-def simpson_job_runtime(share):
-    """Runtime (minutes) of a Simpson job doing `share` of a whole scan (the stage cost of `simpson`)."""
-
-    def runtime(wildcards, input, attempt):
-        genes = simpson_genes(_n_genes(input))
-        work = share * genes * (genes - 1) // 2 * n_samples()
-        return stage_runtime_min("simpson", work, n_samples(), attempt)
-
-    runtime.__name__ = f"runtime_simpson_{share:g}"
-    return runtime
 
 
 rule simpson_block:

@@ -176,7 +176,7 @@ def load_validated(
     samples_sheet = with_kinship(config, categorized(config, validated.samples, source=str(samples_path)))
     validated = dataclasses.replace(validated, samples=samples_sheet)
     if check:
-        design_report(config, validated).raise_on_errors()
+        design_report(config, validated).raise_on_errors(source=str(samples_path))
     return validated
 
 
@@ -203,7 +203,7 @@ def validate_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> d
     """
     validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
     report = design_report(config, validated)
-    report.raise_on_errors()
+    report.raise_on_errors(source=str(inputs["samples"]))
     notes = list(validated.notes) + [f"design check {f.severity} [{f.code}]: {f.message}" for f in report.findings]
     for note in notes:
         logger.info("note: %s", note)
