@@ -249,17 +249,25 @@ def stage_outputs(
 
 
 def stage_inputs(
-    stage: str, config: dict, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}", n_chunks: int | None = None
+    stage: str,
+    config: dict,
+    *,
+    outdir: str = OUTDIR,
+    scatteritem: str = "{scatteritem}",
+    n_chunks: int | None = None,
+    vst_outdir: str | None = None,
 ) -> dict[str, str | list[str]]:
     """The input files of ``stage`` for ``config``, by name (the config's own files included).
 
     ``gather_lmm`` takes every chunk's files as lists, which needs ``n_chunks``; the Snakemake rule
     builds those lists with ``gather.lmm`` from :func:`chunk_path` instead. ``report`` takes
-    :func:`report_inputs`.
+    :func:`report_inputs`. ``vst_outdir``: where the stabilise outputs are, when not under ``outdir``
+    (a stabilise job shared by several analyses, :mod:`batchmix.analyses`).
     """
     vst = STAGE_OUTPUTS["stabilise"]
-    status = path(vst["gene_status"], outdir=outdir)
-    expression = path(vst["expression"], outdir=outdir, config=config)
+    vst_outdir = vst_outdir or outdir
+    status = path(vst["gene_status"], outdir=vst_outdir)
+    expression = path(vst["expression"], outdir=vst_outdir, config=config)
     if stage in ("validate", "stabilise"):
         return {"expression": config["expression"], "samples": config["samples"]}
     if stage == "split_genes":
@@ -285,7 +293,7 @@ def stage_inputs(
         return inputs
     if stage in ("simpson", "simpson_block", "simpson_null"):
         # vst/info.json records the trend that gives the stabilised value of a zero count
-        info = path(vst["info"], outdir=outdir)
+        info = path(vst["info"], outdir=vst_outdir)
         return {"expression": expression, "gene_status": status, "samples": config["samples"], "vst_info": info}
     if stage == "uncertainty":
         return {
@@ -319,7 +327,7 @@ def stage_inputs(
             "de_summary": path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
         }
     if stage == "report":
-        return report_inputs(config, outdir=outdir)
+        return report_inputs(config, outdir=outdir, vst_outdir=vst_outdir)
     raise KeyError(f"unknown stage {stage!r}; the stages are {', '.join(STAGE_OUTPUTS)}")
 
 
@@ -363,12 +371,13 @@ def warnings_path(stage: str, *, outdir: str = OUTDIR, scatteritem: str = "{scat
     return log_path(stage, outdir=outdir, scatteritem=scatteritem).removesuffix(".log") + ".warnings.json"
 
 
-def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
+def final_outputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None) -> list[str]:
     """The files a whole run is asked for (Snakemake's ``rule all``); the others follow from them."""
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
+    vst_outdir = vst_outdir or outdir
     outputs = [
-        path(vst["expression"], outdir=outdir, config=config),
-        path(vst["size_factors"], outdir=outdir),
+        path(vst["expression"], outdir=vst_outdir, config=config),
+        path(vst["size_factors"], outdir=vst_outdir),
         path(lmm["gene_fits"], outdir=outdir),
         path(lmm["blups"], outdir=outdir),
         path(STAGE_OUTPUTS["report"]["html"], outdir=outdir),
@@ -389,7 +398,7 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR) -> list[str]:
     return outputs
 
 
-def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
+def report_inputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None) -> dict[str, str]:
     """Everything the report summarises, by the keys :func:`batchmix.report.build_report` reads.
 
     Always: ``vst_info``, ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``,
@@ -404,15 +413,16 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, str]:
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
     simpson, unc = STAGE_OUTPUTS["simpson"], STAGE_OUTPUTS["uncertainty"]
 
-    def at(relative: str) -> str:
-        return path(relative, outdir=outdir, config=config)
+    def at(relative: str, root: str = outdir) -> str:
+        return path(relative, outdir=root, config=config)
 
+    vst_root = vst_outdir or outdir
     inputs = {
-        "vst_info": at(vst["info"]),
-        "size_factors": at(vst["size_factors"]),
-        "gene_status": at(vst["gene_status"]),
-        "mean_sd": at(vst["mean_sd"]),
-        "vst_expression": at(vst["expression"]),
+        "vst_info": at(vst["info"], vst_root),
+        "size_factors": at(vst["size_factors"], vst_root),
+        "gene_status": at(vst["gene_status"], vst_root),
+        "mean_sd": at(vst["mean_sd"], vst_root),
+        "vst_expression": at(vst["expression"], vst_root),
         "gene_fits": at(lmm["gene_fits"]),
         "blups": at(lmm["blups"]),
         "fixed_vcov": at(lmm["fixed_vcov"]),
