@@ -78,7 +78,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "design": (*_MODEL_KEYS, "input_type"),
     "de": (*_MODEL_KEYS, "reml", "moderate", "de"),
     "diagnostics": (*_MODEL_KEYS, "outputs"),
-    "summary": (*_MODEL_KEYS, "reml", "de", "simpson"),
+    "summary": (*_MODEL_KEYS, "reml", "de"),
     "simpson_block": (*_MODEL_KEYS, "simpson"),
     "simpson_null": (*_MODEL_KEYS, "simpson"),
     "simpson": (*_MODEL_KEYS, "simpson", "report"),

@@ -1,11 +1,18 @@
-# Shared set-up: config validation, input validation, and the paths of every rule, taken from
-# batchmix.pipeline.paths (the one definition of every output path). batchmix is installed
-# (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
+# Shared set-up: config validation, input validation, the analyses of the config, and the paths of
+# every rule, taken from batchmix.pipeline.paths (the one definition of every output path). batchmix
+# is installed (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
+#
+# A config is one analysis (written under results/), or several under `analyses:` (each under
+# results/<name>/, batchmix.analyses): every rule is defined once per analysis, in a loop over
+# ANALYSES; without `analyses:` its name is the stage's (stabilise, lmm_chunk, report, ...).
+import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
 
-from batchmix.config import fill_defaults, validate_config
+from batchmix.analyses import has_analyses, resolve_analyses, stage_settings
+from batchmix.config import check_config_columns
 from batchmix.io import InputError
 from batchmix.pipeline import paths
 from batchmix.pipeline.validate import design_report, load_validated
@@ -13,64 +20,108 @@ from batchmix.pipeline.validate import design_report, load_validated
 
 # batchmix's own validation (the schema, plus the sheet columns that keys such as simpson.adjust_for
 # name): an error prints the failing key, its value, what is allowed and the key's description,
-# not the whole schema as snakemake.utils.validate does.
+# not the whole schema as snakemake.utils.validate does. With `analyses:`, every analysis is
+# validated after its overrides are merged, and the message names the analysis.
 try:
-    config.update(validate_config(config, "config", check_inputs=workflow.is_main_process))
+    ANALYSES = resolve_analyses(config, "config")
+    if workflow.is_main_process:
+        for _analysis in ANALYSES:
+            check_config_columns(_analysis.config)
 except InputError as err:
     raise WorkflowError(f"batchmix config validation failed:\n{err}") from None
-config.update(fill_defaults(config))
+MULTI = has_analyses(config)
+if not MULTI:
+    # one analysis: the config itself, with its defaults filled in (as the jobs read it)
+    config.update(ANALYSES[0].config)
 
 # Check the inputs once, in the main process, before any job runs: a bad table or sheet stops
 # the run with a message naming the file, the row or column and what to do, and nothing is written.
 # Jobs spawned on a cluster re-read the Snakefile and skip this.
 if workflow.is_main_process:
-    try:
-        _validated = load_validated(config)
-    except InputError as err:
-        raise WorkflowError(f"batchmix input validation failed:\n{err}") from None
-    # The design check's warnings (confounding, few batches, counts given as log) are said before
-    # the run too; they are in results/design/design.json and the report.
-    for _finding in design_report(config, _validated).findings:
-        if _finding.severity == "warning":
-            print(f"batchmix design check: warning [{_finding.code}]: {_finding.message}", file=sys.stderr)
+    # the command that started the run, for each analysis's run record (run.json)
+    os.environ.setdefault("BATCHMIX_COMMAND", shlex.join(sys.argv))
+    for _analysis in ANALYSES:
+        where = "" if _analysis.name is None else f" ({_analysis.label})"
+        try:
+            _validated = load_validated(_analysis.config)
+        except InputError as err:
+            raise WorkflowError(f"batchmix input validation failed{where}:\n{err}") from None
+        # The design check's warnings (confounding, few batches, counts given as log) are said before
+        # the run too; they are in design/design.json and the report.
+        for _finding in design_report(_analysis.config, _validated).findings:
+            if _finding.severity == "warning":
+                print(
+                    f"batchmix design check{where}: warning [{_finding.code}]: {_finding.message}",
+                    file=sys.stderr,
+                )
 
 
 scattergather:
     lmm=paths.chunk_count(config, "lmm"),
 
 
-# Whether the model has the batch as a random grouping factor; only then is there a
-# batch-corrected expression (expression minus the batch BLUPs).
-BATCH_IS_RANDOM = paths.batch_is_random(config)
+wildcard_constraints:
+    scatteritem=r"\d+-of-\d+",
+
+
+# One stabilise job per distinct stabilise setting: analyses on the same data share it.
+STABILISE_JOBS = list({analysis.stabilise_outdir: analysis for analysis in ANALYSES}.values())
+
+
+def stabilise_rule(analysis):
+    """The stabilise rule's name: `stabilise`, or `stabilise_<key>` for a job that analyses share."""
+    if analysis.name is None:
+        return "stabilise"
+    return "stabilise_" + analysis.stabilise_outdir.rsplit("-", 1)[-1]
+
+
+def batch_is_random(analysis):
+    """Whether the analysis's batch is a random grouping factor (then there is a corrected expression)."""
+    return paths.batch_is_random(analysis.config)
 
 
 def final_outputs():
     """Every file the run produces, for rule all."""
-    return paths.final_outputs(config)
+    outputs = []
+    for analysis in ANALYSES:
+        outputs += paths.final_outputs(
+            analysis.config, outdir=analysis.outdir, vst_outdir=analysis.stabilise_outdir
+        )
+    return outputs
 
 
-def stage_inputs(stage):
+def stage_inputs(stage, analysis):
     """The named inputs of a rule (not for gather_lmm, whose chunk lists come from gather.lmm)."""
-    return paths.stage_inputs(stage, config)
+    return paths.stage_inputs(
+        stage, analysis.config, outdir=analysis.outdir, vst_outdir=analysis.stabilise_outdir
+    )
 
 
-def stage_outputs(stage, *leave_out):
+def stage_outputs(stage, analysis, *leave_out):
     """The named outputs of a rule, without those in `leave_out` (which the rule declares itself)."""
-    return {k: v for k, v in paths.stage_outputs(stage, config).items() if k not in leave_out}
+    outdir = analysis.stabilise_outdir if stage == "stabilise" else analysis.outdir
+    outputs = paths.stage_outputs(stage, analysis.config, outdir=outdir)
+    return {k: v for k, v in outputs.items() if k not in leave_out}
 
 
-def stage_log(stage):
+def stage_log(stage, analysis):
     """A rule's log file and its JSON run record (warnings, counts, time)."""
-    return {"log": paths.log_path(stage), "record": paths.warnings_path(stage)}
+    outdir = analysis.stabilise_outdir if stage == "stabilise" else analysis.outdir
+    return {
+        "log": paths.log_path(stage, outdir=outdir),
+        "record": paths.warnings_path(stage, outdir=outdir),
+    }
 
 
-def gathered_chunks(key):
+def stage_params(stage, analysis):
+    """A rule's parameters: the analysis (the job reads its config) and the settings the stage
+    depends on, so that Snakemake's params rerun trigger reruns exactly the jobs whose settings
+    changed (batchmix.analyses.STAGE_SETTINGS)."""
+    return {"analysis": analysis.name, "settings": stage_settings(analysis.config, stage)}
+
+
+def gathered_chunks(key, analysis):
     """The chunk files `key` of every LMM chunk, in order (none for `corrected` without a random batch)."""
-    if key == "corrected" and not BATCH_IS_RANDOM:
+    if key == "corrected" and not batch_is_random(analysis):
         return []
-    return gather.lmm(paths.chunk_path(key))
-
-
-def report_inputs(wildcards):
-    """Everything the report summarises."""
-    return paths.report_inputs(config)
+    return gather.lmm(paths.chunk_path(key, outdir=analysis.outdir))

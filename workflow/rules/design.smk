@@ -1,20 +1,26 @@
-# The design check (results/design/design.json). Its errors already stopped the run at validation
+# The design check (design/design.json). Its errors already stopped the run at validation
 # (common.smk); this rule records the findings, crosstabs and random terms for the verdict and report.
 
 
-rule design:
-    input:
-        **stage_inputs("design"),
-    output:
-        **stage_outputs("design"),
-    log:
-        **stage_log("design"),
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        # no cost model of its own yet: it reads the input table once, as the stabilise stage does
-        mem_mb=mem_mb_for("stabilise"),
-        runtime=runtime_for("stabilise"),
-    script:
-        "../scripts/design.py"
+for _analysis in ANALYSES:
+
+    rule:
+        name:
+            _analysis.rule("design")
+        input:
+            **stage_inputs("design", _analysis),
+        output:
+            **stage_outputs("design", _analysis),
+        log:
+            **stage_log("design", _analysis),
+        params:
+            **stage_params("design", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            # no cost model of its own yet: it reads the input table once, as the stabilise stage does
+            mem_mb=mem_mb_for("stabilise", _analysis.config),
+            runtime=runtime_for("stabilise", _analysis.config),
+        script:
+            "../scripts/design.py"

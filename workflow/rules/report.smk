@@ -1,25 +1,33 @@
 # Stage 4: the self-contained HTML report, and the figures for snakemake --report.
 
 
-rule report:
-    input:
-        unpack(report_inputs),
-    output:
-        html=paths.stage_outputs("report", config)["html"],
-        figures=report(
-            directory(paths.stage_outputs("report", config)["figures"]),
-            patterns=["{name}.png"],
-            caption="../report/figures.rst",
-            category="Figures",
-            labels={"figure": "{name}"},
-        ),
-    log:
-        **stage_log("report"),
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for("report"),
-        runtime=runtime_for("report"),
-    script:
-        "../scripts/report.py"
+for _analysis in ANALYSES:
+
+    rule:
+        name:
+            _analysis.rule("report")
+        input:
+            **paths.report_inputs(
+                _analysis.config, outdir=_analysis.outdir, vst_outdir=_analysis.stabilise_outdir
+            ),
+        output:
+            html=stage_outputs("report", _analysis)["html"],
+            figures=report(
+                directory(stage_outputs("report", _analysis)["figures"]),
+                patterns=["{name}.png"],
+                caption="../report/figures.rst",
+                category="Figures" if _analysis.name is None else f"Figures: {_analysis.name}",
+                labels={"figure": "{name}"},
+            ),
+        log:
+            **stage_log("report", _analysis),
+        params:
+            **stage_params("report", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_for("report", _analysis.config),
+            runtime=runtime_for("report", _analysis.config),
+        script:
+            "../scripts/report.py"

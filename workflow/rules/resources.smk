@@ -127,22 +127,25 @@ def _is_binary(path) -> bool:
     return str(path).lower().endswith((".parquet", ".h5ad"))
 
 
-def n_samples() -> int:
-    """Samples of the run: the columns of the input expression table (read from its header or metadata only)."""
-    if _is_binary(config["expression"]):
-        return _binary_shape(*_version(config["expression"]))[1]
-    return _count_columns(*_version(config["expression"]))
+def n_samples(cfg=None) -> int:
+    """Samples of the analysis `cfg` (default: the run's config): the columns of its input expression
+    table (read from its header or metadata only)."""
+    expression = (cfg or config)["expression"]
+    if _is_binary(expression):
+        return _binary_shape(*_version(expression))[1]
+    return _count_columns(*_version(expression))
 
 
-def _n_genes(input) -> int:
-    """Genes of the run: from gene_status.tsv when the job has it (one short line per gene, cheap to
-    count), else from the input table (counted once per Snakemake process)."""
+def _n_genes(input, cfg=None) -> int:
+    """Genes of the analysis: from gene_status.tsv when the job has it (one short line per gene, cheap
+    to count), else from the input table (counted once per Snakemake process)."""
     status = getattr(input, "gene_status", None)
     if status and Path(status).exists():
         return _count_rows(*_version(status))
-    if _is_binary(config["expression"]):
-        return _binary_shape(*_version(config["expression"]))[0]
-    return _count_rows(*_version(config["expression"]))
+    expression = (cfg or config)["expression"]
+    if _is_binary(expression):
+        return _binary_shape(*_version(expression))[0]
+    return _count_rows(*_version(expression))
 
 
 def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
@@ -155,17 +158,17 @@ def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
     return n_genes // count + (1 if index <= n_genes % count else 0)
 
 
-def stage_values(stage: str, wildcards, input) -> int:
+def stage_values(stage: str, wildcards, input, cfg=None) -> int:
     """Expression values (genes x samples) that one job of `stage` holds in memory."""
     if stage == "lmm_chunk":
-        return genes_in_chunk(wildcards.scatteritem, _n_genes(input)) * n_samples()
+        return genes_in_chunk(wildcards.scatteritem, _n_genes(input, cfg)) * n_samples(cfg)
     # Every other stage, the Simpson scan included (it reads the whole table before it picks genes).
-    return _n_genes(input) * n_samples()
+    return _n_genes(input, cfg) * n_samples(cfg)
 
 
-def simpson_genes(n_genes: int) -> int:
+def simpson_genes(n_genes: int, cfg=None) -> int:
     """Genes the Simpson scan pairs up: all (an upper bound: filtered genes are left out) or the top N."""
-    chosen = config["simpson"]["genes"]
+    chosen = (cfg or config)["simpson"]["genes"]
     return n_genes if chosen == "all" else min(n_genes, int(chosen))
 
 
@@ -184,45 +187,45 @@ def stage_runtime_min(stage: str, work: int, samples: int, attempt: int = 1) -> 
     return max(MIN_RUNTIME_MIN, int(math.ceil(seconds * RUNTIME_HEADROOM / 60))) * 2 ** (attempt - 1)
 
 
-def mem_mb_for(stage: str):
-    """A mem_mb resource function for the rule running `stage`."""
+def mem_mb_for(stage: str, cfg=None):
+    """A mem_mb resource function for the rule running `stage` of the analysis `cfg` (default: the run's config)."""
     if stage not in STAGE_COSTS:
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
     def mem_mb(wildcards, input, attempt):
-        return stage_memory_mb(stage, stage_values(stage, wildcards, input), n_samples(), attempt)
+        return stage_memory_mb(stage, stage_values(stage, wildcards, input, cfg), n_samples(cfg), attempt)
 
     mem_mb.__name__ = f"mem_mb_{stage}"
     return mem_mb
 
 
-def runtime_for(stage: str):
-    """A runtime (minutes) resource function for the rule running `stage`."""
+def runtime_for(stage: str, cfg=None):
+    """A runtime (minutes) resource function for the rule running `stage` of the analysis `cfg`."""
     if stage not in STAGE_COSTS:
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
     def runtime(wildcards, input, attempt):
         if stage == "simpson":
-            genes = simpson_genes(_n_genes(input))
-            work = genes * (genes - 1) // 2 * n_samples()
+            genes = simpson_genes(_n_genes(input, cfg), cfg)
+            work = genes * (genes - 1) // 2 * n_samples(cfg)
         elif stage == "uncertainty":
-            settings = config["uncertainty"]
-            work = _n_genes(input) * (int(settings["bootstrap"]) + 100 * bool(settings["bayes"]))
+            settings = (cfg or config)["uncertainty"]
+            work = _n_genes(input, cfg) * (int(settings["bootstrap"]) + 100 * bool(settings["bayes"]))
         else:
-            work = stage_values(stage, wildcards, input)
-        return stage_runtime_min(stage, work, n_samples(), attempt)
+            work = stage_values(stage, wildcards, input, cfg)
+        return stage_runtime_min(stage, work, n_samples(cfg), attempt)
 
     runtime.__name__ = f"runtime_{stage}"
     return runtime
 
 
-def simpson_job_runtime(share):
+def simpson_job_runtime(share, cfg=None):
     """Runtime (minutes) of a Simpson job doing `share` of a whole scan (the stage cost of `simpson`)."""
 
     def runtime(wildcards, input, attempt):
-        genes = simpson_genes(_n_genes(input))
-        work = share * genes * (genes - 1) // 2 * n_samples()
-        return stage_runtime_min("simpson", work, n_samples(), attempt)
+        genes = simpson_genes(_n_genes(input, cfg), cfg)
+        work = share * genes * (genes - 1) // 2 * n_samples(cfg)
+        return stage_runtime_min("simpson", work, n_samples(cfg), attempt)
 
     runtime.__name__ = f"runtime_simpson_{share:g}"
     return runtime

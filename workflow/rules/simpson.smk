@@ -7,77 +7,89 @@ from batchmix.pipeline.simpson import check_simpson_settings
 
 # Impossible simpson settings for this sample sheet (min_batches above the number of batches) stop
 # the run before any job, like the input validation in common.smk.
-if workflow.is_main_process and paths.simpson_runs(config):
-    try:
-        check_simpson_settings(config, read_samples(config["samples"]))
-    except InputError as err:
-        raise WorkflowError(f"batchmix config check failed:\n{err}") from None
+if workflow.is_main_process:
+    for _analysis in ANALYSES:
+        if paths.simpson_runs(_analysis.config):
+            try:
+                check_simpson_settings(_analysis.config, read_samples(_analysis.config["samples"]))
+            except InputError as err:
+                where = "" if _analysis.name is None else f" ({_analysis.label})"
+                raise WorkflowError(f"batchmix config check failed{where}:\n{err}") from None
 
 
-SIMPSON_GATHER = paths.simpson_gather_inputs(config)
+for _analysis in ANALYSES:
+    if not paths.simpson_runs(_analysis.config):
+        continue
+    _gather = paths.simpson_gather_inputs(_analysis.config, outdir=_analysis.outdir)
+    _n_jobs = paths.chunk_count(_analysis.config, "simpson")
 
+    rule:
+        name:
+            _analysis.rule("simpson_block")
+        input:
+            **stage_inputs("simpson_block", _analysis),
+        output:
+            # temporary: the gather's reversals and summary hold everything the jobs found
+            candidates=temp(paths.simpson_job_path("candidates", outdir=_analysis.outdir)),
+        log:
+            **stage_log("simpson_block", _analysis),
+        params:
+            **stage_params("simpson_block", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            # every job holds the whole prepared matrix, as the single scan does
+            mem_mb=mem_mb_for("simpson", _analysis.config),
+            runtime=simpson_job_runtime(1.0 / _n_jobs, _analysis.config),
+        script:
+            "../scripts/simpson_block.py"
 
-rule simpson_block:
-    input:
-        **stage_inputs("simpson_block"),
-    output:
-        # temporary: the gather's reversals and summary hold everything the jobs found
-        candidates=temp(paths.simpson_job_path("candidates")),
-    log:
-        **stage_log("simpson_block"),
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        # every job holds the whole prepared matrix, as the single scan does
-        mem_mb=mem_mb_for("simpson"),
-        runtime=simpson_job_runtime(1.0 / paths.chunk_count(config, "simpson")),
-    script:
-        "../scripts/simpson_block.py"
+    rule:
+        name:
+            _analysis.rule("simpson_null")
+        input:
+            **stage_inputs("simpson_null", _analysis),
+        output:
+            null=temp(paths.simpson_job_path("null", outdir=_analysis.outdir)),
+        log:
+            **stage_log("simpson_null", _analysis),
+        params:
+            **stage_params("simpson_null", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_for("simpson", _analysis.config),
+            # one replicate is one whole scan of the sign-flipped data
+            runtime=simpson_job_runtime(1.0, _analysis.config),
+        script:
+            "../scripts/simpson_null.py"
 
-
-rule simpson_null:
-    input:
-        **stage_inputs("simpson_null"),
-    output:
-        null=temp(paths.simpson_job_path("null")),
-    log:
-        **stage_log("simpson_null"),
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for("simpson"),
-        # one replicate is one whole scan of the sign-flipped data
-        runtime=simpson_job_runtime(1.0),
-    script:
-        "../scripts/simpson_null.py"
-
-
-rule simpson:
-    input:
-        **stage_inputs("simpson"),
-        candidates=SIMPSON_GATHER["candidates"],
-        null=SIMPSON_GATHER["null"],
-    output:
-        **stage_outputs("simpson", "figure"),
-        figure=report(
-            paths.stage_outputs("simpson", config)["figure"],
-            caption="../report/simpson.rst",
-            category="Simpson reversals",
-        ),
-    log:
-        **stage_log("simpson"),
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for("simpson"),
-        # the gather: the step-up, the lurking factor and the figure (a permutation check runs here)
-        runtime=runtime_for("simpson"),
-    script:
-        "../scripts/simpson.py"
+    rule:
+        name:
+            _analysis.rule("simpson")
+        input:
+            **stage_inputs("simpson", _analysis),
+            candidates=_gather["candidates"],
+            null=_gather["null"],
+        output:
+            **stage_outputs("simpson", _analysis, "figure"),
+            figure=report(
+                stage_outputs("simpson", _analysis)["figure"],
+                caption="../report/simpson.rst",
+                category="Simpson reversals" if _analysis.name is None else f"Simpson reversals: {_analysis.name}",
+            ),
+        log:
+            **stage_log("simpson", _analysis),
+        params:
+            **stage_params("simpson", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_for("simpson", _analysis.config),
+            # the gather: the step-up, the lurking factor and the figure (a permutation check runs here)
+            runtime=runtime_for("simpson", _analysis.config),
+        script:
+            "../scripts/simpson.py"

@@ -1,18 +1,26 @@
 # Stage 1: validate the inputs, filter low counts and stabilise the variance (DESeq2-compatible VST).
+# One job per distinct stabilise setting: analyses on the same data and settings share it
+# (batchmix.analyses; under results/shared/stabilise-<key>/ when the config has `analyses:`).
 
 
-rule stabilise:
-    input:
-        **stage_inputs("stabilise"),
-    output:
-        **stage_outputs("stabilise"),
-    log:
-        **stage_log("stabilise"),
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_for("stabilise"),
-        runtime=runtime_for("stabilise"),
-    script:
-        "../scripts/stabilise.py"
+for _analysis in STABILISE_JOBS:
+
+    rule:
+        name:
+            stabilise_rule(_analysis)
+        input:
+            **stage_inputs("stabilise", _analysis),
+        output:
+            **stage_outputs("stabilise", _analysis),
+        log:
+            **stage_log("stabilise", _analysis),
+        params:
+            **stage_params("stabilise", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_for("stabilise", _analysis.config),
+            runtime=runtime_for("stabilise", _analysis.config),
+        script:
+            "../scripts/stabilise.py"

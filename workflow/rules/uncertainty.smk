@@ -4,19 +4,25 @@
 # Its inputs include the kinship matrix when covariance: kinship is set (paths.stage_inputs).
 
 
-rule uncertainty:
-    input:
-        **stage_inputs("uncertainty"),
-    output:
-        **stage_outputs("uncertainty", "figures"),
-        figures=directory(paths.stage_outputs("uncertainty", config)["figures"]),
-    log:
-        **stage_log("uncertainty"),
-    conda:
-        "../../envs/batchmix.yaml"
-    threads: 4
-    resources:
-        mem_mb=mem_mb_for("uncertainty"),
-        runtime=runtime_for("uncertainty"),
-    script:
-        "../scripts/uncertainty.py"
+for _analysis in ANALYSES:
+
+    rule:
+        name:
+            _analysis.rule("uncertainty")
+        input:
+            **stage_inputs("uncertainty", _analysis),
+        output:
+            **stage_outputs("uncertainty", _analysis, "figures"),
+            figures=directory(stage_outputs("uncertainty", _analysis)["figures"]),
+        log:
+            **stage_log("uncertainty", _analysis),
+        params:
+            **stage_params("uncertainty", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 4
+        resources:
+            mem_mb=mem_mb_for("uncertainty", _analysis.config),
+            runtime=runtime_for("uncertainty", _analysis.config),
+        script:
+            "../scripts/uncertainty.py"

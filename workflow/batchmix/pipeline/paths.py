@@ -13,6 +13,8 @@ by default); an LMM chunk's corrected expression is always Parquet (an intermedi
 
 from __future__ import annotations
 
+import re
+
 from batchmix.design import parse_formula
 
 __all__ = [
@@ -118,8 +120,12 @@ def simpson_runs(config: dict) -> bool:
 
 
 def de_table_name(coefficient: str) -> str:
-    """The file name stem of a coefficient's DE table (``:`` of an interaction becomes ``__``)."""
-    return coefficient.replace(":", "__")
+    """The file name stem of a coefficient's DE table.
+
+    ``:`` of an interaction becomes ``__``; any other character that is not safe in a file name
+    (``/`` of a level such as ``C57BL/6J``, spaces) becomes ``_``.
+    """
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", coefficient.replace(":", "__"))
 
 
 def de_table_coefficients(config: dict, samples=None) -> list[str]:

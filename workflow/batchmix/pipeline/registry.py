@@ -28,7 +28,7 @@ from batchmix.pipeline.stabilise import stabilise_stage
 from batchmix.pipeline.summary import diagnostics_stage, summary_stage
 from batchmix.pipeline.validate import validate_stage
 
-__all__ = ["Stage", "STAGES", "COMPOSITES", "get_stage", "run_stage", "run_snakemake_job"]
+__all__ = ["Stage", "STAGES", "COMPOSITES", "get_stage", "job_config", "run_stage", "run_snakemake_job"]
 
 Paths = dict[str, "str | list[str]"]
 StageFunction = Callable[[dict, Paths, Paths, dict], "dict | None"]
@@ -175,6 +175,22 @@ def _as_paths(named) -> Paths:
     return {name: str(value) if isinstance(value, str) else [str(v) for v in value] for name, value in named.items()}
 
 
+def job_config(config: dict, analysis: str | None) -> dict:
+    """The config a job of ``analysis`` runs with: the run's config, or that analysis's merged config.
+
+    With ``analyses:`` (:mod:`batchmix.analyses`) each rule passes its analysis's name as the
+    parameter ``analysis``; without, the run's config (defaults filled in) is the analysis.
+    """
+    if analysis is None:
+        return config
+    from batchmix.analyses import resolve_analyses
+
+    for resolved in resolve_analyses(config):
+        if resolved.name == analysis:
+            return resolved.config
+    raise KeyError(f"no analysis {analysis!r} in the config's analyses")
+
+
 def run_snakemake_job(smk, name: str) -> dict:
     """Run the stage ``name`` for a Snakemake ``script:`` job (the adapters in ``workflow/scripts/``).
 
@@ -191,7 +207,7 @@ def run_snakemake_job(smk, name: str) -> dict:
     try:
         return run_stage(
             name,
-            dict(smk.config),
+            job_config(dict(smk.config), getattr(smk.params, "analysis", None)),
             _as_paths(smk.input),
             _as_paths(smk.output),
             {"threads": smk.threads},
