@@ -1,0 +1,127 @@
+"""Several analyses in one config, through Snakemake: shared stabilisation, per-analysis folders,
+reruns of only what changed, and errors that name the analysis and the key."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import FIXTURE, SNAKEMAKE, make_run_dir
+
+STUDY = FIXTURE / "study.yaml"
+ANALYSES = ("random_batch", "fixed_batch", "other_vst")
+
+
+def snakemake(run_dir, *args, timeout=900):
+    """snakemake on the fixture with the study config read after it."""
+    cmd = [str(SNAKEMAKE), "--cores", "2", "--configfile", "fixture.yaml", "study.yaml", "--nocolor", *args]
+    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
+
+
+def study_dir(root):
+    run_dir = make_run_dir(root)
+    shutil.copy(STUDY, run_dir / "study.yaml")
+    return run_dir
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The dry run's job table: rule -> count (``all`` left out)."""
+    table = output.split("Job stats:", 1)[1].split("Reasons:", 1)[0] if "Job stats:" in output else ""
+    counts = {}
+    for line in table.splitlines():
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if match and match[1] not in ("all", "total"):
+            counts[match[1]] = int(match[2])
+    return counts
+
+
+def dry_run(run_dir) -> dict[str, int]:
+    proc = snakemake(run_dir, "--dry-run", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return job_counts(proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """The study (three analyses of the fixture) run once."""
+    run_dir = study_dir(tmp_path_factory.mktemp("study_run"))
+    proc = snakemake(run_dir)
+    if proc.returncode != 0:
+        pytest.fail(f"the study failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return run_dir
+
+
+def test_a_dry_run_shows_the_shared_stabilise_job_once(tmp_path):
+    counts = dry_run(study_dir(tmp_path))
+    stabilise = {rule: n for rule, n in counts.items() if rule.startswith("stabilise")}
+    # random_batch and fixed_batch share one job; other_vst's trend differs and has its own
+    assert len(stabilise) == 2 and set(stabilise.values()) == {1}, counts
+    for name in ANALYSES:
+        assert counts[f"gather_lmm_{name}"] == 1 and counts[f"report_{name}"] == 1
+        assert counts[f"lmm_chunk_{name}"] == 3
+    # other_vst switches the Simpson scan off; the others scan
+    assert "simpson_other_vst" not in counts and counts["simpson_random_batch"] == 1
+
+
+def test_each_analysis_writes_the_single_run_layout_under_its_name(study_run, fixture_run):
+    results = study_run / "results"
+    for name in ANALYSES:
+        for relative in ("lmm/gene_fits.tsv", "lmm/blups.tsv", "de/summary.json", "summary.json", "report.html"):
+            assert (results / name / relative).is_file(), f"{name}/{relative}"
+        assert not (results / name / "vst").exists(), "the stabilised matrix lives in the shared folder"
+    shared = sorted(p.name for p in (results / "shared").iterdir())
+    assert len(shared) == 2 and all(p.startswith("stabilise-") for p in shared)
+    assert (results / "fixed_batch" / "simpson" / "reversals.tsv").is_file()
+    assert not (results / "other_vst" / "simpson").exists()
+    # random_batch is the fixture's own config: its tables equal the single run's byte for byte
+    for relative in ("lmm/gene_fits.tsv", "lmm/blups.tsv", "de/InfectionSARS_CoV_2.tsv", "simpson/reversals.tsv"):
+        single = fixture_run / "results" / relative
+        if single.exists():
+            assert (results / "random_batch" / relative).read_bytes() == single.read_bytes(), relative
+    # the fixed-batch model fits no variance component: its gene_fits has no batch variance column
+    header = (results / "fixed_batch" / "lmm" / "gene_fits.tsv").read_text().splitlines()[0].split("\t")
+    assert not any(col.startswith("var_Batch") for col in header)
+
+
+def test_changing_one_analysis_reruns_only_its_jobs(study_run):
+    assert dry_run(study_run) == {}, "a finished study has nothing to do"
+    study = study_run / "study.yaml"
+    original = study.read_text()
+    try:
+        study.write_text(original.replace('model: "~ Infection + Batch"', 'model: "~ Infection + Batch + Celltype"'))
+        counts = dry_run(study_run)
+        assert counts, "the model change must rerun something"
+        per_analysis = [rule for rule in counts if rule not in ("compare", "index")]
+        assert all(rule.endswith("_fixed_batch") for rule in per_analysis), counts
+        assert {"gather_lmm_fixed_batch", "de_fixed_batch", "report_fixed_batch"} <= set(counts)
+        assert not any(rule.startswith("stabilise") for rule in counts)
+
+        # a Simpson setting of one analysis: its Simpson jobs and its report, not its LMM
+        study.write_text(original.replace("  random_batch: {}", "  random_batch:\n    simpson: {fdr: 0.1}"))
+        counts = dry_run(study_run)
+        per_analysis = {rule for rule in counts if rule not in ("compare", "index")}
+        assert per_analysis == {"simpson_block_random_batch", "simpson_random_batch", "report_random_batch"}, counts
+    finally:
+        study.write_text(original)
+
+
+@pytest.mark.parametrize(
+    "analyses, fragments",
+    [
+        ("  bad name: {}\n", ["analyses.bad name", "letters, digits"]),
+        ("  a: {chunks: 2}\n", ["analyses.a.chunks", "whole run"]),
+        ("  a: {}\n  b: {reml: maybe}\n", ["analyses.b", "reml: 'maybe'"]),
+        ("  a: {}\n  b: {model: '~ Infection + (1|Nope)'}\n", ["analysis 'b'", "Nope"]),
+    ],
+)
+def test_a_bad_analysis_stops_the_run_before_any_job_naming_it(tmp_path, analyses, fragments):
+    run_dir = make_run_dir(tmp_path)
+    (run_dir / "study.yaml").write_text("analyses:\n" + analyses)
+    proc = snakemake(run_dir)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    for fragment in fragments:
+        assert fragment in message, message[-3000:]
+    assert not (run_dir / "results").exists(), "nothing is written"
