@@ -191,3 +191,30 @@ def test_compare_is_deterministic_and_the_cli_runs_both_stages(study, tmp_path, 
     for name in ("random", "fixed", "plain", "strict"):
         assert f'<a href="{name}/report.html">' in page
     assert Path(outdir, "logs", "compare.log").exists() and Path(outdir, "logs", "index.log").exists()
+
+
+def test_inputs_of_an_analysis_without_a_partner_are_its_summaries_only(study):
+    config, outdir = study
+    inputs = paths.compare_inputs(config, outdir=outdir)
+    assert f"{outdir}/strict/summary.json" in inputs["summary"]
+    assert f"{outdir}/strict/de/summary.json" in inputs["de_summary"]
+    assert not any("/strict/" in p for p in inputs["gene_fits"] + inputs["de_tables"])
+    assert len(inputs["expression"]) == 1 and "/shared/stabilise-" in inputs["expression"][0]
+    assert inputs["simpson_summary"] == [f"{outdir}/random/simpson/summary.json"]
+
+
+def test_a_config_without_analyses_gets_its_row_and_no_comparison(study):
+    config, outdir = study
+    single = {k: v for k, v in config.items() if k != "analyses"}
+    single["filter"] = config["analyses"]["strict"]["filter"]
+    root = f"{outdir}/strict"  # that analysis's folder is a single run's results/
+    inputs = paths.compare_inputs(single, outdir=root)
+    assert not inputs["expression"] and not inputs["gene_fits"]
+    run_stage("compare", single, inputs, paths.compare_outputs(root, stage="compare"), {}, console=False)
+    summary = json.loads(Path(paths.compare_outputs(root)["summary"]).read_text())
+    assert [row["name"] for row in summary["analyses"]] == ["analysis"]
+    assert summary["analyses"][0]["report"] == "report.html"
+    assert [g["compared"] for g in summary["groups"]] == [False]
+    assert len(read_result_table(paths.compare_outputs(root)["best_models"])) == 0
+    run_stage("index", single, paths.index_inputs(root), paths.compare_outputs(root, stage="index"), {}, console=False)
+    assert '<a href="report.html">' in Path(paths.compare_outputs(root)["index"]).read_text()

@@ -74,7 +74,8 @@ def results_root(outputs: dict, stage: str = "compare") -> str:
 
 
 def comparison_groups(analyses: list[Analysis]) -> list[tuple[str, list[Analysis]]]:
-    """The analyses on the same data and genes: the same stabilise job, expression and sample sheet.
+    """The analyses on the same data and genes: the same stabilise job, expression and sample sheet
+    (:func:`batchmix.pipeline.paths.comparison_key`).
 
     Returns
     -------
@@ -84,9 +85,7 @@ def comparison_groups(analyses: list[Analysis]) -> list[tuple[str, list[Analysis
     """
     groups: dict[tuple, list[Analysis]] = {}
     for analysis in analyses:
-        cfg = analysis.config
-        key = (analysis.stabilise_outdir, str(cfg["expression"]), str(cfg["samples"]))
-        groups.setdefault(key, []).append(analysis)
+        groups.setdefault(paths.comparison_key(analysis), []).append(analysis)
     named = []
     for members in groups.values():
         name = f"stabilise-{stabilise_key(members[0].config)}"

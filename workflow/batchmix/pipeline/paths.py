@@ -42,6 +42,7 @@ __all__ = [
     "simpson_job_path",
     "simpson_gather_inputs",
     "COMPARE_OUTPUTS",
+    "comparison_key",
     "compare_outputs",
     "compare_inputs",
     "index_inputs",
@@ -477,6 +478,16 @@ def compare_outputs(outdir: str = OUTDIR, stage: str | None = None) -> dict[str,
     return {key: path(COMPARE_OUTPUTS[key], outdir=outdir) for key in keys}
 
 
+def comparison_key(analysis) -> tuple[str, str, str]:
+    """What makes analyses comparable gene by gene: the same stabilise job, expression and sample sheet.
+
+    ``analysis``: a :class:`batchmix.analyses.Analysis`. Analyses with equal keys are on the same data
+    and genes; the ``compare`` stage compares their models.
+    """
+    cfg = analysis.config
+    return (str(analysis.stabilise_outdir), str(cfg["expression"]), str(cfg["samples"]))
+
+
 def compare_inputs(config: dict, outdir: str = OUTDIR) -> dict[str, list[str]]:
     """Every file of the analyses that the ``compare`` stage reads, by kind (lists, no duplicates).
 
@@ -490,10 +501,11 @@ def compare_inputs(config: dict, outdir: str = OUTDIR) -> dict[str, list[str]]:
     Returns
     -------
     dict of str to list of str
-        ``expression`` (the stabilised matrix of each shared stabilise job), ``samples`` (the sample
-        sheets), ``gene_fits``, ``summary`` (each analysis's ``summary.json``), ``de_summary``,
-        ``de_tables`` (every analysis's ``de/<coef>.tsv``) and ``simpson_summary`` (the analyses whose
-        Simpson scan runs); in the analyses' order.
+        Of every analysis: ``summary`` (its ``summary.json``), ``de_summary`` and ``simpson_summary``
+        (when its Simpson scan runs); of the analyses compared with another (same
+        :func:`comparison_key`): ``expression`` (the stabilised matrix of their shared stabilise job),
+        ``samples`` (the sample sheets), ``gene_fits`` and ``de_tables`` (every ``de/<coef>.tsv``). In
+        the analyses' order.
     """
     from batchmix.analyses import resolve_analyses
 
@@ -504,15 +516,19 @@ def compare_inputs(config: dict, outdir: str = OUTDIR) -> dict[str, list[str]]:
         if value not in inputs[kind]:
             inputs[kind].append(value)
 
-    for analysis in resolve_analyses(config, outdir=outdir):
+    analyses = resolve_analyses(config, outdir=outdir)
+    keys = [comparison_key(a) for a in analyses]
+    for analysis, key in zip(analyses, keys):
         cfg, out = analysis.config, analysis.outdir
-        add("expression", path(STAGE_OUTPUTS["stabilise"]["expression"], outdir=analysis.stabilise_outdir, config=cfg))
-        add("samples", str(cfg["samples"]))
-        add("gene_fits", path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=out))
+        if keys.count(key) > 1:
+            expression = path(STAGE_OUTPUTS["stabilise"]["expression"], outdir=analysis.stabilise_outdir, config=cfg)
+            add("expression", expression)
+            add("samples", str(cfg["samples"]))
+            add("gene_fits", path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=out))
+            for table in de_table_paths(cfg, outdir=out):
+                add("de_tables", table)
         add("summary", path(STAGE_OUTPUTS["summary"]["summary"], outdir=out))
         add("de_summary", path(STAGE_OUTPUTS["de"]["summary"], outdir=out))
-        for table in de_table_paths(cfg, outdir=out):
-            add("de_tables", table)
         if simpson_runs(cfg):
             add("simpson_summary", path(STAGE_OUTPUTS["simpson"]["summary"], outdir=out))
     return inputs
