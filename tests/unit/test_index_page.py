@@ -167,3 +167,14 @@ def test_sentences_without_compared_genes():
     assert group_sentences(group) == [
         "No gene was fitted by every analysis of this data, so no model could be compared."
     ]
+
+
+def test_shares_near_0_and_100_percent_keep_a_decimal():
+    group = _group({"random": 0, "fixed": 995, "plain": 5}, {"random": 0, "fixed": 1000, "plain": 0})
+    group["n_compared"] = 1000
+    sentences = group_sentences(group)
+    assert sentences[0] == (
+        "AIC prefers ~ condition + batch (fixed) for 99.5% of the 1,000 genes every analysis fitted; "
+        "~ condition (plain) for 0.5%."
+    )
+    assert sentences[1].startswith("BIC prefers ~ condition + batch (fixed) for 100% of the 1,000 genes")

@@ -6,7 +6,10 @@ import numpy as np
 
 from batchmix.plots.style import GRID_COLOUR, palette
 
-__all__ = ["DELTA_TICKS", "plot_model_wins", "plot_delta_distribution"]
+__all__ = ["CRITERION_COLOURS", "DELTA_TICKS", "plot_model_wins", "plot_delta_distribution"]
+
+#: Bar colours of the criteria (AIC, BIC) in :func:`plot_model_wins`.
+CRITERION_COLOURS = ("#274c77", "#8fb8de")
 
 #: Differences of the criterion marked on the margin axis (it is drawn as log10(1 + Δ)).
 DELTA_TICKS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -38,7 +41,8 @@ def plot_model_wins(labels: dict[str, str], wins: dict[str, dict[str, int]], tie
     fig = Figure(figsize=(8.0, 0.9 + 0.55 * len(rows)), layout="constrained")
     ax = fig.subplots()
     height = 0.8 / max(len(criteria), 1)
-    colours = palette(max(len(criteria), 2))
+    # shades of one colour: the criteria are not models (the ΔAIC figure colours the models)
+    colours = [CRITERION_COLOURS[i % len(CRITERION_COLOURS)] for i in range(len(criteria))]
     y = np.arange(len(rows))
     for i, criterion in enumerate(criteria):
         pos = y + (i - (len(criteria) - 1) / 2) * height

@@ -32,7 +32,8 @@ SHOWN_GENES = 10
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%" if x >= 0.01 or x == 0 else f"{100 * x:.1f}%"
+    """A share as a percentage: whole percents, one decimal where rounding would hide a few genes (0.5%, 99.5%)."""
+    return f"{100 * x:.1f}%" if 0 < x < 0.01 or 0.99 < x < 1 else f"{100 * x:.0f}%"
 
 
 def _share(value) -> str:
