@@ -25,10 +25,12 @@ CONFIG = {
 def test_the_registry_holds_every_stage_of_the_workflow():
     assert list(STAGES) == [
         "validate", "stabilise", "split_genes", "lmm_chunk", "gather_lmm", "design", "de", "diagnostics", "summary",
-        "simpson_block", "simpson_null", "simpson", "uncertainty", "report",
+        "simpson_block", "simpson_null", "simpson", "uncertainty", "report", "compare", "index",
     ]  # fmt: skip
     assert [name for name, stage in STAGES.items() if stage.per_chunk] == ["lmm_chunk", "simpson_block", "simpson_null"]
-    assert set(paths.STAGE_OUTPUTS) == set(STAGES)
+    # compare and index take the whole config (all analyses); their paths are paths.COMPARE_OUTPUTS
+    assert [name for name, stage in STAGES.items() if stage.whole_config] == ["compare", "index"]
+    assert set(paths.STAGE_OUTPUTS) == {name for name, stage in STAGES.items() if not stage.whole_config}
 
 
 def test_paths_are_relative_to_the_outdir_and_follow_the_config():

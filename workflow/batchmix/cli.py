@@ -28,6 +28,8 @@ EPILOG = """examples:
   batchmix simpson --config config/config.yaml --outdir results
   batchmix uncertainty --config config/config.yaml --outdir results
   batchmix report --config config/config.yaml --outdir results
+  batchmix compare --config config/study.yaml --outdir results
+  batchmix index --config config/study.yaml --outdir results
 
 The whole workflow (chunks, report, clusters): snakemake --cores all --configfile my.yaml
 """
@@ -65,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def _producers(config: dict, outdir: str, n_chunks: int) -> dict[str, str]:
     """Which stage writes each file under ``outdir``."""
     made_by = {}
-    for stage in STAGES:
+    for stage in [name for name, s in STAGES.items() if not s.whole_config]:
         for name, value in paths.stage_outputs(stage, config, outdir=outdir, n_chunks=n_chunks).items():
             for p in [value] if isinstance(value, str) else value:
                 made_by[p] = stage
@@ -112,6 +114,43 @@ def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
     )
 
 
+def _run_whole_config(name: str, path: str, outdir: str) -> dict:
+    """A stage that takes the whole config with its ``analyses:`` (compare, index): read as it is written."""
+    import yaml
+
+    from batchmix.io import InputError
+
+    if not Path(path).exists():
+        raise InputError(f"{path}: config file does not exist.")
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if name == "compare":
+        inputs = paths.compare_inputs(config, outdir=outdir)
+        outputs = paths.compare_outputs(outdir, stage="compare")
+        missing = [p for value in inputs.values() for p in value if not Path(p).exists()]
+        if missing:
+            raise SystemExit(
+                f"batchmix: {missing[0]} is missing ({len(missing)} input(s) missing); run every analysis first: "
+                f"snakemake --cores all --configfile {path}"
+            )
+    else:
+        inputs = paths.index_inputs(outdir)
+        outputs = paths.compare_outputs(outdir, stage="index")
+        missing = [p for p in inputs.values() if not Path(p).exists()]
+        if missing:
+            raise SystemExit(
+                f"batchmix: {missing[0]} is missing; run `batchmix compare` first (same --config and --outdir)."
+            )
+    return run_stage(
+        name,
+        config,
+        inputs,
+        outputs,
+        {"outdir": outdir},
+        log_path=paths.log_path(name, outdir=outdir),
+        record_path=paths.warnings_path(name, outdir=outdir),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``batchmix`` command."""
     args = _parser().parse_args(argv)
@@ -120,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     from batchmix.io import InputError
 
     try:
+        if STAGES.get(args.command) is not None and STAGES[args.command].whole_config:
+            _run_whole_config(args.command, args.config, args.outdir)
+            print(f"batchmix {args.command}: done, outputs under {args.outdir}")
+            return 0
         config = load_config(args.config)
         if args.command == "validate":
             inputs = paths.stage_inputs("validate", config)

@@ -43,6 +43,11 @@ __all__ = [
     "SIMPSON_JOB_OUTPUTS",
     "simpson_job_path",
     "simpson_gather_inputs",
+    "COMPARE_OUTPUTS",
+    "comparison_key",
+    "compare_outputs",
+    "compare_inputs",
+    "index_inputs",
 ]
 
 # The default output directory, relative to the working directory of a run.
@@ -453,4 +458,99 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None 
         inputs["uncertainty_bootstrap"] = at(unc["bootstrap"])
         inputs["uncertainty_posterior"] = at(unc["posterior"])
         inputs["uncertainty_figures"] = at(unc["figures"])
+    return inputs
+
+
+# Outputs of the comparison of a config's analyses (the compare and index stages), relative to the
+# results folder (not to an analysis's folder).
+COMPARE_OUTPUTS = {
+    "information_criteria": "compare/information_criteria.tsv",
+    "best_models": "compare/best_models.tsv",
+    "de_agreement": "compare/de_agreement.tsv",
+    "summary": "compare/summary.json",
+    "index": "index.html",
+}
+
+
+def compare_outputs(outdir: str = OUTDIR, stage: str | None = None) -> dict[str, str]:
+    """The files of the comparison under ``outdir``, by name (:data:`COMPARE_OUTPUTS`).
+
+    ``stage="compare"``: what the ``compare`` stage writes (all but ``index``); ``stage="index"``:
+    what the ``index`` stage writes (``index``, ``results/index.html``); None: all.
+    """
+    if stage not in (None, "compare", "index"):
+        raise KeyError(f"compare_outputs: stage is compare, index or None, not {stage!r}")
+    keys = [k for k in COMPARE_OUTPUTS if stage is None or (k == "index") == (stage == "index")]
+    return {key: path(COMPARE_OUTPUTS[key], outdir=outdir) for key in keys}
+
+
+def comparison_key(analysis) -> tuple[str, str, str]:
+    """What makes analyses comparable gene by gene: the same stabilise job, expression and sample sheet.
+
+    ``analysis``: a :class:`batchmix.analyses.Analysis`. Analyses with equal keys are on the same data
+    and genes; the ``compare`` stage compares their models.
+    """
+    cfg = analysis.config
+    return (str(analysis.stabilise_outdir), str(cfg["expression"]), str(cfg["samples"]))
+
+
+def compare_inputs(config: dict, outdir: str = OUTDIR) -> dict[str, list[str]]:
+    """Every file of the analyses that the ``compare`` stage reads, by kind (lists, no duplicates).
+
+    Parameters
+    ----------
+    config : dict
+        The whole config, with or without ``analyses:`` (:func:`batchmix.analyses.resolve_analyses`).
+    outdir : str
+        The results folder.
+
+    Returns
+    -------
+    dict of str to list of str
+        Of every analysis: ``summary`` (its ``summary.json``), ``de_summary`` and ``simpson_summary``
+        (when its Simpson scan runs); of the analyses compared with another (same
+        :func:`comparison_key`): ``expression`` (the stabilised matrix of their shared stabilise job),
+        ``samples`` (the sample sheets), ``gene_fits`` and ``de_tables`` (every ``de/<coef>.tsv``). In
+        the analyses' order.
+    """
+    from batchmix.analyses import resolve_analyses
+
+    kinds = ("expression", "samples", "gene_fits", "summary", "de_summary", "de_tables", "simpson_summary")
+    inputs: dict[str, list[str]] = {kind: [] for kind in kinds}
+
+    def add(kind: str, value: str) -> None:
+        if value not in inputs[kind]:
+            inputs[kind].append(value)
+
+    analyses = resolve_analyses(config, outdir=outdir)
+    keys = [comparison_key(a) for a in analyses]
+    for analysis, key in zip(analyses, keys):
+        cfg, out = analysis.config, analysis.outdir
+        if keys.count(key) > 1:
+            expression = path(STAGE_OUTPUTS["stabilise"]["expression"], outdir=analysis.stabilise_outdir, config=cfg)
+            add("expression", expression)
+            add("samples", str(cfg["samples"]))
+            add("gene_fits", path(STAGE_OUTPUTS["gather_lmm"]["gene_fits"], outdir=out))
+            for table in de_table_paths(cfg, outdir=out):
+                add("de_tables", table)
+        add("summary", path(STAGE_OUTPUTS["summary"]["summary"], outdir=out))
+        add("de_summary", path(STAGE_OUTPUTS["de"]["summary"], outdir=out))
+        if simpson_runs(cfg):
+            add("simpson_summary", path(STAGE_OUTPUTS["simpson"]["summary"], outdir=out))
+    return inputs
+
+
+def index_inputs(outdir: str = OUTDIR, config: dict | None = None) -> dict[str, str | list[str]]:
+    """The files the ``index`` stage renders: the ``compare`` stage's outputs, by name.
+
+    With ``config`` also ``reports``: every analysis's ``report.html``, which the index links to (the
+    stage does not read them; as inputs they make the workflow write them before the index).
+    """
+    inputs: dict[str, str | list[str]] = dict(compare_outputs(outdir, stage="compare"))
+    if config is not None:
+        from batchmix.analyses import resolve_analyses
+
+        inputs["reports"] = [
+            path(STAGE_OUTPUTS["report"]["html"], outdir=a.outdir) for a in resolve_analyses(config, outdir=outdir)
+        ]
     return inputs

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchmix.io import InputError
+from batchmix.pipeline.compare import compare_stage, index_stage
 from batchmix.pipeline.de import de_stage
 from batchmix.pipeline.design import design_stage
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
@@ -74,12 +75,17 @@ class Stage:
         One line for ``batchmix --help``.
     per_chunk : bool
         One job per LMM chunk (``{scatteritem}``) rather than one job per run.
+    whole_config : bool
+        The stage takes the whole config with its ``analyses:`` (and its paths from
+        :func:`~batchmix.pipeline.paths.compare_inputs` / :func:`~batchmix.pipeline.paths.compare_outputs`)
+        rather than one analysis's config.
     """
 
     name: str
     run: StageFunction
     summary: str
     per_chunk: bool = False
+    whole_config: bool = False
 
 
 STAGES: dict[str, Stage] = {
@@ -113,6 +119,18 @@ STAGES: dict[str, Stage] = {
         Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals (gathers the jobs)"),
         Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
         Stage("report", report_job, "the self-contained HTML report"),
+        Stage(
+            "compare",
+            compare_stage,
+            "compare the config's analyses: per-gene AIC/BIC by ML, best models, DE agreement (results/compare/)",
+            whole_config=True,
+        ),
+        Stage(
+            "index",
+            index_stage,
+            "the self-contained index page of the analyses (results/index.html)",
+            whole_config=True,
+        ),
     ]
 }
 

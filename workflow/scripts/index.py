@@ -1,0 +1,5 @@
+"""Snakemake adapter for the index rule: runs the registry's stage (batchmix.pipeline.registry), whole config."""
+
+from batchmix.pipeline import run_snakemake_job
+
+run_snakemake_job(snakemake, "index")  # noqa: F821 (Snakemake defines `snakemake` in scripts)
