@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 LOCK := envs/requirements.lock
 
-.PHONY: run unlock test venv clean lint
+.PHONY: run study unlock test venv clean lint
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml $(LOCK)
 # outputs is run again) and finished jobs are kept. After a kill, `make unlock` then `make run`.
 run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+# Several analyses of the embedded example and of Bottomly et al. (config/study.yaml): one folder per
+# analysis under results/, and results/index.html comparing them.
+study: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/study.yaml
 
 unlock: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --unlock

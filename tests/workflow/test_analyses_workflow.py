@@ -125,3 +125,30 @@ def test_a_bad_analysis_stops_the_run_before_any_job_naming_it(tmp_path, analyse
     for fragment in fragments:
         assert fragment in message, message[-3000:]
     assert not (run_dir / "results").exists(), "nothing is written"
+
+
+def test_the_index_compares_the_analyses_and_links_every_report(study_run):
+    results = study_run / "results"
+    for name in ("information_criteria.tsv", "best_models.tsv", "de_agreement.tsv", "summary.json"):
+        assert (results / "compare" / name).is_file(), name
+    page = (results / "index.html").read_text()
+    for name in ANALYSES:
+        assert f'<a href="{name}/report.html">' in page, name
+        assert (results / name / "report.html").is_file()
+    # random_batch and fixed_batch share data and genes: compared gene by gene; other_vst stands alone
+    ic = (results / "compare" / "information_criteria.tsv").read_text().splitlines()
+    header = ic[0].split("\t")
+    analyses = {row.split("\t")[header.index("analysis")] for row in ic[1:]}
+    assert analyses == {"random_batch", "fixed_batch"}
+    assert "AIC prefers" in page and "BIC prefers" in page
+    assert "http://" not in page and "https://" not in page, "the index is self-contained"
+
+
+def test_the_index_renders_in_chromium_with_no_console_error(study_run, tmp_path):
+    from test_report_browser import ensure_chromium, probe_page
+
+    record, _, log = probe_page(ensure_chromium(), study_run / "results" / "index.html", tmp_path)
+    assert record["errors"] == []
+    assert [line for line in log.splitlines() if ":CONSOLE" in line] == []
+    assert record["n_images"] >= 2 and record["broken_images"] == []
+    assert record["overflow"] <= 0 and record["wide"] == [], record

@@ -87,6 +87,8 @@ def final_outputs():
         outputs += paths.final_outputs(
             analysis.config, outdir=analysis.outdir, vst_outdir=analysis.stabilise_outdir
         )
+    if MULTI:
+        outputs += list(paths.compare_outputs().values())
     return outputs
 
 
