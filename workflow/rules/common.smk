@@ -1,6 +1,8 @@
 # Shared set-up: config validation, input validation, and the paths of every rule, taken from
 # batchmix.pipeline.paths (the one definition of every output path). batchmix is installed
 # (`make venv`: pip install -e .; with --sdm conda: envs/batchmix.post-deploy.sh).
+import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -33,6 +35,12 @@ if workflow.is_main_process:
     for _finding in design_report(config, _validated).findings:
         if _finding.severity == "warning":
             print(f"batchmix design check: warning [{_finding.code}]: {_finding.message}", file=sys.stderr)
+
+
+# The command that started the run, for the run record (results/run.json): set in the main process,
+# inherited by the jobs it starts.
+if workflow.is_main_process:
+    os.environ.setdefault("BATCHMIX_COMMAND", shlex.join(sys.argv))
 
 
 scattergather:

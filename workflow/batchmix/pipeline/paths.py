@@ -272,8 +272,14 @@ def stage_inputs(
     if stage in ("validate", "stabilise"):
         return {"expression": config["expression"], "samples": config["samples"]}
     if stage == "run_record":
-        # the record hashes the files the config names
-        return {"expression": config["expression"], "samples": config["samples"], **kinship_input(config)}
+        # the record hashes the files the config names; after the report, so that whenever a job of
+        # the analysis runs again its record is written again (config, versions and command of that run)
+        return {
+            "expression": config["expression"],
+            "samples": config["samples"],
+            **kinship_input(config),
+            "report": path(STAGE_OUTPUTS["report"]["html"], outdir=outdir),
+        }
     if stage == "split_genes":
         return {"gene_status": status}
     if stage == "lmm_chunk":
