@@ -147,3 +147,49 @@ def test_replay_of_the_workflow_run_gives_byte_identical_tables(fixture_run, tmp
     proc = batchmix("replay", "results/run.json", "--outdir", str(outdir), cwd=fixture_run)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_same_results(fixture_run / "results", outdir)
+
+
+STUDY = """\
+expression: data/counts.tsv
+samples: data/samples.tsv
+input_type: counts
+model: "~ Infection + (1|Batch)"
+batch: Batch
+chunks: 2
+simpson: {enabled: false}
+analyses:
+  random_batch: {}
+  fixed_batch: {model: "~ Infection + Batch"}
+"""
+
+
+def test_run_picks_one_analysis_of_a_config_with_analyses(tmp_path):
+    work = new_study(tmp_path / "study")
+    (work / "study.yaml").write_text(STUDY)
+    proc = batchmix("run", "--config", "study.yaml", "--analysis", "fixed_batch", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "outputs under results/fixed_batch" in proc.stdout
+    assert sorted(p.name for p in (work / "results").iterdir()) == ["fixed_batch"]
+    record = json.loads((work / "results/fixed_batch/run.json").read_text())
+    assert record["analysis"] == "fixed_batch"
+    assert record["config"]["model"] == "~ Infection + Batch" and "analyses" not in record["config"]
+    # a fixed batch: no batch-corrected matrix, and the batch's contrasts are not DE tables
+    assert not (work / "results/fixed_batch/corrected").exists()
+    assert sorted(p.name for p in (work / "results/fixed_batch/de").glob("*.tsv")) == ["InfectionSARS_CoV_2.tsv"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config", "study.yaml", "--analysis", "other"], "no analysis 'other' under analyses:"),
+        (["--config", "fixture.yaml", "--analysis", "fixed_batch"], "the config has no analyses:"),
+        (["--config", "absent.yaml"], "absent.yaml: config file does not exist"),
+    ],
+)
+def test_run_refuses_an_analysis_it_cannot_find(tmp_path, args, expected):
+    work = new_study(tmp_path / "study")
+    (work / "study.yaml").write_text(STUDY)
+    proc = batchmix("run", *args, cwd=work)
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert not (work / "results").exists()
