@@ -21,6 +21,7 @@ include: "workflow/rules/summary.smk"
 include: "workflow/rules/simpson.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/uncertainty.smk"
+include: "workflow/rules/record.smk"
 include: "workflow/rules/compare.smk"
 
 

@@ -33,11 +33,19 @@ def run_snakemake(run_dir: Path, *args: str, timeout: int = 900) -> subprocess.C
 
 
 def result_files(run_dir: Path) -> list[str]:
-    """Every file under results/, logs excluded, relative to the run directory."""
+    """Every file under results/, logs and run records excluded, relative to the run directory.
+
+    A run record (``run.json``) holds the command line and the time of its run, so it differs
+    between runs whose results are identical (tests/workflow/test_replay.py checks it).
+    """
     results = run_dir / "results"
     if not results.exists():
         return []
-    return sorted(str(p.relative_to(run_dir)) for p in results.rglob("*") if p.is_file() and "logs" not in p.parts)
+    return sorted(
+        str(p.relative_to(run_dir))
+        for p in results.rglob("*")
+        if p.is_file() and "logs" not in p.parts and p.name != "run.json"
+    )
 
 
 @pytest.fixture(scope="session")

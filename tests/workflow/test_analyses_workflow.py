@@ -102,7 +102,12 @@ def test_changing_one_analysis_reruns_only_its_jobs(study_run):
         study.write_text(original.replace("  random_batch: {}", "  random_batch:\n    simpson: {fdr: 0.1}"))
         counts = dry_run(study_run)
         per_analysis = {rule for rule in counts if rule not in ("compare", "index")}
-        assert per_analysis == {"simpson_block_random_batch", "simpson_random_batch", "report_random_batch"}, counts
+        assert per_analysis == {
+            "simpson_block_random_batch",
+            "simpson_random_batch",
+            "report_random_batch",
+            "run_record_random_batch",
+        }, counts
     finally:
         study.write_text(original)
 

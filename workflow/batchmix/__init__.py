@@ -13,6 +13,7 @@ Layers, one concept per module:
 - :mod:`batchmix.report`      the HTML report
 - :mod:`batchmix.pipeline`    the workflow's stages (one registry, one signature), their logs and every output path
 - :mod:`batchmix.config`      the config schema and its defaults
+- :mod:`batchmix.runrecord`   the run record (run.json) of an analysis, and the checks of a replay
 - :mod:`batchmix.cli`         the ``batchmix`` command, generated from the stage registry
 
 The package never imports Snakemake: the same code serves the workflow,

@@ -1,15 +1,28 @@
 """The ``batchmix`` command line: the workflow's stages without Snakemake.
 
-The sub-commands are generated from the stage registry (:data:`batchmix.pipeline.registry.STAGES`,
-plus ``lmm`` = split_genes, lmm_chunk for every chunk, gather_lmm). Each reads the same config as
-the workflow and writes the same files under ``--outdir`` (default ``results``), at the paths of
-:mod:`batchmix.pipeline.paths`, with the same logs. For whole runs, chunking and clusters use
-Snakemake (``snakemake --cores all``).
+The stage sub-commands are generated from the stage registry
+(:data:`batchmix.pipeline.registry.STAGES`, plus ``lmm`` = split_genes, lmm_chunk for every chunk,
+gather_lmm). Each reads the same config as the workflow and writes the same files under
+``--outdir`` (default ``results``), at the paths of :mod:`batchmix.pipeline.paths`, with the same logs.
+
+Two more commands run whole analyses in-process (:func:`batchmix.pipeline.runner.run_analysis`):
+
+- ``batchmix run --config FILE [--analysis NAME] [--outdir DIR]``: every stage of an analysis, then
+  its run record ``DIR/run.json`` (:mod:`batchmix.runrecord`). With ``analyses:`` in the config,
+  ``--analysis`` picks one (default outdir ``results/<name>``); without it every analysis runs, each
+  under ``results/<name>``.
+- ``batchmix replay RUN_JSON --outdir DIR [--force]``: the analysis of a run record again, after
+  checking that every input has its recorded MD5 (exit 2 and nothing written when one differs);
+  ``DIR`` must be empty or new unless ``--force``.
+
+For chunked runs on a cluster and analyses sharing their stabilise job, use Snakemake
+(``snakemake --cores all``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,6 +43,11 @@ EPILOG = """examples:
   batchmix report --config config/config.yaml --outdir results
   batchmix compare --config config/study.yaml --outdir results
   batchmix index --config config/study.yaml --outdir results
+
+whole analyses in-process, and their replay from the run record:
+  batchmix run --config config/config.yaml                  (outputs under results/)
+  batchmix run --config study.yaml --analysis random_batch  (outputs under results/random_batch/)
+  batchmix replay results/run.json --outdir replay/
 
 The whole workflow (chunks, report, clusters): snakemake --cores all --configfile my.yaml
 """
@@ -61,6 +79,33 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--chunk", default="1-of-1", help="the chunk to fit, i-of-n (default: %(default)s)")
         if name == "uncertainty":
             p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
+    p = sub.add_parser(
+        "run",
+        help="run every stage of an analysis in-process, then its run record (run.json)",
+        description="Run every stage of an analysis in-process (no Snakemake), then write its run record "
+        "OUTDIR/run.json. With analyses: in the config, --analysis picks one; without it every analysis runs, "
+        "each under results/<name>.",
+    )
+    p.add_argument("--config", default="config/config.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--analysis", help="the analysis to run (a name under analyses:); default: every analysis")
+    p.add_argument(
+        "--outdir",
+        help="output directory (default: results, or results/<name> for an analysis of analyses:; "
+        "with several analyses, the folder that holds one folder per analysis)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
+    p = sub.add_parser(
+        "replay",
+        help="rerun the analysis of a run record (run.json) after checking its inputs' MD5s",
+        description="Rerun the analysis a run record (run.json) describes, with its resolved config, into "
+        "OUTDIR, after checking that every input has the recorded size and MD5 (a differing or missing input: "
+        "exit 2, nothing written). Relative input paths are looked up from here, then from the recorded "
+        "working directory.",
+    )
+    p.add_argument("record", metavar="RUN_JSON", help="the run record (e.g. results/run.json)")
+    p.add_argument("--outdir", required=True, help="output directory; must be new or empty unless --force")
+    p.add_argument("--force", action="store_true", help="write into OUTDIR even when it is not empty")
+    p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
     return parser
 
 
@@ -102,27 +147,43 @@ def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
     outputs = paths.stage_outputs(name, config, outdir=outdir, scatteritem=scatteritem, n_chunks=n_chunks)
     _check_inputs(inputs, config, outdir, n_chunks)
     stage = STAGES[name]
+    params = {"threads": getattr(args, "threads", 1)}
+    if name == "run_record":
+        params["command"] = args.command_line
     return run_stage(
         name,
         config,
         inputs,
         outputs,
-        {"threads": getattr(args, "threads", 1)},
+        params,
         log_path=paths.log_path(name, outdir=outdir, scatteritem=scatteritem),
         record_path=paths.warnings_path(name, outdir=outdir, scatteritem=scatteritem),
         job=scatteritem if stage.per_chunk else None,
     )
 
 
-def _run_whole_config(name: str, path: str, outdir: str) -> dict:
-    """A stage that takes the whole config with its ``analyses:`` (compare, index): read as it is written."""
+def _read_yaml(path: str) -> dict:
+    """A config file as written (``analyses:`` included), for :func:`batchmix.analyses.resolve_analyses`."""
     import yaml
 
     from batchmix.io import InputError
 
-    if not Path(path).exists():
-        raise InputError(f"{path}: config file does not exist.")
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: config file does not exist.")
+    try:
+        config = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{file}: the config is not valid YAML ({err}). Fix the file.") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{file}: the config must be a mapping of keys to values (expression: ..., model: ...).")
+    return config
+
+
+
+def _run_whole_config(name: str, path: str, outdir: str) -> dict:
+    """A stage that takes the whole config with its ``analyses:`` (compare, index): read as it is written."""
+    config = _read_yaml(path)
     if name == "compare":
         inputs = paths.compare_inputs(config, outdir=outdir)
         outputs = paths.compare_outputs(outdir, stage="compare")
@@ -151,12 +212,88 @@ def _run_whole_config(name: str, path: str, outdir: str) -> dict:
     )
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """``batchmix run``: every stage of one analysis, or of every analysis, in-process."""
+    from batchmix.analyses import has_analyses, resolve_analyses
+    from batchmix.io import InputError
+    from batchmix.pipeline.runner import run_analysis
+
+    raw = _read_yaml(args.config)
+    several = has_analyses(raw)
+    if args.analysis is not None and not several:
+        raise InputError(
+            f"{args.config}: --analysis {args.analysis} given, but the config has no analyses:; "
+            "leave out --analysis to run its one analysis."
+        )
+    root = args.outdir if (args.outdir and args.analysis is None) else paths.OUTDIR
+    analyses = resolve_analyses(raw, str(args.config), outdir=root)
+    if args.analysis is not None:
+        chosen = [a for a in analyses if a.name == args.analysis]
+        if not chosen:
+            names = ", ".join(str(a.name) for a in analyses)
+            raise InputError(f"{args.config}: no analysis {args.analysis!r} under analyses:; its analyses: {names}.")
+        analyses = chosen
+    for analysis in analyses:
+        outdir = args.outdir if (args.outdir and args.analysis is not None) else analysis.outdir
+        run_analysis(
+            analysis.config,
+            outdir=outdir,
+            threads=args.threads,
+            analysis=analysis.name,
+            command=args.command_line,
+        )
+        shown = "" if analysis.name is None else f" {analysis.name}"
+        print(f"batchmix run{shown}: done, outputs under {outdir} (run record {outdir.rstrip('/')}/run.json)")
+    return 0
+
+
+def _replay_command(args: argparse.Namespace) -> int:
+    """``batchmix replay``: the analysis of a run record, after checking its inputs."""
+    from batchmix.config import validate_config
+    from batchmix.io import InputError
+    from batchmix.pipeline.runner import run_analysis
+    from batchmix.runrecord import read_run_record, replay_config, verify_inputs
+
+    record = read_run_record(args.record)
+    located = verify_inputs(record)
+    config = validate_config(replay_config(record, located), f"{args.record}: config")
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(
+            f"{outdir}: --outdir is a file, not a folder. Give a new or empty folder. Nothing was written."
+        )
+    if outdir.is_dir() and any(outdir.iterdir()) and not args.force:
+        raise InputError(
+            f"{outdir}: --outdir is not empty. Give a new or empty folder, or add --force to write over what is "
+            "there (files of the earlier run that this analysis does not write are kept). Nothing was written."
+        )
+    run_analysis(
+        config,
+        outdir=str(outdir),
+        threads=args.threads,
+        analysis=record.get("analysis"),
+        command=args.command_line,
+    )
+    print(f"batchmix replay: done, outputs of {args.record} replayed under {outdir} (run record {outdir / 'run.json'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``batchmix`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    # the command line as typed, for the run record
+    args.command_line = shlex.join(["batchmix", *argv])
 
     from batchmix.config import load_config
     from batchmix.io import InputError
+
+    if args.command in ("run", "replay"):
+        try:
+            return _run_command(args) if args.command == "run" else _replay_command(args)
+        except InputError as err:
+            print(f"batchmix {args.command}: {err}", file=sys.stderr)
+            return 2
 
     try:
         if STAGES.get(args.command) is not None and STAGES[args.command].whole_config:

@@ -11,6 +11,8 @@
 - :mod:`batchmix.pipeline.de`        the de stage (DE with and without the batch, de/<coef>.tsv)
 - :mod:`batchmix.pipeline.summary`   the diagnostics (PCA, batch R²) and summary (the verdict) stages
 - :mod:`batchmix.pipeline.uncertainty` the uncertainty stage (bootstrap and posterior tables, figures)
+- :mod:`batchmix.pipeline.record`    the run_record stage (run.json, :mod:`batchmix.runrecord`)
+- :mod:`batchmix.pipeline.runner`    a whole analysis in-process (``batchmix run`` and ``batchmix replay``)
 
 The report lives in :mod:`batchmix.report`; the registry runs it under the same signature.
 """

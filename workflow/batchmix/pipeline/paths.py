@@ -113,6 +113,7 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
     "diagnostics": {"pca": "diagnostics/pca.json", "scores": "diagnostics/pca_scores.tsv"},
     "summary": {"summary": "summary.json"},
     "report": {"html": "report.html", "figures": "figures"},
+    "run_record": {"record": "run.json"},
 }
 
 # Stages with one job per LMM chunk: their logs are per chunk.
@@ -281,6 +282,15 @@ def stage_inputs(
     expression = path(vst["expression"], outdir=vst_outdir, config=config)
     if stage in ("validate", "stabilise"):
         return {"expression": config["expression"], "samples": config["samples"]}
+    if stage == "run_record":
+        # the record hashes the files the config names; after the report, so that whenever a job of
+        # the analysis runs again its record is written again (config, versions and command of that run)
+        return {
+            "expression": config["expression"],
+            "samples": config["samples"],
+            **kinship_input(config),
+            "report": path(STAGE_OUTPUTS["report"]["html"], outdir=outdir),
+        }
     if stage == "split_genes":
         return {"gene_status": status}
     if stage == "lmm_chunk":
@@ -406,6 +416,7 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None 
     if uncertainty_enabled(config):
         unc = STAGE_OUTPUTS["uncertainty"]
         outputs += [path(unc["bootstrap"], outdir=outdir), path(unc["posterior"], outdir=outdir)]
+    outputs.append(path(STAGE_OUTPUTS["run_record"]["record"], outdir=outdir))
     return outputs
 
 

@@ -5,7 +5,7 @@ Every stage is a function ``run(config, inputs, outputs, params) -> counts``:
 - ``config``: the workflow config with defaults filled in;
 - ``inputs`` / ``outputs``: file paths by name (a list of paths for per-chunk files), as
   :func:`batchmix.pipeline.paths.stage_inputs` / :func:`~batchmix.pipeline.paths.stage_outputs` name them;
-- ``params``: job settings that are not files (``threads``);
+- ``params``: job settings that are not files (``threads``; the run record's ``analysis`` and ``command``);
 - it returns counts for the log (``{"genes": 200}``).
 
 :func:`run_stage` runs one job of a stage with its log file, console logging, timing and JSON run
@@ -24,6 +24,7 @@ from batchmix.pipeline.de import de_stage
 from batchmix.pipeline.design import design_stage
 from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
 from batchmix.pipeline.logs import stage_logging
+from batchmix.pipeline.record import run_record_stage
 from batchmix.pipeline.simpson import simpson_block_stage, simpson_null_stage, simpson_stage
 from batchmix.pipeline.stabilise import stabilise_stage
 from batchmix.pipeline.summary import diagnostics_stage, summary_stage
@@ -131,6 +132,7 @@ STAGES: dict[str, Stage] = {
             "the self-contained index page of the analyses (results/index.html)",
             whole_config=True,
         ),
+        Stage("run_record", run_record_stage, "the run record (run.json): resolved config, input MD5s, versions"),
     ]
 }
 
@@ -209,6 +211,11 @@ def job_config(config: dict, analysis: str | None) -> dict:
     raise KeyError(f"no analysis {analysis!r} in the config's analyses")
 
 
+def _named(values) -> dict:
+    """The named entries of a Snakemake ``params`` (none when the job has no params)."""
+    return dict(values.items()) if values is not None and hasattr(values, "items") else {}
+
+
 def run_snakemake_job(smk, name: str) -> dict:
     """Run the stage ``name`` for a Snakemake ``script:`` job (the adapters in ``workflow/scripts/``).
 
@@ -217,7 +224,7 @@ def run_snakemake_job(smk, name: str) -> dict:
     smk
         The ``snakemake`` object Snakemake gives a script (used through its attributes only: the
         package never imports Snakemake). Its named ``log`` entries ``log`` and ``record`` are the job's
-        log file and run record.
+        log file and run record; its named ``params`` are passed to the stage with ``threads``.
     name : str
         The stage.
     """
@@ -228,7 +235,7 @@ def run_snakemake_job(smk, name: str) -> dict:
             job_config(dict(smk.config), getattr(smk.params, "analysis", None)),
             _as_paths(smk.input),
             _as_paths(smk.output),
-            {"threads": smk.threads},
+            {**_named(getattr(smk, "params", None)), "threads": smk.threads},
             log_path=logs.get("log"),
             record_path=logs.get("record"),
             job=dict(smk.wildcards.items()).get("scatteritem"),
