@@ -180,7 +180,6 @@ def _read_yaml(path: str) -> dict:
     return config
 
 
-
 def _run_whole_config(name: str, path: str, outdir: str) -> dict:
     """A stage that takes the whole config with its ``analyses:`` (compare, index): read as it is written."""
     config = _read_yaml(path)
