@@ -80,3 +80,18 @@ def test_report_before_lmm_names_the_missing_stage(tmp_path):
         [str(BATCHMIX), "report", "--config", str(config), "--outdir", str(out)], capture_output=True, text=True
     )
     assert proc.returncode != 0 and "batchmix lmm" in proc.stderr
+
+
+def test_a_stage_of_a_config_with_analyses_needs_the_analysis_and_writes_under_its_folder(tmp_path):
+    config = _fixture_config(tmp_path, analyses={"random_batch": {}, "fixed_batch": {"model": "~ Infection + Batch"}})
+    run = lambda *args: subprocess.run([str(BATCHMIX), *args], capture_output=True, text=True, cwd=tmp_path)  # noqa: E731
+    refused = run("stabilise", "--config", str(config))
+    assert refused.returncode == 2
+    assert "give --analysis NAME" in refused.stderr
+    assert "random_batch" in refused.stderr and "fixed_batch" in refused.stderr
+    assert not (tmp_path / "results").exists()
+    unknown = run("validate", "--config", str(config), "--analysis", "nope")
+    assert unknown.returncode == 2 and "no analysis 'nope'" in unknown.stderr
+    done = run("stabilise", "--config", str(config), "--analysis", "fixed_batch")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "results" / "fixed_batch" / "vst" / "gene_status.tsv").is_file()

@@ -71,8 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", default="config/config.yaml", help="YAML config (default: %(default)s)")
+        if not STAGES.get(name) or not STAGES[name].whole_config:
+            p.add_argument(
+                "--analysis", help="with analyses: in the config, the analysis (a name under analyses:) to run"
+            )
         if name != "validate":
-            p.add_argument("--outdir", default=paths.OUTDIR, help="output directory (default: %(default)s)")
+            p.add_argument(
+                "--outdir",
+                default=None,
+                help="output directory (default: results, or results/<name> with --analysis)",
+            )
         if name in CHUNK_COUNT_STAGES:
             p.add_argument("--chunks", type=int, default=1, help="number of gene chunks (default: %(default)s)")
         if name == "lmm_chunk":
@@ -277,6 +285,38 @@ def _replay_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_config(args: argparse.Namespace) -> dict:
+    """The config one stage runs with: the file's, or with ``analyses:`` that of ``--analysis``.
+
+    Sets ``args.outdir`` to its default (``results``, or ``results/<name>`` for an analysis).
+    """
+    from batchmix.analyses import has_analyses, resolve_analyses
+    from batchmix.config import load_config
+    from batchmix.io import InputError
+
+    raw = _read_yaml(args.config)
+    if not has_analyses(raw):
+        if args.analysis is not None:
+            raise InputError(
+                f"{args.config}: --analysis {args.analysis} given, but the config has no analyses:; leave it out."
+            )
+        if getattr(args, "outdir", None) is None:
+            args.outdir = paths.OUTDIR
+        return load_config(args.config)
+    analyses = resolve_analyses(raw, str(args.config))
+    names = ", ".join(str(a.name) for a in analyses)
+    chosen = [a for a in analyses if a.name == args.analysis]
+    if not chosen:
+        wanted = "give --analysis NAME" if args.analysis is None else f"there is no analysis {args.analysis!r}"
+        raise InputError(
+            f"{args.config}: the config holds several analyses; {wanted} (its analyses: {names}). "
+            "The whole study runs with snakemake --configfile, or `batchmix run`."
+        )
+    if getattr(args, "outdir", None) is None:
+        args.outdir = chosen[0].outdir
+    return chosen[0].config
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``batchmix`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -284,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     # the command line as typed, for the run record
     args.command_line = shlex.join(["batchmix", *argv])
 
-    from batchmix.config import load_config
     from batchmix.io import InputError
 
     if args.command in ("run", "replay"):
@@ -296,10 +335,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if STAGES.get(args.command) is not None and STAGES[args.command].whole_config:
+            args.outdir = args.outdir or paths.OUTDIR
             _run_whole_config(args.command, args.config, args.outdir)
             print(f"batchmix {args.command}: done, outputs under {args.outdir}")
             return 0
-        config = load_config(args.config)
+        config = _stage_config(args)
         if args.command == "validate":
             inputs = paths.stage_inputs("validate", config)
             counts = run_stage("validate", config, inputs, {}, {})
