@@ -19,7 +19,7 @@ import pandas as pd
 
 from batchmix.plots.compare import plot_delta_distribution, plot_model_wins
 from batchmix.plots.style import png_bytes
-from batchmix.report.render import TEMPLATES, data_uri
+from batchmix.report.render import TEMPLATES, data_uri, template_environment
 
 __all__ = ["INDEX_TEMPLATE", "SHOWN_GENES", "build_index", "index_context", "group_sentences"]
 
@@ -274,15 +274,7 @@ def build_index(summary: dict, best: pd.DataFrame, agreement: pd.DataFrame, html
     html_path : str or Path
         The page (``results/index.html``): the reports' links in ``summary`` are relative to its folder.
     """
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_environment()
     context = index_context(summary, best, agreement)
     page = env.get_template(INDEX_TEMPLATE).render(css=(TEMPLATES / "report.css").read_text(), **context)
     html_path = Path(html_path)

@@ -25,6 +25,7 @@ __all__ = [
     "format_cell",
     "table",
     "render_page",
+    "template_environment",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,16 +154,9 @@ class Figures:
         return {"name": name, "src": data_uri(data, "image/png"), "caption": caption, "alt": alt}
 
 
-def render_page(context: dict, html_path: str | Path) -> None:
-    """Render ``templates/report.html`` with the sections' context and write the page.
-
-    Parameters
-    ----------
-    context : dict
-        ``title``, ``config`` and one dict per section (``run``, ``batch``, ``lmm``, …).
-    html_path : str or Path
-        The page to write.
-    """
+def template_environment():
+    """The Jinja2 environment of batchmix's pages (the report, the index): ``report/templates/``,
+    HTML autoescaping, undefined names an error, and the ``thousands`` filter (``12,345``)."""
     import jinja2
 
     env = jinja2.Environment(
@@ -173,6 +167,20 @@ def render_page(context: dict, html_path: str | Path) -> None:
         lstrip_blocks=True,
     )
     env.filters["thousands"] = lambda n: f"{int(n):,}"
+    return env
+
+
+def render_page(context: dict, html_path: str | Path) -> None:
+    """Render ``templates/report.html`` with the sections' context and write the page.
+
+    Parameters
+    ----------
+    context : dict
+        ``title``, ``config`` and one dict per section (``run``, ``batch``, ``lmm``, …).
+    html_path : str or Path
+        The page to write.
+    """
+    env = template_environment()
     page = env.get_template("report.html").render(css=(TEMPLATES / "report.css").read_text(), **context)
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
