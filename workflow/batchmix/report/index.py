@@ -21,7 +21,7 @@ from batchmix.plots.compare import plot_delta_distribution, plot_model_wins
 from batchmix.plots.style import png_bytes
 from batchmix.report.render import TEMPLATES, data_uri, template_environment
 
-__all__ = ["INDEX_TEMPLATE", "SHOWN_GENES", "build_index", "index_context", "group_sentences"]
+__all__ = ["INDEX_TEMPLATE", "SHOWN_GENES", "agreement_sentences", "build_index", "index_context", "group_sentences"]
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,11 @@ def group_sentences(group: dict) -> list[str]:
     return out
 
 
-def _de_cell(de: dict) -> str:
+def _de_cell(de: dict) -> list[str]:
+    """One line per coefficient: its DE genes under the analysis's model."""
     if not de:
-        return "NA"
-    return "; ".join(f"{coef}: {entry['n_significant_lmm']:,}" for coef, entry in de.items())
+        return ["NA"]
+    return [f"{coef}: {entry['n_significant_lmm']:,}" for coef, entry in de.items()]
 
 
 def _analysis_rows(analyses: list[dict]) -> list[dict]:
@@ -132,7 +133,8 @@ def _analysis_rows(analyses: list[dict]) -> list[dict]:
                 "data": a["data"],
                 "model": a["model"],
                 "method": "REML" if a.get("reml") else "ML",
-                "genes_fitted": f"{genes['fitted']:,} of {genes['in']:,}" if genes else "NA",
+                "genes_fitted": f"{genes['fitted']:,}" if genes else "NA",
+                "genes_in": f"of {genes['in']:,}" if genes else "",
                 "batch_effect": verdict.get("batch_effect") or "NA",
                 "recommendation": (verdict.get("recommendation") or "NA").replace("_", " "),
                 "verdict_text": verdict.get("text") or "",
@@ -143,6 +145,32 @@ def _analysis_rows(analyses: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def agreement_sentences(agreement: pd.DataFrame, group: str) -> list[str]:
+    """One sentence per pair of analyses: how far their DE calls agree over the shared coefficients,
+    and the coefficient where they differ most (the table below the sentences has every coefficient)."""
+    rows = agreement[agreement["group"] == group]
+    out = []
+    for (a, b), pair in rows.groupby(["analysis_a", "analysis_b"], sort=False):
+        tested = pair["n_tested_both"].astype(int)
+        differ = pair["n_only_a"].astype(int) + pair["n_only_b"].astype(int)
+        shares = 1.0 - differ / tested.where(tested > 0)
+        worst = pair.loc[differ.idxmax()]
+        fdr = float(pair["fdr"].iloc[0])
+        span = (
+            _share(shares.min()) if shares.min() == shares.max() else f"{_share(shares.min())}–{_share(shares.max())}"
+        )
+        coefficients = "the coefficient" if len(pair) == 1 else f"each of the {len(pair)} shared coefficients"
+        sentence = f"{a} and {b} make the same DE call (q ≤ {fdr:g}) for {span} of the genes, over {coefficients}"
+        if int(differ.max()) == 0:
+            out.append(sentence + ": no gene is called by one and not the other.")
+            continue
+        out.append(
+            sentence + f"; they differ most on {worst['coefficient']}: {int(worst['n_only_a']):,} genes called only by "
+            f"{a}, {int(worst['n_only_b']):,} only by {b}."
+        )
+    return out
 
 
 def _agreement_rows(agreement: pd.DataFrame, group: str) -> list[dict]:
@@ -171,11 +199,6 @@ def _agreement_rows(agreement: pd.DataFrame, group: str) -> list[dict]:
                 "agree": _share(agree / tested) if tested else "NA",
                 "genes_only_a": lists["a"],
                 "genes_only_b": lists["b"],
-                "sentence": (
-                    f"{r.analysis_a} and {r.analysis_b} agree on {agree:,} of the {tested:,} genes both tested for "
-                    f"{r.coefficient}; {int(r.n_only_a):,} are called only by {r.analysis_a}, "
-                    f"{int(r.n_only_b):,} only by {r.analysis_b} (q ≤ {float(r.fdr):g})."
-                ),
             }
         )
     return rows
@@ -193,6 +216,7 @@ def _group_context(group: dict, best: pd.DataFrame, agreement: pd.DataFrame) -> 
         "wins": [],
         "sentences": [],
         "agreement": [],
+        "agreement_sentences": [],
     }
     if not context["compared"]:
         return context
@@ -235,6 +259,7 @@ def _group_context(group: dict, best: pd.DataFrame, agreement: pd.DataFrame) -> 
             )
         )
     context["agreement"] = _agreement_rows(agreement, group["name"])
+    context["agreement_sentences"] = agreement_sentences(agreement, group["name"])
     return context
 
 
