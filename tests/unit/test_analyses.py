@@ -62,6 +62,19 @@ def test_analyses_on_the_same_data_share_one_stabilise_folder_and_others_do_not(
     assert a.stabilise_outdir.startswith("results/shared/stabilise-")
     assert len({a.stabilise_outdir, trend.stabilise_outdir, data.stabilise_outdir}) == 3
     assert a.shares_stabilise_with == ("a", "b") and trend.shares_stabilise_with == ("other_trend",)
+    # a and b differ in their model only (the scan does not read it) but b does not scan
+    assert a.simpson_outdir.startswith("results/shared/simpson-")
+
+
+def test_analyses_that_differ_only_in_their_model_share_the_simpson_scan():
+    config = {
+        **BASE,
+        "analyses": {"random": {}, "fixed": {"model": "~ c + b"}, "stricter": {"simpson": {"fdr": 0.01}}},
+    }
+    random, fixed, stricter = resolve_analyses(config)
+    assert random.simpson_outdir == fixed.simpson_outdir != stricter.simpson_outdir
+    (single,) = resolve_analyses(dict(BASE))
+    assert single.simpson_outdir == "results"
 
 
 def test_the_model_matters_to_stabilisation_only_when_the_vst_is_not_blind():

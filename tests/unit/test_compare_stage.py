@@ -48,7 +48,7 @@ def run_analyses(config: dict, outdir: str) -> None:
 
         def run(stage: str, **kw) -> None:
             inputs = paths.stage_inputs(stage, cfg, outdir=a.outdir, vst_outdir=a.stabilise_outdir, **kw)
-            target = a.stabilise_outdir if stage == "stabilise" else a.outdir
+            target = {"stabilise": a.stabilise_outdir, "simpson": a.simpson_outdir}.get(stage, a.outdir)
             run_stage(stage, cfg, inputs, paths.stage_outputs(stage, cfg, outdir=target, **kw), {}, console=False)
 
         if a.stabilise_outdir not in stabilised:
@@ -137,7 +137,8 @@ def test_summary_rows_come_from_each_analysis(study):
         assert row["lrt_share_q05"] == own["figures"]["lrt_share_q05"]
         for coef, entry in de["coefficients"].items():
             assert row["de"][coef]["n_significant_lmm"] == entry["n_significant_lmm"]
-    simpson = json.loads(Path(f"{outdir}/random/simpson/summary.json").read_text())
+    (random,) = [a for a in resolve_analyses(study_config(), outdir=outdir) if a.name == "random"]
+    simpson = json.loads(Path(f"{random.simpson_outdir}/simpson/summary.json").read_text())
     assert rows["random"]["simpson_reversals"] == simpson["n_reversals"]
     assert rows["fixed"]["simpson_reversals"] is None
     compared = [g for g in summary["groups"] if g["compared"]]
@@ -200,7 +201,8 @@ def test_inputs_of_an_analysis_without_a_partner_are_its_summaries_only(study):
     assert f"{outdir}/strict/de/summary.json" in inputs["de_summary"]
     assert not any("/strict/" in p for p in inputs["gene_fits"] + inputs["de_tables"])
     assert len(inputs["expression"]) == 1 and "/shared/stabilise-" in inputs["expression"][0]
-    assert inputs["simpson_summary"] == [f"{outdir}/random/simpson/summary.json"]
+    (random,) = [a for a in resolve_analyses(config, outdir=outdir) if a.name == "random"]
+    assert inputs["simpson_summary"] == [f"{random.simpson_outdir}/simpson/summary.json"]
 
 
 def test_a_config_without_analyses_gets_its_row_and_no_comparison(study):

@@ -61,8 +61,10 @@ def test_a_dry_run_shows_the_shared_stabilise_job_once(tmp_path):
     for name in ANALYSES:
         assert counts[f"gather_lmm_{name}"] == 1 and counts[f"report_{name}"] == 1
         assert counts[f"lmm_chunk_{name}"] == 3
-    # other_vst switches the Simpson scan off; the others scan
-    assert "simpson_other_vst" not in counts and counts["simpson_random_batch"] == 1
+    # other_vst switches the Simpson scan off; random_batch and fixed_batch differ only in their model,
+    # which the scan does not read: they share one scan (4 block-pair jobs and the gather)
+    simpson = {rule: n for rule, n in counts.items() if rule.startswith("simpson")}
+    assert len(simpson) == 2 and sorted(simpson.values()) == [1, 4], counts
 
 
 def test_each_analysis_writes_the_single_run_layout_under_its_name(study_run, fixture_run):
@@ -72,14 +74,15 @@ def test_each_analysis_writes_the_single_run_layout_under_its_name(study_run, fi
             assert (results / name / relative).is_file(), f"{name}/{relative}"
         assert not (results / name / "vst").exists(), "the stabilised matrix lives in the shared folder"
     shared = sorted(p.name for p in (results / "shared").iterdir())
-    assert len(shared) == 2 and all(p.startswith("stabilise-") for p in shared)
-    assert (results / "fixed_batch" / "simpson" / "reversals.tsv").is_file()
-    assert not (results / "other_vst" / "simpson").exists()
+    assert [p.split("-")[0] for p in shared] == ["simpson", "stabilise", "stabilise"], shared
+    scan = results / "shared" / shared[0]
+    assert not any((results / name / "simpson").exists() for name in ANALYSES), "the shared scan is not copied"
     # random_batch is the fixture's own config: its tables equal the single run's byte for byte
-    for relative in ("lmm/gene_fits.tsv", "lmm/blups.tsv", "de/InfectionSARS_CoV_2.tsv", "simpson/reversals.tsv"):
+    for relative in ("lmm/gene_fits.tsv", "lmm/blups.tsv", "de/InfectionSARS_CoV_2.tsv"):
         single = fixture_run / "results" / relative
-        if single.exists():
-            assert (results / "random_batch" / relative).read_bytes() == single.read_bytes(), relative
+        assert (results / "random_batch" / relative).read_bytes() == single.read_bytes(), relative
+    for relative in ("simpson/reversals.tsv", "simpson/excluded_genes.tsv"):
+        assert (scan / relative).read_bytes() == (fixture_run / "results" / relative).read_bytes(), relative
     # the fixed-batch model fits no variance component: its gene_fits has no batch variance column
     header = (results / "fixed_batch" / "lmm" / "gene_fits.tsv").read_text().splitlines()[0].split("\t")
     assert not any(col.startswith("var_Batch") for col in header)
@@ -98,16 +101,14 @@ def test_changing_one_analysis_reruns_only_its_jobs(study_run):
         assert {"gather_lmm_fixed_batch", "de_fixed_batch", "report_fixed_batch"} <= set(counts)
         assert not any(rule.startswith("stabilise") for rule in counts)
 
-        # a Simpson setting of one analysis: its Simpson jobs and its report, not its LMM
+        # a Simpson setting of one analysis: a scan of its own (it no longer shares fixed_batch's), its
+        # report and record; not its LMM, and nothing of fixed_batch
         study.write_text(original.replace("  random_batch: {}", "  random_batch:\n    simpson: {fdr: 0.1}"))
         counts = dry_run(study_run)
-        per_analysis = {rule for rule in counts if rule not in ("compare", "index")}
-        assert per_analysis == {
-            "simpson_block_random_batch",
-            "simpson_random_batch",
-            "report_random_batch",
-            "run_record_random_batch",
-        }, counts
+        per_analysis = {rule for rule in counts if rule not in ("compare", "index") and not rule.startswith("simpson")}
+        assert per_analysis == {"report_random_batch", "run_record_random_batch"}, counts
+        scans = {rule.rsplit("_", 1)[-1] for rule in counts if rule.startswith("simpson")}
+        assert len(scans) == 1 and not (study_run / "results" / "shared" / f"simpson-{scans.pop()}").exists()
     finally:
         study.write_text(original)
 

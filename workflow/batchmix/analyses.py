@@ -10,7 +10,8 @@ With ``analyses:``
 - each analysis writes under ``results/<name>/`` with the layout of a single run's ``results/``;
 - analyses with the same expression input and stabilisation settings share one stabilise job, whose
   outputs live under ``results/shared/stabilise-<key>/`` (``key``: a digest of those settings, so
-  that changing one analysis's stabilisation never moves another's files);
+  that changing one analysis's stabilisation never moves another's files); likewise analyses whose
+  Simpson scan reads the same data with the same settings share it, under ``results/shared/simpson-<key>/``;
 - ``results/compare/`` and ``results/index.html`` compare the analyses.
 
 Every stage of an analysis depends on some of its settings only (:data:`STAGE_SETTINGS`): the
@@ -41,6 +42,7 @@ __all__ = [
     "resolve_analyses",
     "stage_settings",
     "stabilise_key",
+    "simpson_key",
 ]
 
 # A name is a folder under results/ and part of rule names: letters, digits, '_' and '-', starting
@@ -79,9 +81,9 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "de": (*_MODEL_KEYS, "reml", "moderate", "de"),
     "diagnostics": (*_MODEL_KEYS, "outputs"),
     "summary": (*_MODEL_KEYS, "reml", "de"),
-    "simpson_block": (*_MODEL_KEYS, "simpson"),
-    "simpson_null": (*_MODEL_KEYS, "simpson"),
-    "simpson": (*_MODEL_KEYS, "simpson", "report"),
+    "simpson_block": ("samples", "batch", "levels", "simpson"),
+    "simpson_null": ("samples", "batch", "levels", "simpson"),
+    "simpson": ("samples", "batch", "levels", "simpson", "report"),
     "uncertainty": (*_MODEL_KEYS, "reml", "uncertainty", "report"),
 }
 
@@ -121,6 +123,16 @@ def stabilise_key(config: dict) -> str:
     return hashlib.sha256(stage_settings(config, "stabilise").encode()).hexdigest()[:10]
 
 
+def simpson_key(config: dict) -> str:
+    """A short digest of what the Simpson scan depends on: the stabilisation and the scan's settings.
+
+    The scan reads the stabilised matrix, the sheet and the batch, and the model only through
+    ``simpson.adjust_for`` (sheet columns): analyses that differ only in their model share one scan.
+    """
+    text = stabilise_key(config) + stage_settings(config, "simpson")
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 @dataclass(frozen=True)
 class Analysis:
     """One analysis of a config.
@@ -138,6 +150,9 @@ class Analysis:
         ``results/shared/stabilise-<key>``.
     shares_stabilise_with : tuple of str
         The analyses (this one included) whose stabilise job is this one's.
+    simpson_outdir : str
+        Where its Simpson scan's outputs are: ``outdir`` without ``analyses:``, else the shared
+        ``results/shared/simpson-<key>`` (:func:`simpson_key`).
     """
 
     name: str | None
@@ -145,6 +160,11 @@ class Analysis:
     outdir: str
     stabilise_outdir: str
     shares_stabilise_with: tuple[str, ...] = ()
+    simpson_outdir: str = ""
+
+    def __post_init__(self):
+        if not self.simpson_outdir:
+            object.__setattr__(self, "simpson_outdir", self.outdir)
 
     def rule(self, stage: str) -> str:
         """The Snakemake rule of ``stage`` for this analysis: ``stage``, or ``stage_<name>``."""
@@ -244,6 +264,7 @@ def resolve_analyses(config: dict[str, Any], source: str = "config", *, outdir: 
             f"{root}/{name}",
             f"{root}/{SHARED_DIR}/stabilise-{keys[name]}",
             tuple(other for other, _ in merged if keys[other] == keys[name]),
+            f"{root}/{SHARED_DIR}/simpson-{simpson_key(resolved)}",
         )
         for name, resolved in merged
     ]

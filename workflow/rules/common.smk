@@ -64,15 +64,31 @@ wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
 
 
-# One stabilise job per distinct stabilise setting: analyses on the same data share it.
+# One stabilise job per distinct stabilise setting, one Simpson scan per distinct scan: analyses on
+# the same data (and, for the scan, with the same simpson settings) share them.
 STABILISE_JOBS = list({analysis.stabilise_outdir: analysis for analysis in ANALYSES}.values())
+SIMPSON_JOBS = list(
+    {a.simpson_outdir: a for a in ANALYSES if paths.simpson_runs(a.config)}.values()
+)
+# the stages whose jobs analyses share, and where each analysis finds them
+SHARED_STAGES = {
+    "stabilise": "stabilise_outdir",
+    "simpson_block": "simpson_outdir",
+    "simpson_null": "simpson_outdir",
+    "simpson": "simpson_outdir",
+}
 
 
-def stabilise_rule(analysis):
-    """The stabilise rule's name: `stabilise`, or `stabilise_<key>` for a job that analyses share."""
+def shared_rule(stage, analysis):
+    """The rule of a stage that analyses share: `stage`, or `stage_<key>` (the shared folder's key)."""
     if analysis.name is None:
-        return "stabilise"
-    return "stabilise_" + analysis.stabilise_outdir.rsplit("-", 1)[-1]
+        return stage
+    return f"{stage}_" + getattr(analysis, SHARED_STAGES[stage]).rsplit("-", 1)[-1]
+
+
+def stage_outdir(stage, analysis):
+    """Where the outputs of `stage` of `analysis` go: its folder, or the shared folder of a shared stage."""
+    return getattr(analysis, SHARED_STAGES[stage]) if stage in SHARED_STAGES else analysis.outdir
 
 
 def batch_is_random(analysis):
@@ -85,7 +101,10 @@ def final_outputs():
     outputs = []
     for analysis in ANALYSES:
         outputs += paths.final_outputs(
-            analysis.config, outdir=analysis.outdir, vst_outdir=analysis.stabilise_outdir
+            analysis.config,
+            outdir=analysis.outdir,
+            vst_outdir=analysis.stabilise_outdir,
+            simpson_outdir=analysis.simpson_outdir,
         )
     if MULTI:
         outputs += list(paths.compare_outputs().values())
@@ -95,20 +114,23 @@ def final_outputs():
 def stage_inputs(stage, analysis):
     """The named inputs of a rule (not for gather_lmm, whose chunk lists come from gather.lmm)."""
     return paths.stage_inputs(
-        stage, analysis.config, outdir=analysis.outdir, vst_outdir=analysis.stabilise_outdir
+        stage,
+        analysis.config,
+        outdir=stage_outdir(stage, analysis),
+        vst_outdir=analysis.stabilise_outdir,
+        simpson_outdir=analysis.simpson_outdir,
     )
 
 
 def stage_outputs(stage, analysis, *leave_out):
     """The named outputs of a rule, without those in `leave_out` (which the rule declares itself)."""
-    outdir = analysis.stabilise_outdir if stage == "stabilise" else analysis.outdir
-    outputs = paths.stage_outputs(stage, analysis.config, outdir=outdir)
+    outputs = paths.stage_outputs(stage, analysis.config, outdir=stage_outdir(stage, analysis))
     return {k: v for k, v in outputs.items() if k not in leave_out}
 
 
 def stage_log(stage, analysis):
     """A rule's log file and its JSON run record (warnings, counts, time)."""
-    outdir = analysis.stabilise_outdir if stage == "stabilise" else analysis.outdir
+    outdir = stage_outdir(stage, analysis)
     return {
         "log": paths.log_path(stage, outdir=outdir),
         "record": paths.warnings_path(stage, outdir=outdir),
@@ -118,8 +140,12 @@ def stage_log(stage, analysis):
 def stage_params(stage, analysis):
     """A rule's parameters: the analysis (the job reads its config) and the settings the stage
     depends on, so that Snakemake's params rerun trigger reruns exactly the jobs whose settings
-    changed (batchmix.analyses.STAGE_SETTINGS)."""
-    return {"analysis": analysis.name, "settings": stage_settings(analysis.config, stage)}
+    changed (batchmix.analyses.STAGE_SETTINGS). A job that analyses share names its shared folder
+    instead of an analysis: which analyses share it, and in which order, does not rerun it."""
+    settings = stage_settings(analysis.config, stage)
+    if MULTI and stage in SHARED_STAGES:
+        return {"shared": stage_outdir(stage, analysis), "settings": settings}
+    return {"analysis": analysis.name, "settings": settings}
 
 
 def gathered_chunks(key, analysis):

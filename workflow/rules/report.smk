@@ -7,9 +7,7 @@ for _analysis in ANALYSES:
         name:
             _analysis.rule("report")
         input:
-            **paths.report_inputs(
-                _analysis.config, outdir=_analysis.outdir, vst_outdir=_analysis.stabilise_outdir
-            ),
+            **stage_inputs("report", _analysis),
         output:
             html=stage_outputs("report", _analysis)["html"],
             figures=report(

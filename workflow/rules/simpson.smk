@@ -17,20 +17,19 @@ if workflow.is_main_process:
                 raise WorkflowError(f"batchmix config check failed{where}:\n{err}") from None
 
 
-for _analysis in ANALYSES:
-    if not paths.simpson_runs(_analysis.config):
-        continue
-    _gather = paths.simpson_gather_inputs(_analysis.config, outdir=_analysis.outdir)
+# One scan per distinct scan (SIMPSON_JOBS): analyses that differ only in their model share it.
+for _analysis in SIMPSON_JOBS:
+    _gather = paths.simpson_gather_inputs(_analysis.config, outdir=_analysis.simpson_outdir)
     _n_jobs = paths.chunk_count(_analysis.config, "simpson")
 
     rule:
         name:
-            _analysis.rule("simpson_block")
+            shared_rule("simpson_block", _analysis)
         input:
             **stage_inputs("simpson_block", _analysis),
         output:
             # temporary: the gather's reversals and summary hold everything the jobs found
-            candidates=temp(paths.simpson_job_path("candidates", outdir=_analysis.outdir)),
+            candidates=temp(paths.simpson_job_path("candidates", outdir=_analysis.simpson_outdir)),
         log:
             **stage_log("simpson_block", _analysis),
         params:
@@ -47,11 +46,11 @@ for _analysis in ANALYSES:
 
     rule:
         name:
-            _analysis.rule("simpson_null")
+            shared_rule("simpson_null", _analysis)
         input:
             **stage_inputs("simpson_null", _analysis),
         output:
-            null=temp(paths.simpson_job_path("null", outdir=_analysis.outdir)),
+            null=temp(paths.simpson_job_path("null", outdir=_analysis.simpson_outdir)),
         log:
             **stage_log("simpson_null", _analysis),
         params:
@@ -68,7 +67,7 @@ for _analysis in ANALYSES:
 
     rule:
         name:
-            _analysis.rule("simpson")
+            shared_rule("simpson", _analysis)
         input:
             **stage_inputs("simpson", _analysis),
             candidates=_gather["candidates"],
@@ -78,7 +77,7 @@ for _analysis in ANALYSES:
             figure=report(
                 stage_outputs("simpson", _analysis)["figure"],
                 caption="../report/simpson.rst",
-                category="Simpson reversals" if _analysis.name is None else f"Simpson reversals: {_analysis.name}",
+                category="Simpson reversals",
             ),
         log:
             **stage_log("simpson", _analysis),

@@ -7,7 +7,7 @@ for _analysis in STABILISE_JOBS:
 
     rule:
         name:
-            stabilise_rule(_analysis)
+            shared_rule("stabilise", _analysis)
         input:
             **stage_inputs("stabilise", _analysis),
         output:

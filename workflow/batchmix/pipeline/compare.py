@@ -130,7 +130,7 @@ def _analysis_row(analysis: Analysis, group: str, root: str, reader: _Reader) ->
     figures = summary.get("figures", {})
     reversals = None
     if paths.simpson_runs(cfg):
-        simpson = reader.json(paths.path(paths.STAGE_OUTPUTS["simpson"]["summary"], outdir=out))
+        simpson = reader.json(paths.path(paths.STAGE_OUTPUTS["simpson"]["summary"], outdir=analysis.simpson_outdir))
         reversals = int(simpson["n_reversals"])
     report = paths.path(paths.STAGE_OUTPUTS["report"]["html"], outdir=out)
     verdict = summary.get("verdict", {})

@@ -268,13 +268,14 @@ def stage_inputs(
     scatteritem: str = "{scatteritem}",
     n_chunks: int | None = None,
     vst_outdir: str | None = None,
+    simpson_outdir: str | None = None,
 ) -> dict[str, str | list[str]]:
     """The input files of ``stage`` for ``config``, by name (the config's own files included).
 
     ``gather_lmm`` takes every chunk's files as lists, which needs ``n_chunks``; the Snakemake rule
     builds those lists with ``gather.lmm`` from :func:`chunk_path` instead. ``report`` takes
-    :func:`report_inputs`. ``vst_outdir``: where the stabilise outputs are, when not under ``outdir``
-    (a stabilise job shared by several analyses, :mod:`batchmix.analyses`).
+    :func:`report_inputs`. ``vst_outdir`` / ``simpson_outdir``: where the stabilise / Simpson outputs
+    are, when not under ``outdir`` (jobs shared by several analyses, :mod:`batchmix.analyses`).
     """
     vst = STAGE_OUTPUTS["stabilise"]
     vst_outdir = vst_outdir or outdir
@@ -348,7 +349,7 @@ def stage_inputs(
             "de_summary": path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
         }
     if stage == "report":
-        return report_inputs(config, outdir=outdir, vst_outdir=vst_outdir)
+        return report_inputs(config, outdir=outdir, vst_outdir=vst_outdir, simpson_outdir=simpson_outdir)
     raise KeyError(f"unknown stage {stage!r}; the stages are {', '.join(STAGE_OUTPUTS)}")
 
 
@@ -392,7 +393,9 @@ def warnings_path(stage: str, *, outdir: str = OUTDIR, scatteritem: str = "{scat
     return log_path(stage, outdir=outdir, scatteritem=scatteritem).removesuffix(".log") + ".warnings.json"
 
 
-def final_outputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None) -> list[str]:
+def final_outputs(
+    config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None, simpson_outdir: str | None = None
+) -> list[str]:
     """The files a whole run is asked for (Snakemake's ``rule all``); the others follow from them."""
     vst, lmm = STAGE_OUTPUTS["stabilise"], STAGE_OUTPUTS["gather_lmm"]
     vst_outdir = vst_outdir or outdir
@@ -412,7 +415,7 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None 
         path(STAGE_OUTPUTS["de"]["summary"], outdir=outdir),
     ]
     if simpson_runs(config):
-        outputs.append(path(STAGE_OUTPUTS["simpson"]["reversals"], outdir=outdir))
+        outputs.append(path(STAGE_OUTPUTS["simpson"]["reversals"], outdir=simpson_outdir or outdir))
     if uncertainty_enabled(config):
         unc = STAGE_OUTPUTS["uncertainty"]
         outputs += [path(unc["bootstrap"], outdir=outdir), path(unc["posterior"], outdir=outdir)]
@@ -420,7 +423,9 @@ def final_outputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None 
     return outputs
 
 
-def report_inputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None) -> dict[str, str]:
+def report_inputs(
+    config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None = None, simpson_outdir: str | None = None
+) -> dict[str, str]:
     """Everything the report summarises, by the keys :func:`batchmix.report.build_report` reads.
 
     Always: ``vst_info``, ``size_factors``, ``gene_status``, ``mean_sd``, ``vst_expression``,
@@ -461,9 +466,10 @@ def report_inputs(config: dict, *, outdir: str = OUTDIR, vst_outdir: str | None 
     inputs["pca_scores"] = at(STAGE_OUTPUTS["diagnostics"]["scores"])
     inputs["de_summary"] = at(STAGE_OUTPUTS["de"]["summary"])
     if simpson_runs(config):
-        inputs["reversals"] = at(simpson["reversals"])
-        inputs["simpson_summary"] = at(simpson["summary"])
-        inputs["simpson_figure"] = at(simpson["figure"])
+        simpson_root = simpson_outdir or outdir
+        inputs["reversals"] = at(simpson["reversals"], simpson_root)
+        inputs["simpson_summary"] = at(simpson["summary"], simpson_root)
+        inputs["simpson_figure"] = at(simpson["figure"], simpson_root)
     if uncertainty_enabled(config):
         inputs["uncertainty_summary"] = at(unc["summary"])
         inputs["uncertainty_bootstrap"] = at(unc["bootstrap"])
@@ -547,7 +553,7 @@ def compare_inputs(config: dict, outdir: str = OUTDIR) -> dict[str, list[str]]:
         add("summary", path(STAGE_OUTPUTS["summary"]["summary"], outdir=out))
         add("de_summary", path(STAGE_OUTPUTS["de"]["summary"], outdir=out))
         if simpson_runs(cfg):
-            add("simpson_summary", path(STAGE_OUTPUTS["simpson"]["summary"], outdir=out))
+            add("simpson_summary", path(STAGE_OUTPUTS["simpson"]["summary"], outdir=analysis.simpson_outdir))
     return inputs
 
 

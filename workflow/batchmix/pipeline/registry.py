@@ -195,20 +195,22 @@ def _as_paths(named) -> Paths:
     return {name: str(value) if isinstance(value, str) else [str(v) for v in value] for name, value in named.items()}
 
 
-def job_config(config: dict, analysis: str | None) -> dict:
-    """The config a job of ``analysis`` runs with: the run's config, or that analysis's merged config.
+def job_config(config: dict, analysis: str | None, shared: str | None = None) -> dict:
+    """The config a job runs with: the run's config, or the merged config of one of its analyses.
 
     With ``analyses:`` (:mod:`batchmix.analyses`) each rule passes its analysis's name as the
-    parameter ``analysis``; without, the run's config (defaults filled in) is the analysis.
+    parameter ``analysis``, and a job that analyses share passes its shared folder as ``shared``
+    (every analysis that uses the folder has the settings the job depends on); without, the run's
+    config (defaults filled in) is the analysis.
     """
-    if analysis is None:
+    if analysis is None and shared is None:
         return config
     from batchmix.analyses import resolve_analyses
 
     for resolved in resolve_analyses(config):
-        if resolved.name == analysis:
+        if resolved.name == analysis or shared in (resolved.stabilise_outdir, resolved.simpson_outdir):
             return resolved.config
-    raise KeyError(f"no analysis {analysis!r} in the config's analyses")
+    raise KeyError(f"no analysis {analysis or shared!r} in the config's analyses")
 
 
 def _named(values) -> dict:
@@ -232,7 +234,7 @@ def run_snakemake_job(smk, name: str) -> dict:
     try:
         return run_stage(
             name,
-            job_config(dict(smk.config), getattr(smk.params, "analysis", None)),
+            job_config(dict(smk.config), getattr(smk.params, "analysis", None), getattr(smk.params, "shared", None)),
             _as_paths(smk.input),
             _as_paths(smk.output),
             {**_named(getattr(smk, "params", None)), "threads": smk.threads},
