@@ -161,15 +161,23 @@ def agreement_sentences(agreement: pd.DataFrame, group: str) -> list[str]:
         span = (
             _share(shares.min()) if shares.min() == shares.max() else f"{_share(shares.min())}–{_share(shares.max())}"
         )
-        coefficients = "the coefficient" if len(pair) == 1 else f"each of the {len(pair)} shared coefficients"
-        sentence = f"{a} and {b} make the same DE call (q ≤ {fdr:g}) for {span} of the genes, over {coefficients}"
+        only = f"{int(worst['n_only_a']):,} genes called only by {a}, {int(worst['n_only_b']):,} only by {b}"
+        if len(pair) == 1:
+            sentence = (
+                f"{a} and {b} make the same DE call (q ≤ {fdr:g}) on {worst['coefficient']} for {span} of the genes"
+            )
+            out.append(
+                sentence + (f": {only}." if int(differ.max()) else ": no gene is called by one and not the other.")
+            )
+            continue
+        sentence = (
+            f"{a} and {b} make the same DE call (q ≤ {fdr:g}) for {span} of the genes, over each of the "
+            f"{len(pair)} shared coefficients"
+        )
         if int(differ.max()) == 0:
             out.append(sentence + ": no gene is called by one and not the other.")
             continue
-        out.append(
-            sentence + f"; they differ most on {worst['coefficient']}: {int(worst['n_only_a']):,} genes called only by "
-            f"{a}, {int(worst['n_only_b']):,} only by {b}."
-        )
+        out.append(sentence + f"; they differ most on {worst['coefficient']}: {only}.")
     return out
 
 
