@@ -109,6 +109,26 @@ def test_changing_one_analysis_reruns_only_its_jobs(study_run):
         assert per_analysis == {"report_random_batch", "run_record_random_batch"}, counts
         scans = {rule.rsplit("_", 1)[-1] for rule in counts if rule.startswith("simpson")}
         assert len(scans) == 1 and not (study_run / "results" / "shared" / f"simpson-{scans.pop()}").exists()
+
+        # the filter of one analysis: a stabilise job of its own and all of its jobs, nothing of the others
+        study.write_text(
+            original.replace(
+                '    model: "~ Infection + Batch"', '    model: "~ Infection + Batch"\n    filter: {min_count: 20}'
+            )
+        )
+        counts = dry_run(study_run)
+        assert sum(1 for rule in counts if rule.startswith("stabilise")) == 1, counts
+        others = [rule for rule in counts if rule.endswith(("_random_batch", "_other_vst"))]
+        assert others == [] and "gather_lmm_fixed_batch" in counts, counts
+
+        # the levels of one analysis: its model-dependent jobs; the shared stabilisation stays
+        study.write_text(
+            original.replace("  random_batch: {}", "  random_batch:\n    levels: {Infection: [SARS_CoV_2, Mock]}")
+        )
+        counts = dry_run(study_run)
+        per_analysis = [rule for rule in counts if rule not in ("compare", "index") and not rule.startswith("simpson")]
+        assert all(rule.endswith("_random_batch") for rule in per_analysis), counts
+        assert "gather_lmm_random_batch" in counts and not any(rule.startswith("stabilise") for rule in counts)
     finally:
         study.write_text(original)
 
