@@ -876,18 +876,7 @@ def posterior(
                     ),
                     list(names),
                 )
-    frames = []
-    for param, k in zip(params, keys):
-        v = values[k]
-        frame = pd.DataFrame({"gene_id": genes, "param": param, "status": status, "mean": v[:, 0], "sd": v[:, 1]})
-        for j, c in enumerate(qcols):
-            frame[c] = v[:, 2 + j]
-        frames.append(frame)
-    summary = pd.concat(frames, ignore_index=True)
-    order = {g: i for i, g in enumerate(genes)}
-    summary["_o"] = summary["gene_id"].map(order)
-    summary["_p"] = summary["param"].map({p: i for i, p in enumerate(params)})
-    summary = summary.sort_values(["_o", "_p"], kind="stable").drop(columns=["_o", "_p"]).reset_index(drop=True)
+    summary = _long_summary(genes, {param: values[k] for param, k in zip(params, keys)}, status, qcols)
     return PosteriorResult(summary, prior, prior_scale, formula, grids)
 
 
@@ -938,8 +927,22 @@ def _importance_posterior(expression, samples, formula, prior, prior_scale, gene
     if not params:  # no gene fitted: the parameter names from the full design
         res = importance_posterior(np.zeros((len(samples), 0)), X, names, blocks, metadata, prior=prior, probs=probs)
         params = {k: np.full((len(genes), 2 + len(probs)), np.nan) for k in res.params}
+    summary = _long_summary(genes, params, status, qcols)
+    diagnostics = pd.DataFrame({"gene_id": genes, "status": status, **diag})[DIAGNOSTIC_COLUMNS]
+    return PosteriorResult(summary, prior, prior_scale, formula, {}, diagnostics)
+
+
+def _subset_block(block, cols):
+    return type(block)(group=block.group, terms=block.terms, levels=block.levels, Z=block.Z[cols])
+
+
+def _long_summary(genes: list[str], values: dict[str, np.ndarray], status, qcols: list[str]) -> pd.DataFrame:
+    """The posterior summary in long form, one row per gene and parameter, in gene then parameter order.
+
+    ``values[param]`` is genes × (mean, sd, quantiles...).
+    """
     frames = []
-    for param, v in params.items():
+    for param, v in values.items():
         frame = pd.DataFrame({"gene_id": genes, "param": param, "status": status, "mean": v[:, 0], "sd": v[:, 1]})
         for j, c in enumerate(qcols):
             frame[c] = v[:, 2 + j]
@@ -947,14 +950,8 @@ def _importance_posterior(expression, samples, formula, prior, prior_scale, gene
     summary = pd.concat(frames, ignore_index=True)
     order = {g: i for i, g in enumerate(genes)}
     summary["_o"] = summary["gene_id"].map(order)
-    summary["_p"] = summary["param"].map({p: i for i, p in enumerate(params)})
-    summary = summary.sort_values(["_o", "_p"], kind="stable").drop(columns=["_o", "_p"]).reset_index(drop=True)
-    diagnostics = pd.DataFrame({"gene_id": genes, "status": status, **diag})[DIAGNOSTIC_COLUMNS]
-    return PosteriorResult(summary, prior, prior_scale, formula, {}, diagnostics)
-
-
-def _subset_block(block, cols):
-    return type(block)(group=block.group, terms=block.terms, levels=block.levels, Z=block.Z[cols])
+    summary["_p"] = summary["param"].map({p: i for i, p in enumerate(values)})
+    return summary.sort_values(["_o", "_p"], kind="stable").drop(columns=["_o", "_p"]).reset_index(drop=True)
 
 
 def _summary_frame(genes, params, status, qcols) -> pd.DataFrame:
