@@ -183,11 +183,20 @@ def test_gene_count_is_read_from_gene_status_when_the_job_has_it(tmp_path):
 
 
 def rule_blocks() -> dict[str, str]:
-    """Rule name -> the text of its definition, over every .smk file of the workflow."""
+    """Rule name -> the text of its definition, over every .smk file of the workflow.
+
+    Rules are written ``rule name:`` or, defined once per analysis in a loop, ``rule:`` with
+    ``name: _analysis.rule("stage")`` (or ``shared_rule("stage", ...)``): the stage is the name here.
+    """
     blocks = {}
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
-            blocks[match.group(1)] = match.group(2)
+        for match in re.finditer(r"^([ \t]*)rule(?: (\w+))?:\n((?:\1[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
+            name, body = match.group(2), match.group(3)
+            if name is None:
+                named = re.search(r"^\s+name:\s*\n\s+.*?\"(\w+)\"", body, re.M)
+                assert named, f"a rule in {smk.name} has no name: line naming its stage"
+                name = named.group(1)
+            blocks[name] = body
     return blocks
 
 
