@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from batchmix import lmm, moderate
+from batchmix import lmm
 from batchmix.io import (
     read_matrix,
     read_result_table,
@@ -184,6 +184,10 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
             outputs["gene_fits"],
         )
     elif mcfg["enabled"]:
+        # imported here: batchmix.moderate imports scipy.stats and scipy.optimize (about 0.5 s),
+        # which the other stages of this module do not need
+        from batchmix import moderate
+
         mean_expr = status.set_index("gene_id")["mean_expression"]
         gene_fits = moderate.moderate_gene_fits(
             gene_fits, trend=mcfg["trend"], mean_expression=mean_expr, robust=mcfg["robust"]

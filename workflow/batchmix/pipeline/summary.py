@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from batchmix.de import FITTED_STATUSES
-from batchmix.diagnostics import DIAGNOSTIC_COMPONENTS, batch_diagnostics, pca
 from batchmix.io import batch_labels, read_matrix, read_result_table, write_json, write_table
 from batchmix.lmm.results import ModelMetadata
 from batchmix.pipeline.validate import load_samples
@@ -46,6 +45,9 @@ def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -
     missing value (in both tables), the same genes before and after. Writes ``outputs["pca"]`` and
     ``outputs["scores"]``.
     """
+    # imported here: batchmix.diagnostics imports scipy.spatial, which the summary stage does not need
+    from batchmix.diagnostics import DIAGNOSTIC_COMPONENTS, batch_diagnostics, pca
+
     expression = read_matrix(inputs["expression"])
     samples = load_samples(config, inputs["samples"]).loc[expression.columns]
     batch_name = config.get("batch")
