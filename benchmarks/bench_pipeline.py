@@ -10,7 +10,8 @@ and a sample sheet (``Infection`` two levels, ``Batch``), writes them as TSV, an
 on) in a fresh directory. It reports:
 
 - the whole workflow's wall time (target < 20 s at 20,000 x 500 on 2 cores);
-- per job: its time (the run record, :mod:`batchmix.pipeline.logs`) and its peak RSS, sampled
+- per job: its wall and CPU time (the run record, :mod:`batchmix.pipeline.logs`; on a shared
+  machine the CPU time is the steadier number) and its peak RSS, sampled
   every 50 ms with psutil over the job's process tree (target < 2 GB);
 - the kernels alone, in this process, on the same data: :func:`batchmix.vst.vst`,
   :func:`batchmix.lmm.fit` on every gene, :func:`batchmix.simpson.scan`;
@@ -165,7 +166,7 @@ def run_workflow(workdir: Path, cores: int) -> dict:
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"the workflow failed; see {workdir / 'snakemake.log'}")
-    records = {}
+    records, cpu = {}, {}
     # the stabilise job logs how long reading and validating its input took (before the VST)
     match = re.search(r"stabilise: read .* \(([0-9.]+) s\)", (workdir / "results/logs/stabilise.log").read_text())
     read_s = float(match[1]) if match else float("nan")
@@ -173,7 +174,14 @@ def run_workflow(workdir: Path, cores: int) -> dict:
         record = json.loads(path.read_text())
         name = record["stage"] + (f"[{record['job']}]" if record.get("job") else "")
         records[name] = record["seconds"]
-    return {"wall_s": wall, "job_seconds": records, "job_peak_mb": memory.peaks, "stabilise_read_s": read_s}
+        cpu[name] = record.get("cpu_seconds")
+    return {
+        "wall_s": wall,
+        "job_seconds": records,
+        "job_cpu_seconds": cpu,
+        "job_peak_mb": memory.peaks,
+        "stabilise_read_s": read_s,
+    }
 
 
 def kernel_times(counts: pd.DataFrame, sheet: pd.DataFrame) -> dict:
@@ -276,12 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"shape": [args.genes, args.samples, args.batches], "cores": args.cores, "workflow": workflow}
     print(f"\nwhole workflow: {workflow['wall_s']:.1f} s wall")
     peaks = workflow["job_peak_mb"]
-    print(f"{'job':<24}{'seconds':>10}{'peak RSS MB':>14}")
+    print(f"{'job':<24}{'seconds':>10}{'CPU s':>8}{'peak RSS MB':>14}")
     for name, seconds in workflow["job_seconds"].items():
         stage = name.partition("[")[0]
         # per-job stages (lmm_chunk[1-of-4], …): the peaks are by process, so the stage's largest
         peak = max((mb for key, mb in peaks.items() if key.startswith(stage + "[")), default=float("nan"))
-        print(f"{name:<24}{seconds:>10.2f}{peak:>14.0f}")
+        cpu = workflow["job_cpu_seconds"].get(name)
+        print(f"{name:<24}{seconds:>10.2f}{cpu if cpu is not None else float('nan'):>8.2f}{peak:>14.0f}")
+    total_cpu = sum(c for c in workflow["job_cpu_seconds"].values() if c is not None)
+    print(f"all jobs: {sum(workflow['job_seconds'].values()):.1f} s wall, {total_cpu:.1f} s CPU (job bodies; "
+          "imports and Snakemake not included)")  # fmt: skip
     print(f"largest job peak RSS: {max(peaks.values(), default=float('nan')):.0f} MB")
 
     if not args.no_kernels:
