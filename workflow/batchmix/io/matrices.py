@@ -44,6 +44,7 @@ __all__ = [
     "read_matrix_rows",
     "matrix_shape",
     "iter_matrix_rows",
+    "iter_parquet_row_groups",
 ]
 
 # The formats of the config key outputs.matrices, by the suffix their files get.
@@ -261,6 +262,26 @@ class MatrixWriter:
             self._text.write(text.encode())
         self.genes_written += len(genes)
 
+    def write_parquet_rows(self, table) -> None:
+        """Append a row group (or any rows) of another Parquet matrix as it is, without pandas.
+
+        For a Parquet writer that does not round (``significant_digits=None``: the rows were rounded
+        when they were first written) and a ``pyarrow.Table`` with this matrix's columns (``gene_id``,
+        then exactly the writer's samples, as :class:`MatrixWriter` writes them): the values go on bit
+        for bit, so the file is the one :meth:`write` would give for the same rows.
+        """
+        if self.format != "parquet" or self.significant_digits is not None:
+            raise ValueError(f"{self.path}: Arrow rows go only to an unrounded Parquet writer")
+        if table.column_names != ["gene_id", *self.samples]:
+            raise ValueError(f"{self.path}: a block's columns differ from the matrix's samples")
+        if self.genes_written + table.num_rows > self.n_genes:
+            raise ValueError(f"{self.path}: more than the {self.n_genes} genes announced")
+        self._pending.append(self._pa.Table.from_arrays(table.columns, schema=self._schema))
+        self._pending_rows += table.num_rows
+        self.genes_written += table.num_rows
+        while self._pending_rows >= self._rows_per_group:
+            self._flush_parquet(self._rows_per_group)
+
     def _write_parquet(self, genes: list[str], values: np.ndarray) -> None:
         pa = self._pa
         columns = [pa.array(genes, type=pa.string())] + [
@@ -410,6 +431,14 @@ def iter_matrix_rows(path: str | Path, *, genes_per_block: int | None = None) ->
         return
     for g0 in range(0, pf.metadata.num_rows, genes_per_block):
         yield read_matrix_rows(path, g0, g0 + genes_per_block)
+
+
+def iter_parquet_row_groups(path: str | Path):
+    """The row groups of a Parquet matrix as ``pyarrow.Table`` objects, in order (no pandas)."""
+    pf = _parquet_file(path)
+    _check_parquet_layout(pf, path)
+    for i in range(pf.metadata.num_row_groups):
+        yield pf.read_row_group(i, use_threads=False)
 
 
 def matrix_shape(path: str | Path) -> tuple[int, int]:
