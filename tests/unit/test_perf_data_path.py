@@ -167,3 +167,23 @@ def test_stage_registry_does_not_import_scipy_stats():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _round_by_text(values: np.ndarray) -> np.ndarray:
+    """The definition: the double nearest to the value printed with 12 significant digits."""
+    flat = [float(f"{x:.12g}") if np.isfinite(x) else x for x in values.reshape(-1).tolist()]
+    return np.array(flat).reshape(values.shape)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_round_significant_in_blocks_is_the_text_round_trip(order):
+    from batchmix.io.matrices import round_significant
+
+    rng = np.random.default_rng(9)
+    # more values than one block of the rounding (32,768), and not a multiple of it
+    values = rng.normal(5, 2, (1007, 100)) * 10.0 ** rng.integers(-25, 25, (1, 100))
+    values[::13, ::7] = np.nan
+    values = np.asarray(values, order=order)
+    rounded = round_significant(values)
+    assert rounded.flags.f_contiguous == values.flags.f_contiguous
+    np.testing.assert_array_equal(rounded, _round_by_text(values))

@@ -98,8 +98,28 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
     -------
     numpy.ndarray
         A new float64 array of the same shape; NaN and infinities unchanged.
+
+    A contiguous array is rounded :data:`_ROUND_BLOCK` values at a time (element by element the
+    same operations, so the same doubles), which keeps the temporaries in the cache.
     """
     v = np.asarray(values, dtype=np.float64)
+    if v.size > _ROUND_BLOCK and (v.flags.c_contiguous or v.flags.f_contiguous):
+        out = np.empty_like(v)  # the same memory order as v
+        flat_v, flat_out = (
+            (v.reshape(-1), out.reshape(-1)) if v.flags.c_contiguous else (v.T.reshape(-1), out.T.reshape(-1))
+        )
+        for start in range(0, flat_v.size, _ROUND_BLOCK):
+            flat_out[start : start + _ROUND_BLOCK] = _round_values(flat_v[start : start + _ROUND_BLOCK], digits)
+        return out
+    return _round_values(v, digits)
+
+
+# Values per block of round_significant (256 KB of float64 per temporary).
+_ROUND_BLOCK = 1 << 15
+
+
+def _round_values(v: np.ndarray, digits: int) -> np.ndarray:
+    """:func:`round_significant` of ``v`` in one pass of whole-array operations."""
     # NaN, infinities and zeros give a non-finite k and take the slow path's "stay as they are"; the
     # warnings their arithmetic raises on the way say nothing
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
