@@ -187,3 +187,43 @@ def test_round_significant_in_blocks_is_the_text_round_trip(order):
     rounded = round_significant(values)
     assert rounded.flags.f_contiguous == values.flags.f_contiguous
     np.testing.assert_array_equal(rounded, _round_by_text(values))
+
+
+def test_pca_candidates_hold_the_whole_tables_choice(tmp_path):
+    """The diagnostics read Parquet matrices a row group at a time: the genes the PCA chooses and its
+    scores are those of the whole usable table (the stage's former code, reproduced here)."""
+    from batchmix.diagnostics import pca
+    from batchmix.io import read_matrix
+    from batchmix.io.matrices import write_matrix
+    from batchmix.pipeline.summary import pca_candidates
+
+    rng = np.random.default_rng(6)
+    n_genes, n_samples = 2600, 15  # three row groups of 1,024 genes
+    genes = [f"g{i:04d}" for i in range(n_genes)]
+    samples = [f"s{j}" for j in range(n_samples)]
+    values = rng.normal(0, 1, (n_genes, n_samples)) * rng.uniform(0.1, 2, (n_genes, 1))
+    values[100:400:3] = values[99]  # ties in variance
+    corrected = values - rng.normal(0, 0.1, (n_genes, 1))
+    values[5::97, 3] = np.nan
+    corrected[7::89, 1] = np.nan
+    expression = pd.DataFrame(values, index=pd.Index(genes, name="gene_id"), columns=samples)
+    write_matrix(expression, tmp_path / "e.parquet")
+    write_matrix(
+        pd.DataFrame(corrected, index=expression.index, columns=samples[::-1]).iloc[:, ::-1], tmp_path / "c.parquet"
+    )
+    status = pd.Series(np.where(rng.random(n_genes) < 0.1, "filtered:low_counts", "ok"), index=genes)
+
+    whole = read_matrix(tmp_path / "e.parquet")
+    usable = whole.loc[status.reindex(whole.index).eq("ok").to_numpy()].dropna(how="any")
+    other = read_matrix(tmp_path / "c.parquet").reindex(columns=whole.columns)
+    usable = usable.loc[usable.index.isin(other.dropna(how="any").index)]
+    expected = pca(usable)
+
+    candidates, candidates_corrected = pca_candidates(str(tmp_path / "e.parquet"), str(tmp_path / "c.parquet"), status)
+    assert len(candidates) < len(usable)
+    assert pca(candidates).genes == expected.genes
+    got = pca(candidates, genes=expected.genes)
+    np.testing.assert_array_equal(got.scores.to_numpy(), expected.scores.to_numpy())
+    np.testing.assert_array_equal(
+        candidates_corrected.loc[expected.genes].to_numpy(), other.loc[expected.genes].to_numpy()
+    )

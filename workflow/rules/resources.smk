@@ -56,8 +56,10 @@ STAGE_COSTS = {
     "gather_lmm": StageCost(base_mb=550, bytes_per_value=5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.12, us_per_sample_pair=0),
     # DE with and without the batch holds the stabilised matrix and its fits (978 MB, 7,133 MB)
     "de": StageCost(base_mb=570, bytes_per_value=56, bytes_per_sample_pair=0, base_s=2, us_per_value=0.18, us_per_sample_pair=0),
-    # the PCA reads the stabilised and the corrected matrices whole (780 MB, 7,448 MB)
-    "diagnostics": StageCost(base_mb=330, bytes_per_value=61, bytes_per_sample_pair=0, base_s=1, us_per_value=0.18, us_per_sample_pair=0),
+    # the PCA's genes are chosen from the two Parquet matrices a row group at a time and only the
+    # candidates are kept (617 MB at 60,000 x 2,000; 7,448 MB when both were read whole): the memory
+    # follows a 1,024-gene row group, hence a small per-value term as an upper bound
+    "diagnostics": StageCost(base_mb=800, bytes_per_value=0.5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.18, us_per_sample_pair=0),
     # Every Simpson job (block pairs, replicates, the gather) prepares the residuals of every scanned
     # gene: 1,301 MB at 19,516 x 500 (bench_pipeline.py), 10,403 MB at 59,092 x 2,000
     # (benchmarks/bench_simpson_job.py); work = gene pairs x samples, 3.8 s per 1,024 x 1,024 block
