@@ -29,10 +29,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from batchmix.design import fixed_design, fixed_term_columns, parse_formula
-from batchmix.moderate import squeeze_var
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +39,7 @@ __all__ = [
     "FITTED_STATUSES",
     "DE_COLUMNS",
     "limma_fit",
+    "missingness_patterns",
     "de_coefficients",
     "differential_expression",
     "de_summary",
@@ -78,8 +77,43 @@ def bh(p: np.ndarray) -> np.ndarray:
     q = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
     if finite.any():
+        from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
+
         q[finite] = stats.false_discovery_control(p[finite], method="bh")
     return q
+
+
+def missingness_patterns(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of a genes × samples boolean mask and each gene's row among them.
+
+    The same as ``numpy.unique(observed, axis=0, return_inverse=True)`` (patterns in the same sorted
+    order), without its cost on wide masks: complete data is one pattern, and otherwise the rows are
+    packed to bytes (8 samples a byte, most significant bit first, so that the bytes sort as the
+    rows do) before they are compared.
+
+    Parameters
+    ----------
+    observed : numpy.ndarray
+        genes × samples, ``True`` where a value is observed.
+
+    Returns
+    -------
+    patterns : numpy.ndarray
+        The distinct rows, sorted.
+    inverse : numpy.ndarray
+        For each gene, the index of its row in ``patterns``.
+    """
+    observed = np.asarray(observed, dtype=bool)
+    n_genes, n_samples = observed.shape
+    if n_genes and n_samples and observed.all():
+        return observed[:1].copy(), np.zeros(n_genes, dtype=np.intp)
+    if not n_genes or not n_samples:
+        patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+        return patterns, inverse.reshape(-1)
+    packed = np.ascontiguousarray(np.packbits(observed, axis=1))
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return observed[first], inverse.reshape(-1)
 
 
 def limma_fit(
@@ -117,8 +151,7 @@ def limma_fit(
     observed = np.isfinite(Y)
     with np.errstate(invalid="ignore"):
         amean = np.nanmean(np.where(observed, Y, np.nan), axis=1) if G else np.zeros(0)
-    patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    patterns, inverse = missingness_patterns(observed)
     for k, mask in enumerate(patterns):
         members = np.flatnonzero(inverse == k)
         if not mask.any():
@@ -137,6 +170,12 @@ def limma_fit(
         if dfr > 0:
             resid = Yo - beta @ Xk.T
             sigma[members] = np.sqrt(np.einsum("gi,gi->g", resid, resid) / dfr)
+    # imported here, not at the top: scipy.stats (here and in batchmix.moderate) takes about 0.5 s
+    # to import, which the stages that only read FITTED_STATUSES or bh() need not pay
+    from scipy import stats
+
+    from batchmix.moderate import squeeze_var
+
     out = {"coef": coef, "amean": amean, "sigma": sigma, "df_residual": df_residual}
     if not moderate:
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -49,6 +49,7 @@ __all__ = [
     "low_count_filter",
     "vst",
     "mean_sd",
+    "running_median",
     "estimate_dispersions",
     "fit_dispersion_trend",
     "DispersionTrend",
@@ -1306,6 +1307,60 @@ def vst(
 # --------------------------------------------------------------------------
 
 
+# Windows per pass of :func:`running_median` (bounds the copy that the median's partition makes).
+_MEDIAN_BLOCK_VALUES = 1 << 22
+
+
+def running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median of ``values``, the window truncated at the ends.
+
+    Position i takes the median of ``values[i - window // 2 : i - window // 2 + window]`` (cut at
+    both ends of the array): the numbers of ``numpy.nanmedian`` over the NaN-padded sliding windows,
+    which this replaces. Full windows go through :func:`numpy.median` a block of windows at a time,
+    the few truncated ones one by one. A median is a selection (or the mean of the two middle
+    values, computed alike by both), so the doubles are the same.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D, finite (non-finite input takes the padded ``nanmedian``).
+    window : int
+        Window width, at least 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        The running median, one per value.
+    """
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    half = window // 2
+    if n == 0:
+        return np.empty(0)
+    if not np.isfinite(x).all():
+        padded = np.lib.stride_tricks.sliding_window_view(
+            np.pad(x, (half, window - 1 - half), constant_values=np.nan), window
+        )
+        return np.nanmedian(padded, axis=1)
+    out = np.empty(n)
+    # position i's window starts at i - half; it is whole for half <= i <= n - window + half
+    first, last = half, n - window + half
+    if last >= first:
+        full = np.lib.stride_tricks.sliding_window_view(x, window)
+        step = max(1, _MEDIAN_BLOCK_VALUES // window)
+        for start in range(0, full.shape[0], step):
+            block = full[start : start + step]
+            out[first + start : first + start + block.shape[0]] = np.median(block, axis=1)
+        truncated = [*range(0, first), *range(last + 1, n)]
+    else:
+        truncated = range(n)
+    for i in truncated:
+        out[i] = np.median(x[max(0, i - half) : min(n, i - half + window)])
+    return out
+
+
 def mean_sd(values: pd.DataFrame, window: int | None = None) -> pd.DataFrame:
     """Data of a mean-sd plot (the ``vsn::meanSdPlot`` convention).
 
@@ -1342,13 +1397,7 @@ def mean_sd(values: pd.DataFrame, window: int | None = None) -> pd.DataFrame:
     if window < 1:
         raise ValueError("window must be >= 1")
     sd_sorted = sd[order]
-    half = window // 2
-    run = np.empty(n)
-    if n:
-        padded = np.lib.stride_tricks.sliding_window_view(
-            np.pad(sd_sorted, (half, window - 1 - half), constant_values=np.nan), window
-        )
-        run = np.nanmedian(padded, axis=1)
+    run = running_median(sd_sorted, window)
     return pd.DataFrame(
         {
             "gene_id": values.index.to_numpy()[order],

@@ -1,6 +1,6 @@
 # Resource requests of the rules. Threads are set in the rules; memory (mem_mb) and run time
 # (runtime, minutes) come from the size of the data through a cost model per stage, measured
-# with benchmarks/bench_chunk_cost.py (README, "Running on a cluster"), and double with every
+# with benchmarks/bench_pipeline.py (README, "Clusters and laptops"), and double with every
 # retry (`attempt`): a job that SLURM killed for running out of memory or time is resubmitted
 # with twice as much, then four times.
 #
@@ -33,25 +33,39 @@ class StageCost:
     us_per_sample_pair: float
 
 
-# Fitted by `python benchmarks/bench_chunk_cost.py` (README, "Running on a cluster"): peak RSS of the
+# Measured with benchmarks/bench_pipeline.py (issue 12's data path): every job's peak RSS (psutil,
+# every 50 ms) and CPU time at 20,000 genes x 500 samples and at 60,000 x 2,000 (the default config,
+# 4 LMM chunks; README, "Clusters and laptops"), a line through the two per stage. Peak RSS of the
 # stage's process plus SNAKEMAKE_JOB_MB for the Snakemake process that runs it in a cluster job;
-# wall time on one core of the benchmark machine.
+# time is the job's CPU time (one thread) on the benchmark machine. The samples**2 terms are the
+# earlier fit of benchmarks/bench_chunk_cost.py (the two shapes cannot separate them from the values).
 SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
 STAGE_COSTS = {
-    "stabilise": StageCost(base_mb=260, bytes_per_value=104, bytes_per_sample_pair=0.05, base_s=0, us_per_value=7.2, us_per_sample_pair=0),
+    # reads the input table whole (627 MB at 10^7 values, 2,779 MB at 1.2 x 10^8: 19.6 bytes per value)
+    "stabilise": StageCost(base_mb=580, bytes_per_value=20, bytes_per_sample_pair=0.05, base_s=2, us_per_value=0.42, us_per_sample_pair=0),
+    # the design check reads the input table whole too (433 MB, 2,798 MB)
+    "design": StageCost(base_mb=370, bytes_per_value=22, bytes_per_sample_pair=0, base_s=2, us_per_value=0.18, us_per_sample_pair=0),
     # split_genes writes each chunk's gene range from gene_status (no expression values): memory and
-    # time are the imports (220 MB peak of the job in bench_pipeline.py at every shape).
-    "split_genes": StageCost(base_mb=225, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
-    # lmm_chunk reads its genes' Parquet row groups; peak 629 MB for 5,000 genes x 500 samples in
-    # benchmarks/bench_pipeline.py (228 MB of imports + 160 bytes per value: the fits' workspace and the
-    # chunk's corrected expression), above the 62 bytes per value measured before on text chunks.
-    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=160, bytes_per_sample_pair=0, base_s=3, us_per_value=1.8, us_per_sample_pair=0),
-    # gather_lmm holds gene_fits (one row per gene) for the moderation: the base covers 60,000 genes
-    # (279 MB peak measured at 60,000 x 40; 144 MB at 2,000 genes). The corrected matrix is copied a
-    # Parquet row group at a time (341 MB peak at 20,000 x 500 in bench_pipeline.py).
-    "gather_lmm": StageCost(base_mb=430, bytes_per_value=0, bytes_per_sample_pair=0, base_s=0.4, us_per_value=0.83, us_per_sample_pair=0),
-    "simpson": StageCost(base_mb=150, bytes_per_value=208, bytes_per_sample_pair=9.6, base_s=7, us_per_value=0.0003, us_per_sample_pair=0),
-    "report": StageCost(base_mb=430, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=24, us_per_value=0, us_per_sample_pair=0.96),
+    # time are the imports (173-195 MB at both shapes).
+    "split_genes": StageCost(base_mb=350, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
+    # lmm_chunk reads its genes' Parquet row groups: 437 MB for 5,000 genes x 500 samples, 3,340 MB for
+    # 15,000 x 2,000 (the fits' workspace, the tables and the chunk's corrected expression).
+    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=106, bytes_per_sample_pair=0, base_s=3, us_per_value=0.42, us_per_sample_pair=0),
+    # gather_lmm holds gene_fits (one row per gene) for the moderation and copies the corrected matrix a
+    # row group at a time (443 MB, 995 MB): the per-value term is an upper bound (it follows the row group).
+    "gather_lmm": StageCost(base_mb=550, bytes_per_value=5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.12, us_per_sample_pair=0),
+    # DE with and without the batch holds the stabilised matrix and its fits (978 MB, 7,133 MB)
+    "de": StageCost(base_mb=570, bytes_per_value=56, bytes_per_sample_pair=0, base_s=2, us_per_value=0.18, us_per_sample_pair=0),
+    # the PCA's genes are chosen from the two Parquet matrices a row group at a time and only the
+    # candidates are kept (617 MB at 60,000 x 2,000; 7,448 MB when both were read whole): the memory
+    # follows a 1,024-gene row group, hence a small per-value term as an upper bound
+    "diagnostics": StageCost(base_mb=800, bytes_per_value=0.5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.18, us_per_sample_pair=0),
+    # Every Simpson job (block pairs, replicates, the gather) prepares the residuals of every scanned
+    # gene: 1,301 MB at 19,516 x 500 (bench_pipeline.py), 10,403 MB at 59,092 x 2,000
+    # (benchmarks/bench_simpson_job.py); work = gene pairs x samples, 3.8 s per 1,024 x 1,024 block
+    # pair at 2,000 samples (0.0018 us per pair and sample), after 39 s of reading and preparing.
+    "simpson": StageCost(base_mb=630, bytes_per_value=84, bytes_per_sample_pair=0, base_s=60, us_per_value=0.0018, us_per_sample_pair=0),
+    "report": StageCost(base_mb=480, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=5, us_per_value=0.24, us_per_sample_pair=0.96),
     # work = genes x (bootstrap replicates + 100 if the posterior is on): about 5 us per bootstrap refit
     # and 0.5 ms per gene for the grid posterior (benchmarks/bench_uncertainty.py); memory holds the
     # table plus the refit batches (200,000 responses at a time).

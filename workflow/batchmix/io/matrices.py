@@ -44,6 +44,7 @@ __all__ = [
     "read_matrix_rows",
     "matrix_shape",
     "iter_matrix_rows",
+    "iter_parquet_row_groups",
 ]
 
 # The formats of the config key outputs.matrices, by the suffix their files get.
@@ -97,8 +98,28 @@ def round_significant(values: np.ndarray, digits: int = SIGNIFICANT_DIGITS) -> n
     -------
     numpy.ndarray
         A new float64 array of the same shape; NaN and infinities unchanged.
+
+    A contiguous array is rounded :data:`_ROUND_BLOCK` values at a time (element by element the
+    same operations, so the same doubles), which keeps the temporaries in the cache.
     """
     v = np.asarray(values, dtype=np.float64)
+    if v.size > _ROUND_BLOCK and (v.flags.c_contiguous or v.flags.f_contiguous):
+        out = np.empty_like(v)  # the same memory order as v
+        flat_v, flat_out = (
+            (v.reshape(-1), out.reshape(-1)) if v.flags.c_contiguous else (v.T.reshape(-1), out.T.reshape(-1))
+        )
+        for start in range(0, flat_v.size, _ROUND_BLOCK):
+            flat_out[start : start + _ROUND_BLOCK] = _round_values(flat_v[start : start + _ROUND_BLOCK], digits)
+        return out
+    return _round_values(v, digits)
+
+
+# Values per block of round_significant (256 KB of float64 per temporary).
+_ROUND_BLOCK = 1 << 15
+
+
+def _round_values(v: np.ndarray, digits: int) -> np.ndarray:
+    """:func:`round_significant` of ``v`` in one pass of whole-array operations."""
     # NaN, infinities and zeros give a non-finite k and take the slow path's "stay as they are"; the
     # warnings their arithmetic raises on the way say nothing
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -261,6 +282,26 @@ class MatrixWriter:
             self._text.write(text.encode())
         self.genes_written += len(genes)
 
+    def write_parquet_rows(self, table) -> None:
+        """Append a row group (or any rows) of another Parquet matrix as it is, without pandas.
+
+        For a Parquet writer that does not round (``significant_digits=None``: the rows were rounded
+        when they were first written) and a ``pyarrow.Table`` with this matrix's columns (``gene_id``,
+        then exactly the writer's samples, as :class:`MatrixWriter` writes them): the values go on bit
+        for bit, so the file is the one :meth:`write` would give for the same rows.
+        """
+        if self.format != "parquet" or self.significant_digits is not None:
+            raise ValueError(f"{self.path}: Arrow rows go only to an unrounded Parquet writer")
+        if table.column_names != ["gene_id", *self.samples]:
+            raise ValueError(f"{self.path}: a block's columns differ from the matrix's samples")
+        if self.genes_written + table.num_rows > self.n_genes:
+            raise ValueError(f"{self.path}: more than the {self.n_genes} genes announced")
+        self._pending.append(self._pa.Table.from_arrays(table.columns, schema=self._schema))
+        self._pending_rows += table.num_rows
+        self.genes_written += table.num_rows
+        while self._pending_rows >= self._rows_per_group:
+            self._flush_parquet(self._rows_per_group)
+
     def _write_parquet(self, genes: list[str], values: np.ndarray) -> None:
         pa = self._pa
         columns = [pa.array(genes, type=pa.string())] + [
@@ -410,6 +451,14 @@ def iter_matrix_rows(path: str | Path, *, genes_per_block: int | None = None) ->
         return
     for g0 in range(0, pf.metadata.num_rows, genes_per_block):
         yield read_matrix_rows(path, g0, g0 + genes_per_block)
+
+
+def iter_parquet_row_groups(path: str | Path):
+    """The row groups of a Parquet matrix as ``pyarrow.Table`` objects, in order (no pandas)."""
+    pf = _parquet_file(path)
+    _check_parquet_layout(pf, path)
+    for i in range(pf.metadata.num_row_groups):
+        yield pf.read_row_group(i, use_threads=False)
 
 
 def matrix_shape(path: str | Path) -> tuple[int, int]:

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..design import (
     KINSHIP,
@@ -421,6 +420,8 @@ def _pattern_columns(
     metadata: ModelMetadata,
 ) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Output columns for the genes of one missingness pattern."""
+    from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
+
     G = arrays.sigma2.shape[0]
     n, p, m = prepared.n, prepared.p, prepared.m
     cols: dict[str, np.ndarray] = {}

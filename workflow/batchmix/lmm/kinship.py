@@ -29,7 +29,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..design import KINSHIP, KINSHIP_PREFIX, RandomBlock, parse_formula
 
@@ -304,5 +303,7 @@ def heritability_columns(
     null = ols_loglik if null_loglik is None else null_loglik
     lrt = np.maximum(2.0 * (loglik - null), 0.0)
     lrt = np.where(lrt < 1e-8, 0.0, lrt)
+    from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
+
     p = np.where(lrt > 0, 0.5 * stats.chi2.sf(lrt, 1), 1.0)
     return {"h2": h2, "se_h2": se, "lrt_kinship_stat": lrt, "lrt_kinship_p": p}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from batchmix import lmm, moderate
+from batchmix import lmm
 from batchmix.io import (
     read_matrix,
     read_result_table,
@@ -28,6 +28,7 @@ from batchmix.io import (
 from batchmix.io.matrices import (
     MatrixWriter,
     iter_matrix_rows,
+    iter_parquet_row_groups,
     matrix_format,
     matrix_shape,
     read_matrix_rows,
@@ -184,6 +185,10 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
             outputs["gene_fits"],
         )
     elif mcfg["enabled"]:
+        # imported here: batchmix.moderate imports scipy.stats and scipy.optimize (about 0.5 s),
+        # which the other stages of this module do not need
+        from batchmix import moderate
+
         mean_expr = status.set_index("gene_id")["mean_expression"]
         gene_fits = moderate.moderate_gene_fits(
             gene_fits, trend=mcfg["trend"], mean_expression=mean_expr, robust=mcfg["robust"]
@@ -210,12 +215,18 @@ def concatenate_matrices(paths: list[str], out_path: str, *, n_genes: int) -> No
     samples = list(read_matrix_rows(paths[0], 0, 0).columns) if paths else []
     started = time.perf_counter()
     # The chunks were rounded when they were written (MatrixWriter): their values go on as they are.
+    # Parquet to Parquet (the default), the row groups go across as Arrow tables, without pandas.
+    arrow = matrix_format(out_path) == "parquet" and all(matrix_format(p) == "parquet" for p in paths)
     with MatrixWriter(out_path, samples, n_genes=n_genes, significant_digits=None) as writer:
         for path in paths:
-            for block in iter_matrix_rows(path):
-                if list(block.columns) != samples:
+            for block in iter_parquet_row_groups(path) if arrow else iter_matrix_rows(path):
+                names = block.column_names[1:] if arrow else list(block.columns)
+                if names != samples:
                     raise RuntimeError(f"{path} has other samples than {paths[0]}; a chunk is stale: rerun lmm_chunk")
-                writer.write(block)
+                if arrow:
+                    writer.write_parquet_rows(block)
+                else:
+                    writer.write(block)
             logger.info(
                 "corrected expression: %d of %d genes gathered (%.1f s)",
                 writer.genes_written,

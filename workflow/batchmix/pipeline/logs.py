@@ -8,14 +8,16 @@ or above, are also written with its counts and time to a JSON run record next to
 
 .. code-block:: json
 
-    {"stage": "lmm_chunk", "job": "2-of-4", "status": "ok", "seconds": 1.234,
+    {"stage": "lmm_chunk", "job": "2-of-4", "status": "ok", "seconds": 1.234, "cpu_seconds": 1.198,
      "counts": {"genes": 50},
      "warnings": [{"source": "warning", "category": "RuntimeWarning", "message": "...",
                    "where": "batchmix/lmm/core.py:120", "count": 3},
                   {"source": "log", "category": "WARNING", "message": "...",
                    "where": "batchmix.lmm", "count": 1}]}
 
-``status`` is ``ok`` or ``failed`` (then ``error`` holds the exception's message).
+``status`` is ``ok`` or ``failed`` (then ``error`` holds the exception's message). ``seconds`` is
+the job's wall time, ``cpu_seconds`` the CPU time of its process (every thread) over the same span:
+on a busy machine the first grows with the load, the second much less.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class RunRecord:
     job: str | None = None
     status: str = "running"
     seconds: float | None = None
+    cpu_seconds: float | None = None
     counts: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)
     error: str | None = None
@@ -70,6 +73,7 @@ class RunRecord:
             "job": self.job,
             "status": self.status,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "counts": self.counts,
             "warnings": self.warnings,
         }
@@ -140,7 +144,7 @@ def stage_logging(
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     logger = logging.getLogger(__name__)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         # Python warnings reach the job log through logging (captureWarnings) and the record, structured.
         logging.captureWarnings(True)
@@ -175,6 +179,7 @@ def stage_logging(
             raise
         finally:
             record.seconds = round(time.perf_counter() - started, 3)
+            record.cpu_seconds = round(time.process_time() - started_cpu, 3)
             counts = ", ".join(f"{k}={v}" for k, v in record.counts.items())
             logger.info(
                 "stage %s%s: %s in %.3f s%s (%d warning(s))",

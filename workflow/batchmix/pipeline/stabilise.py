@@ -220,6 +220,16 @@ class ChunkedVST:
         return pd.DataFrame(u.T, index=counts.index, columns=counts.columns, copy=False)
 
 
+def _block_mean_sd(values: pd.DataFrame) -> pd.DataFrame:
+    """The ``gene_id``, ``mean`` and ``sd`` columns of :func:`batchmix.vst.mean_sd` of a block (genes in
+    block order), without its running median, which :func:`_mean_sd_from_blocks` takes over all genes."""
+    v = values.to_numpy(dtype=float)
+    mean = np.nanmean(v, axis=1) if v.size else np.array([])
+    sd = np.nanstd(v, axis=1, ddof=1) if v.shape[1] > 1 else np.full(v.shape[0], np.nan)
+    ok = np.isfinite(mean) & np.isfinite(sd)
+    return pd.DataFrame({"gene_id": values.index.to_numpy()[ok], "mean": mean[ok], "sd": sd[ok]})
+
+
 def _mean_sd_from_blocks(parts: list[pd.DataFrame], positions: dict) -> pd.DataFrame:
     """:func:`batchmix.vst.mean_sd` of a whole table from its blocks' ``mean_sd`` (mean and sd per gene).
 
@@ -232,15 +242,8 @@ def _mean_sd_from_blocks(parts: list[pd.DataFrame], positions: dict) -> pd.DataF
     mean, sd = stats["mean"].to_numpy(dtype=float), stats["sd"].to_numpy(dtype=float)
     order = np.argsort(mean, kind="stable")
     n = order.size
-    window = max(1, n // 50)
     sd_sorted = sd[order]
-    half = window // 2
-    run = np.empty(n)
-    if n:
-        padded = np.lib.stride_tricks.sliding_window_view(
-            np.pad(sd_sorted, (half, window - 1 - half), constant_values=np.nan), window
-        )
-        run = np.nanmedian(padded, axis=1)
+    run = vst_mod.running_median(sd_sorted, max(1, n // 50))
     return pd.DataFrame(
         {
             "gene_id": stats["gene_id"].to_numpy()[order],
@@ -332,8 +335,8 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 values = before = block
                 base_mean[g0:g1] = block.mean(axis=1).to_numpy()
             ok = status[g0:g1] == "ok"
-            before_parts.append(vst_mod.mean_sd(before.loc[ok])[["gene_id", "mean", "sd"]])
-            after_parts.append(vst_mod.mean_sd(values.loc[ok])[["gene_id", "mean", "sd"]])
+            before_parts.append(_block_mean_sd(before.loc[ok]))
+            after_parts.append(_block_mean_sd(values.loc[ok]))
             # limma's trend covariate: the average on the log-like scale the models see
             mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
             n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()

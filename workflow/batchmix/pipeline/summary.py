@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 from batchmix.de import FITTED_STATUSES
-from batchmix.diagnostics import DIAGNOSTIC_COMPONENTS, batch_diagnostics, pca
 from batchmix.io import batch_labels, read_matrix, read_result_table, write_json, write_table
+from batchmix.io.matrices import iter_matrix_rows, matrix_format, read_matrix_rows
 from batchmix.lmm.results import ModelMetadata
 from batchmix.pipeline.validate import load_samples
 from batchmix.verdict import RECOMMENDATIONS, THRESHOLDS, classify
 
-__all__ = ["DATA_SETS", "diagnostics_stage", "summary_stage", "gene_counts"]
+__all__ = ["DATA_SETS", "diagnostics_stage", "summary_stage", "gene_counts", "pca_candidates"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,82 @@ def _rounded(values) -> list:
     return [None if v is None or not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, dtype=float)]
 
 
+# Relative margin below the PCA_TOP_GENES-th largest variance of the first pass within which genes are
+# kept as candidates: the variances of the two passes can differ in their last bits (a block of one gene
+# is summed in another order), never by this much.
+_CANDIDATE_MARGIN = 1e-9
+
+
+def pca_candidates(expression_path: str, corrected_path: str | None, status: pd.Series):
+    """The usable genes of the diagnostics that can enter the PCA, from Parquet matrices a row group at a time.
+
+    The diagnostics use the most variable of the usable genes (status ``ok``, no missing value in
+    either matrix: :func:`batchmix.diagnostics.pca` takes the top
+    :data:`~batchmix.diagnostics.PCA_TOP_GENES`, ties in input order). A first pass over the row
+    groups finds every usable gene and its variance; a second reads only the genes whose variance is
+    within :data:`_CANDIDATE_MARGIN` of the top's smallest, which holds every gene the PCA can choose.
+    The candidates' frames are laid out as the whole matrices' are (genes × samples, one block), so
+    ``pca`` on them computes the same numbers as on the whole usable table. Memory: a row group of
+    each matrix and the candidates, not the matrices.
+
+    Returns
+    -------
+    usable : pandas.DataFrame
+        The candidate rows of the stabilised matrix, in matrix order (every usable gene when there
+        are at most ``PCA_TOP_GENES``); with fewer than two usable genes, all of them (the caller
+        then writes the note).
+    corrected : pandas.DataFrame or None
+        The same rows of the corrected matrix (its columns in the stabilised matrix's order).
+    """
+    from batchmix.diagnostics import PCA_TOP_GENES
+
+    def blocks():
+        corrected_blocks = iter_matrix_rows(corrected_path) if corrected_path else None
+        for block in iter_matrix_rows(expression_path):
+            other = None
+            if corrected_blocks is not None:
+                other = next(corrected_blocks, None)
+                if other is None or list(other.index) != list(block.index):
+                    raise RuntimeError(
+                        f"{corrected_path} and {expression_path} do not list the same genes in the same order; "
+                        "rerun gather_lmm"
+                    )
+                other = other.reindex(columns=block.columns)
+            yield block, other
+
+    ids, variances = [], []
+    for block, other in blocks():
+        usable = block.loc[status.reindex(block.index).eq("ok").to_numpy()].dropna(how="any")
+        if other is not None:
+            usable = usable.loc[usable.index.isin(other.dropna(how="any").index)]
+        ids.extend(usable.index)
+        variances.append(usable.var(axis=1, ddof=1).to_numpy())
+    variance = np.concatenate(variances) if variances else np.zeros(0)
+    keep = np.ones(variance.size, dtype=bool)
+    if variance.size > PCA_TOP_GENES:
+        smallest_top = np.sort(variance)[::-1][PCA_TOP_GENES - 1]
+        keep = variance >= smallest_top * (1.0 - _CANDIDATE_MARGIN)
+    chosen = set(np.asarray(ids, dtype=object)[keep].tolist())
+    parts, corrected_parts = [], []
+    for block, other in blocks():
+        rows = block.index.isin(chosen)
+        parts.append(block.loc[rows])
+        if other is not None:
+            corrected_parts.append(other.loc[rows])
+    if not parts:
+        empty = read_matrix_rows(expression_path, 0, 0)
+        return empty, (empty.copy() if corrected_path else None)
+    usable = pd.concat(parts)
+    corrected = pd.concat(corrected_parts) if corrected_path else None
+    logger.info(
+        "diagnostics: %d usable genes, %d candidates for the PCA's %d most variable",
+        len(ids),
+        len(usable),
+        PCA_TOP_GENES,
+    )
+    return usable, corrected
+
+
 def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
     """PCA of the most variable fitted genes, and the batch's share of it, before and after correction.
 
@@ -46,17 +122,24 @@ def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -
     missing value (in both tables), the same genes before and after. Writes ``outputs["pca"]`` and
     ``outputs["scores"]``.
     """
-    expression = read_matrix(inputs["expression"])
-    samples = load_samples(config, inputs["samples"]).loc[expression.columns]
+    # imported here: batchmix.diagnostics imports scipy.spatial, which the summary stage does not need
+    from batchmix.diagnostics import DIAGNOSTIC_COMPONENTS, batch_diagnostics, pca
+
+    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
+    corrected_path = inputs.get("corrected") or None
+    if all(matrix_format(p) == "parquet" for p in [inputs["expression"], corrected_path] if p):
+        usable, corrected = pca_candidates(inputs["expression"], corrected_path, status)
+    else:
+        expression = read_matrix(inputs["expression"])
+        usable = expression.loc[status.reindex(expression.index).eq("ok").to_numpy()].dropna(how="any")
+        corrected = None
+        if corrected_path:
+            corrected = read_matrix(corrected_path).reindex(columns=expression.columns)
+        if corrected is not None:
+            usable = usable.loc[usable.index.isin(corrected.dropna(how="any").index)]
+    samples = load_samples(config, inputs["samples"]).loc[usable.columns]
     batch_name = config.get("batch")
     batch = batch_labels(samples, batch_name) if batch_name else None
-    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
-    usable = expression.loc[status.reindex(expression.index).eq("ok").to_numpy()].dropna(how="any")
-    corrected = None
-    if inputs.get("corrected"):
-        corrected = read_matrix(inputs["corrected"]).reindex(columns=expression.columns)
-    if corrected is not None:
-        usable = usable.loc[usable.index.isin(corrected.dropna(how="any").index)]
     result: dict = {"batch": batch_name, "has_corrected": corrected is not None, "n_genes": 0, "data": {}, "note": ""}
     score_rows = []
     if usable.shape[0] < 2 or usable.shape[1] < 3:

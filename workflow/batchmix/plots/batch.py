@@ -55,7 +55,7 @@ def plot_pca(
         conds = condition.reindex(scores.index).astype(str) if condition is not None else None
         for sample in scores.index:
             pc2 = scores.loc[sample, "PC2"] if "PC2" in scores.columns else 0.0
-            ax.scatter(
+            points = ax.scatter(
                 scores.loc[sample, "PC1"],
                 pc2,
                 s=42,
@@ -64,6 +64,9 @@ def plot_pca(
                 edgecolors="white",
                 linewidths=0.5,
             )
+            # A point is clipped to the axes, so it cannot widen the layout's bounding box: left out
+            # of the constrained layout, whose cost grew with every point (the figure is the same).
+            points.set_in_layout(False)
         ratio = result.variance_ratio
         ax.set_xlabel(f"PC1 ({100 * ratio.iloc[0]:.1f}% of variance)" if len(ratio) else "PC1")
         ax.set_ylabel(f"PC2 ({100 * ratio.iloc[1]:.1f}% of variance)" if len(ratio) > 1 else "PC2")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from batchmix.design import fixed_design, formula_columns, parse_formula, random_design
 from batchmix.diagnostics import (  # noqa: F401 (moved to the diagnostics stage; kept importable here)
@@ -95,6 +94,8 @@ def _bh(p: np.ndarray) -> np.ndarray:
     q = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
     if finite.any():
+        from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
+
         q[finite] = stats.false_discovery_control(p[finite], method="bh")
     return q
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .prepare import SimpsonData
 from .statistics import (
@@ -27,6 +26,7 @@ from .statistics import (
     correlation_thresholds,
     fisher_z,
     harmonic_number,
+    norm_isf,
     pooled_threshold,
     random_effects,
     reversal_p,
@@ -321,7 +321,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
         z_re[hetero] = (w_star * z[:, hetero]).sum(axis=0) / np.sqrt(w_star.sum(axis=0, dtype=np.float64))
     del z
     z_t = fisher_z(r_t, data.df_pooled)
-    c = stats.norm.isf(bound / 2.0)
+    c = norm_isf(bound / 2.0)
     passes = ((z_t >= c - _SLACK_Z) & (z_re <= -c + _SLACK_Z)) | ((z_t <= -c + _SLACK_Z) & (z_re >= c - _SLACK_Z))
     keep = np.flatnonzero(passes | steep)
     index_a, index_b = rows_a[ia[keep]], rows_b[ib[keep]]
