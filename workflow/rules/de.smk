@@ -19,8 +19,7 @@ for _analysis in ANALYSES:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            # no cost model of its own yet: it holds gene_fits whole, as gather_lmm does, plus the table
-            mem_mb=mem_mb_for("stabilise", _analysis.config),
-            runtime=runtime_for("gather_lmm", _analysis.config),
+            mem_mb=mem_mb_for("de", _analysis.config),
+            runtime=runtime_for("de", _analysis.config),
         script:
             "../scripts/de.py"

@@ -19,8 +19,7 @@ for _analysis in ANALYSES:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            # no cost model of its own yet: it reads the input table once, as the stabilise stage does
-            mem_mb=mem_mb_for("stabilise", _analysis.config),
-            runtime=runtime_for("stabilise", _analysis.config),
+            mem_mb=mem_mb_for("design", _analysis.config),
+            runtime=runtime_for("design", _analysis.config),
         script:
             "../scripts/design.py"

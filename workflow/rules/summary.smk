@@ -19,9 +19,8 @@ for _analysis in ANALYSES:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            # no cost model of its own yet: the PCA and silhouettes were the report's
-            mem_mb=mem_mb_for("report", _analysis.config),
-            runtime=runtime_for("report", _analysis.config),
+            mem_mb=mem_mb_for("diagnostics", _analysis.config),
+            runtime=runtime_for("diagnostics", _analysis.config),
         script:
             "../scripts/diagnostics.py"
 
