@@ -80,10 +80,11 @@ SHARED_STAGES = {
 
 
 def shared_rule(stage, analysis):
-    """The rule of a stage that analyses share: `stage`, or `stage_<key>` (the shared folder's key)."""
+    """The name of a shared stage's rule (`stage`, or `stage_<key>`, the key of the shared folder)."""
     if analysis.name is None:
         return stage
-    return f"{stage}_" + getattr(analysis, SHARED_STAGES[stage]).rsplit("-", 1)[-1]
+    key = getattr(analysis, SHARED_STAGES[stage]).rsplit("-", 1)[-1]
+    return f"{stage}_{key}"
 
 
 def stage_outdir(stage, analysis):

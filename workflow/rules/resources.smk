@@ -202,7 +202,7 @@ def stage_runtime_min(stage: str, work: int, samples: int, attempt: int = 1) -> 
 
 
 def mem_mb_for(stage: str, cfg=None):
-    """A mem_mb resource function for the rule running `stage` of the analysis `cfg` (default: the run's config)."""
+    """A mem_mb resource function for the jobs of `stage` of the analysis `cfg` (default: the run's config)."""
     if stage not in STAGE_COSTS:
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
