@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pandas as pd
+import pytest
 import yaml
 from batchmix.io import read_matrix
 from conftest import REPO, SNAKEMAKE, make_run_dir, result_files, run_snakemake
@@ -86,9 +87,10 @@ def test_snakemake_report_archive(fixture_run):
     assert (fixture_run / "report.zip").stat().st_size > 10_000
 
 
-def test_lint_reports_nothing_on_the_repository():
+@pytest.mark.parametrize("configfile", [[], ["--configfile", "config/study.yaml"]], ids=["default", "study"])
+def test_lint_reports_nothing_on_the_repository(configfile):
     proc = subprocess.run(
-        [str(SNAKEMAKE), "--lint", "--nocolor"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [str(SNAKEMAKE), "--lint", "--nocolor", *configfile], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

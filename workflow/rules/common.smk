@@ -8,6 +8,7 @@
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -145,7 +146,9 @@ def stage_params(stage, analysis):
     instead of an analysis: which analyses share it, and in which order, does not rerun it."""
     settings = stage_settings(analysis.config, stage)
     if MULTI and stage in SHARED_STAGES:
-        return {"shared": stage_outdir(stage, analysis), "settings": settings}
+        # the shared folder's name (stabilise-<key>, simpson-<key>), not its path: a hard-coded
+        # output prefix in a param would not follow a remote storage prefix
+        return {"shared": Path(stage_outdir(stage, analysis)).name, "settings": settings}
     return {"analysis": analysis.name, "settings": settings}
 
 

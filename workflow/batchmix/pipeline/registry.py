@@ -199,7 +199,7 @@ def job_config(config: dict, analysis: str | None, shared: str | None = None) ->
     """The config a job runs with: the run's config, or the merged config of one of its analyses.
 
     With ``analyses:`` (:mod:`batchmix.analyses`) each rule passes its analysis's name as the
-    parameter ``analysis``, and a job that analyses share passes its shared folder as ``shared``
+    parameter ``analysis``, and a job that analyses share passes its shared folder's name as ``shared``
     (every analysis that uses the folder has the settings the job depends on); without, the run's
     config (defaults filled in) is the analysis.
     """
@@ -208,7 +208,8 @@ def job_config(config: dict, analysis: str | None, shared: str | None = None) ->
     from batchmix.analyses import resolve_analyses
 
     for resolved in resolve_analyses(config):
-        if resolved.name == analysis or shared in (resolved.stabilise_outdir, resolved.simpson_outdir):
+        folders = (resolved.stabilise_outdir, resolved.simpson_outdir)
+        if resolved.name == analysis or shared in {folder.rsplit("/", 1)[-1] for folder in folders}:
             return resolved.config
     raise KeyError(f"no analysis {analysis or shared!r} in the config's analyses")
 
