@@ -836,14 +836,7 @@ def posterior(
     grids: dict = {}
     keep = {str(g) for g in (keep_grid_for or [])}
     Yall = expression.to_numpy()
-    patterns, all_missing = missing.group_by_missingness(Yall, np.flatnonzero(status == missing.OK))
-    status[all_missing] = missing.ALL_MISSING
-    for pattern in patterns:
-        rows, cols = pattern.rows, np.flatnonzero(pattern.observed)
-        Xs = X[cols]
-        if len(cols) - X.shape[1] < 3 or np.linalg.matrix_rank(Xs) < X.shape[1]:
-            status[rows] = missing.TOO_FEW_OBSERVATIONS
-            continue
+    for rows, cols in _fittable_patterns(Yall, X, status):
         try:
             if K is not None:
                 kw = {"K": np.asarray(K, dtype=float)[np.ix_(cols, cols)]}
@@ -852,7 +845,7 @@ def posterior(
             want = np.array([genes[r] in keep for r in rows])
             res = posterior_arrays(
                 Yall[np.ix_(rows, cols)].T,
-                Xs,
+                X[cols],
                 prior=prior,
                 prior_scale=prior_scale,
                 n_grid=n_grid,
@@ -892,14 +885,7 @@ def _importance_posterior(expression, samples, formula, prior, prior_scale, gene
     Yall = expression.to_numpy()
     params: dict[str, np.ndarray] = {}
     diag = {k: np.full(len(genes), np.nan) for k in ("khat", "ess", "n_draws", "prior_location", "prior_scale")}
-    patterns, all_missing = missing.group_by_missingness(Yall, np.flatnonzero(status == missing.OK))
-    status[all_missing] = missing.ALL_MISSING
-    for pattern in patterns:
-        rows, cols = pattern.rows, np.flatnonzero(pattern.observed)
-        Xs = X[cols]
-        if len(cols) - X.shape[1] < 3 or np.linalg.matrix_rank(Xs) < X.shape[1]:
-            status[rows] = missing.TOO_FEW_OBSERVATIONS
-            continue
+    for rows, cols in _fittable_patterns(Yall, X, status):
         sub = samples.iloc[cols]
         Xp, names_p, blocks_p, meta_p = (X[cols], names, [_subset_block(b, cols) for b in blocks], metadata)
         if len(cols) < len(samples):
@@ -934,6 +920,22 @@ def _importance_posterior(expression, samples, formula, prior, prior_scale, gene
 
 def _subset_block(block, cols):
     return type(block)(group=block.group, terms=block.terms, levels=block.levels, Z=block.Z[cols])
+
+
+def _fittable_patterns(Y: np.ndarray, X: np.ndarray, status: np.ndarray):
+    """The genes still ``ok`` grouped by their observed samples, as ``(rows, cols)``, for every group
+    that can be fitted; ``status`` marks the others (all missing, or too few observations for X).
+
+    Genes are grouped so that each group shares one design (:func:`batchmix.lmm.missing.group_by_missingness`).
+    """
+    patterns, all_missing = missing.group_by_missingness(Y, np.flatnonzero(status == missing.OK))
+    status[all_missing] = missing.ALL_MISSING
+    for pattern in patterns:
+        rows, cols = pattern.rows, np.flatnonzero(pattern.observed)
+        if len(cols) - X.shape[1] < 3 or np.linalg.matrix_rank(X[cols]) < X.shape[1]:
+            status[rows] = missing.TOO_FEW_OBSERVATIONS
+            continue
+        yield rows, cols
 
 
 def _long_summary(genes: list[str], values: dict[str, np.ndarray], status, qcols: list[str]) -> pd.DataFrame:
