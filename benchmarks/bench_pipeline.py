@@ -87,6 +87,8 @@ class PeakMemory:
         self.root = psutil.Process(root_pid)
         self.interval = interval
         self.peaks: dict[str, float] = {}
+        # per job process: (its start, the last time it was seen alive), seconds since the epoch
+        self.spans: dict[str, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -120,6 +122,11 @@ class PeakMemory:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 self.peaks[key] = max(self.peaks.get(key, 0.0), rss)
+                try:
+                    begun = self.spans[key][0] if key in self.spans else proc.create_time()
+                except psutil.NoSuchProcess:
+                    continue
+                self.spans[key] = (begun, time.time())
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -159,7 +166,7 @@ def prepare_run(directory: Path, counts: pd.DataFrame, sheet: pd.DataFrame, over
 def run_workflow(workdir: Path, cores: int) -> dict:
     """snakemake --cores N in ``workdir``: wall time, per-job peak RSS and the jobs' run records."""
     cmd = [str(REPO / ".venv" / "bin" / "snakemake"), "--cores", str(cores), "-q", "--configfile", "bench.yaml"]
-    started = time.perf_counter()
+    started, epoch = time.perf_counter(), time.time()
     with open(workdir / "snakemake.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
         with PeakMemory(proc.pid) as memory:
@@ -182,7 +189,35 @@ def run_workflow(workdir: Path, cores: int) -> dict:
         "job_cpu_seconds": cpu,
         "job_peak_mb": memory.peaks,
         "stabilise_read_s": read_s,
+        "job_spans": {key: (begun - epoch, seen - epoch) for key, (begun, seen) in memory.spans.items()},
     }
+
+
+def print_timeline(workflow: dict) -> None:
+    """Each job process's start and end (seconds after snakemake started) and its time outside the
+    stage body (interpreter start, imports, Snakemake's script preamble), from the memory sampler."""
+    spans = sorted(workflow["job_spans"].items(), key=lambda item: item[1][0])
+    if not spans:
+        return
+    bodies = dict(workflow["job_seconds"])
+    print(f"\ntimeline (s after snakemake started; process seen every 50 ms){'':<4}start     end   outside body")
+    outside_total = 0.0
+    counted: dict[str, int] = {}
+    for key, (begun, seen) in spans:
+        stage = key.partition("[")[0]
+        # job names of per-chunk stages: the i-th process of a stage is matched to its i-th record
+        names = sorted(n for n in bodies if n.partition("[")[0] == stage)
+        index = counted.get(stage, 0)
+        counted[stage] = index + 1
+        body = bodies.get(names[index]) if index < len(names) else None
+        outside = (seen - begun) - body if body is not None else float("nan")
+        if body is not None:
+            outside_total += outside
+        print(f"  {key:<52}{begun:>7.2f}{seen:>8.2f}{outside:>10.2f}")
+    print(
+        f"first job process at {spans[0][1][0]:.2f} s; last seen at {max(s for _, (_, s) in spans):.2f} s; "
+        f"workflow {workflow['wall_s']:.2f} s; time outside the stage bodies, all jobs: {outside_total:.1f} s"
+    )
 
 
 def kernel_times(counts: pd.DataFrame, sheet: pd.DataFrame) -> dict:
@@ -296,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all jobs: {sum(workflow['job_seconds'].values()):.1f} s wall, {total_cpu:.1f} s CPU (job bodies; "
           "imports and Snakemake not included)")  # fmt: skip
     print(f"largest job peak RSS: {max(peaks.values(), default=float('nan')):.0f} MB")
+    print_timeline(workflow)
 
     if not args.no_kernels:
         kernels = kernel_times(counts, sheet)

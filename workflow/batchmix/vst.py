@@ -35,6 +35,7 @@ times this against DESeq2.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -1307,18 +1308,15 @@ def vst(
 # --------------------------------------------------------------------------
 
 
-# Windows per pass of :func:`running_median` (bounds the copy that the median's partition makes).
-_MEDIAN_BLOCK_VALUES = 1 << 22
-
-
 def running_median(values: np.ndarray, window: int) -> np.ndarray:
     """Centred running median of ``values``, the window truncated at the ends.
 
     Position i takes the median of ``values[i - window // 2 : i - window // 2 + window]`` (cut at
     both ends of the array): the numbers of ``numpy.nanmedian`` over the NaN-padded sliding windows,
-    which this replaces. Full windows go through :func:`numpy.median` a block of windows at a time,
-    the few truncated ones one by one. A median is a selection (or the mean of the two middle
-    values, computed alike by both), so the doubles are the same.
+    which this replaces. The window's values are kept sorted as it slides (one insertion and one
+    removal per position, by bisection), so each median is a lookup: O(n w) memory moves in place
+    of a partition of every window. A median is a selection, or the mean of the two middle values,
+    ``(a + b) / 2`` as :func:`numpy.median` computes it, so the doubles are the same.
 
     Parameters
     ----------
@@ -1344,20 +1342,23 @@ def running_median(values: np.ndarray, window: int) -> np.ndarray:
             np.pad(x, (half, window - 1 - half), constant_values=np.nan), window
         )
         return np.nanmedian(padded, axis=1)
+    items = x.tolist()
     out = np.empty(n)
-    # position i's window starts at i - half; it is whole for half <= i <= n - window + half
-    first, last = half, n - window + half
-    if last >= first:
-        full = np.lib.stride_tricks.sliding_window_view(x, window)
-        step = max(1, _MEDIAN_BLOCK_VALUES // window)
-        for start in range(0, full.shape[0], step):
-            block = full[start : start + step]
-            out[first + start : first + start + block.shape[0]] = np.median(block, axis=1)
-        truncated = [*range(0, first), *range(last + 1, n)]
-    else:
-        truncated = range(n)
-    for i in truncated:
-        out[i] = np.median(x[max(0, i - half) : min(n, i - half + window)])
+    ordered: list[float] = []
+    lo = hi = 0  # ordered holds items[lo:hi], sorted
+    for i in range(n):
+        # both ends of the window only move right
+        stop = min(n, i - half + window)
+        while hi < stop:
+            bisect.insort(ordered, items[hi])
+            hi += 1
+        begin = max(0, i - half)
+        while lo < begin:
+            del ordered[bisect.bisect_left(ordered, items[lo])]
+            lo += 1
+        size = hi - lo
+        middle = size // 2
+        out[i] = ordered[middle] if size % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     return out
 
 

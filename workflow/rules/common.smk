@@ -44,12 +44,15 @@ if workflow.is_main_process:
     for _analysis in ANALYSES:
         where = "" if _analysis.name is None else f" ({_analysis.label})"
         try:
-            _validated = load_validated(_analysis.config)
+            # the design check once: its errors stop the run, its warnings are said below
+            _validated = load_validated(_analysis.config, check=False)
+            _design = design_report(_analysis.config, _validated)
+            _design.raise_on_errors(source=str(_analysis.config["samples"]))
         except InputError as err:
             raise WorkflowError(f"batchmix input validation failed{where}:\n{err}") from None
         # The design check's warnings (confounding, few batches, counts given as log) are said before
         # the run too; they are in design/design.json and the report.
-        for _finding in design_report(_analysis.config, _validated).findings:
+        for _finding in _design.findings:
             if _finding.severity == "warning":
                 print(
                     f"batchmix design check{where}: warning [{_finding.code}]: {_finding.message}",

@@ -425,7 +425,8 @@ def validate_inputs(
         )
 
     notes = list(reader_notes)
-    expression = expression.loc[:, in_sheet]
+    if in_table != in_sheet:  # reordering copies the whole table
+        expression = expression.loc[:, in_sheet]
     n_missing_genes = int(expression.isna().any(axis=1).sum())
     if n_missing_genes:
         notes.append(f"{n_missing_genes} gene(s) have missing values; they are fitted on their observed samples.")

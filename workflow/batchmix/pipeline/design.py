@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from batchmix.io import write_json
-from batchmix.pipeline.validate import design_report, load_validated
+from batchmix.pipeline.validate import design_report, load_samples, load_validated, sheet_design_report
 
 __all__ = ["design_stage"]
 
@@ -28,8 +28,14 @@ def design_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dic
     batchmix.io.InputError
         When the design check has errors; nothing is written then.
     """
-    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
-    report = design_report(config, validated)
+    if config["input_type"] == "log":
+        validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
+        report = design_report(config, validated)
+    else:
+        # The values enter the check only for log input (``looks_like_counts``); the two files were
+        # validated together before any job (the workflow's main process, ``batchmix validate``), so
+        # reading a count table here again would cost a whole parse for nothing.
+        report = sheet_design_report(config, load_samples(config, inputs["samples"]))
     report.raise_on_errors()
     write_json(report.to_dict(), outputs["design"])
     counts = {severity: len(report.codes(severity)) for severity in ("error", "warning", "note")}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import re
 
-from batchmix.design import parse_formula
-
 __all__ = [
     "OUTDIR",
     "MATRIX_KEYS",
@@ -160,6 +158,9 @@ def batch_is_random(config: dict) -> bool:
 
     Only then is there a batch-corrected expression (expression minus the batch BLUPs).
     """
+    # imported here: the formula library is not needed by every job that asks where a file goes
+    from batchmix.design import parse_formula
+
     return any(term.group == config["batch"] for term in parse_formula(config["model"]).random)
 
 

@@ -15,20 +15,12 @@ record (:mod:`batchmix.pipeline.logs`); the Snakemake scripts (:func:`run_snakem
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from batchmix.io import InputError
-from batchmix.pipeline.compare import compare_stage, index_stage
-from batchmix.pipeline.de import de_stage
-from batchmix.pipeline.design import design_stage
-from batchmix.pipeline.lmm import gather_lmm_stage, lmm_chunk_stage, split_genes_stage
 from batchmix.pipeline.logs import stage_logging
-from batchmix.pipeline.record import run_record_stage
-from batchmix.pipeline.simpson import simpson_block_stage, simpson_null_stage, simpson_stage
-from batchmix.pipeline.stabilise import stabilise_stage
-from batchmix.pipeline.summary import diagnostics_stage, summary_stage
-from batchmix.pipeline.validate import validate_stage
 
 __all__ = ["Stage", "STAGES", "COMPOSITES", "get_stage", "job_config", "run_stage", "run_snakemake_job"]
 
@@ -70,8 +62,9 @@ class Stage:
     ----------
     name : str
         The stage's name: its Snakemake rule, its ``batchmix`` sub-command, its log file.
-    run : callable
-        ``run(config, inputs, outputs, params) -> counts``.
+    target : callable or str
+        ``run(config, inputs, outputs, params) -> counts``, or where it lives as
+        ``"module:function"``, imported when the stage runs (:attr:`run`).
     summary : str
         One line for ``batchmix --help``.
     per_chunk : bool
@@ -83,56 +76,102 @@ class Stage:
     """
 
     name: str
-    run: StageFunction
+    target: StageFunction | str
     summary: str
     per_chunk: bool = False
     whole_config: bool = False
 
+    @property
+    def run(self) -> StageFunction:
+        """The stage's function, its module imported on first use.
+
+        Every job is a fresh interpreter that runs one stage: importing only that stage's module
+        (not the Simpson scan, the report's plotting or the DE code for a stabilise job) spares each
+        job a part of its start-up.
+        """
+        if callable(self.target):
+            return self.target
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+# The stage modules' package: each stage names its function as "module:function".
+_P = "batchmix.pipeline"
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
-        Stage("validate", validate_stage, "check the config, the expression table and the sample sheet"),
-        Stage("stabilise", stabilise_stage, "size factors, low-count filter and variance-stabilising transformation"),
-        Stage("split_genes", split_genes_stage, "cut the genes into chunks (gene ranges) for the LMM"),
-        Stage("lmm_chunk", lmm_chunk_stage, "per-gene linear mixed models on one gene chunk", per_chunk=True),
+        Stage(
+            "validate", f"{_P}.validate:validate_stage", "check the config, the expression table and the sample sheet"
+        ),
+        Stage(
+            "stabilise",
+            f"{_P}.stabilise:stabilise_stage",
+            "size factors, low-count filter and variance-stabilising transformation",
+        ),
+        Stage("split_genes", f"{_P}.lmm:split_genes_stage", "cut the genes into chunks (gene ranges) for the LMM"),
+        Stage(
+            "lmm_chunk", f"{_P}.lmm:lmm_chunk_stage", "per-gene linear mixed models on one gene chunk", per_chunk=True
+        ),
         Stage(
             "gather_lmm",
-            gather_lmm_stage,
+            f"{_P}.lmm:gather_lmm_stage",
             "gather the LMM chunks, moderate the variances, write gene fits, BLUPs, corrected expression",
         ),
-        Stage("design", design_stage, "the design check: crosstabs, Cramér's V, random terms, findings"),
-        Stage("de", de_stage, "differential expression per coefficient, with (mixed model) and without (OLS) batch"),
-        Stage("diagnostics", diagnostics_stage, "PCA of the samples and the batch R² of the top components"),
-        Stage("summary", summary_stage, "the verdict: batch effect, design, recommendation (summary.json)"),
+        Stage("design", f"{_P}.design:design_stage", "the design check: crosstabs, Cramér's V, random terms, findings"),
+        Stage(
+            "de",
+            f"{_P}.de:de_stage",
+            "differential expression per coefficient, with (mixed model) and without (OLS) batch",
+        ),
+        Stage(
+            "diagnostics",
+            f"{_P}.summary:diagnostics_stage",
+            "PCA of the samples and the batch R² of the top components",
+        ),
+        Stage(
+            "summary", f"{_P}.summary:summary_stage", "the verdict: batch effect, design, recommendation (summary.json)"
+        ),
         Stage(
             "simpson_block",
-            simpson_block_stage,
+            f"{_P}.simpson:simpson_block_stage",
             "Simpson scan: the candidate pairs of one share of the block pairs (job i-of-n)",
             per_chunk=True,
         ),
         Stage(
             "simpson_null",
-            simpson_null_stage,
+            f"{_P}.simpson:simpson_null_stage",
             "Simpson calibration: the pairs flagged on one sign-flip replicate (job r-of-n)",
             per_chunk=True,
         ),
-        Stage("simpson", simpson_stage, "scan all gene pairs for Simpson's-paradox reversals (gathers the jobs)"),
-        Stage("uncertainty", uncertainty_job, "parametric bootstrap and exact grid posterior for every gene"),
-        Stage("report", report_job, "the self-contained HTML report"),
+        Stage(
+            "simpson",
+            f"{_P}.simpson:simpson_stage",
+            "scan all gene pairs for Simpson's-paradox reversals (gathers the jobs)",
+        ),
+        Stage(
+            "uncertainty",
+            f"{_P}.registry:uncertainty_job",
+            "parametric bootstrap and exact grid posterior for every gene",
+        ),
+        Stage("report", f"{_P}.registry:report_job", "the self-contained HTML report"),
         Stage(
             "compare",
-            compare_stage,
+            f"{_P}.compare:compare_stage",
             "compare the config's analyses: per-gene AIC/BIC by ML, best models, DE agreement (results/compare/)",
             whole_config=True,
         ),
         Stage(
             "index",
-            index_stage,
+            f"{_P}.compare:index_stage",
             "the self-contained index page of the analyses (results/index.html)",
             whole_config=True,
         ),
-        Stage("run_record", run_record_stage, "the run record (run.json): resolved config, input MD5s, versions"),
+        Stage(
+            "run_record",
+            f"{_P}.record:run_record_stage",
+            "the run record (run.json): resolved config, input MD5s, versions",
+        ),
     ]
 }
 
@@ -184,8 +223,9 @@ def run_stage(
         The stage's counts.
     """
     stage = get_stage(name)
+    run = stage.run  # its module imported before the clock starts: the record times the stage's work
     with stage_logging(name, log_path=log_path, record_path=record_path, job=job, console=console) as record:
-        counts = stage.run(config, inputs, outputs, dict(params or {})) or {}
+        counts = run(config, inputs, outputs, dict(params or {})) or {}
         record.counts = {k: v for k, v in counts.items() if isinstance(v, (int, float, str))}
     return counts
 

@@ -135,7 +135,11 @@ class ChunkedVST:
         return True
 
     def _ratio_size_factors(self, counts: pd.DataFrame) -> np.ndarray:
-        """DESeq2's median of ratios from blocks of genes, then blocks of samples (exact: a median is a selection)."""
+        """DESeq2's median of ratios from blocks of genes, then blocks of samples (exact: a median is a selection).
+
+        Every step works in place on one copy per block: fresh memory is the expensive part of this
+        step (each new page is faulted in), not the arithmetic.
+        """
         n_genes, n = counts.shape
         positive, log_geo = [], []
         for g0 in self._blocks(n_genes):
@@ -144,7 +148,7 @@ class ChunkedVST:
             # np.take gives a C-ordered copy (boolean indexing would not): the mean over samples then
             # adds in the order batchmix.vst adds, and the result is the same double
             sub = np.take(yt, np.flatnonzero(allpos), axis=1)
-            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub)
+            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
             positive.append(g0 + np.flatnonzero(allpos))
             log_geo.append(logy.mean(axis=0))
         rows = np.concatenate(positive)
@@ -153,12 +157,16 @@ class ChunkedVST:
             return vst_mod.size_factors(counts, method="ratio").to_numpy()
         centre = np.concatenate(log_geo)
         sample_block = max(1, (1 << 24) // max(1, rows.size))
+        values = counts.to_numpy()
         sf = np.empty(n)
         for s0 in range(0, n, sample_block):
-            part = counts.iloc[rows, s0 : s0 + sample_block].to_numpy().T
-            ratios = np.log(part, out=np.empty(part.shape)) if part.dtype != np.float64 else np.log(part)
+            # samples x positive genes, C-ordered: each sample's ratios are one contiguous row
+            ratios = np.take(values[:, s0 : s0 + sample_block].T, rows, axis=1)
+            if ratios.dtype != np.float64:
+                ratios = ratios.astype(np.float64)
+            np.log(ratios, out=ratios)
             ratios -= centre
-            sf[s0 : s0 + part.shape[0]] = np.exp(np.median(ratios, axis=1))
+            sf[s0 : s0 + ratios.shape[0]] = np.exp(np.median(ratios, axis=1, overwrite_input=True))
         return sf
 
     def _fit_whole(self, counts: pd.DataFrame) -> ChunkedVST:
@@ -273,7 +281,12 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         Counts: ``genes``, ``samples``, ``genes_ok``, ``genes_filtered``.
     """
     started = time.perf_counter()
-    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
+    # The design check (of the model, which the VST uses only with vst.blind false) ran before any
+    # job, in the workflow's main process or `batchmix validate`; the inputs themselves are checked
+    # again here, since this stage reads them.
+    validated = load_validated(
+        config, expression=inputs["expression"], samples=inputs["samples"], check=not config["vst"]["blind"]
+    )
     expr = validated.expression
     n_genes = int(expr.shape[0])
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)

@@ -22,7 +22,15 @@ from batchmix.design_check import DesignReport, check_design
 from batchmix.io import InputError, ValidatedInputs, read_expression, read_samples, validate_inputs
 from batchmix.lmm.kinship import KinshipError, attach_kinship, read_kinship
 
-__all__ = ["kinship_path", "load_samples", "load_validated", "design_report", "validate_stage", "with_kinship"]
+__all__ = [
+    "kinship_path",
+    "load_samples",
+    "load_validated",
+    "design_report",
+    "sheet_design_report",
+    "validate_stage",
+    "with_kinship",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -182,13 +190,21 @@ def load_validated(
 
 def design_report(config: dict, validated: ValidatedInputs) -> DesignReport:
     """The design check of the validated inputs (:func:`batchmix.design_check.check_design`)."""
+    return sheet_design_report(config, validated.samples, validated.expression)
+
+
+def sheet_design_report(config: dict, samples: pd.DataFrame, expression: pd.DataFrame | None = None) -> DesignReport:
+    """The design check of a sample sheet (read by :func:`load_samples`) and, for log input, the values.
+
+    The expression table enters only the ``looks_like_counts`` finding of ``input_type: log``.
+    """
     try:
         return check_design(
-            validated.samples,
+            samples,
             formula=config["model"],
             batch=config.get("batch"),
             input_type=config["input_type"],
-            expression=validated.expression,
+            expression=expression,
             levels=config.get("levels") or {},
         )
     except ValueError as err:
