@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from batchmix.design import fixed_design, fixed_term_columns, parse_formula
+from batchmix.distributions import bh_adjust, t_sf
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ def bh(p: np.ndarray) -> np.ndarray:
     q = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
     if finite.any():
-        from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
-
-        q[finite] = stats.false_discovery_control(p[finite], method="bh")
+        q[finite] = bh_adjust(p[finite])
     return q
 
 
@@ -170,10 +169,7 @@ def limma_fit(
         if dfr > 0:
             resid = Yo - beta @ Xk.T
             sigma[members] = np.sqrt(np.einsum("gi,gi->g", resid, resid) / dfr)
-    # imported here, not at the top: scipy.stats (here and in batchmix.moderate) takes about 0.5 s
-    # to import, which the stages that only read FITTED_STATUSES or bh() need not pay
-    from scipy import stats
-
+    # imported here, not at the top: the stages that only read FITTED_STATUSES or bh() do not need it
     from batchmix.moderate import squeeze_var
 
     out = {"coef": coef, "amean": amean, "sigma": sigma, "df_residual": df_residual}
@@ -182,7 +178,7 @@ def limma_fit(
             se = unscaled * sigma[:, None]
             t = coef / se
         df = np.where(df_residual > 0, df_residual, np.nan)
-        out.update(se=se, t=t, df=df, p=2 * stats.t.sf(np.abs(t), df[:, None]), s2_post=sigma**2, df_prior=np.nan)
+        out.update(se=se, t=t, df=df, p=2 * t_sf(np.abs(t), df[:, None]), s2_post=sigma**2, df_prior=np.nan)
         return out
     var = np.where(df_residual > 0, sigma**2, np.nan)
     squeezed = squeeze_var(var, df_residual, covariate=amean if trend else None, robust=robust)
@@ -195,7 +191,7 @@ def limma_fit(
         se=se,
         t=t,
         df=df_total,
-        p=2 * stats.t.sf(np.abs(t), df_total[:, None]),
+        p=2 * t_sf(np.abs(t), df_total[:, None]),
         s2_post=s2_post,
         df_prior=squeezed.df_prior,
     )

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
-from scipy.optimize import brentq
+from scipy import special
+
+from batchmix.distributions import t_sf
 
 __all__ = ["SqueezeResult", "squeeze_var", "fit_f_dist", "moderate_gene_fits", "trigamma_inverse"]
 
@@ -211,18 +212,24 @@ def _trimmed_mean(x: np.ndarray, trim: float) -> float:
 
 
 def _qf(p, df1, df2, lower):
+    from scipy import stats  # the robust fit only: see _fit_f_dist_robustly
+
     if math.isinf(df2):
         return (stats.chi2.ppf(p, df1) if lower else stats.chi2.isf(p, df1)) / df1
     return stats.f.ppf(p, df1, df2) if lower else stats.f.isf(p, df1, df2)
 
 
 def _pf_log(f, df1, df2, lower):
+    from scipy import stats  # the robust fit only: see _fit_f_dist_robustly
+
     if math.isinf(df2):
         return stats.chi2.logcdf(f * df1, df1) if lower else stats.chi2.logsf(f * df1, df1)
     return stats.f.logcdf(f, df1, df2) if lower else stats.f.logsf(f, df1, df2)
 
 
 def _df_density(x, df1, df2):
+    from scipy import stats  # the robust fit only: see _fit_f_dist_robustly
+
     if math.isinf(df2):
         return df1 * stats.chi2.pdf(df1 * x, df1)
     return stats.f.pdf(x, df1, df2)
@@ -250,6 +257,12 @@ def _winsorized_moments(df1, df2, tail_p):
 
 def _fit_f_dist_robustly(x, df1, winsor_tail_p=(0.05, 0.1)):
     """``limma::fitFDistRobustly`` without covariate: (scale, df2, df2_shrunk)."""
+    # scipy.stats and scipy.optimize are imported here, for the robust fit only: the import of
+    # scipy.stats costs every job that moderates variances about 0.5 s, and the default fit needs
+    # neither
+    from scipy import stats
+    from scipy.optimize import brentq
+
     x = np.asarray(x, dtype=float).copy()
     n = x.size
     if n < 2:
@@ -504,7 +517,7 @@ def moderate_gene_fits(
             se = pd.to_numeric(out[f"se_{name}"], errors="coerce").to_numpy(dtype=float)
             se_mod = se * ratio
             t_mod = coef / se_mod
-            p_mod = 2 * stats.t.sf(np.abs(t_mod), df_total)
+            p_mod = 2 * t_sf(np.abs(t_mod), df_total)
             out[f"se_mod_{name}"] = se_mod
             out[f"t_mod_{name}"] = t_mod
             out[f"p_mod_{name}"] = p_mod
