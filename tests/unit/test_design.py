@@ -217,3 +217,23 @@ def test_categorize_gives_the_same_designs_as_the_arguments(samples):
     np.testing.assert_array_equal(random_design(formula, sheet).Z, random_design(formula, samples, levels=levels).Z)
     with pytest.raises(ValueError, match="'condition' has the levels ctrl, treat"):
         categorize(samples, levels={"condition": ["ctrl", "other"]})
+
+
+def test_model_matrices_are_reused_only_for_the_same_sheet():
+    # fixed_design builds each formulaic matrix once per process (batchmix.design._model_matrix):
+    # a changed value, level order or column must still give its own design
+    sheet = pd.DataFrame(
+        {"g": pd.Categorical(["a", "b", "a", "b", "c", "c"], categories=["a", "b", "c"]), "x": [1.0, 2, 3, 4, 5, 7]},
+        index=[f"s{i}" for i in range(6)],
+    )
+    X1, names1 = fixed_design("~ g + x", sheet)
+    X1_again, _ = fixed_design("~ g + x", sheet.copy())
+    np.testing.assert_array_equal(X1, X1_again)
+    X1_again[:] = -1.0  # the caller's copy: the shared matrix is not changed
+    np.testing.assert_array_equal(fixed_design("~ g + x", sheet)[0], X1)
+    other_value = sheet.assign(x=[1.0, 2, 3, 4, 5, 8])
+    assert fixed_design("~ g + x", other_value)[0][5, 3] == 8.0
+    reordered = sheet.assign(g=sheet["g"].cat.reorder_categories(["c", "b", "a"]))
+    X2, names2 = fixed_design("~ g + x", reordered)
+    assert names1 == ["Intercept", "gb", "gc", "x"] and names2 == ["Intercept", "gb", "ga", "x"]
+    np.testing.assert_array_equal(X2[:, 2], [1.0, 0, 1, 0, 0, 0])

@@ -18,7 +18,8 @@ for _analysis in STABILISE_JOBS:
             **stage_params("stabilise", _analysis),
         conda:
             "../../envs/batchmix.yaml"
-        threads: 1
+        # two: pandas parses the table in parallel, and a block is written while the next is computed
+        threads: 2
         resources:
             mem_mb=mem_mb_for("stabilise", _analysis.config),
             runtime=runtime_for("stabilise", _analysis.config),

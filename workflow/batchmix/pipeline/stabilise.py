@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -263,6 +264,42 @@ def _mean_sd_from_blocks(parts: list[pd.DataFrame], positions: dict) -> pd.DataF
     )
 
 
+class _BlockWriter:
+    """Blocks handed to a :class:`~batchmix.io.matrices.MatrixWriter`, in order, in a second thread or not.
+
+    At most one block waits or is being written while the caller prepares the next one, so memory
+    holds two blocks; an error of the writer is raised at the next block or at the end.
+    """
+
+    def __init__(self, writer: MatrixWriter, *, background: bool):
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stabilise-writer") if background else None
+        self._pending: Future | None = None
+
+    def write(self, block: pd.DataFrame) -> None:
+        if self._pool is None:
+            self.writer.write(block)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self.writer.write, block)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> _BlockWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
 def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
     """Validate the inputs, filter low counts and stabilise the variance, a block of genes at a time.
 
@@ -272,7 +309,8 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     ``filtered:low_counts``), ``outputs["mean_sd"]`` (mean–sd plot data before and after) and
     ``outputs["info"]`` (the branch that ran, coefficients, gene counts).
 
-    Besides the input table, memory holds one block of :data:`WRITE_BLOCK_GENES` genes at a time
+    Besides the input table, memory holds one block of :data:`WRITE_BLOCK_GENES` genes at a time, two
+    with ``params["threads"]`` of 2 or more (a block is written while the next is computed)
     (:class:`ChunkedVST`); the results are those of :func:`batchmix.vst.vst` on the whole table.
 
     Returns
@@ -330,7 +368,13 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     base_mean, mean_expression, n_observed = np.empty(n_genes), np.empty(n_genes), np.empty(n_genes, dtype=np.int64)
     before_parts: list[pd.DataFrame] = []
     after_parts: list[pd.DataFrame] = []
-    with MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes) as writer:
+    # With two threads, a block is rounded and encoded (numpy and Arrow, which release the GIL) while
+    # the next one is transformed; the file is the same, written block after block in order.
+    threads = int(params.get("threads", 1) or 1)
+    with (
+        MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes) as writer,
+        _BlockWriter(writer, background=threads > 1) as block_writer,
+    ):
         for g0 in range(0, n_genes, WRITE_BLOCK_GENES):
             block = expr.iloc[g0 : g0 + WRITE_BLOCK_GENES]
             g1 = g0 + len(block)
@@ -353,7 +397,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
             # limma's trend covariate: the average on the log-like scale the models see
             mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
             n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
-            writer.write(values)
+            block_writer.write(values)
             logger.info("stabilised %d of %d genes (%.1f s)", g1, n_genes, time.perf_counter() - started)
 
     ok_all = status == "ok"
