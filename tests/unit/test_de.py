@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from batchmix import lmm, moderate
-from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_coefficients, de_summary, differential_expression
+from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_coefficients, de_summary, differential_expression, limma_fit
 from batchmix.io import read_matrix, read_result_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "limma_de"
@@ -212,3 +212,25 @@ def test_de_coefficients_come_from_the_design_alone(data):
         batch="experiment.number",
         levels={"strain": ["DBA/2J", "C57BL/6J"]},
     ) == ["strainC57BL_6J", "lane.number"]
+
+
+def test_limma_fit_by_blocks_is_the_whole_fit():
+    # every number of a gene depends on that gene alone (the moderation pools the vectors after), so
+    # blocks of genes, which bound the de job's memory, give the whole fit's numbers: bit for bit
+    # while the blocks' matrix products take BLAS's kernels for large matrices (the default blocks
+    # hold 2^25 values), to the last bits otherwise (tiny blocks here)
+    rng = np.random.default_rng(11)
+    n, genes = 24, 203
+    X = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.normal(size=n)])
+    Y = rng.normal(size=(genes, n)) + (X @ rng.normal(size=(3, genes))).T  # genes x samples
+    Y[rng.random(Y.shape) < 0.05] = np.nan  # many missingness patterns
+    Y[7] = np.nan  # a gene with nothing observed
+    Y[8, 3:] = np.nan  # too few samples for every coefficient
+    rows = rng.permutation(genes)[:150]
+    whole = limma_fit(Y, X, rows=rows)
+    np.testing.assert_array_equal(limma_fit(Y[rows], X)["p"], whole["p"])
+    for block in (1, 7, 64):
+        blocked = limma_fit(Y, X, rows=rows, block_genes=block)
+        for key, value in whole.items():
+            np.testing.assert_allclose(blocked[key], value, rtol=1e-12, atol=0, err_msg=f"{key}, block {block}")
+    assert np.isnan(whole["coef"][list(rows).index(7)]).all()

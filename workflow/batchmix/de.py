@@ -40,6 +40,9 @@ __all__ = [
     "FITTED_STATUSES",
     "DE_COLUMNS",
     "limma_fit",
+    "lm_series",
+    "LM_BLOCK_GENES",
+    "LM_BLOCK_VALUES",
     "missingness_patterns",
     "de_coefficients",
     "differential_expression",
@@ -115,29 +118,25 @@ def missingness_patterns(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return observed[first], inverse.reshape(-1)
 
 
-def limma_fit(
-    expression: np.ndarray, design: np.ndarray, *, moderate: bool = True, trend: bool = False, robust: bool = False
-) -> dict[str, np.ndarray]:
-    """limma's ``lmFit`` + ``eBayes`` on a genes × samples array (missing values allowed).
+# Genes per block of limma_fit's least squares: memory holds a block's copies, not the whole table's.
+# A block holds at least LM_BLOCK_VALUES values (256 MB), so that its matrix products are large
+# enough for BLAS to take the same kernel as for the whole table: OpenBLAS multiplies small
+# matrices with other kernels, whose last bits differ. With fewer samples a block is simply larger.
+LM_BLOCK_GENES = 4096
+LM_BLOCK_VALUES = 1 << 25
 
-    Parameters
-    ----------
-    expression : numpy.ndarray
-        genes × samples, NaN where missing; each gene is fitted on its observed samples (as
-        ``lm.series``), genes sharing a pattern of missing samples together.
-    design : numpy.ndarray
-        samples × p design matrix of full column rank.
-    moderate : bool
-        eBayes (True) or lmFit's ordinary t on the residual df (False).
-    trend, robust : bool
-        ``eBayes(trend = TRUE)`` (prior variance trended on ``amean``) and ``robust = TRUE``.
+
+def lm_series(expression: np.ndarray, design: np.ndarray) -> dict[str, np.ndarray]:
+    """limma's ``lmFit`` (``lm.series``) of every gene of a genes × samples array, missing values allowed.
+
+    Each gene is fitted on its observed samples, genes sharing a pattern of missing samples together.
+    Every number of a gene depends on that gene alone, so blocks of genes give the rows of the whole.
 
     Returns
     -------
     dict of numpy.ndarray
-        ``coef``, ``se``, ``t``, ``p`` (genes × p), ``df`` (genes; df.total with moderation, else
-        df.residual), ``amean``, ``sigma``, ``df_residual``, ``s2_post`` (genes) and ``df_prior``.
-        A coefficient not estimable on a gene's observed samples is NaN.
+        ``coef`` and ``unscaled`` (the standard errors' factors; genes × p, NaN where a coefficient is
+        not estimable on the gene's observed samples), ``sigma``, ``df_residual`` and ``amean`` (genes).
     """
     Y = np.asarray(expression, dtype=float)
     X = np.asarray(design, dtype=float)
@@ -169,6 +168,59 @@ def limma_fit(
         if dfr > 0:
             resid = Yo - beta @ Xk.T
             sigma[members] = np.sqrt(np.einsum("gi,gi->g", resid, resid) / dfr)
+    return {"coef": coef, "unscaled": unscaled, "sigma": sigma, "df_residual": df_residual, "amean": amean}
+
+
+def limma_fit(
+    expression: np.ndarray,
+    design: np.ndarray,
+    *,
+    moderate: bool = True,
+    trend: bool = False,
+    robust: bool = False,
+    rows: np.ndarray | None = None,
+    block_genes: int | None = None,
+) -> dict[str, np.ndarray]:
+    """limma's ``lmFit`` + ``eBayes`` on a genes × samples array (missing values allowed).
+
+    Parameters
+    ----------
+    expression : numpy.ndarray
+        genes × samples, NaN where missing; each gene is fitted on its observed samples (as
+        ``lm.series``), genes sharing a pattern of missing samples together.
+    design : numpy.ndarray
+        samples × p design matrix of full column rank.
+    moderate : bool
+        eBayes (True) or lmFit's ordinary t on the residual df (False).
+    trend, robust : bool
+        ``eBayes(trend = TRUE)`` (prior variance trended on ``amean``) and ``robust = TRUE``.
+    rows : numpy.ndarray, optional
+        The genes (row positions of ``expression``) to fit, in this order; default all.
+    block_genes : int, optional
+        Genes per block of the least squares (:func:`lm_series`); the moderation then pools all.
+        Default: :data:`LM_BLOCK_VALUES` values' worth, at least :data:`LM_BLOCK_GENES` genes.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``coef``, ``se``, ``t``, ``p`` (genes × p), ``df`` (genes; df.total with moderation, else
+        df.residual), ``amean``, ``sigma``, ``df_residual``, ``s2_post`` (genes) and ``df_prior``.
+        A coefficient not estimable on a gene's observed samples is NaN.
+    """
+    values = np.asarray(expression)
+    rows = np.arange(values.shape[0]) if rows is None else np.asarray(rows, dtype=np.intp)
+    if block_genes is None:
+        block_genes = max(LM_BLOCK_GENES, LM_BLOCK_VALUES // max(1, values.shape[1]))
+    # a block is copied out as C-ordered rows, as values[rows] would be: each gene's sums then run in
+    # the same order whatever the blocks
+    parts = [
+        lm_series(values[rows[start : start + block_genes]], design)
+        for start in range(0, max(rows.size, 1), max(1, int(block_genes)))
+    ]
+    fit = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    coef, unscaled, sigma, df_residual, amean = (
+        fit[key] for key in ("coef", "unscaled", "sigma", "df_residual", "amean")
+    )
     # imported here, not at the top: the stages that only read FITTED_STATUSES or bh() do not need it
     from batchmix.moderate import squeeze_var
 
@@ -294,9 +346,10 @@ def differential_expression(
     mcfg = {"enabled": True, "trend": False, "robust": False, **(moderate or {})}
     moderated = bool(mcfg["enabled"])
     gene_ids = gene_fits["gene_id"].astype(str)
-    expression = expression.copy()
-    expression.index = expression.index.astype(str)
-    missing_genes = gene_ids[~gene_ids.isin(expression.index)]
+    # positions of gene_fits' genes in the table: the table itself is not copied (a block of genes
+    # at a time is, below)
+    positions = pd.Index(expression.index.astype(str)).get_indexer(gene_ids)
+    missing_genes = gene_ids[positions < 0]
     if len(missing_genes):
         raise ValueError(
             f"the expression table lacks {len(missing_genes)} gene(s) of gene_fits, e.g. {missing_genes.iloc[0]!r}"
@@ -322,14 +375,27 @@ def differential_expression(
         if name not in ols_names:
             raise ValueError(f"coefficient {name!r} is not in the fixed design without the batch ({ols_names})")
 
-    values = expression.loc[gene_ids].to_numpy(dtype=float)
+    G = len(gene_ids)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-missing genes: NaN mean, as limma
-        ave_expr = np.nanmean(values, axis=1)
-    G = len(gene_ids)
+        # a block of rows taken as the whole would be (the table's memory order): the same sums
+        ave_expr = np.concatenate(
+            [
+                np.nanmean(expression.iloc[positions[start : start + LM_BLOCK_GENES]].to_numpy(dtype=float), axis=1)
+                for start in range(0, G, LM_BLOCK_GENES)
+            ]
+            or [np.zeros(0)]
+        )
     ols = None
     if fitted.sum() >= 1:
-        ols = limma_fit(values[fitted], X, moderate=moderated, trend=bool(mcfg["trend"]), robust=bool(mcfg["robust"]))
+        ols = limma_fit(
+            expression.to_numpy(dtype=float),
+            X,
+            moderate=moderated,
+            trend=bool(mcfg["trend"]),
+            robust=bool(mcfg["robust"]),
+            rows=positions[fitted],
+        )
     tables = {}
     for name in tested:
         lmm_cols = (
