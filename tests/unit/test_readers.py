@@ -369,3 +369,67 @@ def test_a_row_with_too_few_fields_is_named_not_read_as_missing_values(tmp_path)
         read_expression(path, "log")
     path.write_text("gene_id\ts1\ts2\ng1\t1\t2\ng2\t3\tNA\n")
     assert np.isnan(read_expression(path, "log").loc["g2", "s2"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Large text tables: parsed in row chunks into one matrix, with the same table and the same messages
+
+
+def _text_cases(tmp_path: Path, counts: pd.DataFrame) -> dict[str, tuple[Path, str]]:
+    text = counts.rename_axis("gene_id").to_csv(sep="\t")
+    lines = text.splitlines()
+    cases = {"tsv": (tmp_path / "counts.tsv", text)}
+    cases["csv"] = (tmp_path / "counts.csv", counts.rename_axis("gene_id").to_csv())
+    cases["blank lines"] = (
+        tmp_path / "blank.tsv",
+        "\n".join(lines[:4] + ["", ""] + lines[4:9] + [""] + lines[9:]) + "\n",
+    )
+    bad_cell = lines[6].split("\t")
+    bad_cell[3] = "1,5"
+    cases["bad cell"] = (tmp_path / "bad_cell.tsv", "\n".join(lines[:6] + ["\t".join(bad_cell)] + lines[7:]) + "\n")
+    cases["extra field"] = (tmp_path / "extra.tsv", "\n".join(lines[:5] + [lines[5] + "\t7"] + lines[6:]) + "\n")
+    short = lines[8].rsplit("\t", 1)[0]
+    cases["short row"] = (tmp_path / "short.tsv", "\n".join(lines[:8] + [short] + lines[9:]) + "\n")
+    cases["no final newline"] = (tmp_path / "nofinal.tsv", text.rstrip("\n"))
+    written = {}
+    for name, (path, content) in cases.items():
+        path.write_text(content)
+        written[name] = (path, "counts")
+    gz = tmp_path / "counts.tsv.gz"
+    gz.write_bytes(gzip.compress(text.encode()))
+    written["gzip"] = (gz, "counts")
+    written["featureCounts"] = (_featurecounts(tmp_path / "fc.txt", counts), "counts")
+    log = counts.astype(float).map(np.log1p).astype(object)
+    log.iloc[2, 3] = "NA"
+    log.iloc[5, 0] = ""
+    (tmp_path / "log.tsv").write_text(log.rename_axis("gene_id").to_csv(sep="\t"))
+    written["log with missing"] = (tmp_path / "log.tsv", "log")
+    return written
+
+
+def _outcome(path: Path, input_type: str):
+    try:
+        return read_expression(path, input_type)
+    except InputError as err:
+        return str(err)
+
+
+def test_large_tables_read_in_chunks_give_the_same_table_and_messages(tmp_path, reference, monkeypatch):
+    from batchmix.io import readers
+
+    counts, _ = reference
+    read = []
+    for name, (path, input_type) in _text_cases(tmp_path, counts.iloc[:40]).items():
+        whole = _outcome(path, input_type)
+        monkeypatch.setattr(readers, "CHUNKED_READ_BYTES", 0)
+        monkeypatch.setattr(readers, "_CHUNK_ROWS", 3)
+        chunked = _outcome(path, input_type)
+        monkeypatch.undo()
+        if isinstance(whole, str):
+            assert chunked == whole, name
+            continue
+        assert not isinstance(chunked, str), f"{name}: {chunked}"
+        pd.testing.assert_frame_equal(chunked, whole, check_exact=True, obj=name)
+        assert chunked.to_numpy().flags.f_contiguous, name
+        read.append(name)
+    assert {"tsv", "gzip", "featureCounts", "log with missing", "blank lines"} <= set(read)

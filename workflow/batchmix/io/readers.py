@@ -47,6 +47,11 @@ SYMBOL_COLUMNS = ("symbol", "gene_symbol", "gene_symbols", "gene_name", "feature
 
 _SHOW = 10
 
+#: Text tables larger than this (bytes on disk) are parsed in row chunks (:func:`_read_text_in_chunks`):
+#: memory then holds the matrix once, where one parallel parse holds it about three times.
+CHUNKED_READ_BYTES = 256 * 1024**2
+_CHUNK_ROWS = 2048
+
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -357,26 +362,32 @@ def _read_text_expression(path: Path, what: str, sample_names: dict | None) -> E
         raise InputError(f"{path}: the {what} has no sample columns after the annotation columns.")
     names = list(range(len(header)))
     value_columns = names[first_value:]
+    # The C parser with typed columns: ids as text (no NA markers: a gene can be called NA), values
+    # as float64 (pandas 3 parses them correctly rounded, as float() does).
+    options = dict(
+        sep=layout.sep,
+        header=None,
+        names=names,
+        encoding="utf-8-sig",
+        compression="gzip" if path.name.lower().endswith(".gz") else None,
+        skiprows=layout.skip,
+        # featureCounts: the annotation columns are skipped; otherwise every column is read, so that a
+        # row with extra fields fails the parse (and is then named by its line)
+        usecols=[0, *value_columns] if layout.featurecounts else None,
+        dtype={0: str, **dict.fromkeys(value_columns, np.float64)},
+        keep_default_na=False,
+        na_values=dict.fromkeys(value_columns, list(INPUT_NA_VALUES)),
+        engine="c",
+        skip_blank_lines=True,
+    )
     try:
-        # The C parser with typed columns: ids as text (no NA markers: a gene can be called NA), values
-        # as float64 (pandas 3 parses them correctly rounded, as float() does).
-        frame = pd.read_csv(
-            path,
-            sep=layout.sep,
-            header=None,
-            names=names,
-            encoding="utf-8-sig",
-            compression="gzip" if path.name.lower().endswith(".gz") else None,
-            skiprows=layout.skip,
-            # featureCounts: the annotation columns are skipped; otherwise every column is read, so that a
-            # row with extra fields fails the parse (and is then named by its line)
-            usecols=[0, *value_columns] if layout.featurecounts else None,
-            dtype={0: str, **dict.fromkeys(value_columns, np.float64)},
-            keep_default_na=False,
-            na_values=dict.fromkeys(value_columns, list(INPUT_NA_VALUES)),
-            engine="c",
-            skip_blank_lines=True,
-        )
+        if path.stat().st_size > CHUNKED_READ_BYTES:
+            ids, values = _read_text_in_chunks(path, options, len(value_columns), layout.skip)
+        else:
+            frame = pd.read_csv(path, **options)
+            ids = frame.pop(0).to_numpy(dtype=object)
+            values = frame.to_numpy(dtype=np.float64)
+            del frame
     except (ValueError, pd.errors.ParserError) as err:
         logger.debug("fast parse of %s failed (%s); locating the cell", path, err)
         raise locate_text_problem(path, layout, what) from None
@@ -386,9 +397,6 @@ def _read_text_expression(path: Path, what: str, sample_names: dict | None) -> E
         ) from None
     except (OSError, EOFError) as err:
         raise InputError(f"{path}: the {what} cannot be read ({err}). Is the file complete?") from None
-    ids = frame.pop(0).to_numpy(dtype=object)
-    values = frame.to_numpy(dtype=np.float64)
-    del frame
     if np.isnan(values).any():
         # The parser fills a row with too few fields with missing values: only when there are missing
         # values is the file scanned for such rows, to name them rather than report made-up gaps.
@@ -422,6 +430,45 @@ def _read_text_expression(path: Path, what: str, sample_names: dict | None) -> E
         where=where,
         notes=notes,
     )
+
+
+def _count_lines(path: Path) -> int:
+    """Physical lines of a (possibly gzipped) text file, a last line without newline included."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    lines, last = 0, b"\n"
+    with opener(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def _read_text_in_chunks(path: Path, options: dict, n_values: int, skip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gene ids and the genes × samples float64 values of a large text table, read in row chunks.
+
+    The same parse as one ``read_csv`` call (the same options), into a matrix allocated once for
+    the file's data lines (counted first): memory holds the matrix and one chunk, where one parallel
+    parse holds about three copies at its peak. Blank lines, which the parse skips, leave rows
+    over, which are cut off at the end (a copy).
+    """
+    capacity = max(0, _count_lines(path) - skip)
+    # column-major, as a whole-table read gives it (and so the same sums over samples later)
+    values = np.empty((capacity, n_values), dtype=np.float64, order="F")
+    ids: list[np.ndarray] = []
+    row = 0
+    with pd.read_csv(path, chunksize=_CHUNK_ROWS, **options) as reader:
+        for frame in reader:
+            n = len(frame)
+            if row + n > capacity:  # cannot happen with the line count; kept for safety
+                raise ValueError(f"{path}: more data rows than lines")
+            ids.append(frame.pop(0).to_numpy(dtype=object))
+            values[row : row + n] = frame.to_numpy(dtype=np.float64)
+            row += n
+            del frame
+    if row < capacity:
+        values = np.asfortranarray(values[:row])
+    logger.info("read %s in %d chunks: %d rows", path, len(ids), row)
+    return (np.concatenate(ids) if ids else np.empty(0, dtype=object)), values
 
 
 def _symbols(frame: pd.DataFrame, ids) -> pd.Series | None:
