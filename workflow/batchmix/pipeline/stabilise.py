@@ -16,12 +16,22 @@ from batchmix.io import COUNT_INPUT_TYPES, InputError, write_json, write_table
 from batchmix.io.matrices import MatrixWriter
 from batchmix.pipeline.validate import load_validated
 
-__all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES"]
+__all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES", "WRITE_BLOCK_VALUES", "write_block_genes"]
 
 MEAN_SD_COLUMNS = ["rank_of_mean", "mean", "sd", "running_median_sd", "scale"]
 
-# Genes per block of the VST and of writing the stabilised matrix (progress is logged per block).
+# Genes per block of the VST and of writing the stabilised matrix (progress is logged per block): at
+# most WRITE_BLOCK_GENES, and fewer for wide tables so that a block's arrays stay near 32 MB each
+# (a block has several temporaries; 4,096 genes of 20,000 samples would be 655 MB apiece).
 WRITE_BLOCK_GENES = 4096
+WRITE_BLOCK_VALUES = 1 << 22
+
+
+def write_block_genes(n_samples: int) -> int:
+    """Genes per block of the stabilise stage for a table of ``n_samples`` samples (the file does not
+    depend on it)."""
+    return max(1, min(WRITE_BLOCK_GENES, WRITE_BLOCK_VALUES // max(1, n_samples)))
+
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +319,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     ``filtered:low_counts``), ``outputs["mean_sd"]`` (mean–sd plot data before and after) and
     ``outputs["info"]`` (the branch that ran, coefficients, gene counts).
 
-    Besides the input table, memory holds one block of :data:`WRITE_BLOCK_GENES` genes at a time, two
+    Besides the input table, memory holds one block of genes (:func:`write_block_genes`) at a time, two
     with ``params["threads"]`` of 2 or more (a block is written while the next is computed)
     (:class:`ChunkedVST`); the results are those of :func:`batchmix.vst.vst` on the whole table.
 
@@ -343,6 +353,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 design=design,
                 nsub=vcfg["nsub"],
                 size_factor_method=vcfg["size_factors"],
+                block_genes=write_block_genes(expr.shape[1]),
             ).fit(expr)
         except ValueError as err:
             raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
@@ -375,8 +386,9 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes) as writer,
         _BlockWriter(writer, background=threads > 1) as block_writer,
     ):
-        for g0 in range(0, n_genes, WRITE_BLOCK_GENES):
-            block = expr.iloc[g0 : g0 + WRITE_BLOCK_GENES]
+        block_genes = write_block_genes(expr.shape[1])
+        for g0 in range(0, n_genes, block_genes):
+            block = expr.iloc[g0 : g0 + block_genes]
             g1 = g0 + len(block)
             if counts_input:
                 try:
