@@ -6,13 +6,13 @@ distributions). Every workflow job is a fresh interpreter, and most need only ``
 ``chi2.sf`` or ``false_discovery_control``; these functions call the same special functions that
 ``scipy.stats`` calls, with the same handling of the edges (infinite and missing values, invalid
 degrees of freedom), so the doubles are the same (``tests/unit/test_distributions.py`` checks them
-against :mod:`scipy.stats` bit for bit).
+against :mod:`scipy.stats` bit for bit). :mod:`scipy.special` itself is imported on first use:
+modules that import these functions (the DE's statuses, read by the summary) need not pay for it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
 
 __all__ = ["t_sf", "chi2_sf", "bh_adjust"]
 
@@ -27,6 +27,8 @@ def t_sf(x, df):
 
     NaN for ``df <= 0`` or missing; 0 at ``x = inf`` and 1 at ``x = -inf``.
     """
+    from scipy import special
+
     x, df = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(df, dtype=float))
     valid = df > 0
     out = np.where(valid, special.stdtr(np.where(valid, df, 1.0), -x), np.nan)
@@ -40,6 +42,8 @@ def chi2_sf(x, df):
 
     NaN for ``df <= 0`` or missing; 1 at ``x <= 0``, 0 at ``x = inf``.
     """
+    from scipy import special
+
     x, df = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(df, dtype=float))
     valid = df > 0
     out = np.where(valid, special.chdtrc(np.where(valid, df, 1.0), np.where(x > 0, x, 1.0)), np.nan)
