@@ -17,7 +17,8 @@ Data.  ``realistic`` (default): every gene has a batch effect of its own size, S
 pooled bound, since most pairs then pass it.  Target: under 20 s and under 2 GB for the scan.
 
 The per-batch correlations of the pairs past the pooled bound come from a numba kernel (pair by pair)
-when they are under a quarter of a block pair, else from one matrix product per batch.
+when they are under a tenth of a block pair, else from one matrix product per batch; a numba screen
+(batchmix.simpson.screen) then bounds z_RE cheaply and sends only the pairs it cannot drop to float64.
 """
 
 from __future__ import annotations
@@ -129,13 +130,9 @@ def main() -> None:
         f"batch effects {args.batch_effects}, fdr {args.fdr}, block size {args.block_size}"
     )
     print(f"load average (1 min) before {load[0]:.2f}, after {load_after[0]:.2f}; cores {os.cpu_count()}")
-    try:
-        import numba
+    import numba
 
-        kernel = f"numba {numba.__version__} (per-pair kernel, compiled once and cached on disk)"
-    except ImportError:
-        kernel = "no numba (per-batch matrix products only)"
-    print(f"per-batch correlations: {kernel}")
+    print(f"screen: numba {numba.__version__} (kernels compiled once and cached on disk)")
     for name in ("random_effects", "pooled"):
         if name in results:
             r = results[name]

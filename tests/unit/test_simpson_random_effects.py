@@ -179,6 +179,27 @@ def test_random_effects_scan_equals_the_brute_force_loop(reference, method, fdr)
     assert result.n_candidates == int((truth.p <= bound).sum())
 
 
+@pytest.mark.parametrize("dense", [0.0, 2.0], ids=["matrix_products", "pair_by_pair"])
+@pytest.mark.parametrize("method,fdr", [("bh", 0.05), ("bh", 0.95), ("by", 0.9)])
+def test_both_screens_keep_every_candidate_of_the_brute_force_loop(reference, monkeypatch, dense, method, fdr):
+    """The float32 screen (per-batch products of whole blocks, or pair by pair) and its z_RE bound lose
+    no pair with p <= the bound: unequal batches (R = w_max / w_min = 12), tau2 > 0, |r_b| near 1."""
+    frame, batch, truth, _, _ = reference
+    monkeypatch.setattr("batchmix.simpson.pairs._DENSE_SURVIVORS", dense)
+    data = simpson.prepare(frame, batch)
+    n_pairs = len(truth)
+    bound = fdr / (np.sum(1.0 / np.arange(1, n_pairs + 1)) if method == "by" else 1.0)
+    parts = [
+        simpson.scan_block_pair(data, a, b, fdr=fdr, method=method) for a, b in simpson.block_pairs(data.n_genes, 23)
+    ]
+    got = pd.concat(parts, ignore_index=True)
+    names = data.genes.to_numpy()
+    got_pairs = set(zip(names[got.index_a], names[got.index_b]))
+    expected = truth[truth.p <= bound]
+    assert len(expected) > 20
+    assert got_pairs == set(zip(expected.gene_a, expected.gene_b))
+
+
 def test_random_effects_with_covariates_equals_the_brute_force_loop():
     frame, batch = mixed_data(seed=8, n_genes=60)
     rng = np.random.default_rng(1)

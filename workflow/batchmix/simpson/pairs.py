@@ -7,9 +7,10 @@ result does not depend on the blocking.
 
 Speed.  Every pair with p <= p_bound has |r_T| >= c_T (``pooled_threshold``), so the per-batch work of
 the random-effects test is done only for the pairs of a block pair that pass this bound, on genes
-with at least ``min_batches`` usable batches.  Correlations are screened in float32 with a margin,
-then every survivor is recomputed in float64 and tested exactly: float32 only decides which pairs to
-recompute, never a reported number.
+with at least ``min_batches`` usable batches.  Correlations are screened in float32 with a margin
+(:mod:`batchmix.simpson.screen`: a cheap upper bound of the random-effects z drops most pairs before
+any atanh), then every survivor is recomputed in float64 and tested exactly: float32 only decides
+which pairs to recompute, never a reported number.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import pandas as pd
 
 from .prepare import SimpsonData
 from .statistics import (
-    R_CLIP,
     correlation_thresholds,
     fisher_z,
     harmonic_number,
@@ -99,41 +99,14 @@ _STEEP_R = 0.99
 
 # Below this share of a block pair's pairs past the pooled bound, their per-batch correlations are
 # computed pair by pair (numba) rather than as full per-batch matrix products: with inner dimension
-# n_b the products run far below BLAS peak, and pair by pair costs K x N against block^2 x N.
-_DENSE_SURVIVORS = 0.25
-_KERNEL: list = []
-
-
-def _per_batch_kernel():
-    """The compiled per-pair, per-batch inner products (numba, compiled once per process and cached on
-    disk); None without numba.
-
-    ``kernel(left, right, ia, ib, starts, out)``: out[b, k] = sum over the columns of batch b
-    (starts[b]:starts[b+1]) of left[ia[k]] * right[ib[k]].  Unusable (gene, batch) rows are zero, so
-    their products are exactly 0, as in the matrix products.
-    """
-    if not _KERNEL:
-        try:
-            import numba  # imported here: only the scan needs it, not every importer of batchmix.simpson
-        except ImportError:  # a speed-up only: the matrix products give the same candidates
-            logger.warning("numba is not installed: the Simpson scan uses per-batch matrix products (slower)")
-            _KERNEL.append(None)
-            return None
-
-        @numba.njit(cache=True, nogil=True)
-        def kernel(left, right, ia, ib, starts, out):  # pragma: no cover - compiled
-            n_batches = starts.size - 1
-            for k in range(ia.size):
-                a = left[ia[k]]
-                b = right[ib[k]]
-                for j in range(n_batches):
-                    total = np.float32(0.0)
-                    for i in range(starts[j], starts[j + 1]):
-                        total += a[i] * b[i]
-                    out[j, k] = total
-
-        _KERNEL.append(kernel)
-    return _KERNEL[0]
+# n_b the products run far below BLAS peak, and pair by pair costs K x N against block^2 x N (at
+# 20 batches of 25 samples the products of a whole 1024 x 1024 block pair cost about as much as
+# 10-15% of its pairs one by one).
+_DENSE_SURVIVORS = 0.1
+# Rows of a block pair whose per-batch matrix products are held at once (B x rows x block float32).
+_PRODUCT_ROWS = 256
+# The cheap bound of the screen (batchmix.simpson.screen) is used when every usable |r_b| <= this.
+_BOUND_R = 0.9
 
 
 @dataclass
@@ -209,35 +182,29 @@ def _rows(block: slice, n_genes: int) -> np.ndarray:
 
 def _per_batch_r(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """K x B within-batch correlations (float64; NaN where unusable) and the K x B usable mask."""
-    unit = data.unit_batch_rows(np.float64)
-    order, starts = data.batch_order()
+    # the columns already sorted by batch: the same products as unit[rows][:, order], one copy fewer
+    unit, _ = data.unit_batch_sorted(np.float64)
+    _, starts = data.batch_order()
     usable = data.usable[index_a] & data.usable[index_b]
     r = np.empty((index_a.size, len(data.batch_labels)))
     for start in range(0, index_a.size, _EXACT_CHUNK):
         sl = slice(start, start + _EXACT_CHUNK)
-        product = unit[index_a[sl]][:, order] * unit[index_b[sl]][:, order]
+        product = unit[index_a[sl]] * unit[index_b[sl]]
         r[sl] = np.add.reduceat(product, starts, axis=1) if product.shape[1] else 0.0
     r[~usable] = np.nan
     return r, usable
 
 
-def _usable_bits(data: SimpsonData):
-    """Usable mask packed 8 batches a byte, and per byte 256-entry tables of k, sum w_b, sum w_b^2."""
-    key = ("usable_bits", "")
-    cache = data.cache
-    if key not in cache:
-        n_batches = len(data.batch_labels)
-        packed = np.packbits(data.usable, axis=1, bitorder="little")
-        weights = np.maximum(data.batch_weights, 1.0)
-        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(float)
-        tables = ([], [], [])
-        for j in range(packed.shape[1]):
-            batches = np.arange(8 * j, min(8 * j + 8, n_batches))
-            on = bits[:, : batches.size]
-            for table, values in zip(tables, (np.ones(batches.size), weights[batches], weights[batches] ** 2)):
-                table.append(on @ values)
-        cache[key] = (packed, tables)
-    return cache[key]
+def _product_buffer(n_batches: int, n_rows: int, n_cols: int) -> np.ndarray:
+    """A B x n_rows x n_cols float32 array whose batch planes are each 64 bytes further apart than dense.
+
+    The screen reads the B values of one pair from B planes; planes a power of two apart (1 MB for
+    256 x 1024) fall into the same cache sets and evict each other.  Each plane is contiguous, for
+    the matrix products.
+    """
+    plane = n_rows * n_cols + 16
+    flat = np.empty(n_batches * plane, dtype=np.float32)
+    return np.lib.stride_tricks.as_strided(flat, (n_batches, n_rows, n_cols), (4 * plane, 4 * n_cols, 4))
 
 
 def _exact_random_effects_p(data, index_a, index_b, min_batches):
@@ -254,6 +221,9 @@ def _exact_random_effects_p(data, index_a, index_b, min_batches):
 
 def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, min_batches):
     """Pairs of rows_a x rows_b with p_RE <= bound: float32 screen, float64 test of the survivors."""
+    # numba is imported here: only the scan needs it, not every importer of batchmix.simpson
+    from .screen import screen_pairs, screen_products
+
     # a gene with fewer usable batches than min_batches has p = 1 with every partner
     enough_genes = data.usable.sum(axis=1) >= min_batches
     rows_a, rows_b = rows_a[enough_genes[rows_a]], rows_b[enough_genes[rows_b]]
@@ -262,73 +232,47 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
         return empty, empty.copy(), np.zeros(0)
     pooled32 = data.unit_rows("pooled", np.float32)
     r_pooled = pooled32[rows_a] @ pooled32[rows_b].T
-    mask = np.abs(r_pooled) >= pooled_threshold(bound, data.df_pooled) - _SLACK_R
-    if same:
-        mask &= rows_a[:, None] < rows_b[None, :]
-    ia, ib = np.nonzero(mask)
-    if ia.size == 0:
-        return empty, empty.copy(), np.zeros(0)
-    r_t = r_pooled[ia, ib].astype(np.float64)
-    del r_pooled, mask
-    # k, sum w_b and sum w_b^2 over the batches usable for both genes, from the usable bits of the two
-    # genes (one byte per 8 batches) and per-byte lookup tables: no K x B work
-    packed, tables = _usable_bits(data)
-    pair_bits = packed[rows_a[ia]] & packed[rows_b[ib]]  # K x ceil(B/8) uint8
-    k, sum_w, sum_w2 = (sum(table[j][pair_bits[:, j]] for j in range(pair_bits.shape[1])) for table in tables)
-    enough = k >= min_batches
-    if not enough.all():
-        ia, ib, r_t, pair_bits, k, sum_w, sum_w2 = (v[enough] for v in (ia, ib, r_t, pair_bits, k, sum_w, sum_w2))
-    if ia.size == 0:
-        return empty, empty.copy(), np.zeros(0)
-    # per-batch correlations of the surviving pairs: one float32 product per batch over the block rows
-    flat = ia * rows_b.size + ib
-    # columns sorted by batch: each batch is a slice
+    threshold = np.float32(pooled_threshold(bound, data.df_pooled) - _SLACK_R)
+    # the screen: pairs past the pooled bound with >= min_batches usable batches, then the bound or
+    # the float32 z_RE of batchmix.simpson.screen (its docstring has the margin argument)
+    usable = np.ascontiguousarray(data.usable).view(np.uint8)
+    usable_a, usable_b = usable[rows_a], usable[rows_b]
+    weights = np.maximum(data.batch_weights, 1.0)
+    ratio = float(weights.max() / weights.min()) if weights.size else 1.0
+    options = (
+        weights,
+        ratio,
+        int(min_batches),
+        bool(same),
+        float(norm_isf(bound / 2.0) - _SLACK_Z),
+        _STEEP_R,
+        _BOUND_R,
+    )
     unit32, bounds = data.unit_batch_sorted(np.float32)
     left, right = unit32[rows_a], unit32[rows_b]
-    z = np.empty((len(bounds), ia.size), dtype=np.float32)
-    kernel = _per_batch_kernel()
-    if kernel is not None and ia.size < _DENSE_SURVIVORS * rows_a.size * rows_b.size:
+    out_i = np.empty(r_pooled.size, np.int64)
+    out_j = np.empty(r_pooled.size, np.int64)
+    n_past = int(np.count_nonzero(np.abs(r_pooled) >= threshold))
+    if n_past < _DENSE_SURVIVORS * r_pooled.size:
         # few pairs past the bound: their per-batch inner products only (K x N work, not block^2 x N)
         starts = np.array([start for start, _ in bounds] + [unit32.shape[1]], dtype=np.int64)
-        kernel(left, right, ia.astype(np.int64), ib.astype(np.int64), starts, z)
+        n_out = screen_pairs(left, right, starts, r_pooled, threshold, usable_a, usable_b, *options, out_i, out_j)
     else:
-        # most pairs past the bound: one matrix product per batch into a reused buffer
-        product = np.empty((rows_a.size, rows_b.size), dtype=np.float32)
-        product_flat = product.reshape(-1)
-        for b, (start, stop) in enumerate(bounds):
-            np.matmul(left[:, start:stop], right[:, start:stop].T, out=product)
-            np.take(product_flat, flat, out=z[b])
-        del product, product_flat
-    del left, right
-    # atanh is steep near +-1, where float32 rounding matters: such pairs always go to float64
-    steep = (z.max(axis=0) > _STEEP_R) | (z.min(axis=0) < -_STEEP_R)
-    np.clip(z, -R_CLIP, R_CLIP, out=z)
-    np.arctanh(z, out=z)  # exactly 0 where the batch is unusable for either gene
-    weights = np.maximum(data.batch_weights, 1.0)
-    weights32 = weights.astype(np.float32)
-    sum_wz = (weights32 @ z).astype(np.float64)
-    sum_wz2 = (weights32 @ (z * z)).astype(np.float64)
-    z_bar = sum_wz / sum_w
-    q = np.maximum(sum_wz2 - sum_w * z_bar * z_bar, 0.0)
-    tau2 = np.maximum(0.0, (q - (k - 1)) / np.where(k > 1, sum_w - sum_w2 / sum_w, 1.0))
-    tau2[k <= 1] = 0.0
-    z_re = sum_wz / np.sqrt(sum_w)
-    hetero = np.flatnonzero(tau2 > 0)
-    if hetero.size:
-        # w*_b = 1 / (1/w_b + tau2) on the usable batches, B x K_hetero like z
-        usable_t = np.unpackbits(pair_bits[hetero], axis=1, count=len(bounds), bitorder="little").T
-        w_star = (1.0 / (1.0 / weights32[:, None] + tau2[hetero].astype(np.float32)[None, :])) * usable_t
-        z_re[hetero] = (w_star * z[:, hetero]).sum(axis=0) / np.sqrt(w_star.sum(axis=0, dtype=np.float64))
-    del z
-    z_t = fisher_z(r_t, data.df_pooled)
-    c = norm_isf(bound / 2.0)
-    passes = ((z_t >= c - _SLACK_Z) & (z_re <= -c + _SLACK_Z)) | ((z_t <= -c + _SLACK_Z) & (z_re >= c - _SLACK_Z))
-    keep = np.flatnonzero(passes | steep)
-    index_a, index_b = rows_a[ia[keep]], rows_b[ib[keep]]
+        # most pairs past the bound: one matrix product per batch, a few hundred rows at a time
+        n_out = 0
+        buffer = _product_buffer(len(bounds), min(_PRODUCT_ROWS, rows_a.size), rows_b.size)
+        for row0 in range(0, rows_a.size, _PRODUCT_ROWS):
+            rows = slice(row0, min(row0 + _PRODUCT_ROWS, rows_a.size))
+            tile = buffer[:, : rows.stop - row0]
+            for b, (start, stop) in enumerate(bounds):
+                np.matmul(left[rows, start:stop], right[:, start:stop].T, out=tile[b])
+            n_out = screen_products(tile, r_pooled, row0, threshold, usable_a, usable_b, *options, out_i, out_j, n_out)
+    del left, right, r_pooled
+    index_a, index_b = rows_a[out_i[:n_out]], rows_b[out_j[:n_out]]
     p = _exact_random_effects_p(data, index_a, index_b, min_batches)
     exact = p <= bound
     logger.debug(
-        "block pair: %d pairs past the pooled bound, %d screened, %d candidates", ia.size, keep.size, int(exact.sum())
+        "block pair: %d pairs past the pooled bound, %d screened, %d candidates", n_past, n_out, int(exact.sum())
     )
     return index_a[exact], index_b[exact], p[exact]
 

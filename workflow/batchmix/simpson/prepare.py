@@ -123,14 +123,28 @@ class SimpsonData:
         """:meth:`unit_batch_rows` with the columns ordered batch by batch, and each batch's (start, stop).
 
         A batch's columns are then a contiguous slice, so its correlations are one matrix product of
-        two views, without copying the columns out first (cached).
+        two views, without copying the columns out first (cached).  Built from the batch-sorted
+        residuals directly (the same numbers as sorting :meth:`unit_batch_rows`, without its
+        scattered writes); other dtypes are the float64 array cast.
         """
         key = ("batch_sorted", np.dtype(dtype).str)
         if key not in self._cache:
             order, starts = self.batch_order()
             stops = np.append(starts[1:], order.size)
-            matrix = np.ascontiguousarray(self.unit_batch_rows(dtype)[:, order])
-            self._cache[key] = (matrix, [(int(a), int(b)) for a, b in zip(starts, stops)])
+            bounds = [(int(a), int(b)) for a, b in zip(starts, stops)]
+            key64 = ("batch_sorted", np.dtype(np.float64).str)
+            if key64 not in self._cache:
+                unit = np.zeros(self.batch_residuals.shape)
+                for k, (start, stop) in enumerate(bounds):
+                    # the block as unit_batch_rows takes it (the same memory layout, so the same sums
+                    # of squares to the bit)
+                    block = self.batch_residuals[:, order[start:stop]]
+                    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+                    use = self.usable[:, k]
+                    unit[use, start:stop] = block[use] / norms[use, None]
+                self._cache[key64] = (unit, bounds)
+            if key != key64:
+                self._cache[key] = (np.ascontiguousarray(self._cache[key64][0], dtype=dtype), bounds)
         return self._cache[key]
 
     def batch_order(self) -> tuple[np.ndarray, np.ndarray]:
