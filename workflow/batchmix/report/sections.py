@@ -52,6 +52,7 @@ __all__ = [
     "run_section",
     "batch_section",
     "lmm_section",
+    "shrinkage_genes",
     "shrinkage_section",
     "vst_section",
     "simpson_section",
@@ -454,16 +455,43 @@ def _heritability_figure(fitted: pd.DataFrame, figures: Figures) -> dict | None:
     return figures.add("heritability", fig, caption, "Distribution of the per-gene heritability h²")
 
 
-def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
+def _shrinkage_choice(config: dict, tables: dict) -> tuple[str | None, str | None, list[str], list[str]]:
+    """The shrinkage figures' group, its variance-fraction column, the genes drawn and the requested genes skipped."""
     metadata = tables["model"]
     group = shrinkage_group(metadata, config["batch"])
+    if group is None:
+        return None, None, [], []
+    requested = list(config.get("report", {}).get("genes", []) or [])
+    column = group_fraction_column(metadata, group)
+    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, column)
+    return group, column, chosen, skipped
+
+
+def shrinkage_genes(config: dict, tables: dict) -> list[str]:
+    """The genes :func:`shrinkage_section` draws: the only genes whose expression values the page needs.
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config (``batch``, ``report.genes``).
+    tables : dict
+        With ``model`` (:class:`batchmix.lmm.results.ModelMetadata`) and ``gene_fits``.
+
+    Returns
+    -------
+    list of str
+    """
+    return _shrinkage_choice(config, tables)[2]
+
+
+def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
+    group, column, chosen, skipped = _shrinkage_choice(config, tables)
+    metadata = tables["model"]
     section: dict = {"group": group, "figures": [], "skipped": [], "note": "", "requested": False}
     if group is None:
         section["note"] = "The model has no random term, so nothing is shrunk: every batch estimate is its own OLS fit."
         return section
     requested = list(config.get("report", {}).get("genes", []) or [])
-    column = group_fraction_column(metadata, group)
-    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, column)
     section["skipped"] = skipped
     section["requested"] = bool(requested)
     for i, gene in enumerate(chosen, start=1):
