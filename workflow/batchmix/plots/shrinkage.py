@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from batchmix.plots.style import GRID_COLOUR, legend_columns, natural_key, palette
 
 __all__ = ["plot_shrinkage", "BAND_Z"]
