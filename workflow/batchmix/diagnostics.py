@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.distance import cdist
 
 __all__ = [
     "PCA_TOP_GENES",
@@ -150,6 +149,9 @@ def silhouette_widths(points: np.ndarray, labels: np.ndarray | pd.Series) -> np.
     levels, codes = np.unique(labels, return_inverse=True)
     if levels.size < 2:
         raise ValueError("silhouette_widths: needs at least two clusters")
+    # imported here: the report imports this module for PCAResult and never computes a silhouette
+    from scipy.spatial.distance import cdist
+
     distance = cdist(points, points)
     n = points.shape[0]
     sizes = np.bincount(codes, minlength=levels.size)

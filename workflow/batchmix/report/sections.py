@@ -44,11 +44,11 @@ from batchmix.report.summaries import (
     top_batch_genes,
     uncertainty_intervals,
 )
-from batchmix.uncertainty.multicomp import MAX_KHAT, MIN_ESS
 
 __all__ = [
     "FIGURE_CAPTIONS",
     "describe_prior",
+    "posterior_unavailable",
     "run_section",
     "batch_section",
     "lmm_section",
@@ -161,24 +161,33 @@ PRIOR_DESCRIPTIONS = {
     "unif_icc": "the intraclass correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)",
     "half_cauchy": "σ_b/σ half-Cauchy(0, {scale:g})",
 }
-# Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
-POSTERIOR_UNAVAILABLE = {
-    "failed:importance_khat": (
-        "the importance sampling over the variance parameters (used for several variance components, "
-        "random slopes and prior: brms_default) is unreliable for it: the Pareto k̂ of its importance "
-        f"weights exceeds {MAX_KHAT:g}, so a few draws dominate and the posterior summaries would not be "
-        "trustworthy"
-    ),
-    "failed:importance_ess": (
-        "the importance sampling over the variance parameters (used for several variance components, "
-        "random slopes and prior: brms_default) left too few effective draws: the effective sample size "
-        f"of its importance weights is below {MIN_ESS:g}, so the quantiles would be Monte Carlo noise; "
-        "results/uncertainty/posterior_diagnostics.tsv gives each gene's k̂ and ESS"
-    ),
-    "not_available:no_random_effect": (
-        "the model has no random term, so there is no variance component to integrate over"
-    ),
-}
+
+
+def posterior_unavailable() -> dict[str, str]:
+    """Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
+
+    A function, not a constant: the thresholds come from :mod:`batchmix.uncertainty.multicomp`,
+    whose import (scipy.stats) a report without the uncertainty stage need not pay.
+    """
+    from batchmix.uncertainty.multicomp import MAX_KHAT, MIN_ESS
+
+    return {
+        "failed:importance_khat": (
+            "the importance sampling over the variance parameters (used for several variance components, "
+            "random slopes and prior: brms_default) is unreliable for it: the Pareto k̂ of its importance "
+            f"weights exceeds {MAX_KHAT:g}, so a few draws dominate and the posterior summaries would not be "
+            "trustworthy"
+        ),
+        "failed:importance_ess": (
+            "the importance sampling over the variance parameters (used for several variance components, "
+            "random slopes and prior: brms_default) left too few effective draws: the effective sample size "
+            f"of its importance weights is below {MIN_ESS:g}, so the quantiles would be Monte Carlo noise; "
+            "results/uncertainty/posterior_diagnostics.tsv gives each gene's k̂ and ESS"
+        ),
+        "not_available:no_random_effect": (
+            "the model has no random term, so there is no variance component to integrate over"
+        ),
+    }
 
 
 def describe_prior(prior: str, prior_scale: float = 1.0) -> str:
@@ -702,6 +711,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
     section: dict = {"enabled": summary is not None}
     if summary is None:
         return section
+    unavailable = posterior_unavailable()
     model = summary.get("formula", config["model"])
     parsed = parse_formula(model)
     group = parsed.random[0].group if parsed.random else config["batch"]
@@ -731,7 +741,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
             "n_ok": int(counts.get("ok", 0)),
             "unavailable": [
                 {"status": status, "reason": reason, "n_genes": int(counts[status])}
-                for status, reason in POSTERIOR_UNAVAILABLE.items()
+                for status, reason in unavailable.items()
                 if counts.get(status)
             ],
         }
@@ -763,7 +773,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
             rows = posterior[posterior["gene_id"] == gene]
             status = rows["status"].iloc[0] if len(rows) else "missing from posterior.tsv"
             # The model-wide reasons are said once for the section; a gene's own reason here.
-            if status != "ok" and status not in POSTERIOR_UNAVAILABLE:
+            if status != "ok" and status not in unavailable:
                 entry["notes"].append(f"No posterior for {gene}: {status}.")
         names = (summary.get("figures") or {}).get(gene) or {}
         for kind in ("bootstrap_band", "posterior"):
