@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from batchmix.io import read_matrix, read_result_table
@@ -132,10 +133,13 @@ def _matrix(path: str, genes: list[str] | None, gene_fits: pd.DataFrame) -> pd.D
     if genes is None or fmt != "parquet":
         whole = read_matrix(path)
         return whole if genes is None else whole.loc[whole.index.isin(list(genes))]
+    ids = gene_fits["gene_id"].astype(str).to_numpy(dtype=object)
     position: dict[str, int] = {}
-    for i, gene in enumerate(gene_fits["gene_id"].astype(str)):
-        position.setdefault(gene, i)
-    wanted = sorted({g for g in genes if g in position}, key=position.__getitem__)
+    for gene in set(genes):
+        found = np.flatnonzero(ids == gene)
+        if found.size:
+            position[gene] = int(found[0])
+    wanted = sorted(position, key=position.__getitem__)
     rows = [read_matrix_rows(path, position[g], position[g] + 1) for g in wanted]
     if all(list(row.index) == [gene] for row, gene in zip(rows, wanted)) and len(wanted) == len(set(genes)):
         return pd.concat(rows) if rows else read_matrix_rows(path, 0, 0)
