@@ -177,6 +177,8 @@ def batch_diagnostics(
     batch: pd.Series,
     genes: list[str] | None = None,
     n_components: int = DIAGNOSTIC_COMPONENTS,
+    *,
+    components: PCAResult | None = None,
 ) -> dict[str, object]:
     """PCA, batch share of variance of the top components, and batch silhouette width.
 
@@ -190,6 +192,9 @@ def batch_diagnostics(
         Genes for the PCA (default: the most variable, see :func:`pca`).
     n_components : int
         Number of leading components summarised (fewer if the data have fewer).
+    components : PCAResult, optional
+        ``pca(expression, genes)`` when the caller has it already (the diagnostics stage computes
+        it to choose the genes): not computed a second time.
 
     Returns
     -------
@@ -199,7 +204,7 @@ def batch_diagnostics(
         by each component's variance), ``silhouette`` (the mean silhouette width of the batches
         in the space of the top components) and ``n_components``.
     """
-    result = pca(expression, genes=genes)
+    result = components if components is not None else pca(expression, genes=genes)
     k = min(n_components, result.scores.shape[1])
     top = result.scores.iloc[:, :k]
     share = batch_variance_share(top, batch)
