@@ -242,7 +242,7 @@ def test_palettes_are_seaborns_without_importing_it():
 def test_violins_are_seaborns_violinplot():
     # The variance-fraction violins, drawn without seaborn: the same outlines, colours and axis.
     sns = pytest.importorskip("seaborn")
-    from batchmix.plots.lmm import _violins, component_colours
+    from batchmix.plots.lmm import component_colours, draw_violins
     from matplotlib.figure import Figure
 
     rng = np.random.default_rng(11)
@@ -257,7 +257,7 @@ def test_violins_are_seaborns_violinplot():
     colours = component_colours(labels, "Residuals")
     long = pd.DataFrame({"component": np.repeat(labels, [len(d) for d in data]), "percent": np.concatenate(data)})
     ours, theirs = Figure().add_subplot(), Figure().add_subplot()
-    _violins(ours, data, colours, labels)
+    draw_violins(ours, data, colours, labels)
     sns.violinplot(
         data=long,
         x="component",

@@ -259,9 +259,9 @@ def test_bh_is_scipys_false_discovery_control():
         np.array([0.3]),
         np.array([0.2, 0.2]),
     ):
-        np.testing.assert_array_equal(summaries._bh(p), stats.false_discovery_control(p, method="bh"))
+        np.testing.assert_array_equal(summaries.bh_qvalues(p), stats.false_discovery_control(p, method="bh"))
     with_nan = np.array([0.01, np.nan, 0.04, 0.03, np.inf])
     expected = np.full(5, np.nan)
     expected[[0, 2, 3]] = stats.false_discovery_control([0.01, 0.04, 0.03], method="bh")
-    np.testing.assert_array_equal(summaries._bh(with_nan), expected)
-    assert np.isnan(summaries._bh(np.array([np.nan]))).all()
+    np.testing.assert_array_equal(summaries.bh_qvalues(with_nan), expected)
+    assert np.isnan(summaries.bh_qvalues(np.array([np.nan]))).all()

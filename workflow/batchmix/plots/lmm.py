@@ -7,7 +7,7 @@ import pandas as pd
 
 from batchmix.plots.style import GRID_COLOUR, desaturate, husl_palette
 
-__all__ = ["plot_variance_fractions", "plot_top_batch_genes", "component_colours"]
+__all__ = ["plot_variance_fractions", "plot_top_batch_genes", "component_colours", "draw_violins"]
 
 RESIDUAL_COLOUR = "#d9d9d9"  # variancePartition draws the residuals grey85
 # Widest variance-fraction figure, in inches (about the report's page width at FIGURE_DPI).
@@ -63,7 +63,7 @@ def plot_variance_fractions(fractions: pd.DataFrame, *, residual: str | None = N
     fig = Figure(figsize=(min(width, MAX_WIDTH), 4.2), layout="constrained")
     ax = fig.add_subplot()
     boxes = [long.loc[long["component"] == label, "percent"].to_numpy() for label in labels]
-    _violins(ax, boxes, palette, labels)
+    draw_violins(ax, boxes, palette, labels)
     ax.boxplot(
         boxes,
         positions=range(len(labels)),
@@ -111,7 +111,7 @@ def _gaussian_density(values: np.ndarray, grid: np.ndarray) -> np.ndarray | None
     return density / (n * bandwidth * np.sqrt(2 * np.pi))
 
 
-def _violins(ax, data: list[np.ndarray], colours: dict, labels: list[str]) -> None:
+def draw_violins(ax, data: list[np.ndarray], colours: dict, labels: list[str]) -> None:
     """Violins as ``seaborn.violinplot(density_norm="width", cut=0, inner=None, linewidth=0.8)`` drew them.
 
     One violin per column at x = 0, 1, …: the kernel density on a grid from the smallest to the

@@ -89,7 +89,7 @@ def gene_accounting(gene_fits: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="_order").reset_index(drop=True)
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values; NaN stay NaN and are not counted among the tests."""
     q = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
@@ -154,7 +154,7 @@ def model_comparison(gene_fits: pd.DataFrame, alpha: float = LRT_ALPHA) -> pd.Da
         )
     p = fitted["lrt_p"].to_numpy(dtype=float)
     available = np.isfinite(p)
-    for name, values in ((f"LRT p < {alpha:g}", p), (f"LRT BH q < {alpha:g}", _bh(p))):
+    for name, values in ((f"LRT p < {alpha:g}", p), (f"LRT BH q < {alpha:g}", bh_qvalues(p))):
         better = int(np.sum(available & (values < alpha)))
         rows.append(
             {
