@@ -983,6 +983,10 @@ def test_parquet_matrices_give_the_same_page_reading_only_the_drawn_genes(tmp_pa
     pd.testing.assert_frame_equal(tables["vst_expression"], whole.loc[["G00", "G07"]])
     assert list(tables["corrected"].index) == ["G00", "G07"]
     assert list(report.load_tables(inputs, expression_genes=[])["vst_expression"].columns) == list(whole.columns)
+    # A text matrix without genes asked: its samples from the header, no rows.
+    text_inputs = {**inputs, "vst_expression": str(Path(inputs["corrected"]).parent.parent / "vst/expression.tsv.gz")}
+    empty = report.load_tables(text_inputs, expression_genes=[])["vst_expression"]
+    assert empty.shape == (0, whole.shape[1]) and list(empty.columns) == list(whole.columns)
     # A matrix whose rows are not in gene_fits' order is searched a row group at a time.
     shuffled = whole.iloc[::-1]
     write_matrix(shuffled, inputs["vst_expression"])

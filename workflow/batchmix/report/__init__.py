@@ -124,12 +124,16 @@ def _matrix(path: str, genes: list[str] | None, gene_fits: pd.DataFrame) -> pd.D
     The stages write the matrices' rows in ``gene_fits.tsv``'s order, so a gene's position there
     says which Parquet row group holds it; a row that turns out to hold another gene (a matrix
     written otherwise) falls back to reading the row groups one by one. Text and ``.h5ad``
-    matrices are read whole and cut.
+    matrices are read whole and cut (no genes: a text matrix's header line only).
     """
     try:
         fmt = matrix_format(path)
     except ValueError:
         fmt = "tsv"
+    if genes is not None and not genes and fmt in ("tsv", "tsv.gz"):
+        # No rows asked: the samples from the header line, not the whole table parsed.
+        header = pd.read_csv(path, sep="\t", nrows=0, index_col=0)
+        return pd.DataFrame(index=pd.Index([], dtype=object, name="gene_id"), columns=header.columns, dtype=float)
     if genes is None or fmt != "parquet":
         whole = read_matrix(path)
         return whole if genes is None else whole.loc[whole.index.isin(list(genes))]
