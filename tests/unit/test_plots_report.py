@@ -227,3 +227,62 @@ def test_legend_columns_fit_the_width():
     assert legend_columns(labels, 20.0) == 4
     assert legend_columns(labels, 2.0) == 1
     assert legend_columns([], 5.0) == 1
+
+
+def test_palettes_are_seaborns_without_importing_it():
+    sns = pytest.importorskip("seaborn")
+    from batchmix.plots.style import desaturate, husl_palette, palette
+
+    for n in range(1, 41):
+        assert palette(n) == [tuple(c) for c in sns.color_palette("tab10" if n <= 10 else "husl", n)]
+        assert husl_palette(n) == [tuple(c) for c in sns.color_palette("husl", n)]
+    assert [desaturate(c, 0.75) for c in husl_palette(7)] == [tuple(c) for c in sns.color_palette("husl", 7, 0.75)]
+
+
+def test_violins_are_seaborns_violinplot():
+    # The variance-fraction violins, drawn without seaborn: the same outlines, colours and axis.
+    sns = pytest.importorskip("seaborn")
+    from batchmix.plots.lmm import component_colours, draw_violins
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(11)
+    labels = ["Batch", "Infection", "constant", "one gene", "Residuals"]
+    data = [
+        100 * rng.beta(2, 3, 500),
+        100 * rng.beta(0.3, 5, 500),
+        np.full(50, 20.0),
+        np.array([35.0]),
+        100 * rng.beta(3, 2, 500),
+    ]
+    colours = component_colours(labels, "Residuals")
+    long = pd.DataFrame({"component": np.repeat(labels, [len(d) for d in data]), "percent": np.concatenate(data)})
+    ours, theirs = Figure().add_subplot(), Figure().add_subplot()
+    draw_violins(ours, data, colours, labels)
+    sns.violinplot(
+        data=long,
+        x="component",
+        y="percent",
+        hue="component",
+        order=labels,
+        hue_order=labels,
+        palette=colours,
+        density_norm="width",
+        cut=0,
+        inner=None,
+        linewidth=0.8,
+        legend=False,
+        ax=theirs,
+    )
+    assert len(ours.collections) == len(theirs.collections) == 4
+    for a, b in zip(ours.collections, theirs.collections):
+        np.testing.assert_allclose(a.get_paths()[0].vertices, b.get_paths()[0].vertices, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(a.get_facecolor(), b.get_facecolor(), atol=1e-12)
+        np.testing.assert_allclose(a.get_edgecolor(), b.get_edgecolor(), atol=1e-12)
+        np.testing.assert_allclose(a.get_linewidth(), b.get_linewidth())
+    # A single value: a line at it, in the outline colour.
+    (line,) = ours.lines
+    (their_line,) = theirs.lines
+    np.testing.assert_allclose(line.get_xydata(), their_line.get_xydata())
+    assert line.get_color() == their_line.get_color()
+    assert ours.get_xlim() == theirs.get_xlim()
+    assert [t.get_text() for t in ours.get_xticklabels()] == [t.get_text() for t in theirs.get_xticklabels()]

@@ -962,3 +962,33 @@ def test_snakemake_report_captions_of_the_uncertainty_figures(tmp_path):
     assert rendered["bootstrap_band_1"].startswith("Parametric bootstrap (lme4's bootMer)")
     assert rendered["posterior_1"].startswith("Exact grid posterior")
     assert rendered["shrinkage_1"].startswith("Shrinkage")
+
+
+def test_parquet_matrices_give_the_same_page_reading_only_the_drawn_genes(tmp_path):
+    from batchmix.io.matrices import write_matrix
+
+    config, inputs = make_study(tmp_path / "text", report_genes=["G03", "G00", "G07"])
+    text_html = tmp_path / "text.html"
+    report.build_report(config, inputs, text_html, tmp_path / "text_figures")
+    whole = read_matrix(inputs["vst_expression"])
+    for key in ("vst_expression", "corrected"):
+        parquet = str(Path(inputs[key]).with_name("expression.parquet"))
+        write_matrix(read_matrix(inputs[key]), parquet)
+        inputs[key] = parquet
+    parquet_html = tmp_path / "parquet.html"
+    report.build_report(config, inputs, parquet_html, tmp_path / "parquet_figures")
+    assert parquet_html.read_text() == text_html.read_text()
+    # Only the asked genes' rows, in the matrix's order, every sample; a gene it lacks is left out.
+    tables = report.load_tables(inputs, expression_genes=["G07", "G00", "nope"])
+    pd.testing.assert_frame_equal(tables["vst_expression"], whole.loc[["G00", "G07"]])
+    assert list(tables["corrected"].index) == ["G00", "G07"]
+    assert list(report.load_tables(inputs, expression_genes=[])["vst_expression"].columns) == list(whole.columns)
+    # A text matrix without genes asked: its samples from the header, no rows.
+    text_inputs = {**inputs, "vst_expression": str(Path(inputs["corrected"]).parent.parent / "vst/expression.tsv.gz")}
+    empty = report.load_tables(text_inputs, expression_genes=[])["vst_expression"]
+    assert empty.shape == (0, whole.shape[1]) and list(empty.columns) == list(whole.columns)
+    # A matrix whose rows are not in gene_fits' order is searched a row group at a time.
+    shuffled = whole.iloc[::-1]
+    write_matrix(shuffled, inputs["vst_expression"])
+    tables = report.load_tables(inputs, expression_genes=["G07", "G00"])
+    pd.testing.assert_frame_equal(tables["vst_expression"], shuffled.loc[["G07", "G00"]])

@@ -246,3 +246,22 @@ def test_choose_shrinkage_genes_reports_requested_genes_that_cannot_be_drawn():
     chosen, skipped = summaries.choose_shrinkage_genes(fits, ["a", "b", "zz"], "frac_Batch")
     assert chosen == ["a"]
     assert skipped == ["b (filtered:low_counts)", "zz (not in the expression table)"]
+
+
+def test_bh_is_scipys_false_discovery_control():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    for p in (
+        rng.uniform(size=500),
+        np.round(rng.uniform(size=300), 2),  # ties
+        np.concatenate([rng.uniform(size=50) ** 4, [0.0, 1.0]]),
+        np.array([0.3]),
+        np.array([0.2, 0.2]),
+    ):
+        np.testing.assert_array_equal(summaries.bh_qvalues(p), stats.false_discovery_control(p, method="bh"))
+    with_nan = np.array([0.01, np.nan, 0.04, 0.03, np.inf])
+    expected = np.full(5, np.nan)
+    expected[[0, 2, 3]] = stats.false_discovery_control([0.01, 0.04, 0.03], method="bh")
+    np.testing.assert_array_equal(summaries.bh_qvalues(with_nan), expected)
+    assert np.isnan(summaries.bh_qvalues(np.array([np.nan]))).all()

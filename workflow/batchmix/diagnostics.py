@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.distance import cdist
 
 __all__ = [
     "PCA_TOP_GENES",
@@ -150,6 +149,9 @@ def silhouette_widths(points: np.ndarray, labels: np.ndarray | pd.Series) -> np.
     levels, codes = np.unique(labels, return_inverse=True)
     if levels.size < 2:
         raise ValueError("silhouette_widths: needs at least two clusters")
+    # imported here: the report imports this module for PCAResult and never computes a silhouette
+    from scipy.spatial.distance import cdist
+
     distance = cdist(points, points)
     n = points.shape[0]
     sizes = np.bincount(codes, minlength=levels.size)
@@ -175,6 +177,8 @@ def batch_diagnostics(
     batch: pd.Series,
     genes: list[str] | None = None,
     n_components: int = DIAGNOSTIC_COMPONENTS,
+    *,
+    components: PCAResult | None = None,
 ) -> dict[str, object]:
     """PCA, batch share of variance of the top components, and batch silhouette width.
 
@@ -188,6 +192,9 @@ def batch_diagnostics(
         Genes for the PCA (default: the most variable, see :func:`pca`).
     n_components : int
         Number of leading components summarised (fewer if the data have fewer).
+    components : PCAResult, optional
+        ``pca(expression, genes)`` when the caller has it already (the diagnostics stage computes
+        it to choose the genes): not computed a second time.
 
     Returns
     -------
@@ -197,7 +204,7 @@ def batch_diagnostics(
         by each component's variance), ``silhouette`` (the mean silhouette width of the batches
         in the space of the top components) and ``n_components``.
     """
-    result = pca(expression, genes=genes)
+    result = components if components is not None else pca(expression, genes=genes)
     k = min(n_components, result.scores.shape[1])
     top = result.scores.iloc[:, :k]
     share = batch_variance_share(top, batch)

@@ -44,14 +44,24 @@ def _rounded(values) -> list:
 _CANDIDATE_MARGIN = 1e-9
 
 
+def _above(entry: tuple, floor: float) -> tuple:
+    """A kept block's rows (and the corrected block's) whose variance is at least ``floor``, with their variances."""
+    part, other, variance = entry
+    if variance.size == 0 or variance.min() >= floor:
+        return entry
+    rows = variance >= floor
+    return part.loc[rows], (other.loc[rows] if other is not None else None), variance[rows]
+
+
 def pca_candidates(expression_path: str, corrected_path: str | None, status: pd.Series):
     """The usable genes of the diagnostics that can enter the PCA, from Parquet matrices a row group at a time.
 
     The diagnostics use the most variable of the usable genes (status ``ok``, no missing value in
     either matrix: :func:`batchmix.diagnostics.pca` takes the top
-    :data:`~batchmix.diagnostics.PCA_TOP_GENES`, ties in input order). A first pass over the row
-    groups finds every usable gene and its variance; a second reads only the genes whose variance is
-    within :data:`_CANDIDATE_MARGIN` of the top's smallest, which holds every gene the PCA can choose.
+    :data:`~batchmix.diagnostics.PCA_TOP_GENES`, ties in input order). One pass over the row groups
+    finds every usable gene and its variance and keeps the rows that can still be among the top;
+    the candidates are then the kept genes whose variance is within :data:`_CANDIDATE_MARGIN` of
+    the top's smallest, which holds every gene the PCA can choose.
     The candidates' frames are laid out as the whole matrices' are (genes × samples, one block), so
     ``pca`` on them computes the same numbers as on the whole usable table. Memory: a row group of
     each matrix and the candidates, not the matrices.
@@ -81,13 +91,31 @@ def pca_candidates(expression_path: str, corrected_path: str | None, status: pd.
                 other = other.reindex(columns=block.columns)
             yield block, other
 
+    # One pass: each block's rows that can still be among the top are kept as they are read (a
+    # gene below the running PCA_TOP_GENES-th largest variance can only fall further behind), so
+    # the matrices are read once; the final cut is the same test as on all the variances at once.
     ids, variances = [], []
+    kept: list[tuple[pd.DataFrame, pd.DataFrame | None, np.ndarray]] = []
+    running = np.zeros(0)  # the largest variances so far, at most PCA_TOP_GENES of them
     for block, other in blocks():
         usable = block.loc[status.reindex(block.index).eq("ok").to_numpy()].dropna(how="any")
         if other is not None:
             usable = usable.loc[usable.index.isin(other.dropna(how="any").index)]
+        variance = usable.var(axis=1, ddof=1).to_numpy()
         ids.extend(usable.index)
-        variances.append(usable.var(axis=1, ddof=1).to_numpy())
+        variances.append(variance)
+        running = np.sort(np.concatenate([running, variance]))[::-1][:PCA_TOP_GENES]
+        keep = np.ones(variance.size, dtype=bool)
+        if len(ids) > PCA_TOP_GENES:
+            keep = variance >= running[-1] * (1.0 - _CANDIDATE_MARGIN)
+        # The rows as the former second pass took them (block.loc), each with its variance as computed here.
+        rows = block.index.isin(set(usable.index[keep]))
+        kept.append((block.loc[rows], other.loc[rows] if other is not None else None, variance[keep]))
+        # Rows kept from earlier blocks that have fallen behind are dropped here (memory: about the
+        # candidates and a block).
+        if len(ids) > PCA_TOP_GENES:
+            floor = running[-1] * (1.0 - _CANDIDATE_MARGIN)
+            kept = [_above(entry, floor) for entry in kept]
     variance = np.concatenate(variances) if variances else np.zeros(0)
     keep = np.ones(variance.size, dtype=bool)
     if variance.size > PCA_TOP_GENES:
@@ -95,11 +123,11 @@ def pca_candidates(expression_path: str, corrected_path: str | None, status: pd.
         keep = variance >= smallest_top * (1.0 - _CANDIDATE_MARGIN)
     chosen = set(np.asarray(ids, dtype=object)[keep].tolist())
     parts, corrected_parts = [], []
-    for block, other in blocks():
-        rows = block.index.isin(chosen)
-        parts.append(block.loc[rows])
-        if other is not None:
-            corrected_parts.append(other.loc[rows])
+    for part, other_part, _ in kept:
+        rows = part.index.isin(chosen)
+        parts.append(part.loc[rows])
+        if other_part is not None:
+            corrected_parts.append(other_part.loc[rows])
     if not parts:
         empty = read_matrix_rows(expression_path, 0, 0)
         return empty, (empty.copy() if corrected_path else None)
@@ -145,14 +173,16 @@ def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -
     if usable.shape[0] < 2 or usable.shape[1] < 3:
         result["note"] = "Too few genes or samples for a PCA."
     else:
-        genes = pca(usable).genes
+        first = pca(usable)
+        genes = first.genes
         result["n_genes"] = len(genes)
         sets = {"before": usable}
         if corrected is not None:
             sets["after"] = corrected.loc[usable.index]
         for key, data in sets.items():
             if batch is not None and batch.nunique() >= 2:
-                d = batch_diagnostics(data, batch, genes=genes)
+                # The stabilised data's PCA on these genes is the one that chose them: not done twice.
+                d = batch_diagnostics(data, batch, genes=genes, components=first if key == "before" else None)
                 k = d["n_components"]
                 entry = {
                     "n_components": k,
@@ -163,7 +193,7 @@ def diagnostics_stage(config: dict, inputs: dict, outputs: dict, params: dict) -
                 }
                 scores = d["pca"].scores.iloc[:, :k]
             else:
-                p = pca(data, genes=genes)
+                p = first if key == "before" else pca(data, genes=genes)
                 k = min(DIAGNOSTIC_COMPONENTS, p.scores.shape[1])
                 entry = {
                     "n_components": k,

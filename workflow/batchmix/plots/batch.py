@@ -42,31 +42,41 @@ def plot_pca(
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.markers import MarkerStyle
 
     batch_levels = sorted(batch.astype(str).unique(), key=natural_key)
     colours = dict(zip(batch_levels, palette(len(batch_levels))))
     cond_levels = sorted(condition.astype(str).unique(), key=natural_key) if condition is not None else []
     shapes = dict(zip(cond_levels, markers(len(cond_levels))))
+    # Each marker's outline in points, as Axes.scatter makes it from a marker code.
+    outlines = {c: _marker_path(MarkerStyle(m)) for c, m in shapes.items()}
     fig = Figure(figsize=(5.2 * len(panels) + 2.2, 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, result) in zip(axes, panels.items()):
         scores = result.scores
         labels = batch.reindex(scores.index).astype(str)
-        conds = condition.reindex(scores.index).astype(str) if condition is not None else None
-        for sample in scores.index:
-            pc2 = scores.loc[sample, "PC2"] if "PC2" in scores.columns else 0.0
-            points = ax.scatter(
-                scores.loc[sample, "PC1"],
-                pc2,
-                s=42,
-                color=colours[labels[sample]],
-                marker=shapes[conds[sample]] if conds is not None else "o",
-                edgecolors="white",
-                linewidths=0.5,
-            )
-            # A point is clipped to the axes, so it cannot widen the layout's bounding box: left out
-            # of the constrained layout, whose cost grew with every point (the figure is the same).
-            points.set_in_layout(False)
+        pc1 = scores["PC1"].to_numpy(dtype=float)
+        pc2 = scores["PC2"].to_numpy(dtype=float) if "PC2" in scores.columns else np.zeros(len(scores))
+        # A sample without a score is not drawn (as scatter leaves out NaN).
+        drawn = np.isfinite(pc1) & np.isfinite(pc2)
+        # One collection for all the samples of a panel, drawn in sample order (so the same points
+        # lie on top as with a scatter per sample, which cost a collection, its layout and its
+        # drawing per point); each sample its batch's colour and its condition's marker outline.
+        points = ax.scatter(
+            pc1[drawn],
+            pc2[drawn],
+            s=42,
+            color=[colours[label] for label in labels.to_numpy()[drawn]],
+            marker="o",
+            edgecolors="white",
+            linewidths=0.5,
+        )
+        if condition is not None:
+            conds = condition.reindex(scores.index).astype(str).to_numpy()[drawn]
+            points.set_paths([outlines[c] for c in conds])
+        # The points are clipped to the axes, so they cannot widen the layout's bounding box: left
+        # out of the constrained layout (the figure is the same).
+        points.set_in_layout(False)
         ratio = result.variance_ratio
         ax.set_xlabel(f"PC1 ({100 * ratio.iloc[0]:.1f}% of variance)" if len(ratio) else "PC1")
         ax.set_ylabel(f"PC2 ({100 * ratio.iloc[1]:.1f}% of variance)" if len(ratio) > 1 else "PC2")
@@ -92,6 +102,11 @@ def plot_pca(
         if handle.get_marker() in ("None", None, "") and text.get_text() in headings:
             text.set_fontweight("bold")
     return fig
+
+
+def _marker_path(marker):
+    """The outline of a marker in points, as :meth:`matplotlib.axes.Axes.scatter` draws it."""
+    return marker.get_path().transformed(marker.get_transform())
 
 
 def plot_batch_share(diagnostics: dict[str, dict]):

@@ -18,7 +18,11 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from batchmix.io import read_matrix, read_result_table
+from batchmix.io.matrices import iter_matrix_rows, matrix_format, read_matrix_rows
 from batchmix.lmm import model_metadata
 from batchmix.lmm.results import ModelMetadata
 from batchmix.pipeline.paths import de_table_name
@@ -29,6 +33,7 @@ from batchmix.report.sections import (
     batch_section,
     lmm_section,
     run_section,
+    shrinkage_genes,
     shrinkage_section,
     simpson_section,
     uncertainty_section,
@@ -45,7 +50,9 @@ def _json(path: str | Path | None) -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str, object]:
+def load_tables(
+    inputs: dict[str, str], config: dict | None = None, *, expression_genes: list[str] | None = None
+) -> dict[str, object]:
     """Read the report's inputs (the named inputs of the ``report`` rule).
 
     Parameters
@@ -61,6 +68,11 @@ def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str,
     config : dict, optional
         The workflow config: the sheet is read with its ``levels`` and batch
         (:func:`batchmix.pipeline.validate.load_samples`).
+    expression_genes : list of str, optional
+        Read only these genes' rows of the two matrices (``vst_expression`` and ``corrected``;
+        from Parquet only the row groups that hold them): the page draws a few genes' values and
+        takes everything else from the stages' summaries, so it need not hold the whole table.
+        None: the whole matrices.
 
     Returns
     -------
@@ -72,19 +84,20 @@ def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str,
         input is ``None``.
     """
     optional = inputs.get
+    gene_fits = read_result_table(inputs["gene_fits"])
     return {
         "vst_info": _json(inputs["vst_info"]),
         "size_factors": read_result_table(inputs["size_factors"]),
         "gene_status": read_result_table(inputs["gene_status"]),
         "mean_sd": read_result_table(inputs["mean_sd"]),
-        "vst_expression": read_matrix(inputs["vst_expression"]),
-        "gene_fits": read_result_table(inputs["gene_fits"]),
+        "vst_expression": _matrix(inputs["vst_expression"], expression_genes, gene_fits),
+        "gene_fits": gene_fits,
         "blups": read_result_table(inputs["blups"]),
         "model": ModelMetadata.read_json(inputs["model"]) if optional("model") else None,
         "fixed_vcov": read_result_table(inputs["fixed_vcov"]) if optional("fixed_vcov") else None,
         "samples": load_samples(config or {}, inputs["samples"]),
         "expression": inputs["expression"],
-        "corrected": read_matrix(inputs["corrected"]) if optional("corrected") else None,
+        "corrected": _matrix(inputs["corrected"], expression_genes, gene_fits) if optional("corrected") else None,
         "reversals": read_result_table(inputs["reversals"]) if optional("reversals") else None,
         "simpson_summary": _json(optional("simpson_summary")),
         "simpson_figure": optional("simpson_figure") or None,
@@ -103,6 +116,41 @@ def load_tables(inputs: dict[str, str], config: dict | None = None) -> dict[str,
         "de_summary": _json(optional("de_summary")),
         "de_tables": _de_tables(optional("de_summary")),
     }
+
+
+def _matrix(path: str, genes: list[str] | None, gene_fits: pd.DataFrame) -> pd.DataFrame:
+    """The whole matrix (``genes`` None), or the rows of those of ``genes`` it has, in its order, with every sample.
+
+    The stages write the matrices' rows in ``gene_fits.tsv``'s order, so a gene's position there
+    says which Parquet row group holds it; a row that turns out to hold another gene (a matrix
+    written otherwise) falls back to reading the row groups one by one. Text and ``.h5ad``
+    matrices are read whole and cut (no genes: a text matrix's header line only).
+    """
+    try:
+        fmt = matrix_format(path)
+    except ValueError:
+        fmt = "tsv"
+    if genes is not None and not genes and fmt in ("tsv", "tsv.gz"):
+        # No rows asked: the samples from the header line, not the whole table parsed.
+        header = pd.read_csv(path, sep="\t", nrows=0, index_col=0)
+        return pd.DataFrame(index=pd.Index([], dtype=object, name="gene_id"), columns=header.columns, dtype=float)
+    if genes is None or fmt != "parquet":
+        whole = read_matrix(path)
+        return whole if genes is None else whole.loc[whole.index.isin(list(genes))]
+    ids = gene_fits["gene_id"].astype(str).to_numpy(dtype=object)
+    position: dict[str, int] = {}
+    for gene in set(genes):
+        found = np.flatnonzero(ids == gene)
+        if found.size:
+            position[gene] = int(found[0])
+    wanted = sorted(position, key=position.__getitem__)
+    rows = [read_matrix_rows(path, position[g], position[g] + 1) for g in wanted]
+    if all(list(row.index) == [gene] for row, gene in zip(rows, wanted)) and len(wanted) == len(set(genes)):
+        return pd.concat(rows) if rows else read_matrix_rows(path, 0, 0)
+    # Not in gene_fits' order, or a gene gene_fits does not list: a row group at a time.
+    chosen = set(genes)
+    blocks = [block.loc[block.index.isin(chosen)] for block in iter_matrix_rows(path)]
+    return pd.concat(blocks) if blocks else read_matrix_rows(path, 0, 0)
 
 
 def _de_tables(summary_path) -> dict:
@@ -136,7 +184,8 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
     None
         The page and the figures are written to disk.
     """
-    tables = load_tables(inputs, config)
+    # The expression values are read for the genes of the shrinkage figures only, once the model is known.
+    tables = load_tables(inputs, config, expression_genes=[])
     if tables["model"] is None:
         # A caller that predates model.json: the same metadata, made from the design alone.
         log.warning("no model.json among the report's inputs: the model's structure is taken from the design")
@@ -144,6 +193,7 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         tables["model"] = model_metadata(config["model"], samples, reml=bool(config.get("reml", True)))
     if tables["fixed_vcov"] is None:
         log.warning("no fixed_vcov.tsv among the report's inputs: the shrinkage figures have no confidence band")
+    tables["vst_expression"] = _matrix(inputs["vst_expression"], shrinkage_genes(config, tables), tables["gene_fits"])
     figures = Figures(figures_dir)
     # The Simpson scan compares within batches: without a batch it does not run.
     simpson_config = config if config.get("batch") else {**config, "simpson": {**config["simpson"], "enabled": False}}

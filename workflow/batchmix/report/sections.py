@@ -44,14 +44,15 @@ from batchmix.report.summaries import (
     top_batch_genes,
     uncertainty_intervals,
 )
-from batchmix.uncertainty.multicomp import MAX_KHAT, MIN_ESS
 
 __all__ = [
     "FIGURE_CAPTIONS",
     "describe_prior",
+    "posterior_unavailable",
     "run_section",
     "batch_section",
     "lmm_section",
+    "shrinkage_genes",
     "shrinkage_section",
     "vst_section",
     "simpson_section",
@@ -160,24 +161,33 @@ PRIOR_DESCRIPTIONS = {
     "unif_icc": "the intraclass correlation ICC = σ_b²/(σ_b² + σ²) uniform on (0, 1)",
     "half_cauchy": "σ_b/σ half-Cauchy(0, {scale:g})",
 }
-# Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
-POSTERIOR_UNAVAILABLE = {
-    "failed:importance_khat": (
-        "the importance sampling over the variance parameters (used for several variance components, "
-        "random slopes and prior: brms_default) is unreliable for it: the Pareto k̂ of its importance "
-        f"weights exceeds {MAX_KHAT:g}, so a few draws dominate and the posterior summaries would not be "
-        "trustworthy"
-    ),
-    "failed:importance_ess": (
-        "the importance sampling over the variance parameters (used for several variance components, "
-        "random slopes and prior: brms_default) left too few effective draws: the effective sample size "
-        f"of its importance weights is below {MIN_ESS:g}, so the quantiles would be Monte Carlo noise; "
-        "results/uncertainty/posterior_diagnostics.tsv gives each gene's k̂ and ESS"
-    ),
-    "not_available:no_random_effect": (
-        "the model has no random term, so there is no variance component to integrate over"
-    ),
-}
+
+
+def posterior_unavailable() -> dict[str, str]:
+    """Why a gene has no posterior, for the statuses of posterior.tsv that are not ok.
+
+    A function, not a constant: the thresholds come from :mod:`batchmix.uncertainty.multicomp`,
+    whose import (scipy.stats) a report without the uncertainty stage need not pay.
+    """
+    from batchmix.uncertainty.multicomp import MAX_KHAT, MIN_ESS
+
+    return {
+        "failed:importance_khat": (
+            "the importance sampling over the variance parameters (used for several variance components, "
+            "random slopes and prior: brms_default) is unreliable for it: the Pareto k̂ of its importance "
+            f"weights exceeds {MAX_KHAT:g}, so a few draws dominate and the posterior summaries would not be "
+            "trustworthy"
+        ),
+        "failed:importance_ess": (
+            "the importance sampling over the variance parameters (used for several variance components, "
+            "random slopes and prior: brms_default) left too few effective draws: the effective sample size "
+            f"of its importance weights is below {MIN_ESS:g}, so the quantiles would be Monte Carlo noise; "
+            "results/uncertainty/posterior_diagnostics.tsv gives each gene's k̂ and ESS"
+        ),
+        "not_available:no_random_effect": (
+            "the model has no random term, so there is no variance component to integrate over"
+        ),
+    }
 
 
 def describe_prior(prior: str, prior_scale: float = 1.0) -> str:
@@ -454,16 +464,43 @@ def _heritability_figure(fitted: pd.DataFrame, figures: Figures) -> dict | None:
     return figures.add("heritability", fig, caption, "Distribution of the per-gene heritability h²")
 
 
-def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
+def _shrinkage_choice(config: dict, tables: dict) -> tuple[str | None, str | None, list[str], list[str]]:
+    """The shrinkage figures' group, its variance-fraction column, the genes drawn and the requested genes skipped."""
     metadata = tables["model"]
     group = shrinkage_group(metadata, config["batch"])
+    if group is None:
+        return None, None, [], []
+    requested = list(config.get("report", {}).get("genes", []) or [])
+    column = group_fraction_column(metadata, group)
+    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, column)
+    return group, column, chosen, skipped
+
+
+def shrinkage_genes(config: dict, tables: dict) -> list[str]:
+    """The genes :func:`shrinkage_section` draws: the only genes whose expression values the page needs.
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config (``batch``, ``report.genes``).
+    tables : dict
+        With ``model`` (:class:`batchmix.lmm.results.ModelMetadata`) and ``gene_fits``.
+
+    Returns
+    -------
+    list of str
+    """
+    return _shrinkage_choice(config, tables)[2]
+
+
+def shrinkage_section(config: dict, tables: dict, figures: Figures) -> dict:
+    group, column, chosen, skipped = _shrinkage_choice(config, tables)
+    metadata = tables["model"]
     section: dict = {"group": group, "figures": [], "skipped": [], "note": "", "requested": False}
     if group is None:
         section["note"] = "The model has no random term, so nothing is shrunk: every batch estimate is its own OLS fit."
         return section
     requested = list(config.get("report", {}).get("genes", []) or [])
-    column = group_fraction_column(metadata, group)
-    chosen, skipped = choose_shrinkage_genes(tables["gene_fits"], requested, column)
     section["skipped"] = skipped
     section["requested"] = bool(requested)
     for i, gene in enumerate(chosen, start=1):
@@ -674,6 +711,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
     section: dict = {"enabled": summary is not None}
     if summary is None:
         return section
+    unavailable = posterior_unavailable()
     model = summary.get("formula", config["model"])
     parsed = parse_formula(model)
     group = parsed.random[0].group if parsed.random else config["batch"]
@@ -703,7 +741,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
             "n_ok": int(counts.get("ok", 0)),
             "unavailable": [
                 {"status": status, "reason": reason, "n_genes": int(counts[status])}
-                for status, reason in POSTERIOR_UNAVAILABLE.items()
+                for status, reason in unavailable.items()
                 if counts.get(status)
             ],
         }
@@ -735,7 +773,7 @@ def uncertainty_section(config: dict, tables: dict, figures: Figures) -> dict:
             rows = posterior[posterior["gene_id"] == gene]
             status = rows["status"].iloc[0] if len(rows) else "missing from posterior.tsv"
             # The model-wide reasons are said once for the section; a gene's own reason here.
-            if status != "ok" and status not in POSTERIOR_UNAVAILABLE:
+            if status != "ok" and status not in unavailable:
                 entry["notes"].append(f"No posterior for {gene}: {status}.")
         names = (summary.get("figures") or {}).get(gene) or {}
         for kind in ("bootstrap_band", "posterior"):
