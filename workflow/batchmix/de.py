@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from batchmix.design import fixed_design, fixed_term_columns, parse_formula
-from batchmix.distributions import bh_adjust, t_sf
+from batchmix.distributions import bh_qvalues, t_sf
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,9 @@ DE_COLUMNS = [
 
 
 def bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg q-values of the finite entries of ``p`` (NaN stays NaN)."""
-    p = np.asarray(p, dtype=float)
-    q = np.full(p.shape, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        q[finite] = bh_adjust(p[finite])
-    return q
+    """Benjamini–Hochberg q-values of the finite entries of ``p`` (NaN stays NaN):
+    :func:`batchmix.distributions.bh_qvalues`."""
+    return bh_qvalues(p)
 
 
 def missingness_patterns(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

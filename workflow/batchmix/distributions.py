@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["t_sf", "chi2_sf", "bh_adjust"]
+__all__ = ["t_sf", "chi2_sf", "bh_adjust", "bh_qvalues"]
 
 
 def _result(values: np.ndarray):
@@ -73,3 +73,14 @@ def bh_adjust(p) -> np.ndarray:
     out = np.empty_like(adjusted)
     out[order] = adjusted
     return np.clip(out, 0.0, 1.0)
+
+
+def bh_qvalues(p) -> np.ndarray:
+    """Benjamini-Hochberg q-values of the finite entries of ``p`` (:func:`bh_adjust`); NaN stays NaN and
+    is not counted among the tests."""
+    p = np.asarray(p, dtype=float)
+    q = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = bh_adjust(p[finite])
+    return q

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from batchmix.plots.style import palette
 from batchmix.simpson import align_batch
 
 __all__ = ["plot_reversals"]
@@ -32,7 +33,6 @@ def plot_reversals(expression: pd.DataFrame, batch: pd.Series, reversals: pd.Dat
     -------
     matplotlib.figure.Figure
     """
-    import seaborn as sns
     from matplotlib.figure import Figure
 
     if reversals.empty or top < 1:
@@ -42,7 +42,7 @@ def plot_reversals(expression: pd.DataFrame, batch: pd.Series, reversals: pd.Dat
         ax.text(0.5, 0.5, "No Simpson's-paradox reversals found", ha="center", va="center")
         return fig
     codes, labels = align_batch(expression.columns, batch)
-    palette = sns.color_palette("husl" if len(labels) > 10 else "tab10", len(labels))
+    colours = palette(len(labels))  # seaborn's tab10 / husl, without importing seaborn
     rows = reversals.head(top)
     fig = Figure(figsize=(10.0, 3.6 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False)
@@ -62,8 +62,8 @@ def plot_reversals(expression: pd.DataFrame, batch: pd.Series, reversals: pd.Dat
         left.set_title(f"pooled: r = {pair.r_pooled:+.2f}", fontsize=10)
         for k, label in enumerate(labels):
             in_batch = codes == k
-            right.scatter(x[in_batch], y[in_batch], s=14, color=palette[k], label=label, linewidths=0)
-            ols_line(right, x[in_batch], y[in_batch], color=palette[k], linewidth=1.6)
+            right.scatter(x[in_batch], y[in_batch], s=14, color=colours[k], label=label, linewidths=0)
+            ols_line(right, x[in_batch], y[in_batch], color=colours[k], linewidth=1.6)
         # the random-effects mean of the per-batch r when the table has it, else the pooled within r
         within = getattr(pair, "mu_r", pair.r_within)
         symbol = "mean r_b" if hasattr(pair, "mu_r") else "r"

@@ -28,6 +28,7 @@ from batchmix.diagnostics import (  # noqa: F401 (moved to the diagnostics stage
     pca,
     silhouette_widths,
 )
+from batchmix.distributions import bh_qvalues
 from batchmix.lmm.results import ModelMetadata, coefficient_column
 
 log = logging.getLogger(__name__)
@@ -87,35 +88,6 @@ def gene_accounting(gene_fits: pd.DataFrame) -> pd.DataFrame:
     table["_order"] = table["outcome"].map(order)
     table = table.sort_values(["_order", "n_genes", "status"], ascending=[True, False, True], kind="mergesort")
     return table.drop(columns="_order").reset_index(drop=True)
-
-
-def bh_qvalues(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values; NaN stay NaN and are not counted among the tests."""
-    q = np.full(p.shape, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        q[finite] = _bh_finite(p[finite])
-    return q
-
-
-def _bh_finite(p: np.ndarray) -> np.ndarray:
-    """``scipy.stats.false_discovery_control(p, method="bh")``, the same arithmetic in numpy.
-
-    Written out because importing scipy.stats costs the report about half a second, for a count.
-    """
-    p = np.asarray(p, dtype=float)
-    if not np.all((p >= 0) & (p <= 1)):
-        raise ValueError("`ps` must include only numbers between 0 and 1.")
-    if p.size <= 1:
-        return p.copy()
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adjusted = p[order] * (m / np.arange(1, m + 1, dtype=float))
-    # From the largest p down, each q is the smallest of its own and the ones after it.
-    np.minimum.accumulate(adjusted[::-1], out=adjusted[::-1])
-    q = np.empty(m)
-    q[order] = adjusted
-    return np.clip(q, 0.0, 1.0)
 
 
 def model_comparison(gene_fits: pd.DataFrame, alpha: float = LRT_ALPHA) -> pd.DataFrame:
