@@ -97,8 +97,11 @@ class SimpsonData:
         if key not in self._cache:
             matrix = getattr(self, name)
             norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+            positive = norms > 0
             with np.errstate(invalid="ignore", divide="ignore"):
-                unit = np.where(norms[:, None] > 0, matrix / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
+                # the numbers of np.where(positive, matrix / norm, 0), without its second array
+                unit = matrix / np.where(positive, norms, 1.0)[:, None]
+            unit[~positive] = 0.0
             self._cache[key] = np.ascontiguousarray(unit, dtype=dtype)
         return self._cache[key]
 
@@ -187,6 +190,13 @@ class SimpsonData:
     def _project(self, which: str, values: np.ndarray) -> np.ndarray:
         basis = self._cache[("basis", which)]
         return (values @ basis) @ basis.T
+
+
+def _residual(values: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``values - (values @ basis) @ basis.T``, subtracted into the buffer of the projection (one array)."""
+    out = (values @ basis) @ basis.T
+    np.subtract(values, out, out=out)
+    return out
 
 
 def orthonormal_basis(design: np.ndarray) -> np.ndarray:
@@ -291,8 +301,12 @@ def prepare(
     finite = np.isfinite(values).all(axis=1)
     for gene in expression.index[~finite]:
         reasons[gene] = "missing or non-finite values"
-    clean = np.where(finite[:, None], values, 0.0)
-    within = clean - (clean @ basis_within) @ basis_within.T
+    # Fresh memory is the main cost here (each new page is faulted in): no copy where nothing is
+    # missing, and the residuals subtracted into the projections' buffers. The layouts are those of
+    # the plain expressions (np.where keeps the table's column-major order), so every sum and product
+    # runs in the same order and gives the same doubles.
+    clean = values if finite.all() else np.where(finite[:, None], values, 0.0)
+    within = _residual(clean, basis_within)
     ss_within = np.einsum("ij,ij->i", within, within)
     ss_raw = np.einsum("ij,ij->i", clean, clean)
     flat = finite & (ss_within <= RELATIVE_VARIANCE_TOLERANCE * ss_raw)
@@ -314,7 +328,7 @@ def prepare(
             valid[dropped] = False
     keep = np.flatnonzero(valid)
     kept = clean[keep]
-    pooled = kept - (kept @ basis_pooled) @ basis_pooled.T
+    pooled = _residual(kept, basis_pooled)
 
     # The random-effects side: each gene regressed on [1, C_b] inside each batch b.
     batch_residuals = np.zeros_like(kept)
@@ -356,7 +370,7 @@ def prepare(
         genes=expression.index[keep],
         values=kept,
         pooled=pooled,
-        within=np.ascontiguousarray(within[keep]),
+        within=within if keep.size == within.shape[0] else np.ascontiguousarray(within[keep]),
         batch_residuals=batch_residuals,
         usable=usable,
         batch_weights=weights,
