@@ -796,8 +796,8 @@ def corrected_expression(
     blups = fit.blups[fit.blups["group"].isin(groups)]
     if blups.empty:
         return out
-    gene_pos = pd.Index(expression.index).get_indexer(blups["gene_id"].unique())
-    fitted_genes = blups["gene_id"].unique()
+    fitted_genes = pd.unique(blups["gene_id"].to_numpy(dtype=object))
+    gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
     values = out.to_numpy(copy=True)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
@@ -806,8 +806,30 @@ def corrected_expression(
             continue
         seen.add(key)
         sub = blups[(blups["group"] == block.group) & blups["term"].isin(block.terms)]
-        wide = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
-        wanted = pd.MultiIndex.from_product([block.levels, block.terms])
-        wide = wide.reindex(index=fitted_genes, columns=wanted).fillna(0.0)
-        values[gene_pos] -= wide.to_numpy() @ block.Z.T
+        values[gene_pos] -= _wide_blups(sub, fitted_genes, block) @ block.Z.T
     return pd.DataFrame(values, index=out.index, columns=out.columns)
+
+
+def _wide_blups(sub: pd.DataFrame, genes: np.ndarray, block) -> np.ndarray:
+    """The conditional modes of one block as genes × (level, term) (``genes`` in rows, the block's
+    levels then terms in columns, as ``block.Z``); a missing or NaN mode is 0 (contributes nothing).
+
+    Placed by position (hash lookups, no per-gene work). A (gene, level, term) given more than once
+    (never by :func:`fit`) takes its first non-missing value through ``pivot_table``, as before.
+    """
+    wanted = pd.MultiIndex.from_product([block.levels, block.terms])
+    level = sub["level"].to_numpy(dtype=object)
+    term = sub["term"].to_numpy(dtype=object)
+    gene = sub["gene_id"].to_numpy(dtype=object)
+    rows = pd.Index(genes).get_indexer(gene)
+    cols = wanted.get_indexer(pd.MultiIndex.from_arrays([level, term]))
+    keep = (rows >= 0) & (cols >= 0)
+    # Row-major like the pivot table's to_numpy() was, so that the product runs the same BLAS kernel.
+    wide = np.zeros((len(genes), len(wanted)), dtype=np.float64)
+    if np.unique(rows[keep] * len(wanted) + cols[keep]).size != keep.sum():
+        pivot = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
+        wide[:] = pivot.reindex(index=genes, columns=wanted).fillna(0.0).to_numpy()
+        return wide
+    value = sub["value"].to_numpy(dtype=np.float64)
+    wide[rows[keep], cols[keep]] = np.where(np.isnan(value[keep]), 0.0, value[keep])
+    return wide
