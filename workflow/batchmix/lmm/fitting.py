@@ -818,11 +818,11 @@ def _wide_blups(sub: pd.DataFrame, genes: np.ndarray, block) -> np.ndarray:
     (never by :func:`fit`) takes its first non-missing value through ``pivot_table``, as before.
     """
     wanted = pd.MultiIndex.from_product([block.levels, block.terms])
-    level = sub["level"].to_numpy(dtype=object)
-    term = sub["term"].to_numpy(dtype=object)
-    gene = sub["gene_id"].to_numpy(dtype=object)
-    rows = pd.Index(genes).get_indexer(gene)
-    cols = wanted.get_indexer(pd.MultiIndex.from_arrays([level, term]))
+    # (level, term) -> column: levels then terms, as from_product orders them
+    level = pd.Index(block.levels).get_indexer(sub["level"])
+    term = pd.Index(block.terms).get_indexer(sub["term"])
+    cols = np.where((level >= 0) & (term >= 0), level * len(block.terms) + term, -1)
+    rows = pd.Index(genes).get_indexer(sub["gene_id"])
     keep = (rows >= 0) & (cols >= 0)
     # Row-major like the pivot table's to_numpy() was, so that the product runs the same BLAS kernel.
     wide = np.zeros((len(genes), len(wanted)), dtype=np.float64)
