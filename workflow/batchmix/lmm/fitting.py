@@ -831,43 +831,75 @@ def corrected_expression(
     key = _sheet_key(fit.formula, samples, fit.reml)
     # the fit's own random design when this process built it (a chunk job): the same as rebuilding it
     rd = _DESIGNS[key][0].random if key in _DESIGNS else random_design(fit.formula, samples)
-    blups = fit.blups[fit.blups["group"].isin(groups)]
-    if blups.empty:
+    # The long table's text columns as codes into their few distinct values (one hash pass each),
+    # so that selecting and placing the modes does no work per row on strings.
+    blups = fit.blups
+    group, term, level = (_Codes(blups[name]) for name in ("group", "term", "level"))
+    genes = _Codes(blups["gene_id"])
+    in_groups = group.isin(groups)
+    if not in_groups.any():
         return expression.astype(float).copy()
-    fitted_genes = pd.unique(blups["gene_id"].to_numpy(dtype=object))
+    # the genes with modes, in their order of first appearance
+    fitted_codes = pd.unique(genes.codes[in_groups])
+    fitted_genes = np.asarray(genes.uniques, dtype=object)[fitted_codes]
+    row_of_code = np.full(len(genes.uniques), -1)
+    row_of_code[fitted_codes] = np.arange(fitted_codes.size)
     gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
     values = expression.to_numpy(dtype=float, copy=True)
+    value = blups["value"].to_numpy(dtype=np.float64)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
         key = (block.group, tuple(block.terms))
         if block.group not in groups or key in seen:
             continue
         seen.add(key)
-        sub = blups[(blups["group"] == block.group) & blups["term"].isin(block.terms)]
-        values[gene_pos] -= _wide_blups(sub, fitted_genes, block) @ block.Z.T
+        sel = np.flatnonzero(in_groups & group.isin([block.group]) & term.isin(block.terms))
+        rows = row_of_code[genes.codes[sel]]
+        at_level, at_term = level.positions(block.levels)[sel], term.positions(block.terms)[sel]
+        # levels then terms, as the columns of block.Z
+        cols = np.where((at_level >= 0) & (at_term >= 0), at_level * len(block.terms) + at_term, -1)
+        wide = _wide_blups(rows, cols, value[sel], len(fitted_genes), block)
+        if wide is None:  # a (gene, level, term) given twice
+            wide = _pivot_blups(blups.iloc[sel], fitted_genes, block)
+        values[gene_pos] -= wide @ block.Z.T
     return pd.DataFrame(values, index=expression.index, columns=expression.columns)
 
 
-def _wide_blups(sub: pd.DataFrame, genes: np.ndarray, block) -> np.ndarray:
-    """The conditional modes of one block as genes × (level, term) (``genes`` in rows, the block's
-    levels then terms in columns, as ``block.Z``); a missing or NaN mode is 0 (contributes nothing).
+class _Codes:
+    """A text column as integer codes into its distinct values (missing: -1)."""
 
-    Placed by position (hash lookups, no per-gene work). A (gene, level, term) given more than once
-    (never by :func:`fit`) takes its first non-missing value through ``pivot_table``, as before.
+    def __init__(self, column: pd.Series):
+        self.codes, self.uniques = pd.factorize(column)
+
+    def isin(self, values) -> np.ndarray:
+        """Rows whose value is one of ``values``."""
+        hit = np.append(pd.Index(self.uniques).isin(list(values)), False)  # code -1: no
+        return hit[self.codes]
+
+    def positions(self, values) -> np.ndarray:
+        """Each row's position in ``values`` (-1 when absent or missing)."""
+        where = np.append(pd.Index(values).get_indexer(self.uniques), -1)
+        return where[self.codes]
+
+
+def _wide_blups(rows: np.ndarray, cols: np.ndarray, value: np.ndarray, n_genes: int, block) -> np.ndarray | None:
+    """The conditional modes of one block as genes × (level, term) (fitted genes in rows, the
+    block's levels then terms in columns, as ``block.Z``); a missing or NaN mode is 0 (contributes
+    nothing). None when a (gene, level, term) comes twice (never from :func:`fit`): see
+    :func:`_pivot_blups`.
     """
-    wanted = pd.MultiIndex.from_product([block.levels, block.terms])
-    # (level, term) -> column: levels then terms, as from_product orders them
-    level = pd.Index(block.levels).get_indexer(sub["level"])
-    term = pd.Index(block.terms).get_indexer(sub["term"])
-    cols = np.where((level >= 0) & (term >= 0), level * len(block.terms) + term, -1)
-    rows = pd.Index(genes).get_indexer(sub["gene_id"])
+    width = len(block.levels) * len(block.terms)
     keep = (rows >= 0) & (cols >= 0)
     # Row-major like the pivot table's to_numpy() was, so that the product runs the same BLAS kernel.
-    wide = np.zeros((len(genes), len(wanted)), dtype=np.float64)
-    if np.unique(rows[keep] * len(wanted) + cols[keep]).size != keep.sum():
-        pivot = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
-        wide[:] = pivot.reindex(index=genes, columns=wanted).fillna(0.0).to_numpy()
-        return wide
-    value = sub["value"].to_numpy(dtype=np.float64)
+    wide = np.zeros((n_genes, width), dtype=np.float64)
+    if np.unique(rows[keep] * width + cols[keep]).size != keep.sum():
+        return None
     wide[rows[keep], cols[keep]] = np.where(np.isnan(value[keep]), 0.0, value[keep])
     return wide
+
+
+def _pivot_blups(sub: pd.DataFrame, genes: np.ndarray, block) -> np.ndarray:
+    """:func:`_wide_blups` through ``pivot_table``: a repeated mode takes its first non-missing value."""
+    wanted = pd.MultiIndex.from_product([block.levels, block.terms])
+    pivot = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
+    return np.ascontiguousarray(pivot.reindex(index=genes, columns=wanted).fillna(0.0).to_numpy())
