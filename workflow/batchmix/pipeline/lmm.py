@@ -160,9 +160,11 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         logger.info("LMM: %d of %d genes fitted (%.1f s)", done, n_genes, time.perf_counter() - started)
     gene_fits = pd.concat(fits, ignore_index=True) if len(fits) > 1 else fits[0]
     rounded = gene_fits.copy()
-    for name in rounded.columns:
-        if rounded[name].dtype == np.float64:
-            rounded[name] = table_round_trip(rounded[name].to_numpy())
+    floats = [name for name in rounded.columns if rounded[name].dtype == np.float64]
+    if floats:  # every float column in one call: its text round trip is paid once
+        values = table_round_trip(np.concatenate([rounded[name].to_numpy() for name in floats]))
+        for j, name in enumerate(floats):
+            rounded[name] = values[j * len(rounded) : (j + 1) * len(rounded)]
     write_parquet_table(rounded, outputs["fits"], {"samples": [str(c) for c in expr.columns]})
     write_long_table(pd.concat(blups, ignore_index=True) if len(blups) > 1 else blups[0], outputs["blups"])
     write_long_table(pd.concat(vcovs, ignore_index=True) if len(vcovs) > 1 else vcovs[0], outputs["fixed_vcov"])
