@@ -892,7 +892,8 @@ def _wide_blups(rows: np.ndarray, cols: np.ndarray, value: np.ndarray, n_genes: 
     keep = (rows >= 0) & (cols >= 0)
     # Row-major like the pivot table's to_numpy() was, so that the product runs the same BLAS kernel.
     wide = np.zeros((n_genes, width), dtype=np.float64)
-    if np.unique(rows[keep] * width + cols[keep]).size != keep.sum():
+    cells = rows[keep] * width + cols[keep]
+    if cells.size and np.bincount(cells, minlength=n_genes * width).max() > 1:
         return None
     wide[rows[keep], cols[keep]] = np.where(np.isnan(value[keep]), 0.0, value[keep])
     return wide
