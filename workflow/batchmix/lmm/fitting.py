@@ -713,8 +713,11 @@ def _kinship_columns(Y, yty, prepared: PreparedDesign, arrays: ArrayFit, formula
 # The complete-sample designs of the last few (formula, sample sheet, REML) this process fitted: a
 # chunk job fits its genes in blocks on one design, and building it (formulaic, the cross-products,
 # the rotation) costs tens of milliseconds, as much as fitting a thousand genes.
+# Only small designs are kept (X and Z with up to _DESIGN_KEPT_VALUES values, e.g. 500 samples and
+# 20 batches): a kinship model's Z is samples × samples, and keeping it would hold its memory.
 _DESIGNS: OrderedDict = OrderedDict()
-_DESIGNS_KEPT = 4
+_DESIGNS_KEPT = 2
+_DESIGN_KEPT_VALUES = 2_000_000
 
 
 def _sheet_key(formula: str, samples: pd.DataFrame, reml: bool) -> tuple | None:
@@ -740,7 +743,7 @@ def _shared_design(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[Pre
     metadata = metadata_from_design(
         formula, reml, full.fixed_names, fixed_term_columns(formula, samples), full.random.blocks
     )
-    if key is not None:
+    if key is not None and full.X.size + full.Z.size + full.q * full.q <= _DESIGN_KEPT_VALUES:
         _DESIGNS[key] = (full, messages, metadata)
         while len(_DESIGNS) > _DESIGNS_KEPT:
             _DESIGNS.popitem(last=False)
