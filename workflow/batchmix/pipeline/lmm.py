@@ -2,8 +2,10 @@
 
 The stabilised matrix is Parquet with row groups of genes (:mod:`batchmix.io.matrices`): the split
 only writes each chunk's gene range (a small JSON file), and each chunk job reads the row groups
-that hold its genes. The gather streams the chunks' tables; the gathered tables have the same bytes
-whatever the number of chunks.
+that hold its genes. A chunk hands the gather typed intermediates where the gather needs numbers
+(its gene fits as Parquet, its corrected expression as ``.npy``) and final text where it only
+copies (the BLUPs and the covariances, TSV). The gather streams them; the gathered tables have the
+same bytes whatever the number of chunks, and the same as when the chunks were all TSV.
 """
 
 from __future__ import annotations
