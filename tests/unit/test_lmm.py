@@ -379,3 +379,25 @@ def test_refit_sufficient_equals_the_fit_of_the_data(formula, method):
     np.testing.assert_allclose(refit.sigma2, reference.sigma2, rtol=1e-6)
     np.testing.assert_allclose(refit.beta, reference.beta, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(np.abs(refit.theta), np.abs(reference.theta), rtol=1e-4, atol=1e-4)
+
+
+def test_corrected_expression_takes_a_repeated_blup_as_the_pivot_did(small):
+    """fit() gives each (gene, level, term) once; a table that repeats one goes through the pivot:
+    its first non-missing value counts, and a missing mode contributes nothing."""
+    import dataclasses
+
+    expression, samples = small
+    result = lmm.fit(expression, samples, "~ condition + (1 | batch)")
+    plain = lmm.corrected_expression(expression, samples, result, groups=["batch"])
+    blups = result.blups.copy()
+    first = blups.iloc[[0]].copy()
+    first["value"] = np.nan  # a NaN ahead of the real value: skipped
+    repeated = pd.concat([first, blups], ignore_index=True)
+    again = lmm.corrected_expression(expression, samples, dataclasses.replace(result, blups=repeated), groups=["batch"])
+    pd.testing.assert_frame_equal(again, plain)
+    blups.loc[0, "value"] = np.nan  # the gene's only mode for that level missing: nothing subtracted there
+    missing = lmm.corrected_expression(expression, samples, dataclasses.replace(result, blups=blups), groups=["batch"])
+    gene, level = blups.loc[0, "gene_id"], blups.loc[0, "level"]
+    at_level = (samples.loc[expression.columns, "batch"].astype(str) == level).to_numpy()
+    np.testing.assert_array_equal(missing.loc[gene].to_numpy()[at_level], expression.loc[gene].to_numpy()[at_level])
+    np.testing.assert_array_equal(missing.loc[gene].to_numpy()[~at_level], plain.loc[gene].to_numpy()[~at_level])

@@ -7,15 +7,18 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from batchmix.io import read_matrix, write_table
+from batchmix.io import read_matrix, read_result_table, write_table
 from batchmix.io.matrices import (
     MatrixWriter,
     genes_per_row_group,
     iter_matrix_rows,
     matrix_shape,
     read_matrix_rows,
+    read_parquet_table,
     round_significant,
+    table_round_trip,
     write_matrix,
+    write_parquet_table,
 )
 
 IDS = ["007", "1e5", "NA", "g 4", "0x1"]
@@ -124,3 +127,54 @@ def test_round_significant_keeps_the_layout_of_a_matrix(order):
     values = np.asarray(matrix(n_genes=3000).to_numpy(), order=order)
     expected = np.array([[float(f"{v:.12g}") for v in row] for row in values])
     np.testing.assert_array_equal(round_significant(values), expected)
+
+
+def test_table_round_trip_gives_what_a_tsv_table_reads_back(tmp_path):
+    """The doubles read_result_table gives for a write_table column, bit for bit, including
+    magnitudes whose parse by pandas scales by an inexact power of ten."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 20_000) * 10.0 ** rng.integers(-12, 13, 20_000),
+            10.0 ** rng.uniform(-320, 300, 20_000),
+            -(10.0 ** rng.uniform(-80, -9, 5_000)),
+            [0.5, 1e11, 1e-10, 123456789012.5, 9.99999999999951, 5e-324, np.nan, np.inf, -np.inf, 0.0, -0.0],
+        ]
+    )
+    write_table(pd.DataFrame({"gene_id": [f"g{i}" for i in range(values.size)], "x": values}), tmp_path / "t.tsv")
+    expected = read_result_table(tmp_path / "t.tsv")["x"].to_numpy()
+    got = table_round_trip(values)
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+
+
+def test_a_parquet_table_keeps_its_columns_and_metadata(tmp_path):
+    table = pd.DataFrame(
+        {
+            "gene_id": ["007", "NA", "1e5"],
+            "status": ["ok", "filtered:x", "ok"],
+            "v": [0.5, np.nan, -0.0],
+            "n": [1, 2, 3],
+        }
+    )
+    write_parquet_table(table, tmp_path / "t.parquet", {"samples": ["s1", "s2"]})
+    back, meta = read_parquet_table(tmp_path / "t.parquet")
+    assert meta == {"samples": ["s1", "s2"]}
+    assert back["gene_id"].tolist() == ["007", "NA", "1e5"] and back["status"].tolist() == table["status"].tolist()
+    assert np.array_equal(back["v"].to_numpy().view(np.int64), table["v"].to_numpy().view(np.int64))
+    assert back["n"].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".tsv.gz", ".h5ad"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_values_written_as_an_array_are_the_file_of_the_frame(tmp_path, suffix, order):
+    frame = matrix(n_genes=1500)
+    write_matrix(frame, tmp_path / f"frame{suffix}")
+    values = np.asarray(frame.to_numpy(), order=order)
+    with MatrixWriter(tmp_path / f"array{suffix}", list(frame.columns), n_genes=len(frame)) as writer:
+        for g0 in range(0, len(frame), 700):
+            writer.write_values(frame.index[g0 : g0 + 700].tolist(), values[g0 : g0 + 700])
+    if suffix == ".h5ad":
+        array, frame_back = read_matrix(tmp_path / f"array{suffix}"), read_matrix(tmp_path / f"frame{suffix}")
+        pd.testing.assert_frame_equal(array, frame_back)
+    else:
+        assert (tmp_path / f"array{suffix}").read_bytes() == (tmp_path / f"frame{suffix}").read_bytes()

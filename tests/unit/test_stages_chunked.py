@@ -139,3 +139,29 @@ def test_the_matrix_formats_hold_the_same_numbers_and_text_is_the_old_bytes(tmp_
         assert (runs["tsv.gz"] / f"{name}.tsv.gz").read_bytes() == (tmp_path / "reference.tsv.gz").read_bytes()
     for fmt in ("tsv.gz", "h5ad"):
         assert (runs[fmt] / "lmm/gene_fits.tsv").read_bytes() == (runs["parquet"] / "lmm/gene_fits.tsv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pd.DataFrame(
+            {
+                "gene_id": ["007", "007", "NA", "NA", "1e5"],
+                "group": "Batch",
+                "level": ["b1", "b2", "b1", "b2", "b1"],
+                "term": "(Intercept)",
+                "value": [0.5, -0.0, np.nan, 1e-300, 123456789.0123456],
+            }
+        ),
+        pd.DataFrame({"gene_id": ["g1", "g2"], "level": ["a\tb", "c"], "value": [1.0, 2.0]}),  # quoted by pandas
+        pd.DataFrame({"gene_id": ["g1", None], "value": [1.0, 2.0]}),  # a missing text
+        pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"]),
+    ],
+    ids=["plain", "tab_in_text", "missing_text", "empty"],
+)
+def test_long_tables_are_written_as_write_table_writes_them(tmp_path, table):
+    from batchmix.pipeline.lmm import write_long_table
+
+    write_table(table, tmp_path / "expected.tsv")
+    write_long_table(table, tmp_path / "got.tsv")
+    assert (tmp_path / "got.tsv").read_bytes() == (tmp_path / "expected.tsv").read_bytes()

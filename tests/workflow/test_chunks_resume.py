@@ -65,8 +65,8 @@ def test_single_chunk_run_equals_the_chunked_run_byte_for_byte(fixture_run, tmp_
     run_dir = make_run_dir(tmp_path / "one_chunk")
     proc = run_snakemake(run_dir, "--set-scatter", "lmm=1")
     assert proc.returncode == 0, proc.stderr[-6000:]
-    assert len(list((run_dir / "results/lmm/chunks").glob("*.fits.tsv"))) == 1
-    assert len(list((fixture_run / "results/lmm/chunks").glob("*.fits.tsv"))) == 3
+    assert len(list((run_dir / "results/lmm/chunks").glob("*.fits.parquet"))) == 1
+    assert len(list((fixture_run / "results/lmm/chunks").glob("*.fits.parquet"))) == 3
     tables = final_tables(fixture_run)
     assert final_tables(run_dir) == tables
     assert {
@@ -111,9 +111,9 @@ def test_single_chunk_run_equals_the_chunked_run_on_the_embedded_default(tmp_pat
     run()
     chunked = {table: (run_dir / table).read_bytes() for table in LMM_TABLES}
     written = {table: (run_dir / table).stat().st_mtime_ns for table in LMM_TABLES}
-    assert len(list((run_dir / "results/lmm/chunks").glob(f"*-of-{default_chunks}.fits.tsv"))) == default_chunks
+    assert len(list((run_dir / "results/lmm/chunks").glob(f"*-of-{default_chunks}.fits.parquet"))) == default_chunks
     run("--set-scatter", "lmm=1")
-    assert (run_dir / "results/lmm/chunks/1-of-1.fits.tsv").exists()
+    assert (run_dir / "results/lmm/chunks/1-of-1.fits.parquet").exists()
     assert all((run_dir / t).stat().st_mtime_ns != written[t] for t in LMM_TABLES), "the tables were not rewritten"
     assert [t for t in LMM_TABLES if (run_dir / t).read_bytes() != chunked[t]] == []
 

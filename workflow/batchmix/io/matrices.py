@@ -45,6 +45,9 @@ __all__ = [
     "matrix_shape",
     "iter_matrix_rows",
     "iter_parquet_row_groups",
+    "table_round_trip",
+    "write_parquet_table",
+    "read_parquet_table",
 ]
 
 # The formats of the config key outputs.matrices, by the suffix their files get.
@@ -145,6 +148,34 @@ def _round_values(v: np.ndarray, digits: int) -> np.ndarray:
 
 # 10**k for k = 0..22: every one is exact in float64.
 _POWERS_OF_TEN = np.array([10.0**k for k in range(23)])
+
+
+def table_round_trip(values: np.ndarray) -> np.ndarray:
+    """The doubles a batchmix TSV table gives back for ``values``: written ``%.12g``, read by pandas.
+
+    :func:`batchmix.io.read_result_table` parses with pandas' C parser, which scales the printed
+    digits by a power of ten: exact, and so equal to :func:`round_significant`, whenever that power
+    is (magnitudes from 1e-10 to 1e11 with 12 digits); beyond that it can land an ulp away from
+    the nearest double, so those values are printed and parsed by pandas itself. Lets a binary
+    intermediate carry exactly the numbers its TSV would have carried.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float64 array of the same shape; NaN, zeros (with their sign) and infinities unchanged.
+    """
+    out = round_significant(values)
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        a = np.abs(v)
+        far = np.isfinite(v) & (a != 0) & ((a < 1e-10) | (a >= 1e11))
+    if far.any():
+        import io
+
+        text = "x\n" + "\n".join(f"{x:.{SIGNIFICANT_DIGITS}g}" for x in v[far].tolist()) + "\n"
+        parsed = pd.read_csv(io.StringIO(text), sep="\t", keep_default_na=False, na_values={"x": ["NA"]})["x"]
+        out[far] = parsed.to_numpy(dtype=np.float64)
+    return out
 
 
 class MatrixWriter:
@@ -264,10 +295,20 @@ class MatrixWriter:
         """Append the genes of ``block`` (index: gene ids; columns: exactly the writer's samples)."""
         if [str(c) for c in block.columns] != self.samples:
             raise ValueError(f"{self.path}: a block's columns differ from the matrix's samples")
-        genes = [str(g) for g in block.index]
+        self.write_values([str(g) for g in block.index], block.to_numpy(dtype=np.float64))
+
+    def write_values(self, genes: Sequence[str], values: np.ndarray) -> None:
+        """Append genes given as their ids and a genes × samples float64 array (columns: the samples).
+
+        The same file as :meth:`write` of the same rows; a column-major array goes to Parquet
+        without copying its columns.
+        """
+        genes = [str(g) for g in genes]
+        if values.shape != (len(genes), len(self.samples)):
+            raise ValueError(f"{self.path}: {values.shape} values for {len(genes)} genes x {len(self.samples)} samples")
         if self.genes_written + len(genes) > self.n_genes:
             raise ValueError(f"{self.path}: more than the {self.n_genes} genes announced")
-        values = block.to_numpy(dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)
         if self.significant_digits is not None:
             values = round_significant(values, self.significant_digits)
         if self.format == "parquet":
@@ -276,9 +317,8 @@ class MatrixWriter:
             self._x[:, self.genes_written : self.genes_written + len(genes)] = values.T
             self._gene_ids.extend(genes)
         else:
-            text = block.rename_axis("gene_id").to_csv(
-                sep="\t", header=False, lineterminator="\n", float_format="%.12g", na_rep="NA"
-            )
+            block = pd.DataFrame(values, index=pd.Index(genes, name="gene_id", dtype=object), columns=self.samples)
+            text = block.to_csv(sep="\t", header=False, lineterminator="\n", float_format="%.12g", na_rep="NA")
             self._text.write(text.encode())
         self.genes_written += len(genes)
 
@@ -512,3 +552,51 @@ def read_matrix_file(path: str | Path) -> pd.DataFrame:
             genes = _h5_strings(var[var.attrs.get("_index", "_index")])
         return pd.DataFrame(values, index=pd.Index(genes, name="gene_id", dtype=object), columns=samples)
     raise ValueError(f"{path}: text matrices are read by batchmix.io.read_matrix")
+
+
+# Schema metadata key of a Parquet result table's extra metadata (JSON).
+_TABLE_META_KEY = b"batchmix_table"
+
+
+def write_parquet_table(table: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:
+    """Write a result table (plain columns, no index) as Parquet, with optional JSON metadata.
+
+    For intermediates between jobs: typed columns, no text to format or parse. Float columns go
+    as they are (round them first, e.g. :func:`table_round_trip`, to carry what a TSV would).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {}
+    for name in table.columns:
+        col = table[name]
+        if col.dtype.kind == "f":
+            columns[str(name)] = pa.array(col.to_numpy(dtype=np.float64), type=pa.float64())
+        elif col.dtype.kind in "iub":
+            columns[str(name)] = pa.array(col.to_numpy())
+        else:
+            columns[str(name)] = pa.array(col.to_numpy(dtype=object), type=pa.string())
+    arrow = pa.table(columns) if columns else pa.table({})
+    meta = {_TABLE_META_KEY: json.dumps(metadata or {}).encode()}
+    arrow = arrow.replace_schema_metadata(meta)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(arrow, path, compression="snappy", write_statistics=False)
+
+
+def read_parquet_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A table written by :func:`write_parquet_table` and its metadata; text columns as ``object`` str."""
+    import pyarrow.parquet as pq
+
+    arrow = pq.read_table(path, use_threads=False)
+    meta = json.loads((arrow.schema.metadata or {}).get(_TABLE_META_KEY, b"{}"))
+    frame = pd.DataFrame(
+        {
+            name: (
+                np.asarray(column.to_pylist(), dtype=object)
+                if str(column.type) in ("string", "large_string")
+                else column.to_numpy()
+            )
+            for name, column in zip(arrow.column_names, arrow.columns)
+        }
+    )
+    return frame, meta

@@ -37,8 +37,10 @@ and for responses known only by their sufficient statistics (a parametric bootst
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -564,12 +566,10 @@ def fit(
     samples = _align_samples(expression, samples)
     notes: list[str] = []
     with_kinship = kinship.has_kinship(formula)
-    full, messages = _prepare_recording(formula, samples, reml)
+    full, messages, metadata = _shared_design(formula, samples, reml)
     for message in messages:
         _note(notes, message)
-    metadata = metadata_from_design(
-        formula, reml, full.fixed_names, fixed_term_columns(formula, samples), full.random.blocks
-    )
+    metadata = copy.deepcopy(metadata)  # the caller's own: the design is shared with later calls
     gene_ids = np.asarray(expression.index, dtype=object)
     G = gene_ids.size
     values = expression.to_numpy(dtype=float)
@@ -710,6 +710,46 @@ def _kinship_columns(Y, yty, prepared: PreparedDesign, arrays: ArrayFit, formula
     )
 
 
+# The complete-sample designs of the last few (formula, sample sheet, REML) this process fitted: a
+# chunk job fits its genes in blocks on one design, and building it (formulaic, the cross-products,
+# the rotation) costs tens of milliseconds, as much as fitting a thousand genes.
+# Only small designs are kept (X and Z with up to _DESIGN_KEPT_VALUES values, e.g. 500 samples and
+# 20 batches): a kinship model's Z is samples × samples, and keeping it would hold its memory.
+_DESIGNS: OrderedDict = OrderedDict()
+_DESIGNS_KEPT = 2
+_DESIGN_KEPT_VALUES = 2_000_000
+
+
+def _sheet_key(formula: str, samples: pd.DataFrame, reml: bool) -> tuple | None:
+    """What the design depends on, as a dictionary key; None for a sheet that cannot be hashed."""
+    try:
+        cells = pd.util.hash_pandas_object(samples, index=True).to_numpy().tobytes()
+    except TypeError:
+        return None
+    columns = tuple((str(c), str(t)) for c, t in samples.dtypes.items())
+    return (formula, bool(reml), columns, tuple(map(str, samples.index)), cells)
+
+
+def _shared_design(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str], ModelMetadata]:
+    """The complete-sample design, its messages and the model's metadata; built once for the same inputs.
+
+    Nothing in the fits writes into a :class:`PreparedDesign`, so later calls share it.
+    """
+    key = _sheet_key(formula, samples, reml)
+    if key is not None and key in _DESIGNS:
+        _DESIGNS.move_to_end(key)
+        return _DESIGNS[key]
+    full, messages = _prepare_recording(formula, samples, reml)
+    metadata = metadata_from_design(
+        formula, reml, full.fixed_names, fixed_term_columns(formula, samples), full.random.blocks
+    )
+    if key is not None and full.X.size + full.Z.size + full.q * full.q <= _DESIGN_KEPT_VALUES:
+        _DESIGNS[key] = (full, messages, metadata)
+        while len(_DESIGNS) > _DESIGNS_KEPT:
+            _DESIGNS.popitem(last=False)
+    return full, messages, metadata
+
+
 def _prepare_recording(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str]]:
     """:func:`prepare`, returning the design's warnings (e.g. an aliased column dropped) as messages."""
     with warnings.catch_warnings(record=True) as caught:
@@ -791,23 +831,79 @@ def corrected_expression(
     unknown = [g for g in groups if g not in design_groups]
     if unknown:
         raise ValueError(f"groups {unknown} are not grouping factors of {fit.formula!r}")
-    rd = random_design(fit.formula, samples)
-    out = expression.astype(float).copy()
-    blups = fit.blups[fit.blups["group"].isin(groups)]
-    if blups.empty:
-        return out
-    gene_pos = pd.Index(expression.index).get_indexer(blups["gene_id"].unique())
-    fitted_genes = blups["gene_id"].unique()
-    values = out.to_numpy(copy=True)
+    key = _sheet_key(fit.formula, samples, fit.reml)
+    # the fit's own random design when this process built it (a chunk job): the same as rebuilding it
+    rd = _DESIGNS[key][0].random if key in _DESIGNS else random_design(fit.formula, samples)
+    # The long table's text columns as codes into their few distinct values (one hash pass each),
+    # so that selecting and placing the modes does no work per row on strings.
+    blups = fit.blups
+    group, term, level = (_Codes(blups[name]) for name in ("group", "term", "level"))
+    genes = _Codes(blups["gene_id"])
+    in_groups = group.isin(groups)
+    if not in_groups.any():
+        return expression.astype(float).copy()
+    # the genes with modes, in their order of first appearance
+    fitted_codes = pd.unique(genes.codes[in_groups])
+    fitted_genes = np.asarray(genes.uniques, dtype=object)[fitted_codes]
+    row_of_code = np.full(len(genes.uniques), -1)
+    row_of_code[fitted_codes] = np.arange(fitted_codes.size)
+    gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
+    values = expression.to_numpy(dtype=float, copy=True)
+    value = blups["value"].to_numpy(dtype=np.float64)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
         key = (block.group, tuple(block.terms))
         if block.group not in groups or key in seen:
             continue
         seen.add(key)
-        sub = blups[(blups["group"] == block.group) & blups["term"].isin(block.terms)]
-        wide = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
-        wanted = pd.MultiIndex.from_product([block.levels, block.terms])
-        wide = wide.reindex(index=fitted_genes, columns=wanted).fillna(0.0)
-        values[gene_pos] -= wide.to_numpy() @ block.Z.T
-    return pd.DataFrame(values, index=out.index, columns=out.columns)
+        sel = np.flatnonzero(in_groups & group.isin([block.group]) & term.isin(block.terms))
+        rows = row_of_code[genes.codes[sel]]
+        at_level, at_term = level.positions(block.levels)[sel], term.positions(block.terms)[sel]
+        # levels then terms, as the columns of block.Z
+        cols = np.where((at_level >= 0) & (at_term >= 0), at_level * len(block.terms) + at_term, -1)
+        wide = _wide_blups(rows, cols, value[sel], len(fitted_genes), block)
+        if wide is None:  # a (gene, level, term) given twice
+            wide = _pivot_blups(blups.iloc[sel], fitted_genes, block)
+        values[gene_pos] -= wide @ block.Z.T
+    return pd.DataFrame(values, index=expression.index, columns=expression.columns)
+
+
+class _Codes:
+    """A text column as integer codes into its distinct values (missing: -1)."""
+
+    def __init__(self, column: pd.Series):
+        self.codes, self.uniques = pd.factorize(column)
+
+    def isin(self, values) -> np.ndarray:
+        """Rows whose value is one of ``values``."""
+        hit = np.append(pd.Index(self.uniques).isin(list(values)), False)  # code -1: no
+        return hit[self.codes]
+
+    def positions(self, values) -> np.ndarray:
+        """Each row's position in ``values`` (-1 when absent or missing)."""
+        where = np.append(pd.Index(values).get_indexer(self.uniques), -1)
+        return where[self.codes]
+
+
+def _wide_blups(rows: np.ndarray, cols: np.ndarray, value: np.ndarray, n_genes: int, block) -> np.ndarray | None:
+    """The conditional modes of one block as genes × (level, term) (fitted genes in rows, the
+    block's levels then terms in columns, as ``block.Z``); a missing or NaN mode is 0 (contributes
+    nothing). None when a (gene, level, term) comes twice (never from :func:`fit`): see
+    :func:`_pivot_blups`.
+    """
+    width = len(block.levels) * len(block.terms)
+    keep = (rows >= 0) & (cols >= 0)
+    # Row-major like the pivot table's to_numpy() was, so that the product runs the same BLAS kernel.
+    wide = np.zeros((n_genes, width), dtype=np.float64)
+    cells = rows[keep] * width + cols[keep]
+    if cells.size and np.bincount(cells, minlength=n_genes * width).max() > 1:
+        return None
+    wide[rows[keep], cols[keep]] = np.where(np.isnan(value[keep]), 0.0, value[keep])
+    return wide
+
+
+def _pivot_blups(sub: pd.DataFrame, genes: np.ndarray, block) -> np.ndarray:
+    """:func:`_wide_blups` through ``pivot_table``: a repeated mode takes its first non-missing value."""
+    wanted = pd.MultiIndex.from_product([block.levels, block.terms])
+    pivot = sub.pivot_table(index="gene_id", columns=["level", "term"], values="value", aggfunc="first", sort=False)
+    return np.ascontiguousarray(pivot.reindex(index=genes, columns=wanted).fillna(0.0).to_numpy())

@@ -2,12 +2,15 @@
 
 The stabilised matrix is Parquet with row groups of genes (:mod:`batchmix.io.matrices`): the split
 only writes each chunk's gene range (a small JSON file), and each chunk job reads the row groups
-that hold its genes. The gather streams the chunks' tables; the gathered tables have the same bytes
-whatever the number of chunks.
+that hold its genes. A chunk hands the gather typed intermediates where the gather needs numbers
+(its gene fits as Parquet, its corrected expression as ``.npy``) and final text where it only
+copies (the BLUPs and the covariances, TSV). The gather streams them; the gathered tables have the
+same bytes whatever the number of chunks, and the same as when the chunks were all TSV.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -27,13 +30,18 @@ from batchmix.io import (
 )
 from batchmix.io.matrices import (
     MatrixWriter,
+    genes_per_row_group,
     iter_matrix_rows,
     iter_parquet_row_groups,
     matrix_format,
     matrix_shape,
     read_matrix_rows,
-    write_matrix,
+    read_parquet_table,
+    round_significant,
+    table_round_trip,
+    write_parquet_table,
 )
+from batchmix.io.tables import format_g
 from batchmix.pipeline.validate import load_samples
 
 __all__ = [
@@ -43,6 +51,9 @@ __all__ = [
     "gather_lmm_stage",
     "concatenate_tables",
     "concatenate_matrices",
+    "concatenate_arrays",
+    "read_chunk_fits",
+    "write_long_table",
     "FIT_BLOCK_GENES",
 ]
 
@@ -120,17 +131,22 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
 
     Inputs ``genes`` (the chunk's gene range from :func:`split_genes_stage`), ``expression`` (the
     stabilised matrix: only the chunk's row groups are read), ``gene_status``, ``samples``. Writes
-    ``outputs["fits"]``, ``outputs["blups"]``, ``outputs["fixed_vcov"]`` (Cov(β̂) of every fitted gene,
-    long) and, when the batch is a random grouping factor, ``outputs["corrected"]`` (the chunk's
-    expression minus its batch BLUPs, Parquet). Logs genes done out of the chunk's genes as it goes.
+    ``outputs["fits"]`` (Parquet: the numbers its TSV would carry, :func:`batchmix.io.matrices.table_round_trip`,
+    and the sample order of the corrected expression as metadata), ``outputs["blups"]``,
+    ``outputs["fixed_vcov"]`` (Cov(β̂) of every fitted gene, long; both TSV, which the gather copies
+    as they are) and, when the batch is a random grouping factor, ``outputs["corrected"]`` (the
+    chunk's expression minus its batch BLUPs, rounded as the matrices are, genes × samples float64,
+    ``.npy`` in column-major order). Logs genes done out of the chunk's genes as it goes.
     """
     status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
     expr = _read_chunk_expression(inputs, status)
     samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     status = status.reindex(expr.index)
     started = time.perf_counter()
-    fits, blups, vcovs, corrected = [], [], [], []
+    fits, blups, vcovs = [], [], []
     n_genes = len(expr)
+    # column-major: the gather writes the matrix a sample column at a time
+    corrected = np.empty((expr.shape[1], n_genes), dtype=np.float64).T if "corrected" in outputs else None
     for g0 in range(0, max(n_genes, 1), FIT_BLOCK_GENES):
         block = expr.iloc[g0 : g0 + FIT_BLOCK_GENES]
         fit = lmm.fit(
@@ -139,18 +155,66 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         fits.append(fit.gene_fits)
         blups.append(fit.blups)
         vcovs.append(fit.fixed_vcov)
-        if "corrected" in outputs:
-            corrected.append(lmm.corrected_expression(block, samples, fit, groups=[config["batch"]]))
+        if corrected is not None and len(block):
+            part = lmm.corrected_expression(block, samples, fit, groups=[config["batch"]])
+            corrected[g0 : g0 + len(block)] = part.to_numpy()
         done = min(n_genes, g0 + FIT_BLOCK_GENES)
         logger.info("LMM: %d of %d genes fitted (%.1f s)", done, n_genes, time.perf_counter() - started)
-    gene_fits = pd.concat(fits, ignore_index=True)
-    write_table(gene_fits, outputs["fits"])
-    write_table(pd.concat(blups, ignore_index=True), outputs["blups"])
-    write_table(pd.concat(vcovs, ignore_index=True), outputs["fixed_vcov"])
-    if "corrected" in outputs:
-        write_matrix(pd.concat(corrected), outputs["corrected"])
+    gene_fits = pd.concat(fits, ignore_index=True) if len(fits) > 1 else fits[0]
+    rounded = gene_fits.copy()
+    floats = [name for name in rounded.columns if rounded[name].dtype == np.float64]
+    if floats:  # every float column in one call: its text round trip is paid once
+        values = table_round_trip(np.concatenate([rounded[name].to_numpy() for name in floats]))
+        for j, name in enumerate(floats):
+            rounded[name] = values[j * len(rounded) : (j + 1) * len(rounded)]
+    write_parquet_table(rounded, outputs["fits"], {"samples": [str(c) for c in expr.columns]})
+    write_long_table(pd.concat(blups, ignore_index=True) if len(blups) > 1 else blups[0], outputs["blups"])
+    write_long_table(pd.concat(vcovs, ignore_index=True) if len(vcovs) > 1 else vcovs[0], outputs["fixed_vcov"])
+    if corrected is not None:
+        np.save(outputs["corrected"], round_significant(corrected), allow_pickle=False)
     fitted = gene_fits["status"].isin(["ok", "singular"])
     return {"genes": int(n_genes), "genes_fitted": int(fitted.sum())}
+
+
+def write_long_table(table: pd.DataFrame, path: str) -> None:
+    """:func:`batchmix.io.write_table` of a long table (text columns, then a float column), same bytes.
+
+    The BLUPs and the covariances of the fixed effects have a row per gene and (level, term) or
+    coefficient pair: many rows, few distinct texts. Each text column is cut into codes of its
+    distinct values (one hash pass), whose texts are joined once; only the numbers are formatted
+    per row (:func:`batchmix.io.format_g`). Any other table (a missing or unusual text, a value
+    column that is not float) goes through :func:`batchmix.io.write_table` itself.
+    """
+    names = [str(c) for c in table.columns]
+    plain = all(not any(ch in name for ch in _QUOTED) for name in names)
+    if len(table) == 0 or len(names) < 2 or not plain or table.iloc[:, -1].dtype != np.float64:
+        write_table(table, path)
+        return
+    row_parts = []
+    for j in range(len(names) - 1):
+        codes, uniques = pd.factorize(table.iloc[:, j])
+        texts = list(uniques)
+        if (codes < 0).any() or any(not isinstance(t, str) or any(ch in t for ch in _QUOTED) for t in texts):
+            write_table(table, path)
+            return
+        row_parts.append(np.asarray([t + "\t" for t in texts], dtype=object)[codes])
+    numbers = format_g(table.iloc[:, -1].to_numpy(), na_rep="NA")
+    ends = itertools.repeat("\n", len(table))
+    body = "".join(itertools.chain.from_iterable(zip(*(p.tolist() for p in row_parts), numbers.tolist(), ends)))
+    with table_writer(path) as out:
+        out.write(("\t".join(names) + "\n" + body).encode())
+
+
+# Characters that make the csv module quote a field (tab-separated, "\n" line ends): a table with
+# any of them in a text goes through write_table, which quotes as pandas does.
+_QUOTED = ("\t", '"', "\n", "\r")
+
+
+def read_chunk_fits(path: str) -> tuple[pd.DataFrame, dict]:
+    """A chunk's gene fits and metadata: Parquet as :func:`lmm_chunk_stage` writes them (or a TSV table)."""
+    if str(path).endswith(".parquet"):
+        return read_parquet_table(path)
+    return read_result_table(path), {}
 
 
 def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
@@ -168,7 +232,8 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     gene has exactly one row (nothing lost). When no gene could be fitted (all filtered or failed),
     every gene still has its row and status, nothing is moderated, and the run goes on.
     """
-    gene_fits = pd.concat([read_result_table(p) for p in inputs["fits"]], ignore_index=True)
+    chunks = [read_chunk_fits(p) for p in inputs["fits"]]
+    gene_fits = pd.concat([fits for fits, _ in chunks], ignore_index=True)
     status = read_result_table(inputs["gene_status"])
     if list(gene_fits["gene_id"]) != list(status["gene_id"]):
         raise RuntimeError(
@@ -201,9 +266,48 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
         samples = load_samples(config, inputs["samples"])
         lmm.model_metadata(config["model"], samples, reml=config["reml"]).write_json(outputs["model"])
     if "corrected" in outputs:
-        concatenate_matrices(inputs["corrected"], outputs["corrected"], n_genes=len(status))
-    counts = gene_fits["status"].str.split(":").str[0].value_counts()
+        if inputs["corrected"] and all(str(p).endswith(".npy") for p in inputs["corrected"]):
+            concatenate_arrays(
+                inputs["corrected"],
+                outputs["corrected"],
+                genes=gene_fits["gene_id"].tolist(),
+                samples=[meta.get("samples") for _, meta in chunks],
+            )
+        else:
+            concatenate_matrices(inputs["corrected"], outputs["corrected"], n_genes=len(status))
+    # the statuses counted first, then cut at ":" (a handful of distinct values, not one per gene)
+    counts = gene_fits["status"].value_counts()
+    counts = counts.groupby(counts.index.str.split(":").str[0]).sum()
     return {"genes": int(len(gene_fits)), **{f"status_{k}": int(v) for k, v in sorted(counts.items())}}
+
+
+def concatenate_arrays(paths: list[str], out_path: str, *, genes: list[str], samples: list) -> None:
+    """Write the chunks' corrected expression (``.npy``, genes × samples, rounded) into one matrix.
+
+    ``genes``: every gene id in order (the chunks' rows one after the other); ``samples``: each
+    chunk's sample ids (from its gene fits' metadata), the same for every chunk. A row group of the
+    output at a time goes through memory (the chunks are memory-mapped); the output's format follows
+    its name, and its bytes are those :func:`concatenate_matrices` gave from Parquet chunks.
+    """
+    if any(s != samples[0] for s in samples) or samples[0] is None:
+        raise RuntimeError(f"{paths[0]}: the chunks' samples differ or are not recorded; rerun lmm_chunk")
+    started = time.perf_counter()
+    step = genes_per_row_group(len(genes))
+    with MatrixWriter(out_path, samples[0], n_genes=len(genes), significant_digits=None) as writer:
+        for path in paths:
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+            first = writer.genes_written
+            if values.ndim != 2 or values.shape[1] != len(samples[0]) or first + len(values) > len(genes):
+                raise RuntimeError(f"{path} does not match the chunks' gene fits; a chunk is stale: rerun lmm_chunk")
+            for g0 in range(0, len(values), step):
+                block = values[g0 : g0 + step]
+                writer.write_values(genes[first + g0 : first + g0 + len(block)], np.asarray(block))
+            logger.info(
+                "corrected expression: %d of %d genes gathered (%.1f s)",
+                writer.genes_written,
+                len(genes),
+                time.perf_counter() - started,
+            )
 
 
 def concatenate_matrices(paths: list[str], out_path: str, *, n_genes: int) -> None:

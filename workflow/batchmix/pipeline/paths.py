@@ -8,7 +8,7 @@ unless a chunk is named.
 
 The big matrices (the stabilised and the batch-corrected expression) take the suffix of the
 config's ``outputs: {matrices: parquet|tsv.gz|h5ad}`` (``{matrix}`` in the patterns below, Parquet
-by default); an LMM chunk's corrected expression is always Parquet (an intermediate).
+by default); an LMM chunk's gene fits are Parquet and its corrected expression ``.npy`` (intermediates).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ OUTDIR = "results"
 # the stabilised matrix, so no copy of the expression is made per chunk.
 CHUNK_OUTPUTS = {
     "genes": "lmm/chunks/{scatteritem}.genes.json",
-    "fits": "lmm/chunks/{scatteritem}.fits.tsv",
+    "fits": "lmm/chunks/{scatteritem}.fits.parquet",
     "blups": "lmm/chunks/{scatteritem}.blups.tsv",
     "fixed_vcov": "lmm/chunks/{scatteritem}.fixed_vcov.tsv",
-    "corrected": "lmm/chunks/{scatteritem}.corrected.parquet",
+    "corrected": "lmm/chunks/{scatteritem}.corrected.npy",
 }
 
 # Outputs that are genes x samples matrices in the format of ``outputs.matrices``, by stage.
