@@ -61,7 +61,7 @@ def test_paths_are_relative_to_the_outdir_and_follow_the_config():
     assert chunk_inputs["genes"] == "results/lmm/chunks/2-of-3.genes.json"
     assert chunk_inputs["expression"] == "results/vst/expression.parquet"
     gather = paths.stage_inputs("gather_lmm", fixed_batch, n_chunks=2)
-    assert gather["fits"] == ["results/lmm/chunks/1-of-2.fits.tsv", "results/lmm/chunks/2-of-2.fits.tsv"]
+    assert gather["fits"] == ["results/lmm/chunks/1-of-2.fits.parquet", "results/lmm/chunks/2-of-2.fits.parquet"]
     assert gather["corrected"] == [] and gather["samples"] == "data/samples.tsv"
     assert paths.log_path("lmm_chunk", scatteritem="1-of-2") == "results/logs/lmm_chunk/1-of-2.log"
     assert paths.warnings_path("simpson") == "results/logs/simpson.warnings.json"

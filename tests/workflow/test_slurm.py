@@ -201,7 +201,7 @@ def test_workflow_on_slurm_equals_the_local_run(slurm_cluster, fixture_run, tmp_
     # for the LMM.
     submitted_rules = sorted(s["rule"] for s in submissions)
     assert submitted_rules == sorted(planned_jobs), (submitted_rules, planned_jobs)
-    n_chunks = len(list((fixture_run / "results" / "lmm" / "chunks").glob("*.fits.tsv")))
+    n_chunks = len(list((fixture_run / "results" / "lmm" / "chunks").glob("*.fits.parquet")))
     assert n_chunks >= 2 and submitted_rules.count("lmm_chunk") == n_chunks
     assert {"stabilise", "split_genes", "gather_lmm", "report"} <= set(submitted_rules)
 

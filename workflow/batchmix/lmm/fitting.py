@@ -55,6 +55,7 @@ from ..design import (
     parse_formula,
     random_design,
 )
+from ..distributions import chi2_sf, t_sf
 from . import core, general, kinship, missing
 from .core import GeneData, PreparedDesign
 from .onecomp import fit_onecomp, fit_state, state_from_statistics
@@ -422,8 +423,6 @@ def _pattern_columns(
     metadata: ModelMetadata,
 ) -> tuple[dict[str, np.ndarray], list[tuple]]:
     """Output columns for the genes of one missingness pattern."""
-    from scipy import stats  # here, not at the top: importing scipy.stats takes about 0.5 s
-
     G = arrays.sigma2.shape[0]
     n, p, m = prepared.n, prepared.p, prepared.m
     cols: dict[str, np.ndarray] = {}
@@ -446,9 +445,9 @@ def _pattern_columns(
         lrt_p = np.full(G, np.nan)
     elif m == 1:
         # one variance component on the boundary: 50:50 mixture of χ²₀ and χ²₁
-        lrt_p = np.where(lrt > 0, 0.5 * stats.chi2.sf(lrt, 1), 1.0)
+        lrt_p = np.where(lrt > 0, 0.5 * chi2_sf(lrt, 1), 1.0)
     else:
-        lrt_p = stats.chi2.sf(lrt, m)
+        lrt_p = chi2_sf(lrt, m)
     cols["lrt_p"] = lrt_p
     sigma2 = arrays.sigma2
     blocks = prepared.random.blocks
@@ -490,7 +489,7 @@ def _pattern_columns(
         cols[coefficient_column("se", name)] = se[:, j]
         cols[coefficient_column("df", name)] = arrays.df[:, j]
         cols[coefficient_column("t", name)] = t
-        cols[coefficient_column("p", name)] = 2.0 * stats.t.sf(np.abs(t), arrays.df[:, j])
+        cols[coefficient_column("p", name)] = 2.0 * t_sf(np.abs(t), arrays.df[:, j])
     blup_parts = []
     offset = 0
     for block in prepared.random.blocks:
