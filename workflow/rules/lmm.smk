@@ -18,6 +18,9 @@ for _analysis in ANALYSES:
             **stage_params("split_genes", _analysis),
         conda:
             "../../envs/batchmix.yaml"
+        # the LMM side first: its jobs run one after another up to the report, while the Simpson
+        # block-pair jobs, which only the report waits for, fill the other cores
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_for("split_genes", _analysis.config),
@@ -38,6 +41,9 @@ for _analysis in ANALYSES:
             **stage_params("lmm_chunk", _analysis),
         conda:
             "../../envs/batchmix.yaml"
+        # the LMM side first: its jobs run one after another up to the report, while the Simpson
+        # block-pair jobs, which only the report waits for, fill the other cores
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_for("lmm_chunk", _analysis.config),
@@ -65,6 +71,9 @@ for _analysis in ANALYSES:
             **stage_params("gather_lmm", _analysis),
         conda:
             "../../envs/batchmix.yaml"
+        # the LMM side first: its jobs run one after another up to the report, while the Simpson
+        # block-pair jobs, which only the report waits for, fill the other cores
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_for("gather_lmm", _analysis.config),

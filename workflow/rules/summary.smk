@@ -17,6 +17,9 @@ for _analysis in ANALYSES:
             **stage_params("diagnostics", _analysis),
         conda:
             "../../envs/batchmix.yaml"
+        # the LMM side first: its jobs run one after another up to the report, while the Simpson
+        # block-pair jobs, which only the report waits for, fill the other cores
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_for("diagnostics", _analysis.config),
@@ -37,6 +40,9 @@ for _analysis in ANALYSES:
             **stage_params("summary", _analysis),
         conda:
             "../../envs/batchmix.yaml"
+        # the LMM side first: its jobs run one after another up to the report, while the Simpson
+        # block-pair jobs, which only the report waits for, fill the other cores
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_for("gather_lmm", _analysis.config),
