@@ -15,8 +15,8 @@ on) in a fresh directory. It reports:
   every 50 ms with psutil over the job's process tree (target < 2 GB);
 - the kernels alone, in this process, on the same data: :func:`batchmix.vst.vst`,
   :func:`batchmix.lmm.fit` on every gene, :func:`batchmix.simpson.scan`;
-- DESeq2's ``vst()`` on the same matrix in R (reading excluded) against the stabilise job (target:
-  the job at least 3x faster);
+- DESeq2's ``vst()`` on the same matrix in R (reading excluded; the fastest of three calls, the first
+  paying R's first-use costs) against the stabilise job (target: the job at least 3x faster);
 - the LMM's cost per gene through the workflow against an lme4 loop (``lmer`` per gene,
   ``--lme4-genes`` genes; target: at least 300x cheaper per gene). The LMM jobs' time is
   split_genes + every lmm_chunk + gather_lmm (their run records). Issue 12 defines the cost at the
@@ -247,8 +247,11 @@ args <- commandArgs(TRUE)
 counts <- as.matrix(read.delim(args[1], row.names = 1, check.names = FALSE))
 storage.mode(counts) <- "integer"
 dds <- DESeqDataSetFromMatrix(counts, data.frame(row.names = colnames(counts), x = rep(1, ncol(counts))), ~ 1)
-t <- system.time(v <- vst(dds, blind = TRUE))[["elapsed"]]
-cat(sprintf("%.3f\n", t))
+# three calls: the first pays R's first-use costs, so the ratio is taken against the fastest
+for (i in 1:3) {
+  t <- system.time(v <- vst(dds, blind = TRUE))[["elapsed"]]
+  cat(sprintf("%.3f\n", t))
+}
 """
 
 R_LME4 = r"""
@@ -271,8 +274,11 @@ def r_times(workdir: Path, counts_path: Path, sheet_path: Path, stabilised: pd.D
     (workdir / "lme4.R").write_text(R_LME4)
     sub = workdir / "lme4_genes.tsv"
     stabilised.iloc[:lme4_genes].to_csv(sub, sep="\t")
-    vst_s = float(subprocess.run(["Rscript", "vst.R", str(counts_path)], cwd=workdir, capture_output=True,
-                                 text=True, check=True).stdout.split()[-1])  # fmt: skip
+    vst_run = subprocess.run(
+        ["Rscript", "vst.R", str(counts_path)], cwd=workdir, capture_output=True, text=True, check=True
+    )
+    vst_times = [float(t) for t in vst_run.stdout.split()]
+    vst_s = min(vst_times)
     per_gene = float(
         subprocess.run(
             ["Rscript", "lme4.R", str(sub), str(sheet_path), str(lme4_genes)],
@@ -282,7 +288,12 @@ def r_times(workdir: Path, counts_path: Path, sheet_path: Path, stabilised: pd.D
             check=True,
         ).stdout.split()[-1]
     )
-    return {"deseq2_vst_s": vst_s, "lme4_s_per_gene": per_gene, "lme4_genes": lme4_genes}
+    return {
+        "deseq2_vst_s": vst_s,
+        "deseq2_vst_calls_s": vst_times,
+        "lme4_s_per_gene": per_gene,
+        "lme4_genes": lme4_genes,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         r = r_times(workdir, counts_path, sheet_path, stabilised, args.lme4_genes)
         results["r"] = r
         after_read = seconds["stabilise"] - workflow["stabilise_read_s"]
-        print(f"\nDESeq2 vst(): {r['deseq2_vst_s']:.2f} s; stabilise job {seconds['stabilise']:.2f} s: "
+        calls = ", ".join(f"{t:.2f}" for t in r["deseq2_vst_calls_s"])
+        print(f"\nDESeq2 vst(): {r['deseq2_vst_s']:.2f} s (the fastest of three calls: {calls} s); "
+              f"stabilise job {seconds['stabilise']:.2f} s: "
               f"{r['deseq2_vst_s'] / seconds['stabilise']:.1f}x faster (target >= 3x); without reading and "
               f"validating the input ({workflow['stabilise_read_s']:.1f} s): {after_read:.2f} s, "
               f"{r['deseq2_vst_s'] / after_read:.1f}x")  # fmt: skip
