@@ -234,3 +234,43 @@ def test_limma_fit_by_blocks_is_the_whole_fit():
         for key, value in whole.items():
             np.testing.assert_allclose(blocked[key], value, rtol=1e-12, atol=0, err_msg=f"{key}, block {block}")
     assert np.isnan(whole["coef"][list(rows).index(7)]).all()
+
+
+@pytest.mark.parametrize("block_values", [None, 300 * 21])
+def test_de_from_blocks_of_genes_gives_the_tables_of_the_whole_matrix(data, strain_fits, monkeypatch, block_values):
+    # the de stage hands differential_expression the stabilised matrix as GeneBlocks (a block of genes
+    # at a time): the tables are the whole matrix's, bit for bit with the default blocks (here one
+    # block), to the last bits with blocks of 300 genes (small matrix products take BLAS's other kernels)
+    from batchmix import de
+
+    expression, samples, _, _ = data
+    whole = differential_expression(strain_fits, expression, samples, formula=MODEL, batch="experiment.number")
+    if block_values is not None:
+        monkeypatch.setattr(de, "LM_BLOCK_GENES", 1)
+        monkeypatch.setattr(de, "LM_BLOCK_VALUES", block_values)
+    reads = []
+
+    def read(n):
+        reads.append(n)
+        for start in range(0, len(expression), n):
+            yield expression.iloc[start : start + n]
+
+    blocks = de.GeneBlocks(index=expression.index, columns=expression.columns, read=read)
+    streamed = differential_expression(strain_fits, blocks, samples, formula=MODEL, batch="experiment.number")
+    assert list(streamed) == list(whole) and len(reads) == 1
+    for name, table in whole.items():
+        if block_values is None:
+            pd.testing.assert_frame_equal(streamed[name], table, check_exact=True)
+        else:
+            assert reads == [300]
+            pd.testing.assert_frame_equal(streamed[name], table, check_exact=False, rtol=1e-12, atol=0)
+    # rows in another order than gene_fits: read whole and looked up
+    shuffled = expression.iloc[::-1]
+    blocks = de.GeneBlocks(
+        index=shuffled.index,
+        columns=shuffled.columns,
+        read=lambda n: (shuffled.iloc[s : s + n] for s in range(0, len(shuffled), n)),
+    )
+    again = differential_expression(strain_fits, blocks, samples, formula=MODEL, batch="experiment.number")
+    for name, table in whole.items():
+        pd.testing.assert_frame_equal(again[name], table, check_exact=False, rtol=1e-12, atol=0)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,9 @@ __all__ = [
     "DE_COLUMNS",
     "limma_fit",
     "lm_series",
+    "ebayes",
+    "concatenate_fits",
+    "GeneBlocks",
     "LM_BLOCK_GENES",
     "LM_BLOCK_VALUES",
     "missingness_patterns",
@@ -120,6 +125,29 @@ def missingness_patterns(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # matrices with other kernels, whose last bits differ. With fewer samples a block is simply larger.
 LM_BLOCK_GENES = 4096
 LM_BLOCK_VALUES = 1 << 25
+
+
+@dataclass(frozen=True)
+class GeneBlocks:
+    """A genes × samples matrix that is read a block of genes at a time, in its row order.
+
+    :func:`differential_expression` then holds a block, not the table: the de stage hands it the
+    stabilised Parquet matrix this way (row groups of genes).
+
+    Attributes
+    ----------
+    index : pandas.Index
+        The gene ids, in row order.
+    columns : pandas.Index
+        The sample ids.
+    read : callable
+        ``read(n)`` yields the rows in order as DataFrames of about ``n`` genes each (index gene ids,
+        columns ``columns``, float64 values in column-major order, as a whole-table read gives them).
+    """
+
+    index: pd.Index
+    columns: pd.Index
+    read: Callable[[int], Iterable[pd.DataFrame]]
 
 
 def lm_series(expression: np.ndarray, design: np.ndarray) -> dict[str, np.ndarray]:
@@ -213,7 +241,22 @@ def limma_fit(
         lm_series(values[rows[start : start + block_genes]], design)
         for start in range(0, max(rows.size, 1), max(1, int(block_genes)))
     ]
-    fit = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return ebayes(concatenate_fits(parts), moderate=moderate, trend=trend, robust=robust)
+
+
+def concatenate_fits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The :func:`lm_series` fits of consecutive blocks of genes as one fit."""
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def ebayes(
+    fit: dict[str, np.ndarray], *, moderate: bool = True, trend: bool = False, robust: bool = False
+) -> dict[str, np.ndarray]:
+    """limma's ``eBayes`` (or lmFit's ordinary t) of an :func:`lm_series` fit of every gene.
+
+    The moderation pools the genes' variances, so it runs on the whole fit, after the blocks.
+    Returns the dictionary of :func:`limma_fit`.
+    """
     coef, unscaled, sigma, df_residual, amean = (
         fit[key] for key in ("coef", "unscaled", "sigma", "df_residual", "amean")
     )
@@ -291,7 +334,7 @@ def de_coefficients(
 
 def differential_expression(
     gene_fits: pd.DataFrame,
-    expression: pd.DataFrame,
+    expression: pd.DataFrame | GeneBlocks,
     samples: pd.DataFrame,
     *,
     formula: str,
@@ -309,9 +352,10 @@ def differential_expression(
         ``results/lmm/gene_fits.tsv``: one row per input gene, ``gene_id``, ``status`` and the columns
         ``coef_<c>``, ``se_mod_<c>``, ``t_mod_<c>``, ``p_mod_<c>``, ``df_total`` (moderated) or
         ``se_<c>``, ``t_<c>``, ``df_<c>``, ``p_<c>`` (when ``moderate`` is not enabled).
-    expression : pandas.DataFrame
-        genes × samples on the scale the models were fitted on (``results/vst/expression.tsv.gz``),
-        index the gene ids.
+    expression : pandas.DataFrame or GeneBlocks
+        genes × samples on the scale the models were fitted on (``results/vst/expression.parquet``),
+        index the gene ids; as :class:`GeneBlocks` it is read a block of genes at a time (in
+        gene_fits' order; otherwise it is read whole).
     samples : pandas.DataFrame
         Sample sheet, index the sample ids (reordered to the expression's columns).
     formula : str
@@ -372,26 +416,25 @@ def differential_expression(
             raise ValueError(f"coefficient {name!r} is not in the fixed design without the batch ({ols_names})")
 
     G = len(gene_ids)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-missing genes: NaN mean, as limma
-        # a block of rows taken as the whole would be (the table's memory order): the same sums
-        ave_expr = np.concatenate(
-            [
-                np.nanmean(expression.iloc[positions[start : start + LM_BLOCK_GENES]].to_numpy(dtype=float), axis=1)
-                for start in range(0, G, LM_BLOCK_GENES)
-            ]
-            or [np.zeros(0)]
-        )
-    ols = None
-    if fitted.sum() >= 1:
-        ols = limma_fit(
-            expression.to_numpy(dtype=float),
-            X,
-            moderate=moderated,
-            trend=bool(mcfg["trend"]),
-            robust=bool(mcfg["robust"]),
-            rows=positions[fitted],
-        )
+    options = {"moderate": moderated, "trend": bool(mcfg["trend"]), "robust": bool(mcfg["robust"])}
+    if isinstance(expression, GeneBlocks) and np.array_equal(positions, np.arange(G)):
+        ave_expr, ols = _ols_by_blocks(expression, fitted, X, options)
+    else:
+        if isinstance(expression, GeneBlocks):  # not in gene_fits' order: the rows are looked up
+            expression = pd.concat(list(expression.read(LM_BLOCK_GENES)))
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-missing genes: NaN mean, as limma
+            # a block of rows taken as the whole would be (the table's memory order): the same sums
+            ave_expr = np.concatenate(
+                [
+                    np.nanmean(expression.iloc[positions[start : start + LM_BLOCK_GENES]].to_numpy(dtype=float), axis=1)
+                    for start in range(0, G, LM_BLOCK_GENES)
+                ]
+                or [np.zeros(0)]
+            )
+        ols = None
+        if fitted.sum() >= 1:
+            ols = limma_fit(expression.to_numpy(dtype=float), X, rows=positions[fitted], **options)
     tables = {}
     for name in tested:
         lmm_cols = (
@@ -441,6 +484,31 @@ def differential_expression(
             int(sig_ols.sum()),
         )
     return tables
+
+
+def _ols_by_blocks(
+    expression: GeneBlocks, fitted: np.ndarray, X: np.ndarray, options: dict
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """``ave_expr`` of every gene and the OLS fit of the fitted ones, from blocks of the matrix's rows.
+
+    The blocks hold at least :data:`LM_BLOCK_VALUES` values, as :func:`limma_fit`'s do, so the
+    numbers are those of the whole table read at once.
+    """
+    block_genes = max(LM_BLOCK_GENES, LM_BLOCK_VALUES // max(1, len(expression.columns)))
+    means, parts, start = [], [], 0
+    for block in expression.read(block_genes):
+        values = block.to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-missing genes: NaN mean, as limma
+            means.append(np.nanmean(values, axis=1))
+        rows = np.flatnonzero(fitted[start : start + len(block)])
+        if rows.size:
+            parts.append(lm_series(values[rows], X))
+        start += len(block)
+    if start != fitted.size:
+        raise ValueError(f"the expression blocks hold {start} genes, gene_fits {fitted.size}")
+    ave_expr = np.concatenate(means) if means else np.zeros(0)
+    return ave_expr, (ebayes(concatenate_fits(parts), **options) if parts else None)
 
 
 def de_summary(tables: dict[str, pd.DataFrame], *, fdr: float = 0.05, max_genes: int = 20) -> dict[str, dict]:

@@ -43,6 +43,7 @@ __all__ = [
     "read_matrix_file",
     "read_matrix_rows",
     "matrix_shape",
+    "matrix_index",
     "iter_matrix_rows",
     "iter_parquet_row_groups",
     "table_round_trip",
@@ -499,6 +500,14 @@ def iter_parquet_row_groups(path: str | Path):
     _check_parquet_layout(pf, path)
     for i in range(pf.metadata.num_row_groups):
         yield pf.read_row_group(i, use_threads=False)
+
+
+def matrix_index(path: str | Path) -> tuple[pd.Index, pd.Index]:
+    """The gene ids (in row order) and the sample ids of a Parquet matrix, reading its gene_id column only."""
+    pf = _parquet_file(path)
+    _check_parquet_layout(pf, path)
+    genes = [str(g) for g in pf.read(columns=["gene_id"], use_threads=False).column(0).to_pylist()]
+    return pd.Index(genes, name="gene_id", dtype=object), pd.Index(pf.schema_arrow.names[1:])
 
 
 def matrix_shape(path: str | Path) -> tuple[int, int]:

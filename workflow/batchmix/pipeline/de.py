@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from batchmix.de import de_summary, differential_expression
+from batchmix.de import GeneBlocks, de_summary, differential_expression
 from batchmix.io import read_matrix, read_result_table, write_json, write_table
+from batchmix.io.matrices import iter_matrix_rows, matrix_format, matrix_index
 from batchmix.lmm.results import ModelMetadata
 from batchmix.pipeline.paths import de_table_coefficients
 from batchmix.pipeline.validate import load_samples
@@ -29,7 +30,16 @@ def de_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
     :func:`batchmix.pipeline.paths.de_table_coefficients`; ``outputs["summary"]`` the JSON summary.
     """
     gene_fits = read_result_table(inputs["gene_fits"])
-    expression = read_matrix(inputs["expression"])
+    # a Parquet matrix is read a few thousand genes at a time (GeneBlocks): the job holds a block, not
+    # the table; other formats are read whole
+    path = inputs["expression"]
+    if matrix_format(path) == "parquet":
+        genes, samples_in_matrix = matrix_index(path)
+        expression = GeneBlocks(
+            index=genes, columns=samples_in_matrix, read=lambda n: iter_matrix_rows(path, genes_per_block=n)
+        )
+    else:
+        expression = read_matrix(path)
     samples = load_samples(config, inputs["samples"])
     metadata = ModelMetadata.read_json(inputs["model"])
     fdr = float(config["de"]["fdr"])
