@@ -17,7 +17,8 @@ from pathlib import Path
 class StageCost:
     """Measured cost of one job of a stage, from the shape of the data it holds.
 
-    peak memory (MB) = base_mb + bytes_per_value * values / 1e6 + bytes_per_sample_pair * samples**2 / 1e6
+    peak memory (MB) = base_mb + bytes_per_value * min(values, max_values) / 1e6
+                       + bytes_per_sample_pair * samples**2 / 1e6
     wall time (s)    = base_s  + us_per_value   * work   / 1e6 + us_per_sample_pair   * samples**2 / 1e6
     `values` is genes x samples of the table the job holds (one chunk for lmm_chunk); `work` is the
     same, except for the Simpson scan, whose time grows with gene pairs x samples. The samples**2
@@ -31,41 +32,48 @@ class StageCost:
     base_s: float
     us_per_value: float
     us_per_sample_pair: float
+    # A stage that reads the matrix a block of genes at a time holds at most this many values at once:
+    # its memory's per-value term stops there (its time does not).
+    max_values: float = math.inf
 
 
 # Measured with benchmarks/bench_pipeline.py (issue 12's data path): every job's peak RSS (psutil,
 # every 50 ms) and CPU time at 20,000 genes x 500 samples and at 60,000 x 2,000 (the default config,
-# 4 LMM chunks; README, "Clusters and laptops"), a line through the two per stage. Peak RSS of the
-# stage's process plus SNAKEMAKE_JOB_MB for the Snakemake process that runs it in a cluster job;
-# time is the job's CPU time (one thread) on the benchmark machine. The samples**2 terms are the
-# earlier fit of benchmarks/bench_chunk_cost.py (the two shapes cannot separate them from the values).
+# 4 LMM chunks; README, "Clusters and laptops"), a line through the two per stage, re-measured after
+# the round that read the input in chunks, streamed de and dropped the report's matrices. Peak RSS of
+# the stage's process plus SNAKEMAKE_JOB_MB for the Snakemake process that runs it in a cluster job;
+# time is the job's CPU time (one thread) on the benchmark machine.
 SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
 STAGE_COSTS = {
-    # reads the input table whole (627 MB at 10^7 values, 2,779 MB at 1.2 x 10^8: 19.6 bytes per value)
-    "stabilise": StageCost(base_mb=580, bytes_per_value=20, bytes_per_sample_pair=0.05, base_s=2, us_per_value=0.42, us_per_sample_pair=0),
-    # the design check reads the input table whole too (433 MB, 2,798 MB)
-    "design": StageCost(base_mb=370, bytes_per_value=22, bytes_per_sample_pair=0, base_s=2, us_per_value=0.18, us_per_sample_pair=0),
+    # reads the input table whole, a text table over 256 MB in row chunks into one matrix (473 MB at 10^7
+    # values, 1,606 MB at 1.2 x 10^8: 10.3 bytes per value)
+    "stabilise": StageCost(base_mb=520, bytes_per_value=10.3, bytes_per_sample_pair=0, base_s=2, us_per_value=0.25, us_per_sample_pair=0),
+    # the design check of the sample sheet (count input reads no values: 165 MB, 171 MB)
+    "design": StageCost(base_mb=330, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
     # split_genes writes each chunk's gene range from gene_status (no expression values): memory and
-    # time are the imports (173-195 MB at both shapes).
-    "split_genes": StageCost(base_mb=350, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
-    # lmm_chunk reads its genes' Parquet row groups: 437 MB for 5,000 genes x 500 samples, 3,340 MB for
+    # time are the imports (136-144 MB at both shapes).
+    "split_genes": StageCost(base_mb=300, bytes_per_value=0, bytes_per_sample_pair=0, base_s=2, us_per_value=0, us_per_sample_pair=0),
+    # lmm_chunk reads its genes' Parquet row groups: 354 MB for 5,000 genes x 500 samples, 1,259 MB for
     # 15,000 x 2,000 (the fits' workspace, the tables and the chunk's corrected expression).
-    "lmm_chunk": StageCost(base_mb=330, bytes_per_value=106, bytes_per_sample_pair=0, base_s=3, us_per_value=0.42, us_per_sample_pair=0),
-    # gather_lmm holds gene_fits (one row per gene) for the moderation and copies the corrected matrix a
-    # row group at a time (443 MB, 995 MB): the per-value term is an upper bound (it follows the row group).
-    "gather_lmm": StageCost(base_mb=550, bytes_per_value=5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.12, us_per_sample_pair=0),
-    # DE with and without the batch holds the stabilised matrix and its fits (978 MB, 7,133 MB)
-    "de": StageCost(base_mb=570, bytes_per_value=56, bytes_per_sample_pair=0, base_s=2, us_per_value=0.18, us_per_sample_pair=0),
-    # the PCA's genes are chosen from the two Parquet matrices a row group at a time and only the
-    # candidates are kept (617 MB at 60,000 x 2,000; 7,448 MB when both were read whole): the memory
-    # follows a 1,024-gene row group, hence a small per-value term as an upper bound
-    "diagnostics": StageCost(base_mb=800, bytes_per_value=0.5, bytes_per_sample_pair=0, base_s=1, us_per_value=0.18, us_per_sample_pair=0),
+    "lmm_chunk": StageCost(base_mb=420, bytes_per_value=33, bytes_per_sample_pair=0, base_s=3, us_per_value=0.11, us_per_sample_pair=0),
+    # gather_lmm holds gene_fits (one row per gene) for the moderation and streams the chunks' corrected
+    # rows into the matrix (401 MB, 972 MB): the per-value term is an upper bound.
+    "gather_lmm": StageCost(base_mb=500, bytes_per_value=5.2, bytes_per_sample_pair=0, base_s=1, us_per_value=0.044, us_per_sample_pair=0),
+    # DE reads the stabilised matrix a block of at least 2^25 values at a time (batchmix.de.GeneBlocks):
+    # 771 MB at 10^7 values (one block), 2,345 MB at 1.2 x 10^8 (blocks of 2^25 values)
+    "de": StageCost(base_mb=250, bytes_per_value=67, bytes_per_sample_pair=0, base_s=1.5, us_per_value=0.1, us_per_sample_pair=0, max_values=2**25),
+    # the PCA's genes are chosen from the Parquet matrices a row group at a time (233 MB, 625 MB; the
+    # per-value term an upper bound); the batch silhouette holds the samples x samples distances
+    # (scipy's cdist, 8 bytes a pair, and a batch's columns of it)
+    "diagnostics": StageCost(base_mb=350, bytes_per_value=3.6, bytes_per_sample_pair=16, base_s=1, us_per_value=0.077, us_per_sample_pair=0.01),
     # Every Simpson job (block pairs, replicates, the gather) prepares the residuals of every scanned
     # gene: 1,301 MB at 19,516 x 500 (bench_pipeline.py), 10,403 MB at 59,092 x 2,000
     # (benchmarks/bench_simpson_job.py); work = gene pairs x samples, 3.8 s per 1,024 x 1,024 block
     # pair at 2,000 samples (0.0018 us per pair and sample), after 39 s of reading and preparing.
     "simpson": StageCost(base_mb=630, bytes_per_value=84, bytes_per_sample_pair=0, base_s=60, us_per_value=0.0018, us_per_sample_pair=0),
-    "report": StageCost(base_mb=480, bytes_per_value=40, bytes_per_sample_pair=20.6, base_s=5, us_per_value=0.24, us_per_sample_pair=0.96),
+    # the report reads the stages' summaries and the shrinkage genes' rows, no whole matrix (337 MB at
+    # 10^7 values, 560 MB at 1.2 x 10^8); its time is drawing the figures (6.0 s, 6.2 s)
+    "report": StageCost(base_mb=470, bytes_per_value=2, bytes_per_sample_pair=0, base_s=7, us_per_value=0.002, us_per_sample_pair=0),
     # work = genes x (bootstrap replicates + 100 if the posterior is on): about 5 us per bootstrap refit
     # and 0.5 ms per gene for the grid posterior (benchmarks/bench_uncertainty.py); memory holds the
     # table plus the refit batches (200,000 responses at a time).
@@ -189,7 +197,8 @@ def simpson_genes(n_genes: int, cfg=None) -> int:
 def stage_memory_mb(stage: str, values: int, samples: int, attempt: int = 1) -> int:
     """Memory request in MB for a job of `stage` holding `values` expression values of `samples` samples."""
     cost = STAGE_COSTS[stage]
-    peak = cost.base_mb + cost.bytes_per_value * values / 1e6 + cost.bytes_per_sample_pair * samples**2 / 1e6
+    held = min(values, cost.max_values)
+    peak = cost.base_mb + cost.bytes_per_value * held / 1e6 + cost.bytes_per_sample_pair * samples**2 / 1e6
     return int(math.ceil(peak * MEMORY_HEADROOM)) * 2 ** (attempt - 1)
 
 
