@@ -329,12 +329,9 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         Counts: ``genes``, ``samples``, ``genes_ok``, ``genes_filtered``.
     """
     started = time.perf_counter()
-    # The design check (of the model, which the VST uses only with vst.blind false) ran before any
-    # job, in the workflow's main process or `batchmix validate`; the inputs themselves are checked
-    # again here, since this stage reads them.
-    validated = load_validated(
-        config, expression=inputs["expression"], samples=inputs["samples"], check=not config["vst"]["blind"]
-    )
+    # The design check too: `batchmix stabilise` refuses a design that cannot be fitted before it
+    # writes anything, as the workflow's main process does before any job.
+    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
     expr = validated.expression
     n_genes = int(expr.shape[0])
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
