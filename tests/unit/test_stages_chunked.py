@@ -14,6 +14,7 @@ import yaml
 from batchmix import vst as vst_mod
 from batchmix.config import validate_config
 from batchmix.io import read_matrix, read_result_table, write_table
+from batchmix.pipeline import lmm as pipeline_lmm
 from batchmix.pipeline import paths, stabilise
 from batchmix.pipeline.registry import run_stage
 from batchmix.pipeline.stabilise import ChunkedVST
@@ -77,6 +78,9 @@ def _run_lmm(config: dict, outdir: Path, n_chunks: int) -> None:
 
 
 def test_stabilise_blocks_and_lmm_chunks_do_not_change_a_byte(tmp_path, monkeypatch):
+    # fit blocks of 50 genes, so that the fixture's 200 genes make 3 chunks that are not empty (chunks
+    # hold whole blocks: batchmix.pipeline.lmm.chunk_ranges)
+    monkeypatch.setattr(pipeline_lmm, "FIT_BLOCK_GENES", 50)
     config = _config(tmp_path)
     one, many = tmp_path / "one", tmp_path / "many"
     _run("stabilise", config, one)

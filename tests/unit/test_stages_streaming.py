@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from batchmix.io import read_matrix, table_writer, write_table
 from batchmix.io.matrices import write_matrix
+from batchmix.pipeline import lmm as pipeline_lmm
 from batchmix.pipeline.lmm import gather_lmm_stage, split_genes_stage
 
 HEADER = "gene_id\ts1\ts2\n"
@@ -65,7 +66,9 @@ def test_write_table_gzip_has_the_fixed_header_and_one_deflate_stream(tmp_path):
     ("n_chunks", "sizes"),
     [(1, [7]), (3, [3, 2, 2]), (4, [2, 2, 2, 1]), (9, [1, 1, 1, 1, 1, 1, 1, 0, 0])],
 )
-def test_split_writes_each_chunks_consecutive_gene_range(tmp_path, n_chunks, sizes):
+def test_split_writes_each_chunks_consecutive_gene_range(tmp_path, monkeypatch, n_chunks, sizes):
+    # with fit blocks of one gene, the chunks are numpy.array_split of the genes
+    monkeypatch.setattr(pipeline_lmm, "FIT_BLOCK_GENES", 1)
     _, status = write_expression(tmp_path)
     chunks = [tmp_path / f"{i}-of-{n_chunks}.genes.json" for i in range(1, n_chunks + 1)]
     split_genes_stage({}, {"gene_status": str(status)}, {"chunks": [str(c) for c in chunks]}, {})
@@ -77,6 +80,18 @@ def test_split_writes_each_chunks_consecutive_gene_range(tmp_path, n_chunks, siz
         assert spec["first_gene"] == (genes[start] if size else None)
         assert spec["last_gene"] == (genes[start + size - 1] if size else None)
         start += size
+
+
+def test_chunks_hold_whole_fit_blocks_so_the_tables_do_not_depend_on_the_chunk_count():
+    # the blocks shared out as numpy.array_split shares genes; the last block is short
+    assert pipeline_lmm.chunk_ranges(7, 3, block_genes=2) == [(0, 4), (4, 6), (6, 7)]
+    assert pipeline_lmm.chunk_ranges(20_000, 4) == [(0, 6000), (6000, 12000), (12000, 16000), (16000, 20000)]
+    assert pipeline_lmm.chunk_ranges(3, 2, block_genes=2) == [(0, 2), (2, 3)]
+    assert pipeline_lmm.chunk_ranges(3, 3, block_genes=2) == [(0, 2), (2, 3), (3, 3)]
+    # every block starts at a multiple of the block size whatever the chunk count
+    for n_chunks in (1, 2, 3, 5, 8):
+        for start, stop in pipeline_lmm.chunk_ranges(21_797, n_chunks):
+            assert start % pipeline_lmm.FIT_BLOCK_GENES == 0 and (stop == 21_797 or stop % 2000 == 0)
 
 
 @pytest.mark.parametrize("out_name", ["corrected.tsv.gz", "corrected.parquet"])

@@ -171,13 +171,16 @@ def _n_genes(input, cfg=None) -> int:
 
 
 def genes_in_chunk(scatteritem: str, n_genes: int) -> int:
-    """Genes in chunk `i-of-n`, as batchmix.pipeline.lmm.chunk_ranges cuts them (numpy.array_split:
-    the first n_genes % n chunks get one gene more)."""
+    """Genes in chunk `i-of-n`, as batchmix.pipeline.lmm.chunk_ranges cuts them: whole blocks of
+    FIT_BLOCK_GENES genes, shared out as numpy.array_split does (the first chunks get one block more)."""
+    from batchmix.pipeline.lmm import chunk_ranges
+
     match = SCATTERITEM.match(scatteritem)
     if match is None:
         raise ValueError(f"not a scatter item of the form i-of-n: {scatteritem!r}")
     index, count = int(match["index"]), int(match["count"])
-    return n_genes // count + (1 if index <= n_genes % count else 0)
+    start, stop = chunk_ranges(n_genes, count)[index - 1]
+    return stop - start
 
 
 def stage_values(stage: str, wildcards, input, cfg=None) -> int:

@@ -64,15 +64,23 @@ logger = logging.getLogger(__name__)
 FIT_BLOCK_GENES = 2000
 
 
-def chunk_ranges(n_genes: int, n_chunks: int) -> list[tuple[int, int]]:
+def chunk_ranges(n_genes: int, n_chunks: int, block_genes: int | None = None) -> list[tuple[int, int]]:
     """The gene positions ``[start, stop)`` of each chunk, in order.
 
-    ``numpy.array_split``: sizes differ by at most one gene (the first ``n_genes % n_chunks`` chunks
-    get one more); chunks are empty when there are more chunks than genes.
+    Chunks hold whole blocks of ``block_genes`` genes (default :data:`FIT_BLOCK_GENES`: the blocks a
+    chunk job fits together), the
+    blocks shared out by ``numpy.array_split`` (the first chunks get one block more; the last block
+    may be short; chunks are empty when there are more chunks than blocks). Every block of the fit
+    then holds the same genes whatever the chunk count, so the tables are the same bit for bit: a
+    matrix product's last bits depend on its size (BLAS takes other kernels for small products), and
+    chunks cut anywhere would give the blocks at their edges other sizes.
     """
-    sizes = [len(part) for part in np.array_split(np.arange(n_genes), n_chunks)]
-    stops = np.cumsum(sizes).tolist()
-    return [(stop - size, stop) for size, stop in zip(sizes, stops)]
+    block_genes = FIT_BLOCK_GENES if block_genes is None else int(block_genes)
+    n_blocks = -(-n_genes // block_genes)
+    counts = [len(part) for part in np.array_split(np.arange(n_blocks), n_chunks)]
+    stops = [min(n_genes, block_genes * int(total)) for total in np.cumsum(counts)]
+    starts = [0, *stops[:-1]]
+    return list(zip(starts, stops))
 
 
 def split_genes_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
