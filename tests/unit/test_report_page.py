@@ -971,13 +971,16 @@ def test_parquet_matrices_give_the_same_page_reading_only_the_drawn_genes(tmp_pa
     text_html = tmp_path / "text.html"
     report.build_report(config, inputs, text_html, tmp_path / "text_figures")
     whole = read_matrix(inputs["vst_expression"])
+    text_corrected = inputs["corrected"]
     for key in ("vst_expression", "corrected"):
         parquet = str(Path(inputs[key]).with_name("expression.parquet"))
         write_matrix(read_matrix(inputs[key]), parquet)
         inputs[key] = parquet
     parquet_html = tmp_path / "parquet.html"
     report.build_report(config, inputs, parquet_html, tmp_path / "parquet_figures")
-    assert parquet_html.read_text() == text_html.read_text()
+    # the same page, naming the corrected matrix's file as the run wrote it
+    assert f"<code>{text_corrected}</code>" in text_html.read_text()
+    assert parquet_html.read_text() == text_html.read_text().replace(text_corrected, inputs["corrected"])
     # Only the asked genes' rows, in the matrix's order, every sample; a gene it lacks is left out.
     tables = report.load_tables(inputs, expression_genes=["G07", "G00", "nope"])
     pd.testing.assert_frame_equal(tables["vst_expression"], whole.loc[["G00", "G07"]])

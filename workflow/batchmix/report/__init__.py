@@ -206,7 +206,8 @@ def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, fi
         "design": design_section(config, tables),
         "de": de_section(config, tables, figures),
         "run": run_section(config, tables, inputs),
-        "batch": batch_section(config, tables, figures),
+        # the corrected matrix's file as the run wrote it (its format follows outputs.matrices)
+        "batch": {**batch_section(config, tables, figures), "corrected_path": inputs.get("corrected")},
         "lmm": lmm_section(config, tables, figures),
         "shrinkage": shrinkage_section(config, tables, figures),
         "vst": vst_section(config, tables, figures),
