@@ -129,13 +129,19 @@ def load_resources(expression: Path, simpson_genes="all") -> dict:
 
 
 def test_chunk_sizes_match_how_the_genes_are_split():
-    import numpy as np
-
+    # chunks hold whole 2,000-gene fit blocks, the blocks shared out as numpy.array_split shares items
     res = load_resources(FIXTURE / "data" / "counts.tsv")
-    for n_genes, n_chunks in [(200, 3), (200, 1), (7, 10), (60_000, 64)]:
-        sizes = [res["genes_in_chunk"](f"{i}-of-{n_chunks}", n_genes) for i in range(1, n_chunks + 1)]
-        expected = [len(part) for part in np.array_split(np.arange(n_genes), n_chunks)]
-        assert sizes == expected, (n_genes, n_chunks)
+    expected = {
+        (200, 3): [200, 0, 0],
+        (200, 1): [200],
+        (7, 10): [7] + [0] * 9,
+        (21_797, 4): [6000, 6000, 6000, 3797],  # 11 blocks: 3, 3, 3, 2 (the last one short)
+        (60_000, 64): [2000] * 30 + [0] * 34,
+        (20_000, 3): [8000, 6000, 6000],
+    }
+    for (n_genes, n_chunks), sizes in expected.items():
+        got = [res["genes_in_chunk"](f"{i}-of-{n_chunks}", n_genes) for i in range(1, n_chunks + 1)]
+        assert got == sizes, (n_genes, n_chunks)
     with pytest.raises(ValueError, match="i-of-n"):
         res["genes_in_chunk"]("chunk2", 200)
 
