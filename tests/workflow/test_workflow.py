@@ -136,5 +136,9 @@ def test_every_job_leaves_a_log_and_a_run_record(fixture_run):
     gather = json.loads((logs / "gather_lmm.warnings.json").read_text())
     fits = pd.read_csv(fixture_run / "results/lmm/gene_fits.tsv", sep="\t")
     assert gather["counts"]["genes"] == len(fits) == 200
+    # chunks hold whole 2,000-gene fit blocks: the fixture's 200 genes are chunk 1's, chunks 2 and 3 are
+    # empty jobs that still log and record
+    first = json.loads((logs / "lmm_chunk/1-of-3.warnings.json").read_text())
     chunk = json.loads((logs / "lmm_chunk/2-of-3.warnings.json").read_text())
-    assert chunk["job"] == "2-of-3" and chunk["counts"]["genes"] == 67
+    assert first["job"] == "1-of-3" and first["counts"]["genes"] == 200
+    assert chunk["job"] == "2-of-3" and chunk["counts"]["genes"] == 0
