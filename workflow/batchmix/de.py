@@ -48,6 +48,7 @@ __all__ = [
     "GeneBlocks",
     "LM_BLOCK_GENES",
     "LM_BLOCK_VALUES",
+    "lm_block_genes",
     "missingness_patterns",
     "de_coefficients",
     "differential_expression",
@@ -125,6 +126,12 @@ def missingness_patterns(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # matrices with other kernels, whose last bits differ. With fewer samples a block is simply larger.
 LM_BLOCK_GENES = 4096
 LM_BLOCK_VALUES = 1 << 25
+
+
+def lm_block_genes(n_samples: int) -> int:
+    """Genes per block of the least squares for ``n_samples`` samples: :data:`LM_BLOCK_VALUES` values'
+    worth, at least :data:`LM_BLOCK_GENES` genes."""
+    return max(LM_BLOCK_GENES, LM_BLOCK_VALUES // max(1, n_samples))
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ def limma_fit(
         The genes (row positions of ``expression``) to fit, in this order; default all.
     block_genes : int, optional
         Genes per block of the least squares (:func:`lm_series`); the moderation then pools all.
-        Default: :data:`LM_BLOCK_VALUES` values' worth, at least :data:`LM_BLOCK_GENES` genes.
+        Default: :func:`lm_block_genes`.
 
     Returns
     -------
@@ -234,7 +241,7 @@ def limma_fit(
     values = np.asarray(expression)
     rows = np.arange(values.shape[0]) if rows is None else np.asarray(rows, dtype=np.intp)
     if block_genes is None:
-        block_genes = max(LM_BLOCK_GENES, LM_BLOCK_VALUES // max(1, values.shape[1]))
+        block_genes = lm_block_genes(values.shape[1])
     # a block is copied out as C-ordered rows, as values[rows] would be: each gene's sums then run in
     # the same order whatever the blocks
     parts = [
@@ -494,7 +501,7 @@ def _ols_by_blocks(
     The blocks hold at least :data:`LM_BLOCK_VALUES` values, as :func:`limma_fit`'s do, so the
     numbers are those of the whole table read at once.
     """
-    block_genes = max(LM_BLOCK_GENES, LM_BLOCK_VALUES // max(1, len(expression.columns)))
+    block_genes = lm_block_genes(len(expression.columns))
     means, parts, start = [], [], 0
     for block in expression.read(block_genes):
         values = block.to_numpy(dtype=float)
