@@ -85,6 +85,8 @@ def test_gather_inputs_follow_the_config():
     inputs = paths.simpson_gather_inputs(config)
     assert inputs["candidates"] == [f"results/simpson/blocks/{i}-of-3.candidates.tsv" for i in (1, 2, 3)]
     assert inputs["null"] == ["results/simpson/null/1-of-2.json", "results/simpson/null/2-of-2.json"]
+    # the data simpson_prepare wrote once for the block-pair jobs and the gather
+    assert inputs["prepared"] == "results/simpson/prepared"
     for method in ("none", "permutation"):
         assert paths.simpson_gather_inputs({"simpson": {**config["simpson"], "calibration": method}})["null"] == []
 

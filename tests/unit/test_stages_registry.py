@@ -25,7 +25,8 @@ CONFIG = {
 def test_the_registry_holds_every_stage_of_the_workflow():
     assert list(STAGES) == [
         "validate", "stabilise", "split_genes", "lmm_chunk", "gather_lmm", "design", "de", "diagnostics", "summary",
-        "simpson_block", "simpson_null", "simpson", "uncertainty", "report", "compare", "index", "run_record",
+        "simpson_prepare", "simpson_block", "simpson_null", "simpson", "uncertainty", "report", "compare", "index",
+        "run_record",
     ]  # fmt: skip
     assert [name for name, stage in STAGES.items() if stage.per_chunk] == ["lmm_chunk", "simpson_block", "simpson_null"]
     # compare and index take the whole config (all analyses); their paths are paths.COMPARE_OUTPUTS

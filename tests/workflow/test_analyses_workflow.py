@@ -62,9 +62,10 @@ def test_a_dry_run_shows_the_shared_stabilise_job_once(tmp_path):
         assert counts[f"gather_lmm_{name}"] == 1 and counts[f"report_{name}"] == 1
         assert counts[f"lmm_chunk_{name}"] == 3
     # other_vst switches the Simpson scan off; random_batch and fixed_batch differ only in their model,
-    # which the scan does not read: they share one scan (4 block-pair jobs and the gather)
+    # which the scan does not read: they share one scan (its preparation, 4 block-pair jobs and the gather)
     simpson = {rule: n for rule, n in counts.items() if rule.startswith("simpson")}
-    assert len(simpson) == 2 and sorted(simpson.values()) == [1, 4], counts
+    assert len(simpson) == 3 and sorted(simpson.values()) == [1, 1, 4], counts
+    assert {rule.rsplit("_", 1)[0] for rule in simpson} == {"simpson_prepare", "simpson_block", "simpson"}
 
 
 def test_each_analysis_writes_the_single_run_layout_under_its_name(study_run, fixture_run):

@@ -81,6 +81,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "de": (*_MODEL_KEYS, "reml", "moderate", "de"),
     "diagnostics": (*_MODEL_KEYS, "outputs"),
     "summary": (*_MODEL_KEYS, "reml", "de"),
+    "simpson_prepare": ("samples", "batch", "levels", "simpson"),
     "simpson_block": ("samples", "batch", "levels", "simpson"),
     "simpson_null": ("samples", "batch", "levels", "simpson"),
     "simpson": ("samples", "batch", "levels", "simpson", "report"),

@@ -77,6 +77,7 @@ SIMPSON_JOBS = list(
 # the stages whose jobs analyses share, and where each analysis finds them
 SHARED_STAGES = {
     "stabilise": "stabilise_outdir",
+    "simpson_prepare": "simpson_outdir",
     "simpson_block": "simpson_outdir",
     "simpson_null": "simpson_outdir",
     "simpson": "simpson_outdir",

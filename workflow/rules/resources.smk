@@ -44,6 +44,12 @@ class StageCost:
 # the stage's process plus SNAKEMAKE_JOB_MB for the Snakemake process that runs it in a cluster job;
 # time is the job's CPU time (one thread) on the benchmark machine.
 SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
+
+# The Simpson gather when a permutation check (simpson.permutation_check, calibration: permutation)
+# prepares and scans again in it, in memory: 1,301 MB at 19,516 x 500, 10,403 MB at 59,092 x 2,000 for
+# a whole preparation and scan in one job (benchmarks/bench_simpson_job.py, before the scan was
+# prepared once); work = gene pairs x samples (0.0018 us per pair and sample).
+SIMPSON_IN_MEMORY = StageCost(base_mb=630, bytes_per_value=84, bytes_per_sample_pair=0, base_s=60, us_per_value=0.0018, us_per_sample_pair=0)
 STAGE_COSTS = {
     # reads the input table whole, a text table over 256 MB in row chunks into one matrix (473 MB at 10^7
     # values, 1,606 MB at 1.2 x 10^8: 10.3 bytes per value)
@@ -66,11 +72,22 @@ STAGE_COSTS = {
     # per-value term an upper bound); the batch silhouette holds the samples x samples distances
     # (scipy's cdist, 8 bytes a pair, and a batch's columns of it)
     "diagnostics": StageCost(base_mb=350, bytes_per_value=3.6, bytes_per_sample_pair=16, base_s=1, us_per_value=0.077, us_per_sample_pair=0.01),
-    # Every Simpson job (block pairs, replicates, the gather) prepares the residuals of every scanned
-    # gene: 1,301 MB at 19,516 x 500 (bench_pipeline.py), 10,403 MB at 59,092 x 2,000
-    # (benchmarks/bench_simpson_job.py); work = gene pairs x samples, 3.8 s per 1,024 x 1,024 block
-    # pair at 2,000 samples (0.0018 us per pair and sample), after 39 s of reading and preparing.
-    "simpson": StageCost(base_mb=630, bytes_per_value=84, bytes_per_sample_pair=0, base_s=60, us_per_value=0.0018, us_per_sample_pair=0),
+    # A sign-flip replicate (simpson_null) writes its reflected residuals a block of genes at a time to
+    # a temporary folder and scans them memory-mapped, as the block-pair jobs do, but all block pairs:
+    # work = gene pairs x samples (MEASURED_NULL below).
+    "simpson_null": StageCost(base_mb=650, bytes_per_value=6.2, bytes_per_sample_pair=0, base_s=10, us_per_value=0.0004, us_per_sample_pair=0),
+    # The gather memory-maps the prepared data and reads the reversals' rows: 214-334 MB and 1.1-1.5 s
+    # CPU at 19,516 x 500, 372 MB and 2.1 s at 59,092 x 2,000; the per-value term is an upper bound.
+    "simpson": StageCost(base_mb=500, bytes_per_value=0.5, bytes_per_sample_pair=0, base_s=5, us_per_value=0.02, us_per_sample_pair=0),
+    # simpson_prepare residualises 4,096 genes at a time and writes each block to its .npy files
+    # (batchmix.simpson.prepare_saved): 353 MB and 1.9 s CPU at 19,516 x 500, 972 MB and 28.9 s at
+    # 59,092 x 2,000 (the files: 6.2 GB, ~52 bytes per value, on disk).
+    "simpson_prepare": StageCost(base_mb=450, bytes_per_value=5.7, bytes_per_sample_pair=0, base_s=2, us_per_value=0.25, us_per_sample_pair=0),
+    # a block-pair job memory-maps the prepared data and copies the rows of one block pair at a time:
+    # 554 MB at 19,516 x 500, 1,222 MB at 59,092 x 2,000 (peak RSS, the mapped pages it read included);
+    # work = its gene pairs x samples: 5 block pairs of 1,024 x 1,024 at 2,000 samples in 3.3 s CPU
+    # (0.0003 us per pair and sample), 53 at 500 samples in 5.3 s.
+    "simpson_block": StageCost(base_mb=650, bytes_per_value=6.2, bytes_per_sample_pair=0, base_s=5, us_per_value=0.0004, us_per_sample_pair=0),
     # the report reads the stages' summaries and the shrinkage genes' rows, no whole matrix (337 MB at
     # 10^7 values, 560 MB at 1.2 x 10^8); its time is drawing the figures (6.0 s, 6.2 s)
     "report": StageCost(base_mb=470, bytes_per_value=2, bytes_per_sample_pair=0, base_s=7, us_per_value=0.002, us_per_sample_pair=0),
@@ -197,18 +214,19 @@ def simpson_genes(n_genes: int, cfg=None) -> int:
     return n_genes if chosen == "all" else min(n_genes, int(chosen))
 
 
-def stage_memory_mb(stage: str, values: int, samples: int, attempt: int = 1) -> int:
-    """Memory request in MB for a job of `stage` holding `values` expression values of `samples` samples."""
-    cost = STAGE_COSTS[stage]
+def stage_memory_mb(stage: str, values: int, samples: int, attempt: int = 1, cost=None) -> int:
+    """Memory request in MB for a job of `stage` holding `values` expression values of `samples` samples
+    (`cost`: another cost model than the stage's)."""
+    cost = cost or STAGE_COSTS[stage]
     held = min(values, cost.max_values)
     peak = cost.base_mb + cost.bytes_per_value * held / 1e6 + cost.bytes_per_sample_pair * samples**2 / 1e6
     return int(math.ceil(peak * MEMORY_HEADROOM)) * 2 ** (attempt - 1)
 
 
-def stage_runtime_min(stage: str, work: int, samples: int, attempt: int = 1) -> int:
+def stage_runtime_min(stage: str, work: int, samples: int, attempt: int = 1, cost=None) -> int:
     """Time limit in minutes for a job of `stage` doing `work` units (values, or gene pairs x samples
     for the Simpson scan) on `samples` samples."""
-    cost = STAGE_COSTS[stage]
+    cost = cost or STAGE_COSTS[stage]
     seconds = cost.base_s + cost.us_per_value * work / 1e6 + cost.us_per_sample_pair * samples**2 / 1e6
     return max(MIN_RUNTIME_MIN, int(math.ceil(seconds * RUNTIME_HEADROOM / 60))) * 2 ** (attempt - 1)
 
@@ -219,7 +237,8 @@ def mem_mb_for(stage: str, cfg=None):
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
     def mem_mb(wildcards, input, attempt):
-        return stage_memory_mb(stage, stage_values(stage, wildcards, input, cfg), n_samples(cfg), attempt)
+        values = stage_values(stage, wildcards, input, cfg)
+        return stage_memory_mb(stage, values, n_samples(cfg), attempt, cost=_gather_cost(stage, cfg))
 
     mem_mb.__name__ = f"mem_mb_{stage}"
     return mem_mb
@@ -231,7 +250,7 @@ def runtime_for(stage: str, cfg=None):
         raise KeyError(f"no cost model for stage {stage!r}; add it to STAGE_COSTS")
 
     def runtime(wildcards, input, attempt):
-        if stage == "simpson":
+        if _gather_cost(stage, cfg) is not None:
             genes = simpson_genes(_n_genes(input, cfg), cfg)
             work = genes * (genes - 1) // 2 * n_samples(cfg)
         elif stage == "uncertainty":
@@ -239,19 +258,29 @@ def runtime_for(stage: str, cfg=None):
             work = _n_genes(input, cfg) * (int(settings["bootstrap"]) + 100 * bool(settings["bayes"]))
         else:
             work = stage_values(stage, wildcards, input, cfg)
-        return stage_runtime_min(stage, work, n_samples(cfg), attempt)
+        return stage_runtime_min(stage, work, n_samples(cfg), attempt, cost=_gather_cost(stage, cfg))
 
     runtime.__name__ = f"runtime_{stage}"
     return runtime
 
 
-def simpson_job_runtime(share, cfg=None):
-    """Runtime (minutes) of a Simpson job doing `share` of a whole scan (the stage cost of `simpson`)."""
+def _gather_cost(stage: str, cfg=None):
+    """SIMPSON_IN_MEMORY for the Simpson gather when a permutation check prepares and scans again in
+    it; None otherwise (the stage's own cost model)."""
+    if stage != "simpson":
+        return None
+    settings = (cfg or config)["simpson"]
+    in_memory = settings.get("permutation_check") or settings.get("calibration") == "permutation"
+    return SIMPSON_IN_MEMORY if in_memory else None
+
+
+def simpson_job_runtime(share, cfg=None, stage="simpson_block"):
+    """Runtime (minutes) of a Simpson job doing `share` of a whole scan (the stage cost of `stage`)."""
 
     def runtime(wildcards, input, attempt):
         genes = simpson_genes(_n_genes(input, cfg), cfg)
         work = share * genes * (genes - 1) // 2 * n_samples(cfg)
-        return stage_runtime_min("simpson", work, n_samples(cfg), attempt)
+        return stage_runtime_min(stage, work, n_samples(cfg), attempt)
 
     runtime.__name__ = f"runtime_simpson_{share:g}"
     return runtime

@@ -1,7 +1,8 @@
 # Stage 3: Simpson's-paradox co-expression reversals over all gene pairs.
-# The scan is scattered over simpson.jobs block-pair jobs (each takes every jobs-th block pair: the
-# gene count is only known after stabilise, the job count is fixed by the config), each sign-flip
-# calibration replicate is its own job, and the rule `simpson` gathers them (BH/BY over all pairs).
+# `simpson_prepare` residualises the genes once; the scan is scattered over simpson.jobs block-pair
+# jobs (each takes every jobs-th block pair: the gene count is only known after stabilise, the job
+# count is fixed by the config), each sign-flip calibration replicate is its own job, and the rule
+# `simpson` gathers them (BH/BY over all pairs). The jobs after the preparation memory-map it.
 from batchmix.io import read_samples
 from batchmix.pipeline.simpson import check_simpson_settings
 
@@ -24,6 +25,27 @@ for _analysis in SIMPSON_JOBS:
 
     rule:
         name:
+            shared_rule("simpson_prepare", _analysis)
+        input:
+            **stage_inputs("simpson_prepare", _analysis),
+        output:
+            # temporary: the residuals of every scanned gene (several times the stabilised matrix)
+            prepared=temp(directory(stage_outputs("simpson_prepare", _analysis)["prepared"])),
+        log:
+            **stage_log("simpson_prepare", _analysis),
+        params:
+            **stage_params("simpson_prepare", _analysis),
+        conda:
+            "../../envs/batchmix.yaml"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_for("simpson_prepare", _analysis.config),
+            runtime=runtime_for("simpson_prepare", _analysis.config),
+        script:
+            "../scripts/simpson_prepare.py"
+
+    rule:
+        name:
             shared_rule("simpson_block", _analysis)
         input:
             **stage_inputs("simpson_block", _analysis),
@@ -38,8 +60,8 @@ for _analysis in SIMPSON_JOBS:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            # every job holds the whole prepared matrix, as the single scan does
-            mem_mb=mem_mb_for("simpson", _analysis.config),
+            # the prepared data is memory-mapped: a job holds the rows of its block pairs
+            mem_mb=mem_mb_for("simpson_block", _analysis.config),
             runtime=simpson_job_runtime(1.0 / _n_jobs, _analysis.config),
         script:
             "../scripts/simpson_block.py"
@@ -59,9 +81,10 @@ for _analysis in SIMPSON_JOBS:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            mem_mb=mem_mb_for("simpson", _analysis.config),
+            # the sign-flipped data is a new copy of the residuals
+            mem_mb=mem_mb_for("simpson_null", _analysis.config),
             # one replicate is one whole scan of the sign-flipped data
-            runtime=simpson_job_runtime(1.0, _analysis.config),
+            runtime=simpson_job_runtime(1.0, _analysis.config, stage="simpson_null"),
         script:
             "../scripts/simpson_null.py"
 
@@ -72,6 +95,7 @@ for _analysis in SIMPSON_JOBS:
             **stage_inputs("simpson", _analysis),
             candidates=_gather["candidates"],
             null=_gather["null"],
+            prepared=_gather["prepared"],
         output:
             **stage_outputs("simpson", _analysis, "figure"),
             figure=report(
@@ -87,8 +111,8 @@ for _analysis in SIMPSON_JOBS:
             "../../envs/batchmix.yaml"
         threads: 1
         resources:
-            mem_mb=mem_mb_for("simpson", _analysis.config),
             # the gather: the step-up, the lurking factor and the figure (a permutation check runs here)
+            mem_mb=mem_mb_for("simpson", _analysis.config),
             runtime=runtime_for("simpson", _analysis.config),
         script:
             "../scripts/simpson.py"

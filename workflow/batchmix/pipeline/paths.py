@@ -91,6 +91,8 @@ STAGE_OUTPUTS: dict[str, dict[str, str]] = {
         "model": "lmm/model.json",
         "corrected": "corrected/expression{matrix}",
     },
+    # a folder of .npy arrays (batchmix.simpson.SimpsonData.save), temporary in the workflow
+    "simpson_prepare": {"prepared": "simpson/prepared"},
     "simpson_block": {"candidates": SIMPSON_JOB_OUTPUTS["candidates"]},
     "simpson_null": {"null": SIMPSON_JOB_OUTPUTS["null"]},
     "simpson": {
@@ -314,10 +316,14 @@ def stage_inputs(
         inputs.setdefault("corrected", [])
         inputs.update({"gene_status": status, "samples": config["samples"], **kinship_input(config)})
         return inputs
-    if stage in ("simpson", "simpson_block", "simpson_null"):
+    if stage in ("simpson", "simpson_prepare"):
         # vst/info.json records the trend that gives the stabilised value of a zero count
         info = path(vst["info"], outdir=vst_outdir)
         return {"expression": expression, "gene_status": status, "samples": config["samples"], "vst_info": info}
+    if stage in ("simpson_block", "simpson_null"):
+        # the prepared data only (simpson_prepare): the config holds every setting the jobs use
+        prepared = path(STAGE_OUTPUTS["simpson_prepare"]["prepared"], outdir=simpson_outdir or outdir)
+        return {"prepared": prepared}
     if stage == "uncertainty":
         return {
             "expression": expression,
@@ -359,12 +365,14 @@ def simpson_job_path(key: str, *, outdir: str = OUTDIR, scatteritem: str = "{sca
     return path(SIMPSON_JOB_OUTPUTS[key], outdir=outdir).replace("{scatteritem}", scatteritem)
 
 
-def simpson_gather_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, list[str]]:
+def simpson_gather_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, list[str] | str]:
     """The per-job files the ``simpson`` gather of the scattered workflow reads, by name.
 
     ``candidates``: one file per block-pair job (``simpson.jobs``); ``null``: one per sign-flip
-    replicate (``simpson.n_replicates``; none unless ``simpson.calibration`` is ``sign_flip``).
-    Without them (the ``batchmix simpson`` command) the stage scans and calibrates in one job.
+    replicate (``simpson.n_replicates``; none unless ``simpson.calibration`` is ``sign_flip``);
+    ``prepared``: the folder of ``simpson_prepare`` (one), whose data the gather reads instead of
+    preparing it again.  Without them (the ``batchmix simpson`` command) the stage prepares, scans
+    and calibrates in one job.
     """
     scfg = config["simpson"]
     blocks = [
@@ -375,7 +383,8 @@ def simpson_gather_inputs(config: dict, *, outdir: str = OUTDIR) -> dict[str, li
     if scfg["calibration"] == "sign_flip":
         replicates = scatteritems(int(scfg["n_replicates"]))
         nulls = [simpson_job_path("null", outdir=outdir, scatteritem=s) for s in replicates]
-    return {"candidates": blocks, "null": nulls}
+    prepared = path(STAGE_OUTPUTS["simpson_prepare"]["prepared"], outdir=outdir)
+    return {"candidates": blocks, "null": nulls, "prepared": prepared}
 
 
 def log_path(stage: str, *, outdir: str = OUTDIR, scatteritem: str = "{scatteritem}") -> str:

@@ -133,6 +133,11 @@ STAGES: dict[str, Stage] = {
             "summary", f"{_P}.summary:summary_stage", "the verdict: batch effect, design, recommendation (summary.json)"
         ),
         Stage(
+            "simpson_prepare",
+            f"{_P}.simpson:simpson_prepare_stage",
+            "Simpson scan: residualise the genes once for every block-pair job (simpson/prepared/)",
+        ),
+        Stage(
             "simpson_block",
             f"{_P}.simpson:simpson_block_stage",
             "Simpson scan: the candidate pairs of one share of the block pairs (job i-of-n)",

@@ -1,6 +1,8 @@
 """The Simpson stages: the all-pairs reversal scan, scattered over block-pair jobs, its sign-flip
 calibration replicates (one job each), and the gather that writes the reversals.
 
+- ``simpson_prepare``: the residualised data of the scan (:func:`batchmix.simpson.prepare` on the genes
+  the VST kept) and the unit rows the scan multiplies, written once (``SimpsonData.save``).
 - ``simpson_block`` (job ``i-of-n``): candidates of every n-th block pair, starting at the i-th
   (:func:`batchmix.simpson.block_pairs`), each with its exact p.
 - ``simpson_null`` (job ``r-of-n``): the pairs flagged on sign-flip replicate r - 1.
@@ -8,9 +10,10 @@ calibration replicates (one job each), and the gather that writes the reversals.
   the lurking factor, the calibration summary, the figure.  Without gathered inputs (the
   ``batchmix simpson`` command) it scans and calibrates in the one job.
 
-Every job prepares the same residualised data from the stabilised matrix
-(:func:`batchmix.simpson.prepare` on the genes the VST kept), so block jobs and the gather see
-identical numbers.
+The block-pair and replicate jobs and the gather memory-map the prepared data (input ``prepared``),
+so they see identical numbers and none of them reads the matrix or residualises again; each holds in
+its own memory only the rows it multiplies.  Without ``prepared`` (the ``batchmix simpson`` command)
+a stage prepares the data itself.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,6 +38,7 @@ from batchmix.io import (
     write_json,
     write_table,
 )
+from batchmix.io.matrices import iter_matrix_rows, matrix_format, matrix_index
 from batchmix.pipeline.validate import load_samples
 from batchmix.plots.simpson import plot_reversals
 from batchmix.plots.style import save_png
@@ -41,6 +46,7 @@ from batchmix.vst import transform_normalised
 
 __all__ = [
     "simpson_stage",
+    "simpson_prepare_stage",
     "simpson_block_stage",
     "simpson_null_stage",
     "consistent_reversals",
@@ -128,10 +134,7 @@ def _prepare(config: dict, inputs: dict) -> _Scan:
     check_simpson_settings(config, samples)
     batch = batch_labels(samples, config["batch"])
     ok = status.reindex(expr.index) == "ok"
-    covariates = None
-    if scfg["adjust_for"]:
-        X, names = fixed_design("~ " + " + ".join(scfg["adjust_for"]), samples)
-        covariates = X[:, [i for i, n in enumerate(names) if n != "Intercept"]]
+    covariates = _covariates(config, samples)
     genes = None if scfg["genes"] == "all" else int(scfg["genes"])
     zero_value = None
     if inputs.get("vst_info"):
@@ -142,6 +145,112 @@ def _prepare(config: dict, inputs: dict) -> _Scan:
         expression, batch, covariates=covariates, genes=genes, min_sd=scfg["min_sd"], zero_value=zero_value
     )
     return _Scan(data, expression, samples, batch, covariates, status[~ok], zero_value)
+
+
+def _covariates(config: dict, samples: pd.DataFrame) -> np.ndarray | None:
+    adjust_for = config["simpson"]["adjust_for"]
+    if not adjust_for:
+        return None
+    X, names = fixed_design("~ " + " + ".join(adjust_for), samples)
+    return X[:, [i for i, n in enumerate(names) if n != "Intercept"]]
+
+
+# In simpson_prepare's folder, next to the data: the stabilised genes the VST did not keep, and why.
+_VST_EXCLUDED = "vst_excluded.json"
+
+
+def _prepared_data(inputs: dict) -> simpson.SimpsonData:
+    """The data ``simpson_prepare`` wrote (input ``prepared``), memory-mapped."""
+    return simpson.SimpsonData.load(inputs["prepared"])
+
+
+def _loaded_scan(config: dict, inputs: dict) -> _Scan:
+    """:func:`_prepare`'s result from the prepared data: the same numbers, without reading the matrix.
+
+    The expression the gather draws and attributes lurking factors from is that of the scanned genes
+    (``data.values``): every reported gene is one of them.
+    """
+    data = _prepared_data(inputs)
+    samples = load_samples(config, inputs["samples"]).loc[data.samples]
+    batch = batch_labels(samples, config["batch"])
+    expression = pd.DataFrame(data.values, index=data.genes, columns=data.samples, copy=False)
+    with open(Path(inputs["prepared"]) / _VST_EXCLUDED, encoding="utf-8") as handle:
+        excluded = json.load(handle)
+    excluded_by_vst = pd.Series(
+        [s for _, s in excluded], index=pd.Index([g for g, _ in excluded], name="gene_id"), name="status"
+    )
+    return _Scan(data, expression, samples, batch, _covariates(config, samples), excluded_by_vst, data.zero_value)
+
+
+def _matrix_rows(path: str):
+    """The gene ids, the sample ids and a reader of the rows of a stabilised matrix, in blocks.
+
+    A Parquet matrix is read a row group at a time (the preparation never holds it whole); the
+    other formats whole.
+    """
+    if matrix_format(path) == "parquet":
+        genes, samples = matrix_index(path)
+
+        def read_blocks():
+            for frame in iter_matrix_rows(path):
+                yield frame.to_numpy(dtype=np.float64)
+
+        return genes, samples, read_blocks
+    whole = read_matrix(path)
+    values = whole.to_numpy(dtype=np.float64)
+
+    def read_whole():
+        yield values
+
+    return whole.index, whole.columns, read_whole
+
+
+def simpson_prepare_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
+    """Prepare the scan once: the residualised data and the unit rows, written to ``outputs["prepared"]``.
+
+    Inputs ``expression``, ``gene_status``, ``samples``, ``vst_info``.  The genes the VST kept are
+    read a block at a time and residualised as :func:`batchmix.simpson.prepare` does
+    (:func:`batchmix.simpson.prepare_saved`: the same numbers, bounded memory); the unit rows of the
+    configured test (float32 for the screen, float64 for the exact p) are saved with them.
+    """
+    scfg = config["simpson"]
+    genes, sample_ids, read_blocks = _matrix_rows(inputs["expression"])
+    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
+    samples = load_samples(config, inputs["samples"]).loc[sample_ids]
+    check_simpson_settings(config, samples)
+    batch = batch_labels(samples, config["batch"])
+    ok = status.reindex(genes) == "ok"
+    ok_rows = ok.to_numpy()
+    zero_value = None
+    if inputs.get("vst_info"):
+        with open(inputs["vst_info"], encoding="utf-8") as handle:
+            zero_value = zero_value_of(json.load(handle))
+
+    def read_kept():
+        row = 0
+        for block in read_blocks():
+            chosen = ok_rows[row : row + block.shape[0]]
+            row += block.shape[0]
+            yield block if chosen.all() else block[chosen]
+
+    units = simpson.UNITS_RANDOM_EFFECTS if scfg["within_test"] == "random_effects" else simpson.UNITS_POOLED
+    data = simpson.prepare_saved(
+        outputs["prepared"],
+        read_kept,
+        pd.Index(genes)[ok_rows],
+        pd.Index(sample_ids),
+        batch,
+        covariates=_covariates(config, samples),
+        genes=None if scfg["genes"] == "all" else int(scfg["genes"]),
+        min_sd=scfg["min_sd"],
+        zero_value=zero_value,
+        units=units,
+    )
+    # the genes the VST did not keep, for the gather's list of excluded genes
+    excluded = [[str(g), str(v)] for g, v in status[~ok].items()]
+    with open(Path(outputs["prepared"]) / _VST_EXCLUDED, "w", encoding="utf-8") as handle:
+        json.dump(excluded, handle)
+    return {"genes": int(data.n_genes), "genes_excluded": int(len(data.genes_excluded) + len(excluded))}
 
 
 def _scan_options(config: dict) -> dict:
@@ -166,17 +275,21 @@ def simpson_block_stage(config: dict, inputs: dict, outputs: dict, params: dict)
     whose ``i-of-n`` name says which share.
     """
     index, count = job_of(outputs["candidates"])
-    scan = _prepare(config, inputs)
+    data = _prepared_data(inputs) if inputs.get("prepared") else _prepare(config, inputs).data
     options = _scan_options(config)
-    mine = _my_block_pairs(scan.data.n_genes, int(config["simpson"]["block_size"]), index, count)
-    parts = [simpson.scan_block_pair(scan.data, a, b, **options) for a, b in mine]
+    mine = _my_block_pairs(data.n_genes, int(config["simpson"]["block_size"]), index, count)
+    parts = []
+    for done, (a, b) in enumerate(mine, start=1):
+        parts.append(simpson.scan_block_pair(data, a, b, **options))
+        if done % 10 == 0 or done == len(mine):
+            logger.info("block pairs: %d of %d done", done, len(mine))
     columns = simpson.CANDIDATE_COLUMNS
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     # float p written exactly (17 significant digits round-trip), so that the gather's step-up is the
     # single scan's
     table = table.astype({"index_a": np.int64, "index_b": np.int64, "p": np.float64})
     write_candidates(table, outputs["candidates"])
-    return {"block_pairs": len(mine), "candidates": int(len(table)), "genes": int(scan.data.n_genes)}
+    return {"block_pairs": len(mine), "candidates": int(len(table)), "genes": int(data.n_genes)}
 
 
 def write_candidates(table: pd.DataFrame, path: str) -> None:
@@ -206,9 +319,16 @@ def simpson_null_stage(config: dict, inputs: dict, outputs: dict, params: dict) 
     """
     index, _ = job_of(outputs["null"])
     scfg = config["simpson"]
-    scan = _prepare(config, inputs)
+    Path(outputs["null"]).parent.mkdir(parents=True, exist_ok=True)
+    data = _prepared_data(inputs) if inputs.get("prepared") else _prepare(config, inputs).data
     flagged = simpson.sign_flip_replicate(
-        scan.data, index - 1, seed=int(scfg["seed"]), block_size=int(scfg["block_size"]), **_scan_options(config)
+        data,
+        index - 1,
+        seed=int(scfg["seed"]),
+        block_size=int(scfg["block_size"]),
+        # the replicate's residuals go to a temporary folder next to the output, a block at a time
+        workdir=Path(outputs["null"]).parent,
+        **_scan_options(config),
     )
     write_json({"replicate": index - 1, "seed": int(scfg["seed"]), "flagged": int(flagged)}, outputs["null"])
     return {"replicate": index - 1, "flagged": int(flagged)}
@@ -283,7 +403,9 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
     ``outputs["summary"]`` and ``outputs["figure"]``.
     """
     scfg = config["simpson"]
-    scan = _prepare(config, inputs)
+    # the permutation check re-prepares from the stabilised matrix: it needs the matrix itself
+    needs_matrix = scfg["permutation_check"] or scfg["calibration"] == "permutation"
+    scan = _loaded_scan(config, inputs) if inputs.get("prepared") and not needs_matrix else _prepare(config, inputs)
     data = scan.data
     options = _scan_options(config)
     candidate_paths = inputs.get("candidates") or []
@@ -295,7 +417,8 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
     excluded = pd.concat([scan.excluded_by_vst.rename("reason"), result.genes_excluded.rename("reason")])
     adjusted = tuple(scfg["adjust_for"])
     lurking = simpson.lurking_factors(
-        scan.expression.loc[data.genes],
+        # every reported gene is a scanned gene: no copy of the scanned rows
+        scan.expression,
         scan.samples,
         result.reversals,
         batch=config["batch"],

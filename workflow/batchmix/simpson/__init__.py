@@ -81,7 +81,7 @@ from .pairs import (
     scan_block_pair,
     scan_data,
 )
-from .prepare import SimpsonData, align_batch, prepare
+from .prepare import UNITS_POOLED, UNITS_RANDOM_EFFECTS, SimpsonData, align_batch, prepare, prepare_saved
 from .statistics import RandomEffects, harmonic_number, random_effects, reversal_p, step_up_q
 
 __all__ = [
@@ -97,6 +97,9 @@ __all__ = [
     "CALIBRATION_METHODS",
     "scan",
     "prepare",
+    "prepare_saved",
+    "UNITS_RANDOM_EFFECTS",
+    "UNITS_POOLED",
     "scan_data",
     "block_pairs",
     "scan_block_pair",

@@ -12,7 +12,9 @@ the null under which the random-effects test must hold its level.  The permutati
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ import pandas as pd
 from batchmix.defaults import DEFAULT_SEED
 
 from .pairs import scan_data
-from .prepare import SimpsonData, prepare
+from .prepare import UNITS_POOLED, UNITS_RANDOM_EFFECTS, SimpsonData, prepare
 
 __all__ = [
     "PermutationCheck",
@@ -43,11 +45,16 @@ def sign_flip_data(data: SimpsonData, replicate: int, *, seed: int = DEFAULT_SEE
     The random stream is ``numpy.random.default_rng([seed, replicate])``: replicates are independent
     and each can run as its own job with the same result.
     """
+    return data.with_batch_residuals(data.batch_residuals * _flip_signs(data, replicate, seed))
+
+
+def _flip_signs(data: SimpsonData, replicate: int, seed: int) -> np.ndarray:
+    """The G x N signs of one replicate: one per (gene, batch), spread over the batch's columns."""
     if replicate < 0:
         raise ValueError(f"replicate must be >= 0, got {replicate}")
     rng = np.random.default_rng([int(seed), int(replicate)])
     signs = rng.integers(0, 2, size=(data.n_genes, len(data.batch_labels))) * 2.0 - 1.0
-    return data.with_batch_residuals(data.batch_residuals * signs[:, data.batch_codes])
+    return signs[:, data.batch_codes]
 
 
 def sign_flip_replicate(
@@ -60,12 +67,24 @@ def sign_flip_replicate(
     within_test: str = "random_effects",
     min_batches: int = 3,
     block_size: int = 1024,
+    workdir: str | Path | None = None,
 ) -> int:
-    """Pairs flagged (q <= fdr) on one sign-flip replicate of ``data``; every one is a false discovery."""
-    null = sign_flip_data(data, replicate, seed=seed)
-    result = scan_data(
-        null, fdr=fdr, method=method, within_test=within_test, min_batches=min_batches, block_size=block_size
-    )
+    """Pairs flagged (q <= fdr) on one sign-flip replicate of ``data``; every one is a false discovery.
+
+    With ``workdir``, the replicate's data is built a block of genes at a time in a temporary folder
+    there and scanned memory-mapped (:meth:`SimpsonData.with_batch_residuals_saved`: the same
+    numbers, the memory of a block-pair job instead of a copy of every residual).
+    """
+    options = {"fdr": fdr, "method": method, "within_test": within_test, "min_batches": min_batches}
+    if workdir is None:
+        null = sign_flip_data(data, replicate, seed=seed)
+        result = scan_data(null, block_size=block_size, **options)
+    else:
+        units = UNITS_RANDOM_EFFECTS if within_test == "random_effects" else UNITS_POOLED
+        with tempfile.TemporaryDirectory(prefix=f"sign_flip_{replicate}_", dir=workdir) as folder:
+            null = data.with_batch_residuals_saved(_flip_signs(data, replicate, seed), folder, units=units)
+            result = scan_data(null, block_size=block_size, **options)
+            del null
     logger.info("sign-flip replicate %d: %d pairs flagged", replicate, len(result.reversals))
     return len(result.reversals)
 

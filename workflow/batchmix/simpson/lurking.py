@@ -107,7 +107,9 @@ def factor_shares(
     basis_pooled = orthonormal_basis(np.column_stack([np.ones(n), cov]))
     basis_levels = orthonormal_basis(np.column_stack([indicators, cov]))
     genes = pd.unique(np.concatenate([pairs["gene_a"].to_numpy(object), pairs["gene_b"].to_numpy(object)]))
-    values = expression.loc[genes].to_numpy(dtype=np.float64)
+    # row-major whatever the frame's layout (a Parquet matrix's or the prepared rows'), so that the
+    # products, and their last bits, do not depend on where the values came from
+    values = np.ascontiguousarray(expression.loc[genes].to_numpy(dtype=np.float64))
     pooled = values - (values @ basis_pooled) @ basis_pooled.T
     within_levels = values - (values @ basis_levels) @ basis_levels.T
     between = pooled - within_levels  # (P_[L, Cov] - P_[1, Cov]) x
