@@ -107,7 +107,7 @@ _STEEP_R = 0.99
 # 10-15% of its pairs one by one).
 _DENSE_SURVIVORS = 0.1
 # Rows of a block pair whose per-batch matrix products are held at once (B x rows x block float32).
-_PRODUCT_ROWS = 64
+_PRODUCT_ROWS = 256
 # The cheap bound of the screen (batchmix.simpson.screen) is used when every usable |r_b| <= this.
 _BOUND_R = 0.9
 

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def seventh_coefficient(bound_r):  # pragma: no cover - compiled
     """c_7 of the module docstring: (atanh(a) - a - a^3 / 3 - a^5 / 5) / a^7 at a = ``bound_r``, rounded up.
 
@@ -69,7 +69,7 @@ def seventh_coefficient(bound_r):  # pragma: no cover - compiled
     return (math.atanh(a) - a - a**3 / 3.0 - a**5 / 5.0 + 1e-12) / a**7
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def float32_up(x):  # pragma: no cover - compiled
     """The smallest float32 >= x."""
     y = np.float32(x)
@@ -88,13 +88,13 @@ def atanh_upper(x, coefficients):  # pragma: no cover - compiled
     return x + x * x2 * (third + x2 * (fifth + x2 * (c_positive if x >= 0 else c_negative)))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def coefficients64(bound_r):  # pragma: no cover - compiled
     """The coefficients of :func:`atanh_upper` in float64."""
     return 1.0 / 3.0, 1.0 / 5.0, seventh_coefficient(bound_r), 1.0 / 7.0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def coefficients32(bound_r):  # pragma: no cover - compiled
     """The coefficients of :func:`atanh_upper` in float32 (c_7 rounded up)."""
     return np.float32(1.0 / 3.0), np.float32(1.0 / 5.0), float32_up(seventh_coefficient(bound_r)), np.float32(1.0 / 7.0)
