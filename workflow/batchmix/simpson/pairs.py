@@ -88,6 +88,9 @@ CANDIDATE_COLUMNS = ["index_a", "index_b", "p"]
 
 # Pairs per chunk when recomputing in float64 (chunk x N float64 arrays, ~65 MB at N = 500).
 _EXACT_CHUNK = 16384
+# Pairs per chunk of the exact recomputation of the scan's survivors (two chunk x N float64 buffers,
+# ~1 MB each at N = 500, reused from chunk to chunk).
+_GATHER_CHUNK = 256
 # Screening margins of the float32 pass.  float32 inner products of unit vectors of a few hundred
 # entries are off by ~1e-6; r_T is screened 1e-4 below its threshold, and z_RE 0.05 inside its
 # threshold, which covers an error of up to ~1e-3 in every atanh(r_b) (|r_b| <= 0.99) even with all
@@ -187,42 +190,70 @@ def _per_batch_r(data: SimpsonData, index_a: np.ndarray, index_b: np.ndarray) ->
     _, starts = data.batch_order()
     usable = data.usable[index_a] & data.usable[index_b]
     r = np.empty((index_a.size, len(data.batch_labels)))
-    for start in range(0, index_a.size, _EXACT_CHUNK):
-        sl = slice(start, start + _EXACT_CHUNK)
-        product = unit[index_a[sl]] * unit[index_b[sl]]
-        r[sl] = np.add.reduceat(product, starts, axis=1) if product.shape[1] else 0.0
+    if unit.shape[1] == 0:
+        r[:] = 0.0
+        return _nan_where_unusable(r, usable)
+    for sl, rows_a, rows_b in _gathered_rows(unit, index_a, index_b):
+        # the products in place of the first gene's rows: the same numbers as rows_a * rows_b
+        np.add.reduceat(np.multiply(rows_a, rows_b, out=rows_a), starts, axis=1, out=r[sl])
+    return _nan_where_unusable(r, usable)
+
+
+def _nan_where_unusable(r: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r[~usable] = np.nan
     return r, usable
 
 
-def _product_buffer(n_batches: int, n_rows: int, n_cols: int) -> np.ndarray:
-    """A B x n_rows x n_cols float32 array whose batch planes are each 64 bytes further apart than dense.
+def _gathered_rows(unit: np.ndarray, index_a: np.ndarray, index_b: np.ndarray):
+    """(slice, unit[index_a[slice]], unit[index_b[slice]]) chunk by chunk, in two reused buffers.
 
-    The screen reads the B values of one pair from B planes; planes a power of two apart (1 MB for
-    256 x 1024) fall into the same cache sets and evict each other.  Each plane is contiguous, for
-    the matrix products.
+    Chunks of ``_GATHER_CHUNK`` pairs stay in cache, and the buffers are written again instead of
+    fresh arrays being page-faulted in for every chunk (each row's numbers are those of unit[index]).
+    The buffers of a chunk are overwritten by the next one: use them before asking for it.
     """
-    plane = n_rows * n_cols + 16
-    flat = np.empty(n_batches * plane, dtype=np.float32)
-    return np.lib.stride_tricks.as_strided(flat, (n_batches, n_rows, n_cols), (4 * plane, 4 * n_cols, 4))
+    size = max(min(_GATHER_CHUNK, index_a.size), 1)
+    buffer_a = np.empty((size, unit.shape[1]), unit.dtype)
+    buffer_b = np.empty((size, unit.shape[1]), unit.dtype)
+    for start in range(0, index_a.size, size):
+        sl = slice(start, min(start + size, index_a.size))
+        n = sl.stop - start
+        yield (
+            sl,
+            np.take(unit, index_a[sl], axis=0, out=buffer_a[:n]),
+            np.take(unit, index_b[sl], axis=0, out=buffer_b[:n]),
+        )
+
+
+def _product_buffer(n_batches: int, n_rows: int, n_cols: int) -> np.ndarray:
+    """A C-contiguous B x (n_rows n_cols + 16) float32 array: batch b's n_rows x n_cols products in row b.
+
+    The 16 floats of padding put the batch planes 64 bytes further apart than dense: planes a power
+    of two apart (1 MB for 256 x 1024) fall into the same cache sets and evict each other.
+    """
+    return np.empty((n_batches, n_rows * n_cols + 16), dtype=np.float32)
 
 
 def _exact_random_effects_p(data, index_a, index_b, min_batches):
-    unit = data.unit_rows("pooled")
     r_pooled = np.empty(index_a.size)
-    for start in range(0, index_a.size, _EXACT_CHUNK):
-        sl = slice(start, start + _EXACT_CHUNK)
-        r_pooled[sl] = np.einsum("ij,ij->i", unit[index_a[sl]], unit[index_b[sl]])
+    for sl, rows_a, rows_b in _gathered_rows(data.unit_rows("pooled"), index_a, index_b):
+        np.einsum("ij,ij->i", rows_a, rows_b, out=r_pooled[sl])
     r_batch, usable = _per_batch_r(data, index_a, index_b)
     effects = random_effects(r_batch, usable, data.batch_weights)
     p = reversal_p(fisher_z(r_pooled, data.df_pooled), effects.z)
     return np.where(effects.k >= min_batches, p, 1.0)
 
 
+def _take_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """matrix[rows]: a view when the rows are consecutive (a whole block), else a copy."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        return matrix[rows[0] : rows[-1] + 1]
+    return matrix[rows]
+
+
 def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, min_batches):
     """Pairs of rows_a x rows_b with p_RE <= bound: float32 screen, float64 test of the survivors."""
     # numba is imported here: only the scan needs it, not every importer of batchmix.simpson
-    from .screen import screen_pairs, screen_products
+    from .screen import count_past, screen_pairs, screen_products
 
     # a gene with fewer usable batches than min_batches has p = 1 with every partner
     enough_genes = data.usable.sum(axis=1) >= min_batches
@@ -231,7 +262,7 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     if rows_a.size == 0 or rows_b.size == 0:
         return empty, empty.copy(), np.zeros(0)
     pooled32 = data.unit_rows("pooled", np.float32)
-    r_pooled = pooled32[rows_a] @ pooled32[rows_b].T
+    r_pooled = _take_rows(pooled32, rows_a) @ _take_rows(pooled32, rows_b).T
     threshold = np.float32(pooled_threshold(bound, data.df_pooled) - _SLACK_R)
     # the screen: pairs past the pooled bound with >= min_batches usable batches, then the bound or
     # the float32 z_RE of batchmix.simpson.screen (its docstring has the margin argument)
@@ -249,10 +280,10 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
         _BOUND_R,
     )
     unit32, bounds = data.unit_batch_sorted(np.float32)
-    left, right = unit32[rows_a], unit32[rows_b]
+    left, right = _take_rows(unit32, rows_a), _take_rows(unit32, rows_b)
     out_i = np.empty(r_pooled.size, np.int64)
     out_j = np.empty(r_pooled.size, np.int64)
-    n_past = int(np.count_nonzero(np.abs(r_pooled) >= threshold))
+    n_past = count_past(r_pooled, threshold)
     if n_past < _DENSE_SURVIVORS * r_pooled.size:
         # few pairs past the bound: their per-batch inner products only (K x N work, not block^2 x N)
         starts = np.array([start for start, _ in bounds] + [unit32.shape[1]], dtype=np.int64)
@@ -260,13 +291,17 @@ def _random_effects_candidates(data: SimpsonData, rows_a, rows_b, same, bound, m
     else:
         # most pairs past the bound: one matrix product per batch, a few hundred rows at a time
         n_out = 0
+        usable_b_t = np.ascontiguousarray(usable_b.T)
         buffer = _product_buffer(len(bounds), min(_PRODUCT_ROWS, rows_a.size), rows_b.size)
         for row0 in range(0, rows_a.size, _PRODUCT_ROWS):
             rows = slice(row0, min(row0 + _PRODUCT_ROWS, rows_a.size))
-            tile = buffer[:, : rows.stop - row0]
+            n_rows = rows.stop - row0
             for b, (start, stop) in enumerate(bounds):
-                np.matmul(left[rows, start:stop], right[:, start:stop].T, out=tile[b])
-            n_out = screen_products(tile, r_pooled, row0, threshold, usable_a, usable_b, *options, out_i, out_j, n_out)
+                plane = buffer[b, : n_rows * rows_b.size].reshape(n_rows, rows_b.size)
+                np.matmul(left[rows, start:stop], right[:, start:stop].T, out=plane)
+            n_out = screen_products(
+                buffer, n_rows, r_pooled, row0, threshold, usable_a, usable_b_t, *options, out_i, out_j, n_out
+            )
     del left, right, r_pooled
     index_a, index_b = rows_a[out_i[:n_out]], rows_b[out_j[:n_out]]
     p = _exact_random_effects_p(data, index_a, index_b, min_batches)
