@@ -197,18 +197,19 @@ def gene_rows(path: str | Path, genes: list[str] | None) -> pd.DataFrame:
         whole = read_result_table(path)
         return whole.loc[whole.iloc[:, 0].isin(wanted)].reset_index(drop=True)
     with open(path, "rb") as handle:
-        header = handle.readline()
-        data = handle.read() if wanted else b""
-    # Every data line follows a line end: search "\n<gene>\t" in the lines after the header's.
-    data = b"\n" + data
+        data = handle.read() if wanted else handle.readline()
+    header_end = data.find(b"\n")
+    if header_end < 0:
+        header_end = len(data)
+    # Every data line follows a line end: "\n<gene>\t" from the header's line end on.
     starts = []
     for gene in wanted:
         key = b"\n" + gene.encode() + b"\t"
-        at = data.find(key)
+        at = data.find(key, header_end)
         while at >= 0:
             starts.append(at + 1)
             at = data.find(key, at + 1)
-    lines = [header]
+    lines = [data[: header_end + 1]]
     for start in sorted(starts):
         end = data.find(b"\n", start)
         lines.append(data[start:] if end < 0 else data[start : end + 1])
