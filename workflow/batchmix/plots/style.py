@@ -24,7 +24,8 @@ def render_rgba(fig):
     with the rendering switched off, for the engine to place the axes, then again for the pixels.
     Here the engine places the axes on its own and the figure is drawn once, with the engine off
     as ``savefig`` has it for its second draw: the same pixels (the tests compare them) for about
-    a fifth less of the time. The figure keeps its dpi and its layout engine afterwards.
+    a fifth less of the time. The figure keeps its dpi and its layout engine afterwards; drawn
+    again, it gets what a second ``savefig`` would give (constrained layout starts from the last).
 
     Parameters
     ----------
