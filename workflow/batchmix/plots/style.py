@@ -8,22 +8,76 @@ import re
 
 # Dots per inch of every PNG figure (embedded in the report and written to results/figures/).
 FIGURE_DPI = 110
+# zlib level of the PNGs: on the report's figures level 3 takes two thirds of the time of zlib's
+# default (6) for files 8% larger, still smaller than matplotlib's RGBA PNGs at level 6.
+PNG_COMPRESS_LEVEL = 3
 # Light grid lines behind the data.
 GRID_COLOUR = "0.92"
 
 _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")
 
 
+def render_rgba(fig):
+    """Draw a matplotlib figure at :data:`FIGURE_DPI`: its pixels as ``savefig`` draws them.
+
+    ``savefig`` draws a figure that has a layout engine (``layout="constrained"``) twice: once
+    with the rendering switched off, for the engine to place the axes, then again for the pixels.
+    Here the engine places the axes on its own and the figure is drawn once, with the engine off
+    as ``savefig`` has it for its second draw: the same pixels (the tests compare them) for about
+    a fifth less of the time. The figure keeps its dpi and its layout engine afterwards; drawn
+    again, it gets what a second ``savefig`` would give (constrained layout starts from the last).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+
+    Returns
+    -------
+    numpy.ndarray
+        Height x width x 4, ``uint8`` RGBA, a copy.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    engine = fig.get_layout_engine()
+    dpi = fig.dpi
+    fig.set_dpi(FIGURE_DPI)
+    try:
+        if engine is not None:
+            engine.execute(fig)
+            fig.set_layout_engine("none")
+        canvas.draw()
+        return np.array(canvas.buffer_rgba())
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
+        fig.set_dpi(dpi)
+
+
 def png_bytes(fig) -> bytes:
-    """Encode a matplotlib figure as PNG bytes, without the software tag (same bytes on every run)."""
+    """Encode a matplotlib figure as PNG bytes (same bytes on every run: no software tag, no time).
+
+    The pixels of :func:`render_rgba`; stored as RGB when every pixel is opaque (a figure on its
+    white background always is: the same image, a quarter less to compress), at
+    :data:`PNG_COMPRESS_LEVEL`, with the resolution (``pHYs``) of :data:`FIGURE_DPI` as
+    matplotlib writes it.
+    """
+    from PIL import Image
+
+    rgba = render_rgba(fig)
+    image = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
+    if rgba[..., 3].min() == 255:
+        image = image.convert("RGB")
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
+    image.save(buffer, format="png", dpi=(FIGURE_DPI, FIGURE_DPI), compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
 def save_png(fig, path) -> None:
-    """Write a matplotlib figure as a PNG file, without the software tag (same bytes on every run)."""
-    fig.savefig(path, dpi=FIGURE_DPI, metadata={"Software": None})
+    """Write a matplotlib figure as a PNG file: the bytes of :func:`png_bytes`."""
+    with open(path, "wb") as handle:
+        handle.write(png_bytes(fig))
 
 
 def palette(n: int) -> list:
