@@ -86,21 +86,19 @@ class ChunkedVST:
         n_genes, n = counts.shape
         if n_genes == 0 or self.fit_type_requested == "local" or not self._counts_ok(counts):
             return self._fit_whole(counts)
+        y = _count_values(counts)
         if self.size_factor_method == "ratio":
-            sf = self._ratio_size_factors(counts)
+            sf = self._ratio_size_factors(counts, y)
         else:
             sf = vst_mod.size_factors(counts, method=self.size_factor_method).to_numpy()
+        # Sample by sample, a few samples' quotients summed first, as batchmix.vst sums them: the same
+        # groups give the same rounding (test_stages_chunked_vst checks the equality). A gene's sum
+        # does not depend on the other genes, so all genes go at once, a few columns at a time.
         step = max(1, self._SUM_BLOCK_VALUES // n_genes)
-        base_mean = np.empty(n_genes)
-        top = 0.0
-        for g0 in self._blocks(n_genes):
-            yt = np.ascontiguousarray(counts.iloc[g0 : g0 + self.block_genes].to_numpy().T)
-            acc = np.zeros(yt.shape[1])
-            for s0 in range(0, n, step):
-                q = yt[s0 : s0 + step] / sf[s0 : s0 + step, None]
-                acc += q.sum(axis=0)
-                top = max(top, float(q.max()))
-            base_mean[g0 : g0 + yt.shape[1]] = acc / n
+        acc = np.zeros(n_genes)
+        for s0 in range(0, n, step):
+            acc += _sum_over_columns(y[:, s0 : s0 + step] / sf[s0 : s0 + step])
+        base_mean = acc / n
         logger.info("VST: size factors and mean counts of %d genes (%.1f s)", n_genes, time.perf_counter() - started)
         notes: list[str] = []
         rows, used_nsub = np.arange(n_genes), self.nsub
@@ -131,6 +129,7 @@ class ChunkedVST:
             "VST: dispersion trend (%s) on %d genes (%.1f s)", trend.fit_type, len(rows), time.perf_counter() - started
         )
         self.size_factors = pd.Series(sf, index=counts.columns, name="size_factor")
+        self._sf_columns, self._sf_values = counts.columns, sf
         self.trend, self.notes, self.used_nsub, self.base_mean = trend, notes, used_nsub, base_mean
         return self
 
@@ -145,40 +144,39 @@ class ChunkedVST:
                 return False
         return True
 
-    def _ratio_size_factors(self, counts: pd.DataFrame) -> np.ndarray:
-        """DESeq2's median of ratios from blocks of genes, then blocks of samples (exact: a median is a selection).
+    def _ratio_size_factors(self, counts: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+        """DESeq2's median of ratios, one sample at a time (exact: a median is a selection).
 
-        Every step works in place on one copy per block: fresh memory is the expensive part of this
-        step (each new page is faulted in), not the arithmetic.
+        ``y``: the counts as an array (genes × samples). The genes positive in every sample are
+        gathered one sample (column) at a time, twice: for their log geometric means (summed over
+        the samples in order, as :func:`batchmix.vst.vst` sums them), then for each sample's median
+        log ratio. Gathering a column again costs less than a samples × genes copy of the logs:
+        fresh memory is the expensive part of this step (each new page is faulted in), not the
+        arithmetic.
         """
-        n_genes, n = counts.shape
-        positive, log_geo = [], []
-        for g0 in self._blocks(n_genes):
-            yt = np.ascontiguousarray(counts.iloc[g0 : g0 + self.block_genes].to_numpy().T)
-            allpos = yt.min(axis=0) > 0
-            # np.take gives a C-ordered copy (boolean indexing would not): the mean over samples then
-            # adds in the order batchmix.vst adds, and the result is the same double
-            sub = np.take(yt, np.flatnonzero(allpos), axis=1)
-            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
-            positive.append(g0 + np.flatnonzero(allpos))
-            log_geo.append(logy.mean(axis=0))
-        rows = np.concatenate(positive)
+        n = y.shape[1]
+        rows = np.flatnonzero(y.min(axis=1) > 0)
         if rows.size == 0:
             # batchmix.vst raises the message that tells the user what to do (poscounts)
             return vst_mod.size_factors(counts, method="ratio").to_numpy()
-        centre = np.concatenate(log_geo)
-        sample_block = max(1, (1 << 24) // max(1, rows.size))
-        values = counts.to_numpy()
-        sf = np.empty(n)
-        for s0 in range(0, n, sample_block):
-            # samples x positive genes, C-ordered: each sample's ratios are one contiguous row
-            ratios = np.take(values[:, s0 : s0 + sample_block].T, rows, axis=1)
+        centre = np.empty(rows.size)
+        for s in range(n):
+            sub = y[rows, s]
+            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
+            if s == 0:
+                centre[:] = logy
+            else:
+                centre += logy
+        centre /= n
+        medians = np.empty(n)
+        for s in range(n):
+            ratios = y[rows, s]
             if ratios.dtype != np.float64:
                 ratios = ratios.astype(np.float64)
             np.log(ratios, out=ratios)
             ratios -= centre
-            sf[s0 : s0 + ratios.shape[0]] = np.exp(np.median(ratios, axis=1, overwrite_input=True))
-        return sf
+            medians[s] = np.median(ratios, overwrite_input=True)
+        return np.exp(medians)
 
     def _fit_whole(self, counts: pd.DataFrame) -> ChunkedVST:
         result = vst_mod.vst(
@@ -209,26 +207,35 @@ class ChunkedVST:
         return dict(self.trend.coefficients)
 
     def transform(self, counts: pd.DataFrame, start: int = 0) -> pd.DataFrame:
-        """The stabilised values of a block of genes of the fitted table (``start``: its first gene's position)."""
+        """The stabilised values of a block of genes of the fitted table (``start``: its first gene's position).
+
+        The values come in column-major order (genes × samples), whatever the order of ``counts``.
+        """
         if self.whole is not None:
             return self.whole.values.iloc[start : start + len(counts)]
-        yt = np.ascontiguousarray(counts.to_numpy().T)
-        sf = self.size_factors.loc[counts.columns].to_numpy()
-        # batchmix.vst's closed forms, operation by operation, so that every value is the same double
+        y = _count_values(counts)
+        if counts.columns is self._sf_columns or counts.columns.equals(self._sf_columns):
+            sf = self._sf_values
+        else:
+            sf = self.size_factors.loc[counts.columns].to_numpy()
+        # batchmix.vst's closed forms, operation by operation, so that every value is the same double;
+        # element by element, so the memory order does not change a value
+        u = np.empty(y.shape, order="F")
         if self.trend.fit_type == "parametric":
             a0, a1 = self.trend.coefficients["a0"], self.trend.coefficients["a1"]
             c = 1.0 + a1
-            t = yt * ((2.0 * a0) / sf)[:, None]
-            u = t + 2.0 * c
+            t = np.multiply(y, (2.0 * a0) / sf, out=np.empty(y.shape, order="F"))
+            np.add(t, 2.0 * c, out=u)
             u *= t
             np.sqrt(u, out=u)
             u += t
+            del t
             u += c
             np.log2(u, out=u)
             u -= math.log2(4.0 * a0)
         else:  # mean
             alpha = self.trend.coefficients["mean"]
-            u = yt / sf[:, None]
+            np.divide(y, sf, out=u)
             u *= alpha
             np.sqrt(u, out=u)
             np.arcsinh(u, out=u)
@@ -236,36 +243,85 @@ class ChunkedVST:
             u -= math.log(alpha)
             u -= math.log(4)
             u /= math.log(2)
-        return pd.DataFrame(u.T, index=counts.index, columns=counts.columns, copy=False)
+        return pd.DataFrame(u, index=counts.index, columns=counts.columns, copy=False)
 
 
-def _block_mean_sd(values: pd.DataFrame) -> pd.DataFrame:
-    """The ``gene_id``, ``mean`` and ``sd`` columns of :func:`batchmix.vst.mean_sd` of a block (genes in
-    block order), without its running median, which :func:`_mean_sd_from_blocks` takes over all genes."""
+def _count_values(counts: pd.DataFrame) -> np.ndarray:
+    """The counts as an array, genes × samples, without a copy: integers stay integers, others float64."""
+    y = counts.to_numpy()
+    if y.dtype.kind not in "iu" and y.dtype != np.float64:
+        y = counts.to_numpy(dtype=np.float64)
+    return y
+
+
+def _sum_over_columns(values: np.ndarray) -> np.ndarray:
+    """Row sums of a genes × samples array, adding the columns in order (as numpy sums a column-major
+    array over its samples, whatever the array's memory order)."""
+    total = values[:, 0].copy()
+    for j in range(1, values.shape[1]):
+        total += values[:, j]
+    return total
+
+
+def _block_mean_sd(values: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and sd of every gene of a block, as :func:`batchmix.vst.mean_sd` takes them (NaN-aware)."""
     v = values.to_numpy(dtype=float)
     mean = np.nanmean(v, axis=1) if v.size else np.array([])
     sd = np.nanstd(v, axis=1, ddof=1) if v.shape[1] > 1 else np.full(v.shape[0], np.nan)
-    ok = np.isfinite(mean) & np.isfinite(sd)
-    return pd.DataFrame({"gene_id": values.index.to_numpy()[ok], "mean": mean[ok], "sd": sd[ok]})
+    return mean, sd
 
 
-def _mean_sd_from_blocks(parts: list[pd.DataFrame], positions: dict) -> pd.DataFrame:
-    """:func:`batchmix.vst.mean_sd` of a whole table from its blocks' ``mean_sd`` (mean and sd per gene).
+def _row_mean_sd(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and sd (ddof 1) of every row of a genes × samples array: the doubles of
+    :func:`numpy.nanmean` and :func:`numpy.nanstd` (which :func:`batchmix.vst.mean_sd` uses), with the
+    same operations on an array of the same memory order, without their copy and NaN mask when no
+    value is missing. Each row's numbers depend on that row only."""
+    n = values.shape[1]
+    total = np.sum(values, axis=1)
+    if not np.isfinite(total).all() or n < 2 or values.shape[0] == 0:
+        return _block_mean_sd(pd.DataFrame(values, copy=False))  # NaN (or too few samples): numpy's own
+    mean = total / n
+    deviation = np.subtract(values, mean[:, None])
+    np.multiply(deviation, deviation, out=deviation)
+    sd = np.sum(deviation, axis=1)
+    sd /= n - 1
+    np.sqrt(sd, out=sd)
+    return mean, sd
+
+
+class _BlockStats:
+    """The per-gene mean and sd of the genes of the blocks, in table order, for :func:`_mean_sd_from_blocks`."""
+
+    def __init__(self):
+        self.positions: list[np.ndarray] = []
+        self.mean: list[np.ndarray] = []
+        self.sd: list[np.ndarray] = []
+
+    def add(self, g0: int, keep: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> None:
+        """The genes ``keep`` (a mask over the block that starts at position ``g0``) with finite mean and sd."""
+        ok = keep & np.isfinite(mean) & np.isfinite(sd)
+        self.positions.append(g0 + np.flatnonzero(ok))
+        self.mean.append(mean[ok])
+        self.sd.append(sd[ok])
+
+
+def _mean_sd_from_blocks(stats: _BlockStats, genes: np.ndarray) -> pd.DataFrame:
+    """:func:`batchmix.vst.mean_sd` of a whole table from its blocks' mean and sd per gene.
 
     The per-gene mean and sd do not depend on the other genes; the ranks and the running median
     are taken again over all genes, as :func:`~batchmix.vst.mean_sd` does (genes in table order,
-    stable sort by mean, window 2% of the genes).
+    stable sort by mean, window 2% of the genes). ``genes``: the table's gene ids.
     """
-    stats = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["gene_id", "mean", "sd"])
-    stats = stats.assign(_pos=stats["gene_id"].map(positions)).sort_values("_pos", kind="stable")
-    mean, sd = stats["mean"].to_numpy(dtype=float), stats["sd"].to_numpy(dtype=float)
+    positions = np.concatenate(stats.positions) if stats.positions else np.array([], dtype=np.intp)
+    mean = np.concatenate(stats.mean) if stats.mean else np.array([])
+    sd = np.concatenate(stats.sd) if stats.sd else np.array([])
     order = np.argsort(mean, kind="stable")
     n = order.size
     sd_sorted = sd[order]
     run = vst_mod.running_median(sd_sorted, max(1, n // 50))
     return pd.DataFrame(
         {
-            "gene_id": stats["gene_id"].to_numpy()[order],
+            "gene_id": genes[positions[order]],
             "rank_of_mean": np.arange(1, n + 1),
             "mean": mean[order],
             "sd": sd_sorted,
@@ -374,8 +430,8 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
 
     status = np.full(n_genes, "ok", dtype=object)
     base_mean, mean_expression, n_observed = np.empty(n_genes), np.empty(n_genes), np.empty(n_genes, dtype=np.int64)
-    before_parts: list[pd.DataFrame] = []
-    after_parts: list[pd.DataFrame] = []
+    before_stats, after_stats = _BlockStats(), _BlockStats()
+    n_samples = int(expr.shape[1])
     # With two threads, a block is rounded and encoded (numpy and Arrow, which release the GIL) while
     # the next one is transformed; the file is the same, written block after block in order.
     threads = int(params.get("threads", 1) or 1)
@@ -393,29 +449,40 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 except ValueError as err:
                     raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
                 keep = vst_mod.low_count_filter(block, min_count=fcfg["min_count"], min_samples=fcfg["min_samples"])
-                status[g0:g1][~keep.reindex(block.index).fillna(False).astype(bool).to_numpy()] = "filtered:low_counts"
-                normalised = block / sf
-                before = np.log2(normalised + 1.0)
-                base_mean[g0:g1] = normalised.mean(axis=1).to_numpy()
+                keep = keep.reindex(block.index).fillna(False).astype(bool).to_numpy()
+                status[g0:g1][~keep] = "filtered:low_counts"
+                # The numbers pandas gave for block / sf, its row means and log2(. + 1), with numpy
+                # on an array of the block's memory order (so the sums add in the same order)
+                counts_block = block.to_numpy()
+                before = np.divide(counts_block, sf)
+                base_mean[g0:g1] = np.sum(before, axis=1) / n_samples
+                before += 1.0
+                np.log2(before, out=before)
+                before_stats.add(g0, keep, *_row_mean_sd(before))
+                del before
+                after_mean, after_sd = _row_mean_sd(values.to_numpy())
+                after_stats.add(g0, keep, after_mean, after_sd)
+                # limma's trend covariate: the average on the log-like scale the models see
+                mean_expression[g0:g1] = after_mean
+                n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
             else:
-                values = before = block
+                values = block
                 base_mean[g0:g1] = block.mean(axis=1).to_numpy()
-            ok = status[g0:g1] == "ok"
-            before_parts.append(_block_mean_sd(before.loc[ok]))
-            after_parts.append(_block_mean_sd(values.loc[ok]))
-            # limma's trend covariate: the average on the log-like scale the models see
-            mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
-            n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
+                ok = status[g0:g1] == "ok"
+                before_stats.add(g0, ok, *_block_mean_sd(block))
+                after_stats.add(g0, ok, *_block_mean_sd(block))
+                mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
+                n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
             block_writer.write(values)
             logger.info("stabilised %d of %d genes (%.1f s)", g1, n_genes, time.perf_counter() - started)
 
     ok_all = status == "ok"
     if ok_all.sum() >= 2:
-        positions = {gene: i for i, gene in enumerate(expr.index)}
+        genes = expr.index.to_numpy()
         mean_sd = pd.concat(
             [
-                _mean_sd_from_blocks(before_parts, positions).assign(scale="before"),
-                _mean_sd_from_blocks(after_parts, positions).assign(scale="after"),
+                _mean_sd_from_blocks(before_stats, genes).assign(scale="before"),
+                _mean_sd_from_blocks(after_stats, genes).assign(scale="after"),
             ],
             ignore_index=True,
         )
