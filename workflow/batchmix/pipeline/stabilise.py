@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -13,8 +15,8 @@ import pandas as pd
 from batchmix import vst as vst_mod
 from batchmix.design import fixed_design
 from batchmix.io import COUNT_INPUT_TYPES, InputError, write_json, write_table
-from batchmix.io.matrices import MatrixWriter
-from batchmix.pipeline.validate import load_validated
+from batchmix.io.matrices import SIGNIFICANT_DIGITS, MatrixWriter, round_significant
+from batchmix.pipeline.validate import design_report, load_validated
 
 __all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES", "WRITE_BLOCK_VALUES", "write_block_genes"]
 
@@ -342,12 +344,13 @@ class _BlockWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stabilise-writer") if background else None
         self._pending: Future | None = None
 
-    def write(self, block: pd.DataFrame) -> None:
+    def write(self, genes: list[str], values: np.ndarray) -> None:
+        """Hand on a block's gene ids and values (:meth:`~batchmix.io.matrices.MatrixWriter.write_values`)."""
         if self._pool is None:
-            self.writer.write(block)
+            self.writer.write_values(genes, values)
             return
         self.wait()
-        self._pending = self._pool.submit(self.writer.write, block)
+        self._pending = self._pool.submit(self.writer.write_values, genes, values)
 
     def wait(self) -> None:
         if self._pending is not None:
@@ -364,6 +367,12 @@ class _BlockWriter:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+
+
+def _import_formula_library() -> None:
+    """Import formulaic, which the design check (:func:`batchmix.design.fixed_design`) imports on first use."""
+    with contextlib.suppress(ImportError):  # the check's own import then says what is missing
+        import formulaic  # noqa: F401
 
 
 def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
@@ -385,9 +394,15 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         Counts: ``genes``, ``samples``, ``genes_ok``, ``genes_filtered``.
     """
     started = time.perf_counter()
+    # The design check's formula library is imported while the table is read (the parse runs in
+    # threads that release the GIL); the check itself comes after.
+    imports = threading.Thread(target=_import_formula_library, name="stabilise-imports", daemon=True)
+    imports.start()
+    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
+    imports.join()
     # The design check too: `batchmix stabilise` refuses a design that cannot be fitted before it
     # writes anything, as the workflow's main process does before any job.
-    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"])
+    design_report(config, validated).raise_on_errors(source=str(inputs["samples"]))
     expr = validated.expression
     n_genes = int(expr.shape[0])
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
@@ -436,7 +451,10 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     # the next one is transformed; the file is the same, written block after block in order.
     threads = int(params.get("threads", 1) or 1)
     with (
-        MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes) as writer,
+        # The values are rounded here, so that the writer thread only encodes and writes: the two
+        # threads then share the work of a block about equally (the same numbers: the writer would
+        # round them the same way).
+        MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes, significant_digits=None) as writer,
         _BlockWriter(writer, background=threads > 1) as block_writer,
     ):
         block_genes = write_block_genes(expr.shape[1])
@@ -473,38 +491,41 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 after_stats.add(g0, ok, *_block_mean_sd(block))
                 mean_expression[g0:g1] = values.mean(axis=1).to_numpy()
                 n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
-            block_writer.write(values)
+            block_writer.write(
+                [str(g) for g in block.index],
+                round_significant(values.to_numpy(dtype=np.float64), SIGNIFICANT_DIGITS),
+            )
             logger.info("stabilised %d of %d genes (%.1f s)", g1, n_genes, time.perf_counter() - started)
+        # The summary tables are written while the writer thread finishes the matrix's last blocks.
+        ok_all = status == "ok"
+        if ok_all.sum() >= 2:
+            genes = expr.index.to_numpy()
+            mean_sd = pd.concat(
+                [
+                    _mean_sd_from_blocks(before_stats, genes).assign(scale="before"),
+                    _mean_sd_from_blocks(after_stats, genes).assign(scale="after"),
+                ],
+                ignore_index=True,
+            )
+        else:
+            mean_sd = pd.DataFrame(columns=MEAN_SD_COLUMNS)
 
-    ok_all = status == "ok"
-    if ok_all.sum() >= 2:
-        genes = expr.index.to_numpy()
-        mean_sd = pd.concat(
-            [
-                _mean_sd_from_blocks(before_stats, genes).assign(scale="before"),
-                _mean_sd_from_blocks(after_stats, genes).assign(scale="after"),
-            ],
-            ignore_index=True,
+        info["n_genes_ok"] = int(ok_all.sum())
+        info["n_genes_filtered"] = int((~ok_all).sum())
+        info["notes"] = validated.notes
+        gene_status = pd.DataFrame(
+            {
+                "gene_id": expr.index,
+                "status": status,
+                "base_mean": base_mean,
+                "mean_expression": mean_expression,
+                "n_observed": n_observed,
+            }
         )
-    else:
-        mean_sd = pd.DataFrame(columns=MEAN_SD_COLUMNS)
-
-    info["n_genes_ok"] = int(ok_all.sum())
-    info["n_genes_filtered"] = int((~ok_all).sum())
-    info["notes"] = validated.notes
-    gene_status = pd.DataFrame(
-        {
-            "gene_id": expr.index,
-            "status": status,
-            "base_mean": base_mean,
-            "mean_expression": mean_expression,
-            "n_observed": n_observed,
-        }
-    )
-    write_table(size_factors, outputs["size_factors"])
-    write_table(gene_status, outputs["gene_status"])
-    write_table(mean_sd, outputs["mean_sd"])
-    write_json(info, outputs["info"])
+        write_table(size_factors, outputs["size_factors"])
+        write_table(gene_status, outputs["gene_status"])
+        write_table(mean_sd, outputs["mean_sd"])
+        write_json(info, outputs["info"])
     return {
         "genes": info["n_genes"],
         "samples": info["n_samples"],
