@@ -7,7 +7,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -82,8 +84,13 @@ class ChunkedVST:
     def _blocks(self, n_genes: int):
         return range(0, n_genes, self.block_genes)
 
-    def fit(self, counts: pd.DataFrame) -> ChunkedVST:
-        """Size factors, mean normalised counts and the dispersion trend of ``counts`` (genes × samples)."""
+    def fit(self, counts: pd.DataFrame, size_factors_ready: Callable[[np.ndarray], None] | None = None) -> ChunkedVST:
+        """Size factors, mean normalised counts and the dispersion trend of ``counts`` (genes × samples).
+
+        ``size_factors_ready``: called with the size factors (in the order of the columns) as soon as
+        they are known, before the trend is fitted, so that work that needs only them can start (not
+        called when the whole table goes through :func:`batchmix.vst.vst`).
+        """
         started = time.perf_counter()
         n_genes, n = counts.shape
         if n_genes == 0 or self.fit_type_requested == "local" or not self._counts_ok(counts):
@@ -93,6 +100,8 @@ class ChunkedVST:
             sf = self._ratio_size_factors(counts, y)
         else:
             sf = vst_mod.size_factors(counts, method=self.size_factor_method).to_numpy()
+        if size_factors_ready is not None:
+            size_factors_ready(sf)
         # Sample by sample, a few samples' quotients summed first, as batchmix.vst sums them: the same
         # groups give the same rounding (test_stages_chunked_vst checks the equality). A gene's sum
         # does not depend on the other genes, so all genes go at once, a few columns at a time.
@@ -332,6 +341,44 @@ def _mean_sd_from_blocks(stats: _BlockStats, genes: np.ndarray) -> pd.DataFrame:
     )
 
 
+@dataclass
+class _CountSummaries:
+    """What the stabilise stage reports of the counts themselves (they need the size factors only)."""
+
+    status: np.ndarray
+    base_mean: np.ndarray
+    n_observed: np.ndarray
+    before: _BlockStats
+
+
+def _summarise_counts(expr: pd.DataFrame, sf: np.ndarray, fcfg: dict, block_genes: int) -> _CountSummaries:
+    """Per block of genes: the low-count filter, the mean normalised count and the mean and sd of
+    log2(normalised count + 1) (the numbers pandas gave for ``block / sf``, its row means and
+    ``log2(. + 1)``, with numpy on an array of the block's memory order, so the sums add in the same
+    order)."""
+    n_genes, n_samples = expr.shape
+    out = _CountSummaries(
+        status=np.full(n_genes, "ok", dtype=object),
+        base_mean=np.empty(n_genes),
+        n_observed=np.empty(n_genes, dtype=np.int64),
+        before=_BlockStats(),
+    )
+    for g0 in range(0, n_genes, block_genes):
+        block = expr.iloc[g0 : g0 + block_genes]
+        g1 = g0 + len(block)
+        keep = vst_mod.low_count_filter(block, min_count=fcfg["min_count"], min_samples=fcfg["min_samples"])
+        keep = keep.reindex(block.index).fillna(False).astype(bool).to_numpy()
+        out.status[g0:g1][~keep] = "filtered:low_counts"
+        before = np.divide(block.to_numpy(), sf)
+        out.base_mean[g0:g1] = np.sum(before, axis=1) / n_samples
+        before += 1.0
+        np.log2(before, out=before)
+        out.before.add(g0, keep, *_row_mean_sd(before))
+        del before
+        out.n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
+    return out
+
+
 class _BlockWriter:
     """Blocks handed to a :class:`~batchmix.io.matrices.MatrixWriter`, in order, in a second thread or not.
 
@@ -408,12 +455,23 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
     info: dict = {"input_type": config["input_type"], "n_genes": n_genes, "n_samples": int(expr.shape[1])}
     counts_input = config["input_type"] in COUNT_INPUT_TYPES
+    block_genes = write_block_genes(expr.shape[1])
+    threads = int(params.get("threads", 1) or 1)
 
     if counts_input:
         vcfg, fcfg = config["vst"], config["filter"]
         design = None
         if not vcfg["blind"]:
             design, _ = fixed_design(config["model"], validated.samples)
+        # With two threads, the counts are summarised (filter, normalised means, the "before" mean-sd)
+        # while the trend is fitted: they need the size factors only.
+        early: dict = {}
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stabilise-counts") if threads > 1 else None
+
+        def summarise(sf_fitted: np.ndarray) -> None:
+            early["sf"] = sf_fitted
+            early["job"] = pool.submit(_summarise_counts, expr, sf_fitted, fcfg, block_genes)
+
         try:
             model = ChunkedVST(
                 fit_type=vcfg["fit_type"],
@@ -421,11 +479,18 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 design=design,
                 nsub=vcfg["nsub"],
                 size_factor_method=vcfg["size_factors"],
-                block_genes=write_block_genes(expr.shape[1]),
-            ).fit(expr)
+                block_genes=block_genes,
+            ).fit(expr, size_factors_ready=summarise if pool is not None else None)
         except ValueError as err:
             raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         sf = model.size_factors.loc[expr.columns].to_numpy()
+        if "job" in early and np.array_equal(early["sf"].view(np.uint64), sf.view(np.uint64)):
+            summaries = early["job"].result()
+        else:  # one thread, or the whole-table fallback (whose factors are the same doubles)
+            summaries = _summarise_counts(expr, sf, fcfg, block_genes)
         size_factors = model.size_factors.rename("size_factor").rename_axis("sample_id").reset_index()
         info.update(
             {
@@ -442,14 +507,22 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         # Size factors do not apply to log-scale input; the file still lists every sample.
         size_factors = pd.DataFrame({"sample_id": expr.columns, "size_factor": np.nan})
         info.update({"vst_fit_type_used": "none (input_type: log)", "before_scale": "input (log scale)"})
-
-    status = np.full(n_genes, "ok", dtype=object)
-    base_mean, mean_expression, n_observed = np.empty(n_genes), np.empty(n_genes), np.empty(n_genes, dtype=np.int64)
-    before_stats, after_stats = _BlockStats(), _BlockStats()
-    n_samples = int(expr.shape[1])
-    # With two threads, a block is rounded and encoded (numpy and Arrow, which release the GIL) while
-    # the next one is transformed; the file is the same, written block after block in order.
-    threads = int(params.get("threads", 1) or 1)
+        summaries = _CountSummaries(
+            status=np.full(n_genes, "ok", dtype=object),
+            base_mean=np.empty(n_genes),
+            n_observed=np.empty(n_genes, dtype=np.int64),
+            before=_BlockStats(),
+        )
+    status, base_mean, n_observed, before_stats = (
+        summaries.status,
+        summaries.base_mean,
+        summaries.n_observed,
+        summaries.before,
+    )
+    mean_expression = np.empty(n_genes)
+    after_stats = _BlockStats()
+    # With two threads, a block is encoded and written (Arrow, which releases the GIL) while the next
+    # one is transformed; the file is the same, written block after block in order.
     with (
         # The values are rounded here, so that the writer thread only encodes and writes: the two
         # threads then share the work of a block about equally (the same numbers: the writer would
@@ -457,7 +530,6 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         MatrixWriter(outputs["expression"], list(expr.columns), n_genes=n_genes, significant_digits=None) as writer,
         _BlockWriter(writer, background=threads > 1) as block_writer,
     ):
-        block_genes = write_block_genes(expr.shape[1])
         for g0 in range(0, n_genes, block_genes):
             block = expr.iloc[g0 : g0 + block_genes]
             g1 = g0 + len(block)
@@ -466,23 +538,10 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                     values = model.transform(block, start=g0)
                 except ValueError as err:
                     raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
-                keep = vst_mod.low_count_filter(block, min_count=fcfg["min_count"], min_samples=fcfg["min_samples"])
-                keep = keep.reindex(block.index).fillna(False).astype(bool).to_numpy()
-                status[g0:g1][~keep] = "filtered:low_counts"
-                # The numbers pandas gave for block / sf, its row means and log2(. + 1), with numpy
-                # on an array of the block's memory order (so the sums add in the same order)
-                counts_block = block.to_numpy()
-                before = np.divide(counts_block, sf)
-                base_mean[g0:g1] = np.sum(before, axis=1) / n_samples
-                before += 1.0
-                np.log2(before, out=before)
-                before_stats.add(g0, keep, *_row_mean_sd(before))
-                del before
                 after_mean, after_sd = _row_mean_sd(values.to_numpy())
-                after_stats.add(g0, keep, after_mean, after_sd)
+                after_stats.add(g0, status[g0:g1] == "ok", after_mean, after_sd)
                 # limma's trend covariate: the average on the log-like scale the models see
                 mean_expression[g0:g1] = after_mean
-                n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
             else:
                 values = block
                 base_mean[g0:g1] = block.mean(axis=1).to_numpy()
