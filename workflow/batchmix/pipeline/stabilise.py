@@ -43,13 +43,14 @@ logger = logging.getLogger(__name__)
 class ChunkedVST:
     """DESeq2's VST a block of genes at a time, with the numbers of :func:`batchmix.vst.vst`, bit for bit.
 
-    Two passes over gene blocks, so that no step holds more than a block besides the input:
+    No step holds more than a column of the table or a block of genes besides the input:
 
-    1. per block: the log geometric mean of each gene positive in every sample; then per block of
-       samples the exact median of ratios over all those genes (a selection, so the order of the
-       genes does not matter): the size factors (``ratio``; ``poscounts`` uses
-       :func:`batchmix.vst.size_factors` on the whole table). Per block: the mean normalised count
-       and the largest, summed over the same blocks of samples as :func:`~batchmix.vst.vst` does.
+    1. the size factors (``ratio``): the log geometric mean of each gene positive in every sample,
+       summed one sample (column) at a time in the order :func:`~batchmix.vst.vst` sums them; then
+       per sample the exact median of its log ratios over all those genes (a selection, so the
+       order of the genes does not matter). ``poscounts`` uses :func:`batchmix.vst.size_factors` on
+       the whole table. Then the mean normalised count of every gene, summed over the same groups
+       of samples as :func:`~batchmix.vst.vst` does.
     2. the dispersion trend from DESeq2's ``nsub`` genes (:func:`~batchmix.vst.vst_subset`), or from
        all genes when ``nsub`` is None or too few genes qualify (as :func:`~batchmix.vst.vst`);
     3. :meth:`transform`: the closed-form VST (``parametric``, ``mean``) of one block, element by
@@ -432,8 +433,10 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     ``outputs["info"]`` (the branch that ran, coefficients, gene counts).
 
     Besides the input table, memory holds one block of genes (:func:`write_block_genes`) at a time, two
-    with ``params["threads"]`` of 2 or more (a block is written while the next is computed)
-    (:class:`ChunkedVST`); the results are those of :func:`batchmix.vst.vst` on the whole table.
+    with ``params["threads"]`` of 2 or more (:class:`ChunkedVST`); the results are those of
+    :func:`batchmix.vst.vst` on the whole table. With two threads, the counts' own summaries (the
+    filter, the mean normalised counts, the "before" mean-sd) are computed while the dispersion
+    trend is fitted, and a block of the matrix is encoded and written while the next is computed.
 
     Returns
     -------
