@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,9 +14,10 @@ import pandas as pd
 
 from batchmix import vst as vst_mod
 from batchmix.design import fixed_design
+from batchmix.design_check import DesignReport
 from batchmix.io import COUNT_INPUT_TYPES, InputError, write_json, write_table
 from batchmix.io.matrices import SIGNIFICANT_DIGITS, MatrixWriter, round_significant
-from batchmix.pipeline.validate import design_report, load_validated
+from batchmix.pipeline.validate import design_report, load_samples, load_validated, sheet_design_report
 
 __all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES", "WRITE_BLOCK_VALUES", "write_block_genes"]
 
@@ -417,10 +416,17 @@ class _BlockWriter:
                 self._pool.shutdown(wait=True)
 
 
-def _import_formula_library() -> None:
-    """Import formulaic, which the design check (:func:`batchmix.design.fixed_design`) imports on first use."""
-    with contextlib.suppress(ImportError):  # the check's own import then says what is missing
-        import formulaic  # noqa: F401
+def _early_design_report(config: dict, samples_path: str) -> DesignReport | None:
+    """The design check of the sample sheet, as :func:`batchmix.pipeline.validate.design_report` gives it
+    for the validated inputs; None for log-scale input (whose check reads the values) or when the sheet
+    cannot be read (the validation then says why)."""
+    if config["input_type"] not in COUNT_INPUT_TYPES:
+        return None
+    try:
+        return sheet_design_report(config, load_samples(config, samples_path))
+    except Exception:  # noqa: BLE001 - any error is raised again by the validation in the main thread
+        logger.debug("early design check failed; it runs again after the validation", exc_info=True)
+        return None
 
 
 def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> dict:
@@ -444,15 +450,18 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         Counts: ``genes``, ``samples``, ``genes_ok``, ``genes_filtered``.
     """
     started = time.perf_counter()
-    # The design check's formula library is imported while the table is read (the parse runs in
-    # threads that release the GIL); the check itself comes after.
-    imports = threading.Thread(target=_import_formula_library, name="stabilise-imports", daemon=True)
-    imports.start()
-    validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
-    imports.join()
+    # The design check (which needs the sample sheet only, except for log-scale input) runs while
+    # the table is read: the parse runs in threads that release the GIL.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stabilise-design") as pool:
+        early_report = pool.submit(_early_design_report, config, inputs["samples"])
+        validated = load_validated(config, expression=inputs["expression"], samples=inputs["samples"], check=False)
+        report = early_report.result()
     # The design check too: `batchmix stabilise` refuses a design that cannot be fitted before it
-    # writes anything, as the workflow's main process does before any job.
-    design_report(config, validated).raise_on_errors(source=str(inputs["samples"]))
+    # writes anything, as the workflow's main process does before any job. Its errors come after
+    # those of the inputs, as load_validated raises them.
+    if report is None:
+        report = design_report(config, validated)
+    report.raise_on_errors(source=str(inputs["samples"]))
     expr = validated.expression
     n_genes = int(expr.shape[0])
     logger.info("read %d genes x %d samples (%.1f s)", n_genes, expr.shape[1], time.perf_counter() - started)
