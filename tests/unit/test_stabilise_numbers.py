@@ -113,3 +113,13 @@ def test_one_and_two_threads_write_the_same_bytes(tmp_path):
     two = pd.read_parquet(tmp_path / "threads2" / "vst" / "expression.parquet")
     assert one.index.tolist() == two.index.tolist()
     np.testing.assert_array_equal(_bits(one.to_numpy()), _bits(two.to_numpy()))
+
+
+def test_two_threads_give_the_size_factors_of_one(monkeypatch):
+    counts = _counts("F") + 1  # every gene positive in every sample
+    one = ChunkedVST(nsub=None).fit(counts).size_factors.to_numpy()
+    monkeypatch.setattr(stabilise, "_THREADED_SIZE_FACTOR_VALUES", 0)
+    seen = []
+    two = ChunkedVST(nsub=None, threads=2).fit(counts, size_factors_ready=seen.append).size_factors.to_numpy()
+    np.testing.assert_array_equal(_bits(two), _bits(one))
+    np.testing.assert_array_equal(_bits(seen[0]), _bits(one))

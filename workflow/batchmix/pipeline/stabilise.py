@@ -56,7 +56,9 @@ class ChunkedVST:
        element with the same operations. The ``local`` trend's numerical integral is not cut into
        blocks: that branch runs :func:`~batchmix.vst.vst` on the whole table.
 
-    Parameters are those of :func:`batchmix.vst.vst`; ``block_genes`` sets the blocks.
+    Parameters are those of :func:`batchmix.vst.vst`; ``block_genes`` sets the blocks; with ``threads``
+    of 2 or more the size factors are computed in two threads (halves of the genes, then of the
+    samples: each number is computed as with one).
     """
 
     # Samples per block of the row sums, as batchmix.vst sums the mean normalised counts: the same
@@ -72,6 +74,7 @@ class ChunkedVST:
         nsub: int | None = 1000,
         size_factor_method: str = "ratio",
         block_genes: int = WRITE_BLOCK_GENES,
+        threads: int = 1,
     ):
         self.fit_type_requested = fit_type
         self.blind = blind
@@ -79,6 +82,7 @@ class ChunkedVST:
         self.nsub = nsub
         self.size_factor_method = size_factor_method
         self.block_genes = int(block_genes)
+        self.threads = int(threads)
         self.whole: vst_mod.VSTResult | None = None
 
     def _blocks(self, n_genes: int):
@@ -170,23 +174,39 @@ class ChunkedVST:
         if rows.size == 0:
             # batchmix.vst raises the message that tells the user what to do (poscounts)
             return vst_mod.size_factors(counts, method="ratio").to_numpy()
-        centre = np.empty(rows.size)
-        for s in range(n):
-            sub = y[rows, s]
-            logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
-            if s == 0:
-                centre[:] = logy
-            else:
-                centre += logy
-        centre /= n
-        medians = np.empty(n)
-        for s in range(n):
-            ratios = y[rows, s]
-            if ratios.dtype != np.float64:
-                ratios = ratios.astype(np.float64)
-            np.log(ratios, out=ratios)
-            ratios -= centre
-            medians[s] = np.median(ratios, overwrite_input=True)
+
+        def log_geometric_means(genes: np.ndarray) -> np.ndarray:
+            centre = np.empty(genes.size)
+            for s in range(n):
+                sub = y[genes, s]
+                logy = np.log(sub, out=np.empty(sub.shape)) if sub.dtype != np.float64 else np.log(sub, out=sub)
+                if s == 0:
+                    centre[:] = logy
+                else:
+                    centre += logy
+            centre /= n
+            return centre
+
+        def median_log_ratios(samples: np.ndarray) -> np.ndarray:
+            medians = np.empty(samples.size)
+            for i, s in enumerate(samples):
+                ratios = y[rows, s]
+                if ratios.dtype != np.float64:
+                    ratios = ratios.astype(np.float64)
+                np.log(ratios, out=ratios)
+                ratios -= centre
+                medians[i] = np.median(ratios, overwrite_input=True)
+            return medians
+
+        # numpy releases the GIL in the logs and the partitions of whole columns, so two threads
+        # share the work; genes (then samples) are independent, so the halves give the same numbers
+        if self.threads > 1 and rows.size * n >= _THREADED_SIZE_FACTOR_VALUES:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="size-factors") as pool:
+                centre = np.concatenate(list(pool.map(log_geometric_means, np.array_split(rows, 2))))
+                medians = np.concatenate(list(pool.map(median_log_ratios, np.array_split(np.arange(n), 2))))
+        else:
+            centre = log_geometric_means(rows)
+            medians = median_log_ratios(np.arange(n))
         return np.exp(medians)
 
     def _fit_whole(self, counts: pd.DataFrame) -> ChunkedVST:
@@ -255,6 +275,10 @@ class ChunkedVST:
             u -= math.log(4)
             u /= math.log(2)
         return pd.DataFrame(u, index=counts.index, columns=counts.columns, copy=False)
+
+
+# Counts (genes positive in every sample × samples) from which the size factors take two threads.
+_THREADED_SIZE_FACTOR_VALUES = 1 << 20
 
 
 def _count_values(counts: pd.DataFrame) -> np.ndarray:
@@ -492,6 +516,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                 nsub=vcfg["nsub"],
                 size_factor_method=vcfg["size_factors"],
                 block_genes=block_genes,
+                threads=threads,
             ).fit(expr, size_factors_ready=summarise if pool is not None else None)
         except ValueError as err:
             raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
