@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 from batchmix.config import validate_config
+from batchmix.io import InputError
 from batchmix.pipeline import paths, stabilise
 from batchmix.pipeline.registry import run_stage
 from batchmix.pipeline.stabilise import ChunkedVST
+from batchmix.pipeline.validate import load_validated
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "workflow" / "data"
@@ -123,3 +125,17 @@ def test_two_threads_give_the_size_factors_of_one(monkeypatch):
     two = ChunkedVST(nsub=None, threads=2).fit(counts, size_factors_ready=seen.append).size_factors.to_numpy()
     np.testing.assert_array_equal(_bits(two), _bits(one))
     np.testing.assert_array_equal(_bits(seen[0]), _bits(one))
+
+
+def test_a_design_that_cannot_be_fitted_is_refused_before_anything_is_written(tmp_path):
+    config = _config(tmp_path)
+    config["model"] = "~ Infection + Batch + (1|Batch)"  # the batch both fixed and random
+    with pytest.raises(InputError) as expected:
+        load_validated(config)  # the main process's check
+    outdir = tmp_path / "out"
+    inputs = paths.stage_inputs("stabilise", config, outdir=str(outdir))
+    outputs = paths.stage_outputs("stabilise", config, outdir=str(outdir))
+    with pytest.raises(InputError) as refused:
+        stabilise.stabilise_stage(config, inputs, outputs, {"threads": 2})
+    assert str(refused.value) == str(expected.value)
+    assert not (outdir / "vst").exists()
