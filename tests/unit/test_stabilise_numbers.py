@@ -37,7 +37,7 @@ def _counts(order: str) -> pd.DataFrame:
 @pytest.mark.parametrize("order", ["F", "C"])
 def test_row_mean_and_sd_are_numpys_nan_functions_bit_for_bit(order):
     values = np.log2(_counts(order).to_numpy() / 3.7 + 1.0)
-    mean, sd = stabilise._row_mean_sd(values)
+    mean, sd = stabilise.row_mean_sd(values)
     np.testing.assert_array_equal(_bits(mean), _bits(np.nanmean(values, axis=1)))
     np.testing.assert_array_equal(_bits(sd), _bits(np.nanstd(values, axis=1, ddof=1)))
 
@@ -45,7 +45,7 @@ def test_row_mean_and_sd_are_numpys_nan_functions_bit_for_bit(order):
 def test_rows_with_missing_values_take_the_nan_functions():
     values = np.log2(_counts("F").to_numpy() + 1.0)
     values[3, 5] = np.nan
-    mean, sd = stabilise._row_mean_sd(values)
+    mean, sd = stabilise.row_mean_sd(values)
     assert np.isfinite(mean[3]) and np.isfinite(sd[3])
     np.testing.assert_array_equal(_bits(mean), _bits(np.nanmean(values, axis=1)))
     np.testing.assert_array_equal(_bits(sd), _bits(np.nanstd(values, axis=1, ddof=1)))
@@ -55,7 +55,7 @@ def test_rows_with_missing_values_take_the_nan_functions():
 def test_count_summaries_are_the_pandas_numbers(order):
     counts = _counts(order)
     sf = np.random.default_rng(3).uniform(0.5, 2.0, counts.shape[1])
-    summaries = stabilise._summarise_counts(counts, sf, {"min_count": 10, "min_samples": 3}, block_genes=64)
+    summaries = stabilise.summarise_counts(counts, sf, {"min_count": 10, "min_samples": 3}, block_genes=64)
     # what the stage computed with pandas before: block / sf, its row means, log2(. + 1) of the kept genes
     normalised = counts / sf
     np.testing.assert_array_equal(_bits(summaries.base_mean), _bits(normalised.mean(axis=1)))

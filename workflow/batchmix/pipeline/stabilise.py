@@ -19,7 +19,16 @@ from batchmix.io import COUNT_INPUT_TYPES, InputError, write_json, write_table
 from batchmix.io.matrices import SIGNIFICANT_DIGITS, MatrixWriter, round_significant
 from batchmix.pipeline.validate import design_report, load_samples, load_validated, sheet_design_report
 
-__all__ = ["stabilise_stage", "ChunkedVST", "WRITE_BLOCK_GENES", "WRITE_BLOCK_VALUES", "write_block_genes"]
+__all__ = [
+    "stabilise_stage",
+    "ChunkedVST",
+    "CountSummaries",
+    "WRITE_BLOCK_GENES",
+    "WRITE_BLOCK_VALUES",
+    "row_mean_sd",
+    "summarise_counts",
+    "write_block_genes",
+]
 
 MEAN_SD_COLUMNS = ["rank_of_mean", "mean", "sd", "running_median_sd", "scale"]
 
@@ -306,11 +315,18 @@ def _block_mean_sd(values: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return mean, sd
 
 
-def _row_mean_sd(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mean and sd (ddof 1) of every row of a genes × samples array: the doubles of
-    :func:`numpy.nanmean` and :func:`numpy.nanstd` (which :func:`batchmix.vst.mean_sd` uses), with the
-    same operations on an array of the same memory order, without their copy and NaN mask when no
-    value is missing. Each row's numbers depend on that row only."""
+def row_mean_sd(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and sd (ddof 1) of every row of a genes × samples array.
+
+    The doubles of :func:`numpy.nanmean` and :func:`numpy.nanstd` (which :func:`batchmix.vst.mean_sd`
+    uses): the same operations on an array of the same memory order, without their copy and NaN mask
+    when no value is missing (with one, those functions run). Each row's numbers depend on that row only.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The means and the standard deviations, one per row.
+    """
     n = values.shape[1]
     total = np.sum(values, axis=1)
     if not np.isfinite(total).all() or n < 2 or values.shape[0] == 0:
@@ -366,8 +382,20 @@ def _mean_sd_from_blocks(stats: _BlockStats, genes: np.ndarray) -> pd.DataFrame:
 
 
 @dataclass
-class _CountSummaries:
-    """What the stabilise stage reports of the counts themselves (they need the size factors only)."""
+class CountSummaries:
+    """What the stabilise stage reports of the counts themselves (they need the size factors only).
+
+    Attributes
+    ----------
+    status : numpy.ndarray
+        ``ok`` or ``filtered:low_counts`` per gene.
+    base_mean : numpy.ndarray
+        The mean normalised count per gene.
+    n_observed : numpy.ndarray
+        The samples with a count, per gene.
+    before : _BlockStats
+        Mean and sd of log2(normalised count + 1) of the ``ok`` genes.
+    """
 
     status: np.ndarray
     base_mean: np.ndarray
@@ -375,13 +403,20 @@ class _CountSummaries:
     before: _BlockStats
 
 
-def _summarise_counts(expr: pd.DataFrame, sf: np.ndarray, fcfg: dict, block_genes: int) -> _CountSummaries:
-    """Per block of genes: the low-count filter, the mean normalised count and the mean and sd of
-    log2(normalised count + 1) (the numbers pandas gave for ``block / sf``, its row means and
-    ``log2(. + 1)``, with numpy on an array of the block's memory order, so the sums add in the same
-    order)."""
+def summarise_counts(expr: pd.DataFrame, sf: np.ndarray, fcfg: dict, block_genes: int) -> CountSummaries:
+    """The low-count filter, the mean normalised count and the mean and sd of log2(normalised count + 1).
+
+    A block of ``block_genes`` genes at a time; the numbers pandas gave for ``block / sf``, its row
+    means and ``log2(. + 1)``, with numpy on an array of the block's memory order, so the sums add in
+    the same order. ``sf``: the size factors in the order of the columns; ``fcfg``: the config's
+    ``filter`` (``min_count``, ``min_samples``).
+
+    Returns
+    -------
+    CountSummaries
+    """
     n_genes, n_samples = expr.shape
-    out = _CountSummaries(
+    out = CountSummaries(
         status=np.full(n_genes, "ok", dtype=object),
         base_mean=np.empty(n_genes),
         n_observed=np.empty(n_genes, dtype=np.int64),
@@ -397,7 +432,7 @@ def _summarise_counts(expr: pd.DataFrame, sf: np.ndarray, fcfg: dict, block_gene
         out.base_mean[g0:g1] = np.sum(before, axis=1) / n_samples
         before += 1.0
         np.log2(before, out=before)
-        out.before.add(g0, keep, *_row_mean_sd(before))
+        out.before.add(g0, keep, *row_mean_sd(before))
         del before
         out.n_observed[g0:g1] = block.notna().sum(axis=1).to_numpy()
     return out
@@ -506,7 +541,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
 
         def summarise(sf_fitted: np.ndarray) -> None:
             early["sf"] = sf_fitted
-            early["job"] = pool.submit(_summarise_counts, expr, sf_fitted, fcfg, block_genes)
+            early["job"] = pool.submit(summarise_counts, expr, sf_fitted, fcfg, block_genes)
 
         try:
             model = ChunkedVST(
@@ -527,7 +562,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         if "job" in early and np.array_equal(early["sf"].view(np.uint64), sf.view(np.uint64)):
             summaries = early["job"].result()
         else:  # one thread, or the whole-table fallback (whose factors are the same doubles)
-            summaries = _summarise_counts(expr, sf, fcfg, block_genes)
+            summaries = summarise_counts(expr, sf, fcfg, block_genes)
         size_factors = model.size_factors.rename("size_factor").rename_axis("sample_id").reset_index()
         info.update(
             {
@@ -544,7 +579,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         # Size factors do not apply to log-scale input; the file still lists every sample.
         size_factors = pd.DataFrame({"sample_id": expr.columns, "size_factor": np.nan})
         info.update({"vst_fit_type_used": "none (input_type: log)", "before_scale": "input (log scale)"})
-        summaries = _CountSummaries(
+        summaries = CountSummaries(
             status=np.full(n_genes, "ok", dtype=object),
             base_mean=np.empty(n_genes),
             n_observed=np.empty(n_genes, dtype=np.int64),
@@ -575,7 +610,7 @@ def stabilise_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
                     values = model.transform(block, start=g0)
                 except ValueError as err:
                     raise InputError(f"{inputs['expression']}: variance stabilisation failed: {err}") from err
-                after_mean, after_sd = _row_mean_sd(values.to_numpy())
+                after_mean, after_sd = row_mean_sd(values.to_numpy())
                 after_stats.add(g0, status[g0:g1] == "ok", after_mean, after_sd)
                 # limma's trend covariate: the average on the log-like scale the models see
                 mean_expression[g0:g1] = after_mean
