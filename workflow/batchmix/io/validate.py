@@ -232,7 +232,9 @@ def _read_expression(path, input_type, *, layer, sample_names) -> tuple[pd.DataF
                 f"input_type estimated_counts: {n_fractional} value(s) rounded to whole numbers "
                 "(as DESeq2's DESeqDataSetFromTximport)."
             )
-        zero = ~(arr > 0).any(axis=0)
+        # counts have no NaN here, so a sample's largest count says whether any is positive (a
+        # reduction: no boolean copy of the matrix)
+        zero = ~(arr.max(axis=0) > 0) if arr.size else ~(arr > 0).any(axis=0)
         if zero.any():
             names = [samples[j] for j in np.flatnonzero(zero)]
             raise InputError(
@@ -363,7 +365,10 @@ def validate_inputs(
         sample_names=config.get("featurecounts_samples"),
     )
     if input_type in COUNT_INPUT_TYPES and (config.get("vst") or {}).get("size_factors") == "ratio":
-        if not (expression.to_numpy() > 0).all(axis=1).any():
+        # counts have no NaN (read_expression refused them): a gene is positive in every sample when
+        # its smallest count is (a reduction: no boolean copy of the matrix)
+        values = expression.to_numpy()
+        if not ((values.min(axis=1) > 0) if values.size else (values > 0).all(axis=1)).any():
             raise InputError(
                 f"{expression_path}: every gene has a zero count in at least one sample, so DESeq2's median-of-ratios "
                 "size factors (`vst: {size_factors: ratio}`) cannot be computed. Set `vst: {size_factors: poscounts}` "
@@ -427,7 +432,8 @@ def validate_inputs(
     notes = list(reader_notes)
     if in_table != in_sheet:  # reordering copies the whole table
         expression = expression.loc[:, in_sheet]
-    n_missing_genes = int(expression.isna().any(axis=1).sum())
+    # count tables cannot hold missing values (read_expression refused them)
+    n_missing_genes = 0 if input_type in COUNT_INPUT_TYPES else int(expression.isna().any(axis=1).sum())
     if n_missing_genes:
         notes.append(f"{n_missing_genes} gene(s) have missing values; they are fitted on their observed samples.")
     return ValidatedInputs(expression=expression, samples=samples, batch=labels, notes=notes, symbols=symbols)
