@@ -10,7 +10,6 @@ same bytes whatever the number of chunks, and the same as when the chunks were a
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -41,7 +40,6 @@ from batchmix.io.matrices import (
     table_round_trip,
     write_parquet_table,
 )
-from batchmix.io.tables import format_g
 from batchmix.pipeline.validate import load_samples
 
 __all__ = [
@@ -185,37 +183,12 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
 
 
 def write_long_table(table: pd.DataFrame, path: str) -> None:
-    """:func:`batchmix.io.write_table` of a long table (text columns, then a float column), same bytes.
+    """:func:`batchmix.io.write_table` of a long table (the BLUPs, the covariances of the fixed effects).
 
-    The BLUPs and the covariances of the fixed effects have a row per gene and (level, term) or
-    coefficient pair: many rows, few distinct texts. Each text column is cut into codes of its
-    distinct values (one hash pass), whose texts are joined once; only the numbers are formatted
-    per row (:func:`batchmix.io.format_g`). Any other table (a missing or unusual text, a value
-    column that is not float) goes through :func:`batchmix.io.write_table` itself.
+    Kept as the chunk's writer of its long tables: write_table builds them as bytes, the text columns
+    from their few distinct values and the numbers with :func:`batchmix.io.textformat.format_cells`.
     """
-    names = [str(c) for c in table.columns]
-    plain = all(not any(ch in name for ch in _QUOTED) for name in names)
-    if len(table) == 0 or len(names) < 2 or not plain or table.iloc[:, -1].dtype != np.float64:
-        write_table(table, path)
-        return
-    row_parts = []
-    for j in range(len(names) - 1):
-        codes, uniques = pd.factorize(table.iloc[:, j])
-        texts = list(uniques)
-        if (codes < 0).any() or any(not isinstance(t, str) or any(ch in t for ch in _QUOTED) for t in texts):
-            write_table(table, path)
-            return
-        row_parts.append(np.asarray([t + "\t" for t in texts], dtype=object)[codes])
-    numbers = format_g(table.iloc[:, -1].to_numpy(), na_rep="NA")
-    ends = itertools.repeat("\n", len(table))
-    body = "".join(itertools.chain.from_iterable(zip(*(p.tolist() for p in row_parts), numbers.tolist(), ends)))
-    with table_writer(path) as out:
-        out.write(("\t".join(names) + "\n" + body).encode())
-
-
-# Characters that make the csv module quote a field (tab-separated, "\n" line ends): a table with
-# any of them in a text goes through write_table, which quotes as pandas does.
-_QUOTED = ("\t", '"', "\n", "\r")
+    write_table(table, path)
 
 
 def read_chunk_fits(path: str) -> tuple[pd.DataFrame, dict]:
