@@ -825,6 +825,19 @@ def corrected_expression(
         a level with no conditional mode for a gene (absent from that gene's
         observed samples) contributes nothing.
     """
+    values = corrected_values(expression, samples, fit, groups)
+    return pd.DataFrame(values, index=expression.index, columns=expression.columns)
+
+
+def corrected_values(
+    expression: pd.DataFrame, samples: pd.DataFrame, fit: LMMFit, groups: list[str], out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`corrected_expression` as a genes × samples float64 array, the same numbers.
+
+    ``out``: an array of the expression's shape to write them into (any memory order, e.g. a
+    column-major slice of a larger matrix), which is returned; by default a new array. No DataFrame
+    is built, and the values are not copied beyond ``out``.
+    """
     samples = _align_samples(expression, samples)
     design_groups = [t.group for t in parse_formula(fit.formula).random]
     unknown = [g for g in groups if g not in design_groups]
@@ -839,15 +852,21 @@ def corrected_expression(
     group, term, level = (_Codes(blups[name]) for name in ("group", "term", "level"))
     genes = _Codes(blups["gene_id"])
     in_groups = group.isin(groups)
+    if out is None:
+        values = expression.to_numpy(dtype=float, copy=True)
+    else:
+        out[...] = expression.to_numpy(dtype=float)
+        values = out
     if not in_groups.any():
-        return expression.astype(float).copy()
+        return values
     # the genes with modes, in their order of first appearance
     fitted_codes = pd.unique(genes.codes[in_groups])
     fitted_genes = np.asarray(genes.uniques, dtype=object)[fitted_codes]
     row_of_code = np.full(len(genes.uniques), -1)
     row_of_code[fitted_codes] = np.arange(fitted_codes.size)
     gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
-    values = expression.to_numpy(dtype=float, copy=True)
+    # every gene has modes, in order (the usual case): subtracted in place, without fancy indexing
+    every_gene = np.array_equal(gene_pos, np.arange(values.shape[0]))
     value = blups["value"].to_numpy(dtype=np.float64)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
@@ -863,8 +882,32 @@ def corrected_expression(
         wide = _wide_blups(rows, cols, value[sel], len(fitted_genes), block)
         if wide is None:  # a (gene, level, term) given twice
             wide = _pivot_blups(blups.iloc[sel], fitted_genes, block)
-        values[gene_pos] -= wide @ block.Z.T
-    return pd.DataFrame(values, index=expression.index, columns=expression.columns)
+        if every_gene:
+            values -= _modes_times_z(wide, block.Z)
+        else:
+            values[gene_pos] -= _modes_times_z(wide, block.Z)
+    return values
+
+
+def _modes_times_z(wide: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """``wide @ Z.T``: each gene's modes placed on its samples.
+
+    For a random intercept (each row of Z a single 1, the rest 0) and modes that are all finite and
+    not zero, each sum of the product has exactly one term that is not zero (a mode times 1; the
+    others are ±0), so it equals that mode bit for bit: the product is a gather of the modes by
+    each sample's level. Any other Z or modes go through the matrix product.
+    """
+    level = _indicator_columns(Z)
+    if level is not None and np.isfinite(wide).all() and (wide != 0).all():
+        return wide[:, level]
+    return wide @ Z.T
+
+
+def _indicator_columns(Z: np.ndarray) -> np.ndarray | None:
+    """The column of each row's single 1 when every row of ``Z`` is one 1 and zeros, else None."""
+    if Z.ndim != 2 or Z.shape[1] == 0 or not ((Z == 0) | (Z == 1)).all() or not (Z.sum(axis=1) == 1).all():
+        return None
+    return Z.argmax(axis=1)
 
 
 class _Codes:

@@ -40,6 +40,7 @@ from batchmix.io.matrices import (
     table_round_trip,
     write_parquet_table,
 )
+from batchmix.lmm.fitting import corrected_values
 from batchmix.pipeline.validate import load_samples
 
 __all__ = [
@@ -162,8 +163,7 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         blups.append(fit.blups)
         vcovs.append(fit.fixed_vcov)
         if corrected is not None and len(block):
-            part = lmm.corrected_expression(block, samples, fit, groups=[config["batch"]])
-            corrected[g0 : g0 + len(block)] = part.to_numpy()
+            corrected_values(block, samples, fit, groups=[config["batch"]], out=corrected[g0 : g0 + len(block)])
         done = min(n_genes, g0 + FIT_BLOCK_GENES)
         logger.info("LMM: %d of %d genes fitted (%.1f s)", done, n_genes, time.perf_counter() - started)
     gene_fits = pd.concat(fits, ignore_index=True) if len(fits) > 1 else fits[0]
