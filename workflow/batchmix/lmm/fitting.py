@@ -501,6 +501,12 @@ def _pattern_columns(
 
 
 def _align_samples(expression: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """The sample sheet's rows in the order of the expression's columns (not copied when they are so
+    already: a chunk job's blocks share one aligned sheet, and ``.loc`` of 500 ids costs milliseconds)."""
+    columns = expression.columns
+    index = samples.index
+    if index.dtype == columns.dtype and index.is_unique and index.equals(columns):
+        return samples
     missing = [s for s in expression.columns if s not in samples.index]
     if missing:
         raise ValueError(f"{len(missing)} expression columns are not in the sample sheet, e.g. {missing[:3]}")
@@ -647,13 +653,14 @@ def fit(
             terms.append(np.tile(np.asarray(block.terms, dtype=object), nl))
         width = sum(g.size for g in groups)
         b = arrays.b if all_good else arrays.b[good]
+        column = np.tile(np.arange(width), gsel.size)  # each row's column of Z
         blup_frames.append(
             pd.DataFrame(
                 {
                     "gene_index": np.repeat(gsel, width),
-                    "group": np.tile(np.concatenate(groups), gsel.size),
-                    "level": np.tile(np.concatenate(levels), gsel.size),
-                    "term": np.tile(np.concatenate(terms), gsel.size),
+                    "group": _text_column(np.concatenate(groups), column),
+                    "level": _text_column(np.concatenate(levels), column),
+                    "term": _text_column(np.concatenate(terms), column),
                     "value": b[:, :width].reshape(-1),
                 }
             )
@@ -666,7 +673,7 @@ def fit(
         blups = pd.concat(blup_frames, ignore_index=True) if len(blup_frames) > 1 else blup_frames[0]
         if len(blup_frames) > 1:
             blups = blups.sort_values("gene_index", kind="stable")
-        blups.insert(0, "gene_id", gene_ids[blups["gene_index"].to_numpy()])
+        blups.insert(0, "gene_id", _text_column(gene_ids, blups["gene_index"].to_numpy()))
         blups = blups.drop(columns="gene_index").reset_index(drop=True)
     else:
         blups = pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"])
@@ -674,7 +681,7 @@ def fit(
     if vcov_frames:
         fixed_vcov = pd.concat(vcov_frames, ignore_index=True) if len(vcov_frames) > 1 else vcov_frames[0]
         fixed_vcov = fixed_vcov.sort_values("gene_index", kind="stable")
-        fixed_vcov.insert(0, "gene_id", gene_ids[fixed_vcov["gene_index"].to_numpy()])
+        fixed_vcov.insert(0, "gene_id", _text_column(gene_ids, fixed_vcov["gene_index"].to_numpy()))
         fixed_vcov = fixed_vcov.drop(columns="gene_index").reset_index(drop=True)
     else:
         fixed_vcov = pd.DataFrame(columns=FIXED_VCOV_COLUMNS)
@@ -776,11 +783,21 @@ def _vcov_frame(gene_index: np.ndarray, vcov: np.ndarray, names: list[str]) -> p
     return pd.DataFrame(
         {
             "gene_index": np.repeat(gene_index, P),
-            "coef_a": np.tile(labels[rows_i], G),
-            "coef_b": np.tile(labels[rows_j], G),
+            "coef_a": _text_column(labels, np.tile(rows_i, G)),
+            "coef_b": _text_column(labels, np.tile(rows_j, G)),
             "value": vcov[:, rows_i, rows_j].reshape(-1),
         }
     )
+
+
+def _text_column(labels: np.ndarray, codes: np.ndarray):
+    """``labels[codes]`` as the column pandas makes of them (``str`` for texts), built from the few labels.
+
+    A DataFrame column made from an object array of texts is converted text by text (pandas checks
+    every row); the long tables repeat a few texts in many rows, so the labels are converted once
+    and taken by position (the same column: dtype and values).
+    """
+    return pd.Series(np.asarray(labels, dtype=object)).array.take(np.asarray(codes, dtype=np.intp))
 
 
 def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:
@@ -899,7 +916,8 @@ def _modes_times_z(wide: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """
     level = _indicator_columns(Z)
     if level is not None and np.isfinite(wide).all() and (wide != 0).all():
-        return wide[:, level]
+        # gathered sample by sample: column-major, as the chunk's matrix is
+        return np.ascontiguousarray(wide.T)[level].T
     return wide @ Z.T
 
 
