@@ -263,7 +263,7 @@ TEXT_COLUMNS = frozenset(
 )
 
 
-def read_result_table(path: str | Path) -> pd.DataFrame:
+def read_result_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a table that batchmix wrote (TSV, optionally gzipped), ids kept as text.
 
     The first column and every column named in :data:`TEXT_COLUMNS` are read verbatim as strings
@@ -273,6 +273,8 @@ def read_result_table(path: str | Path) -> pd.DataFrame:
     ----------
     path : str or Path
         The table.
+    columns : list of str, optional
+        Read only these columns (in the file's order), each as it would be read with the others.
 
     Returns
     -------
@@ -283,6 +285,7 @@ def read_result_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(
         path,
         sep="\t",
+        usecols=columns,
         dtype={c: str for c in text},
         keep_default_na=False,
         na_values={c: ["NA"] for c in header if c not in text},

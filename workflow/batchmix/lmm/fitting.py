@@ -869,12 +869,12 @@ def corrected_values(
     group, term, level = (_Codes(blups[name]) for name in ("group", "term", "level"))
     genes = _Codes(blups["gene_id"])
     in_groups = group.isin(groups)
-    if out is None:
-        values = expression.to_numpy(dtype=float, copy=True)
-    else:
-        out[...] = expression.to_numpy(dtype=float)
-        values = out
+    source = expression.to_numpy(dtype=float)
+    # the expression is copied into values by the first subtraction (or as it is, without modes)
+    values = np.empty_like(source) if out is None else out
+    copied = False
     if not in_groups.any():
+        values[...] = source
         return values
     # the genes with modes, in their order of first appearance
     fitted_codes = pd.unique(genes.codes[in_groups])
@@ -882,7 +882,7 @@ def corrected_values(
     row_of_code = np.full(len(genes.uniques), -1)
     row_of_code[fitted_codes] = np.arange(fitted_codes.size)
     gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
-    # every gene has modes, in order (the usual case): subtracted in place, without fancy indexing
+    # every gene has modes, in order (the usual case): subtracted whole, without fancy indexing
     every_gene = np.array_equal(gene_pos, np.arange(values.shape[0]))
     value = blups["value"].to_numpy(dtype=np.float64)
     seen: set[tuple[str, tuple[str, ...]]] = set()
@@ -899,10 +899,19 @@ def corrected_values(
         wide = _wide_blups(rows, cols, value[sel], len(fitted_genes), block)
         if wide is None:  # a (gene, level, term) given twice
             wide = _pivot_blups(blups.iloc[sel], fitted_genes, block)
-        if every_gene:
-            values -= _modes_times_z(wide, block.Z)
+        product = _modes_times_z(wide, block.Z)
+        if every_gene and not copied:
+            np.subtract(source, product, out=values)
         else:
-            values[gene_pos] -= _modes_times_z(wide, block.Z)
+            if not copied:
+                values[...] = source
+            if every_gene:
+                values -= product
+            else:
+                values[gene_pos] -= product
+        copied = True
+    if not copied:
+        values[...] = source
     return values
 
 

@@ -145,7 +145,8 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     chunk's expression minus its batch BLUPs, rounded as the matrices are, genes × samples float64,
     ``.npy`` in column-major order). Logs genes done out of the chunk's genes as it goes.
     """
-    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
+    # the ids and statuses only: every chunk reads the whole gene list
+    status = read_result_table(inputs["gene_status"], columns=["gene_id", "status"]).set_index("gene_id")["status"]
     expr = _read_chunk_expression(inputs, status)
     samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     status = status.reindex(expr.index)
@@ -216,7 +217,8 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     chunks = [read_chunk_fits(p) for p in inputs["fits"]]
     gene_fits = pd.concat([fits for fits, _ in chunks], ignore_index=True)
     status = read_result_table(inputs["gene_status"])
-    if list(gene_fits["gene_id"]) != list(status["gene_id"]):
+    ids, expected = (table["gene_id"].to_numpy(dtype=object) for table in (gene_fits, status))
+    if ids.shape != expected.shape or not (ids == expected).all():
         raise RuntimeError(
             f"gathered {len(gene_fits)} gene rows but the input has {len(status)} genes (or a different order); "
             "a chunk is missing or stale: rerun with --forcerun lmm_chunk"
