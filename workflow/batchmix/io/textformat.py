@@ -283,38 +283,58 @@ def tsv_bytes(names: list[str], columns: list) -> bytes:
     -------
     bytes
         The same bytes as joining each row's cells with tabs.
+
+    The rows are built :data:`_BLOCK_CELLS` cells at a time, which bounds the memory a long table takes
+    on the way (and keeps the block's arrays in the cache); the bytes do not depend on the blocks.
     """
     header = ("\t".join(names) + "\n").encode()
-    if not columns or len(columns[0] if not isinstance(columns[0], tuple) else columns[0][0]) == 0:
+    n_rows = len(columns[0][0] if isinstance(columns[0], tuple) else columns[0]) if columns else 0
+    if n_rows == 0:
         return header
-    floats = [j for j, c in enumerate(columns) if not isinstance(c, tuple)]
-    blocks: list = [None] * len(columns)
-    if floats:
+    floats = [np.asarray(c, dtype=np.float64).reshape(-1) if not isinstance(c, tuple) else None for c in columns]
+    texts = [None if f is not None else _text_table(c[1]) for f, c in zip(floats, columns)]
+    codes = [None if f is not None else np.asarray(c[0], dtype=np.intp) for f, c in zip(floats, columns)]
+    step = max(256, _BLOCK_CELLS // len(columns))
+    parts = [header]
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(n_rows, start + step))
+        parts.append(_block_bytes(floats, texts, codes, rows))
+    return b"".join(parts)
+
+
+# Cells per block of tsv_bytes.
+_BLOCK_CELLS = 1 << 18
+
+
+def _text_table(texts: list[str]) -> np.ndarray:
+    """The UTF-8 bytes of each text, one row each, NUL-padded to the longest."""
+    encoded = [t.encode() for t in texts]
+    width = max(1, max(map(len, encoded), default=1))
+    return np.frombuffer(b"".join(t.ljust(width, b"\0") for t in encoded), dtype=np.uint8).reshape(-1, width)
+
+
+def _block_bytes(floats: list, texts: list, codes: list, rows: slice) -> bytes:
+    """The lines of rows ``rows`` (each column's cells in slots side by side, NUL bytes dropped)."""
+    float_columns = [j for j, f in enumerate(floats) if f is not None]
+    blocks: list = [None] * len(floats)
+    if float_columns:
         # every float column in one call: the per-call work is paid once
-        values = np.concatenate([np.asarray(columns[j], dtype=np.float64).reshape(-1) for j in floats])
-        chars = format_cells(values, na_rep="NA")
-        n_rows = chars.shape[0] // len(floats)
-        for i, j in enumerate(floats):
-            block = chars[i * n_rows : (i + 1) * n_rows]
-            # the bytes no value of the column shows (the lead, the exponent, ...) are left out
+        chars = format_cells(np.concatenate([floats[j][rows] for j in float_columns]), na_rep="NA")
+        n = chars.shape[0] // len(float_columns)
+        for i, j in enumerate(float_columns):
+            block = chars[i * n : (i + 1) * n]
+            # the bytes no value of the column shows here (the lead, the exponent, ...) are left out
             shown = np.flatnonzero(block.any(axis=0))
             blocks[j] = block[:, shown] if shown.size else block[:, :1]
-    for j, column in enumerate(columns):
-        if blocks[j] is None:
-            codes, texts = column
-            encoded = [t.encode() for t in texts]
-            w = max(1, max(map(len, encoded), default=1))
-            table = np.frombuffer(b"".join(t.ljust(w, b"\0") for t in encoded), dtype=np.uint8).reshape(-1, w)
-            blocks[j] = table[np.asarray(codes, dtype=np.intp)]
-    n_rows = blocks[0].shape[0]
-    total = sum(b.shape[1] + 1 for b in blocks)
-    # each cell in a slot of its column's width, NUL-padded, then its separator; dropping the NUL
-    # bytes leaves the lines
-    grid = np.zeros((n_rows, total), dtype=np.uint8)
+    for j, table in enumerate(texts):
+        if table is not None:
+            blocks[j] = table[codes[j][rows]]
+    n = blocks[0].shape[0]
+    grid = np.zeros((n, sum(b.shape[1] + 1 for b in blocks)), dtype=np.uint8)
     at = 0
     for j, block in enumerate(blocks):
-        w = block.shape[1]
-        grid[:, at : at + w] = block
-        grid[:, at + w] = ord("\n") if j == len(blocks) - 1 else ord("\t")
-        at += w + 1
-    return header + grid[grid != 0].tobytes()
+        width = block.shape[1]
+        grid[:, at : at + width] = block
+        grid[:, at + width] = ord("\n") if j == len(blocks) - 1 else ord("\t")
+        at += width + 1
+    return grid[grid != 0].tobytes()
