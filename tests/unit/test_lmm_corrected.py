@@ -87,3 +87,26 @@ def test_corrected_values_into_a_column_major_slice_and_with_unfitted_genes():
     np.testing.assert_array_equal(whole[10:40][same].view(np.uint64), expected[same].view(np.uint64))
     assert (whole[:10] == -1.0).all() and (whole[40:] == -1.0).all()
     np.testing.assert_array_equal(whole[17], expression.iloc[7].to_numpy())
+
+
+def test_a_changed_sample_sheet_gets_its_own_design():
+    from batchmix.lmm import fitting
+
+    samples = _samples()
+    key = fitting._sheet_key("~ condition + (1 | batch)", samples, True)
+    assert key == fitting._sheet_key("~ condition + (1 | batch)", samples.copy(), True)
+    other = samples.copy()
+    other.iloc[3, 0] = "b4"  # one sample in another batch
+    assert fitting._sheet_key("~ condition + (1 | batch)", other, True) != key
+    ints, floats = samples.copy(), samples.copy()
+    ints["age"] = pd.Series([1] * len(samples), index=samples.index, dtype=object)
+    floats["age"] = pd.Series([1.0] * len(samples), index=samples.index, dtype=object)  # equal to 1, another type
+    formula = "~ age + (1 | batch)"
+    assert fitting._sheet_key(formula, ints, True) != fitting._sheet_key(formula, floats, True)
+    # and the fits on the changed sheet are those of a sheet never seen before
+    expression = _expression(samples, 12, seed=9)
+    lmm.fit(expression, samples, "~ condition + (1 | batch)")
+    again = lmm.fit(expression, other, "~ condition + (1 | batch)")
+    fitting._DESIGNS.clear()
+    fresh = lmm.fit(expression, other, "~ condition + (1 | batch)")
+    pd.testing.assert_frame_equal(again.gene_fits, fresh.gene_fits, check_exact=True)

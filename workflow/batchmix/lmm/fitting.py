@@ -727,13 +727,25 @@ _DESIGN_KEPT_VALUES = 2_000_000
 
 
 def _sheet_key(formula: str, samples: pd.DataFrame, reml: bool) -> tuple | None:
-    """What the design depends on, as a dictionary key; None for a sheet that cannot be hashed."""
+    """What the design depends on, as a dictionary key; None for a sheet that cannot be hashed.
+
+    The cells themselves (as Python objects, with their types in object columns, where 1, 1.0 and
+    True are equal), not a hash of them: building the key costs a tenth of hashing the sheet's text
+    columns, and equal keys mean equal sheets (a NaN never equals another: at worst a rebuild).
+    """
+    columns = tuple((str(c), str(t)) for c, t in samples.dtypes.items())
+    cells = []
+    for j in range(samples.shape[1]):
+        values = samples.iloc[:, j].to_numpy(dtype=object).tolist()
+        cells.append(tuple(values))
+        if samples.dtypes.iloc[j] == np.dtype(object):
+            cells.append(tuple(type(v).__name__ for v in values))
+    key = (formula, bool(reml), columns, tuple(samples.index.to_numpy(dtype=object).tolist()), tuple(cells))
     try:
-        cells = pd.util.hash_pandas_object(samples, index=True).to_numpy().tobytes()
+        hash(key)
     except TypeError:
         return None
-    columns = tuple((str(c), str(t)) for c, t in samples.dtypes.items())
-    return (formula, bool(reml), columns, tuple(map(str, samples.index)), cells)
+    return key
 
 
 def _shared_design(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str], ModelMetadata]:
