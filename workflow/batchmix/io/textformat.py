@@ -22,7 +22,6 @@ every process (measured with a cached kernel), more than the formatting of a 20,
 from __future__ import annotations
 
 import functools
-from fractions import Fraction
 
 import numpy as np
 
@@ -49,6 +48,8 @@ _SPLIT = 134217729.0
 def _powers(k_min: int, k_max: int, shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """10**k / 2**shift as hi + lo (hi the nearest double, lo the nearest double to the rest), and hi
     split in two halves of 26 bits (Dekker), for k in [k_min, k_max]."""
+    from fractions import Fraction  # here: importing it costs 10 ms, and most tables never need these
+
     hi, lo = [], []
     for k in range(k_min, k_max + 1):
         exact = Fraction(10) ** k / 2**shift
@@ -186,7 +187,7 @@ def _word(text: bytes) -> np.uint32:
 
 
 # "ddd" + NUL for 0-999 as one word; the digits kept of a group (3 minus its trailing zeros; 0 for 0)
-_GROUP_WORDS = np.array([_word(f"{i:03d}".encode()) for i in range(1000)], dtype=np.uint32)
+_GROUP_WORDS = np.frombuffer(b"".join(b"%03d\0" % i for i in range(1000)), dtype=np.uint32)
 _GROUP_KEPT = np.array([0] + [len(f"{i:03d}".rstrip("0")) for i in range(1, 1000)], dtype=np.int64)
 # the words that do not depend on the value: "-0.0", "00", "."
 _TEMPLATE = np.zeros(_WORDS, dtype=np.uint32)
