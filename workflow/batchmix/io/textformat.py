@@ -3,17 +3,22 @@
 batchmix's result tables carry their floats as ``"%.12g" % x`` (what pandas' ``to_csv`` writes with
 ``float_format="%.12g"``). Python formats one value in about 0.4 us; a gene's LMM row, its BLUPs and
 its covariances are 60 values. Here the text of every value of an array is built with whole-array
-numpy operations, about 20 times faster, with the same characters as Python's ``%`` for every value:
+numpy operations, with the same characters as Python's ``%`` for every value:
 
 * the 12 significant digits are those of the correctly rounded decimal, computed from the exact
   product ``|x| * 10**k`` (k = 11 - the decimal exponent): one multiplication when ``10**k`` is a
-  double (0 <= k <= 22), otherwise a double-double product (Dekker's exact product with ``10**k``
-  held as the sum of two doubles, error below 1e-18 of a unit of the 12th digit);
-* a value whose rounding is not settled by that (within 1e-9 of a tie, of a power of ten when
-  ``10**k`` is not exact; or so small or large that ``10**k`` leaves the double range) is formatted
-  by Python's ``%`` itself, as are infinities;
+  double (0 <= k <= 22) and the result is at least 1e-3 from a tie, otherwise a double-double
+  product (Dekker's exact product with ``10**k`` held as the sum of two doubles, within 1e-18 of a
+  unit of the 12th digit; values below 1e-280, subnormals included, first scaled by 2**200);
+* a value whose rounding that does not settle (within 1e-9 of a tie; within 1e-9 of a power of ten
+  when ``10**k`` is not exact), a value above 1e280 and the infinities are formatted by Python's
+  ``%`` itself;
 * the layout is C's ``%g``: positional when the exponent of the rounded value is in [-4, 12),
   otherwise ``d.ddde±XX``; trailing zeros and a trailing point removed; ``-0`` for negative zero.
+
+Each text is laid out in a fixed slot with NUL bytes where nothing shows (a mask per sign, form and
+number of digits kept); a table is its cells' slots side by side, and dropping the NUL bytes leaves
+its lines (:func:`tsv_bytes`).
 
 numba would format faster still, but loading it and its compiled code costs about 0.6 s of CPU in
 every process (measured with a cached kernel), more than the formatting of a 20,000-gene table.
