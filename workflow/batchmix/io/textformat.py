@@ -327,14 +327,20 @@ def _block_bytes(floats: list, texts: list, codes: list, rows: slice) -> bytes:
         # every float column in one call: the per-call work is paid once
         chars = format_cells(np.concatenate([floats[j][rows] for j in float_columns]), na_rep="NA")
         n = chars.shape[0] // len(float_columns)
+        # the bytes no value of a column shows here (the lead, the exponent, ...) are left out: found
+        # by OR-ing the slots of each column, as words
+        per_column = chars.reshape(len(float_columns), n, -1)
+        if per_column.shape[2] % 4 == 0:
+            used = np.bitwise_or.reduce(per_column.view(np.uint32), axis=1).view(np.uint8) != 0
+        else:
+            used = per_column.any(axis=1)
         for i, j in enumerate(float_columns):
-            block = chars[i * n : (i + 1) * n]
-            # the bytes no value of the column shows here (the lead, the exponent, ...) are left out
-            shown = np.flatnonzero(block.any(axis=0))
-            blocks[j] = block[:, shown] if shown.size else block[:, :1]
+            shown = np.flatnonzero(used[i])
+            blocks[j] = np.take(per_column[i], shown, axis=1) if shown.size else per_column[i][:, :1]
     for j, table in enumerate(texts):
         if table is not None:
-            blocks[j] = table[codes[j][rows]]
+            # np.take copies whole rows; fancy indexing goes byte by byte through short rows
+            blocks[j] = np.take(table, codes[j][rows], axis=0)
     n = blocks[0].shape[0]
     grid = np.zeros((n, sum(b.shape[1] + 1 for b in blocks)), dtype=np.uint8)
     at = 0
