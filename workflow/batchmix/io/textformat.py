@@ -53,14 +53,14 @@ _SPLIT = 134217729.0
 def _powers(k_min: int, k_max: int, shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """10**k / 2**shift as hi + lo (hi the nearest double, lo the nearest double to the rest), and hi
     split in two halves of 26 bits (Dekker), for k in [k_min, k_max]."""
-    from fractions import Fraction  # here: importing it costs 10 ms, and most tables never need these
-
     hi, lo = [], []
     for k in range(k_min, k_max + 1):
-        exact = Fraction(10) ** k / 2**shift
-        h = float(exact)  # correctly rounded
+        # exactly num / den; Python's division of integers is correctly rounded
+        num, den = (10**k, 2**shift) if k >= 0 else (1, 10**-k * 2**shift)
+        h = num / den
+        p, q = h.as_integer_ratio()
         hi.append(h)
-        lo.append(float(exact - Fraction(h)))
+        lo.append((num * q - p * den) / (den * q))
     hi_arr, lo_arr = np.array(hi), np.array(lo)
     big = _SPLIT * hi_arr
     hi_hi = big - (big - hi_arr)
