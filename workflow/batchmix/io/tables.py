@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batchmix.io import textformat
 from batchmix.io.errors import WRITE_ERRNOS, write_failure
 from batchmix.io.readers import INPUT_NA_VALUES, read_sheet_table
 
@@ -71,14 +72,14 @@ def write_table(df: pd.DataFrame, path: str | Path, index: bool = False) -> None
     same table give the same bytes, so reruns and chunked runs can be compared byte for byte.
     Floats are written as ``%.12g`` and missing values as ``NA``. The text is pandas' ``to_csv``
     (``sep="\\t"``, ``float_format="%.12g"``, ``na_rep="NA"``) byte for byte; tables of plain
-    columns (floats, integers, booleans, text without tabs, quotes or line breaks) are formatted
-    column by column without it (:func:`tsv_text`), several times faster.
+    columns (floats, integers, booleans, text without tabs, quotes or line breaks) are built as
+    bytes without it (:func:`tsv_bytes`), many times faster.
     """
-    text = tsv_text(df) if not index else None
-    if text is None:
-        text = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA")
+    data = tsv_bytes(df) if not index else None
+    if data is None:
+        data = df.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.12g", na_rep="NA").encode()
     with table_writer(path) as fh:
-        fh.write(text.encode())
+        fh.write(data)
 
 
 # Characters that make the csv module quote a field (tab-separated, "\n" line ends).
@@ -89,83 +90,71 @@ def _plain_text(name) -> bool:
     return isinstance(name, str) and not any(c in name for c in _QUOTED_CHARACTERS)
 
 
-def _column_text(column: pd.Series) -> list | None:
-    """The cells of one column as pandas' ``to_csv`` writes them (``%.12g``, ``NA``), or None when the
-    column is not a plain one (pandas then writes the whole table)."""
+def _column_cells(column: pd.Series):
+    """One column for :func:`batchmix.io.textformat.tsv_bytes`: its float64 values, or ``(codes, texts)``
+    with the texts pandas' ``to_csv`` writes (``NA`` for missing); None when the column is not a plain
+    one (pandas then writes the whole table)."""
     dtype = column.dtype
+    if dtype == np.float64:
+        return column.to_numpy()
     if dtype.kind in "iub" and isinstance(dtype, np.dtype):
-        return column.to_numpy().astype(str).tolist()
+        codes, uniques = pd.factorize(column.to_numpy())
+        return codes, np.asarray(uniques).astype(str).tolist()
     if dtype == np.dtype(object) or isinstance(dtype, pd.StringDtype):
-        cells = column.tolist()
-        if set(map(type, cells)) - {str}:
-            missing = column.isna().to_numpy()
-            if not missing.any():
-                return None
-            cells = ["NA" if m else c for c, m in zip(cells, missing)]
-            if set(map(type, cells)) - {str}:
-                return None
-        return cells if _plain_text("".join(cells)) else None
+        # the distinct values only: a long table's text columns hold few of them
+        codes, uniques = pd.factorize(column)
+        texts = np.asarray(uniques, dtype=object).tolist()  # not by iterating an Arrow-backed array
+        if set(map(type, texts)) - {str}:
+            return None
+        if (codes < 0).any():  # missing values (None, NaN, pd.NA)
+            codes = np.where(codes < 0, len(texts), codes)
+            texts.append("NA")
+        joined = "".join(texts)
+        return (codes, texts) if _plain_text(joined) and "\0" not in joined else None
     return None
 
 
-def tsv_text(df: pd.DataFrame) -> str | None:
-    """The TSV text of ``df`` without its index, as :func:`write_table` writes it, or None.
+def tsv_bytes(df: pd.DataFrame) -> bytes | None:
+    """The TSV bytes of ``df`` without its index, as :func:`write_table` writes them, or None.
 
-    The same characters as ``df.to_csv(sep="\\t", index=False, lineterminator="\\n",
-    float_format="%.12g", na_rep="NA")`` for a table whose columns are float64 (:func:`format_g`),
-    integer, boolean, or text (``NA`` for missing) without tabs, quotes or line breaks, under plain
-    text names, with at least two columns (csv quotes an empty field when it is a row's only one).
-    None for any other table, which the caller then writes with pandas.
+    The same characters (UTF-8) as ``df.to_csv(sep="\\t", index=False, lineterminator="\\n",
+    float_format="%.12g", na_rep="NA")`` for a table whose columns are float64
+    (:func:`batchmix.io.textformat.format_cells`), integer, boolean, or text (``NA`` for missing)
+    without tabs, quotes, line breaks or NUL, under plain text names, with at least two columns (csv
+    quotes an empty field when it is a row's only one). None for any other table, which the caller
+    then writes with pandas.
     """
     if df.shape[1] < 2 or isinstance(df.columns, pd.MultiIndex):
         return None
     if not all(_plain_text(name) for name in df.columns):
         return None
-    n_rows = df.shape[0]
-    columns: list = [None] * df.shape[1]
-    floats = [i for i, dtype in enumerate(df.dtypes) if dtype == np.float64]
+    columns = []
     for i in range(df.shape[1]):
-        if i not in floats:
-            columns[i] = _column_text(df.iloc[:, i])
-            if columns[i] is None:
-                return None
-    if floats:
-        # every float column in one call: the per-call work is paid once
-        values = np.concatenate([df.iloc[:, i].to_numpy() for i in floats])
-        text = format_g(values, na_rep="NA").tolist()
-        for j, i in enumerate(floats):
-            columns[i] = text[j * n_rows : (j + 1) * n_rows]
-    lines = ["\t".join(df.columns)]
-    lines.extend(map("\t".join, zip(*columns)))
-    return "\n".join(lines) + "\n"
+        cells = _column_cells(df.iloc[:, i])
+        if cells is None:
+            return None
+        columns.append(cells)
+    return textformat.tsv_bytes(list(df.columns), columns)
 
 
-# 10**k for k = 0..22: every one is exact in float64.
-_POWERS_OF_TEN = np.array([10.0**k for k in range(23)])
-# "000" to "999" as ASCII bytes, one row per number
-_THREE_DIGITS = np.array([list(f"{i:03d}".encode()) for i in range(1000)], dtype=np.uint8)
-_ZERO, _DOT, _MINUS, _NEWLINE = ord("0"), ord("."), ord("-"), ord("\n")
+def tsv_text(df: pd.DataFrame) -> str | None:
+    """:func:`tsv_bytes` as text (or None)."""
+    data = tsv_bytes(df)
+    return None if data is None else data.decode()
 
 
 def format_g(values: np.ndarray, digits: int = TABLE_DIGITS, na_rep: str = "NA") -> np.ndarray:
     """The text of each value as ``"%.{digits}g" % x`` (``na_rep`` for NaN), vectorised.
 
-    ``%g`` prints the value rounded to ``digits`` significant digits, in positional notation when
-    its decimal exponent e is in [-4, digits), else as ``d.ddde±XX``, trailing zeros removed. With
-    ``k = digits - 1 - e``, the rounded digits are ``rint(|x| * 10**k)`` whenever ``10**k`` is exact
-    (0 <= k <= 22) and ``|x| * 10**k`` is not within its rounding error of a tie (its error is below
-    1.2e-4 for 12 digits; a margin of 1e-3 is kept), as in
-    :func:`batchmix.io.matrices.round_significant`; they are laid out as bytes, a group of equal
-    exponents at a time. Every other value (ties, magnitudes outside that range, a ``log10`` off by
-    one at a power of ten, zeros and infinities) is formatted by Python's ``%`` itself.
+    For 12 digits the texts come from :func:`batchmix.io.textformat.format_cells` (exact, the same
+    characters as Python's ``%`` for every value); other digit counts are formatted value by value.
 
     Parameters
     ----------
     values : numpy.ndarray
         1-D floats.
     digits : int
-        Significant digits, 1 to 15 (only 12 takes the vectorised path; others are formatted value
-        by value).
+        Significant digits, 1 to 15 (only 12 takes the vectorised path).
     na_rep : str
         The text of NaN.
 
@@ -176,80 +165,16 @@ def format_g(values: np.ndarray, digits: int = TABLE_DIGITS, na_rep: str = "NA")
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     out = np.empty(v.size, dtype=object)
-    fmt = f"%.{digits}g"
-    nan = np.isnan(v)
-    out[nan] = na_rep
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        a = np.abs(v)
-        e = np.floor(np.log10(a))
-        k = (digits - 1) - e
-        fast = np.isfinite(k) & (k >= 0) & (k <= 22) & (digits == TABLE_DIGITS)
-        k_int = np.where(fast, k, 0.0).astype(np.int64)
-        scaled = a * _POWERS_OF_TEN[k_int]
-        r = np.rint(scaled)
-        frac = np.abs(scaled - np.trunc(scaled))
-        fast &= (np.abs(frac - 0.5) > 1e-3) & (r >= 10.0 ** (digits - 1)) & (r < 10.0**digits)
-    slow = ~fast & ~nan
-    if slow.any():
-        out[slow] = [fmt % x for x in v[slow].tolist()]
-    if not fast.any():
+    if digits != textformat.DIGITS or "\n" in na_rep or "\0" in na_rep:
+        fmt = f"%.{digits}g"
+        out[:] = [na_rep if x != x else fmt % x for x in v.tolist()]
         return out
-    rows = np.flatnonzero(fast)
-    mantissa = r[rows]  # an integer below 1e12: exact in float64, as are its quotients' floors below
-    exponent = (digits - 1) - k_int[rows]
-    negative = np.signbit(v[rows])
-    # the digits as ASCII (three at a time from a table), and how many are left once trailing zeros
-    # are removed
-    groups = np.empty((rows.size, 4), dtype=np.int64)
-    rest = mantissa
-    for j, unit in enumerate((1e9, 1e6, 1e3)):
-        # rest / unit is at least 1e-9 away from the next integer, so its floor is exact
-        top = np.floor(rest / unit)
-        groups[:, j] = top
-        rest = rest - top * unit
-    groups[:, 3] = rest
-    text_digits = _THREE_DIGITS[groups].reshape(rows.size, digits)
-    nonzero = text_digits != _ZERO
-    kept = digits - np.argmax(nonzero[:, ::-1], axis=1)  # the first digit is never 0
-    width = digits + 7  # sign, "0.", up to 3 zeros (e >= -4), the digits; or "d." + digits + "e-XX"
-    chars = np.zeros((rows.size, width), dtype=np.uint8)
-    length = np.zeros(rows.size, dtype=np.int64)
-    for value in np.unique(exponent):
-        sel = np.flatnonzero(exponent == value)
-        d, n_kept = text_digits[sel], kept[sel]
-        block = np.zeros((sel.size, width), dtype=np.uint8)
-        if 0 <= value < digits:
-            whole = value + 1
-            block[:, 1 : 1 + whole] = d[:, :whole]
-            block[:, 1 + whole] = _DOT
-            block[:, 2 + whole : 1 + digits + 1] = d[:, whole:]
-            size = np.where(n_kept > whole, n_kept + 1, whole)
-        elif -4 <= value < 0:
-            zeros = -value - 1
-            block[:, 1] = _ZERO
-            block[:, 2] = _DOT
-            block[:, 3 : 3 + zeros] = _ZERO
-            block[:, 3 + zeros : 3 + zeros + digits] = d
-            size = 2 + zeros + n_kept
-        else:  # d.ddd then e-XX (|e| <= 11 here)
-            block[:, 1] = d[:, 0]
-            block[:, 2] = _DOT
-            block[:, 3 : 2 + digits] = d[:, 1:]
-            size = np.where(n_kept > 1, n_kept + 1, 1)
-            suffix = np.frombuffer(f"e{'-' if value < 0 else '+'}{abs(int(value)):02d}".encode(), dtype=np.uint8)
-            block[np.arange(sel.size)[:, None], 1 + size[:, None] + np.arange(suffix.size)[None, :]] = suffix
-            size = size + suffix.size
-        chars[sel] = block
-        length[sel] = size
-    # the sign in column 0 (kept for negative values only), a newline after the last character;
-    # the kept bytes of every row, in order, are then the lines of one ASCII string
-    chars[negative, 0] = _MINUS
-    stop = 1 + length
-    chars[np.arange(rows.size), stop] = _NEWLINE
-    columns = np.arange(width)[None, :]
-    keep = (columns >= np.where(negative, 0, 1)[:, None]) & (columns <= stop[:, None])
-    lines = chars[keep].tobytes().decode("ascii").split("\n")
-    out[rows] = lines[:-1]
+    chars = textformat.format_cells(v, na_rep=na_rep)
+    # a newline after each text; dropping the NUL fillers leaves the lines of one string
+    grid = np.zeros((v.size, chars.shape[1] + 1), dtype=np.uint8)
+    grid[:, :-1] = chars
+    grid[:, -1] = ord("\n")
+    out[:] = grid[grid != 0].tobytes().decode().split("\n")[:-1]
     return out
 
 
@@ -338,7 +263,7 @@ TEXT_COLUMNS = frozenset(
 )
 
 
-def read_result_table(path: str | Path) -> pd.DataFrame:
+def read_result_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a table that batchmix wrote (TSV, optionally gzipped), ids kept as text.
 
     The first column and every column named in :data:`TEXT_COLUMNS` are read verbatim as strings
@@ -348,6 +273,8 @@ def read_result_table(path: str | Path) -> pd.DataFrame:
     ----------
     path : str or Path
         The table.
+    columns : list of str, optional
+        Read only these columns (in the file's order), each as it would be read with the others.
 
     Returns
     -------
@@ -358,6 +285,7 @@ def read_result_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(
         path,
         sep="\t",
+        usecols=columns,
         dtype={c: str for c in text},
         keep_default_na=False,
         na_values={c: ["NA"] for c in header if c not in text},

@@ -501,6 +501,12 @@ def _pattern_columns(
 
 
 def _align_samples(expression: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """The sample sheet's rows in the order of the expression's columns (not copied when they are so
+    already: a chunk job's blocks share one aligned sheet, and ``.loc`` of 500 ids costs milliseconds)."""
+    columns = expression.columns
+    index = samples.index
+    if index.dtype == columns.dtype and index.is_unique and index.equals(columns):
+        return samples
     missing = [s for s in expression.columns if s not in samples.index]
     if missing:
         raise ValueError(f"{len(missing)} expression columns are not in the sample sheet, e.g. {missing[:3]}")
@@ -647,13 +653,14 @@ def fit(
             terms.append(np.tile(np.asarray(block.terms, dtype=object), nl))
         width = sum(g.size for g in groups)
         b = arrays.b if all_good else arrays.b[good]
+        column = np.tile(np.arange(width), gsel.size)  # each row's column of Z
         blup_frames.append(
             pd.DataFrame(
                 {
                     "gene_index": np.repeat(gsel, width),
-                    "group": np.tile(np.concatenate(groups), gsel.size),
-                    "level": np.tile(np.concatenate(levels), gsel.size),
-                    "term": np.tile(np.concatenate(terms), gsel.size),
+                    "group": _text_column(np.concatenate(groups), column),
+                    "level": _text_column(np.concatenate(levels), column),
+                    "term": _text_column(np.concatenate(terms), column),
                     "value": b[:, :width].reshape(-1),
                 }
             )
@@ -666,7 +673,7 @@ def fit(
         blups = pd.concat(blup_frames, ignore_index=True) if len(blup_frames) > 1 else blup_frames[0]
         if len(blup_frames) > 1:
             blups = blups.sort_values("gene_index", kind="stable")
-        blups.insert(0, "gene_id", gene_ids[blups["gene_index"].to_numpy()])
+        blups.insert(0, "gene_id", _text_column(gene_ids, blups["gene_index"].to_numpy()))
         blups = blups.drop(columns="gene_index").reset_index(drop=True)
     else:
         blups = pd.DataFrame(columns=["gene_id", "group", "level", "term", "value"])
@@ -674,7 +681,7 @@ def fit(
     if vcov_frames:
         fixed_vcov = pd.concat(vcov_frames, ignore_index=True) if len(vcov_frames) > 1 else vcov_frames[0]
         fixed_vcov = fixed_vcov.sort_values("gene_index", kind="stable")
-        fixed_vcov.insert(0, "gene_id", gene_ids[fixed_vcov["gene_index"].to_numpy()])
+        fixed_vcov.insert(0, "gene_id", _text_column(gene_ids, fixed_vcov["gene_index"].to_numpy()))
         fixed_vcov = fixed_vcov.drop(columns="gene_index").reset_index(drop=True)
     else:
         fixed_vcov = pd.DataFrame(columns=FIXED_VCOV_COLUMNS)
@@ -720,13 +727,25 @@ _DESIGN_KEPT_VALUES = 2_000_000
 
 
 def _sheet_key(formula: str, samples: pd.DataFrame, reml: bool) -> tuple | None:
-    """What the design depends on, as a dictionary key; None for a sheet that cannot be hashed."""
+    """What the design depends on, as a dictionary key; None for a sheet that cannot be hashed.
+
+    The cells themselves (as Python objects, with their types in object columns, where 1, 1.0 and
+    True are equal), not a hash of them: building the key costs a tenth of hashing the sheet's text
+    columns, and equal keys mean equal sheets (a NaN never equals another: at worst a rebuild).
+    """
+    columns = tuple((str(c), str(t)) for c, t in samples.dtypes.items())
+    cells = []
+    for j in range(samples.shape[1]):
+        values = samples.iloc[:, j].to_numpy(dtype=object).tolist()
+        cells.append(tuple(values))
+        if samples.dtypes.iloc[j] == np.dtype(object):
+            cells.append(tuple(type(v).__name__ for v in values))
+    key = (formula, bool(reml), columns, tuple(samples.index.to_numpy(dtype=object).tolist()), tuple(cells))
     try:
-        cells = pd.util.hash_pandas_object(samples, index=True).to_numpy().tobytes()
+        hash(key)
     except TypeError:
         return None
-    columns = tuple((str(c), str(t)) for c, t in samples.dtypes.items())
-    return (formula, bool(reml), columns, tuple(map(str, samples.index)), cells)
+    return key
 
 
 def _shared_design(formula: str, samples: pd.DataFrame, reml: bool) -> tuple[PreparedDesign, list[str], ModelMetadata]:
@@ -776,11 +795,21 @@ def _vcov_frame(gene_index: np.ndarray, vcov: np.ndarray, names: list[str]) -> p
     return pd.DataFrame(
         {
             "gene_index": np.repeat(gene_index, P),
-            "coef_a": np.tile(labels[rows_i], G),
-            "coef_b": np.tile(labels[rows_j], G),
+            "coef_a": _text_column(labels, np.tile(rows_i, G)),
+            "coef_b": _text_column(labels, np.tile(rows_j, G)),
             "value": vcov[:, rows_i, rows_j].reshape(-1),
         }
     )
+
+
+def _text_column(labels: np.ndarray, codes: np.ndarray):
+    """``labels[codes]`` as the column pandas makes of them (``str`` for texts), built from the few labels.
+
+    A DataFrame column made from an object array of texts is converted text by text (pandas checks
+    every row); the long tables repeat a few texts in many rows, so the labels are converted once
+    and taken by position (the same column: dtype and values).
+    """
+    return pd.Series(np.asarray(labels, dtype=object)).array.take(np.asarray(codes, dtype=np.intp))
 
 
 def _column_order(columns: dict[str, np.ndarray], full: PreparedDesign) -> list[str]:
@@ -825,6 +854,19 @@ def corrected_expression(
         a level with no conditional mode for a gene (absent from that gene's
         observed samples) contributes nothing.
     """
+    values = corrected_values(expression, samples, fit, groups)
+    return pd.DataFrame(values, index=expression.index, columns=expression.columns)
+
+
+def corrected_values(
+    expression: pd.DataFrame, samples: pd.DataFrame, fit: LMMFit, groups: list[str], out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`corrected_expression` as a genes × samples float64 array, the same numbers.
+
+    ``out``: an array of the expression's shape to write them into (any memory order, e.g. a
+    column-major slice of a larger matrix), which is returned; by default a new array. No DataFrame
+    is built, and the values are not copied beyond ``out``.
+    """
     samples = _align_samples(expression, samples)
     design_groups = [t.group for t in parse_formula(fit.formula).random]
     unknown = [g for g in groups if g not in design_groups]
@@ -839,15 +881,21 @@ def corrected_expression(
     group, term, level = (_Codes(blups[name]) for name in ("group", "term", "level"))
     genes = _Codes(blups["gene_id"])
     in_groups = group.isin(groups)
+    source = expression.to_numpy(dtype=float)
+    # the expression is copied into values by the first subtraction (or as it is, without modes)
+    values = np.empty_like(source) if out is None else out
+    copied = False
     if not in_groups.any():
-        return expression.astype(float).copy()
+        values[...] = source
+        return values
     # the genes with modes, in their order of first appearance
     fitted_codes = pd.unique(genes.codes[in_groups])
     fitted_genes = np.asarray(genes.uniques, dtype=object)[fitted_codes]
     row_of_code = np.full(len(genes.uniques), -1)
     row_of_code[fitted_codes] = np.arange(fitted_codes.size)
     gene_pos = pd.Index(expression.index).get_indexer(fitted_genes)
-    values = expression.to_numpy(dtype=float, copy=True)
+    # every gene has modes, in order (the usual case): subtracted whole, without fancy indexing
+    every_gene = np.array_equal(gene_pos, np.arange(values.shape[0]))
     value = blups["value"].to_numpy(dtype=np.float64)
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for block in rd.blocks:
@@ -863,8 +911,42 @@ def corrected_expression(
         wide = _wide_blups(rows, cols, value[sel], len(fitted_genes), block)
         if wide is None:  # a (gene, level, term) given twice
             wide = _pivot_blups(blups.iloc[sel], fitted_genes, block)
-        values[gene_pos] -= wide @ block.Z.T
-    return pd.DataFrame(values, index=expression.index, columns=expression.columns)
+        product = _modes_times_z(wide, block.Z)
+        if every_gene and not copied:
+            np.subtract(source, product, out=values)
+        else:
+            if not copied:
+                values[...] = source
+            if every_gene:
+                values -= product
+            else:
+                values[gene_pos] -= product
+        copied = True
+    if not copied:
+        values[...] = source
+    return values
+
+
+def _modes_times_z(wide: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """``wide @ Z.T``: each gene's modes placed on its samples.
+
+    For a random intercept (each row of Z a single 1, the rest 0) and modes that are all finite and
+    not zero, each sum of the product has exactly one term that is not zero (a mode times 1; the
+    others are ±0), so it equals that mode bit for bit: the product is a gather of the modes by
+    each sample's level. Any other Z or modes go through the matrix product.
+    """
+    level = _indicator_columns(Z)
+    if level is not None and np.isfinite(wide).all() and (wide != 0).all():
+        # gathered sample by sample: column-major, as the chunk's matrix is
+        return np.ascontiguousarray(wide.T)[level].T
+    return wide @ Z.T
+
+
+def _indicator_columns(Z: np.ndarray) -> np.ndarray | None:
+    """The column of each row's single 1 when every row of ``Z`` is one 1 and zeros, else None."""
+    if Z.ndim != 2 or Z.shape[1] == 0 or not ((Z == 0) | (Z == 1)).all() or not (Z.sum(axis=1) == 1).all():
+        return None
+    return Z.argmax(axis=1)
 
 
 class _Codes:

@@ -10,7 +10,6 @@ same bytes whatever the number of chunks, and the same as when the chunks were a
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -41,7 +40,7 @@ from batchmix.io.matrices import (
     table_round_trip,
     write_parquet_table,
 )
-from batchmix.io.tables import format_g
+from batchmix.lmm.fitting import corrected_values
 from batchmix.pipeline.validate import load_samples
 
 __all__ = [
@@ -146,7 +145,8 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
     chunk's expression minus its batch BLUPs, rounded as the matrices are, genes × samples float64,
     ``.npy`` in column-major order). Logs genes done out of the chunk's genes as it goes.
     """
-    status = read_result_table(inputs["gene_status"]).set_index("gene_id")["status"]
+    # the ids and statuses only: every chunk reads the whole gene list
+    status = read_result_table(inputs["gene_status"], columns=["gene_id", "status"]).set_index("gene_id")["status"]
     expr = _read_chunk_expression(inputs, status)
     samples = load_samples(config, inputs["samples"]).loc[expr.columns]
     status = status.reindex(expr.index)
@@ -164,8 +164,7 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
         blups.append(fit.blups)
         vcovs.append(fit.fixed_vcov)
         if corrected is not None and len(block):
-            part = lmm.corrected_expression(block, samples, fit, groups=[config["batch"]])
-            corrected[g0 : g0 + len(block)] = part.to_numpy()
+            corrected_values(block, samples, fit, groups=[config["batch"]], out=corrected[g0 : g0 + len(block)])
         done = min(n_genes, g0 + FIT_BLOCK_GENES)
         logger.info("LMM: %d of %d genes fitted (%.1f s)", done, n_genes, time.perf_counter() - started)
     gene_fits = pd.concat(fits, ignore_index=True) if len(fits) > 1 else fits[0]
@@ -185,37 +184,12 @@ def lmm_chunk_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> 
 
 
 def write_long_table(table: pd.DataFrame, path: str) -> None:
-    """:func:`batchmix.io.write_table` of a long table (text columns, then a float column), same bytes.
+    """:func:`batchmix.io.write_table` of a long table (the BLUPs, the covariances of the fixed effects).
 
-    The BLUPs and the covariances of the fixed effects have a row per gene and (level, term) or
-    coefficient pair: many rows, few distinct texts. Each text column is cut into codes of its
-    distinct values (one hash pass), whose texts are joined once; only the numbers are formatted
-    per row (:func:`batchmix.io.format_g`). Any other table (a missing or unusual text, a value
-    column that is not float) goes through :func:`batchmix.io.write_table` itself.
+    Kept as the chunk's writer of its long tables: write_table builds them as bytes, the text columns
+    from their few distinct values and the numbers with :func:`batchmix.io.textformat.format_cells`.
     """
-    names = [str(c) for c in table.columns]
-    plain = all(not any(ch in name for ch in _QUOTED) for name in names)
-    if len(table) == 0 or len(names) < 2 or not plain or table.iloc[:, -1].dtype != np.float64:
-        write_table(table, path)
-        return
-    row_parts = []
-    for j in range(len(names) - 1):
-        codes, uniques = pd.factorize(table.iloc[:, j])
-        texts = list(uniques)
-        if (codes < 0).any() or any(not isinstance(t, str) or any(ch in t for ch in _QUOTED) for t in texts):
-            write_table(table, path)
-            return
-        row_parts.append(np.asarray([t + "\t" for t in texts], dtype=object)[codes])
-    numbers = format_g(table.iloc[:, -1].to_numpy(), na_rep="NA")
-    ends = itertools.repeat("\n", len(table))
-    body = "".join(itertools.chain.from_iterable(zip(*(p.tolist() for p in row_parts), numbers.tolist(), ends)))
-    with table_writer(path) as out:
-        out.write(("\t".join(names) + "\n" + body).encode())
-
-
-# Characters that make the csv module quote a field (tab-separated, "\n" line ends): a table with
-# any of them in a text goes through write_table, which quotes as pandas does.
-_QUOTED = ("\t", '"', "\n", "\r")
+    write_table(table, path)
 
 
 def read_chunk_fits(path: str) -> tuple[pd.DataFrame, dict]:
@@ -243,7 +217,8 @@ def gather_lmm_stage(config: dict, inputs: dict, outputs: dict, params: dict) ->
     chunks = [read_chunk_fits(p) for p in inputs["fits"]]
     gene_fits = pd.concat([fits for fits, _ in chunks], ignore_index=True)
     status = read_result_table(inputs["gene_status"])
-    if list(gene_fits["gene_id"]) != list(status["gene_id"]):
+    ids, expected = (table["gene_id"].to_numpy(dtype=object) for table in (gene_fits, status))
+    if ids.shape != expected.shape or not (ids == expected).all():
         raise RuntimeError(
             f"gathered {len(gene_fits)} gene rows but the input has {len(status)} genes (or a different order); "
             "a chunk is missing or stale: rerun with --forcerun lmm_chunk"
