@@ -7,6 +7,7 @@ block-pair jobs of the workflow see exactly the same numbers as one scan of all 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -182,24 +183,12 @@ class SimpsonData:
         values = fitted + batch_residuals
         pooled = values - self._project("pooled", values)
         within = values - self._project("within", values)
-        return SimpsonData(
-            genes=self.genes,
-            values=values,
-            pooled=pooled,
-            within=within,
-            batch_residuals=batch_residuals,
-            usable=self.usable,
-            batch_weights=self.batch_weights,
-            df_pooled=self.df_pooled,
-            df_within=self.df_within,
-            batch_codes=self.batch_codes,
-            batch_labels=self.batch_labels,
-            genes_excluded=self.genes_excluded,
-            min_sd=self.min_sd,
-            zero_value=self.zero_value,
-            samples=self.samples,
-            _cache={k: v for k, v in self._cache.items() if k[0] == "basis"},
-        )
+        return self._with_residuals(values=values, pooled=pooled, within=within, batch_residuals=batch_residuals)
+
+    def _with_residuals(self, **residuals) -> "SimpsonData":
+        """This data with other residual arrays (``values``, ``pooled``, ``within``, ``batch_residuals``):
+        the same genes, mask and options; of the cache only the bases (the rest derives from the arrays)."""
+        return dataclasses.replace(self, **residuals, _cache={k: v for k, v in self._cache.items() if k[0] == "basis"})
 
     def with_batch_residuals_saved(
         self,
@@ -248,21 +237,7 @@ class SimpsonData:
                 out[rows] = unit_blocks[name]
         for writer in [*outputs.values(), *unit_out.values()]:
             writer.close()
-        data = SimpsonData(
-            genes=self.genes,
-            **outputs,
-            usable=self.usable,
-            batch_weights=self.batch_weights,
-            df_pooled=self.df_pooled,
-            df_within=self.df_within,
-            batch_codes=self.batch_codes,
-            batch_labels=self.batch_labels,
-            genes_excluded=self.genes_excluded,
-            min_sd=self.min_sd,
-            zero_value=self.zero_value,
-            samples=self.samples,
-            _cache={k: v for k, v in self._cache.items() if k[0] == "basis"},
-        )
+        data = self._with_residuals(**outputs)
         for (name, dtype_str), out in unit_out.items():
             data.cache[(name, dtype_str)] = (out, bounds) if name == "batch_sorted" else out
         data.save(folder)
