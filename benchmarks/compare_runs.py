@@ -27,7 +27,9 @@ NOT_COMPARED_DIRS = ("logs", "figures")
 def _same_matrix(before: Path, after: Path) -> bool:
     if before.suffix == ".npy":
         a, b = np.load(before, allow_pickle=False), np.load(after, allow_pickle=False)
-        return a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+        # bit for bit, whatever the memory order (the chunks' corrected matrices are column-major)
+        same_bytes = np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
+        return a.shape == b.shape and a.dtype == b.dtype and same_bytes
     import pandas as pd
 
     a, b = pd.read_parquet(before), pd.read_parquet(after)
