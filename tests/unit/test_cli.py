@@ -95,3 +95,31 @@ def test_a_stage_of_a_config_with_analyses_needs_the_analysis_and_writes_under_i
     done = run("stabilise", "--config", str(config), "--analysis", "fixed_batch")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "results" / "fixed_batch" / "vst" / "gene_status.tsv").is_file()
+
+
+def test_the_scattered_simpson_scan_runs_from_the_command_line(tmp_path):
+    """simpson_prepare, then each block-pair job by --chunk i-of-n: together the one-job scan's candidates."""
+    config = str(_fixture_config(tmp_path, simpson={"block_size": 64, "calibration": "none"}))
+    out = tmp_path / "out"
+
+    def run(*command):
+        proc = subprocess.run(
+            [str(BATCHMIX), *command, "--config", config, "--outdir", str(out)], capture_output=True, text=True
+        )
+        return proc
+
+    proc = run("stabilise")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("simpson_block", "--chunk", "1-of-3")
+    assert proc.returncode != 0 and "batchmix simpson_prepare" in proc.stderr
+    assert run("simpson_prepare").returncode == 0
+    for i in (1, 2, 3):
+        proc = run("simpson_block", "--chunk", f"{i}-of-3")
+        assert proc.returncode == 0, proc.stderr
+    parts = [(out / f"simpson/blocks/{i}-of-3.candidates.tsv").read_text().splitlines() for i in (1, 2, 3)]
+    assert all(part[0] == "index_a\tindex_b\tp" for part in parts)
+    one = run("simpson_block")  # 1-of-1: every block pair
+    assert one.returncode == 0, one.stderr
+    whole = (out / "simpson/blocks/1-of-1.candidates.tsv").read_text().splitlines()
+    scattered = sorted(line for part in parts for line in part[1:])
+    assert len(whole) > 1 and scattered == sorted(whole[1:])

@@ -83,8 +83,13 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name in CHUNK_COUNT_STAGES:
             p.add_argument("--chunks", type=int, default=1, help="number of gene chunks (default: %(default)s)")
-        if name == "lmm_chunk":
-            p.add_argument("--chunk", default="1-of-1", help="the chunk to fit, i-of-n (default: %(default)s)")
+        if name in STAGES and STAGES[name].per_chunk:
+            what = {"lmm_chunk": "the chunk to fit", "simpson_block": "the share of the block pairs to scan"}
+            p.add_argument(
+                "--chunk",
+                default="1-of-1",
+                help=f"{what.get(name, 'the sign-flip replicate to run')}, i-of-n (default: %(default)s)",
+            )
         if name == "uncertainty":
             p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
     p = sub.add_parser(
@@ -154,6 +159,10 @@ def _run(name: str, config: dict, args: argparse.Namespace) -> dict:
     inputs = paths.stage_inputs(name, config, outdir=outdir, scatteritem=scatteritem, n_chunks=n_chunks)
     outputs = paths.stage_outputs(name, config, outdir=outdir, scatteritem=scatteritem, n_chunks=n_chunks)
     _check_inputs(inputs, config, outdir, n_chunks)
+    # the output folders, as Snakemake makes them before a job
+    for value in outputs.values():
+        for p in [value] if isinstance(value, str) else value:
+            Path(p).parent.mkdir(parents=True, exist_ok=True)
     stage = STAGES[name]
     params = {"threads": getattr(args, "threads", 1)}
     if name == "run_record":

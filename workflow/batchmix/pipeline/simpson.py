@@ -304,6 +304,7 @@ def write_candidates(table: pd.DataFrame, path: str) -> None:
         ["%.17g" % p for p in table["p"].to_numpy(dtype=np.float64).tolist()],
     ]
     lines = ["\t".join(simpson.CANDIDATE_COLUMNS), *map("\t".join, zip(*columns))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write("\n".join(lines) + "\n")
 
