@@ -158,6 +158,15 @@ def test_rows_are_written_in_order_or_refused(study, tmp_path):
     with pytest.raises(ValueError, match="rows"):
         prepare_saved(tmp_path / "x", too_few, frame.index, frame.columns, batch)
 
+    def too_many():
+        yield values
+        yield values[:5]
+
+    with pytest.raises(ValueError, match="more rows than"):
+        prepare_saved(tmp_path / "y", too_many, frame.index, frame.columns, batch)
+    with pytest.raises(ValueError, match="more rows than"):
+        prepare_saved(tmp_path / "z", lambda: iter([values[:12]]), frame.index[:10], frame.columns, batch)
+
 
 def test_a_sign_flip_replicate_built_on_disk_is_the_one_built_in_memory(study, tmp_path):
     frame, batch, _ = study

@@ -598,17 +598,22 @@ def row_blocks(n_rows: int, block_rows: int = PREPARE_BLOCK_GENES) -> list[slice
     return [slice(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
-def _rebatch(read_blocks, keep: np.ndarray, blocks: list[slice]) -> Iterator[np.ndarray]:
-    """The rows where ``keep`` is true, from ``read_blocks()``, as C-ordered arrays cut as ``blocks``."""
+def _rebatch(read_blocks, keep: np.ndarray, blocks: list[slice]) -> Iterator[tuple[slice, np.ndarray]]:
+    """The rows where ``keep`` is true, from ``read_blocks()``, as C-ordered arrays cut as ``blocks``:
+    ``(block, rows)`` pairs.  Refuses a reader that gives more or fewer rows than ``keep`` has (when
+    iterated to the end)."""
     pending: list[np.ndarray] = []
     held = 0
     row = 0
-    sizes = iter([b.stop - b.start for b in blocks])
-    want = next(sizes, None)
+    remaining = iter(blocks)
+    target = next(remaining, None)
+    want = None if target is None else target.stop - target.start
     for block in read_blocks():
         block = np.asarray(block, dtype=np.float64)
         chosen = keep[row : row + block.shape[0]]
         row += block.shape[0]
+        if chosen.size != block.shape[0]:
+            raise ValueError(f"the blocks hold more rows than the {keep.size} genes")
         if chosen.all():
             part = block
         elif chosen.any():
@@ -622,8 +627,9 @@ def _rebatch(read_blocks, keep: np.ndarray, blocks: list[slice]) -> Iterator[np.
             out = np.ascontiguousarray(joined[:want])
             rest = joined[want:]
             pending, held = ([rest] if rest.shape[0] else []), rest.shape[0]
-            yield out
-            want = next(sizes, None)
+            yield target, out
+            target = next(remaining, None)
+            want = None if target is None else target.stop - target.start
     if row != keep.size:
         raise ValueError(f"the blocks hold {row} rows, the genes are {keep.size}")
     if want is not None:
@@ -675,7 +681,7 @@ def _prepare_blocks(
     flat = np.zeros(n_genes, dtype=bool)
     variance = np.zeros(n_genes) if genes is not None else None
     every_row = np.ones(n_genes, dtype=bool)
-    for rows, block in zip(row_blocks(n_genes), _rebatch(read_blocks, every_row, row_blocks(n_genes))):
+    for rows, block in _rebatch(read_blocks, every_row, row_blocks(n_genes)):
         ok = np.isfinite(block).all(axis=1)
         clean = block if ok.all() else np.where(ok[:, None], block, 0.0)
         within = _residual(clean, basis_within)
@@ -726,7 +732,7 @@ def _prepare_blocks(
     kept_mask[keep] = True
     blocks = row_blocks(n_kept)
     done = 0
-    for rows, kept in zip(blocks, _rebatch(read_blocks, kept_mask, blocks) if n_kept else []):
+    for rows, kept in _rebatch(read_blocks, kept_mask, blocks):
         values_out[rows] = kept
         within = _residual(kept, basis_within)
         within_out[rows] = within
