@@ -331,9 +331,8 @@ def _save_array(path: Path, array) -> None:
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:
-    """A saved array, memory-mapped read-only when ``mmap`` (and it has values to map)."""
-    array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    return array
+    """A saved array, memory-mapped read-only when ``mmap``."""
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
