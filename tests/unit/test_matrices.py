@@ -71,12 +71,12 @@ def test_a_matrix_written_in_blocks_is_the_file_written_at_once(tmp_path):
 
 
 def test_parquet_has_gene_row_groups_and_a_range_reads_only_its_groups(tmp_path, monkeypatch):
-    m = matrix(n_genes=2500)
+    m = matrix(n_genes=4500)
     write_matrix(m, tmp_path / "m.parquet")
     meta = pq.ParquetFile(tmp_path / "m.parquet").metadata
-    assert genes_per_row_group(2500) == 1024
-    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1024, 1024, 452]
-    assert matrix_shape(tmp_path / "m.parquet") == (2500, 6)
+    assert genes_per_row_group(4500) == 2000
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2000, 2000, 500]
+    assert matrix_shape(tmp_path / "m.parquet") == (4500, 6)
 
     read_groups = []
     original = pq.ParquetFile.read_row_groups
@@ -85,12 +85,15 @@ def test_parquet_has_gene_row_groups_and_a_range_reads_only_its_groups(tmp_path,
         "read_row_groups",
         lambda self, groups, **kw: read_groups.append(list(groups)) or original(self, groups, **kw),
     )
-    part = read_matrix_rows(tmp_path / "m.parquet", 1000, 1100)
+    part = read_matrix_rows(tmp_path / "m.parquet", 1950, 2100)
     assert read_groups == [[0, 1]]
-    np.testing.assert_array_equal(part.to_numpy(), read_matrix(tmp_path / "m.parquet").iloc[1000:1100].to_numpy())
-    assert part.index.tolist() == m.index[1000:1100].tolist()
+    np.testing.assert_array_equal(part.to_numpy(), read_matrix(tmp_path / "m.parquet").iloc[1950:2100].to_numpy())
+    assert part.index.tolist() == m.index[1950:2100].tolist()
+    read_groups.clear()
+    read_matrix_rows(tmp_path / "m.parquet", 2000, 4000)  # a chunk of whole LMM fit blocks: its group only
+    assert read_groups == [[1]]
     blocks = list(iter_matrix_rows(tmp_path / "m.parquet"))
-    assert [len(b) for b in blocks] == [1024, 1024, 452]
+    assert [len(b) for b in blocks] == [2000, 2000, 500]
 
 
 def test_pandas_and_h5py_open_the_files_with_their_ids_verbatim(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from batchmix.io import read_matrix, table_writer, write_table
-from batchmix.io.matrices import write_matrix
+from batchmix.io.matrices import genes_per_row_group, write_matrix
 from batchmix.pipeline import lmm as pipeline_lmm
 from batchmix.pipeline.lmm import gather_lmm_stage, split_genes_stage
 
@@ -92,6 +92,8 @@ def test_chunks_hold_whole_fit_blocks_so_the_tables_do_not_depend_on_the_chunk_c
     for n_chunks in (1, 2, 3, 5, 8):
         for start, stop in pipeline_lmm.chunk_ranges(21_797, n_chunks):
             assert start % pipeline_lmm.FIT_BLOCK_GENES == 0 and (stop == 21_797 or stop % 2000 == 0)
+    # ... and the Parquet matrices' row groups are fit blocks, so a chunk job reads only its genes
+    assert genes_per_row_group(21_797) == pipeline_lmm.FIT_BLOCK_GENES == 2000
 
 
 @pytest.mark.parametrize("out_name", ["corrected.tsv.gz", "corrected.parquet"])

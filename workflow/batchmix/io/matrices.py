@@ -37,6 +37,7 @@ __all__ = [
     "round_significant",
     "matrix_format",
     "matrix_suffix",
+    "ROW_GROUP_GENES",
     "genes_per_row_group",
     "MatrixWriter",
     "write_matrix",
@@ -75,13 +76,21 @@ def matrix_suffix(fmt: str) -> str:
         raise ValueError(f"unknown matrix format {fmt!r}; use one of {', '.join(MATRIX_FORMATS)}") from None
 
 
-def genes_per_row_group(n_genes: int) -> int:
-    """Genes per Parquet row group: 1,024, or more so that a matrix has at most 64 row groups.
+# Genes per Parquet row group when a matrix has at most 64 of them: the LMM's fit block
+# (batchmix.pipeline.lmm.FIT_BLOCK_GENES, 2,000 genes), at whose multiples its chunks start and stop,
+# so that a chunk job reads exactly its genes. Larger groups than the earlier 1,024 also cost less
+# to write and read (Arrow's per-column-chunk work is paid half as often): 9.9 against 13.9 µs per
+# gene of 500 samples to write, 7.2 against 10.0 to read (benchmarks/bench_matrix_io.py).
+ROW_GROUP_GENES = 2000
 
-    Small groups let an LMM chunk read little more than its genes; the cap keeps the file footer
+
+def genes_per_row_group(n_genes: int) -> int:
+    """Genes per Parquet row group: :data:`ROW_GROUP_GENES`, or more so that a matrix has at most 64.
+
+    Groups of genes let a chunk job read little more than its genes; the cap keeps the file footer
     (one entry per column and row group) small when there are tens of thousands of samples.
     """
-    return max(1024, math.ceil(n_genes / 64))
+    return max(ROW_GROUP_GENES, math.ceil(n_genes / 64))
 
 
 # Significant digits the matrices carry: the 12 that the text tables (``%.12g``) always carried
@@ -266,7 +275,9 @@ class MatrixWriter:
             pq.ParquetWriter(
                 self.path,
                 self._schema,
-                compression="snappy",
+                # uncompressed: snappy saved nothing on float64 values (81.2 MB for 80 MB of
+                # doubles at 20,000 x 500) and cost time on every write and read
+                compression="none",
                 use_dictionary=["gene_id"],
                 write_statistics=False,
             )
