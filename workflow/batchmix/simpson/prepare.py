@@ -154,9 +154,7 @@ class SimpsonData:
         """
         key = ("batch_sorted", np.dtype(dtype).str)
         if key not in self._cache:
-            order, starts = self.batch_order()
-            stops = np.append(starts[1:], order.size)
-            bounds = [(int(a), int(b)) for a, b in zip(starts, stops)]
+            order, _, bounds = _batch_columns_sorted(self.batch_codes, len(self.batch_labels))
             key64 = ("batch_sorted", np.dtype(np.float64).str)
             if key64 not in self._cache:
                 self._cache[key64] = (_unit_batch_sorted_rows(self.batch_residuals, self.usable, order, bounds), bounds)
@@ -168,9 +166,8 @@ class SimpsonData:
         """Columns ordered batch by batch, and where each batch starts (for ``np.add.reduceat``)."""
         key = ("batch_order", "")
         if key not in self._cache:
-            order = np.argsort(self.batch_codes, kind="stable")
-            counts = np.bincount(self.batch_codes, minlength=len(self.batch_labels))
-            self._cache[key] = (order, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
+            order, starts, _ = _batch_columns_sorted(self.batch_codes, len(self.batch_labels))
+            self._cache[key] = (order, starts)
         return self._cache[key]
 
     def with_batch_residuals(self, batch_residuals: np.ndarray) -> "SimpsonData":
@@ -209,9 +206,7 @@ class SimpsonData:
         folder.mkdir(parents=True, exist_ok=True)
         n_genes, n_samples = self.batch_residuals.shape
         basis_pooled, basis_within = self._cache[("basis", "pooled")], self._cache[("basis", "within")]
-        order, starts = self.batch_order()
-        stops = np.append(starts[1:], order.size)
-        bounds = [(int(a), int(b)) for a, b in zip(starts, stops)]
+        order, _, bounds = _batch_columns_sorted(self.batch_codes, len(self.batch_labels))
         outputs = {name: _NpyRowWriter(folder / f"{name}.npy", (n_genes, n_samples), np.float64) for name in _RESIDUALS}
         unit_out = {
             (name, np.dtype(dtype).str): _NpyRowWriter(
@@ -344,6 +339,19 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
         unit = matrix / np.where(positive, norms, 1.0)[:, None]
     unit[~positive] = 0.0
     return unit
+
+
+def _batch_columns_sorted(codes: np.ndarray, n_batches: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The sample columns ordered batch by batch (a stable sort of the batch codes), where each batch
+    starts in that order (for ``np.add.reduceat``), and each batch's ``(start, stop)``.
+
+    One definition for the in-memory data, the saved preparation and the sign-flip replicates, whose
+    arrays must line up column for column.
+    """
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=n_batches)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return order, starts, [(int(a), int(a + c)) for a, c in zip(starts, counts)]
 
 
 def _unit_batch_sorted_rows(residuals: np.ndarray, usable: np.ndarray, order: np.ndarray, bounds) -> np.ndarray:
@@ -719,10 +727,7 @@ def _prepare_blocks(
     ]
     for k, (columns, basis) in enumerate(zip(batch_columns, batch_bases)):
         weights[k] = columns.size - basis.shape[1] - 2
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes, minlength=n_batches)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    bounds = [(int(a), int(a + c)) for a, c in zip(starts, counts)]
+    order, _, bounds = _batch_columns_sorted(codes, n_batches)
     unit_out = {
         (name, np.dtype(dtype).str): allocate(_cache_name((name, np.dtype(dtype).str)), (n_kept, n_samples), dtype)
         for name, dtype in units
