@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,37 @@ def test_the_scattered_simpson_scan_runs_from_the_command_line(tmp_path):
     whole = (out / "simpson/blocks/1-of-1.candidates.tsv").read_text().splitlines()
     scattered = sorted(line for part in parts for line in part[1:])
     assert len(whole) > 1 and scattered == sorted(whole[1:])
+
+
+def test_the_one_job_simpson_scan_prepares_on_disk_and_agrees_with_the_workflow_path(tmp_path):
+    """`batchmix simpson` (no prepared folder given) prepares into a temporary folder next to its
+    outputs, removes it, and writes the tables the gather of the saved preparation writes."""
+    from batchmix.config import load_config
+    from batchmix.pipeline import run_stage, stage_inputs, stage_outputs
+
+    config_path = _fixture_config(tmp_path, simpson={"block_size": 64, "calibration": "sign_flip", "n_replicates": 2})
+    out = tmp_path / "out"
+    for stage in ("stabilise", "simpson"):
+        proc = subprocess.run(
+            [str(BATCHMIX), stage, "--config", str(config_path), "--outdir", str(out)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "simpson").iterdir()) == [
+        "excluded_genes.tsv",
+        "reversals.tsv",
+        "summary.json",
+        "top_pairs.png",
+    ]
+    # the workflow's path in-process: simpson_prepare's folder, then the gather that scans it itself
+    config = load_config(str(config_path))
+    prepared = tmp_path / "prepared"
+    prepare_inputs = stage_inputs("simpson_prepare", config, outdir=str(out))
+    run_stage("simpson_prepare", config, prepare_inputs, {"prepared": str(prepared)}, console=False)
+    gathered = tmp_path / "gathered"
+    names = stage_outputs("simpson", config, outdir=str(out))
+    outputs = {key: str(gathered / Path(value).name) for key, value in names.items()}
+    inputs = {**stage_inputs("simpson", config, outdir=str(out)), "prepared": str(prepared)}
+    run_stage("simpson", config, inputs, outputs, console=False)
+    for name in ("reversals.tsv", "excluded_genes.tsv", "summary.json"):
+        assert (out / "simpson" / name).read_bytes() == (gathered / name).read_bytes(), name
+    assert json.loads((gathered / "summary.json").read_text())["calibration"]["method"] == "sign_flip"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,7 +359,7 @@ def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str]) -> dict:
+def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str], workdir: Path) -> dict:
     """The ``calibration`` block of the summary: the replicates' counts, gathered or computed here."""
     scfg = config["simpson"]
     method = scfg["calibration"]
@@ -387,8 +388,12 @@ def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str])
         records.sort(key=lambda r: r["replicate"])
         counts = [int(r["flagged"]) for r in records]
     else:
+        # each replicate's residuals a block of genes at a time in a temporary folder next to the outputs
+        workdir.mkdir(parents=True, exist_ok=True)
         counts = [
-            simpson.sign_flip_replicate(scan.data, r, seed=seed, block_size=int(scfg["block_size"]), **options)
+            simpson.sign_flip_replicate(
+                scan.data, r, seed=seed, block_size=int(scfg["block_size"]), workdir=workdir, **options
+            )
             for r in range(int(scfg["n_replicates"]))
         ]
     return simpson.calibration_summary(flagged, counts, method="sign_flip", seed=seed)
@@ -399,13 +404,23 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
 
     Inputs ``expression`` (stabilised), ``gene_status``, ``samples``, ``vst_info`` and, from the
     scattered workflow, ``candidates`` (every block-pair job's file) and ``null`` (every sign-flip
-    replicate's file); without them the scan and the replicates run here.  Writes
+    replicate's file); without them the scan and the replicates run here, on data prepared as
+    ``simpson_prepare`` prepares it, in a temporary folder next to the outputs.  Writes
     ``outputs["reversals"]`` (with ``share_<column>`` per lurking factor), ``outputs["excluded"]``,
     ``outputs["summary"]`` and ``outputs["figure"]``.
     """
     scfg = config["simpson"]
     # the permutation check re-prepares from the stabilised matrix: it needs the matrix itself
     needs_matrix = scfg["permutation_check"] or scfg["calibration"] == "permutation"
+    if not inputs.get("prepared") and not needs_matrix:
+        # One job (the command line, batchmix run): prepared as the workflow's simpson_prepare job
+        # prepares, into a temporary folder next to the outputs, and scanned memory-mapped, so that
+        # memory stays that of a block of genes; the same numbers (batchmix.simpson.prepare_saved).
+        folder = Path(outputs["summary"]).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".prepared.", dir=folder) as prepared:
+            simpson_prepare_stage(config, inputs, {"prepared": prepared}, params)
+            return simpson_stage(config, {**inputs, "prepared": prepared}, outputs, params)
     scan = _loaded_scan(config, inputs) if inputs.get("prepared") and not needs_matrix else _prepare(config, inputs)
     data = scan.data
     options = _scan_options(config)
@@ -427,7 +442,9 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         exclude=adjusted,
     )
     reversals = pd.concat([result.reversals, lurking.shares], axis=1)
-    calibration = _calibration(config, scan, len(result.reversals), inputs.get("null") or [])
+    calibration = _calibration(
+        config, scan, len(result.reversals), inputs.get("null") or [], Path(outputs["summary"]).parent
+    )
     summary = {
         "n_genes_scanned": result.n_genes,
         "n_pairs": result.n_pairs,
