@@ -25,7 +25,11 @@ on) in a fresh directory. It reports:
   (T(genes) - T(marginal genes)) / (genes - marginal genes). 8,000 genes are 4 fit blocks of 2,000, so
   each of the default 4 LMM chunks holds genes in both runs: with fewer, a chunk is empty and skips the
   fixed costs (imports, the design) that a chunk with genes pays, which would inflate the slope. The
-  average, T(genes) / genes, is printed too (an upper bound: it carries each job's start-up).
+  average, T(genes) / genes, is printed too (an upper bound: it carries each job's start-up). The jobs'
+  times vary from run to run by more than the difference they measure (a tenth of a second in a chunk
+  job's body), so the same stages are then run again ``--stage-repeats`` times in one process per run,
+  alternating, on each run's stabilised matrix (one BLAS thread, as the jobs), and the slope of their
+  best CPU times is printed as well: the stages' own cost per gene, without the jobs' start-up.
 
 The machine is shared: the load average at the start and the end is printed with the results.
 ``--json`` writes everything as JSON too.
@@ -243,6 +247,58 @@ def kernel_times(counts: pd.DataFrame, sheet: pd.DataFrame) -> dict:
     return out
 
 
+def lmm_stage_cpu(workdir: str, repeats: int) -> list[float]:
+    """CPU seconds of the LMM stages (split_genes, every lmm_chunk, gather_lmm) run ``repeats`` times in
+    this process on a finished run's stabilised matrix, as the jobs run them (the registry's
+    ``run_stage`` with the paths of :mod:`batchmix.pipeline.paths`), without the jobs' start-up.
+
+    Meant for a child process with one BLAS thread (:func:`lmm_stage_cpu_child`), as the jobs have.
+    The outputs go to ``workdir/stage_repeats/`` (the run's ``results/`` is left as it is).
+    """
+    import logging
+
+    from batchmix.config import load_config
+    from batchmix.pipeline import paths, run_stage, stage_inputs, stage_outputs
+
+    logging.disable(logging.INFO)
+    os.chdir(workdir)
+    config = load_config("bench.yaml")
+    outdir = Path("stage_repeats")
+    (outdir / "vst").mkdir(parents=True, exist_ok=True)
+    for name in ("expression.parquet", "gene_status.tsv"):
+        target = outdir / "vst" / name
+        if not target.exists():
+            target.symlink_to(Path("results", "vst", name).resolve())
+    n_chunks = paths.chunk_count(config, "lmm")
+    jobs = [("split_genes", None)] + [("lmm_chunk", item) for item in paths.scatteritems(n_chunks)]
+    jobs.append(("gather_lmm", None))
+    totals = []
+    for _ in range(repeats):
+        total = 0.0
+        for stage, item in jobs:
+            where = {"outdir": str(outdir), "n_chunks": n_chunks, **({"scatteritem": item} if item else {})}
+            inputs, outputs = stage_inputs(stage, config, **where), stage_outputs(stage, config, **where)
+            for value in outputs.values():
+                for path in [value] if isinstance(value, str) else value:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+            started = time.process_time()
+            run_stage(stage, config, inputs, outputs, {"threads": 1}, console=False)
+            total += time.process_time() - started
+        totals.append(total)
+    return totals
+
+
+def lmm_stage_cpu_child(workdir: Path, repeats: int) -> list[float]:
+    """:func:`lmm_stage_cpu` in a child process with one BLAS thread; its CPU seconds per repeat."""
+    code = (
+        f"import sys; sys.path[:0] = [{str(REPO / 'benchmarks')!r}, {str(REPO / 'workflow')!r}]; import json; "
+        f"from bench_pipeline import lmm_stage_cpu; print(json.dumps(lmm_stage_cpu({str(workdir)!r}, {repeats})))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 R_VST = r"""
 suppressMessages(library(DESeq2))
 args <- commandArgs(TRUE)
@@ -311,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         default=8000,
         help="genes of the second run that gives the LMM's marginal cost (0: no second run)",
     )
+    parser.add_argument(
+        "--stage-repeats",
+        type=int,
+        default=3,
+        help="after the two runs, the LMM stages again in one process on each run's matrix, this many times "
+        "each, for their marginal cost without the jobs' start-up (0: not)",
+    )
     parser.add_argument("--no-r", action="store_true", help="skip DESeq2 and lme4")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel-only times")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=YAML, e.g. chunks=8")
@@ -373,6 +436,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsecond run on the first {args.marginal_genes} genes (same samples and config; load average at "
               f"start {load[0]:.2f}): whole workflow {small['wall_s']:.1f} s wall, LMM jobs {small_lmm_s:.2f} s "
               f"against {lmm_s:.2f} s at {args.genes} genes")  # fmt: skip
+        if args.stage_repeats > 0:
+            # one process per run, the two alternating, so that both see the same machine
+            big_cpu, small_cpu = [], []
+            for _ in range(args.stage_repeats):
+                # each child runs the stages twice and the second, warm run counts (imports and
+                # first-use costs are paid in the first)
+                big_cpu.append(lmm_stage_cpu_child(workdir, 2)[-1])
+                small_cpu.append(lmm_stage_cpu_child(small_dir, 2)[-1])
+            stage_marginal = (min(big_cpu) - min(small_cpu)) / (args.genes - args.marginal_genes)
+            results["lmm_stages_in_process"] = {"cpu_s": big_cpu, "marginal_cpu_s": small_cpu}
+            results["lmm_stage_marginal_cpu_s_per_gene"] = stage_marginal
+            print(f"the LMM stages in one process (no job start-up; one BLAS thread; CPU of a warm run, best of "
+                  f"{args.stage_repeats}): {min(big_cpu):.2f} s at {args.genes} genes, {min(small_cpu):.2f} s at "
+                  f"{args.marginal_genes}: {1e6 * stage_marginal:.1f} us per gene at the margin")  # fmt: skip
         if not args.keep:
             shutil.rmtree(small_dir)
     if not args.no_r:
@@ -394,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.genes} genes minus at {args.marginal_genes} genes, over the {between} genes between): "
                   f"{lme4 / marginal:.0f}x below the lme4 loop (target >= 300x); from the jobs' CPU time: "
                   f"{1e6 * marginal_cpu:.1f} us per gene, {lme4 / marginal_cpu:.0f}x")  # fmt: skip
+            if "lmm_stage_marginal_cpu_s_per_gene" in results:
+                stage_marginal = results["lmm_stage_marginal_cpu_s_per_gene"]
+                print(f"LMM stages in one process at the margin: {1e6 * stage_marginal:.1f} us per gene, "
+                      f"{lme4 / stage_marginal:.0f}x below the lme4 loop")  # fmt: skip
         print(f"LMM through the workflow on average: {1e6 * lmm_s / args.genes:.1f} us per gene (all LMM jobs / "
               f"genes, start-up included): {lme4 / (lmm_s / args.genes):.0f}x below the lme4 loop")  # fmt: skip
     load_end = os.getloadavg()
