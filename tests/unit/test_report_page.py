@@ -6,9 +6,7 @@ import base64
 import gzip
 import io
 import json
-import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -997,37 +995,3 @@ def test_parquet_matrices_give_the_same_page_reading_only_the_drawn_genes(tmp_pa
     write_matrix(shuffled, inputs["vst_expression"])
     tables = report.load_tables(inputs, expression_genes=["G07", "G00"])
     pd.testing.assert_frame_equal(tables["vst_expression"], shuffled.loc[["G07", "G00"]])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="figures are drawn in forked workers on Linux only")
-def test_figures_drawn_in_worker_processes_are_the_same_bytes(tmp_path):
-    config, inputs = make_study(tmp_path)
-    report.build_report(config, inputs, tmp_path / "one.html", tmp_path / "one", threads=1)
-    report.build_report(config, inputs, tmp_path / "workers.html", tmp_path / "workers", threads=3)
-    page = (tmp_path / "one.html").read_text()
-    assert (tmp_path / "workers.html").read_text() == page and len(_images(page)) >= 5
-    names = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
-    assert sorted(p.name for p in (tmp_path / "workers").glob("*.png")) == names and len(names) >= 5
-    for name in names:
-        assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
-    assert not list((tmp_path / "workers").glob("*.part"))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="figures are drawn in forked workers on Linux only")
-def test_a_figure_whose_worker_fails_is_drawn_by_the_report_itself(tmp_path, monkeypatch, caplog):
-    from batchmix.report import render
-
-    config, inputs = make_study(tmp_path)
-    report.build_report(config, inputs, tmp_path / "one.html", tmp_path / "one", threads=1)
-    parent, original = os.getpid(), render.png_bytes
-
-    def fails_in_a_worker(fig):
-        if os.getpid() != parent:
-            raise RuntimeError("a worker that cannot draw")
-        return original(fig)
-
-    monkeypatch.setattr(render, "png_bytes", fails_in_a_worker)
-    report.build_report(config, inputs, tmp_path / "workers.html", tmp_path / "workers", threads=2)
-    assert (tmp_path / "workers.html").read_text() == (tmp_path / "one.html").read_text()
-    assert (tmp_path / "workers" / "pca.png").read_bytes() == (tmp_path / "one" / "pca.png").read_bytes()
-    assert "pca: its worker process failed" in caplog.text

@@ -92,13 +92,6 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "uncertainty":
             p.add_argument("--threads", type=int, default=1, help="bootstrap threads (default: %(default)s)")
-        if name == "report":
-            p.add_argument(
-                "--threads",
-                type=int,
-                default=1,
-                help="with 2 or more, figures are drawn in worker processes (default: %(default)s)",
-            )
     p = sub.add_parser(
         "run",
         help="run every stage of an analysis in-process, then its run record (run.json)",

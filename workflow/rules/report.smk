@@ -23,8 +23,7 @@ for _analysis in ANALYSES:
             **stage_params("report", _analysis),
         conda:
             "../../envs/batchmix.yaml"
-        # worker processes draw the figures while the job builds the next (batchmix.report.render.Figures)
-        threads: 2
+        threads: 1
         resources:
             mem_mb=mem_mb_for("report", _analysis.config),
             runtime=runtime_for("report", _analysis.config),

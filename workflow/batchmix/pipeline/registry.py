@@ -50,7 +50,7 @@ def report_job(config: dict, inputs: Paths, outputs: Paths, params: dict) -> dic
     """The report stage (:func:`batchmix.report.build_report`) under the registry's signature."""
     from batchmix.report import build_report
 
-    build_report(config, inputs, outputs["html"], outputs["figures"], threads=int(params.get("threads", 1)))
+    build_report(config, inputs, outputs["html"], outputs["figures"])
     return {}
 
 

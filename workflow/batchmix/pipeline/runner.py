@@ -67,7 +67,7 @@ def run_analysis(
     outdir : str
         The output folder (the layout of a single run's ``results/``; the stabilised matrix in it too).
     threads : int
-        Threads of the stages that use them (the uncertainty stage's bootstrap, the report's figure workers).
+        Threads of the stages that use them (the uncertainty stage's bootstrap).
     console : bool
         Whether the stages log to stderr too (they always log to ``<outdir>/logs/``).
     analysis : str, optional

@@ -252,9 +252,7 @@ def _de_tables(summary_path) -> dict:
     return {name: read_result_table(folder / f"{de_table_name(name)}.tsv") for name in names}
 
 
-def build_report(
-    config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path, *, threads: int = 1
-) -> None:
+def build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
     """Write the self-contained HTML report and its figures.
 
     Parameters
@@ -270,9 +268,6 @@ def build_report(
         The page to write (``results/report.html``).
     figures_dir : str or Path
         Directory for the PNG figures (``results/figures``), one file per figure of the page.
-    threads : int, optional
-        With 2 or more, up to ``threads`` figures are drawn at once in forked worker processes
-        while the report builds the next (:class:`batchmix.report.render.Figures`); the same bytes.
 
     Returns
     -------
@@ -280,13 +275,11 @@ def build_report(
         The page and the figures are written to disk.
     """
     with _fewer_collections():
-        _build_report(config, inputs, html_path, figures_dir, threads=threads)
+        _build_report(config, inputs, html_path, figures_dir)
     log.info("wrote %s and %d figures in %s", html_path, len(list(Path(figures_dir).glob("*.png"))), figures_dir)
 
 
-def _build_report(
-    config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path, *, threads: int
-) -> None:
+def _build_report(config: dict, inputs: dict[str, str], html_path: str | Path, figures_dir: str | Path) -> None:
     # The expression values, the BLUPs and Cov(β̂) are read for the genes of the shrinkage figures
     # only, once the model is known.
     tables = load_tables(inputs, config, expression_genes=[], model_genes=[])
@@ -302,9 +295,7 @@ def _build_report(
     tables["blups"] = gene_rows(inputs["blups"], genes)
     if tables["fixed_vcov"] is not None:
         tables["fixed_vcov"] = gene_rows(inputs["fixed_vcov"], genes)
-    # with one thread, each figure drawn as it is added; with more, as many workers as threads (the
-    # report's process mostly waits for them: it builds a figure in less time than one is drawn)
-    figures = Figures(figures_dir, workers=int(threads) if int(threads) > 1 else 0)
+    figures = Figures(figures_dir)
     # The Simpson scan compares within batches: without a batch it does not run.
     simpson_config = config if config.get("batch") else {**config, "simpson": {**config["simpson"], "enabled": False}}
     labels = component_labels(tables["model"])
@@ -324,5 +315,4 @@ def _build_report(
         "simpson": simpson_section(simpson_config, tables),
         "uncertainty": uncertainty_section(config, tables, figures),
     }
-    figures.finish()
     render_page(context, html_path)

@@ -7,10 +7,7 @@ links, the CSS inline, so that it opens offline, e.g. from an email.
 from __future__ import annotations
 
 import base64
-import gc
 import logging
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,86 +138,20 @@ class Figures:
     ----------
     directory : str or Path
         Where each figure is written as ``<name>.png`` (``results/figures`` for ``snakemake --report``).
-    workers : int, optional
-        Figures drawn at once in forked worker processes while the report goes on (0: each figure
-        drawn when it is added). Drawing is most of the report's time and each figure is drawn on its
-        own, so a report job with two threads draws them in a worker while it builds the next. Only
-        where ``os.fork`` is safe to use here (Linux); elsewhere 0. The PNGs are the same bytes either
-        way: the worker runs the same code on its copy of the figure.
-
-    Notes
-    -----
-    With workers, :meth:`add` returns the figure's entry with ``src`` still ``None``; :meth:`finish`
-    waits for the workers and fills it in. A figure whose worker fails is drawn again in this process
-    (the failure logged as a warning), so a worker never costs a figure.
     """
 
-    def __init__(self, directory: str | Path, *, workers: int = 0):
+    def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.workers = max(0, int(workers)) if _can_fork() else 0
-        # worker pid -> (its entry, its figure), in the order they were started
-        self._running: dict[int, tuple[dict, object]] = {}
-        self._waiting: list[dict] = []
 
     def add(self, name: str, fig, caption: str, alt: str) -> dict:
         """A matplotlib figure: encoded once (:func:`batchmix.plots.style.png_bytes`), written and embedded."""
-        if not self.workers:
-            return self.add_png(name, png_bytes(fig), caption, alt)
-        entry = {"name": name, "src": None, "caption": caption, "alt": alt}
-        while len(self._running) >= self.workers:
-            self._wait_one()
-        path = self.directory / f"{name}.png"
-        pid = os.fork()
-        if pid == 0:  # the worker: draw, write, leave without running the parent's exit handlers
-            # no collections: the worker lives for one figure, and a collection would touch (and so
-            # copy, page by page) the parent's objects it shares
-            gc.disable()
-            code = 1
-            try:
-                part = path.with_name(path.name + ".part")
-                part.write_bytes(png_bytes(fig))
-                os.replace(part, path)
-                code = 0
-            except BaseException:  # noqa: BLE001 (reported, and the parent draws the figure again)
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self._running[pid] = (entry, fig)
-        self._waiting.append(entry)
-        return entry
-
-    def _wait_one(self) -> None:
-        """Wait for the oldest running worker; draw its figure here if it failed."""
-        pid = next(iter(self._running))
-        entry, fig = self._running.pop(pid)
-        _, status = os.waitpid(pid, 0)
-        path = self.directory / f"{entry['name']}.png"
-        if os.waitstatus_to_exitcode(status) != 0 or not path.exists():
-            log.warning("figure %s: its worker process failed (status %d); drawn in the report's process",
-                        entry["name"], status)  # fmt: skip
-            path.write_bytes(png_bytes(fig))
-
-    def finish(self) -> None:
-        """Wait for every worker and fill in the entries' ``src`` (nothing to do without workers)."""
-        while self._running:
-            self._wait_one()
-        for entry in self._waiting:
-            entry["src"] = data_uri((self.directory / f"{entry['name']}.png").read_bytes(), "image/png")
-        self._waiting = []
+        return self.add_png(name, png_bytes(fig), caption, alt)
 
     def add_png(self, name: str, data: bytes, caption: str, alt: str) -> dict:
         """A figure drawn by another stage: its bytes copied unchanged, so that snakemake --report carries it."""
         (self.directory / f"{name}.png").write_bytes(data)
         return {"name": name, "src": data_uri(data, "image/png"), "caption": caption, "alt": alt}
-
-
-def _can_fork() -> bool:
-    """Whether figures may be drawn in forked workers: Linux only (macOS's system libraries are not
-    safe to use in a forked child, and Windows has no fork)."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
 def template_environment():
