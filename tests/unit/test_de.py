@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from batchmix import lmm, moderate
+from batchmix import de, lmm, moderate
 from batchmix.de import CHANGE_CLASSES, DE_COLUMNS, de_coefficients, de_summary, differential_expression, limma_fit
 from batchmix.io import read_matrix, read_result_table
 
@@ -274,3 +275,23 @@ def test_de_from_blocks_of_genes_gives_the_tables_of_the_whole_matrix(data, stra
     again = differential_expression(strain_fits, blocks, samples, formula=MODEL, batch="experiment.number")
     for name, table in whole.items():
         pd.testing.assert_frame_equal(again[name], table, check_exact=False, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_row_means_are_numpy_nanmean_bit_for_bit(order):
+    rng = np.random.default_rng(3)
+    for shape in [(40, 500), (3, 1), (5, 0), (0, 6)]:
+        values = np.asarray(rng.normal(8, 2, shape) * 10.0 ** rng.integers(-3, 3, (shape[0], 1)), order=order)
+        holes = values.copy(order=order)
+        if holes.size:
+            holes[1, 0], holes[2, -1] = np.nan, np.inf
+            holes[0, :] = np.nan  # a gene with nothing observed: NaN, as limma
+        for table in (values, holes):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                finite = np.nanmean(np.where(np.isfinite(table), table, np.nan), axis=1)
+                nan_only = np.nanmean(table, axis=1)
+            np.testing.assert_array_equal(de.row_means(table, finite_only=True).view(np.uint64), finite.view(np.uint64))
+            np.testing.assert_array_equal(
+                de.row_means(table, finite_only=False).view(np.uint64), nan_only.view(np.uint64)
+            )
