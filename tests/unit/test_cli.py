@@ -158,3 +158,37 @@ def test_the_one_job_simpson_scan_prepares_on_disk_and_agrees_with_the_workflow_
     for name in ("reversals.tsv", "excluded_genes.tsv", "summary.json"):
         assert (out / "simpson" / name).read_bytes() == (gathered / name).read_bytes(), name
     assert json.loads((gathered / "summary.json").read_text())["calibration"]["method"] == "sign_flip"
+
+
+def test_the_permutation_check_runs_on_the_prepared_data_with_the_in_memory_numbers(tmp_path):
+    """simpson.permutation_check and calibration: permutation, in the gather, prepare each permuted data
+    set a block at a time on disk; their counts are those of the in-memory check on the matrix."""
+    import numpy as np
+    from batchmix import simpson
+    from batchmix.io import batch_labels, read_matrix, read_result_table, read_samples
+    from batchmix.pipeline.simpson import zero_value_of
+
+    settings = {"calibration": "permutation", "permutation_check": True, "n_permutations": 2, "seed": 5}
+    config_path = _fixture_config(tmp_path, simpson=settings)
+    out = tmp_path / "out"
+    for stage in ("stabilise", "simpson"):
+        proc = subprocess.run(
+            [str(BATCHMIX), stage, "--config", str(config_path), "--outdir", str(out)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "simpson/summary.json").read_text())
+    assert sorted(p.name for p in (out / "simpson").iterdir())[0] == "excluded_genes.tsv"  # no folder left
+
+    expression = read_matrix(out / "vst/expression.parquet")
+    status = read_result_table(out / "vst/gene_status.tsv").set_index("gene_id")["status"]
+    expression = expression.loc[(status.reindex(expression.index) == "ok").to_numpy()]
+    batch = batch_labels(read_samples(REPO / "tests/workflow/data/samples.tsv").loc[expression.columns], "Batch")
+    zero_value = zero_value_of(json.loads((out / "vst/info.json").read_text()))
+    common = {"n_permutations": 2, "zero_value": zero_value}
+    check = simpson.permutation_check(expression, batch, **common)  # the summary's check: the default seed
+    assert summary["permutation_check"] == {**check.__dict__, "null_counts": list(check.null_counts)}
+    assert summary["permutation_check"]["discoveries_observed"] == summary["n_reversals"] > 0
+    calibration = simpson.permutation_check(expression, batch, seed=5, **common)
+    assert summary["calibration"]["method"] == "permutation"
+    assert summary["calibration"]["flagged_null"] == calibration.null_counts
+    assert np.isfinite(summary["permutation_check"]["empirical_fdr"])

@@ -247,6 +247,44 @@ def test_permutation_null_destroys_within_correlation_but_keeps_batch_means():
     assert check.mean_discoveries_null <= 1.0
 
 
+def test_permuted_values_are_the_sequential_permutations_whatever_the_block():
+    # The permutation null as first written: one generator, permutation after permutation and batch
+    # after batch, each drawing one uniform per (gene, sample of the batch) for all genes at once.
+    frame, batch, _ = planted_data(seed=5, n_genes=70, n_planted=10)
+    data = simpson.prepare(frame, batch)
+    rng = np.random.default_rng(11)
+    fitted = data.values - data.within
+    for permutation in range(3):
+        permuted = data.within.copy()
+        for columns in data.batch_columns:
+            order = np.argsort(rng.random((permuted.shape[0], columns.size)), axis=1)
+            permuted[:, columns] = np.take_along_axis(data.within[:, columns], order, axis=1)
+        expected = fitted + permuted
+        whole = simpson.permuted_values(data, permutation, seed=11)
+        np.testing.assert_array_equal(whole.view(np.uint64), expected.view(np.uint64))
+        blocks = [simpson.permuted_values(data, permutation, seed=11, rows=slice(a, a + 16)) for a in range(0, 70, 16)]
+        np.testing.assert_array_equal(np.concatenate(blocks).view(np.uint64), expected.view(np.uint64))
+        # every (gene, batch) keeps its values: only their order within the batch changes
+        for columns in data.batch_columns:
+            np.testing.assert_array_equal(
+                np.sort(permuted[:, columns], axis=1), np.sort(data.within[:, columns], axis=1)
+            )
+        assert not np.array_equal(permuted, data.within)
+
+
+@pytest.mark.parametrize("within_test", ["random_effects", "pooled"])
+def test_the_saved_permutation_check_is_the_in_memory_one(tmp_path, within_test):
+    frame, batch, _ = planted_data(seed=21, n_genes=120, n_planted=12)
+    options = dict(n_permutations=3, seed=7, within_test=within_test, fdr=0.2)
+    expected = simpson.permutation_check(frame, batch, **options)
+    data = simpson.prepare(frame, batch)
+    saved = simpson.permutation_check_saved(data, batch, tmp_path, **options)
+    assert saved == expected and expected.discoveries_observed >= 10
+    given = simpson.permutation_check_saved(data, batch, tmp_path, observed=expected.discoveries_observed, **options)
+    assert given == expected
+    assert list(tmp_path.iterdir()) == []  # each permutation's folder removed
+
+
 # --------------------------------------------------------------------------- Benjamini-Yekutieli constant
 
 

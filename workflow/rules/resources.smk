@@ -9,6 +9,7 @@ import functools
 import gzip
 import math
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,12 @@ class StageCost:
 # time is the job's CPU time (one thread) on the benchmark machine.
 SNAKEMAKE_JOB_MB = 150  # included in every base_mb below
 
-# The Simpson gather when a permutation check (simpson.permutation_check, calibration: permutation)
-# prepares and scans again in it, in memory: 1,301 MB at 19,516 x 500, 10,403 MB at 59,092 x 2,000 for
-# a whole preparation and scan in one job (benchmarks/bench_simpson_job.py, before the scan was
-# prepared once); work = gene pairs x samples (0.0018 us per pair and sample).
-SIMPSON_IN_MEMORY = StageCost(base_mb=630, bytes_per_value=84, bytes_per_sample_pair=0, base_s=60, us_per_value=0.0018, us_per_sample_pair=0)
+# The Simpson gather when a permutation check runs in it (simpson.permutation_check, calibration:
+# permutation): each permuted data set is prepared a block of genes at a time on disk and scanned
+# memory-mapped, as a sign-flip replicate job (simpson_null) does: 948 MB peak and 32.6 s at 19,516 x 500
+# with one permutation (2,484 MB and 52.3 s in memory before). Time: simpson_null's per permutation
+# (_gather_cost scales it by their number).
+SIMPSON_PERMUTATIONS = StageCost(base_mb=900, bytes_per_value=6.2, bytes_per_sample_pair=0, base_s=10, us_per_value=0.0004, us_per_sample_pair=0)
 STAGE_COSTS = {
     # reads the input table whole, a text table over 256 MB in row chunks into one matrix (473 MB at 10^7
     # values, 1,606 MB at 1.2 x 10^8: 10.3 bytes per value)
@@ -265,13 +267,17 @@ def runtime_for(stage: str, cfg=None):
 
 
 def _gather_cost(stage: str, cfg=None):
-    """SIMPSON_IN_MEMORY for the Simpson gather when a permutation check prepares and scans again in
-    it; None otherwise (the stage's own cost model)."""
+    """SIMPSON_PERMUTATIONS, its time per permutation times their number, for the Simpson gather when a
+    permutation check runs in it; None otherwise (the stage's own cost model)."""
     if stage != "simpson":
         return None
     settings = (cfg or config)["simpson"]
-    in_memory = settings.get("permutation_check") or settings.get("calibration") == "permutation"
-    return SIMPSON_IN_MEMORY if in_memory else None
+    checks = bool(settings.get("permutation_check")) + (settings.get("calibration") == "permutation")
+    runs = checks * int(settings.get("n_permutations", 1))
+    if not runs:
+        return None
+    cost = SIMPSON_PERMUTATIONS
+    return dataclasses.replace(cost, base_s=cost.base_s * runs, us_per_value=cost.us_per_value * runs)
 
 
 def simpson_job_runtime(share, cfg=None, stage="simpson_block"):

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from batchmix import simpson
+from batchmix.defaults import DEFAULT_SEED
 from batchmix.design import fixed_design
 from batchmix.io import (
     COUNT_INPUT_TYPES,
@@ -359,6 +360,28 @@ def consistent_reversals(reversals: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _permutation_check(
+    config: dict, scan: _Scan, flagged: int, workdir: Path, *, seed: int = DEFAULT_SEED
+) -> simpson.PermutationCheck:
+    """The within-batch permutation check on the prepared data: each permuted data set prepared a
+    block of genes at a time in a temporary folder in ``workdir`` and scanned memory-mapped
+    (:func:`batchmix.simpson.permutation_check_saved`: the numbers of the in-memory check)."""
+    scfg = config["simpson"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    return simpson.permutation_check_saved(
+        scan.data,
+        scan.batch,
+        workdir,
+        covariates=scan.covariates,
+        n_permutations=int(scfg["n_permutations"]),
+        seed=seed,
+        min_sd=scfg["min_sd"],
+        zero_value=scan.zero_value,
+        observed=flagged,
+        **_scan_options(config),
+    )
+
+
 def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str], workdir: Path) -> dict:
     """The ``calibration`` block of the summary: the replicates' counts, gathered or computed here."""
     scfg = config["simpson"]
@@ -368,17 +391,7 @@ def _calibration(config: dict, scan: _Scan, flagged: int, null_paths: list[str],
     seed = int(scfg["seed"])
     options = _scan_options(config)
     if method == "permutation":
-        check = simpson.permutation_check(
-            scan.expression,
-            scan.batch,
-            covariates=scan.covariates,
-            genes=None if scfg["genes"] == "all" else int(scfg["genes"]),
-            n_permutations=int(scfg["n_permutations"]),
-            seed=seed,
-            min_sd=scfg["min_sd"],
-            zero_value=scan.zero_value,
-            **options,
-        )
+        check = _permutation_check(config, scan, flagged, workdir, seed=seed)
         return simpson.calibration_summary(flagged, check.null_counts, method="permutation", seed=seed)
     if null_paths:
         records = []
@@ -410,9 +423,7 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
     ``outputs["summary"]`` and ``outputs["figure"]``.
     """
     scfg = config["simpson"]
-    # the permutation check re-prepares from the stabilised matrix: it needs the matrix itself
-    needs_matrix = scfg["permutation_check"] or scfg["calibration"] == "permutation"
-    if not inputs.get("prepared") and not needs_matrix:
+    if not inputs.get("prepared"):
         # One job (the command line, batchmix run): prepared as the workflow's simpson_prepare job
         # prepares, into a temporary folder next to the outputs, and scanned memory-mapped, so that
         # memory stays that of a block of genes; the same numbers (batchmix.simpson.prepare_saved).
@@ -421,7 +432,7 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         with tempfile.TemporaryDirectory(prefix=".prepared.", dir=folder) as prepared:
             simpson_prepare_stage(config, inputs, {"prepared": prepared}, params)
             return simpson_stage(config, {**inputs, "prepared": prepared}, outputs, params)
-    scan = _loaded_scan(config, inputs) if inputs.get("prepared") and not needs_matrix else _prepare(config, inputs)
+    scan = _loaded_scan(config, inputs)
     data = scan.data
     options = _scan_options(config)
     candidate_paths = inputs.get("candidates") or []
@@ -462,19 +473,7 @@ def simpson_stage(config: dict, inputs: dict, outputs: dict, params: dict) -> di
         "lurking": {"nested": lurking.nested, "factors": lurking.summary},
     }
     if scfg["permutation_check"]:
-        check = simpson.permutation_check(
-            scan.expression,
-            scan.batch,
-            fdr=scfg["fdr"],
-            method=scfg["method"],
-            covariates=scan.covariates,
-            genes=None if scfg["genes"] == "all" else int(scfg["genes"]),
-            n_permutations=scfg["n_permutations"],
-            within_test=scfg["within_test"],
-            min_batches=int(scfg["min_batches"]),
-            min_sd=scfg["min_sd"],
-            zero_value=scan.zero_value,
-        )
+        check = _permutation_check(config, scan, len(result.reversals), Path(outputs["summary"]).parent)
         summary["permutation_check"] = check.__dict__
     write_table(reversals, outputs["reversals"])
     write_table(excluded.rename_axis("gene_id").reset_index(), outputs["excluded"])

@@ -64,6 +64,8 @@ from .calibration import (
     calibration,
     calibration_summary,
     permutation_check,
+    permutation_check_saved,
+    permuted_values,
     sign_flip_data,
     sign_flip_replicate,
 )
@@ -116,6 +118,8 @@ __all__ = [
     "sign_flip_data",
     "sign_flip_replicate",
     "permutation_check",
+    "permutation_check_saved",
+    "permuted_values",
     "lurking_columns",
     "factor_shares",
     "lurking_factors",

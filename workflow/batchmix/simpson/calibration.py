@@ -22,7 +22,7 @@ import pandas as pd
 from batchmix.defaults import DEFAULT_SEED
 
 from .pairs import scan_data
-from .prepare import UNITS_POOLED, UNITS_RANDOM_EFFECTS, SimpsonData, prepare
+from .prepare import UNITS_POOLED, UNITS_RANDOM_EFFECTS, SimpsonData, prepare, prepare_saved, row_blocks
 
 __all__ = [
     "PermutationCheck",
@@ -32,6 +32,8 @@ __all__ = [
     "calibration_summary",
     "calibration",
     "permutation_check",
+    "permutation_check_saved",
+    "permuted_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,23 +208,112 @@ def permutation_check(
     Returns
     -------
     PermutationCheck
+
+    See Also
+    --------
+    permutation_check_saved : the same check on prepared data, a block of genes at a time.
     """
     if n_permutations < 1:
         raise ValueError("n_permutations must be at least 1")
     options = dict(fdr=fdr, method=method, within_test=within_test, min_batches=min_batches)
     data = prepare(expression, batch, covariates=covariates, genes=genes, min_sd=min_sd, zero_value=zero_value)
     r_observed = len(scan_data(data, **options).reversals)
-    fitted = data.values - data.within
-    rng = np.random.default_rng(seed)
     null_counts = []
-    for _ in range(n_permutations):
-        permuted = data.within.copy()
-        for columns in data.batch_columns:
-            order = np.argsort(rng.random((permuted.shape[0], columns.size)), axis=1)
-            permuted[:, columns] = np.take_along_axis(data.within[:, columns], order, axis=1)
-        frame = pd.DataFrame(fitted + permuted, index=data.genes, columns=expression.columns)
+    for permutation in range(n_permutations):
+        values = permuted_values(data, permutation, seed=seed)
+        frame = pd.DataFrame(values, index=data.genes, columns=expression.columns)
         null = prepare(frame, batch, covariates=covariates, genes=None, min_sd=min_sd, zero_value=zero_value)
         null_counts.append(len(scan_data(null, **options).reversals))
+    return _permutation_result(n_permutations, r_observed, null_counts, seed)
+
+
+def permutation_check_saved(
+    data: SimpsonData,
+    batch: pd.Series,
+    workdir: str | Path,
+    *,
+    fdr: float = 0.05,
+    method: str = "bh",
+    covariates: np.ndarray | None = None,
+    n_permutations: int = 5,
+    seed: int = DEFAULT_SEED,
+    within_test: str = "random_effects",
+    min_batches: int = 3,
+    min_sd: float = 0.1,
+    zero_value: float | None = None,
+    observed: int | None = None,
+) -> PermutationCheck:
+    """:func:`permutation_check` on prepared data (e.g. memory-mapped, :meth:`SimpsonData.load`), with
+    bounded memory: each permuted data set is built and prepared a block of genes at a time in a
+    temporary folder under ``workdir`` (:func:`batchmix.simpson.prepare_saved`) and scanned
+    memory-mapped.
+
+    ``data`` is the observed data as :func:`batchmix.simpson.prepare` gives it (its genes already
+    chosen); ``batch``, ``covariates``, ``min_sd`` and ``zero_value`` those it was prepared with.
+    ``observed``: the number of reversals on ``data``, when the caller has scanned it already (else
+    it is scanned here).  The same permutations and counts as :func:`permutation_check` on the
+    matrix ``data`` was prepared from (the same random draws, rows and arithmetic; tested).
+    """
+    if n_permutations < 1:
+        raise ValueError("n_permutations must be at least 1")
+    options = dict(fdr=fdr, method=method, within_test=within_test, min_batches=min_batches)
+    r_observed = len(scan_data(data, **options).reversals) if observed is None else int(observed)
+    units = UNITS_RANDOM_EFFECTS if within_test == "random_effects" else UNITS_POOLED
+    null_counts = []
+    for permutation in range(n_permutations):
+
+        def read_blocks(permutation=permutation):
+            for rows in row_blocks(data.n_genes):
+                yield permuted_values(data, permutation, seed=seed, rows=rows)
+
+        with tempfile.TemporaryDirectory(prefix=f"permutation_{permutation}_", dir=workdir) as folder:
+            null = prepare_saved(
+                folder,
+                read_blocks,
+                data.genes,
+                data.samples,
+                batch,
+                covariates=covariates,
+                genes=None,
+                min_sd=min_sd,
+                zero_value=zero_value,
+                units=units,
+            )
+            null_counts.append(len(scan_data(null, **options).reversals))
+            del null  # its memory-mapped arrays, before the folder goes
+        logger.info("permutation check: %d of %d permutations done", permutation + 1, n_permutations)
+    return _permutation_result(n_permutations, r_observed, null_counts, seed)
+
+
+def permuted_values(
+    data: SimpsonData, permutation: int, *, seed: int = DEFAULT_SEED, rows: slice | None = None
+) -> np.ndarray:
+    """The values of one data set of :func:`permutation_check` (genes ``rows``, default all): each gene's
+    fitted part plus its within-batch residuals permuted inside every batch.
+
+    The random stream is that of ``numpy.random.default_rng(seed)`` drawing, permutation after
+    permutation and batch after batch, one uniform per (gene, sample of the batch) for all genes
+    (``rng.random((n_genes, batch size))``, whose row-wise argsort orders that gene's residuals);
+    a block of rows jumps to its draws (``PCG64.advance``), so any block gives the rows of the whole.
+    """
+    rows = slice(0, data.n_genes) if rows is None else slice(*rows.indices(data.n_genes))
+    within = np.asarray(data.within[rows])
+    values = np.asarray(data.values[rows]) - within
+    permuted = within.copy()
+    n_genes, n_rows = data.n_genes, within.shape[0]
+    # draws before this permutation: every batch's columns for every gene, in each earlier one
+    offset = permutation * n_genes * sum(columns.size for columns in data.batch_columns)
+    for columns in data.batch_columns:
+        generator = np.random.PCG64(seed)
+        generator.advance(offset + rows.start * columns.size)
+        draws = np.random.Generator(generator).random((n_rows, columns.size))
+        order = np.argsort(draws, axis=1)
+        permuted[:, columns] = np.take_along_axis(within[:, columns], order, axis=1)
+        offset += n_genes * columns.size
+    return values + permuted
+
+
+def _permutation_result(n_permutations: int, r_observed: int, null_counts: list, seed: int) -> PermutationCheck:
     mean_null = float(np.mean(null_counts))
     return PermutationCheck(
         n_permutations=n_permutations,
