@@ -270,6 +270,8 @@ def test_permuted_values_are_the_sequential_permutations_whatever_the_block():
                 np.sort(permuted[:, columns], axis=1), np.sort(data.within[:, columns], axis=1)
             )
         assert not np.array_equal(permuted, data.within)
+    with pytest.raises(ValueError, match="consecutive"):
+        simpson.permuted_values(data, 0, seed=11, rows=slice(0, 70, 2))
 
 
 @pytest.mark.parametrize("within_test", ["random_effects", "pooled"])

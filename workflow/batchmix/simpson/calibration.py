@@ -296,7 +296,10 @@ def permuted_values(
     (``rng.random((n_genes, batch size))``, whose row-wise argsort orders that gene's residuals);
     a block of rows jumps to its draws (``PCG64.advance``), so any block gives the rows of the whole.
     """
-    rows = slice(0, data.n_genes) if rows is None else slice(*rows.indices(data.n_genes))
+    rows = slice(*(slice(None) if rows is None else rows).indices(data.n_genes))
+    if rows.step != 1:
+        # the draws of a block are those of consecutive rows of the whole
+        raise ValueError(f"rows must be consecutive genes (a slice without a step), got {rows}")
     within = np.asarray(data.within[rows])
     values = np.asarray(data.values[rows]) - within
     permuted = within.copy()
